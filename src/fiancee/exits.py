@@ -1,0 +1,293 @@
+"""Exit branches and their execution (paper sections 3.1, 4.1, 4.2, S1.1.1, S1.2.1).
+
+For a backbone of N stages, the exit attached after stage k is a branch of N - k blocks mirroring
+backbone stages k+1 .. N, every channel count multiplied by a scale factor SF and floored at a
+minimum channel count (a count already at or below the minimum is kept), followed by a copy of the
+head. The first branch block takes the backbone's full-width features (Tables S8 and S9).
+
+Routes are numbered shallowest first: route ``i < E`` is the exit after ``exits[i]``, and route
+``E == len(exits)`` is the backbone itself (the last exit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .staged import StagedGenerator
+
+__all__ = ["parse_scale", "scale_channels", "branch_channels", "GuideSpec", "Branch", "ExitGenerator"]
+
+Guide = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], None]
+
+
+def parse_scale(scale: float | str | Fraction) -> Fraction:
+    """``"1/4"``, ``0.25`` or ``Fraction(1, 4)`` -> ``Fraction(1, 4)``; must lie in (0, 1]."""
+    try:
+        value = Fraction(scale).limit_denominator(1000) if not isinstance(scale, Fraction) else scale
+    except (ValueError, ZeroDivisionError, TypeError):
+        raise ValueError(f"scale factor must be a number or a fraction like '1/4'; got {scale!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"scale factor must lie in (0, 1]; got {scale!r}")
+    return value
+
+
+def scale_channels(channels: int, scale: float | str | Fraction, min_channels: int, unit: int = 1) -> int:
+    """The paper's channel rule (S1.1.1): ``c * SF`` floored at ``min_channels``.
+
+    A count already at or below the minimum is kept as it is ("if the minimum number is 64, and we
+    enforce factor of 1/3 starting from 128, the new channel number will be 64, instead of 43").
+    With ``unit > 1`` and ``c`` a multiple of it, the base width is scaled instead of ``c``
+    (OASIS: 1024 = 16 x 64 -> 16 x int(64/3) = 336, as in Table S8); otherwise ``int(c * SF)``.
+    """
+    if channels <= 0 or min_channels <= 0 or unit <= 0:
+        raise ValueError(f"channel counts must be positive; got channels={channels}, min={min_channels}, unit={unit}")
+    sf = parse_scale(scale)
+    if channels <= min_channels:
+        return channels
+    if unit > 1 and channels % unit == 0:
+        scaled = int(unit * sf) * (channels // unit)
+    else:
+        scaled = int(channels * sf)
+    return max(min_channels, scaled)
+
+
+def branch_channels(
+    stage_channels: Sequence[tuple[int, int]], after: int, scale: float | str | Fraction, min_channels: int, unit: int = 1
+) -> list[tuple[int, int]]:
+    """``(in, out)`` of every block of the branch attached after stage ``after`` (1-based count).
+
+    The first block takes the backbone's full-width features; the others chain scaled widths.
+    """
+    n = len(stage_channels)
+    if not 1 <= after < n:
+        raise ValueError(f"an exit can follow stages 1..{n - 1} of a {n}-stage backbone; got {after}")
+    out: list[tuple[int, int]] = []
+    c_in = stage_channels[after - 1][1]
+    for index in range(after, n):
+        c_out = scale_channels(stage_channels[index][1], scale, min_channels, unit)
+        out.append((c_in, c_out))
+        c_in = c_out
+    return out
+
+
+@dataclass(frozen=True)
+class GuideSpec:
+    """How a guide tensor (from the feature bank) enters the branches.
+
+    ``mode="first"`` (OASIS, S1.1.1): the guide is resized to the first branch block's input and
+    mapped by a learned 3x3 conv to half its channels, so that input grows x1.5 (Table S8 caption).
+    ``mode="every"`` (MegaPortraits, S1.2.1): the guide (an RGB image) is resized bilinearly and
+    concatenated as it is to the input of every branch block (+``channels`` each, Table S9 caption).
+    """
+
+    mode: str
+    channels: int
+
+    def __post_init__(self):
+        if self.mode not in ("first", "every"):
+            raise ValueError(f"guide mode must be 'first' or 'every'; got {self.mode!r}")
+        if self.channels <= 0:
+            raise ValueError(f"guide channels must be positive; got {self.channels}")
+
+
+class Branch(nn.Module):
+    """The narrow copy of stages ``after+1 .. N`` and of the head."""
+
+    def __init__(
+        self,
+        backbone: StagedGenerator,
+        after: int,
+        scale: float | str | Fraction,
+        min_channels: int,
+        guide: GuideSpec | None = None,
+    ):
+        super().__init__()
+        self.after = after
+        self.guide_spec = guide
+        plan = branch_channels(backbone.stage_channels, after, scale, min_channels, backbone.channel_unit)
+        self.block_channels = plan
+        extra = [0] * len(plan)
+        if guide is not None and guide.mode == "first":
+            extra[0] = plan[0][0] // 2
+            self.guide_adapter = nn.Conv2d(guide.channels, extra[0], 3, padding=1)
+        elif guide is not None:
+            extra = [guide.channels] * len(plan)
+        self.guide_extra = extra
+        self.blocks = nn.ModuleList(
+            backbone.make_branch_stage(after + j, c_in + extra[j], c_out) for j, (c_in, c_out) in enumerate(plan)
+        )
+        self.head = backbone.make_branch_head(plan[-1][1])
+
+    def _with_guide(self, j: int, h: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
+        if self.guide_extra[j] == 0:
+            return h
+        size = h.shape[-2:]
+        if self.guide_spec.mode == "first":
+            g = self.guide_adapter(F.interpolate(guide, size=size, mode="nearest"))
+        else:
+            g = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
+        return torch.cat([h, g], dim=1)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None, guide: torch.Tensor | None = None) -> torch.Tensor:
+        if self.guide_spec is not None:
+            if guide is None:
+                raise ValueError(f"the branch after stage {self.after} was built with a guide ({self.guide_spec}) but got none")
+            if guide.shape[0] != h.shape[0] or guide.shape[1] != self.guide_spec.channels:
+                raise ValueError(
+                    f"guide must be [B={h.shape[0]}, {self.guide_spec.channels}, H, W]; got {list(guide.shape)}"
+                )
+        for j, block in enumerate(self.blocks):
+            h = block(self._with_guide(j, h, guide), cond)
+        return self.head(h, cond)
+
+
+def _take(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else x.index_select(0, index)
+
+
+class ExitGenerator(nn.Module):
+    """A staged backbone with exit branches after the chosen stages.
+
+    ``exits`` lists the stages (1-based counts) after which a branch is attached, e.g. ``(1, 2, 3, 4)``
+    for OASIS. Call it with ``exit=`` an int (one route for the whole batch) or a ``[B]`` integer
+    tensor (a mixed batch, run as a tree: :meth:`mixed`).
+
+    A guide (from the feature bank) is either a tensor ``[B, C, h, w]`` or a callable that maps the
+    features after the key stage (``exits[0]``, the stage before the first exit) to that tensor.
+    """
+
+    def __init__(
+        self,
+        backbone: StagedGenerator,
+        exits: Sequence[int],
+        scale: float | str | Fraction,
+        min_channels: int,
+        guide: GuideSpec | None = None,
+    ):
+        super().__init__()
+        exits = [int(e) for e in exits]
+        if not exits or exits != sorted(set(exits)):
+            raise ValueError(f"exits must be a non-empty, strictly increasing list of stage numbers; got {exits}")
+        if exits[0] < 1 or exits[-1] >= backbone.num_stages:
+            raise ValueError(f"exits must lie in 1..{backbone.num_stages - 1} for a {backbone.num_stages}-stage backbone; got {exits}")
+        self.backbone = backbone
+        self.exits = exits
+        self.scale = parse_scale(scale)
+        self.min_channels = int(min_channels)
+        self.guide_spec = guide
+        self.branches = nn.ModuleList(Branch(backbone, k, self.scale, self.min_channels, guide) for k in exits)
+
+    @property
+    def num_routes(self) -> int:
+        """Branches plus the backbone."""
+        return len(self.exits) + 1
+
+    @property
+    def key_stage(self) -> int:
+        return self.exits[0]
+
+    def _check_route(self, route: int) -> int:
+        if isinstance(route, bool) or not isinstance(route, int) or not 0 <= route < self.num_routes:
+            raise ValueError(f"exit must be an int in 0..{self.num_routes - 1} (the last is the backbone); got {route!r}")
+        return route
+
+    def _resolve_guide(self, guide: Guide, h: torch.Tensor) -> torch.Tensor | None:
+        if self.guide_spec is None:
+            return None
+        if guide is None:
+            raise ValueError("these exits were built with a guide; pass guide= (a tensor or a callable on key-stage features)")
+        return guide(h) if callable(guide) else guide
+
+    def forward(self, *inputs: torch.Tensor, exit: int | torch.Tensor, guide: Guide = None) -> torch.Tensor:
+        if isinstance(exit, torch.Tensor):
+            return self.mixed(*inputs, exits=exit, guide=guide)
+        return self.route(*inputs, exit=exit, guide=guide)
+
+    def route(self, *inputs: torch.Tensor, exit: int, guide: Guide = None) -> torch.Tensor:
+        """Run the whole batch through one route."""
+        route = self._check_route(exit)
+        h, cond = self.backbone.stem(*inputs)
+        if route == len(self.exits):
+            for stage in self.backbone.stages:
+                h = stage(h, cond)
+            return self.backbone.head(h, cond)
+        after = self.exits[route]
+        g = None
+        for index in range(after):
+            h = self.backbone.stages[index](h, cond)
+            if index + 1 == self.key_stage:
+                g = self._resolve_guide(guide, h)
+        return self.branches[route](h, cond, g)
+
+    def mixed(self, *inputs: torch.Tensor, exits: torch.Tensor, guide: Guide = None) -> torch.Tensor:
+        """Run a batch where every sample has its own route, as a tree.
+
+        Each backbone stage only processes the samples still on the backbone past it, and each
+        branch only its own samples, so no sample pays for a route it does not take. Outputs come
+        back in input order. In eval mode the result equals running every sample alone on its route.
+        (In train mode BatchNorm statistics depend on who shares a sub-batch: train one route at a time.)
+        """
+        if exits.dim() != 1 or exits.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"exits must be a 1-D integer tensor with one route per sample; got {exits.dtype} {list(exits.shape)}")
+        batch = inputs[0].shape[0]
+        if exits.numel() != batch:
+            raise ValueError(f"exits has {exits.numel()} entries for a batch of {batch}")
+        if batch == 0:
+            raise ValueError("empty batch")
+        exits = exits.to(inputs[0].device, torch.int64)
+        if int(exits.min()) < 0 or int(exits.max()) >= self.num_routes:
+            raise ValueError(f"exit indices must lie in 0..{self.num_routes - 1}; got {exits.tolist()}")
+
+        h, cond = self.backbone.stem(*inputs)
+        alive = torch.arange(batch, device=exits.device)  # input positions of the rows of h
+        out: torch.Tensor | None = None
+        g: torch.Tensor | None = None
+        branch_at = {k: i for i, k in enumerate(self.exits)}
+
+        def emit(rows: torch.Tensor, images: torch.Tensor) -> None:
+            nonlocal out
+            if out is None:
+                out = images.new_empty((batch, *images.shape[1:]))
+            out.index_copy_(0, rows, images)
+
+        for index, stage in enumerate(self.backbone.stages):
+            h = stage(h, cond)
+            if index + 1 == self.key_stage:
+                g = self._resolve_guide(guide, h)
+            route = branch_at.get(index + 1)
+            if route is None:
+                continue
+            here = exits.index_select(0, alive) == route
+            if bool(here.any()):
+                sel = here.nonzero().squeeze(1)
+                emit(alive.index_select(0, sel), self.branches[route](h.index_select(0, sel), _take(cond, sel), _take(g, sel)))
+                keep = (~here).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    return out
+                alive, h, cond, g = alive.index_select(0, keep), h.index_select(0, keep), _take(cond, keep), _take(g, keep)
+        emit(alive, self.backbone.head(h, cond))
+        return out
+
+    def route_macs(self, batch_size: int = 1) -> list[int]:
+        """MACs of every route for ``batch_size`` inputs, shallowest first, the backbone last."""
+        from .metrics.macs import count_macs
+
+        return [count_macs(self, *self.backbone.example_inputs(batch_size), exit=r, guide=self._meta_guide(batch_size))
+                for r in range(self.num_routes)]
+
+    def _meta_guide(self, batch_size: int) -> Guide:
+        if self.guide_spec is None:
+            return None
+        channels = self.guide_spec.channels
+
+        def fake_guide(h: torch.Tensor) -> torch.Tensor:
+            # Shape stand-in for the bank's output: MACs of retrieval are counted by the bank itself.
+            return torch.zeros(h.shape[0], channels, *h.shape[-2:], device=h.device, dtype=h.dtype)
+
+        return fake_guide

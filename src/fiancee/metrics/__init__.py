@@ -1,0 +1,1 @@
+"""Quality and cost metrics: pure functions and small modules with explicit input ranges."""
