@@ -26,8 +26,23 @@ def _to_meta(x: Any) -> Any:
     return x
 
 
-def count_macs(module: nn.Module, *args: Any, **kwargs: Any) -> int:
-    """MACs of ``module(*args, **kwargs)`` in eval mode, counted on meta tensors."""
+def count_macs(module: nn.Module, *args: Any, meta: bool = True, **kwargs: Any) -> int:
+    """MACs of ``module(*args, **kwargs)`` in eval mode.
+
+    With ``meta=True`` (default) weights and inputs are replaced by meta tensors: shapes only.
+    Pass ``meta=False`` when the forward depends on tensor *values* (the mixed-exit tree reads the
+    exit of every sample), at the price of really running it.
+    """
+    if not meta:
+        was_training = module.training
+        module.eval()
+        try:
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                module(*args, **kwargs)
+        finally:
+            module.train(was_training)
+        return counter.get_total_flops() // 2
     params = {name: _to_meta(p) for name, p in module.named_parameters(remove_duplicate=False)}
     buffers = {name: _to_meta(b) for name, b in module.named_buffers(remove_duplicate=False)}
     was_training = module.training

@@ -1,0 +1,190 @@
+"""Exit branches and their execution on tiny backbones (CPU, seconds)."""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from fiancee.backbones import G2DConfig, G2DGenerator, OASISConfig, OASISGenerator
+from fiancee.exits import ExitGenerator, GuideSpec
+from fiancee.metrics.macs import count_macs
+from fiancee.staged import StagedSequential
+
+
+def tiny_dcgan() -> StagedSequential:
+    seq = nn.Sequential(
+        nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=False), nn.BatchNorm2d(32), nn.ReLU(),  # 4x4
+        nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),  # 8x8
+        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),  # 16x16
+        nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False), nn.Tanh(),  # 32x32
+    )
+    return StagedSequential(seq, [0, 3, 6, 9], example_input=torch.randn(1, 16, 1, 1))
+
+
+def build(name: str, seed: int = 0, guide: GuideSpec | None = None) -> ExitGenerator:
+    torch.manual_seed(seed)
+    if name == "oasis":
+        backbone = OASISGenerator(OASISConfig.tiny())
+        model = ExitGenerator(backbone, backbone.config.exits, "1/2", 4, guide=guide)
+    elif name == "g2d":
+        backbone = G2DGenerator(G2DConfig.tiny())
+        model = ExitGenerator(backbone, backbone.config.exits, "1/2", 4, guide=guide)
+    else:
+        backbone = tiny_dcgan()
+        model = ExitGenerator(backbone, [1, 2], "1/2", 4, guide=guide)
+    # Make BatchNorm running stats non-trivial so eval mode is a real test of the tree.
+    model.train()
+    with torch.no_grad():
+        for r in range(model.num_routes):
+            model(*backbone.example_inputs(4), exit=r, guide=_guide_for(model, 4))
+    return model.eval()
+
+
+def _guide_for(model: ExitGenerator, batch: int):
+    spec = model.guide_spec
+    if spec is None:
+        return None
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(batch, spec.channels, 4, 4, generator=g)
+
+
+NAMES = ["oasis", "g2d", "sequential"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_route_shapes(name):
+    model = build(name)
+    inputs = model.backbone.example_inputs(3)
+    full = model.backbone(*inputs)
+    assert full.shape[0] == 3 and full.shape[1] == 3
+    for r in range(model.num_routes):
+        out = model(*inputs, exit=r)
+        assert out.shape == full.shape
+        assert torch.isfinite(out).all() and out.abs().max() <= 1
+    # The last route is the backbone itself.
+    torch.testing.assert_close(model(*inputs, exit=model.num_routes - 1), full)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_tree_equals_per_sample_routes(name):
+    model = build(name)
+    torch.manual_seed(1)
+    inputs = model.backbone.example_inputs(7)
+    exits = torch.tensor([0, model.num_routes - 1, 1, 0, model.num_routes - 1, 1, 0])
+    with torch.no_grad():
+        mixed = model(*inputs, exit=exits)
+        for i, r in enumerate(exits.tolist()):
+            alone = model(*(x[i : i + 1] for x in inputs), exit=r)
+            assert (mixed[i : i + 1] - alone).abs().max().item() <= 1e-5
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_mixed_tree_property(data):
+    model = MODELS["oasis"]
+    batch = data.draw(st.integers(1, 6))
+    exits = torch.tensor(data.draw(st.lists(st.integers(0, model.num_routes - 1), min_size=batch, max_size=batch)))
+    torch.manual_seed(data.draw(st.integers(0, 1000)))
+    inputs = model.backbone.example_inputs(batch)
+    with torch.no_grad():
+        mixed = model(*inputs, exit=exits)
+        per_route = {r: model(*inputs, exit=r) for r in set(exits.tolist())}
+    for i, r in enumerate(exits.tolist()):
+        assert (mixed[i] - per_route[r][i]).abs().max().item() <= 1e-5
+
+
+MODELS = {"oasis": build("oasis")}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_macs_strictly_increase_with_depth(name):
+    macs = build(name).route_macs()
+    assert all(a < b for a, b in zip(macs, macs[1:])), macs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_sample_pays_for_a_route_it_does_not_take(name):
+    model = build(name)
+    per_route = model.route_macs(batch_size=1)
+    exits = torch.tensor([0, 0, 1, model.num_routes - 1])
+    inputs = model.backbone.example_inputs(len(exits))
+    mixed = count_macs(model, *inputs, exit=exits, meta=False)
+    # The tree costs exactly the sum of each sample's own route.
+    assert mixed == sum(per_route[r] for r in exits.tolist())
+    # Running everyone to the deepest exit needed costs more.
+    assert mixed < len(exits) * per_route[-1]
+
+
+def test_meta_count_equals_real_count():
+    model = build("oasis")
+    inputs = model.backbone.example_inputs(1)
+    for r in range(model.num_routes):
+        assert count_macs(model, *inputs, exit=r) == count_macs(model, *inputs, exit=r, meta=False)
+
+
+def test_guide_first_block_grows_by_half():
+    model = build("oasis", guide=GuideSpec("first", channels=6))
+    for branch in model.branches:
+        c_in = branch.block_channels[0][0]
+        assert branch.guide_extra == [c_in // 2] + [0] * (len(branch.block_channels) - 1)
+        first_conv = branch.blocks[0].block.norm_0.norm.num_features
+        assert first_conv == c_in + c_in // 2
+    inputs = model.backbone.example_inputs(2)
+    guide = _guide_for(model, 2)
+    out = model(*inputs, exit=0, guide=guide)
+    assert out.shape == model.backbone(*inputs).shape
+    # A callable guide is applied to the key-stage features.
+    seen = {}
+
+    def guide_fn(h):
+        seen["shape"] = tuple(h.shape)
+        return guide
+
+    torch.testing.assert_close(model(*inputs, exit=0, guide=guide_fn), out)
+    c_key = model.backbone.stage_channels[model.key_stage - 1][1]
+    assert seen["shape"][:2] == (2, c_key)
+    with pytest.raises(ValueError, match="guide"):
+        model(*inputs, exit=0)
+
+
+def test_guide_every_block_gets_three_channels():
+    model = build("g2d", guide=GuideSpec("every", channels=3))
+    for branch in model.branches:
+        assert branch.guide_extra == [3] * len(branch.block_channels)
+        for block, (c_in, _) in zip(branch.blocks, branch.block_channels):
+            assert block.block.body[0].num_features == c_in + 3
+    inputs = model.backbone.example_inputs(5)
+    guide = torch.rand(5, 3, 8, 8) * 2 - 1
+    exits = torch.tensor([0, 2, 1, 1, 0])
+    with torch.no_grad():
+        mixed = model(*inputs, exit=exits, guide=guide)
+        for i, r in enumerate(exits.tolist()):
+            alone = model(*(x[i : i + 1] for x in inputs), exit=r, guide=guide[i : i + 1])
+            assert (mixed[i : i + 1] - alone).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "exits, match",
+    [
+        (torch.tensor([0, 9]), "0..3"),
+        (torch.tensor([[0, 1]]), "1-D integer"),
+        (torch.tensor([0.0, 1.0]), "1-D integer"),
+        (torch.tensor([0, 1, 2]), "3 entries for a batch of 2"),
+    ],
+)
+def test_bad_exit_assignments_are_refused(exits, match):
+    model = MODELS["oasis"]
+    with pytest.raises(ValueError, match=match):
+        model(*model.backbone.example_inputs(2), exit=exits)
+
+
+def test_bad_route_and_exit_lists_are_refused():
+    model = MODELS["oasis"]
+    with pytest.raises(ValueError, match="int in 0..3"):
+        model(*model.backbone.example_inputs(1), exit=4)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ExitGenerator(model.backbone, [2, 1], "1/2", 4)
+    with pytest.raises(ValueError, match="1..3"):
+        ExitGenerator(model.backbone, [4], "1/2", 4)
+    with pytest.raises(ValueError, match="scale factor"):
+        ExitGenerator(model.backbone, [1], 0, 4)
