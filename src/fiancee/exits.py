@@ -274,6 +274,23 @@ class ExitGenerator(nn.Module):
         emit(alive, self.backbone.head(h, cond))
         return out
 
+    def trunk(self, *inputs: torch.Tensor, guide: Guide = None):
+        """Run the backbone once and keep what every branch needs (used to train all exits at once).
+
+        Returns ``(features, cond, guide, image)``: ``features[i]`` is ``h`` after stage ``exits[i]``,
+        ``image`` the backbone's output (the distillation target).
+        """
+        h, cond = self.backbone.stem(*inputs)
+        feats: list[torch.Tensor] = []
+        g = None
+        for index, stage in enumerate(self.backbone.stages):
+            h = stage(h, cond)
+            if index + 1 == self.key_stage:
+                g = self._resolve_guide(guide, h)
+            if index + 1 in self.exits:
+                feats.append(h)
+        return feats, cond, g, self.backbone.head(h, cond)
+
     def route_macs(self, batch_size: int = 1) -> list[int]:
         """MACs of every route for ``batch_size`` inputs, shallowest first, the backbone last."""
         from .metrics.macs import count_macs

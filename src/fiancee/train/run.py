@@ -1,0 +1,129 @@
+"""A training run is a folder (stylegan2-ada's habit):
+
+```
+RUN/
+  config.json                  written before the first step
+  stats.jsonl                  one JSON line per step (rank 0)
+  latest.json                  {"step": N, "dir": "checkpoints/step_0000N"}: the last complete checkpoint
+  checkpoints/step_0000N/      one safetensors file per component + optimizer and step state
+```
+
+A checkpoint folder is filled under a temporary name and renamed when complete; ``latest.json`` is
+then replaced atomically. A run killed at any moment (even SIGKILL) therefore resumes from its last
+complete checkpoint, and ``stats.jsonl`` is cut back to that step so the loss curve continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import atomic_write_text, load_tensors, read_json, save_tensors, write_json
+
+__all__ = ["RunDir", "optimizer_tensors", "load_optimizer_tensors"]
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and the JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def stats_path(self) -> Path:
+        return self.path / "stats.jsonl"
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def write_config(self, config: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.config_path, config)
+
+    def read_config(self) -> dict:
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not a run folder: no config.json")
+        return read_json(self.config_path)
+
+    def append_stats(self, record: dict) -> None:
+        # One short line per write: a crash can at worst leave a partial last line, which
+        # read_stats skips and truncate_stats removes on resume.
+        with open(self.stats_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read_stats(self) -> list[dict]:
+        if not self.stats_path.is_file():
+            return []
+        out = []
+        for line in self.stats_path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def truncate_stats(self, step: int) -> None:
+        """Keep the records of steps <= ``step`` (those the last checkpoint already contains)."""
+        kept = [r for r in self.read_stats() if r.get("step", 0) <= step]
+        atomic_write_text(self.stats_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def latest(self) -> dict | None:
+        p = self.path / "latest.json"
+        return read_json(p) if p.is_file() else None
+
+    def save_checkpoint(self, step: int, components: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2) -> Path:
+        """Write ``components`` (name -> tensors) and ``state`` (JSON) as checkpoint ``step``."""
+        root = self.path / "checkpoints"
+        final = root / f"step_{step:08d}"
+        tmp = root / f".step_{step:08d}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for name, tensors in components.items():
+            save_tensors(tmp / f"{name}.safetensors", tensors)
+        write_json(tmp / "state.json", {**state, "step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        write_json(self.path / "latest.json", {"step": step, "dir": str(final.relative_to(self.path))})
+        for old in sorted(p for p in root.glob("step_*") if p != final)[:-keep + 1 or None]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, names: list[str], device: str | torch.device = "cpu") -> tuple[dict[str, dict[str, torch.Tensor]], dict] | None:
+        latest = self.latest()
+        if latest is None:
+            return None
+        folder = self.path / latest["dir"]
+        components = {n: load_tensors(folder / f"{n}.safetensors", device=device) for n in names}
+        return components, read_json(folder / "state.json")
