@@ -45,6 +45,39 @@ def _lpips(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_backbone(args: argparse.Namespace) -> int:
+    from .train.backbone import load_train_config, train_backbone
+
+    config = load_train_config(args.config, seed=args.seed, steps=args.steps, train_limit=args.train_limit)
+    summary = train_backbone(config, args.out, data=args.data, resume=args.resume, device=args.device)
+    print(json.dumps(summary))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .tasks import get_task, write_samples
+
+    task = get_task(args.task, data=args.data, weights=args.weights)
+    print(json.dumps(write_samples(task, args.out, n=args.n, seed=args.seed)))
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from .tasks.fashion import train_label_classifier
+
+    print(json.dumps(train_label_classifier(args.out, data=args.data, seed=args.seed, epochs=args.epochs)))
+    return 0
+
+
+def _evaluate_backbone(args: argparse.Namespace) -> int:
+    from .tasks.fashion import evaluate_fashion_backbone
+
+    result = evaluate_fashion_backbone(weights=args.weights, data=args.data, n=args.n, seed=args.seed,
+                                       fid=not args.no_fid, out=args.out)
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fiancee", description="Conditional early exits for trained image generators.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -73,6 +106,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", choices=["alex", "vgg"], default="alex")
     p.add_argument("--weights", default=None, help="optional folder of PyTorch-format weights (see docs/metrics.md)")
     p.set_defaults(func=_lpips)
+    p = sub.add_parser(
+        "train-backbone", help="train the fashion backbone (OASIS recipe)",
+        description="Train the OASIS generator of task 'fashion' on Fashion-MNIST label maps: U-Net segmentation "
+                    "discriminator with balanced N+1-class cross-entropy, LabelMix, EMA, Adam(0, 0.999). "
+                    "The run folder holds config.json, stats.jsonl, checkpoint.safetensors and backbone/.",
+        epilog="example: fiancee train-backbone --task fashion --config configs/fashion_backbone.json "
+               "--out runs/fashion_backbone --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=["fashion"], required=True, help="only fashion is trained (faces is pretrained)")
+    p.add_argument("--config", required=True, help="training config JSON (e.g. configs/fashion_backbone.json)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--steps", type=int, default=None, help="overrides the config's step count")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--data", default=None, help="folder with the Fashion-MNIST idx .gz files (else $FIANCEE_DATA, "
+                                                 "else /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_train_backbone)
+
+    p = sub.add_parser(
+        "sample", help="write backbone samples of a task as PNG files and a grid",
+        description="N backbone images of a task (faces: z ~ N(0, I); fashion: label maps of the test set + noise).",
+        epilog="example: fiancee sample --task faces --out out/faces --n 16 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--out", required=True, help="folder for sample_*.png and grid.png")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="fashion: folder with the idx .gz files")
+    p.add_argument("--weights", default=None, help="faces: weights.tar; fashion: backbone folder (default weights/fashion)")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser(
+        "train-classifier", help="train the fashion label classifier on the real training set",
+        description="Small CNN on real Fashion-MNIST (32x32 padded); used to score generated garments.",
+        epilog="example: fiancee train-classifier --task fashion --out weights/fashion --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=["fashion"], required=True)
+    p.add_argument("--out", required=True, help="folder for classifier.safetensors + classifier.json")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="folder with the idx .gz files")
+    p.set_defaults(func=_train_classifier)
+
+    p = sub.add_parser(
+        "evaluate-backbone", help="label accuracy and FID of the fashion backbone",
+        description="Generates from N test label maps; label accuracy by the classifier in the weights folder, "
+                    "FID against the N matching real test images.",
+        epilog="example: fiancee evaluate-backbone --task fashion --n 1000 --seed 0 --out out/fashion_eval",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=["fashion"], required=True)
+    p.add_argument("--weights", default=None, help="backbone folder (default weights/fashion)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fid", action="store_true", help="label accuracy only (FID runs Inception, slow on CPU)")
+    p.add_argument("--out", default=None, help="also write metrics.json and grid.png here")
+    p.add_argument("--data", default=None, help="folder with the idx .gz files")
+    p.set_defaults(func=_evaluate_backbone)
+
     return parser
 
 

@@ -1,0 +1,63 @@
+"""Tasks: a named generator with its inputs, exits and image comparison (see :mod:`fiancee.tasks.base`).
+
+- ``faces``: the pretrained DCGAN of ``gan-face-generate==1.1.1``, unconditional, 64x64.
+- ``fashion``: OASIS semantic synthesis on Fashion-MNIST label maps, 32x32, trained here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .base import Task
+
+__all__ = ["Task", "TASKS", "get_task", "write_samples"]
+
+
+def _faces(**kwargs) -> Task:
+    from .faces import FacesTask
+
+    return FacesTask(weights=kwargs.get("weights"))
+
+
+def _fashion(**kwargs) -> Task:
+    from .fashion import FashionTask
+
+    return FashionTask(data=kwargs.get("data"), weights=kwargs.get("weights"))
+
+
+TASKS: dict[str, Callable[..., Task]] = {"faces": _faces, "fashion": _fashion}
+
+
+def get_task(name: str, *, data: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> Task:
+    """The task called ``name``; ``data`` / ``weights`` override where its data and weights are read."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    return TASKS[name](data=data, weights=weights)
+
+
+@torch.no_grad()
+def write_samples(task: Task, out: str | os.PathLike, *, n: int = 16, seed: int = 0, split: str = "test",
+                  batch_size: int = 64) -> dict:
+    """Write ``n`` backbone images as ``sample_00000.png`` ... plus ``grid.png`` into ``out``.
+
+    For ``fashion`` the inputs are label maps of the real test set (``split``) with seeded noise.
+    """
+    from PIL import Image
+
+    from ..io import atomic_path
+    from ..plots import save_grid, to_uint8
+
+    backbone = task.load_backbone("cpu")
+    inputs = task.sample_inputs(n, seed, split)
+    images = torch.cat([backbone(*(x[i : i + batch_size] for x in inputs)) for i in range(0, n, batch_size)])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, arr in enumerate(to_uint8(images)):
+        with atomic_path(out / f"sample_{i:05d}.png") as tmp:
+            Image.fromarray(arr).save(tmp, format="PNG")
+    save_grid(images, out / "grid.png", ncol=min(8, n))
+    return {"task": task.name, "n": n, "seed": seed, "split": split, "out": str(out)}
