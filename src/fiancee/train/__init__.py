@@ -1,0 +1,1 @@
+"""Training code: the fashion backbone (OASIS recipe) and its discriminator; exit training builds on them."""
