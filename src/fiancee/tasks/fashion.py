@@ -263,15 +263,27 @@ def generate(model: OASISGenerator, label: torch.Tensor, z: torch.Tensor, batch_
     return torch.cat([model(label[i : i + batch_size], z[i : i + batch_size]) for i in range(0, len(label), batch_size)])
 
 
+def fid_reference_sets(task: FashionTask, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real images FID compares with, as RGB ``[n, 3, 32, 32]``: the ``n`` test items whose label
+    maps are used, and ``n`` training images (seeded) for the real-vs-real floor."""
+    test = task.split("test")
+    train = task.split("train")
+    idx_train = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 2))[:n]
+    return test.images[task.sample_indices(n, seed, "test")].repeat(1, 3, 1, 1), train.images[idx_train].repeat(1, 3, 1, 1)
+
+
 def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                              n: int = 1000, seed: int = 0, fid: bool = True, out: str | os.PathLike | None = None) -> dict:
+                              n: int = 1000, seed: int = 0, fid: bool = True, fid_floor: bool = True,
+                              out: str | os.PathLike | None = None) -> dict:
     """Label accuracy and FID of the backbone on ``n`` label maps of the real test set.
 
     - label accuracy: the classifier (``classifier.safetensors`` in the weights folder, trained on
       the real training set) applied to the generated garments; its accuracy on the real images of
       the same ``n`` test items is reported beside it as the ceiling;
     - FID: generated images vs the real test images the label maps come from (``n`` each; FID is
-      biased upward at small ``n``, so compare numbers only at equal ``n``).
+      biased upward at small ``n``, so compare numbers only at equal ``n``); ``fid_floor`` adds the FID
+      between those real test images and ``n`` real training images, what a perfect generator would
+      score at this ``n``. Real-set statistics are cached.
     ``out``: also write ``metrics.json`` and ``grid.png`` (generated, real below each row of 8).
     """
     from ..classifier import accuracy, load_classifier
@@ -293,9 +305,15 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
         "real_label_accuracy": round(accuracy(clf, real, classes), 4),
     }
     if fid:
-        from ..metrics.fid import fid as fid_fn
+        from ..metrics.fid import compute_stats, frechet_distance
 
-        result["fid"] = round(fid_fn(real.repeat(1, 3, 1, 1), fake, cache_real=True), 3)
+        test_rgb, train_rgb = fid_reference_sets(task, n, seed)
+        mu_r, s_r = compute_stats(test_rgb, cache=True)
+        mu_f, s_f = compute_stats(fake)
+        result["fid"] = round(frechet_distance(mu_r, s_r, mu_f, s_f), 3)
+        if fid_floor:
+            mu_t, s_t = compute_stats(train_rgb, cache=True)
+            result["fid_real_train_vs_test"] = round(frechet_distance(mu_r, s_r, mu_t, s_t), 3)
     if out is not None:
         from ..io import write_json
         from ..plots import save_grid
