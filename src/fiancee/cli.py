@@ -54,6 +54,37 @@ def _train_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_exits(args: argparse.Namespace) -> int:
+    from .train.exits import make_config, train_exits
+
+    config = make_config(
+        args.task, scale=args.scale, min_channels=args.min_channels, recipe=args.recipe, preset=args.preset,
+        steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        bank=args.bank,
+    )
+    run = train_exits(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    print(run)
+    return 0
+
+
+def _evaluate_exits(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_exits
+
+    report = evaluate_exits(args.run, n=args.n, seed=args.seed, fid=not args.no_fid, out=args.out,
+                            device=args.device, progress=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['task']}: {report['n']} held-out inputs, LPIPS ({report['lpips_net']}) and FID vs the backbone")
+    print(f"{'exit':<6}{'after':>6}{'GMACs':>9}{'ratio':>7}{'mean':>8}{'median':>8}{'p90':>8}{'FID':>9}")
+    for e in report["exits"]:
+        fid = f"{e['fid']:>9.2f}" if e["fid"] is not None else f"{'-':>9}"
+        print(f"{e['exit']:<6}{e['after_stage']:>6}{e['macs'] / 1e9:>9.3f}{e['macs_ratio']:>7.3f}"
+              f"{e['lpips_mean']:>8.4f}{e['lpips_median']:>8.4f}{e['lpips_p90']:>8.4f}{fid}")
+    print(f"backbone {report['backbone_macs'] / 1e9:.3f} GMACs; grid: {report['grid']}")
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from .tasks import get_task, write_samples
 
@@ -106,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", choices=["alex", "vgg"], default="alex")
     p.add_argument("--weights", default=None, help="optional folder of PyTorch-format weights (see docs/metrics.md)")
     p.set_defaults(func=_lpips)
+
     p = sub.add_parser(
         "train-backbone", help="train the fashion backbone (OASIS recipe)",
         description="Train the OASIS generator of task 'fashion' on Fashion-MNIST label maps: U-Net segmentation "
@@ -126,7 +158,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_train_backbone)
+    p = sub.add_parser(
+        "train-exits", help="train every exit branch of a task by distillation",
+        description="Train all exit branches against the frozen backbone (paper eq. 3 / eq. 4). "
+                    "Runs alone or under `torchrun --nproc_per_node N -m fiancee train-exits ...` (DDP).",
+        epilog="example: fiancee train-exits --task faces --scale 1/4 --min-channels 16 --recipe oasis --preset quick --out runs/faces",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", required=True, choices=["faces", "fashion"])
+    p.add_argument("--scale", default="1/4", help="branch width scale factor SF (default 1/4)")
+    p.add_argument("--min-channels", type=int, default=None, help="channel floor (default: the task's)")
+    p.add_argument("--recipe", choices=["oasis", "megaportraits"], default="oasis")
+    p.add_argument("--preset", choices=["quick", "full", "smoke"], default="quick")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default: the preset's)")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--bank", default=None, help="a feature bank folder (fiancee build-bank) to guide the branches")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train_exits)
 
+    p = sub.add_parser(
+        "evaluate-exits", help="MACs, LPIPS and FID of every exit of a trained run",
+        description="Per exit: MACs, mean / median / p90 LPIPS vs the backbone on held-out inputs, FID; "
+                    "writes exits.json and an image grid (one row per exit, the backbone last).",
+        epilog="example: fiancee evaluate-exits runs/faces --n 500 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder of fiancee train-exits")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID (Inception is slow on CPU)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/eval)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_evaluate_exits)
     p = sub.add_parser(
         "sample", help="write backbone samples of a task as PNG files and a grid",
         description="N backbone images of a task (faces: z ~ N(0, I); fashion: label maps of the test set + noise).",
@@ -169,7 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write metrics.json and grid.png here")
     p.add_argument("--data", default=None, help="folder with the idx .gz files")
     p.set_defaults(func=_evaluate_backbone)
-
     return parser
 
 

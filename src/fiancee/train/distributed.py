@@ -52,6 +52,7 @@ def init_distributed(device: str | None = None) -> DistEnv:
 
 
 def shutdown_distributed() -> None:
+    # No barrier here: on an error path the other ranks may never reach it (torchrun then tears
+    # the group down); on the normal path the last checkpoint's all_gather already synchronised.
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()

@@ -129,7 +129,7 @@ class BranchLoss(nn.Module):
             from ..metrics.ssim import ms_ssim
 
             # MS-SSIM is a similarity in [0, 1]: the loss is 1 - MS-SSIM.
-            terms["ms_ssim"] = r.ms_ssim * (1 - ms_ssim(fake, real, data_range=2.0).mean())
+            terms["ms_ssim"] = r.ms_ssim * (1 - ms_ssim(fake, real, value_range=(-1.0, 1.0)).mean())
         if r.l1 > 0:
             terms["l1"] = r.l1 * F.l1_loss(fake, real)
         return terms

@@ -1,0 +1,104 @@
+"""Evaluate trained exits: MACs, LPIPS vs the backbone, FID, and an image grid (paper Figs. 2, 4, 5).
+
+An exit's quality is always measured against the backbone's image for the same input (section 4):
+LPIPS per image (AlexNet, v0.1), summarised by mean / median / 90th percentile, and FID between the
+exit's images and the backbone's images of the same held-out inputs (for a third-party generator with
+no data set of its own, the backbone's distribution is the one an exit should reproduce).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import write_json
+
+__all__ = ["route_images", "evaluate_exits"]
+
+
+@torch.no_grad()
+def route_images(model, inputs: tuple[torch.Tensor, ...], batch_size: int = 64, guide=None) -> list[torch.Tensor]:
+    """Images of every route (shallowest first, backbone last) for ``inputs``, on the CPU."""
+    out: list[list[torch.Tensor]] = [[] for _ in range(model.num_routes)]
+    n = inputs[0].shape[0]
+    for s in range(0, n, batch_size):
+        batch = tuple(x[s : s + batch_size] for x in inputs)
+        for r in range(model.num_routes):
+            out[r].append(model(*batch, exit=r, guide=guide).cpu())
+    return [torch.cat(o) for o in out]
+
+
+@torch.no_grad()
+def per_image_lpips(images: torch.Tensor, reference: torch.Tensor, to_metric, net: str = "alex", batch_size: int = 64) -> torch.Tensor:
+    from .metrics.lpips import LPIPS
+
+    metric = LPIPS(net)
+    vals = [metric(to_metric(images[s : s + batch_size]), to_metric(reference[s : s + batch_size]))
+            for s in range(0, images.shape[0], batch_size)]
+    return torch.cat(vals).flatten()
+
+
+def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: bool = True, grid_columns: int = 8,
+                   out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Per-exit MACs, LPIPS (mean / median / p90) and FID on ``n`` held-out inputs; writes
+    ``exits.json`` and ``exits_grid.png`` under ``out`` (default ``RUN/eval``)."""
+    from .train.exits import load_exits
+
+    if n < 2:
+        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    task, model = load_exits(run_dir, device=device)
+    guide = _bank_guide(run_dir, model)
+    inputs = tuple(x.to(device) for x in task.sample_inputs(n, seed=seed, split="test"))
+    images = route_images(model, inputs, guide=guide)
+    reference = images[-1]
+    macs = model.route_macs()
+    backbone_stats = None
+    if fid:
+        from .metrics.fid import compute_stats, frechet_distance
+
+        backbone_stats = compute_stats(reference)
+    exits = []
+    iterator = range(model.num_routes - 1)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="evaluate-exits", unit="exit")
+    for r in iterator:
+        lp = per_image_lpips(images[r], reference, task.to_lpips_images).numpy()
+        entry = {
+            "exit": r, "after_stage": model.exits[r], "macs": int(macs[r]), "macs_ratio": macs[r] / macs[-1],
+            "lpips_mean": float(lp.mean()), "lpips_median": float(np.median(lp)), "lpips_p90": float(np.percentile(lp, 90)),
+            "fid": None,
+        }
+        if backbone_stats is not None:
+            mu, sigma = compute_stats(images[r])
+            entry["fid"] = float(frechet_distance(mu, sigma, *backbone_stats))
+        exits.append(entry)
+    report = {
+        "run": str(run_dir), "task": task.name, "n": n, "seed": seed, "lpips_net": "alex",
+        "fid_reference": "backbone images of the same inputs",
+        "backbone_macs": int(macs[-1]), "exits": exits,
+    }
+    out = Path(out) if out is not None else Path(run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "exits.json", report)
+    from .plots import save_grid
+
+    cols = min(grid_columns, n)
+    rows = torch.cat([im[:cols] for im in images])  # one row per exit, the backbone last
+    save_grid(rows, out / "exits_grid.png", ncol=cols)
+    report["grid"] = str(out / "exits_grid.png")
+    return report
+
+
+def _bank_guide(run_dir, model):
+    from .train.run import RunDir
+
+    bank = RunDir(run_dir).read_config().get("bank")
+    if bank is None:
+        return None
+    from .bank import load_bank
+
+    return load_bank(bank, model.backbone).guide

@@ -1,0 +1,296 @@
+"""Train all exit branches of a model by distillation (paper section 4.1 eq. 3, 4.2 eq. 4, S1.1.2).
+
+The backbone stays frozen. For every batch the backbone runs once (``ExitGenerator.trunk``): its
+features after each exit stage feed every branch, its image is the target every branch learns to
+reproduce. Each branch has its own critic; per-exit losses are logged separately.
+
+Runs alone or under ``torchrun --nproc_per_node N``: the branches and the critics are wrapped in
+DistributedDataParallel, every rank draws its own inputs (the data is split by rank), and only rank 0
+writes the run folder (:mod:`fiancee.train.run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..exits import ExitGenerator, parse_scale
+from ..io import tensor_fingerprint
+from .critics import Critic, build_critic
+from .distributed import DistEnv, init_distributed, shutdown_distributed
+from .losses import BranchLoss, Recipe, get_recipe, lr_at, make_optimizer
+from .run import RunDir, load_optimizer_tensors, optimizer_tensors
+
+__all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits"]
+
+# Presets: quick fits a 2-core CPU in minutes, full is for a GPU.
+# On CPU, VGG16 at 64 px costs about 5 s per 32 images forward + backward on 2 cores: the quick preset
+# turns the VGG term off and lets LPIPS (AlexNet, ~30x cheaper) carry the perceptual signal.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"steps": 600, "batch_size": 32, "checkpoint_every": 100, "recipe_overrides": {"vgg": 0.0}},
+    "full": {"steps": 20000, "batch_size": 32, "checkpoint_every": 1000, "recipe_overrides": {}},
+    # For tests: a handful of steps on tiny batches.
+    "smoke": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "recipe_overrides": {"vgg": 0.0}},
+}
+
+
+@dataclasses.dataclass
+class ExitTrainConfig:
+    task: str
+    scale: str = "1/4"
+    min_channels: int | None = None
+    recipe: dict | None = None  # Recipe.to_dict(); filled from recipe_name + preset overrides
+    recipe_name: str = "oasis"
+    preset: str = "quick"
+    steps: int = 600
+    batch_size: int = 32
+    checkpoint_every: int = 100
+    seed: int = 0
+    bank: str | None = None
+    world_size: int = 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_config(task: str, *, scale: str = "1/4", min_channels: int | None = None, recipe: str = "oasis",
+                preset: str = "quick", steps: int | None = None, batch_size: int | None = None,
+                checkpoint_every: int | None = None, seed: int = 0, bank: str | None = None,
+                recipe_overrides: dict | None = None) -> ExitTrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    sf = parse_scale(scale)
+    rec = get_recipe(recipe).replace(**{**p["recipe_overrides"], **(recipe_overrides or {})})
+    cfg = ExitTrainConfig(
+        task=task, scale=f"{sf.numerator}/{sf.denominator}", min_channels=min_channels, recipe=rec.to_dict(),
+        recipe_name=recipe, preset=preset, steps=int(steps or p["steps"]), batch_size=int(batch_size or p["batch_size"]),
+        checkpoint_every=int(checkpoint_every or p["checkpoint_every"]), seed=int(seed), bank=bank,
+    )
+    if cfg.steps <= 0 or cfg.batch_size <= 0 or cfg.checkpoint_every <= 0:
+        raise ValueError(f"steps, batch size and checkpoint interval must be positive; got {cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}")
+    return cfg
+
+
+def build_exits(task, backbone, scale: str, min_channels: int | None, bank: str | None = None) -> ExitGenerator:
+    """The task's exits around its backbone (guide channels reserved when a bank is used)."""
+    guide = None
+    if bank is not None:
+        from ..bank import load_bank
+
+        guide = load_bank(bank, backbone).guide_spec
+    mc = task.default_min_channels if min_channels is None else int(min_channels)
+    return ExitGenerator(backbone, task.exits, scale, mc, guide=guide)
+
+
+class _Branches(nn.Module):
+    """All branches behind one forward, so one DDP wrapper syncs them all in one backward."""
+
+    def __init__(self, model: ExitGenerator):
+        super().__init__()
+        self.branches = model.branches
+
+    def forward(self, feats: list[torch.Tensor], cond, guide) -> list[torch.Tensor]:
+        return [b(h, cond, guide) for b, h in zip(self.branches, feats)]
+
+
+class _Critics(nn.Module):
+    """One critic per branch; forward = the summed discriminator loss (and the per-exit values)."""
+
+    def __init__(self, critics: list[Critic]):
+        super().__init__()
+        self.critics = nn.ModuleList(critics)
+
+    def forward(self, real: torch.Tensor, fakes: list[torch.Tensor], inputs) -> list[torch.Tensor]:
+        return [c.d_loss(real, f.detach(), inputs) for c, f in zip(self.critics, fakes)]
+
+
+def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
+    # Distinct inputs for every (step, rank): the data is split across ranks, and a resumed run
+    # draws exactly the batches it would have drawn without the interruption.
+    return (seed * 1_000_003 + step * world + rank) % (2**63 - 1)
+
+
+def _task_critic(task, recipe: Recipe) -> Critic:
+    kind = "patch" if recipe.critic == "patch" else getattr(task, "critic_kind", "dcgan")
+    return build_critic(kind, task.image_size[0], task.image_channels)
+
+
+def train_exits(config: ExitTrainConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
+                progress: bool = True, stop_after: int | None = None) -> Path:
+    """Train every exit of ``config.task``; returns the run folder. ``stop_after`` ends early (tests)."""
+    from ..tasks import get_task
+
+    env = init_distributed(device)
+    try:
+        return _train(config, RunDir(out), env, resume, progress, stop_after, get_task(config.task))
+    finally:
+        shutdown_distributed()
+
+
+def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, progress: bool, stop_after, task) -> Path:
+    recipe = Recipe.from_dict(config.recipe)
+    config.world_size = env.world_size
+    exists = run.exists()
+    if env.distributed:
+        # Every rank must see the folder as it was before rank 0 writes into it.
+        torch.distributed.barrier()
+    if exists and not resume:
+        raise ValueError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    if resume:
+        saved = run.read_config()
+        for key in ("task", "scale", "min_channels", "recipe", "bank"):
+            if saved.get(key) != config.to_dict()[key]:
+                raise ValueError(f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}")
+    elif env.is_main:
+        run.write_config({**config.to_dict(), "kind": "exits", "exits": list(task.exits)})
+
+    torch.manual_seed(config.seed)
+    backbone = task.load_backbone(env.device)
+    model = build_exits(task, backbone, config.scale, config.min_channels, config.bank).to(env.device)
+    guide_fn = None
+    if config.bank is not None:
+        from ..bank import load_bank
+
+        guide_fn = load_bank(config.bank, backbone).guide
+    backbone.eval().requires_grad_(False)
+    branches = _Branches(model).train()
+    critics = _Critics([_task_critic(task, recipe) for _ in model.branches]).to(env.device).train()
+    use_adv = recipe.adversarial > 0 or recipe.feature_matching > 0
+    loss_fn = BranchLoss(recipe).to(env.device)
+    opt_g = make_optimizer(branches.parameters(), recipe)
+    opt_d = make_optimizer(critics.parameters(), recipe)
+
+    step = 0
+    if resume:
+        ckpt = run.load_checkpoint(["branches", "critics", "opt_g", "opt_d"], device=env.device)
+        if ckpt is not None:
+            comps, state = ckpt
+            branches.load_state_dict(comps["branches"])
+            critics.load_state_dict(comps["critics"])
+            load_optimizer_tensors(opt_g, comps["opt_g"], state["opt_g"])
+            load_optimizer_tensors(opt_d, comps["opt_d"], state["opt_d"])
+            step = int(state["step"])
+            if env.is_main:
+                run.truncate_stats(step)
+
+    ddp_g: nn.Module = branches
+    ddp_d: nn.Module = critics
+    if env.distributed:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        ddp_g = DDP(branches, device_ids=ids)
+        ddp_d = DDP(critics, device_ids=ids)
+
+    amp = env.device.type == "cuda"
+    bar = None
+    if progress and env.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=step, desc=f"train-exits {config.task}", unit="step", dynamic_ncols=True)
+    to_metric = task.to_lpips_images
+    n_exits = len(model.branches)
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    while step < end:
+        t0 = time.perf_counter()
+        lr = lr_at(recipe, step, config.steps)
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        inputs = tuple(x.to(env.device) for x in task.sample_inputs(
+            config.batch_size, seed=_step_seed(config.seed, step, env.rank, env.world_size), split="train"))
+        with torch.no_grad(), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
+            feats, cond, g, real = model.trunk(*inputs, guide=guide_fn)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
+            fakes = ddp_g(feats, cond, g)
+        fakes = [f.float() for f in fakes]
+        real = real.float()
+        record: dict[str, Any] = {"step": step + 1, "lr": lr}
+
+        # Discriminators first (on detached fakes), then the branches against the updated critics.
+        if use_adv:
+            d_losses = ddp_d(real, fakes, inputs)
+            opt_d.zero_grad(set_to_none=True)
+            torch.stack(d_losses).sum().backward()
+            opt_d.step()
+            for i, d in enumerate(d_losses):
+                record[f"exit{i}/d"] = d.item()
+
+        critics.requires_grad_(False)  # the branch step must not touch the critics' weights or grads
+        total = real.new_zeros(())
+        for i, fake in enumerate(fakes):
+            terms = loss_fn(fake, real, to_metric)
+            if use_adv:
+                adv, fm = critics.critics[i].g_loss(fake, inputs, real if recipe.feature_matching > 0 else None)
+                if recipe.adversarial > 0:
+                    terms["adv"] = recipe.adversarial * adv
+                if recipe.feature_matching > 0:
+                    terms["fm"] = recipe.feature_matching * fm
+            loss_i = sum(terms.values())
+            total = total + loss_i
+            record[f"exit{i}/g"] = loss_i.item()
+            for k, v in terms.items():
+                record[f"exit{i}/{k}"] = v.item()
+        opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        opt_g.step()
+        critics.requires_grad_(True)
+        step += 1
+        record["sec"] = round(time.perf_counter() - t0, 4)
+
+        if env.is_main:
+            run.append_stats(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({f"e{i}": f"{record[f'exit{i}/g']:.3f}" for i in range(n_exits)})
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _checkpoint(run, env, step, branches, critics, opt_g, opt_d)
+    if bar is not None:
+        bar.close()
+    return run.path
+
+
+def _checkpoint(run: RunDir, env: DistEnv, step: int, branches, critics, opt_g, opt_d) -> None:
+    # Every rank fingerprints its replica; DDP must have kept them identical, and we check it
+    # rather than trust it (a diverged replica would silently make the checkpoint rank-dependent).
+    # Parameters only: BatchNorm running statistics are updated locally after DDP broadcasts rank
+    # 0's buffers at every forward, so they differ by design; the checkpoint keeps rank 0's.
+    fingerprint = tensor_fingerprint(dict(branches.named_parameters()))
+    fingerprints = [fingerprint]
+    if env.distributed:
+        fingerprints = [None] * env.world_size
+        torch.distributed.all_gather_object(fingerprints, fingerprint)
+        if len(set(fingerprints)) != 1:
+            raise RuntimeError(f"DDP replicas diverged at step {step}: branch fingerprints {fingerprints}")
+    if not env.is_main:
+        return
+    g_t, g_meta = optimizer_tensors(opt_g)
+    d_t, d_meta = optimizer_tensors(opt_d)
+    run.save_checkpoint(
+        step,
+        {"branches": branches.state_dict(), "critics": critics.state_dict(), "opt_g": g_t, "opt_d": d_t},
+        {"opt_g": g_meta, "opt_d": d_meta, "replica_fingerprints": fingerprints},
+    )
+
+
+def load_exits(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """``(task, model)`` of a finished (or interrupted) run: the backbone with its trained branches, eval mode."""
+    from ..tasks import get_task
+
+    run = RunDir(run_dir)
+    config = run.read_config()
+    if config.get("kind") != "exits":
+        raise ValueError(f"{run.path} is not an exit-training run (config.json kind={config.get('kind')!r})")
+    task = get_task(config["task"])
+    backbone = task.load_backbone(device)
+    model = build_exits(task, backbone, config["scale"], config["min_channels"], config.get("bank")).to(device)
+    ckpt = run.load_checkpoint(["branches"], device=device)
+    if ckpt is None:
+        raise ValueError(f"{run.path} has no checkpoint yet (latest.json missing): train first")
+    _Branches(model).load_state_dict(ckpt[0]["branches"])
+    return task, model.eval()

@@ -1,0 +1,136 @@
+"""Exit training on the real faces backbone: run folders, recipes, torchrun + DDP, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fiancee.train.exits import load_exits, make_config, train_exits
+from fiancee.train.losses import RECIPES, get_recipe, lr_at
+from fiancee.train.run import RunDir
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fiancee", *args]
+
+
+def test_recipes_hold_the_papers_numbers():
+    oasis, mp = get_recipe("oasis"), get_recipe("megaportraits")
+    assert (oasis.adversarial, oasis.vgg, oasis.lpips, oasis.optimizer, oasis.lr, oasis.betas) == (1.0, 10.0, 5.0, "adam", 4e-4, (0.0, 0.999))
+    assert (mp.vgg, mp.ms_ssim, mp.l1, mp.feature_matching) == (18.0, 0.84, 0.16, 40.0)
+    assert (mp.optimizer, mp.lr, mp.betas, mp.eps, mp.weight_decay, mp.critic) == ("adamw", 2e-4, (0.05, 0.999), 1e-8, 1e-2, "patch")
+    assert lr_at(mp, 0, 100) == pytest.approx(2e-4) and lr_at(mp, 100, 100) == pytest.approx(1e-6)
+    assert lr_at(mp, 50, 100) == pytest.approx((2e-4 + 1e-6) / 2)
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        RECIPES["oasis"].replace(bogus=1)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("nope")
+
+
+@pytest.mark.parametrize("recipe", ["oasis", "megaportraits"])
+def test_a_short_run_is_a_complete_folder(tmp_path, recipe):
+    out = tmp_path / "run"
+    config = make_config("faces", recipe=recipe, preset="smoke", steps=2, batch_size=2, checkpoint_every=1, seed=3)
+    train_exits(config, out, device="cpu", progress=False)
+    run = RunDir(out)
+    cfg = run.read_config()
+    assert cfg["task"] == "faces" and cfg["recipe"]["name"] == recipe and cfg["kind"] == "exits"
+    stats = run.read_stats()
+    assert [r["step"] for r in stats] == [1, 2]
+    for i in range(3):  # per-exit losses logged separately
+        assert f"exit{i}/g" in stats[-1] and f"exit{i}/d" in stats[-1]
+    if recipe == "megaportraits":
+        assert "exit0/fm" in stats[-1] and "exit0/ms_ssim" in stats[-1] and "exit0/l1" in stats[-1]
+    latest = run.latest()
+    assert latest["step"] == 2
+    folder = out / latest["dir"]
+    assert {p.name for p in folder.iterdir()} == {"branches.safetensors", "critics.safetensors", "opt_g.safetensors",
+                                                 "opt_d.safetensors", "state.json"}
+    assert not list((out / "checkpoints").glob(".*tmp"))  # no half-written checkpoint left behind
+    task, model = load_exits(out)
+    assert not model.training and model.num_routes == 4
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_exits(config, out, device="cpu", progress=False)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    out = tmp_path / "run"
+    train_exits(make_config("faces", preset="smoke", steps=1, batch_size=2), out, device="cpu", progress=False)
+    other = make_config("faces", preset="smoke", steps=2, batch_size=2, scale="1/2")
+    with pytest.raises(ValueError, match="cannot resume .* scale"):
+        train_exits(other, out, resume=True, device="cpu", progress=False)
+
+
+def test_evaluate_exits_cli_json(tmp_path):
+    out = tmp_path / "run"
+    subprocess.run(_cli("train-exits", "--task", "faces", "--preset", "smoke", "--steps", "2", "--batch-size", "2",
+                        "--out", str(out), "--no-progress", "--device", "cpu"), check=True, env=ENV, capture_output=True)
+    proc = subprocess.run(_cli("evaluate-exits", str(out), "--n", "4", "--json"), check=True, env=ENV,
+                          capture_output=True, text=True)
+    report = json.loads(proc.stdout)
+    exits = report["exits"]
+    assert len(exits) == 3
+    for e in exits:
+        for key in ("macs", "lpips_mean", "lpips_median", "lpips_p90", "fid"):
+            assert isinstance(e[key], (int, float)), key
+        assert 0 <= e["lpips_mean"] <= 1.5 and e["fid"] >= 0
+    assert [e["macs"] for e in exits] == sorted(e["macs"] for e in exits)
+    assert exits[-1]["macs"] < report["backbone_macs"]
+    assert (out / "eval" / "exits_grid.png").is_file()
+
+
+def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "fiancee", "train-exits", "--task", "faces", "--preset", "smoke", "--steps", "3",
+           "--batch-size", "2", "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--device", "cpu"]
+    # torchrun runs `python -m fiancee` when given -m: keep the same interpreter and package.
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = RunDir(out)
+    assert run.read_config()["world_size"] == 2
+    state = json.loads((out / run.latest()["dir"] / "state.json").read_text())
+    prints = state["replica_fingerprints"]
+    assert len(prints) == 2 and prints[0] == prints[1]
+    assert [r["step"] for r in run.read_stats()] == [1, 2, 3]  # rank 0 alone writes
+
+
+def test_killed_run_resumes_and_the_loss_curve_continues(tmp_path):
+    out = tmp_path / "killed"
+    args = ("train-exits", "--task", "faces", "--preset", "smoke", "--steps", "24", "--batch-size", "2",
+            "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--device", "cpu", "--seed", "5")
+    proc = subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = RunDir(out)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        latest = run.latest() if (out / "latest.json").exists() else None
+        if latest and latest["step"] >= 6 and len(run.read_stats()) > latest["step"]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    killed_at = run.latest()["step"]
+    assert 6 <= killed_at < 24
+    subprocess.run(_cli(*args, "--resume"), env=ENV, check=True, capture_output=True)
+    steps = [r["step"] for r in run.read_stats()]
+    assert steps == list(range(1, 25))  # same step count, no gap and no repeat
+    assert run.latest()["step"] == 24
+
+    # The resumed run is the run that was never interrupted: same batches, same weights.
+    ref = tmp_path / "straight"
+    subprocess.run(_cli(*args[:-7], "--out", str(ref), "--no-progress", "--device", "cpu", "--seed", "5"),
+                   env=ENV, check=True, capture_output=True)
+    from fiancee.io import load_tensors
+
+    a = load_tensors(out / run.latest()["dir"] / "branches.safetensors")
+    b = load_tensors(ref / RunDir(ref).latest()["dir"] / "branches.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
