@@ -136,13 +136,15 @@ def test_guide_first_block_grows_by_half():
     # A callable guide is applied to the key-stage features.
     seen = {}
 
-    def guide_fn(h):
+    def guide_fn(h, cond):
         seen["shape"] = tuple(h.shape)
+        seen["cond"] = cond
         return guide
 
     torch.testing.assert_close(model(*inputs, exit=0, guide=guide_fn), out)
     c_key = model.backbone.stage_channels[model.key_stage - 1][1]
     assert seen["shape"][:2] == (2, c_key)
+    assert seen["cond"].shape[1] == model.backbone.config.cond_channels  # the label map travels with it
     with pytest.raises(ValueError, match="guide"):
         model(*inputs, exit=0)
 

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", required=True, choices=["faces", "fashion"])
-    p.add_argument("--scale", default="1/4", help="branch width scale factor SF (default 1/4)")
+    p.add_argument("--scale", default=None, help="branch width scale factor SF, e.g. 1/2 (default: the task's)")
     p.add_argument("--min-channels", type=int, default=None, help="channel floor (default: the task's)")
     p.add_argument("--recipe", choices=["oasis", "megaportraits"], default="oasis")
     p.add_argument("--preset", choices=["quick", "full", "smoke"], default="quick")

@@ -23,7 +23,7 @@ from .staged import StagedGenerator
 
 __all__ = ["parse_scale", "scale_channels", "branch_channels", "GuideSpec", "Branch", "ExitGenerator"]
 
-Guide = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], None]
+Guide = Union[torch.Tensor, Callable[[torch.Tensor, Union[torch.Tensor, None]], torch.Tensor], None]
 
 
 def parse_scale(scale: float | str | Fraction) -> Fraction:
@@ -158,8 +158,9 @@ class ExitGenerator(nn.Module):
     for OASIS. Call it with ``exit=`` an int (one route for the whole batch) or a ``[B]`` integer
     tensor (a mixed batch, run as a tree: :meth:`mixed`).
 
-    A guide (from the feature bank) is either a tensor ``[B, C, h, w]`` or a callable that maps the
-    features after the key stage (``exits[0]``, the stage before the first exit) to that tensor.
+    A guide (from the feature bank) is either a tensor ``[B, C, h, w]`` or a callable
+    ``guide(h, cond)`` that maps the features after the key stage (``exits[0]``, the stage before the
+    first exit) and the condition (e.g. the label map, or None) to that tensor.
     """
 
     def __init__(
@@ -197,12 +198,12 @@ class ExitGenerator(nn.Module):
             raise ValueError(f"exit must be an int in 0..{self.num_routes - 1} (the last is the backbone); got {route!r}")
         return route
 
-    def _resolve_guide(self, guide: Guide, h: torch.Tensor) -> torch.Tensor | None:
+    def _resolve_guide(self, guide: Guide, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor | None:
         if self.guide_spec is None:
             return None
         if guide is None:
             raise ValueError("these exits were built with a guide; pass guide= (a tensor or a callable on key-stage features)")
-        return guide(h) if callable(guide) else guide
+        return guide(h, cond) if callable(guide) else guide
 
     def forward(self, *inputs: torch.Tensor, exit: int | torch.Tensor, guide: Guide = None) -> torch.Tensor:
         if isinstance(exit, torch.Tensor):
@@ -222,7 +223,7 @@ class ExitGenerator(nn.Module):
         for index in range(after):
             h = self.backbone.stages[index](h, cond)
             if index + 1 == self.key_stage:
-                g = self._resolve_guide(guide, h)
+                g = self._resolve_guide(guide, h, cond)
         return self.branches[route](h, cond, g)
 
     def mixed(self, *inputs: torch.Tensor, exits: torch.Tensor, guide: Guide = None) -> torch.Tensor:
@@ -259,7 +260,7 @@ class ExitGenerator(nn.Module):
         for index, stage in enumerate(self.backbone.stages):
             h = stage(h, cond)
             if index + 1 == self.key_stage:
-                g = self._resolve_guide(guide, h)
+                g = self._resolve_guide(guide, h, cond)
             route = branch_at.get(index + 1)
             if route is None:
                 continue
@@ -286,7 +287,7 @@ class ExitGenerator(nn.Module):
         for index, stage in enumerate(self.backbone.stages):
             h = stage(h, cond)
             if index + 1 == self.key_stage:
-                g = self._resolve_guide(guide, h)
+                g = self._resolve_guide(guide, h, cond)
             if index + 1 in self.exits:
                 feats.append(h)
         return feats, cond, g, self.backbone.head(h, cond)
@@ -303,7 +304,7 @@ class ExitGenerator(nn.Module):
             return None
         channels = self.guide_spec.channels
 
-        def fake_guide(h: torch.Tensor) -> torch.Tensor:
+        def fake_guide(h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
             # Shape stand-in for the bank's output: MACs of retrieval are counted by the bank itself.
             return torch.zeros(h.shape[0], channels, *h.shape[-2:], device=h.device, dtype=h.dtype)
 
