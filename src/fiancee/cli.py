@@ -109,6 +109,102 @@ def _evaluate_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_predictor(args: argparse.Namespace) -> int:
+    from .predictor import train_predictor_for_run
+
+    result = train_predictor_for_run(args.run, args.out, arch=args.arch, recipe=args.recipe, n=args.n, noises=args.noises,
+                                     epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, error_n=args.error_n,
+                                     device=args.device, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in result.items() if k != "error"}))
+    _print_error(result["error"])
+    return 0
+
+
+def _predictor_error(args: argparse.Namespace) -> int:
+    from .predictor import predictor_error_for_folder
+
+    report = predictor_error_for_folder(args.predictor, run=args.run, n=args.n, seed=args.seed, device=args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_error(report)
+    return 0
+
+
+def _print_error(report: dict) -> None:
+    exits = report["exits"]
+    print(f"{report['task']} predictor ({report['arch']}): mean relative error |P - S| / S per exit (Tables S3 / S4)")
+    print(f"{'set':<14}{'n':>6}" + "".join(f"{'B' + str(i + 1):>8}" for i in range(len(exits))) + f"{'mean':>8}{'rho':>7}")
+    for name, e in report["sets"].items():
+        rho = sum(e["spearman"]) / len(e["spearman"])
+        print(f"{name:<14}{e['n']:>6}" + "".join(f"{100 * v:>7.1f}%" for v in e["relative_error"])
+              + f"{100 * e['mean_relative_error']:>7.1f}%{rho:>7.2f}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_pipeline
+
+    thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    report = evaluate_pipeline(args.pipeline, thresholds, n=args.n, seed=args.seed, out=args.out, progress=True)
+    print(f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  exit shares")
+    for r in report["thresholds"]:
+        print(f"{r['threshold']:>6.3f}{r['compliance']:>12.3f}{r['macs_saved']:>12.3f}{r['oracle_macs_saved']:>9.3f}"
+              f"{r['oracle_macs_saved_at_compliance']:>10.3f}  {' / '.join(f'{s:.2f}' for s in r['exit_shares'])}")
+    print(f"report: {report['html']}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, progress=not args.no_progress)
+    return 0
+
+
+def _grid(text: str | None):
+    if text is None:
+        return None
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--grid must look like 4x4; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _build_bank(args: argparse.Namespace) -> int:
+    from .bank import build_bank
+
+    manifest = build_bank(
+        args.task, args.out, mode=args.mode, n=args.n, noises=args.noises, grid=_grid(args.grid),
+        max_per_class=args.max_per_class, key_function=args.key_function, index=args.index, seed=args.seed,
+        batch_size=args.batch_size, progress=not args.no_progress, device=args.device, data=args.data,
+        weights=args.weights, overwrite=args.overwrite,
+    )
+    print(json.dumps({k: manifest[k] for k in ("task", "mode", "entries", "candidates", "per_class_counts",
+                                               "key_dim", "value_shape", "backbone_fingerprint", "build_seconds")}))
+    if args.latency:
+        args.bank = args.out
+        return _bank_latency(args)
+    return 0
+
+
+def _bank_latency(args: argparse.Namespace) -> int:
+    from .bank import bank_latency
+
+    print(json.dumps(bank_latency(args.bank, args.task, threads=args.threads, reps=args.reps, device=args.device,
+                                  data=args.data, weights=args.weights)))
+    return 0
+
+
+def _bank_ablation(args: argparse.Namespace) -> int:
+    from .bank_ablation import bank_ablation, markdown_table
+
+    report = bank_ablation(args.nobank_run, args.bank_run, args.out, n=args.n, seed=args.seed, fid=not args.no_fid,
+                           device=args.device)
+    print(markdown_table(report), end="")
+    print(f"kde: {report['plots']['kde']}; start images: {report['plots']['start_images']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fiancee", description="Conditional early exits for trained image generators.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -238,6 +334,132 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write metrics.json and grid.png here")
     p.add_argument("--data", default=None, help="folder with the idx .gz files")
     p.set_defaults(func=_evaluate_backbone)
+
+    p = sub.add_parser(
+        "train-predictor", help="train the quality predictor of a trained exit run",
+        description="Builds (and caches) the table of inputs x true LPIPS of every exit vs the backbone, trains the "
+                    "predictor (paper Sec. 3.2) and writes DIR/config.json, DIR/weights.safetensors, DIR/error.json.",
+        epilog="example: fiancee train-predictor runs/faces --out runs/faces/predictor --n 4000 --epochs 60",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder of fiancee train-exits")
+    p.add_argument("--out", required=True, help="predictor folder")
+    p.add_argument("--arch", choices=["mlp", "conv", "features"], default=None,
+                   help="default: conv for label-map tasks, mlp otherwise; features reads the key-stage features")
+    p.add_argument("--recipe", choices=["mse-sgd", "mae-adamw"], default="mse-sgd",
+                   help="mse-sgd: MSE, SGD lr 0.01, cosine (OASIS); mae-adamw: MAE, AdamW (MegaPortraits)")
+    p.add_argument("--n", type=int, default=2000, help="training inputs (label-map tasks: maps x noises)")
+    p.add_argument("--noises", type=int, default=None, help="label-map tasks: fixed noise vectors crossed with the maps (default 10)")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--error-n", type=int, default=500, help="held-out inputs for the error report")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train_predictor)
+
+    p = sub.add_parser(
+        "predictor-error", help="mean relative error per exit of a trained predictor (Tables S3 / S4)",
+        description="Held-out inputs: test maps with the training noises and with new noises (label-map tasks), "
+                    "held-out z (faces). Also MAE and Spearman rank correlation per exit.",
+        epilog="example: fiancee predictor-error runs/faces/predictor --n 500 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("predictor", help="predictor folder of fiancee train-predictor")
+    p.add_argument("--run", default=None, help="exit run (default: the run the predictor was trained on)")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs in all (label-map tasks: n/K test maps x the K training noises, and x K new ones)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out inputs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_predictor_error)
+    p = sub.add_parser(
+        "evaluate", help="compute saved and compliance of a pipeline at quality thresholds",
+        description="Routes held-out inputs at every threshold; writes report.json, report.html and PNG plots.",
+        epilog="example: fiancee evaluate out/demo/pipeline --thresholds 0.05,0.1,0.2 --n 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", help="a pipeline folder (FianceePipeline.save)")
+    p.add_argument("--thresholds", default="0.05,0.075,0.1,0.125,0.15,0.2,0.25,0.3", help="comma-separated LPIPS thresholds")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
+    p.add_argument("--out", default=None, help="report folder (default PIPELINE/report)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "demo", help="the whole method end to end (exits, predictor, calibrated router, report)",
+        description="Exits (committed quick run, or --retrain), predictor, calibrated router, evaluation; "
+                    "ends with the MACs saved at LPIPS <= 0.1 and the path of the HTML report.",
+        epilog="example: fiancee demo --task faces --out out/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=["faces", "fashion"], default="faces")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--retrain", action="store_true", help="train the exits again instead of using the committed run")
+    p.add_argument("--n", type=int, default=1000, help="test inputs for the report (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "build-bank", help="build the guiding feature bank of a task (FAISS, farthest-point sampling)",
+        description="Populate a feature bank from training inputs (paper 3.3, S1.1.1, S1.2.1): patch mode (keys = "
+                    "key-stage patches, values = middle-stage patches, searched per semantic class) or global mode "
+                    "(one key per input, value = the backbone's RGB image). Writes a bank folder.",
+        epilog="example: fiancee build-bank --task fashion --out banks/fashion --latency",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--out", required=True, help="bank folder to write (must not exist unless --overwrite)")
+    p.add_argument("--mode", choices=["patch", "global"], default=None, help="default: fashion patch, faces global")
+    p.add_argument("--n", type=int, default=None, help="inputs (fashion: label maps) to populate from (default: the task's)")
+    p.add_argument("--noises", type=int, default=None, help="fixed noise vectors per label map (conditional tasks)")
+    p.add_argument("--grid", default=None, help="patch grid on the key-stage features, e.g. 4x4 (patch mode)")
+    p.add_argument("--max-per-class", type=int, default=None, help="entries kept per class by farthest-point sampling")
+    p.add_argument("--key-function", default="pool2", help="global mode key: mean, pool2 (default) or flatten")
+    p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="FAISS index (default exact flat)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default=None, help="fashion: folder with the idx .gz files")
+    p.add_argument("--weights", default=None, help="backbone weights (faces: weights.tar; fashion: folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bank folder")
+    p.add_argument("--latency", action="store_true", help="then measure retrieval latency (as bank-latency)")
+    p.add_argument("--threads", type=int, default=1, help="--latency: torch/FAISS threads (default 1)")
+    p.add_argument("--reps", type=int, default=50, help="--latency: timed repetitions")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_build_bank)
+
+    p = sub.add_parser(
+        "bank-latency", help="retrieval latency of a bank vs the smallest route, batch 1 and 32",
+        description="Median wall time of retrieval (keys, FAISS search, guide tensor) and of the smallest route "
+                    "(exit 0) measured in the same process; prints JSON with their ratio.",
+        epilog="example: fiancee bank-latency banks/faces --task faces --threads 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bank", help="bank folder (fiancee build-bank)")
+    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads (default 1, the real-time setting)")
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default=None)
+    p.add_argument("--weights", default=None)
+    p.set_defaults(func=_bank_latency)
+
+    p = sub.add_parser(
+        "bank-ablation", help="exits trained with vs without the bank: LPIPS/FID table, KDE plot, start images",
+        description="Evaluates two train-exits runs of the same budget (one with --bank) on the same held-out "
+                    "inputs; writes ablation.json, ablation.md, lpips_kde.png and start_images.png.",
+        epilog="example: fiancee bank-ablation runs/faces_nobank runs/faces_bank --out runs/faces_ablation --n 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("nobank_run", help="run folder trained without a bank")
+    p.add_argument("bank_run", help="run folder trained with --bank (same task and budget)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fid", action="store_true", help="skip FID (Inception is slow on CPU)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_bank_ablation)
     return parser
 
 

@@ -102,3 +102,53 @@ def _bank_guide(run_dir, model):
     from .bank import load_bank
 
     return load_bank(bank, model.backbone).guide
+
+
+DEFAULT_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
+
+
+def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, seed: int = 0,
+                      out: str | Path | None = None, progress: bool = True) -> dict:
+    """Route ``n`` held-out inputs at every threshold and compare with the oracle (paper section 5).
+
+    Writes ``report.json``, ``report.html`` and PNG plots under ``out`` (default ``PIPELINE/report``).
+    True LPIPS of every exit is measured once for all inputs; each router then only chooses routes.
+    """
+    from .pipeline import FianceePipeline
+    from .predictor import build_lpips_table
+    from .report import threshold_row, write_report
+    from .routing import ThresholdRouter, check_threshold, true_lpips_of
+
+    folder = None
+    if not isinstance(pipeline, FianceePipeline):
+        folder = Path(pipeline)
+        pipeline = FianceePipeline.from_pretrained(folder)
+    thresholds = sorted(check_threshold(t) for t in thresholds)
+    if not thresholds:
+        raise ValueError("give at least one threshold in (0, 1]")
+    if n < 2:
+        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    table = build_lpips_table(pipeline.model, pipeline.task, n, seed, "test", pipeline.guide,
+                              cache=pipeline.guide is None, progress=progress)
+    true = table["lpips"]  # [N, E]
+    predicted = pipeline.predict(*table["inputs"])  # [N, E]
+    macs = pipeline.route_macs.tolist()
+    rows = [threshold_row(true, pipeline.router.route(predicted, t), macs, t) for t in thresholds]
+    paper = ThresholdRouter(macs)  # the paper's rule, no calibration: shown for comparison
+    paper_rows = [threshold_row(true, paper.route(predicted, t), macs, t) for t in thresholds]
+    density = []
+    for r in range(true.shape[1]):
+        t = float(true[:, r].mean())
+        if 0 < t <= 1:
+            routes = pipeline.router.route(predicted, t)
+            density.append((t, true_lpips_of(routes, true).numpy()))
+    meta = {
+        "task": pipeline.task.name, "n": n, "seed": seed, "router": pipeline.router.kind,
+        "router_config": pipeline.router.to_config(), "lpips_net": "alex",
+        "exit_lpips_mean": [float(v) for v in true.mean(0)],
+        "paper_threshold_router": paper_rows,
+    }
+    out = Path(out) if out is not None else (folder or Path(".")) / "report"
+    html_path = write_report(out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta)
+    return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "html": str(html_path),
+            "report": str(out / "report.json")}

@@ -1,0 +1,139 @@
+"""The end-to-end pipeline: predictor -> router -> mixed-exit tree (paper Fig. 1, section 3).
+
+``FianceePipeline(*inputs, max_lpips=0.1)`` predicts every exit's LPIPS for every input, lets the
+router pick the cheapest route meeting the threshold, and runs the whole batch once through the
+mixed-exit tree of :class:`fiancee.exits.ExitGenerator`.
+
+A pipeline is one folder (diffusers' habit)::
+
+    PIPELINE/
+      config.json            format, task, exit geometry, backbone fingerprint, router config, provenance
+      branches.safetensors   the trained exit branches
+      predictor/             config.json + weights.safetensors (fiancee.predictor)
+      bank/                  the feature bank, when the exits use one (fiancee.bank)
+
+The backbone itself is a reference: the task loads its weights (a package or a committed file) and
+its fingerprint must equal the one recorded here. Nothing in the folder can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .exits import ExitGenerator
+from .io import load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
+from .routing import Router, check_threshold, router_from_config
+
+__all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
+
+FORMAT = 1
+
+
+@dataclass
+class PipelineOutput:
+    images: torch.Tensor  # [B, C, H, W] in [-1, 1]
+    exits: torch.Tensor  # [B] route per input (E = the backbone)
+    predicted_lpips: torch.Tensor  # [B, E] predicted LPIPS of every exit branch
+    macs: torch.Tensor  # [B] MACs each input cost
+
+
+class FianceePipeline:
+    def __init__(self, task, model: ExitGenerator, predictor, router: Router, *, bank=None, bank_path: str | Path | None = None,
+                 provenance: dict | None = None):
+        self.task = task
+        self.model = model.eval()
+        self.predictor = predictor.eval()
+        self.router = router
+        self.bank = bank
+        self.bank_path = None if bank_path is None else Path(bank_path)
+        self.guide = None if bank is None else bank.guide
+        self.provenance = dict(provenance or {})
+        self.route_macs = torch.tensor(model.route_macs(), dtype=torch.float64)
+
+    @torch.no_grad()
+    def predict(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Predicted LPIPS ``[B, E]`` of every exit branch."""
+        from .predictor import predict
+
+        return predict(self.predictor, self.model, inputs)
+
+    @torch.no_grad()
+    def __call__(self, *inputs: torch.Tensor, max_lpips: float, exits: torch.Tensor | None = None) -> PipelineOutput:
+        """Images for ``inputs`` at quality ``max_lpips`` (LPIPS vs the backbone, in (0, 1]).
+
+        ``exits`` overrides the router (e.g. an oracle's choice) while keeping one tree execution.
+        """
+        threshold = check_threshold(max_lpips)
+        if not inputs or inputs[0].shape[0] == 0:
+            raise ValueError("empty batch: pass at least one input")
+        predicted = self.predict(*inputs)
+        routes = self.router.route(predicted, threshold) if exits is None else exits
+        images = self.model(*inputs, exit=routes.to(inputs[0].device), guide=self.guide)
+        return PipelineOutput(images=images, exits=routes.cpu(), predicted_lpips=predicted.cpu(),
+                              macs=self.route_macs[routes.cpu()])
+
+    # ------------------------------------------------------------------------------------------
+    # Folders
+
+    def save(self, out: str | Path) -> Path:
+        from .predictor import exits_fingerprints, save_predictor
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_tensors(out / "branches.safetensors", self.model.branches.state_dict())
+        save_predictor(self.predictor, out / "predictor", fingerprints=exits_fingerprints(self.model))
+        if self.bank_path is not None and self.bank_path.resolve() != (out / "bank").resolve():
+            tmp = out / ".bank.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(self.bank_path, tmp)
+            if (out / "bank").exists():
+                shutil.rmtree(out / "bank")
+            tmp.rename(out / "bank")
+        # config.json last: a folder without it is not a pipeline, so a crash mid-save is never loaded.
+        write_json(out / "config.json", {
+            "kind": "fiancee_pipeline", "format": FORMAT, "task": self.task.name,
+            "exits": list(self.model.exits), "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
+            "min_channels": self.model.min_channels,
+            "backbone_fingerprint": tensor_fingerprint(self.model.backbone.state_dict()),
+            "bank": "bank" if self.bank_path is not None else None,
+            "router": self.router.to_config(),
+            "route_macs": [int(m) for m in self.route_macs.tolist()],
+            "provenance": self.provenance,
+        })
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FianceePipeline":
+        from .predictor import load_predictor
+        from .tasks import get_task
+
+        path = Path(path)
+        config = read_json(path / "config.json")
+        if config.get("kind") != "fiancee_pipeline":
+            raise ValueError(f"{path} is not a fiancee pipeline folder (config.json kind={config.get('kind')!r})")
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{path}: pipeline format {config.get('format')!r}; this version reads format {FORMAT}")
+        task = get_task(config["task"])
+        backbone = task.load_backbone(device)
+        have = tensor_fingerprint(backbone.state_dict())
+        if have != config["backbone_fingerprint"]:
+            raise ValueError(f"{path} was built for backbone weights {config['backbone_fingerprint']}, "
+                             f"but task {task.name!r} loads weights {have}: the exits would not match this backbone")
+        bank = guide_spec = None
+        bank_path = None
+        if config.get("bank"):
+            from .bank import load_bank
+
+            bank_path = path / config["bank"]
+            bank = load_bank(bank_path, backbone)
+            guide_spec = bank.guide_spec
+        model = ExitGenerator(backbone, config["exits"], config["scale"], config["min_channels"], guide=guide_spec).to(device)
+        model.branches.load_state_dict(load_tensors(path / "branches.safetensors", device=device))
+        predictor, _ = load_predictor(path / "predictor", model, device=device)
+        return cls(task, model, predictor, router_from_config(config["router"]), bank=bank, bank_path=bank_path,
+                   provenance=config.get("provenance"))
