@@ -1,0 +1,188 @@
+"""The guiding feature bank on the real backbones: FPS, per-class FAISS retrieval, folders, fingerprints, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fiancee.bank import (BankSpec, bank_inputs, build_feature_bank, cut_patches, farthest_point_sampling, glue_patches,
+                          load_bank, majority_labels)
+from fiancee.exits import ExitGenerator
+from fiancee.tasks import get_task
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def faces():
+    task = get_task("faces")
+    return task, task.load_backbone()
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    task = get_task("fashion")
+    try:
+        backbone = task.load_backbone()
+    except FileNotFoundError as e:
+        pytest.skip(f"fashion backbone weights are not in the checkout: {e}")
+    return task, backbone
+
+
+def _faces_bank(faces, mode="global", n=48, k=32, index="flat"):
+    task, backbone = faces
+    inputs, pop = bank_inputs(task, n, 1, seed=0)
+    spec = BankSpec(mode=mode, key_stage=1, value_stage=2, grid=(4, 4), max_per_class=k, index=index)
+    return build_feature_bank(backbone, inputs, spec, task="faces", population=pop)
+
+
+def _key_features(backbone, inputs, stage=1):
+    h, cond = backbone.stem(*inputs)
+    for s in backbone.stages[:stage]:
+        h = s(h, cond)
+    return h, cond
+
+
+def test_farthest_point_sampling_is_greedy_and_covers_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centres])  # 4 tight clusters
+    idx = farthest_point_sampling(points, 4, seed=3)
+    assert len(set(idx.tolist())) == 4
+    assert sorted(set((i // 50) for i in idx.tolist())) == [0, 1, 2, 3]  # one pick per cluster
+    # every pick after the first is the point farthest from those already chosen
+    idx = farthest_point_sampling(points, 12, seed=1)
+    for i in range(1, 12):
+        d = torch.cdist(points, points[idx[:i]]).min(1).values
+        assert int(idx[i]) == int(d.argmax())
+    assert torch.equal(idx, farthest_point_sampling(points, 12, seed=1))  # seeded
+    assert torch.equal(farthest_point_sampling(points, 500), torch.arange(200))  # k >= N keeps all
+    with pytest.raises(ValueError, match="positive"):
+        farthest_point_sampling(points, 0)
+
+
+def test_patches_round_trip_and_majority_labels():
+    x = torch.randn(2, 5, 8, 12)
+    p = cut_patches(x, (2, 3))
+    assert p.shape == (2, 6, 5, 4, 4)
+    assert torch.equal(p[1, 4], x[1, :, 4:8, 4:8])  # row-major cell order
+    assert torch.equal(glue_patches(p, (2, 3)), x)
+    with pytest.raises(ValueError, match="grid"):
+        cut_patches(x, (3, 3))
+    label = torch.zeros(1, 3, 4, 4)
+    label[0, 0] = 1
+    label[0, 0, :2, :2], label[0, 2, :2, :2] = 0, 1  # top-left cell: class 2
+    label[0, 0, 2:, 2:], label[0, 1, 2:, 2:] = 0, 1  # bottom-right cell: class 1 ...
+    label[0, 0, 3, 2], label[0, 1, 3, 2] = 1, 0  # ... on 3 of its 4 pixels
+    assert majority_labels(label, (2, 2)).tolist() == [[2, 0, 0, 1]]
+
+
+def test_global_bank_save_load_same_guide_and_feeds_every_branch(faces, tmp_path):
+    task, backbone = faces
+    bank = _faces_bank(faces)
+    assert len(bank) == 32 and bank.manifest["candidates"] == 48
+    assert bank.guide_spec.mode == "every" and bank.guide_spec.channels == 3
+    z, = task.sample_inputs(5, seed=0, split="test")
+    h, _ = _key_features(backbone, (z,))
+    g = bank.guide(h, None)  # [5, 3, 64, 64]: retrieved backbone images
+    assert g.shape == (5, 3, 64, 64)
+    ids = bank.search(h, None)[:, 0]
+    keys = bank.keys
+    q = torch.nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)
+    assert torch.equal(ids, torch.cdist(q, keys).argmin(1))  # exact nearest neighbour
+    assert torch.equal(g, bank.values[ids])
+
+    bank.save(tmp_path / "bank")
+    assert {p.name for p in (tmp_path / "bank").iterdir()} == {"manifest.json", "entries.safetensors", "index_all.faiss"}
+    assert not list(tmp_path.glob(".*"))  # the temporary folder was renamed, nothing left behind
+    loaded = load_bank(tmp_path / "bank", backbone)
+    assert torch.equal(loaded.guide(h, None), g)
+    with pytest.raises(ValueError, match="already exists"):
+        bank.save(tmp_path / "bank")
+
+    model = ExitGenerator(backbone, task.exits, "1/4", 16, guide=loaded.guide_spec).eval()
+    for r in range(model.num_routes):
+        assert model(z, exit=r, guide=loaded.guide).shape == (5, 3, 64, 64)
+    mixed = model(z, exit=torch.tensor([0, 1, 2, 3, 0]), guide=loaded.guide)
+    assert torch.allclose(mixed[1], model(z[1:2], exit=1, guide=loaded.guide)[0], atol=1e-5)
+
+
+def test_wrong_fingerprint_is_refused(faces, tmp_path):
+    task, backbone = faces
+    _faces_bank(faces, n=16, k=8).save(tmp_path / "bank")
+    other = task.load_backbone()
+    with torch.no_grad():
+        other.main[0].weight[0, 0, 0, 0] += 1e-3
+    with pytest.raises(ValueError, match="fingerprint") as err:
+        load_bank(tmp_path / "bank", other)
+    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    assert manifest["backbone_fingerprint"] in str(err.value)
+    assert load_bank(tmp_path / "bank", backbone) is not None
+    with pytest.raises(FileNotFoundError, match="no feature bank"):
+        load_bank(tmp_path / "missing", backbone)
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_patch_bank_approximate_indexes(faces, tmp_path, index):
+    task, backbone = faces
+    bank = _faces_bank(faces, mode="patch", n=24, k=200, index=index)
+    assert bank.guide_spec.mode == "first" and bank.guide_spec.channels == 256
+    z, = task.sample_inputs(3, seed=1, split="test")
+    h, _ = _key_features(backbone, (z,))
+    g = bank.guide(h, None)
+    assert g.shape == (3, 256, 8, 8)  # value stage 2 of the DCGAN: 256 x 8 x 8, glued from a 4x4 grid
+    bank.save(tmp_path / index)
+    assert torch.equal(load_bank(tmp_path / index, backbone).guide(h, None), g)
+    model = ExitGenerator(backbone, task.exits, "1/4", 16, guide=bank.guide_spec).eval()
+    assert model(z, exit=0, guide=bank.guide).shape == (3, 3, 64, 64)
+
+
+def test_fashion_patch_bank_searches_each_patch_in_its_class(fashion, tmp_path):
+    task, backbone = fashion
+    # Built from test-split maps only to keep the test fast (bank_inputs reads the 60k training maps).
+    label, _ = task.sample_inputs(24, seed=5, split="test")
+    noises = torch.randn(2, backbone.config.z_dim, generator=torch.Generator().manual_seed(0))
+    inputs = (label.repeat_interleave(2, 0), noises.repeat(24, 1))  # every map x a fixed set of 2 noises
+    pop = {"inputs": 48, "label_maps": 24, "noises": 2}
+    spec = BankSpec(mode="patch", key_stage=1, value_stage=2, grid=(4, 4), max_per_class=40)
+    bank = build_feature_bank(backbone, inputs, spec, label_channels=11, task="fashion", population=pop)
+    counts = {int(c): n for c, n in bank.manifest["per_class_counts"].items()}
+    assert counts[0] == 40 and all(n <= 40 for n in counts.values())
+    bank.save(tmp_path / "bank")
+    assert (tmp_path / "bank" / "index_class_0.faiss").is_file()
+    loaded = load_bank(tmp_path / "bank", backbone)
+
+    label, z = task.sample_inputs(6, seed=0, split="test")
+    h, cond = _key_features(backbone, (label, z))
+    ids = loaded.search(h, cond)  # [6, 16]
+    want = majority_labels(label, (4, 4))
+    have = loaded.classes[ids]
+    known = torch.tensor([int(c) in counts for c in want.flatten()]).view_as(want)
+    assert known.any() and torch.equal(have[known], want[known])  # every patch answered from its own class
+    g = loaded.guide(h, cond)
+    assert g.shape == (6, 48, 16, 16) and torch.equal(g, bank.guide(h, cond))
+    model = ExitGenerator(backbone, task.exits, "1/4", 8, guide=loaded.guide_spec).eval()
+    assert model(label, z, exit=0, guide=loaded.guide).shape == (6, 3, 32, 32)
+    with pytest.raises(ValueError, match="label map"):
+        loaded.guide(h, None)
+
+
+def test_build_bank_cli_and_errors(tmp_path):
+    out = tmp_path / "bank"
+    cmd = [sys.executable, "-m", "fiancee", "build-bank", "--task", "faces", "--out", str(out), "--n", "40",
+           "--max-per-class", "16", "--no-progress", "--latency", "--reps", "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert lines[0]["entries"] == 16 and lines[0]["mode"] == "global"
+    assert [row["batch_size"] for row in lines[1]["results"]] == [1, 32]
+    assert all(row["retrieval_ms"] > 0 and row["smallest_route_ms"] > 0 for row in lines[1]["results"])
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 2 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "b2"), "--grid", "4y"], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "--grid" in r.stderr
