@@ -26,10 +26,9 @@ install-data:
 test: install
 	$(PYTHON) -m pytest -q
 
-# Until the end-to-end pipeline lands, the demo prints the MACs tables of the paper's backbones.
+# The whole method on the pretrained faces GAN: committed exits, predictor, calibrated router, report.
 demo: install
-	$(PYTHON) -m fiancee macs --backbone oasis --scale 1/4 --min-channels 64
-	$(PYTHON) -m fiancee macs --backbone g2d --scale 1/3 --min-channels 24
+	$(PYTHON) -m fiancee demo --task faces --out out/demo
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .hypothesis

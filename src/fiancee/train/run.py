@@ -127,3 +127,22 @@ class RunDir:
         folder = self.path / latest["dir"]
         components = {n: load_tensors(folder / f"{n}.safetensors", device=device) for n in names}
         return components, read_json(folder / "state.json")
+
+    def export(self, out: str | os.PathLike, components: tuple[str, ...] = ("branches",)) -> Path:
+        """Copy config, stats and the last checkpoint's ``components`` into a slim run folder at ``out``
+        (what inference needs, without critics or optimizer state): small enough to commit."""
+        latest = self.latest()
+        if latest is None:
+            raise ValueError(f"{self.path} has no checkpoint to export")
+        out = RunDir(out)
+        src = self.path / latest["dir"]
+        dst = out.path / latest["dir"]
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in components:
+            save_tensors(dst / f"{name}.safetensors", load_tensors(src / f"{name}.safetensors"))
+        write_json(dst / "state.json", {"step": latest["step"]})
+        out.write_config(self.read_config())
+        atomic_write_text(out.stats_path, "".join(json.dumps(r) + "\n" for r in self.read_stats()))
+        write_json(out.path / "latest.json", latest)
+        return out.path
+
