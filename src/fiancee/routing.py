@@ -1,0 +1,315 @@
+"""Routers: weightless policies that turn per-exit LPIPS (predicted or true) into one route per input.
+
+Paper section 3.2: "given a quality threshold, we want to ... select only the branch that will
+achieve it performing the least possible calculations". Every router here shares one interface::
+
+    router.route(lpips, threshold) -> LongTensor [B]
+
+``lpips`` is ``[B, E]``: one column per exit branch, shallowest first (the backbone's LPIPS against
+itself is 0 by definition, so it has no column). The answer holds route indices as
+:class:`fiancee.exits.ExitGenerator` numbers them: ``0..E-1`` for the branches, ``E`` for the
+backbone, ready for ``model(*inputs, exit=routes)``.
+
+"Cheapest" follows ``costs`` (the MACs of every route, backbone last, e.g. ``model.route_macs()``);
+without costs the route index is the cost (routes are numbered shallowest first, and a deeper exit
+runs more of the backbone). Ties go to the lower index.
+
+- :class:`ThresholdRouter`: the paper's policy, the cheapest exit whose predicted LPIPS <= T, else the
+  backbone.
+- :class:`OracleRouter`: the same rule on the *true* LPIPS: the upper bound no predictor-driven router
+  can beat at compliance 1. With ``compliance < 1`` it is the best possible router allowed that share
+  of misses (it spends the misses where they save the most).
+- :class:`StaticRouter`: one fixed exit for every input (the baseline without a predictor).
+- :class:`CalibratedRouter`: the threshold rule on ``predicted + margin``, the margin fitted on
+  held-out (predicted, true) pairs so that a requested share of outputs truly meets T. Not in the
+  paper: the paper reports the predictor's mean relative error (5-14%, Tables S3/S4) but a router
+  trusting it blindly meets T on only ~half of the borderline inputs.
+
+Routers hold no weights; :meth:`Router.to_config` / :func:`router_from_config` round-trip them
+through JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "Router", "ThresholdRouter", "OracleRouter", "StaticRouter", "CalibratedRouter",
+    "router_from_config", "check_threshold", "compliance", "mean_cost",
+]
+
+
+# Margins are fitted where predicted + m == T exactly; this tolerance keeps float rounding of that sum
+# from flipping the comparison between fit and route.
+_EPS = 1e-9
+
+
+def check_threshold(threshold) -> float:
+    """A threshold is an LPIPS value in (0, 1]; anything else is refused."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"threshold must be a number in (0, 1] (an LPIPS value); got {threshold!r}")
+    t = float(threshold)
+    if not (0.0 < t <= 1.0) or math.isnan(t):
+        raise ValueError(f"threshold must lie in (0, 1] (LPIPS); got {t}")
+    return t
+
+
+def _check_lpips(lpips: torch.Tensor, name: str = "lpips") -> torch.Tensor:
+    if not isinstance(lpips, torch.Tensor) or lpips.dim() != 2 or lpips.shape[1] < 1:
+        shape = list(lpips.shape) if isinstance(lpips, torch.Tensor) else type(lpips).__name__
+        raise ValueError(f"{name} must be a [B, E] tensor (one column per exit branch, backbone excluded); got {shape}")
+    if not lpips.is_floating_point():
+        raise ValueError(f"{name} must be floating point; got {lpips.dtype}")
+    if torch.isnan(lpips).any():
+        raise ValueError(f"{name} contains NaN")
+    return lpips
+
+
+def _route_costs(costs: Sequence[float] | None, num_routes: int, device) -> torch.Tensor:
+    if costs is None:
+        return torch.arange(num_routes, dtype=torch.float64, device=device)
+    c = torch.as_tensor([float(x) for x in costs], dtype=torch.float64, device=device)
+    if c.numel() != num_routes:
+        raise ValueError(f"costs must have one entry per route ({num_routes}: the exits then the backbone); got {c.numel()}")
+    return c
+
+
+def cheapest_meeting(lpips: torch.Tensor, threshold: float, costs: Sequence[float] | None = None) -> torch.Tensor:
+    """Route ``[B]``: the cheapest route whose LPIPS <= ``threshold`` (the backbone always qualifies)."""
+    b, e = lpips.shape
+    ok = torch.cat([lpips <= threshold, torch.ones(b, 1, dtype=torch.bool, device=lpips.device)], dim=1)  # [B, E+1]
+    c = _route_costs(costs, e + 1, lpips.device)
+    masked = torch.where(ok, c.expand(b, e + 1), torch.full_like(c, math.inf).expand(b, e + 1))  # [B, E+1]
+    return masked.argmin(dim=1)  # argmin returns the first minimum: ties go to the shallower route
+
+
+def true_lpips_of(routes: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """LPIPS ``[B]`` of the chosen routes (0 for the backbone)."""
+    padded = torch.cat([true, torch.zeros(true.shape[0], 1, dtype=true.dtype, device=true.device)], dim=1)
+    return padded.gather(1, routes.view(-1, 1).to(true.device)).squeeze(1)
+
+
+def compliance(routes: torch.Tensor, true: torch.Tensor, threshold: float) -> float:
+    """Share of inputs whose chosen route truly meets the threshold."""
+    return float((true_lpips_of(routes, true) <= threshold).double().mean())
+
+
+def mean_cost(routes: torch.Tensor, costs: Sequence[float]) -> float:
+    """Mean cost (e.g. MACs) of the chosen routes."""
+    c = torch.as_tensor([float(x) for x in costs], dtype=torch.float64)
+    return float(c[routes.cpu()].mean())
+
+
+class Router:
+    """The interface: ``route(lpips [B, E], threshold) -> routes [B]`` (int64, backbone = E)."""
+
+    kind: str = "router"
+
+    def __init__(self, costs: Sequence[float] | None = None):
+        self.costs = None if costs is None else [float(c) for c in costs]
+
+    def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
+        return self.route(lpips, threshold)
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "costs": self.costs}
+
+
+class ThresholdRouter(Router):
+    """Paper section 3.2: the cheapest exit whose *predicted* LPIPS <= T, else the backbone."""
+
+    kind = "threshold"
+
+    def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
+        return cheapest_meeting(_check_lpips(lpips, "predicted LPIPS"), check_threshold(threshold), self.costs)
+
+
+class OracleRouter(Router):
+    """The threshold rule on the *true* LPIPS (pass the true table, not predictions).
+
+    With ``compliance=1`` (default) every output meets T at the least cost any router can reach:
+    the upper bound of section 3.2's policy. With ``compliance=c < 1`` it may miss T on
+    ``floor((1 - c) * B)`` inputs of the batch and spends the misses where they save the most (those
+    go to the cheapest route): the best saving any router can reach at compliance c, to compare a
+    calibrated router with "at equal compliance". It needs ``costs`` then.
+    """
+
+    kind = "oracle"
+
+    def __init__(self, costs: Sequence[float] | None = None, compliance: float = 1.0):
+        super().__init__(costs)
+        if not (0.0 < float(compliance) <= 1.0):
+            raise ValueError(f"compliance must lie in (0, 1]; got {compliance}")
+        if compliance < 1.0 and costs is None:
+            raise ValueError("an oracle with compliance < 1 needs costs (route MACs) to know which misses save most")
+        self.compliance = float(compliance)
+
+    def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
+        true = _check_lpips(lpips, "true LPIPS")
+        routes = cheapest_meeting(true, check_threshold(threshold), self.costs)
+        misses = int(math.floor((1.0 - self.compliance) * true.shape[0] + 1e-9))
+        if misses > 0:
+            c = _route_costs(self.costs, true.shape[1] + 1, true.device)
+            cheapest = int(c.argmin())
+            saving = c[routes] - c[cheapest]  # [B] what sending each input to the cheapest route saves
+            top = saving.argsort(descending=True, stable=True)[:misses]
+            routes = routes.clone()
+            routes[top[saving[top] > 0]] = cheapest
+        return routes
+
+    def to_config(self) -> dict:
+        return {**super().to_config(), "compliance": self.compliance}
+
+
+class StaticRouter(Router):
+    """Every input on one fixed route (``exit`` in 0..E, E = backbone); the threshold is ignored."""
+
+    kind = "static"
+
+    def __init__(self, exit: int, costs: Sequence[float] | None = None):
+        super().__init__(costs)
+        if isinstance(exit, bool) or not isinstance(exit, int) or exit < 0:
+            raise ValueError(f"exit must be a route index >= 0 (E = the backbone); got {exit!r}")
+        self.exit = exit
+
+    def route(self, lpips: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        lpips = _check_lpips(lpips)
+        if threshold is not None:
+            check_threshold(threshold)
+        if self.exit > lpips.shape[1]:
+            raise ValueError(f"static exit {self.exit} does not exist: routes are 0..{lpips.shape[1]} ({lpips.shape[1]} = backbone)")
+        return torch.full((lpips.shape[0],), self.exit, dtype=torch.int64, device=lpips.device)
+
+    def to_config(self) -> dict:
+        return {**super().to_config(), "exit": self.exit}
+
+
+class CalibratedRouter(Router):
+    """The threshold rule on ``predicted + margin(T)``; margins fitted so that a share of outputs truly meets T.
+
+    :meth:`fit` takes held-out predictions and true LPIPS (inputs the predictor never trained on) and,
+    for each requested threshold, the smallest additive margin ``m`` such that routing with
+    ``predicted + m'`` meets the threshold on at least ``target`` of the inputs for every
+    ``m' >= m`` (a larger margin only moves inputs to deeper, usually better, exits; taking the
+    monotone envelope keeps a lucky dip from being chosen).
+
+    Finite-sample correction: with ``n`` fit inputs the target is raised to ``ceil((n + 1) t) / n``
+    (the split-conformal quantile), so that on new inputs from the same distribution the expected
+    compliance is at least ``t`` rather than slightly below it.
+
+    Across thresholds: the margin is fitted per threshold (a margin in LPIPS units at T = 0.1 is not
+    the right one at T = 0.3: the predictor's error grows with the LPIPS it predicts). At a threshold
+    between two fitted ones the larger of the two neighbouring margins is used (conservative); outside
+    the fitted range the nearest end's margin is used, which is only as good as the error is flat
+    there; fit on a grid that covers the thresholds you will ask for. Fitting one threshold gives a
+    router that uses that one margin everywhere.
+    """
+
+    kind = "calibrated"
+
+    def __init__(self, thresholds: Sequence[float] = (), margins: Sequence[float] = (), target: float | None = None,
+                 costs: Sequence[float] | None = None, fit_size: int | None = None):
+        super().__init__(costs)
+        if len(thresholds) != len(margins):
+            raise ValueError(f"thresholds and margins must pair up; got {len(thresholds)} and {len(margins)}")
+        pairs = sorted((check_threshold(t), float(m)) for t, m in zip(thresholds, margins))
+        self.thresholds = [t for t, _ in pairs]
+        self.margins = [m for _, m in pairs]
+        self.target = None if target is None else float(target)
+        self.fit_size = fit_size
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.thresholds)
+
+    def fit(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
+            target_compliance: float = 0.95, finite_sample: bool = True) -> "CalibratedRouter":
+        predicted = _check_lpips(predicted, "predicted LPIPS").double()
+        true = _check_lpips(true, "true LPIPS").double()
+        if predicted.shape != true.shape:
+            raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape")
+        if not (0.0 < float(target_compliance) <= 1.0):
+            raise ValueError(f"target_compliance must lie in (0, 1]; got {target_compliance}")
+        ts = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
+        if not ts:
+            raise ValueError("fit needs at least one threshold")
+        n = predicted.shape[0]
+        goal = float(target_compliance)
+        if finite_sample:
+            goal = min(1.0, math.ceil((n + 1) * goal) / n)
+        margins = [self._fit_one(predicted, true, check_threshold(t), goal) for t in ts]
+        pairs = sorted(zip((float(t) for t in ts), margins))
+        self.thresholds = [t for t, _ in pairs]
+        self.margins = [m for _, m in pairs]
+        self.target = float(target_compliance)
+        self.fit_size = n
+        return self
+
+    def _fit_one(self, predicted: torch.Tensor, true: torch.Tensor, threshold: float, goal: float) -> float:
+        # Input b qualifies for exit i iff predicted[b, i] + m <= T, i.e. m <= cut = T - predicted[b, i].
+        # Routing (hence compliance) is constant on every interval (cut_k, cut_k+1]; evaluate it at each
+        # cut (the value of the interval ending there) and once past the last cut (nobody qualifies
+        # for any exit: everyone on the backbone, compliance 1).
+        cuts = torch.unique(threshold - predicted.flatten())  # [K] ascending
+        candidates = torch.cat([cuts, cuts[-1:] + 1.0])  # [K+1]
+        ok = torch.empty(candidates.numel(), dtype=torch.float64)
+        for s in range(0, candidates.numel(), 256):
+            m = candidates[s : s + 256]  # [M]
+            shifted = predicted.unsqueeze(0) + m.view(-1, 1, 1)  # [M, B, E]
+            mb, b, e = shifted.shape
+            routes = cheapest_meeting(shifted.reshape(mb * b, e), threshold + _EPS, self.costs).view(mb, b)
+            got = true_lpips_of(routes.reshape(-1), true.repeat(mb, 1)).view(mb, b)
+            ok[s : s + mb] = (got <= threshold).double().mean(dim=1)
+        # The smallest margin from which compliance never drops below the goal again.
+        bad = (ok < goal - 1e-12).nonzero().flatten()
+        if bad.numel() == 0:
+            return float(candidates[0])  # any margin works; below the first cut routing no longer changes
+        k = int(bad[-1])  # k < K: past the last cut compliance is 1
+        # Just past cut_k, inside the good interval (cut_k, cut_k+1]; the step stays far above _EPS.
+        return float(cuts[k] + min(1e-6, float(candidates[k + 1] - cuts[k]) / 2))
+
+    def margin(self, threshold: float) -> float:
+        """The margin used at ``threshold`` (see the class notes for thresholds between / outside the fitted ones)."""
+        t = check_threshold(threshold)
+        if not self.fitted:
+            raise ValueError("this CalibratedRouter is not fitted: call fit(predicted, true, thresholds, target_compliance) first")
+        ts, ms = self.thresholds, self.margins
+        if t <= ts[0]:
+            return ms[0]
+        if t >= ts[-1]:
+            return ms[-1]
+        for i in range(len(ts) - 1):
+            if ts[i] <= t <= ts[i + 1]:
+                if t == ts[i]:
+                    return ms[i]
+                if t == ts[i + 1]:
+                    return ms[i + 1]
+                return max(ms[i], ms[i + 1])
+        raise AssertionError("unreachable")
+
+    def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
+        predicted = _check_lpips(lpips, "predicted LPIPS")
+        t = check_threshold(threshold)
+        m = self.margin(t)
+        return cheapest_meeting(predicted.double() + m, t + _EPS, self.costs)
+
+    def to_config(self) -> dict:
+        return {**super().to_config(), "thresholds": self.thresholds, "margins": self.margins,
+                "target": self.target, "fit_size": self.fit_size}
+
+
+_ROUTERS = {"threshold": ThresholdRouter, "oracle": OracleRouter, "static": StaticRouter, "calibrated": CalibratedRouter}
+
+
+def router_from_config(config: dict) -> Router:
+    """Rebuild a router from :meth:`Router.to_config` (JSON-safe dict)."""
+    if not isinstance(config, dict) or config.get("kind") not in _ROUTERS:
+        raise ValueError(f"router config must be a dict with kind in {sorted(_ROUTERS)}; got {config!r}")
+    kwargs = {k: v for k, v in config.items() if k != "kind"}
+    return _ROUTERS[config["kind"]](**kwargs)
