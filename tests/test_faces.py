@@ -64,9 +64,10 @@ def test_stages_and_exit_routes(backbone, task):
         for route in range(model.num_routes):
             assert model(z, exit=route).shape == (2, 3, 64, 64)
         assert torch.equal(model(z, exit=model.num_routes - 1), backbone(z))
-    # branch of exit 1 mirrors stages 2..4 at 1/4 width, floored at 16
+    # branch of exit 1 mirrors stages 2..4 (256, 128, 64 channels) at SF 1/2 with a floor of 32
+    assert (task.default_scale, task.default_min_channels) == ("1/2", 32)
     widths = [m.out_channels for m in model.branches[0].modules() if isinstance(m, torch.nn.ConvTranspose2d)]
-    assert widths == [64, 32, 16, 3]
+    assert widths == [128, 64, 32, 3]
 
 
 def test_deepcopy_keeps_views_on_the_copied_weights(backbone):
