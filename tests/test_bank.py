@@ -186,3 +186,19 @@ def test_build_bank_cli_and_errors(tmp_path):
     assert r.returncode == 2 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "b2"), "--grid", "4y"], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "--grid" in r.stderr
+
+
+def test_ablation_refuses_arms_of_different_budgets(tmp_path):
+    from fiancee.bank_ablation import bank_ablation
+    from fiancee.train.exits import make_config
+    from fiancee.train.run import RunDir
+
+    base = make_config("faces", preset="quick", steps=10).to_dict()
+    RunDir(tmp_path / "a").write_config({**base, "kind": "exits"})
+    RunDir(tmp_path / "b").write_config({**base, "kind": "exits", "bank": "somewhere", "steps": 20})
+    with pytest.raises(ValueError, match=r"share the training budget; they differ in steps \(10 vs 20\)"):
+        bank_ablation(tmp_path / "a", tmp_path / "b", tmp_path / "out", n=4)
+    with pytest.raises(ValueError, match="trained without a bank"):
+        bank_ablation(tmp_path / "a", tmp_path / "a", tmp_path / "out", n=4)
+    with pytest.raises(ValueError, match="the first run must be the one without"):
+        bank_ablation(tmp_path / "b", tmp_path / "b", tmp_path / "out", n=4)
