@@ -20,15 +20,7 @@ from fiancee.metrics.fid import (
     FEATURE_DIM, InceptionFeatures, _tf1_resize_axis, compute_stats, fid, fid_from_features, frechet_distance,
 )
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tests run many small convolutions. On a 2-core machine shared with other jobs, two
-    # OpenMP threads wait on each other at every op (measured: 7 s vs 0.3 s per Inception image),
-    # so run single-threaded here and restore the setting afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_spd(d: int, rng: np.random.Generator) -> np.ndarray:

@@ -25,15 +25,7 @@ REFERENCE = [
     ("vgg", "ex_p1.png", 0.4217),
 ]
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tests run many small convolutions. On a 2-core machine shared with other jobs, two
-    # OpenMP threads wait on each other at every op (measured: 7 s vs 0.3 s per Inception image),
-    # so run single-threaded here and restore the setting afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _smooth_images(n: int, size: int, seed: int) -> torch.Tensor:

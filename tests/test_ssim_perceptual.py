@@ -13,14 +13,7 @@ from fiancee.metrics.ssim import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, ssim
 from fiancee.metrics.weights import lpips_weights
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Many small convolutions: on a 2-core machine shared with other jobs two OpenMP threads wait on
-    # each other at every op, so run single-threaded here and restore the setting afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(n: int, size: int, seed: int, noise: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:

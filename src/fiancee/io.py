@@ -19,7 +19,7 @@ import torch
 
 __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
-    "save_tensors", "load_tensors", "cache_dir", "tensor_fingerprint",
+    "save_tensors", "load_tensors", "cache_dir", "tensor_fingerprint", "file_sha256",
 ]
 
 
@@ -105,3 +105,12 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

