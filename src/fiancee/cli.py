@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder of fiancee train-exits")
     p.add_argument("--out", required=True, help="predictor folder")
     p.add_argument("--arch", choices=["mlp", "conv", "features"], default=None,
-                   help="default: conv for label-map tasks, mlp otherwise; features reads the key-stage features")
+                   help="default: conv for label-map tasks, features (the key-stage features) otherwise; mlp reads z")
     p.add_argument("--recipe", choices=["mse-sgd", "mae-adamw"], default="mse-sgd",
                    help="mse-sgd: MSE, SGD lr 0.01, cosine (OASIS); mae-adamw: MAE, AdamW (MegaPortraits)")
     p.add_argument("--n", type=int, default=2000, help="training inputs (label-map tasks: maps x noises)")

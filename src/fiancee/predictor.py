@@ -437,7 +437,8 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
                             seed: int = 0, error_n: int = 500, device: str = "cpu", progress: bool = True) -> dict:
     """Train a predictor for a trained exit run and write it to ``out`` with its error report.
 
-    Default ``arch``: ``conv`` for label-map tasks, ``mlp`` otherwise. ``noises`` (label-map tasks):
+    Default ``arch``: ``conv`` for label-map tasks, ``features`` otherwise (on faces it ranks inputs
+    much better than ``mlp`` on z: Spearman 0.78 vs 0.58, see docs/predictor.md). ``noises`` (label-map tasks):
     the fixed noise set crossed with ``n`` training maps (default 10 noises x n/10 maps).
     """
     from .evaluate import _bank_guide
@@ -449,7 +450,7 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     bank = RunDir(run_dir).read_config().get("bank")
     guide_key = None if bank is None else _bank_key(bank)
     labelled = len(task.sample_inputs(1, 0, "train")) == 2
-    arch = arch or ("conv" if labelled else "mlp")
+    arch = arch or ("conv" if labelled else "features")
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
     if arch == "conv" and not labelled:
