@@ -102,7 +102,7 @@ def test_static_router_and_bad_inputs():
 @given(tables(max_b=80), st.floats(0.1, 0.6), st.floats(0.5, 0.99), st.integers(0, 2**31 - 1))
 def test_calibrated_router_reaches_the_requested_compliance_on_its_fit_data(true, t, target, seed):
     g = torch.Generator().manual_seed(seed)
-    predicted = (true + 0.1 * torch.randn(true.shape, generator=g)).clamp(0.0, 1.0)  # a biased-free noisy predictor
+    predicted = (true + 0.1 * torch.randn(true.shape, generator=g)).clamp(0.0, 1.0)  # an unbiased, noisy predictor
     router = CalibratedRouter().fit(predicted, true, t, target_compliance=target)
     routes = router.route(predicted, t)
     assert compliance(routes, true, t) >= target
