@@ -78,7 +78,7 @@ def test_mixed_tree_equals_per_sample_routes(name):
             assert (mixed[i : i + 1] - alone).abs().max().item() <= 1e-5
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(data=st.data())
 def test_mixed_tree_property(data):
     model = MODELS["oasis"]
