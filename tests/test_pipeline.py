@@ -97,3 +97,18 @@ def test_evaluate_cli_bad_threshold_one_line(pipeline_dir):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "(0, 1]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_targets_check_names_the_shortfall_and_its_cause():
+    from fiancee.evaluate import targets_check
+
+    row = {"threshold": 0.1, "compliance": 0.96, "macs_saved": 0.12, "oracle_macs_saved": 0.3,
+           "oracle_macs_saved_at_compliance": 0.35, "saving_vs_oracle_at_compliance": 0.12 / 0.35}
+    check = targets_check([{**row, "threshold": 0.2}, row])
+    assert check["threshold"] == 0.1 and not check["met"]
+    assert any("the exits cap it" in n and "0.380 short" in n for n in check["shortfalls"])
+    assert any("0.34 of the oracle's" in n for n in check["shortfalls"])
+    good = {**row, "macs_saved": 0.6, "oracle_macs_saved": 0.7, "saving_vs_oracle_at_compliance": 0.95}
+    assert targets_check([good])["met"]
+    ranking = targets_check([{**row, "oracle_macs_saved": 0.6}])
+    assert any("predictor's ranking" in n for n in ranking["shortfalls"])

@@ -95,5 +95,9 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     print(f"  oracle's saving: {row['oracle_macs_saved']:.1%} (strict), "
           f"{row['oracle_macs_saved_at_compliance']:.1%} at the same compliance")
     print(f"  exit shares: {' / '.join(f'{s:.2f}' for s in row['exit_shares'])} (backbone last)")
+    targets = report.get("targets")
+    if targets and not targets["met"]:
+        for note in targets["shortfalls"]:
+            print(f"  short of target: {note}")
     print(f"report: {report['html']}")
     return report

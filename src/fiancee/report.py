@@ -144,6 +144,10 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
         for r in rows
     )
     notes = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in meta.items() if not isinstance(v, (list, dict)))
+    targets = meta.get("targets")
+    if targets:
+        verdict = "met" if targets["met"] else "; ".join(targets["shortfalls"])
+        notes += f"<li><b>targets at LPIPS &lt;= {targets['threshold']:g}</b>: {html.escape(verdict)}</li>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>fiancee report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}</style>
