@@ -4,7 +4,9 @@
    ``train-exits --preset quick`` with ``retrain=True``;
 2. predictor: inputs x true LPIPS of every exit on training inputs, then the paper's MSE + SGD recipe;
 3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw
-   so that ``target_compliance`` of the outputs truly meet each threshold;
+   so that ``target_compliance`` of the outputs truly meet each threshold. The demo asks for 0.96 so
+   that the compliance measured on a separate test set stays >= 0.95 despite sampling noise (about
+   +-0.7% for 1000 inputs at 0.95);
 4. the pipeline is saved as one folder and evaluated on test inputs: report.json + report.html.
 
 It ends by printing, for LPIPS <= 0.1, the MACs saved, the compliance and the oracle's saving.
@@ -30,7 +32,7 @@ def _say(msg: str) -> None:
 
 
 def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool = False, seed: int = 0,
-             thresholds=DEFAULT_THRESHOLDS, target_compliance: float = 0.95, n_predictor: int = 2000,
+             thresholds=DEFAULT_THRESHOLDS, target_compliance: float = 0.96, n_predictor: int = 2000,
              n_calibrate: int = 1000, n_eval: int = 1000, progress: bool = True) -> dict:
     from .pipeline import FianceePipeline
     from .predictor import build_lpips_table, load_predictor, predict, train_predictor_for_run
