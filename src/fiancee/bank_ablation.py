@@ -22,39 +22,11 @@ __all__ = ["evaluate_arm", "bank_ablation", "BUDGET_KEYS"]
 BUDGET_KEYS = ("task", "scale", "min_channels", "recipe", "preset", "steps", "batch_size", "seed")
 
 
-@torch.no_grad()
 def evaluate_arm(run_dir: str | Path, *, n: int, seed: int, fid: bool, device: str = "cpu") -> dict:
     """Per-exit per-image LPIPS (arrays) and FID vs the backbone for one trained run."""
-    from .evaluate import per_image_lpips, route_images
-    from .train.exits import load_exits
-    from .train.run import RunDir
+    from .evaluate import measure_exits
 
-    config = RunDir(run_dir).read_config()
-    task, model = load_exits(run_dir, device=device)
-    guide = None
-    if config.get("bank") is not None:
-        from .bank import load_bank
-
-        guide = load_bank(config["bank"], model.backbone).guide
-    inputs = tuple(x.to(device) for x in task.sample_inputs(n, seed=seed, split="test"))
-    images = route_images(model, inputs, guide=guide)
-    reference = images[-1]
-    macs = model.route_macs()
-    stats_ref = None
-    if fid:
-        from .metrics.fid import compute_stats
-
-        stats_ref = compute_stats(reference)
-    exits = []
-    for r in range(model.num_routes - 1):
-        lp = per_image_lpips(images[r], reference, task.to_lpips_images).numpy()
-        entry = {"exit": r, "after_stage": model.exits[r], "macs": int(macs[r]), "lpips": lp, "fid": None}
-        if stats_ref is not None:
-            from .metrics.fid import compute_stats, frechet_distance
-
-            entry["fid"] = float(frechet_distance(*compute_stats(images[r]), *stats_ref))
-        exits.append(entry)
-    return {"config": config, "task": task, "model": model, "inputs": inputs, "images": images, "exits": exits}
+    return measure_exits(run_dir, n=n, seed=seed, fid=fid, device=device)
 
 
 def _summary(lp: np.ndarray) -> dict:

@@ -9,7 +9,6 @@ the three channels (the real data is gray).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import torch

@@ -58,7 +58,7 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     labelled = task == "fashion"
     summary = train_predictor_for_run(run, pred_dir, n=n_predictor, seed=seed, progress=progress,
                                       noises=10 if labelled else None)
-    _say(f"   predictor mean relative error per exit: "
+    _say("   predictor mean relative error (mean over exits): "
          + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items()))
 
     _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs (target compliance {target_compliance})")

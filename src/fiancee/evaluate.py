@@ -40,11 +40,13 @@ def per_image_lpips(images: torch.Tensor, reference: torch.Tensor, to_metric, ne
     return torch.cat(vals).flatten()
 
 
-def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: bool = True, grid_columns: int = 8,
-                   out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    """Per-exit MACs, LPIPS (mean / median / p90) and FID on ``n`` held-out inputs; writes
-    ``exits.json`` and ``exits_grid.png`` under ``out`` (default ``RUN/eval``)."""
+@torch.no_grad()
+def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = True, device: str = "cpu",
+                  progress: bool = False) -> dict:
+    """Images of every route for ``n`` held-out inputs, per-image LPIPS of every exit vs the backbone
+    (arrays) and FID vs the backbone's images; what ``evaluate_exits`` and the bank ablation summarise."""
     from .train.exits import load_exits
+    from .train.run import RunDir
 
     if n < 2:
         raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
@@ -66,18 +68,31 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
 
         iterator = tqdm(iterator, desc="evaluate-exits", unit="exit")
     for r in iterator:
-        lp = per_image_lpips(images[r], reference, task.to_lpips_images).numpy()
-        entry = {
-            "exit": r, "after_stage": model.exits[r], "macs": int(macs[r]), "macs_ratio": macs[r] / macs[-1],
-            "lpips_mean": float(lp.mean()), "lpips_median": float(np.median(lp)), "lpips_p90": float(np.percentile(lp, 90)),
-            "fid": None,
-        }
+        entry = {"exit": r, "after_stage": model.exits[r], "macs": int(macs[r]),
+                 "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(), "fid": None}
         if backbone_stats is not None:
-            mu, sigma = compute_stats(images[r])
-            entry["fid"] = float(frechet_distance(mu, sigma, *backbone_stats))
+            entry["fid"] = float(frechet_distance(*compute_stats(images[r]), *backbone_stats))
         exits.append(entry)
+    return {"config": RunDir(run_dir).read_config(), "task": task, "model": model, "inputs": inputs,
+            "images": images, "macs": macs, "exits": exits}
+
+
+def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: bool = True, grid_columns: int = 8,
+                   out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Per-exit MACs, LPIPS (mean / median / p90) and FID on ``n`` held-out inputs; writes
+    ``exits.json`` and ``exits_grid.png`` under ``out`` (default ``RUN/eval``)."""
+    m = measure_exits(run_dir, n=n, seed=seed, fid=fid, device=device, progress=progress)
+    macs = m["macs"]
+    exits = []
+    for e in m["exits"]:
+        lp = e["lpips"]
+        exits.append({
+            "exit": e["exit"], "after_stage": e["after_stage"], "macs": e["macs"], "macs_ratio": macs[e["exit"]] / macs[-1],
+            "lpips_mean": float(lp.mean()), "lpips_median": float(np.median(lp)), "lpips_p90": float(np.percentile(lp, 90)),
+            "fid": e["fid"],
+        })
     report = {
-        "run": str(run_dir), "task": task.name, "n": n, "seed": seed, "lpips_net": "alex",
+        "run": str(run_dir), "task": m["task"].name, "n": n, "seed": seed, "lpips_net": "alex",
         "fid_reference": "backbone images of the same inputs",
         "backbone_macs": int(macs[-1]), "exits": exits,
     }
@@ -87,7 +102,7 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
     from .plots import save_grid
 
     cols = min(grid_columns, n)
-    rows = torch.cat([im[:cols] for im in images])  # one row per exit, the backbone last
+    rows = torch.cat([im[:cols] for im in m["images"]])  # one row per exit, the backbone last
     save_grid(rows, out / "exits_grid.png", ncol=cols)
     report["grid"] = str(out / "exits_grid.png")
     return report

@@ -12,7 +12,6 @@ so routers can be compared on exactly the same images, and no number is computed
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 from typing import Sequence
 
