@@ -38,7 +38,9 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     from .predictor import build_lpips_table, load_predictor, predict, train_predictor_for_run
     from .routing import CalibratedRouter
     from .train.exits import load_exits, make_config, train_exits
-    from .evaluate import evaluate_pipeline, _bank_guide
+    from .bank import load_bank
+    from .evaluate import evaluate_pipeline
+    from .train.run import RunDir
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,12 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
 
     _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs (target compliance {target_compliance})")
     task_obj, model = load_exits(run)
-    guide = _bank_guide(run, model)
+    # The run's bank (if it used one) is loaded once: its guide drives calibration, the bank goes
+    # into the pipeline folder.
+    bank_cfg = RunDir(run).read_config().get("bank")
+    bank_path = None if bank_cfg is None else Path(bank_cfg)
+    bank = None if bank_path is None else load_bank(bank_path, model.backbone)
+    guide = None if bank is None else bank.guide
     predictor, _ = load_predictor(pred_dir, model)
     # Held-out for the predictor: the training split under another seed (new z; for fashion new
     # noise vectors with training maps), never the test inputs the report is measured on.
@@ -72,16 +79,6 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     costs = model.route_macs()
     router = CalibratedRouter(costs=costs).fit(predict(predictor, model, cal["inputs"]), cal["lpips"],
                                                list(thresholds), target_compliance)
-    bank_path = None
-    from .train.run import RunDir
-
-    bank_cfg = RunDir(run).read_config().get("bank")
-    bank = None
-    if bank_cfg is not None:
-        from .bank import load_bank
-
-        bank_path = Path(bank_cfg)
-        bank = load_bank(bank_path, model.backbone)
     pipe = FianceePipeline(task_obj, model, predictor, router, bank=bank, bank_path=bank_path,
                            provenance={"exits_run": str(run), "seed": seed, "target_compliance": target_compliance,
                                        "calibration_inputs": n_calibrate, "predictor_inputs": n_predictor})
