@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from fiancee.bank import (BankSpec, bank_inputs, build_feature_bank, cut_patches, farthest_point_sampling, glue_patches,
                           load_bank, majority_labels)
@@ -200,3 +201,46 @@ def test_ablation_refuses_arms_of_different_budgets(tmp_path):
         bank_ablation(tmp_path / "a", tmp_path / "a", tmp_path / "out", n=4)
     with pytest.raises(ValueError, match="the first run must be the one without"):
         bank_ablation(tmp_path / "b", tmp_path / "b", tmp_path / "out", n=4)
+
+
+_TINY = {}
+
+
+def _tiny_oasis():
+    if "bb" not in _TINY:
+        from fiancee.backbones import build_backbone
+
+        torch.manual_seed(0)
+        _TINY["bb"] = build_backbone("oasis", "tiny").eval()
+    return _TINY["bb"]
+
+
+def _blocky_maps(n: int, classes: list[int], block: int, g: torch.Generator, num_labels: int = 5) -> torch.Tensor:
+    """One-hot maps [n, L, 32, 32] whose blocks of ``block`` px each take one of ``classes``."""
+    cells = 32 // block
+    pick = torch.tensor(classes)[torch.randint(len(classes), (n, cells, cells), generator=g)]
+    maps = pick.repeat_interleave(block, 1).repeat_interleave(block, 2)
+    return torch.nn.functional.one_hot(maps, num_labels).permute(0, 3, 1, 2).float()
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), present=st.integers(1, 5), k=st.integers(1, 10),
+       grid=st.sampled_from([(2, 2), (4, 4), (2, 4)]), block=st.sampled_from([4, 8, 16]))
+def test_property_patch_retrieval_answers_every_patch_from_its_own_class(seed, present, k, grid, block):
+    backbone = _tiny_oasis()
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randperm(5, generator=g)[:present].tolist()  # the bank knows only these classes
+    inputs = (_blocky_maps(8, classes, block, g), torch.randn(8, 8, generator=g))
+    spec = BankSpec(mode="patch", key_stage=1, value_stage=2, grid=grid, max_per_class=k)
+    bank = build_feature_bank(backbone, inputs, spec, label_channels=5, task="tiny")
+    counts = {int(c): int(n) for c, n in bank.manifest["per_class_counts"].items() if int(n) > 0}
+    assert all(n <= k for n in counts.values()) and set(counts) <= set(classes)
+
+    query = (_blocky_maps(3, list(range(5)), block, g), torch.randn(3, 8, generator=g))  # every class
+    h, cond = _key_features(backbone, query)
+    ids = bank.search(h, cond)  # [3, cells]
+    assert ids.shape == (3, grid[0] * grid[1]) and int(ids.min()) >= 0 and int(ids.max()) < len(bank)
+    want = majority_labels(query[0], grid)
+    have = bank.classes[ids]
+    known = torch.tensor([int(c) in counts for c in want.flatten()]).view_as(want)
+    assert torch.equal(have[known], want[known])  # a class the bank holds is answered from that class

@@ -108,3 +108,46 @@ def test_cli_train_backbone(tmp_path, capsys):
     assert main(["train-backbone", "--task", "fashion", "--config", str(tmp_path / "nope.json"),
                  "--out", str(tmp_path / "run2")]) == 2
     assert "expected a JSON file" in capsys.readouterr().err
+
+
+def test_killed_backbone_run_resumes_to_the_weights_of_a_straight_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors import safe_open
+
+    cfg = tmp_path / "tiny.json"
+    write_json(cfg, tiny_config(steps=60, checkpoint_every=2, log_every=1).to_dict())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(out, *extra):
+        return [sys.executable, "-m", "fiancee", "train-backbone", "--task", "fashion", "--config", str(cfg),
+                "--out", str(out), *extra]
+
+    def checkpoint_step(out) -> int:
+        with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+            return int(f.metadata()["step"])
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoint.safetensors").is_file() and checkpoint_step(out) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-run, no chance to clean up
+    proc.wait()
+    killed_at = checkpoint_step(out)
+    assert 4 <= killed_at < 60, "the run finished before it could be killed: make it longer"
+    subprocess.run(cli(out, "--resume"), env=env, check=True, capture_output=True)
+    straight = tmp_path / "straight"
+    subprocess.run(cli(straight), env=env, check=True, capture_output=True)
+    a, b = load_tensors(out / "checkpoint.safetensors"), load_tensors(straight / "checkpoint.safetensors")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(line)["step"] for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))  # nothing lost, nothing repeated

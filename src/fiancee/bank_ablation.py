@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import write_json
+from .io import atomic_write_text, write_json
 
 __all__ = ["evaluate_arm", "bank_ablation", "BUDGET_KEYS"]
 
@@ -90,7 +90,7 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
     report["plots"] = {"kde": str(out / "lpips_kde.png"), "start_images": str(out / "start_images.png"),
                        "start_images_rows": ["backbone", "start image (retrieved)", "exit 0 with bank", "exit 0 without bank"]}
     write_json(out / "ablation.json", report)
-    (out / "ablation.md").write_text(markdown_table(report), encoding="utf-8")
+    atomic_write_text(out / "ablation.md", markdown_table(report))
     return report
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -144,7 +145,7 @@ def _print_error(report: dict) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_pipeline
 
-    thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    thresholds = _floats(args.thresholds, "--thresholds")
     report = evaluate_pipeline(args.pipeline, thresholds, n=args.n, seed=args.seed, out=args.out, progress=True)
     print(f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  exit shares")
     for r in report["thresholds"]:
@@ -159,6 +160,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, progress=not args.no_progress)
     return 0
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers like 0.05,0.1; got {text!r}") from None
 
 
 def _grid(text: str | None):
@@ -469,6 +477,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
-        print(f"fiancee {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        # What a user can cause (bad arguments, missing or corrupt files, wrong shapes): one line, exit 2.
+        # FIANCEE_DEBUG=1 shows the traceback instead, for bug reports.
+        if os.environ.get("FIANCEE_DEBUG"):
+            raise
+        print(f"fiancee {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"fiancee {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())  # third-party messages (FAISS, torch) can span lines
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.strerror}: {e.filename}"
+    return text or type(e).__name__

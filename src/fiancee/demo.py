@@ -42,6 +42,19 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     from .evaluate import evaluate_pipeline
     from .train.run import RunDir
 
+    from .routing import check_threshold
+    from .tasks import get_task
+
+    # Arguments first, before minutes of work: a bad one should fail now, not at step 4.
+    get_task(task)
+    thresholds = [check_threshold(t) for t in thresholds]
+    if not thresholds:
+        raise ValueError("give at least one threshold in (0, 1]")
+    if not 0 < target_compliance <= 1:
+        raise ValueError(f"target compliance must lie in (0, 1]; got {target_compliance}")
+    for name, value in (("n_predictor", n_predictor), ("n_calibrate", n_calibrate), ("n_eval", n_eval)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"{name} must be an integer >= 2; got {value!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = committed_exits(task)
@@ -59,7 +72,7 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     pred_dir = out / "predictor"
     labelled = task == "fashion"
     summary = train_predictor_for_run(run, pred_dir, n=n_predictor, seed=seed, progress=progress,
-                                      noises=10 if labelled else None)
+                                      noises=10 if labelled else None, error_n=min(500, n_predictor))
     _say("   predictor mean relative error (mean over exits): "
          + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items()))
 

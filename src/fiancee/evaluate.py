@@ -134,15 +134,16 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     from .report import threshold_row, write_report
     from .routing import ThresholdRouter, check_threshold, true_lpips_of
 
-    folder = None
-    if not isinstance(pipeline, FianceePipeline):
-        folder = Path(pipeline)
-        pipeline = FianceePipeline.from_pretrained(folder)
+    # Arguments first: a typo should not cost the pipeline's loading time.
     thresholds = sorted(check_threshold(t) for t in thresholds)
     if not thresholds:
         raise ValueError("give at least one threshold in (0, 1]")
     if n < 2:
         raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    folder = None
+    if not isinstance(pipeline, FianceePipeline):
+        folder = Path(pipeline)
+        pipeline = FianceePipeline.from_pretrained(folder)
     table = build_lpips_table(pipeline.model, pipeline.task, n, seed, "test", pipeline.guide,
                               cache=pipeline.guide is None, progress=progress)
     true = table["lpips"]  # [N, E]

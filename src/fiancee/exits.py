@@ -203,7 +203,11 @@ class ExitGenerator(nn.Module):
             return None
         if guide is None:
             raise ValueError("these exits were built with a guide; pass guide= (a tensor or a callable on key-stage features)")
-        return guide(h, cond) if callable(guide) else guide
+        g = guide(h, cond) if callable(guide) else guide
+        if not isinstance(g, torch.Tensor) or g.dim() != 4 or g.shape[0] != h.shape[0]:
+            got = f"{list(g.shape)}" if isinstance(g, torch.Tensor) else type(g).__name__
+            raise ValueError(f"guide must be a tensor [B={h.shape[0]}, C, h, w]; got {got}")
+        return g
 
     def forward(self, *inputs: torch.Tensor, exit: int | torch.Tensor, guide: Guide = None) -> torch.Tensor:
         if isinstance(exit, torch.Tensor):
@@ -213,6 +217,7 @@ class ExitGenerator(nn.Module):
     def route(self, *inputs: torch.Tensor, exit: int, guide: Guide = None) -> torch.Tensor:
         """Run the whole batch through one route."""
         route = self._check_route(exit)
+        self.backbone.check_inputs(*inputs)
         h, cond = self.backbone.stem(*inputs)
         if route == len(self.exits):
             for stage in self.backbone.stages:
@@ -234,13 +239,13 @@ class ExitGenerator(nn.Module):
         back in input order. In eval mode the result equals running every sample alone on its route.
         (In train mode BatchNorm statistics depend on who shares a sub-batch: train one route at a time.)
         """
-        if exits.dim() != 1 or exits.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise ValueError(f"exits must be a 1-D integer tensor with one route per sample; got {exits.dtype} {list(exits.shape)}")
-        batch = inputs[0].shape[0]
+        if not isinstance(exits, torch.Tensor) or exits.dim() != 1 or exits.dtype not in (
+                torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            got = f"{exits.dtype} {list(exits.shape)}" if isinstance(exits, torch.Tensor) else type(exits).__name__
+            raise ValueError(f"exits must be a 1-D integer tensor with one route per sample; got {got}")
+        batch = self.backbone.check_inputs(*inputs)
         if exits.numel() != batch:
             raise ValueError(f"exits has {exits.numel()} entries for a batch of {batch}")
-        if batch == 0:
-            raise ValueError("empty batch")
         exits = exits.to(inputs[0].device, torch.int64)
         if int(exits.min()) < 0 or int(exits.max()) >= self.num_routes:
             raise ValueError(f"exit indices must lie in 0..{self.num_routes - 1}; got {exits.tolist()}")
@@ -281,6 +286,7 @@ class ExitGenerator(nn.Module):
         Returns ``(features, cond, guide, image)``: ``features[i]`` is ``h`` after stage ``exits[i]``,
         ``image`` the backbone's output (the distillation target).
         """
+        self.backbone.check_inputs(*inputs)
         h, cond = self.backbone.stem(*inputs)
         feats: list[torch.Tensor] = []
         g = None

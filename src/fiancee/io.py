@@ -17,9 +17,11 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from .checks import check_state_finite
+
 __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
-    "save_tensors", "load_tensors", "cache_dir", "tensor_fingerprint", "file_sha256",
+    "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
 ]
 
 
@@ -82,9 +84,27 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if not path.is_file():
         raise FileNotFoundError(f"expected a safetensors file at {path}")
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    return dict(check_state_finite(tensors, str(path)))
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """Read a PyTorch file of tensors (third-party weights only: ours are safetensors).
+
+    ``weights_only=True`` lets the unpickler build tensors and plain containers and nothing else, so
+    a file that asks to run code is refused rather than executed. Any failure becomes one ValueError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected a PyTorch weights file at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated, corrupt or unsafe file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a loadable tensors-only PyTorch file (truncated, corrupt, or it holds "
+                         f"objects that would run code): {first}") from None
 
 
 def cache_dir(*parts: str) -> Path:

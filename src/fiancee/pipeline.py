@@ -68,8 +68,9 @@ class FianceePipeline:
         ``exits`` overrides the router (e.g. an oracle's choice) while keeping one tree execution.
         """
         threshold = check_threshold(max_lpips)
-        if not inputs or inputs[0].shape[0] == 0:
-            raise ValueError("empty batch: pass at least one input")
+        self.model.backbone.check_inputs(*inputs)
+        if exits is not None and not isinstance(exits, torch.Tensor):
+            raise ValueError(f"exits must be a 1-D integer tensor with one route per input; got {type(exits).__name__}")
         predicted = self.predict(*inputs)
         routes = self.router.route(predicted, threshold) if exits is None else exits
         images = self.model(*inputs, exit=routes.to(inputs[0].device), guide=self.guide)

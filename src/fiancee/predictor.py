@@ -463,6 +463,7 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     table = build_lpips_table(model, task, maps, seed, "train", guide, noises=noises, noise_seed=seed,
                               guide_key=guide_key, progress=progress)
     xs = predictor_features(arch, model, table["inputs"])
+    torch.manual_seed(seed)  # the initial weights too: same seed, same predictor, same demo figures
     predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
     history = train_predictor(predictor, xs, table["lpips"], recipe=recipe, epochs=epochs, batch_size=batch_size,
                               seed=seed, progress=progress)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .io import atomic_write_text, write_json
+from .io import atomic_path, atomic_write_text, write_json
 from .routing import OracleRouter, check_threshold, true_lpips_of
 
 __all__ = ["threshold_row", "write_report"]
@@ -86,7 +86,8 @@ def _plot_shares(rows: list[dict], macs: np.ndarray, path: Path) -> None:
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Exit shares and mean cost per threshold (cf. paper Figs. 3, 7)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -120,7 +121,8 @@ def _plot_densities(true_lpips: np.ndarray, routed: list[tuple[float, np.ndarray
     ax.legend(fontsize=8)
     ax.set_title("Single exits vs predictor routing at T = each exit's mean (cf. paper Fig. 9)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 

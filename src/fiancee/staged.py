@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .checks import check_batch
+
 __all__ = ["StagedGenerator", "StagedSequential", "narrow_sequential"]
 
 
@@ -43,6 +45,7 @@ class StagedGenerator(nn.Module):
     head: nn.Module
     stage_channels: list[tuple[int, int]]
     channel_unit: int = 1
+    input_names: tuple[str, ...] | None = None  # what check_inputs calls each input (None: any count)
 
     @property
     def num_stages(self) -> int:
@@ -68,7 +71,17 @@ class StagedGenerator(nn.Module):
         """Inputs of the right shapes (random), used to count MACs and to smoke-test."""
         raise NotImplementedError
 
+    def check_inputs(self, *inputs: torch.Tensor) -> int:
+        """Raise a ValueError naming what was expected unless ``inputs`` can go through :meth:`stem`.
+
+        The default asks for floating-point, finite tensors sharing a non-zero batch size; subclasses
+        add their shapes, value ranges and resolution. Returns the batch size.
+        """
+        names = self.input_names or tuple(f"input {i}" for i in range(len(inputs)))
+        return check_batch(inputs, names)
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(*inputs)
         h, cond = self.stem(*inputs)
         for stage in self.stages:
             h = stage(h, cond)
@@ -184,6 +197,15 @@ class StagedSequential(StagedGenerator):
             channels.append((int(c_in), int(h.shape[1])))
         self.train(was_training)
         return channels
+
+    input_names = ("x",)
+
+    def check_inputs(self, x: torch.Tensor, *rest: torch.Tensor) -> int:
+        batch = super().check_inputs(x, *rest)
+        if tuple(x.shape[1:]) != self._example_shape:
+            raise ValueError(f"x must be [B, {', '.join(map(str, self._example_shape))}] like the example input; "
+                             f"got {list(x.shape)}")
+        return batch
 
     def stem(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.stem_module(x), None

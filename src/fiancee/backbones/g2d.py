@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_spatial
 from ..staged import StagedGenerator
 
 __all__ = ["G2DConfig", "G2DGenerator", "ResBlock2D"]
@@ -102,6 +103,17 @@ class G2DGenerator(StagedGenerator):
         self.stage_channels = [(widths[i], widths[i + 1]) for i in range(len(ups))]
         self.stages = nn.ModuleList(_Stage(ResBlock2D(a, b), up) for (a, b), up in zip(self.stage_channels, ups))
         self.head = _Head(widths[-1])
+
+    input_names = ("volume",)
+
+    def check_inputs(self, *inputs: torch.Tensor) -> int:
+        batch = super().check_inputs(*inputs)
+        (volume,) = inputs
+        cfg = self.config
+        if volume.dim() != 4 or volume.shape[1] != cfg.in_channels:
+            raise ValueError(f"volume must be [B, {cfg.in_channels}, H, W]; got {list(volume.shape)}")
+        check_spatial(volume, (cfg.in_size, cfg.in_size), "volume")
+        return batch
 
     def stem(self, volume: torch.Tensor) -> tuple[torch.Tensor, None]:
         cfg = self.config

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..checks import check_one_hot, check_spatial, check_tensor
 from ..staged import StagedGenerator
 
 __all__ = ["OASISConfig", "OASISGenerator", "SPADE", "SPADEResBlock"]
@@ -147,6 +148,21 @@ class OASISGenerator(StagedGenerator):
         )
         self.stage_channels = [(ch[i], ch[i + 1]) for i in range(n)]
         self.head = _Head(ch[-1])
+
+    input_names = ("label map", "z")
+
+    def check_inputs(self, *inputs: torch.Tensor) -> int:
+        if len(inputs) != 2:
+            raise ValueError(f"expected 2 inputs (label map, z); got {len(inputs)}")
+        label, z = inputs
+        cfg = self.config
+        # The label map first: its shape says most clearly what kind of input was meant.
+        check_one_hot(label, cfg.label_channels)
+        check_spatial(label, cfg.out_size, "label map")
+        check_tensor(z, "z")
+        if z.dim() != 2 or z.shape[1] != cfg.z_dim:
+            raise ValueError(f"z must be [B, {cfg.z_dim}]; got {list(z.shape)}")
+        return super().check_inputs(*inputs)
 
     def condition(self, label: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Label map + noise broadcast over it (OASIS's 3D noise with one vector per image)."""

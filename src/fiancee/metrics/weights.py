@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import cache_dir, file_sha256, load_tensors, save_tensors
+from ..io import cache_dir, file_sha256, load_tensors, load_torch_file, save_tensors
 
 __all__ = ["NETS", "lpips_weights", "find_package_file", "restricted_load"]
 
@@ -252,10 +252,7 @@ def _from_pytorch_folder(folder: Path, net: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{folder}: several {spec['torch_file']} backbones, expected one: {[p.name for p in backbones]}")
 
     def load(p: Path) -> dict[str, torch.Tensor]:
-        try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)  # tensors only, never code
-        except Exception as e:  # torch raises several types for a bad or unsafe file
-            raise ValueError(f"{p} is not a loadable PyTorch state dict: {e}") from None
+        sd = load_torch_file(p)  # tensors only, never code
         if not isinstance(sd, dict):
             raise ValueError(f"{p}: expected a state dict, got {type(sd).__name__}")
         return sd

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checks import check_state_finite
+from ..io import load_torch_file
 from ..staged import StagedGenerator, narrow_sequential
 from .base import Task, check_split
 
@@ -70,6 +72,15 @@ class DCGANFaceGenerator(StagedGenerator):
         object.__setattr__(self, "head", _Piece(self.main[12:]))
         self.stage_channels = [(widths[i], widths[i + 1]) for i in range(4)]
 
+    input_names = ("z",)
+
+    def check_inputs(self, *inputs: torch.Tensor) -> int:
+        batch = super().check_inputs(*inputs)
+        (z,) = inputs
+        if not (z.dim() == 2 and z.shape[1] == self.z_dim) and not (z.dim() == 4 and z.shape[1:] == (self.z_dim, 1, 1)):
+            raise ValueError(f"z must be [B, {self.z_dim}] or [B, {self.z_dim}, 1, 1]; got {list(z.shape)}")
+        return batch
+
     def stem(self, z: torch.Tensor) -> tuple[torch.Tensor, None]:
         if z.dim() == 2:
             z = z[:, :, None, None]  # [B, 100, 1, 1]
@@ -103,11 +114,11 @@ def find_face_weights() -> Path:
 def load_face_state_dict(path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
     """``netG_state_dict`` of the pretrained file (``weights_only=True``: tensors only, no code)."""
     path = Path(path) if path is not None else find_face_weights()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or "netG_state_dict" not in ckpt:
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: expected a dict with 'netG_state_dict'; got {keys}")
-    return ckpt["netG_state_dict"]
+    return dict(check_state_finite(ckpt["netG_state_dict"], str(path)))
 
 
 class FacesTask(Task):
