@@ -207,6 +207,25 @@ def _(ctx):
     bank_model.route(torch.randn(2, 100), exit=0, guide=torch.zeros(3, 3, 4, 4))
 
 
+@case("image with a NaN", "fiancee.metrics.lpips.lpips", "image b holds NaN or Inf (1 of 12288 values)")
+def _(ctx):
+    from fiancee.metrics.lpips import lpips
+
+    a = torch.zeros(1, 3, 64, 64)
+    b = a.clone()
+    b[0, 1, 5, 5] = float("nan")
+    lpips(a, b)
+
+
+@case("image set with an Inf", "fiancee.metrics.fid.compute_stats", "images holds NaN or Inf")
+def _(ctx):
+    from fiancee.metrics.fid import compute_stats
+
+    x = torch.zeros(2, 3, 32, 32)
+    x[1, 0, 0, 0] = float("inf")
+    compute_stats(x, cache=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # Settings
 

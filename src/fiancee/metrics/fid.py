@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import check_finite
 from ..io import cache_dir, file_sha256, load_tensors, save_tensors, tensor_fingerprint, write_json
 from .weights import find_package_file
 
@@ -191,6 +192,7 @@ def _features(images: torch.Tensor | Iterable[torch.Tensor], extractor: Inceptio
     device = next(extractor.net.parameters()).device
     out = []
     for batch in _batches(images, batch_size):
+        check_finite(batch, "images")  # one NaN image would make the covariance, and so the FID, NaN
         batch = batch.to(device)
         if normalize:
             batch = batch * 2 - 1

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_finite, check_tensor
 from .weights import NETS, lpips_weights
 
 __all__ = ["LPIPS", "lpips", "lpips_files", "MIN_SIZE"]
@@ -173,6 +174,8 @@ def lpips(a: torch.Tensor, b: torch.Tensor, net: str = "alex", *, normalize: boo
 
     Inputs in [-1, 1] (``normalize=True``: [0, 1]). Differentiable in ``a`` and ``b``.
     """
+    check_finite(check_tensor(a, "image a"), "image a")
+    check_finite(check_tensor(b, "image b"), "image b")
     model = _cached_model(net, str(a.device))
     if normalize:
         a, b = 2 * a - 1, 2 * b - 1
