@@ -486,6 +486,26 @@ def test_docs_table_has_the_row(c: Case):
     assert c.row in DOCS.read_text(encoding="utf-8"), f"docs/errors.md lacks the row:\n{c.row}"
 
 
+def test_atomic_write_keeps_the_old_file_on_failure_and_a_normal_mode(tmp_path):
+    from fiancee.io import atomic_path, write_json
+
+    target = tmp_path / "report.json"
+    write_json(target, {"v": 1})
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's private 0600
+    with pytest.raises(RuntimeError, match="died"):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"v": 2, "half')
+            raise RuntimeError("died mid-write")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary left behind
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_good_inputs_pass_the_same_checks(ctx):
     # The checks must not refuse what the tasks themselves produce.
     label, z = ctx.oasis_inputs(3)
