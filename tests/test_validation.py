@@ -276,6 +276,14 @@ def _(ctx):
     ThresholdRouter().route(torch.tensor([[0.05, float("nan")]]), 0.1)
 
 
+@case("predictor input with a NaN", "QualityPredictor.forward", "predictor input 0 holds NaN or Inf (1 of 200 values)")
+def _(ctx):
+    p = QualityPredictor("mlp", 3, [[100]], hidden=(4,))
+    z = torch.randn(2, 100)
+    z[0, 0] = float("nan")
+    p(z)
+
+
 @case("zero inputs requested", "Task.sample_inputs", "n must be positive; got 0")
 def _(ctx):
     get_task("faces").sample_inputs(0, seed=0)

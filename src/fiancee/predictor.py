@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_finite
 from .io import cache_dir, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
 
 __all__ = [
@@ -149,6 +150,8 @@ class QualityPredictor(nn.Module):
         if len(xs) != len(self.input_shapes) or any(list(x.shape[1:]) != s for x, s in zip(xs, self.input_shapes)):
             raise ValueError(f"{self.arch} predictor expects inputs of per-sample shapes {self.input_shapes}; "
                              f"got {[list(x.shape[1:]) for x in xs]}")
+        for i, x in enumerate(xs):
+            check_finite(x, f"predictor input {i}")
 
     def standardized(self, *xs: torch.Tensor) -> torch.Tensor:
         """The network's raw output ``[B, E]`` (standardized LPIPS; the loss is taken here)."""

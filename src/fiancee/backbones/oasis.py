@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from ..checks import check_one_hot, check_spatial, check_tensor
+from ..checks import check_batch, check_one_hot, check_spatial, check_tensor
 from ..staged import StagedGenerator
 
 __all__ = ["OASISConfig", "OASISGenerator", "SPADE", "SPADEResBlock"]
@@ -162,7 +162,7 @@ class OASISGenerator(StagedGenerator):
         check_tensor(z, "z")
         if z.dim() != 2 or z.shape[1] != cfg.z_dim:
             raise ValueError(f"z must be [B, {cfg.z_dim}]; got {list(z.shape)}")
-        return super().check_inputs(*inputs)
+        return check_batch(inputs, self.input_names, finite_known=("label map",))
 
     def condition(self, label: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Label map + noise broadcast over it (OASIS's 3D noise with one vector per image)."""
