@@ -213,6 +213,21 @@ def _bank_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+    from .io import write_json
+
+    report = run_bench(
+        args.backbone, size=args.size, scale=args.scale, min_channels=args.min_channels, device=args.device,
+        batches=args.batch, reps=args.reps, warmup=args.warmup, threads=args.threads, options=args.opt, seed=args.seed,
+        bank_inputs=args.bank_inputs, predictor=args.predictor, progress=not args.no_progress,
+    )
+    write_json(args.json, report)
+    print(format_table(report), end="")
+    print(f"json: {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fiancee", description="Conditional early exits for trained image generators.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -468,6 +483,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fid", action="store_true", help="skip FID (Inception is slow on CPU)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_bank_ablation)
+
+    p = sub.add_parser(
+        "bench", help="milliseconds per route next to MACs; mixed-exit tree; predictor + bank overhead",
+        description="Median latency of every route at each batch size beside its MACs (latency_ratio vs macs_ratio), "
+                    "the mixed-exit tree against the ideal, deepest-needed and grouped execution, the predictor + "
+                    "bank cost as a fraction of the smallest route, and optional speed-ups (--opt) with their "
+                    "output differences. Prints a table and writes the JSON report (BENCHMARKS.md).",
+        epilog="example: fiancee bench --backbone oasis --size tiny --batch 1,8,32 --json benchmarks/oasis_tiny_cpu.json\n"
+               "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json oasis_gpu.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--backbone", choices=["oasis", "g2d", "faces", "fashion"], required=True,
+                   help="oasis / g2d: reference architectures, random weights; faces / fashion: the tasks' backbones")
+    p.add_argument("--size", choices=["paper", "tiny"], default=None, help="oasis / g2d configuration (default paper)")
+    p.add_argument("--scale", default=None, help="branch scale factor SF (default: oasis 1/4, g2d 1/3, tasks: theirs)")
+    p.add_argument("--min-channels", type=int, default=None,
+                   help="channel floor (default: oasis 64, g2d 24 at paper size, 4 tiny; tasks: theirs)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--reps", type=int, default=20, help="timed repetitions per measurement (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls before each measurement (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch / FAISS CPU threads (default: leave torch's)")
+    p.add_argument("--opt", default=None,
+                   help="speed options to try, comma-separated: channels_last, bf16, fp16, compile, cudagraphs")
+    p.add_argument("--bank-inputs", type=int, default=None,
+                   help="bank population: inputs (fashion: label maps x 8 noises); default faces 1024, fashion 250, "
+                        "oasis / g2d 16")
+    p.add_argument("--predictor", choices=["mlp", "conv", "features"], default=None,
+                   help="predictor arch (default: conv for label-map inputs, features otherwise)")
+    p.add_argument("--json", required=True, help="where to write the JSON report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_bench)
     return parser
 
 

@@ -1,0 +1,755 @@
+"""Milliseconds next to MACs: routes, the mixed-exit tree, the predictor and the bank (``fiancee bench``).
+
+MACs are a proxy; users pay in milliseconds. :func:`run_bench` measures, on one device
+(definitions in BENCHMARKS.md):
+
+- **routes**: median wall time of ``ExitGenerator.route(*inputs, exit=r)`` for every route
+  (shallowest exit first, the backbone last) at every batch size, over ``reps`` timed calls after
+  ``warmup`` untimed ones (:func:`time_ms`), next to its MACs (:meth:`ExitGenerator.route_macs`).
+  ``latency_ratio = latency(route) / latency(backbone)`` sits beside
+  ``macs_ratio = MACs(route) / MACs(backbone)``: where latency follows MACs the two agree.
+- **mixed**: batches whose samples take different routes (seeded mixes: uniform over the routes,
+  and skewed like the faces demo's exit shares) run as the mixed-exit tree
+  (:meth:`ExitGenerator.mixed`), against (a) the *ideal*, every sample paying its own route's
+  per-sample cost measured alone at the same batch size, ``sum_i t(r_i, B) / B``; (b) the whole batch
+  run to the *deepest* route any sample needs, ``t(max_i r_i, B)``; (c) the samples *grouped* by route,
+  each group run on its own with ``route`` (stages shared by several routes recomputed per group).
+  Ratios are ``other / tree``: above 1 the tree is faster.
+- **overhead**: the quality predictor's forward plus the bank's retrieval
+  (:func:`fiancee.bank.retrieval_latency`) as a fraction of the smallest route at batch 1. Both read
+  the key-stage features, which every route computes anyway, so those are not counted.
+- **options**: ways to make a route faster without changing its image beyond a tolerance
+  (channels_last, bf16 / fp16 autocast, torch.compile, CUDA graphs), each alone and all together:
+  speedup vs eager fp32 and the max / mean absolute difference of the image, per route and batch.
+
+Weights: ``faces`` runs its committed exits; ``fashion`` its committed backbone with untrained exits
+at the task's defaults; ``oasis`` and ``g2d`` are the reference architectures with random weights.
+The predictor is untrained and the bank is built from a small population: latency depends on the
+shapes, not on the weights' values (documented in every report's ``notes``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "time_ms", "mix_exits", "skewed_shares",
+           "run_bench", "format_table"]
+
+FORMAT_VERSION = 1
+BACKBONES = ("oasis", "g2d", "faces", "fashion")
+OPTIONS = ("channels_last", "bf16", "fp16", "compile", "cudagraphs")
+_CUDA_ONLY = {
+    "fp16": "fp16 autocast is for GPUs (CPU autocast computes in bf16)",
+    "cudagraphs": "CUDA graphs record and replay GPU kernels",
+}
+# Reference backbones: the paper's geometry (Table 1: OASIS SF 1/4, floor 64 channels; Table 2: G2D
+# SF 1/3, floor 24). The tiny configurations are only 4 to 64 channels wide, where those floors
+# would make every branch a full copy of the backbone (every MACs ratio 1), so they keep the scale
+# factors with a floor of 4.
+GEOMETRY: dict[tuple[str, str], tuple[str, int]] = {
+    ("oasis", "paper"): ("1/4", 64), ("oasis", "tiny"): ("1/4", 4),
+    ("g2d", "paper"): ("1/3", 24), ("g2d", "tiny"): ("1/3", 4),
+}
+# Exit shares of the faces demo's calibrated router at LPIPS <= 0.1 (README), shallowest exit
+# first, the backbone last: the skewed mix (resampled for other route counts, :func:`skewed_shares`).
+DEMO_SHARES = (0.01, 0.17, 0.47, 0.35)
+# The bank a backbone would use: OASIS searches patches per semantic class (S1.1.1), like the
+# fashion task; G2D and faces one key per image (MegaPortraits, S1.2.1). Keys: fiancee.bank.TASK_DEFAULTS.
+_BANK_KIND = {"oasis": "fashion", "fashion": "fashion", "g2d": "faces", "faces": "faces"}
+# Population of the reference backbones' banks (random inputs): small, because every input runs
+# the whole backbone (319 GMACs for paper-scale OASIS). Retrieval time grows with the entries
+# searched (flat FAISS index), so the report states the count.
+_REFERENCE_BANK_INPUTS = 16
+# Output images lie in [-1, 1] (one 8-bit grey level = 2/255 = 0.0078). fp32 options reorder the
+# same arithmetic (and on GPUs eager fp32 convolutions already round to TF32), so they must stay
+# well below a grey level on average; bf16 / fp16 keep 8 / 11 mantissa bits, so about one grey
+# level on average and a few on the worst pixel: far below anything LPIPS <= 0.1 would notice.
+TOLERANCES = {
+    "float32": {"max_abs": 1e-2, "mean_abs": 1e-3},
+    "reduced": {"max_abs": 1e-1, "mean_abs": 1e-2},
+}
+# "Faster" means by more than the run-to-run wobble of a median on a shared machine (a few percent).
+FASTER = 1.05
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing and mixes
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> dict:
+    """Median and interquartile range (ms) of ``fn()`` over ``reps`` calls after ``warmup`` calls.
+
+    CUDA: a pair of ``torch.cuda.Event`` recorded around every call and read once the end event
+    has completed (the host returns before the kernels finish; the events time the GPU's timeline,
+    gaps waiting for the host included). CPU: ``time.perf_counter``.
+    (:func:`fiancee.bank.retrieval_latency` keeps its own perf_counter helper, which knows no events.)
+    """
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return {"median_ms": float(median), "iqr_ms": float(q3 - q1)}
+
+
+def skewed_shares(num_routes: int) -> tuple[float, ...]:
+    """:data:`DEMO_SHARES` for ``num_routes`` routes: the demo's cumulative share curve over the
+    route position in [0, 1], read at ``num_routes`` equal steps (the same curve for any count)."""
+    demo = np.asarray(DEMO_SHARES, dtype=float)
+    if num_routes == len(demo):
+        return tuple(float(s) for s in demo)
+    cdf = np.interp(np.linspace(0, 1, num_routes + 1), np.linspace(0, 1, len(demo) + 1), np.r_[0, np.cumsum(demo)])
+    return tuple(float(s) for s in np.diff(cdf))
+
+
+def mix_exits(shares: Sequence[float], batch: int, seed: int) -> torch.Tensor:
+    """``[batch]`` route indices holding the shares as closely as whole samples allow (largest
+    remainders), in a seeded random order."""
+    if batch < 1 or not shares or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError(f"a mix needs a positive batch and non-negative shares; got batch={batch}, shares={shares}")
+    p = np.asarray(shares, dtype=float) / float(sum(shares))
+    raw = p * batch
+    counts = np.floor(raw).astype(np.int64)
+    counts[np.argsort(-(raw - counts), kind="stable")[: batch - int(counts.sum())]] += 1
+    exits = torch.repeat_interleave(torch.arange(len(p)), torch.from_numpy(counts))
+    return exits[torch.randperm(batch, generator=torch.Generator().manual_seed(seed))]
+
+
+def _grouped(model, inputs: tuple[torch.Tensor, ...], exits: torch.Tensor) -> torch.Tensor:
+    """The alternative to the tree: every route's samples as their own batch through ``route``."""
+    out = None
+    for r in range(model.num_routes):
+        rows = (exits == r).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        images = model.route(*(x.index_select(0, rows) for x in inputs), exit=r)
+        if out is None:
+            out = images.new_empty((exits.numel(), *images.shape[1:]))
+        out.index_copy_(0, rows, images)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _parse_batches(batches: str | Sequence[int]) -> list[int]:
+    items = batches.split(",") if isinstance(batches, str) else list(batches)
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text.lstrip("-").isdigit() or int(text) < 1:
+            raise ValueError(f"batch sizes must be positive integers separated by commas, like 1,8,32; got {batches!r}")
+        out.append(int(text))
+    if not out:
+        raise ValueError(f"give at least one batch size, like 1,8,32; got {batches!r}")
+    return sorted(set(out))
+
+
+def _parse_options(options: str | Sequence[str] | None, device: torch.device) -> list[str]:
+    if options is None:
+        return []
+    items = options.split(",") if isinstance(options, str) else list(options)
+    out = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        if item not in OPTIONS:
+            raise ValueError(f"unknown option {item!r}; expected some of {', '.join(OPTIONS)} (comma-separated)")
+        if item in _CUDA_ONLY and device.type != "cuda":
+            raise ValueError(f"option {item!r} needs a CUDA device ({_CUDA_ONLY[item]}); --device is {device}")
+        if item not in out:
+            out.append(item)
+    if "bf16" in out and "fp16" in out:
+        raise ValueError("options bf16 and fp16 exclude each other (one autocast dtype); choose one")
+    if "compile" in out and device.type == "cpu" and not _cpp_compiler():
+        raise ValueError("option 'compile' on cpu needs a C++ compiler for TorchInductor (g++, clang++ or $CXX); none found")
+    return out
+
+
+def _cpp_compiler() -> str | None:
+    return os.environ.get("CXX") or next((c for c in ("g++", "clang++", "c++") if shutil.which(c)), None)
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu or cuda (or cuda:N); got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda (or cuda:N); got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked, but CUDA is not available to this torch ({torch.__version__})")
+    return dev
+
+
+def _positive(value, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# What is measured
+
+
+@dataclass
+class _Setup:
+    model: object  # ExitGenerator, eval mode, on the device
+    inputs: Callable[[int], tuple[torch.Tensor, ...]]  # batch size -> CPU inputs (seeded)
+    bank_inputs: Callable[[int], tuple[tuple[torch.Tensor, ...], dict]]  # n -> (inputs, population)
+    default_bank_inputs: int
+    settings: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def _reference_setup(name: str, size: str | None, scale, min_channels: int | None, seed: int) -> _Setup:
+    from .backbones import build_backbone
+    from .exits import ExitGenerator
+
+    size = "paper" if size is None else size
+    if size not in ("paper", "tiny"):
+        raise ValueError(f"size must be 'paper' or 'tiny' for {name}; got {size!r}")
+    d_scale, d_min = GEOMETRY[(name, size)]
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        backbone = build_backbone(name, size)
+        model = ExitGenerator(backbone, backbone.config.exits, d_scale if scale is None else scale,
+                              d_min if min_channels is None else min_channels)
+
+    def draw(n: int, stream: int) -> tuple[torch.Tensor, ...]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + stream)
+            return backbone.example_inputs(n)
+
+    def bank_inputs(n: int):
+        return draw(n, 10**9), {"inputs": n, "kind": "random example inputs", "seed": seed}
+
+    return _Setup(model, lambda b: draw(b, 0), bank_inputs, _REFERENCE_BANK_INPUTS,
+                  {"size": size, "exit_weights": "random", "backbone_weights": "random"},
+                  [f"{name} ({size}): reference architecture with random weights and random example inputs"])
+
+
+def _task_setup(name: str, size: str | None, scale, min_channels: int | None, seed: int) -> _Setup:
+    from .bank import TASK_DEFAULTS, bank_inputs
+    from .exits import parse_scale
+    from .tasks import get_task
+    from .train.exits import build_exits, load_exits
+
+    if size is not None:
+        raise ValueError(f"size (paper | tiny) applies to the reference backbones oasis and g2d; {name} has its "
+                         f"own pretrained backbone (got size={size!r})")
+    task = get_task(name)
+    scale = task.default_scale if scale is None else scale
+    min_channels = task.default_min_channels if min_channels is None else min_channels
+    notes = []
+    model = None
+    if name == "faces":
+        from .demo import committed_exits
+        from .train.run import RunDir
+
+        run = committed_exits(name)
+        if (run / "latest.json").is_file():
+            config = RunDir(run).read_config()
+            if parse_scale(config["scale"]) == parse_scale(scale) and int(config["min_channels"]) == int(min_channels):
+                _, model = load_exits(run)
+                weights = "committed quick-preset run (weights/faces/exits)"
+    if model is None:
+        model = build_exits(task, task.load_backbone(), scale, min_channels)
+        weights = "untrained (latency does not depend on the weights' values)"
+    notes.append(f"{name}: the task's pretrained backbone; exits {weights}")
+    d = TASK_DEFAULTS[name]
+    # faces: as many inputs as the default bank keeps (farthest-point sampling then keeps them all,
+    # so the bank has the default's size at a quarter of the build); fashion: the default population.
+    default_n = d["max_per_class"] if d["mode"] == "global" else d["n"]
+
+    def draw_bank(n: int):
+        return bank_inputs(task, n, d["noises"], seed)
+
+    return _Setup(model, lambda b: task.sample_inputs(b, seed, "test"), draw_bank, default_n,
+                  {"size": None, "exit_weights": weights, "backbone_weights": "pretrained"}, notes)
+
+
+def _build_bank(setup: _Setup, kind: str, n: int, device: torch.device, progress: bool = False):
+    """The bank the library would build for this backbone (mode, grid, cap per class, key and value
+    stages as :func:`fiancee.bank.build_bank` chooses them), from ``n`` inputs."""
+    from .bank import TASK_DEFAULTS, BankSpec, build_feature_bank
+
+    d = TASK_DEFAULTS[kind]
+    model = setup.model
+    spec = BankSpec(mode=d["mode"], key_stage=model.key_stage,
+                    value_stage=max(model.key_stage, model.backbone.num_stages // 2), grid=d["grid"],
+                    max_per_class=d["max_per_class"])
+    inputs, population = setup.bank_inputs(n)
+    label_channels = getattr(getattr(model.backbone, "config", None), "label_channels", None)
+    # Small build batches: a paper-scale backbone keeps every stage's features of the batch in memory.
+    bank = build_feature_bank(model.backbone, inputs, spec, label_channels=label_channels, population=population,
+                              batch_size=8, progress=progress, device=device)
+    return bank.to(device), spec
+
+
+def _predictor(model, arch: str | None, inputs: tuple[torch.Tensor, ...], seed: int):
+    """An untrained predictor of the arch the library trains by default (``conv`` on label maps,
+    ``features`` otherwise: :func:`fiancee.predictor.train_predictor_for_run`) and what it reads."""
+    from .predictor import ARCHS, QualityPredictor, key_features
+
+    labelled = len(inputs) == 2 and inputs[0].dim() == 4
+    arch = arch or ("conv" if labelled else "features")
+    if arch not in ARCHS:
+        raise ValueError(f"predictor arch must be one of {ARCHS}; got {arch!r}")
+    if arch == "conv" and not labelled:
+        raise ValueError("predictor arch 'conv' reads a label map and a noise vector; this backbone's input has none")
+    if arch == "features":
+        xs = (key_features(model, *inputs),)  # [B, C, h, w], on the model's device
+    else:
+        xs = tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)
+        if arch == "mlp" and any(x.dim() != 2 for x in xs):
+            raise ValueError(f"predictor arch 'mlp' reads vectors; this backbone's inputs are {[list(x.shape) for x in xs]}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
+    return predictor.to(xs[0].device).eval(), xs
+
+
+@contextlib.contextmanager
+def _inputs_checked_once(backbone):
+    """Skip the backbone's per-call input checks while a CUDA graph is captured.
+
+    ``route`` checks its inputs on every call (finite values, one-hot maps): host syncs, which
+    capture forbids. The very same tensors went through the checked eager call first.
+    """
+    if not hasattr(backbone, "check_inputs"):
+        yield
+        return
+    backbone.check_inputs = lambda *xs: int(xs[0].shape[0])  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del backbone.check_inputs
+
+
+def _cuda_graph(call: Callable, inputs: tuple[torch.Tensor, ...], backbone) -> Callable:
+    """Capture ``call(*inputs)`` once (fixed shapes and addresses) and return its replay."""
+    static = tuple(x.clone() for x in inputs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
+        for _ in range(3):
+            call(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with _inputs_checked_once(backbone), torch.cuda.graph(graph):
+        out = call(*static)
+
+    def replay(*_):
+        graph.replay()
+        return out
+
+    return replay
+
+
+def _option_runner(model, route: int, inputs: tuple[torch.Tensor, ...], opts: Sequence[str],
+                   device: torch.device) -> tuple[Callable[[], torch.Tensor], float]:
+    """``fn() -> image`` of one route with ``opts`` applied, and the seconds spent preparing it
+    (compilation, graph capture), which the timing leaves out."""
+    t0 = time.perf_counter()
+    if "channels_last" in opts:
+        inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
+    dtype = torch.bfloat16 if "bf16" in opts else torch.float16 if "fp16" in opts else None
+    # Autocast's cache of cast weights is freed when the context exits, under a captured graph that
+    # still reads it: capture needs the cache off (torch.cuda.make_graphed_callables asks the same).
+    cache = "cudagraphs" not in opts
+
+    def call(*xs):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache):
+            return model.route(*xs, exit=route)
+
+    fn = call
+    if "compile" in opts:
+        # One compiled function per (route, batch): a fresh cache each time, so no earlier
+        # compilation counts against dynamo's recompile limit (past it, calls fall back to eager).
+        torch.compiler.reset()
+        fn = torch.compile(call, dynamic=False, mode="reduce-overhead" if "cudagraphs" in opts else None)
+        fn(*inputs)  # compile now, outside the timing
+    elif "cudagraphs" in opts:
+        fn = _cuda_graph(call, inputs, model.backbone)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (lambda: fn(*inputs)), time.perf_counter() - t0
+
+
+def _verdict(speedup: float, max_abs: float, mean_abs: float, tol: dict) -> tuple[bool, str]:
+    within = max_abs <= tol["max_abs"] and mean_abs <= tol["mean_abs"]
+    if not within:
+        return within, "out of tolerance"
+    return within, "helped" if speedup >= FASTER else "no faster"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_info(device: torch.device) -> dict:
+    info = {"type": device.type, "name": _cpu_name(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
+            "platform": platform.platform(terse=True)}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        info.update(name=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1),
+                    cudnn_benchmark=torch.backends.cudnn.benchmark, cudnn_tf32=torch.backends.cudnn.allow_tf32,
+                    matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return info
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@torch.no_grad()
+def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fraction | None = None,
+              min_channels: int | None = None, device: str | torch.device = "cpu",
+              batches: str | Sequence[int] = (1, 8, 32), reps: int = 20, warmup: int = 5, threads: int | None = None,
+              options: str | Sequence[str] | None = None, seed: int = 0, bank_inputs: int | None = None,
+              predictor: str | None = None, progress: bool = True) -> dict:
+    """Measure the routes, the mixed-exit tree, the predictor + bank and the speed options of
+    ``backbone`` (one of :data:`BACKBONES`); returns the JSON-ready report (see the module docstring
+    and BENCHMARKS.md for every field).
+
+    ``size`` / ``scale`` / ``min_channels`` default to :data:`GEOMETRY` (oasis, g2d) or the task's
+    defaults (faces, fashion). ``batches`` and ``options`` take lists or comma-separated text.
+    ``threads`` fixes torch's and FAISS's CPU threads for the run (None: leave them).
+    ``bank_inputs`` is the bank's population (default: faces 1024 inputs, fashion 250 label maps x 8
+    noises, 16 random inputs for the reference backbones); ``predictor`` the predictor's arch
+    (default: what the library trains for these inputs).
+    Bad arguments raise ``ValueError`` naming what was expected and what came.
+    """
+    from .exits import parse_scale
+
+    t_start = time.perf_counter()
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {backbone!r}")
+    dev = _parse_device(device)
+    batch_list = _parse_batches(batches)
+    reps = _positive(reps, "reps")
+    warmup = _positive(warmup, "warmup", minimum=0)
+    seed = _positive(seed, "seed", minimum=0)
+    if threads is not None:
+        threads = _positive(threads, "threads")
+    if bank_inputs is not None:
+        bank_inputs = _positive(bank_inputs, "bank inputs")
+    if scale is not None:
+        parse_scale(scale)
+    if min_channels is not None:
+        min_channels = _positive(min_channels, "min channels")
+    opts = _parse_options(options, dev)
+
+    try:
+        import faiss
+    except ImportError:  # the bank step says how to install it
+        faiss = None
+    old_threads = torch.get_num_threads()
+    old_faiss = faiss.omp_get_max_threads() if faiss is not None else None
+    if threads is not None:
+        torch.set_num_threads(threads)
+        if faiss is not None:
+            faiss.omp_set_num_threads(threads)
+    try:
+        report = _run(backbone, size, scale, min_channels, dev, batch_list, reps, warmup, opts, seed, bank_inputs,
+                      predictor, progress)
+    finally:
+        torch.set_num_threads(old_threads)
+        if faiss is not None:
+            faiss.omp_set_num_threads(old_faiss)
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    return report
+
+
+def _run(name: str, size, scale, min_channels, device: torch.device, batches: list[int], reps: int, warmup: int,
+         opts: list[str], seed: int, bank_n: int | None, predictor_arch: str | None, progress: bool) -> dict:
+    from .bank import retrieval_latency
+    from .metrics.macs import count_macs
+
+    load_start = _load()
+    setup = (_reference_setup if name in ("oasis", "g2d") else _task_setup)(name, size, scale, min_channels, seed)
+    model = setup.model.to(device).eval()
+    num_routes = model.num_routes
+    inputs_on = {b: tuple(x.to(device) for x in setup.inputs(b)) for b in batches}
+    ratio_batch = 1 if 1 in batches else batches[0]
+    mix_batches = [b for b in batches if b >= 2]
+    mixes = [("uniform", tuple([1.0 / num_routes] * num_routes)), ("skewed", skewed_shares(num_routes))]
+    variants = [(o, (o,)) for o in opts] + ([("+".join(opts), tuple(opts))] if len(opts) > 1 else [])
+    # Predictor and bank first: a predictor arch that cannot read these inputs fails before any timing.
+    predictor, xs = _predictor(model, predictor_arch, inputs_on[ratio_batch], seed)
+    bank_n = setup.default_bank_inputs if bank_n is None else bank_n
+    bank, spec = _build_bank(setup, _BANK_KIND[name], bank_n, device, progress)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = len(batches) * num_routes * (1 + len(variants)) + len(mixes) * len(mix_batches) + 1
+        bar = tqdm(total=total, desc=f"bench {name}", unit="step", dynamic_ncols=True)
+
+    def step(label: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+
+    try:
+        # MACs: counted on shapes (meta tensors), per sample.
+        macs = [int(m) for m in model.route_macs(1)]
+        backbone_macs = int(count_macs(model.backbone, *model.backbone.example_inputs(1)))
+        macs[-1] = backbone_macs
+
+        # Routes, every batch size.
+        route_ms: dict[int, list[dict]] = {}
+        for b in batches:
+            route_ms[b] = []
+            for r in range(num_routes):
+                route_ms[b].append(time_ms(lambda: model.route(*inputs_on[b], exit=r), device, reps, warmup))
+                step(f"route {r} batch {b}")
+        routes = []
+        for r in range(num_routes):
+            per_batch = {}
+            for b in batches:
+                t = route_ms[b][r]
+                per_batch[str(b)] = {"median_ms": round(t["median_ms"], 4), "iqr_ms": round(t["iqr_ms"], 4),
+                                     "per_sample_ms": round(t["median_ms"] / b, 4),
+                                     "latency_ratio": round(t["median_ms"] / route_ms[b][-1]["median_ms"], 4)}
+            backbone_route = r == num_routes - 1
+            routes.append({
+                "route": r, "name": "backbone" if backbone_route else f"exit after stage {model.exits[r]}",
+                "after_stage": None if backbone_route else model.exits[r], "macs": macs[r],
+                "macs_ratio": round(macs[r] / backbone_macs, 4),
+                "latency_ms": per_batch[str(ratio_batch)]["median_ms"],
+                "latency_ratio": per_batch[str(ratio_batch)]["latency_ratio"], "per_batch": per_batch,
+            })
+
+        # Mixed batches: the tree against the ideal, the deepest-needed route and grouped routes.
+        mixed_entries = []
+        for mix_name, shares in mixes:
+            per_batch = {}
+            for b in mix_batches:
+                exits = mix_exits(shares, b, seed).to(device)
+                inputs = inputs_on[b]
+                counts = torch.bincount(exits.cpu(), minlength=num_routes).tolist()
+                tree = time_ms(lambda: model.mixed(*inputs, exits=exits), device, reps, warmup)["median_ms"]
+                grouped = time_ms(lambda: _grouped(model, inputs, exits), device, reps, warmup)["median_ms"]
+                ideal = sum(n * route_ms[b][r]["median_ms"] / b for r, n in enumerate(counts))
+                deepest = route_ms[b][int(exits.max())]["median_ms"]
+                diff = (model.mixed(*inputs, exits=exits) - _grouped(model, inputs, exits)).abs().max()
+                per_batch[str(b)] = {
+                    "counts": counts, "tree_ms": round(tree, 4), "ideal_ms": round(ideal, 4),
+                    "deepest_ms": round(deepest, 4), "grouped_ms": round(grouped, 4),
+                    "tree_vs_ideal": round(ideal / tree, 4), "tree_vs_deepest": round(deepest / tree, 4),
+                    "tree_vs_grouped": round(grouped / tree, 4), "max_abs_diff_tree_vs_grouped": float(diff),
+                }
+                step(f"mix {mix_name} batch {b}")
+            mixed_entries.append({"name": mix_name, "shares": [round(s, 4) for s in shares], "per_batch": per_batch})
+        mixed = {"batch": None, "mix": None, "tree_vs_ideal": None, "tree_vs_deepest": None, "tree_vs_grouped": None,
+                 "mixes": mixed_entries}
+        if mix_batches:
+            top = mix_batches[-1]
+            worst = min(mixed_entries, key=lambda m: m["per_batch"][str(top)]["tree_vs_ideal"])
+            row = worst["per_batch"][str(top)]
+            mixed.update(batch=top, mix=worst["name"], tree_vs_ideal=row["tree_vs_ideal"],
+                         tree_vs_deepest=row["tree_vs_deepest"], tree_vs_grouped=row["tree_vs_grouped"])
+
+        # Overhead: predictor + bank retrieval at the ratio batch, against the smallest route.
+        pred_t = time_ms(lambda: predictor(*xs), device, reps, warmup)
+        retrieval = retrieval_latency(bank, model, setup.inputs, batch_sizes=(ratio_batch,), reps=reps,
+                                      warmup=warmup)[0]
+        smallest = route_ms[ratio_batch][0]["median_ms"]
+        overhead = {
+            "batch": ratio_batch, "predictor_arch": predictor.arch, "predictor_ms": round(pred_t["median_ms"], 4),
+            "predictor_macs": int(count_macs(predictor, *xs)) // ratio_batch,
+            "bank_ms": retrieval["retrieval_ms"], "bank_mode": bank.mode, "bank_entries": len(bank),
+            "bank_population": bank.manifest["population"],
+            "bank_spec": {"mode": spec.mode, "key_stage": spec.key_stage, "value_stage": spec.value_stage,
+                          "grid": list(spec.grid) if spec.mode == "patch" else None, "max_per_class": spec.max_per_class,
+                          "key_function": spec.key_function if spec.mode == "global" else None, "index": spec.index},
+            "smallest_route_ms": round(smallest, 4),
+            "smallest_route_ms_in_retrieval_run": retrieval["smallest_route_ms"],
+        }
+        overhead_fraction = round((pred_t["median_ms"] + retrieval["retrieval_ms"]) / smallest, 4)
+        overhead["fraction"] = overhead_fraction
+        step("predictor + bank")
+
+        # Options: each alone, then all together, against the eager fp32 routes measured above.
+        option_entries = []
+        for label, group in variants:
+            tol = TOLERANCES["reduced" if {"bf16", "fp16"} & set(group) else "float32"]
+            entry = {"name": label, "options": list(group), "tolerance": tol, "results": [], "error": None}
+            try:
+                variant_model = model
+                if "channels_last" in group:
+                    variant_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                for b in batches:
+                    for r in range(num_routes):
+                        ref = model.route(*inputs_on[b], exit=r).float()
+                        fn, prepare_s = _option_runner(variant_model, r, inputs_on[b], group, device)
+                        out = fn().float()
+                        diff = (out - ref).abs()
+                        t = time_ms(fn, device, reps, warmup)["median_ms"]
+                        speedup = route_ms[b][r]["median_ms"] / t
+                        within, verdict = _verdict(speedup, float(diff.max()), float(diff.mean()), tol)
+                        entry["results"].append({
+                            "batch": b, "route": r, "eager_ms": round(route_ms[b][r]["median_ms"], 4), "ms": round(t, 4),
+                            "speedup": round(speedup, 4), "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+                            "within_tolerance": within, "verdict": verdict, "prepare_s": round(prepare_s, 2),
+                        })
+                        step(f"{label} route {r} batch {b}")
+            except Exception as e:  # an option the installed stack cannot run is a finding, not a crash
+                entry["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            finally:
+                if "compile" in group:
+                    torch.compiler.reset()
+            helped = sum(res["verdict"] == "helped" for res in entry["results"])
+            entry["summary"] = f"helped on {helped} of {len(entry['results'])} (route, batch) pairs"
+            option_entries.append(entry)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    notes = setup.notes + [
+        "latency does not depend on the weights' values: untrained or random weights time the same as trained ones",
+        f"predictor: untrained {predictor.arch} QualityPredictor, its forward timed alone: what it reads (the "
+        "key-stage features every route computes anyway, or the generator's inputs) is not counted",
+        f"bank: built from {bank_n} inputs with the library's configuration for this backbone; retrieval time "
+        "grows with the entries searched",
+        "options apply to single routes; the mixed tree selects samples with data-dependent indexing, which "
+        "CUDA graphs cannot capture",
+    ]
+    if "cudagraphs" in opts:
+        notes.append("cudagraphs replays skip route()'s per-call input checks (host syncs cannot be captured); "
+                     "eager timings include them")
+    exits_scale = model.scale
+    return {
+        "kind": "fiancee-bench", "format_version": FORMAT_VERSION,
+        "settings": {
+            "backbone": name, **setup.settings, "scale": f"{exits_scale.numerator}/{exits_scale.denominator}",
+            "min_channels": model.min_channels, "exits_after_stages": list(model.exits), "device": str(device),
+            "batches": batches, "reps": reps, "warmup": warmup, "threads": torch.get_num_threads(), "seed": seed,
+            "dtype": "float32", "options": opts, "ratio_batch": ratio_batch,
+            "mixes": {m["name"]: m["shares"] for m in mixed_entries}, "bank_inputs": bank_n,
+            "predictor_arch": predictor.arch, "tolerances": TOLERANCES, "faster_means_speedup_at_least": FASTER,
+            "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
+        },
+        "device": _device_info(device),
+        "load_average": {"start": load_start, "end": _load()},
+        "routes": routes,
+        "mixed": mixed,
+        "overhead": overhead,
+        "overhead_fraction": overhead_fraction,
+        "options": option_entries,
+        "notes": notes,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+def _render(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+               ["| " + " | ".join(r) + " |" for r in rows]
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [line(header)] + [line(r) for r in rows]
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def format_table(report: dict, markdown: bool = False) -> str:
+    """A short human summary of a :func:`run_bench` report (aligned text, or Markdown tables)."""
+    s, d = report["settings"], report["device"]
+    batches = s["batches"]
+    title = (f"{s['backbone']}{' (' + s['size'] + ')' if s.get('size') else ''}, SF {s['scale']}, min "
+             f"{s['min_channels']} channels, exits: {s['exit_weights']}; {d['name']} ({s['device']}, {s['threads']} "
+             f"thread{'s' if s['threads'] != 1 else ''}), torch {d['torch']}, median of {s['reps']} reps")
+    out = [title, ""]
+    header = (["route", "GMACs", "MACs ratio"] + [f"latency ratio @{b}" for b in batches]
+              + [f"ms @{b}" for b in batches])
+    rows = [[r["name"], f"{r['macs'] / 1e9:.4g}", _fmt(r["macs_ratio"])]
+            + [_fmt(r["per_batch"][str(b)]["latency_ratio"]) for b in batches]
+            + [f"{r['per_batch'][str(b)]['median_ms']:.4g}" for b in batches] for r in report["routes"]]
+    out += _render(header, rows, markdown)
+    m = report["mixed"]
+    if m["batch"] is not None:
+        out += ["", "mixed-exit tree: other / tree (above 1 the tree is faster)", ""]
+        header = ["mix", "batch", "samples per route", "tree ms", "ideal / tree", "deepest / tree", "grouped / tree"]
+        rows = [[mix["name"], b, "/".join(map(str, row["counts"])), f"{row['tree_ms']:.4g}", _fmt(row["tree_vs_ideal"]),
+                 _fmt(row["tree_vs_deepest"]), _fmt(row["tree_vs_grouped"])]
+                for mix in m["mixes"] for b, row in mix["per_batch"].items()]
+        out += _render(header, rows, markdown)
+    o = report["overhead"]
+    pm = o["predictor_macs"]
+    pm_text = f"{pm / 1e9:.3g} GMACs" if pm >= 1e9 else f"{pm / 1e6:.3g} MMACs"
+    out += ["", f"overhead at batch {o['batch']}: predictor ({o['predictor_arch']}, {pm_text}) "
+                f"{o['predictor_ms']:.4g} ms + bank ({o['bank_mode']}, {o['bank_entries']} entries) {o['bank_ms']:.4g} ms = "
+                f"{100 * report['overhead_fraction']:.1f}% of the smallest route ({o['smallest_route_ms']:.4g} ms)"]
+    if report["options"]:
+        names = [("after " + str(r["after_stage"])) if r["after_stage"] is not None else "backbone" for r in report["routes"]]
+        out += ["", "options: speedup vs eager fp32 per route (exit after stage k; backbone), largest |difference| of "
+                    "the image over the routes, verdicts (helped = >= "
+                    f"{s.get('faster_means_speedup_at_least', FASTER)}x and within tolerance)", ""]
+        header = ["option", "batch"] + names + ["max abs", "mean abs", "helped"]
+        rows = []
+        for entry in report["options"]:
+            if entry["error"]:
+                rows.append([entry["name"], "-"] + ["-"] * len(names) + ["-", "-", f"error: {entry['error']}"])
+            for b in batches:
+                res = [r for r in entry["results"] if r["batch"] == b]
+                if not res:
+                    continue
+                rows.append([entry["name"], str(b)] + [f"{r['speedup']:.2f}" for r in res]
+                            + [f"{max(r['max_abs'] for r in res):.1e}", f"{max(r['mean_abs'] for r in res):.1e}",
+                               f"{sum(r['verdict'] == 'helped' for r in res)}/{len(res)}"])
+        out += _render(header, rows, markdown)
+    return "\n".join(out) + "\n"
