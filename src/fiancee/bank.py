@@ -614,29 +614,19 @@ def build_bank(task_name: str, out: str | os.PathLike, *, mode: str | None = Non
 # ----------------------------------------------------------------------------------------------
 # Latency and pictures.
 
-def _median_ms(fn, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
-
-
 @torch.no_grad()
 def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple[torch.Tensor, ...]] | None = None,
                       batch_sizes: Sequence[int] = (1, 32), reps: int = 50, warmup: int = 5) -> list[dict]:
     """Median wall time of retrieval (keys -> FAISS -> guide tensor) next to the median time of the
     smallest route (exit 0, guide given as a tensor) in the same process, per batch size.
 
-    The paper reports up to 5 ms, 16% of its smallest branch, on a P40 (S1.1.1). Synchronises CUDA
-    around every timed call when the model is on a GPU.
+    The paper reports up to 5 ms, 16% of its smallest branch, on a P40 (S1.1.1). Timed by
+    :func:`fiancee.bench.time_ms` (CUDA events on a GPU).
     """
+    from .bench import time_ms
+
     model = model.eval()
     device = next(model.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = []
     for bs in batch_sizes:
         inputs = tuple(x.to(device) for x in (inputs_fn(bs) if inputs_fn else model.backbone.example_inputs(bs)))
@@ -645,17 +635,9 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
             h = model.backbone.stages[i](h, cond)
         g = bank.guide(h, cond)
 
-        def retrieve():
-            bank.guide(h, cond)
-            sync()
-
-        def route():
-            model(*inputs, exit=0, guide=g)
-            sync()
-
         warmup = min(warmup, reps)
-        r_ms = _median_ms(retrieve, reps, warmup)
-        s_ms = _median_ms(route, reps, warmup)
+        r_ms = time_ms(lambda: bank.guide(h, cond), device, reps, warmup)["median_ms"]
+        s_ms = time_ms(lambda: model(*inputs, exit=0, guide=g), device, reps, warmup)["median_ms"]
         out.append({"batch_size": bs, "retrieval_ms": round(r_ms, 4), "smallest_route_ms": round(s_ms, 4),
                     "fraction": round(r_ms / s_ms, 4), "device": str(device), "entries": len(bank)})
     return out

@@ -93,7 +93,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: i
     CUDA: a pair of ``torch.cuda.Event`` recorded around every call and read once the end event
     has completed (the host returns before the kernels finish; the events time the GPU's timeline,
     gaps waiting for the host included). CPU: ``time.perf_counter``.
-    (:func:`fiancee.bank.retrieval_latency` keeps its own perf_counter helper, which knows no events.)
+    :func:`fiancee.bank.retrieval_latency` times with it too.
     """
     cuda = device.type == "cuda"
     for _ in range(warmup):
