@@ -514,6 +514,18 @@ def _umask() -> int:
     return mask
 
 
+def test_check_false_skips_the_checks_and_nothing_else(ctx):
+    label, z = ctx.oasis_inputs()
+    out = ctx.oasis.route(label, z, exit=1)
+    assert torch.equal(ctx.oasis.route(label, z, exit=1, check=False), out)
+    soft = torch.full_like(label, 0.2)
+    with pytest.raises(ValueError, match="one-hot"):
+        ctx.oasis.mixed(soft, z, exits=torch.tensor([0, 1]))
+    assert ctx.oasis.mixed(soft, z, exits=torch.tensor([0, 1]), check=False).shape == out.shape
+    with pytest.raises(ValueError, match="exits has 3 entries"):  # the route list is still checked
+        ctx.oasis.mixed(label, z, exits=torch.tensor([0, 1, 2]), check=False)
+
+
 def test_good_inputs_pass_the_same_checks(ctx):
     # The checks must not refuse what the tasks themselves produce.
     label, z = ctx.oasis_inputs(3)

@@ -214,10 +214,15 @@ class ExitGenerator(nn.Module):
             return self.mixed(*inputs, exits=exit, guide=guide)
         return self.route(*inputs, exit=exit, guide=guide)
 
-    def route(self, *inputs: torch.Tensor, exit: int, guide: Guide = None) -> torch.Tensor:
-        """Run the whole batch through one route."""
+    def route(self, *inputs: torch.Tensor, exit: int, guide: Guide = None, check: bool = True) -> torch.Tensor:
+        """Run the whole batch through one route.
+
+        ``check=False`` skips the backbone's input checks (a host sync each): for inputs already
+        checked, and for CUDA graph capture, which cannot contain a sync.
+        """
         route = self._check_route(exit)
-        self.backbone.check_inputs(*inputs)
+        if check:
+            self.backbone.check_inputs(*inputs)
         h, cond = self.backbone.stem(*inputs)
         if route == len(self.exits):
             for stage in self.backbone.stages:
@@ -231,19 +236,20 @@ class ExitGenerator(nn.Module):
                 g = self._resolve_guide(guide, h, cond)
         return self.branches[route](h, cond, g)
 
-    def mixed(self, *inputs: torch.Tensor, exits: torch.Tensor, guide: Guide = None) -> torch.Tensor:
+    def mixed(self, *inputs: torch.Tensor, exits: torch.Tensor, guide: Guide = None, check: bool = True) -> torch.Tensor:
         """Run a batch where every sample has its own route, as a tree.
 
         Each backbone stage only processes the samples still on the backbone past it, and each
         branch only its own samples, so no sample pays for a route it does not take. Outputs come
         back in input order. In eval mode the result equals running every sample alone on its route.
         (In train mode BatchNorm statistics depend on who shares a sub-batch: train one route at a time.)
+        ``check=False`` skips the backbone's input checks, as in :meth:`route`.
         """
         if not isinstance(exits, torch.Tensor) or exits.dim() != 1 or exits.dtype not in (
                 torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             got = f"{exits.dtype} {list(exits.shape)}" if isinstance(exits, torch.Tensor) else type(exits).__name__
             raise ValueError(f"exits must be a 1-D integer tensor with one route per sample; got {got}")
-        batch = self.backbone.check_inputs(*inputs)
+        batch = self.backbone.check_inputs(*inputs) if check else inputs[0].shape[0]
         if exits.numel() != batch:
             raise ValueError(f"exits has {exits.numel()} entries for a batch of {batch}")
         exits = exits.to(inputs[0].device, torch.int64)

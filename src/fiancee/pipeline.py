@@ -73,7 +73,7 @@ class FianceePipeline:
             raise ValueError(f"exits must be a 1-D integer tensor with one route per input; got {type(exits).__name__}")
         predicted = self.predict(*inputs)
         routes = self.router.route(predicted, threshold) if exits is None else exits
-        images = self.model(*inputs, exit=routes.to(inputs[0].device), guide=self.guide)
+        images = self.model.mixed(*inputs, exits=routes.to(inputs[0].device), guide=self.guide, check=False)  # checked above
         return PipelineOutput(images=images, exits=routes.cpu(), predicted_lpips=predicted.cpu(),
                               macs=self.route_macs[routes.cpu()])
 
