@@ -409,6 +409,17 @@ def _(ctx):
     return ["train-exits", "--task", "faces", "--scale", "3/2", "--out", str(ctx.tmp / "never_written")]
 
 
+@case("zero training steps (0 is not 'the preset's default')", "fiancee train-exits",
+      "steps, batch size and checkpoint interval must be positive; got 0, 16, 50", cli=True)
+def _(ctx):
+    return ["train-exits", "--task", "faces", "--steps", "0", "--out", str(ctx.tmp / "never_trained")]
+
+
+@case("bank of zero inputs", "fiancee build-bank", "bank population sizes must be positive; got n=0", cli=True)
+def _(ctx):
+    return ["build-bank", "--task", "faces", "--n", "0", "--out", str(ctx.tmp / "never_built")]
+
+
 @case("threshold outside (0, 1]", "fiancee evaluate", "threshold must lie in (0, 1] (LPIPS); got 1.5", cli=True)
 def _(ctx):
     return ["evaluate", str(ctx.tmp / "no_pipeline"), "--thresholds", "0.1,1.5"]
@@ -486,6 +497,8 @@ def test_cli_error_is_one_line_exit_2(c: Case, ctx, capsys, one_thread):
 
 def test_cli_refusal_writes_nothing(ctx):
     assert main(["train-exits", "--task", "faces", "--scale", "0", "--out", str(ctx.tmp / "refused")]) == 2
+    assert main(["train-exits", "--task", "faces", "--steps", "0", "--out", str(ctx.tmp / "refused")]) == 2
+    assert main(["build-bank", "--task", "faces", "--n", "0", "--out", str(ctx.tmp / "refused")]) == 2
     assert not (ctx.tmp / "refused").exists()
 
 

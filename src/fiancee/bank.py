@@ -598,12 +598,15 @@ def build_bank(task_name: str, out: str | os.PathLike, *, mode: str | None = Non
     task = get_task(task_name, data=data, weights=weights)
     d = TASK_DEFAULTS.get(task_name, TASK_DEFAULTS["faces"])
     backbone = task.load_backbone(device)
+    def given(value, default):  # None means "the task's default"; 0 is a value (and refused below)
+        return default if value is None else value
+
     spec = BankSpec(
-        mode=mode or d["mode"], key_stage=task.exits[0], value_stage=max(task.exits[0], backbone.num_stages // 2),
-        grid=tuple(grid) if grid else d["grid"], max_per_class=max_per_class or d["max_per_class"],
+        mode=given(mode, d["mode"]), key_stage=task.exits[0], value_stage=max(task.exits[0], backbone.num_stages // 2),
+        grid=tuple(given(grid, d["grid"])), max_per_class=given(max_per_class, d["max_per_class"]),
         key_function=key_function, index=index, fps_seed=seed,
     )
-    inputs, population = bank_inputs(task, n or d["n"], noises or d["noises"], seed)
+    inputs, population = bank_inputs(task, given(n, d["n"]), given(noises, d["noises"]), seed)
     lc = getattr(getattr(backbone, "config", None), "label_channels", None)
     bank = build_feature_bank(backbone, inputs, spec, label_channels=lc, task=task_name, population=population,
                               batch_size=batch_size, progress=progress, device=device)

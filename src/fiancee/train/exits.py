@@ -81,8 +81,9 @@ def make_config(task: str, *, scale: str | None = None, min_channels: int | None
     rec = get_recipe(recipe).replace(**{**p["recipe_overrides"], **(recipe_overrides or {})})
     cfg = ExitTrainConfig(
         task=task, scale=f"{sf.numerator}/{sf.denominator}", min_channels=min_channels, recipe=rec.to_dict(),
-        recipe_name=recipe, preset=preset, steps=int(steps or p["steps"]), batch_size=int(batch_size or p["batch_size"]),
-        checkpoint_every=int(checkpoint_every or p["checkpoint_every"]), seed=int(seed), bank=bank,
+        recipe_name=recipe, preset=preset, steps=int(p["steps"] if steps is None else steps),
+        batch_size=int(p["batch_size"] if batch_size is None else batch_size),
+        checkpoint_every=int(p["checkpoint_every"] if checkpoint_every is None else checkpoint_every), seed=int(seed), bank=bank,
     )
     if cfg.steps <= 0 or cfg.batch_size <= 0 or cfg.checkpoint_every <= 0:
         raise ValueError(f"steps, batch size and checkpoint interval must be positive; got {cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}")
