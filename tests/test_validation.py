@@ -246,6 +246,11 @@ def _(ctx):
     ExitGenerator(ctx.oasis.backbone, (1, 2), "half", 4)
 
 
+@case("bank grid with 0 rows", "BankSpec", "grid must be two positive counts (rows, columns) like (4, 4); got (0, 4)")
+def _(ctx):
+    BankSpec(grid=(0, 4))
+
+
 @case("minimum channel count 0", "scale_channels", "channel counts must be positive")
 def _(ctx):
     scale_channels(64, "1/2", 0)

@@ -248,6 +248,8 @@ class BankSpec:
     fps_seed: int = 0
 
     def __post_init__(self):
+        if len(tuple(self.grid)) != 2 or min(int(g) for g in self.grid) < 1:
+            raise ValueError(f"grid must be two positive counts (rows, columns) like (4, 4); got {self.grid!r}")
         self.grid = (int(self.grid[0]), int(self.grid[1]))
         if self.mode not in MODES:
             raise ValueError(f"bank mode must be one of {MODES}; got {self.mode!r}")
