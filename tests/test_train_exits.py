@@ -133,3 +133,37 @@ def test_killed_run_resumes_and_the_loss_curve_continues(tmp_path):
     b = load_tensors(ref / RunDir(ref).latest()["dir"] / "branches.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_crash_inside_a_checkpoint_write_loses_nothing_before_it(tmp_path, monkeypatch, one_thread):
+    """Dies while checkpoint 4 is half written: latest stays at 2, the half folder is never read,
+    and the resumed run ends with the weights of a run that never died."""
+    import fiancee.train.run as run_module
+
+    real_save = run_module.save_tensors
+    calls = {"n": 0}
+
+    def dying_save(path, tensors, metadata=None):
+        if ".step_00000004.tmp" in str(path):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second component of checkpoint 4
+                raise OSError("disk vanished mid-checkpoint")
+        return real_save(path, tensors, metadata)
+
+    config = make_config("faces", preset="smoke", steps=6, batch_size=2, checkpoint_every=2, seed=7)
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(run_module, "save_tensors", dying_save)
+    with pytest.raises(OSError, match="disk vanished"):
+        train_exits(config, out, device="cpu", progress=False)
+    monkeypatch.setattr(run_module, "save_tensors", real_save)
+    run = RunDir(out)
+    assert run.latest()["step"] == 2
+    assert not (out / "checkpoints" / "step_00000004").exists()  # only the temporary half folder
+    train_exits(config, out, resume=True, device="cpu", progress=False)
+    assert run.latest()["step"] == 6 and [r["step"] for r in run.read_stats()] == list(range(1, 7))
+    assert not list((out / "checkpoints").glob(".step_*.tmp"))
+
+    train_exits(config, tmp_path / "straight", device="cpu", progress=False)
+    a = run.load_checkpoint(["branches"])[0]["branches"]
+    b = RunDir(tmp_path / "straight").load_checkpoint(["branches"])[0]["branches"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

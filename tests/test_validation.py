@@ -19,6 +19,7 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 from fiancee.backbones import build_backbone
 from fiancee.bank import BankSpec, bank_inputs, build_feature_bank, load_bank
@@ -542,6 +543,39 @@ def test_check_false_skips_the_checks_and_nothing_else(ctx):
     assert ctx.oasis.mixed(soft, z, exits=torch.tensor([0, 1]), check=False).shape == out.shape
     with pytest.raises(ValueError, match="exits has 3 entries"):  # the route list is still checked
         ctx.oasis.mixed(label, z, exits=torch.tensor([0, 1, 2]), check=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(b=st.integers(1, 3), classes=st.integers(1, 6), h=st.integers(1, 9), w=st.integers(1, 9),
+       seed=st.integers(0, 2**31 - 1), change=st.sampled_from(["drop", "extra", "half", "negative", "nan", "none"]))
+def test_property_one_hot_check_accepts_exactly_one_hot_maps(b, classes, h, w, seed, change):
+    from fiancee.checks import check_one_hot
+
+    g = torch.Generator().manual_seed(seed)
+    label = F.one_hot(torch.randint(classes, (b, h, w), generator=g), classes).permute(0, 3, 1, 2).float()
+    pixel = (int(torch.randint(b, (1,), generator=g)), slice(None), int(torch.randint(h, (1,), generator=g)),
+             int(torch.randint(w, (1,), generator=g)))
+    hot = int(label[pixel].argmax())
+    values = label[pixel].clone()
+    if change == "drop":
+        values[hot] = 0.0  # a pixel of no class
+    elif change == "extra":
+        values[(hot + 1) % classes] += 1.0  # two classes (or a 2 where there is one class)
+    elif change == "half":
+        values[hot] = 0.5
+    elif change == "negative":
+        if classes >= 3:  # 1, 1, -1: largest value 1 and sum 1, only the sign gives it away
+            values[(hot + 1) % classes], values[(hot + 2) % classes] = 1.0, -1.0
+        else:
+            values[hot] = -1.0
+    elif change == "nan":
+        values[hot] = float("nan")
+    label[pixel] = values
+    if change == "none":
+        assert check_one_hot(label, classes) is label
+    else:
+        with pytest.raises(ValueError, match="one-hot|NaN"):
+            check_one_hot(label, classes)
 
 
 def test_good_inputs_pass_the_same_checks(ctx):
