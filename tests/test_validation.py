@@ -392,12 +392,38 @@ def _(ctx):
     load_predictor(folder, model)
 
 
+@case("pipeline config.json without its exits", "FianceePipeline.from_pretrained",
+      "config.json lacks ['exits', 'router'] (expected keys")
+def _(ctx):
+    folder = ctx.tmp / "pipeline_keys"
+    folder.mkdir(exist_ok=True)
+    config = {"kind": "fiancee_pipeline", "format": 1, "task": "faces", "scale": "1/2", "min_channels": 32,
+              "backbone_fingerprint": "0"}
+    (folder / "config.json").write_text(json.dumps(config))
+    FianceePipeline.from_pretrained(folder)
+
+
+@case("run folder whose latest.json lacks the checkpoint folder", "fiancee evaluate-exits",
+      "latest.json lacks ['dir'] (expected keys ['step', 'dir'])", cli=True)
+def _(ctx):
+    import shutil
+
+    from fiancee.demo import committed_exits
+
+    run = ctx.tmp / "run_keys"
+    if not run.exists():
+        shutil.copytree(committed_exits("faces"), run)
+    (run / "latest.json").write_text('{"step": 300}')
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+
+
 @case("pipeline built for another backbone", "FianceePipeline.from_pretrained", "was built for backbone weights 0000000000000000")
 def _(ctx):
     folder = ctx.tmp / "pipeline"
     folder.mkdir(exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"kind": "fiancee_pipeline", "format": 1, "task": "faces",
-                                                    "backbone_fingerprint": "0000000000000000"}))
+                                                    "exits": [1, 2, 3], "scale": "1/2", "min_channels": 32,
+                                                    "backbone_fingerprint": "0000000000000000", "router": {}}))
     FianceePipeline.from_pretrained(folder)
 
 
@@ -499,6 +525,21 @@ def test_cli_error_is_one_line_exit_2(c: Case, ctx, capsys, one_thread):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"fiancee {argv[0]}: error: ") and c.message in err, err
+
+
+def test_cli_last_resort_for_a_missing_key_is_one_line(monkeypatch, capsys):
+    import fiancee.cli as cli
+
+    def reads_an_old_file(args):
+        return {}["router"]
+
+    monkeypatch.setattr(cli, "_macs", reads_an_old_file)
+    assert cli.main(["macs", "--backbone", "oasis"]) == 2
+    err = capsys.readouterr().err
+    assert err == "fiancee macs: error: missing key 'router' in a config or checkpoint\n"
+    monkeypatch.setenv("FIANCEE_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli.main(["macs", "--backbone", "oasis"])
 
 
 def test_cli_refusal_writes_nothing(ctx):

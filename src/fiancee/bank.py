@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from .exits import GuideSpec
-from .io import load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
+from .io import load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint, write_json
 
 __all__ = [
     "FORMAT_VERSION", "KEY_FUNCTIONS", "register_key_function", "farthest_point_sampling", "cut_patches",
@@ -435,6 +435,7 @@ def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | No
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: bank format version {manifest.get('format_version')} is not supported "
                          f"(this fiancee reads version {FORMAT_VERSION}); rebuild it with `fiancee build-bank`")
+    require_keys(manifest, ("backbone_fingerprint", "mode", "per_class_counts"), path / "manifest.json")
     mine = _backbone_fingerprint(backbone)
     if manifest["backbone_fingerprint"] != mine:
         raise ValueError(

@@ -532,6 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fiancee {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyError as e:  # a file lacking an entry its reader needs (the readers name most of them first)
+        if os.environ.get("FIANCEE_DEBUG"):
+            raise
+        print(f"fiancee {args.command}: error: missing key {e} in a config or checkpoint", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fiancee {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -21,7 +21,7 @@ from .checks import check_state_finite
 
 __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
-    "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
+    "require_keys", "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
 ]
 
 
@@ -64,14 +64,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
+    """Parse a JSON file; with ``required`` it must be an object holding those keys (a clear error
+    instead of a KeyError deep in the reader when a file was hand-edited or written by another tool)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"expected a JSON file at {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {e}") from None
+    return require_keys(obj, required, path) if required else obj
+
+
+def require_keys(obj: Any, keys: tuple[str, ...], source: str | os.PathLike) -> dict:
+    """``obj`` is a dict holding ``keys``, else a ValueError naming ``source`` and what it lacks."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source} must hold a JSON object with {list(keys)}; got a {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ValueError(f"{source} lacks {missing} (expected keys {list(keys)})")
+    return obj
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:

@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from .exits import ExitGenerator
-from .io import load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
+from .io import load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint, write_json
 from .routing import Router, check_threshold, router_from_config
 
 __all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
 
 FORMAT = 1
+CONFIG_KEYS = ("kind", "format", "task", "exits", "scale", "min_channels", "backbone_fingerprint", "router")
 
 
 @dataclass
@@ -119,6 +120,7 @@ class FianceePipeline:
             raise ValueError(f"{path} is not a fiancee pipeline folder (config.json kind={config.get('kind')!r})")
         if config.get("format") != FORMAT:
             raise ValueError(f"{path}: pipeline format {config.get('format')!r}; this version reads format {FORMAT}")
+        require_keys(config, CONFIG_KEYS, path / "config.json")
         task = get_task(config["task"])
         backbone = task.load_backbone(device)
         have = tensor_fingerprint(backbone.state_dict())

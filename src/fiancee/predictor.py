@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_finite
-from .io import cache_dir, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
+from .io import cache_dir, load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint, write_json
 
 __all__ = [
     "ARCHS", "RECIPES", "QualityPredictor", "ResBlock", "key_features", "predictor_features", "predict",
@@ -374,6 +374,7 @@ def load_predictor(path: str | Path, model=None, device: str | torch.device = "c
         raise ValueError(f"{path} is not a quality predictor folder (config.json kind={config.get('kind')!r})")
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: predictor format {config.get('format')!r}, this version reads {FORMAT}")
+    require_keys(config, ("predictor", "fingerprints"), path / "config.json")
     if model is not None:
         want = config.get("fingerprints", {})
         have = exits_fingerprints(model)

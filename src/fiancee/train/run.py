@@ -72,7 +72,7 @@ class RunDir:
     def read_config(self) -> dict:
         if not self.config_path.is_file():
             raise FileNotFoundError(f"{self.path} is not a run folder: no config.json")
-        return read_json(self.config_path)
+        return read_json(self.config_path, required=("task", "scale", "min_channels"))
 
     def append_stats(self, record: dict) -> None:
         # One short line per write: a crash can at worst leave a partial last line, which
@@ -99,7 +99,7 @@ class RunDir:
 
     def latest(self) -> dict | None:
         p = self.path / "latest.json"
-        return read_json(p) if p.is_file() else None
+        return read_json(p, required=("step", "dir")) if p.is_file() else None
 
     def save_checkpoint(self, step: int, components: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2) -> Path:
         """Write ``components`` (name -> tensors) and ``state`` (JSON) as checkpoint ``step``."""
