@@ -417,6 +417,15 @@ def _(ctx):
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
 
 
+@case("pipeline config.json that is not an object", "FianceePipeline.from_pretrained",
+      "is not a fiancee pipeline config (kind='a JSON list'; expected 'fiancee_pipeline')")
+def _(ctx):
+    folder = ctx.tmp / "pipeline_list"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text("[1, 2]")
+    FianceePipeline.from_pretrained(folder)
+
+
 @case("pipeline built for another backbone", "FianceePipeline.from_pretrained", "was built for backbone weights 0000000000000000")
 def _(ctx):
     folder = ctx.tmp / "pipeline"

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from .exits import GuideSpec
-from .io import load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint, write_json
+from .io import load_tensors, read_manifest, save_tensors, tensor_fingerprint, write_json
 
 __all__ = [
     "FORMAT_VERSION", "KEY_FUNCTIONS", "register_key_function", "farthest_point_sampling", "cut_patches",
@@ -429,13 +429,10 @@ def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | No
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no feature bank at {path} (build one with `fiancee build-bank`)")
-    manifest = read_json(path / "manifest.json")
-    if manifest.get("kind") != "fiancee-feature-bank":
-        raise ValueError(f"{path}/manifest.json is not a feature bank manifest (kind={manifest.get('kind')!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: bank format version {manifest.get('format_version')} is not supported "
-                         f"(this fiancee reads version {FORMAT_VERSION}); rebuild it with `fiancee build-bank`")
-    require_keys(manifest, ("backbone_fingerprint", "mode", "per_class_counts"), path / "manifest.json")
+    manifest = read_manifest(path / "manifest.json", kind="fiancee-feature-bank", version_key="format_version",
+                             version=FORMAT_VERSION, what="feature bank manifest",
+                             required=("backbone_fingerprint", "mode", "per_class_counts"),
+                             hint="; rebuild it with `fiancee build-bank`")
     mine = _backbone_fingerprint(backbone)
     if manifest["backbone_fingerprint"] != mine:
         raise ValueError(

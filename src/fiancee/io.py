@@ -21,7 +21,7 @@ from .checks import check_state_finite
 
 __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
-    "require_keys", "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
+    "read_manifest", "require_keys", "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
 ]
 
 
@@ -75,6 +75,21 @@ def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {e}") from None
     return require_keys(obj, required, path) if required else obj
+
+
+def read_manifest(path: str | os.PathLike, *, kind: str, version_key: str, version: int, what: str,
+                  required: tuple[str, ...] = (), hint: str = "") -> dict:
+    """The JSON object that identifies a folder (pipeline config, predictor config, bank manifest):
+    its ``kind`` must match, its ``version_key`` must equal ``version``, and it must hold ``required``.
+    Anything else (another file, another format version, a hand-edited file) is one ValueError."""
+    path = Path(path)
+    obj = read_json(path)
+    if not isinstance(obj, dict) or obj.get("kind") != kind:
+        got = obj.get("kind") if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
+        raise ValueError(f"{path} is not a {what} (kind={got!r}; expected {kind!r})")
+    if obj.get(version_key) != version:
+        raise ValueError(f"{path}: {what} format {obj.get(version_key)!r}; this fiancee reads format {version}{hint}")
+    return require_keys(obj, required, path)
 
 
 def require_keys(obj: Any, keys: tuple[str, ...], source: str | os.PathLike) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .exits import ExitGenerator
-from .io import load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint, write_json
+from .io import load_tensors, read_manifest, save_tensors, tensor_fingerprint, write_json
 from .routing import Router, check_threshold, router_from_config
 
 __all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
@@ -115,12 +115,8 @@ class FianceePipeline:
         from .tasks import get_task
 
         path = Path(path)
-        config = read_json(path / "config.json")
-        if config.get("kind") != "fiancee_pipeline":
-            raise ValueError(f"{path} is not a fiancee pipeline folder (config.json kind={config.get('kind')!r})")
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{path}: pipeline format {config.get('format')!r}; this version reads format {FORMAT}")
-        require_keys(config, CONFIG_KEYS, path / "config.json")
+        config = read_manifest(path / "config.json", kind="fiancee_pipeline", version_key="format", version=FORMAT,
+                               what="fiancee pipeline config", required=CONFIG_KEYS)
         task = get_task(config["task"])
         backbone = task.load_backbone(device)
         have = tensor_fingerprint(backbone.state_dict())

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_finite
-from .io import cache_dir, load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint, write_json
+from .io import cache_dir, load_tensors, read_json, read_manifest, save_tensors, tensor_fingerprint, write_json
 
 __all__ = [
     "ARCHS", "RECIPES", "QualityPredictor", "ResBlock", "key_features", "predictor_features", "predict",
@@ -369,12 +369,8 @@ def save_predictor(predictor: QualityPredictor, out: str | Path, *, fingerprints
 def load_predictor(path: str | Path, model=None, device: str | torch.device = "cpu") -> tuple[QualityPredictor, dict]:
     """``(predictor, config)`` from a folder; with ``model`` the backbone and exit fingerprints must match."""
     path = Path(path)
-    config = read_json(path / "config.json")
-    if config.get("kind") != "quality_predictor":
-        raise ValueError(f"{path} is not a quality predictor folder (config.json kind={config.get('kind')!r})")
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: predictor format {config.get('format')!r}, this version reads {FORMAT}")
-    require_keys(config, ("predictor", "fingerprints"), path / "config.json")
+    config = read_manifest(path / "config.json", kind="quality_predictor", version_key="format", version=FORMAT,
+                           what="quality predictor config", required=("predictor", "fingerprints"))
     if model is not None:
         want = config.get("fingerprints", {})
         have = exits_fingerprints(model)
