@@ -61,7 +61,8 @@ def _train_exits(args: argparse.Namespace) -> int:
     config = make_config(
         args.task, scale=args.scale, min_channels=args.min_channels, recipe=args.recipe, preset=args.preset,
         steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        bank=args.bank,
+        bank=args.bank, init=args.init,
+        recipe_overrides=None if args.feature_distill is None else {"features": args.feature_distill},
     )
     run = train_exits(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
     print(run)
@@ -293,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default: the preset's)")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--bank", default=None, help="a feature bank folder (fiancee build-bank) to guide the branches")
+    p.add_argument("--init", choices=["random", "inherit"], default="random",
+                   help="branch weights start fresh (random) or from the backbone's most active channels (inherit)")
+    p.add_argument("--feature-distill", type=float, default=None, metavar="W",
+                   help="weight of the intermediate-feature distillation term (default: the recipe's, 0)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

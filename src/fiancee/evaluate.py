@@ -15,7 +15,9 @@ import torch
 
 from .io import write_json
 
-__all__ = ["route_images", "evaluate_exits"]
+__all__ = ["route_images", "evaluate_exits", "oracle_savings", "DEFAULT_THRESHOLDS"]
+
+DEFAULT_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
 
 
 @torch.no_grad()
@@ -77,6 +79,21 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
             "images": images, "macs": macs, "exits": exits}
 
 
+def oracle_savings(lpips: np.ndarray, macs, thresholds=DEFAULT_THRESHOLDS) -> list[dict]:
+    """What the strict oracle saves at each threshold: every input on the cheapest route whose true LPIPS
+    meets it (the backbone otherwise). ``lpips`` is ``[n, E]``; routes only, no predictor (an upper bound
+    for any router with these exits)."""
+    from .routing import cheapest_meeting, mean_cost
+
+    true = torch.as_tensor(lpips, dtype=torch.float64)
+    rows = []
+    for t in thresholds:
+        routes = cheapest_meeting(true, t, macs)
+        rows.append({"threshold": t, "macs_saved": 1 - mean_cost(routes, macs) / macs[-1],
+                     "shares": torch.bincount(routes, minlength=len(macs)).div(len(routes)).tolist()})
+    return rows
+
+
 def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: bool = True, grid_columns: int = 8,
                    out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
     """Per-exit MACs, LPIPS (mean / median / p90) and FID on ``n`` held-out inputs; writes
@@ -95,6 +112,7 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
         "run": str(run_dir), "task": m["task"].name, "n": n, "seed": seed, "lpips_net": "alex",
         "fid_reference": "backbone images of the same inputs",
         "backbone_macs": int(macs[-1]), "exits": exits,
+        "oracle": oracle_savings(np.stack([e["lpips"] for e in m["exits"]], axis=1), macs),
     }
     out = Path(out) if out is not None else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +136,6 @@ def _bank_guide(run_dir, model):
 
     return load_bank(bank, model.backbone).guide
 
-
-DEFAULT_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
 
 
 def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, seed: int = 0,

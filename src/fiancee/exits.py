@@ -21,7 +21,13 @@ from torch import nn
 
 from .staged import StagedGenerator
 
-__all__ = ["parse_scale", "scale_channels", "branch_channels", "GuideSpec", "Branch", "ExitGenerator"]
+__all__ = ["parse_scale", "scale_channels", "branch_channels", "GuideSpec", "Branch", "ExitGenerator",
+           "INITS", "channel_importance"]
+
+# How branch weights start: "random" (fresh layers, as the paper) or "inherit" (the backbone's own
+# weights, sliced to the channels that matter most: Anycost GAN's channel sorting, GAN Compression's
+# inheritance). See Branch.inherit_.
+INITS = ("random", "inherit")
 
 Guide = Union[torch.Tensor, Callable[[torch.Tensor, Union[torch.Tensor, None]], torch.Tensor], None]
 
@@ -96,6 +102,83 @@ class GuideSpec:
             raise ValueError(f"guide channels must be positive; got {self.channels}")
 
 
+def _structural_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``module`` under a name that ignores how Sequentials are keyed.
+
+    Children of a Sequential / ModuleList are named by position, so a slice ``main[3:6]`` (keys
+    3, 4, 5) and its narrowed copy (keys 0, 1, 2) give the same names.
+    """
+    out = {f"{prefix}{k}": t for k, t in list(module._parameters.items()) + list(module._buffers.items()) if t is not None}
+    positional = isinstance(module, (nn.Sequential, nn.ModuleList))
+    for i, (name, child) in enumerate(module._modules.items()):
+        if child is not None:
+            out.update(_structural_tensors(child, f"{prefix}{i if positional else name}."))
+    return out
+
+
+def channel_importance(backbone: StagedGenerator, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Mean absolute activation of every channel after every stage, over ``inputs`` (``[C_s]`` each).
+
+    Data-driven and architecture-free (only the staged contract is used): the channels a narrowed
+    branch block keeps when it inherits the backbone's weights are the ones that carry the most signal.
+    """
+    with torch.no_grad():
+        h, cond = backbone.stem(*inputs)
+        out = []
+        for stage in backbone.stages:
+            h = stage(h, cond)
+            out.append(h.abs().float().mean(dim=[d for d in range(h.dim()) if d != 1]))
+    return out
+
+
+def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Tensor, extra: int, out_size: int,
+                 out_idx: torch.Tensor) -> tuple[int, int]:
+    """Copy ``src``'s tensors into the narrower ``dst``, keeping channels ``in_idx`` / ``out_idx``.
+
+    A dimension whose size differs is matched to the input side (backbone size ``in_size``, branch size
+    ``len(in_idx) + extra``) or the output side (``out_size``, ``len(out_idx)``) by its sizes; the
+    ``extra`` input channels (the bank's guide, concatenated last) start at zero so the inherited block
+    initially computes what the backbone did. Tensors with no counterpart keep their fresh values.
+    Returns (tensors copied, tensors left fresh).
+    """
+    src_t = _structural_tensors(src)
+    copied = fresh = 0
+    for name, d in _structural_tensors(dst).items():
+        s = src_t.get(name)
+        if s is None or s.dim() != d.dim():
+            fresh += 1
+            continue
+        x = s.detach()
+        pad_in: int | None = None
+        for k in range(d.dim()):
+            if x.shape[k] == d.shape[k]:
+                continue
+            as_in = x.shape[k] == in_size and d.shape[k] == len(in_idx) + extra
+            as_out = x.shape[k] == out_size and d.shape[k] == len(out_idx)
+            if as_in and as_out and not (extra == 0 and torch.equal(in_idx, out_idx)):
+                raise ValueError(f"cannot inherit {name}: dimension {k} could be the input or the output channels")
+            if as_out:
+                x = x.index_select(k, out_idx.to(x.device))
+            elif as_in:
+                x = x.index_select(k, in_idx.to(x.device))
+                pad_in = k if extra else None
+            elif d.shape[k] < x.shape[k]:
+                x = x.narrow(k, 0, d.shape[k])  # an inner width tied to neither side (spectral-norm vectors)
+            else:
+                x = None
+                break
+        if x is None:
+            fresh += 1
+            continue
+        if pad_in is not None:
+            shape = list(x.shape)
+            shape[pad_in] = extra
+            x = torch.cat([x, x.new_zeros(shape)], dim=pad_in)
+        d.data.copy_(x.to(d.dtype))
+        copied += 1
+    return copied, fresh
+
+
 class Branch(nn.Module):
     """The narrow copy of stages ``after+1 .. N`` and of the head."""
 
@@ -124,6 +207,38 @@ class Branch(nn.Module):
         )
         self.head = backbone.make_branch_head(plan[-1][1])
 
+    @torch.no_grad()
+    def inherit_(self, backbone: StagedGenerator, importance: Sequence[torch.Tensor]) -> dict:
+        """Start every block from the backbone stage it mirrors, keeping its most important channels.
+
+        ``importance[s]`` scores the output channels of backbone stage ``s`` (0-based), e.g.
+        :func:`channel_importance`. The first block reads the backbone's full-width features, so it keeps
+        every input channel; each later block reads the channels its predecessor kept. Where a backbone
+        stage keeps its width (a residual block with an identity shortcut), the block keeps the very
+        channels it reads, so the shortcut stays consistent. At SF 1 a branch becomes an exact copy of
+        the rest of the backbone. Returns counts of tensors copied and left fresh.
+        """
+        n = backbone.num_stages
+        if len(importance) != n:
+            raise ValueError(f"importance must score every one of the {n} stages; got {len(importance)}")
+        prev = torch.arange(backbone.stage_channels[self.after - 1][1])
+        copied = fresh = 0
+        for j, block in enumerate(self.blocks):
+            s = self.after + j
+            cin, cout = backbone.stage_channels[s]
+            want = self.block_channels[j][1]
+            if importance[s].numel() != cout:
+                raise ValueError(f"importance of stage {s + 1} scores {importance[s].numel()} channels; the stage has {cout}")
+            if cin == cout and want == len(prev):
+                keep = prev
+            else:
+                keep = torch.topk(importance[s].float().cpu(), want).indices.sort().values
+            c, f = _copy_sliced(block, backbone.stages[s], cin, prev, self.guide_extra[j], cout, keep)
+            copied, fresh, prev = copied + c, fresh + f, keep
+        last = backbone.stage_channels[-1][1]
+        c, f = _copy_sliced(self.head, backbone.head, last, prev, 0, -1, torch.arange(0))
+        return {"copied": copied + c, "fresh": fresh + f}
+
     def _with_guide(self, j: int, h: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
         if self.guide_extra[j] == 0:
             return h
@@ -134,7 +249,9 @@ class Branch(nn.Module):
             g = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
         return torch.cat([h, g], dim=1)
 
-    def forward(self, h: torch.Tensor, cond: torch.Tensor | None, guide: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None, guide: torch.Tensor | None = None,
+                return_features: bool = False):
+        """The branch's image; with ``return_features`` also every block's output (feature distillation)."""
         if self.guide_spec is not None:
             if guide is None:
                 raise ValueError(f"the branch after stage {self.after} was built with a guide ({self.guide_spec}) but got none")
@@ -142,9 +259,12 @@ class Branch(nn.Module):
                 raise ValueError(
                     f"guide must be [B={h.shape[0]}, {self.guide_spec.channels}, H, W]; got {list(guide.shape)}"
                 )
+        feats = []
         for j, block in enumerate(self.blocks):
             h = block(self._with_guide(j, h, guide), cond)
-        return self.head(h, cond)
+            feats.append(h)
+        image = self.head(h, cond)
+        return (image, feats) if return_features else image
 
 
 def _take(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
@@ -183,6 +303,11 @@ class ExitGenerator(nn.Module):
         self.min_channels = int(min_channels)
         self.guide_spec = guide
         self.branches = nn.ModuleList(Branch(backbone, k, self.scale, self.min_channels, guide) for k in exits)
+
+    def inherit_(self, importance: Sequence[torch.Tensor]) -> dict:
+        """Initialise every branch from the backbone's weights (:meth:`Branch.inherit_`)."""
+        counts = [b.inherit_(self.backbone, importance) for b in self.branches]
+        return {k: sum(c[k] for c in counts) for k in ("copied", "fresh")}
 
     @property
     def num_routes(self) -> int:
@@ -286,10 +411,11 @@ class ExitGenerator(nn.Module):
         emit(alive, self.backbone.head(h, cond))
         return out
 
-    def trunk(self, *inputs: torch.Tensor, guide: Guide = None):
+    def trunk(self, *inputs: torch.Tensor, guide: Guide = None, all_stages: bool = False):
         """Run the backbone once and keep what every branch needs (used to train all exits at once).
 
-        Returns ``(features, cond, guide, image)``: ``features[i]`` is ``h`` after stage ``exits[i]``,
+        Returns ``(features, cond, guide, image)``: ``features[i]`` is ``h`` after stage ``exits[i]``
+        (with ``all_stages``: after stage ``i + 1``, every stage, for feature distillation),
         ``image`` the backbone's output (the distillation target).
         """
         self.backbone.check_inputs(*inputs)
@@ -300,7 +426,7 @@ class ExitGenerator(nn.Module):
             h = stage(h, cond)
             if index + 1 == self.key_stage:
                 g = self._resolve_guide(guide, h, cond)
-            if index + 1 in self.exits:
+            if all_stages or index + 1 in self.exits:
                 feats.append(h)
         return feats, cond, g, self.backbone.head(h, cond)
 

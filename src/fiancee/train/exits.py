@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..exits import ExitGenerator, parse_scale
+from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
 from ..io import tensor_fingerprint
 from .critics import Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
-from .losses import BranchLoss, Recipe, get_recipe, lr_at, make_optimizer
+from .losses import BranchLoss, FeatureAdapters, Recipe, get_recipe, lr_at, make_optimizer
 from .run import RunDir, load_optimizer_tensors, optimizer_tensors
 
 __all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits"]
@@ -58,6 +58,7 @@ class ExitTrainConfig:
     seed: int = 0
     bank: str | None = None
     world_size: int = 1
+    init: str = "random"  # exits.INITS: fresh branches, or sliced from the backbone's own weights
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,9 +67,11 @@ class ExitTrainConfig:
 def make_config(task: str, *, scale: str | None = None, min_channels: int | None = None, recipe: str = "oasis",
                 preset: str = "quick", steps: int | None = None, batch_size: int | None = None,
                 checkpoint_every: int | None = None, seed: int = 0, bank: str | None = None,
-                recipe_overrides: dict | None = None) -> ExitTrainConfig:
+                recipe_overrides: dict | None = None, init: str = "random") -> ExitTrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
     p = PRESETS[preset]
     from ..tasks import get_task
 
@@ -84,6 +87,7 @@ def make_config(task: str, *, scale: str | None = None, min_channels: int | None
         recipe_name=recipe, preset=preset, steps=int(p["steps"] if steps is None else steps),
         batch_size=int(p["batch_size"] if batch_size is None else batch_size),
         checkpoint_every=int(p["checkpoint_every"] if checkpoint_every is None else checkpoint_every), seed=int(seed), bank=bank,
+        init=init,
     )
     if cfg.steps <= 0 or cfg.batch_size <= 0 or cfg.checkpoint_every <= 0:
         raise ValueError(f"steps, batch size and checkpoint interval must be positive; got {cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}")
@@ -102,14 +106,21 @@ def build_exits(task, backbone, scale: str, min_channels: int | None, bank: str 
 
 
 class _Branches(nn.Module):
-    """All branches behind one forward, so one DDP wrapper syncs them all in one backward."""
+    """All branches behind one forward, so one DDP wrapper syncs them all in one backward.
+
+    With ``return_features`` every branch also returns its blocks' outputs (feature distillation).
+    """
 
     def __init__(self, model: ExitGenerator):
         super().__init__()
         self.branches = model.branches
 
-    def forward(self, feats: list[torch.Tensor], cond, guide) -> list[torch.Tensor]:
-        return [b(h, cond, guide) for b, h in zip(self.branches, feats)]
+    def forward(self, feats: list[torch.Tensor], cond, guide, return_features: bool = False) -> list:
+        return [b(h, cond, guide, return_features=return_features) for b, h in zip(self.branches, feats)]
+
+
+# Inputs the inherited initialisation scores channels on (a fixed draw of the training split).
+INHERIT_INPUTS = 256
 
 
 class _Critics(nn.Module):
@@ -157,7 +168,9 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         raise ValueError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
     if resume:
         saved = run.read_config()
-        for key in ("task", "scale", "min_channels", "recipe", "bank"):
+        saved = {"init": "random", **saved}  # runs written before the option existed
+        saved["recipe"] = Recipe.from_dict(saved["recipe"]).to_dict() if isinstance(saved.get("recipe"), dict) else saved.get("recipe")
+        for key in ("task", "scale", "min_channels", "recipe", "bank", "init"):
             if saved.get(key) != config.to_dict()[key]:
                 raise ValueError(f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}")
     elif env.is_main:
@@ -172,7 +185,14 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
 
         guide_fn = load_bank(config.bank, backbone).guide
     backbone.eval().requires_grad_(False)
+    if config.init == "inherit":
+        # Before any checkpoint is loaded: a resumed run overwrites these weights, a fresh one starts here.
+        probe = task.sample_inputs(INHERIT_INPUTS, seed=config.seed, split="train")
+        model.inherit_(channel_importance(backbone, tuple(x.to(env.device) for x in probe)))
     branches = _Branches(model).train()
+    use_feat = recipe.features > 0
+    if use_feat:
+        branches.adapters = FeatureAdapters(model).to(env.device)
     critics = _Critics([_task_critic(task, recipe) for _ in model.branches]).to(env.device).train()
     use_adv = recipe.adversarial > 0 or recipe.feature_matching > 0
     loss_fn = BranchLoss(recipe).to(env.device)
@@ -181,10 +201,11 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
 
     step = 0
     if resume:
-        ckpt = run.load_checkpoint(["branches", "critics", "opt_g", "opt_d"], device=env.device)
+        ckpt = run.load_checkpoint(["branches", "critics", "opt_g", "opt_d"] + (["adapters"] if use_feat else []),
+                                   device=env.device)
         if ckpt is not None:
             comps, state = ckpt
-            branches.load_state_dict(comps["branches"])
+            branches.load_state_dict({**comps["branches"], **comps.get("adapters", {})})
             critics.load_state_dict(comps["critics"])
             load_optimizer_tensors(opt_g, comps["opt_g"], state["opt_g"])
             load_optimizer_tensors(opt_d, comps["opt_d"], state["opt_d"])
@@ -217,10 +238,11 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         inputs = tuple(x.to(env.device) for x in task.sample_inputs(
             config.batch_size, seed=_step_seed(config.seed, step, env.rank, env.world_size), split="train"))
         with torch.no_grad(), torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
-            feats, cond, g, real = model.trunk(*inputs, guide=guide_fn)
+            feats, cond, g, real = model.trunk(*inputs, guide=guide_fn, all_stages=use_feat)
+        exit_feats = [feats[k - 1] for k in model.exits] if use_feat else feats
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
-            fakes = ddp_g(feats, cond, g)
-        fakes = [f.float() for f in fakes]
+            outs = ddp_g(exit_feats, cond, g, return_features=use_feat)
+        fakes = [(o[0] if use_feat else o).float() for o in outs]
         real = real.float()
         record: dict[str, Any] = {"step": step + 1, "lr": lr}
 
@@ -237,6 +259,8 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         total = real.new_zeros(())
         for i, fake in enumerate(fakes):
             terms = loss_fn(fake, real, to_metric)
+            if use_feat:
+                terms["feat"] = recipe.features * branches.adapters.loss(i, outs[i][1], feats)
             if use_adv:
                 adv, fm = critics.critics[i].g_loss(fake, inputs, real if recipe.feature_matching > 0 else None)
                 if recipe.adversarial > 0:
@@ -267,6 +291,16 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
     return run.path
 
 
+def _split_branches(state: dict) -> dict:
+    """The branches and, when feature distillation trains them, the adapters as their own component:
+    ``branches`` stays what inference loads (and what ``RunDir.export`` keeps)."""
+    out = {"branches": {k: v for k, v in state.items() if not k.startswith("adapters.")}}
+    adapters = {k: v for k, v in state.items() if k.startswith("adapters.")}
+    if adapters:
+        out["adapters"] = adapters
+    return out
+
+
 def _checkpoint(run: RunDir, env: DistEnv, step: int, branches, critics, opt_g, opt_d) -> None:
     # Every rank fingerprints its replica; DDP must have kept them identical, and we check it
     # rather than trust it (a diverged replica would silently make the checkpoint rank-dependent).
@@ -285,7 +319,7 @@ def _checkpoint(run: RunDir, env: DistEnv, step: int, branches, critics, opt_g, 
     d_t, d_meta = optimizer_tensors(opt_d)
     run.save_checkpoint(
         step,
-        {"branches": branches.state_dict(), "critics": critics.state_dict(), "opt_g": g_t, "opt_d": d_t},
+        {**_split_branches(branches.state_dict()), "critics": critics.state_dict(), "opt_g": g_t, "opt_d": d_t},
         {"opt_g": g_meta, "opt_d": d_meta, "replica_fingerprints": fingerprints},
     )
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "BranchLoss", "make_optimizer", "lr_at"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "BranchLoss", "FeatureAdapters", "make_optimizer", "lr_at"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Recipe:
     ms_ssim: float = 0.0
     l1: float = 0.0
     feature_matching: float = 0.0
+    # Intermediate-feature distillation (GAN Compression, Li et al. 2020): every branch block's output,
+    # mapped by a learned 1x1 adapter to the backbone's width, against the backbone stage it mirrors.
+    features: float = 0.0
     critic: str = "task"  # "task": the task's own kind of discriminator; "patch": multi-scale PatchGAN
     optimizer: str = "adam"
     lr: float = 4e-4
@@ -59,7 +62,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        d = dict(d)
+        d = {"features": 0.0, **d}  # runs written before the term existed
         d["betas"] = tuple(d.get("betas", (0.0, 0.999)))
         return cls(**d)
 
@@ -133,3 +136,29 @@ class BranchLoss(nn.Module):
         if r.l1 > 0:
             terms["l1"] = r.l1 * F.l1_loss(fake, real)
         return terms
+
+
+class FeatureAdapters(nn.Module):
+    """1x1 convs from every branch block's width to the width of the backbone stage it mirrors.
+
+    ``loss(block_feats, stage_feats)`` is the mean over blocks of ``MSE(adapter(f), t) / mean(t^2)``:
+    relative, so stages of different scale weigh alike. Used only in training; never exported.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        bb = model.backbone
+        self.adapters = nn.ModuleList(
+            nn.ModuleList(nn.Conv2d(c_out, bb.stage_channels[b.after + j][1], 1) for j, (_, c_out) in enumerate(b.block_channels))
+            for b in model.branches
+        )
+        self.starts = [b.after for b in model.branches]
+
+    def loss(self, branch: int, block_feats: list[torch.Tensor], stage_feats: list[torch.Tensor]) -> torch.Tensor:
+        """``stage_feats[s]``: the backbone's output of stage ``s + 1`` (all stages, 0-based list)."""
+        start = self.starts[branch]
+        terms = []
+        for j, (adapter, f) in enumerate(zip(self.adapters[branch], block_feats)):
+            t = stage_feats[start + j].float()
+            terms.append(F.mse_loss(adapter(f.float()), t) / t.pow(2).mean().clamp_min(1e-8))
+        return torch.stack(terms).mean()
