@@ -155,3 +155,48 @@ def test_routers_round_trip_through_json():
         assert torch.equal(back.route(true, 0.3), r.route(true, 0.3))
     with pytest.raises(ValueError, match="kind"):
         router_from_config({"kind": "magic"})
+
+
+# --- The PAC guarantee (Learn-then-Test) -------------------------------------------------------
+
+def _synthetic_table(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three exits of decreasing true LPIPS and a predictor with Gaussian error (sd 0.03)."""
+    true = torch.rand(n, 3, generator=g) * torch.tensor([0.2, 0.14, 0.08])
+    return true + 0.03 * torch.randn(n, 3, generator=g), true
+
+
+def test_guarantee_holds_over_resampled_calibration_splits():
+    from fiancee.routing import compliance
+
+    g = torch.Generator().manual_seed(0)
+    eps, delta, splits = 0.05, 0.1, 200
+    test_pred, test_true = _synthetic_table(20000, g)  # stands in for the population
+    failures = 0
+    for _ in range(splits):
+        pred, true = _synthetic_table(300, g)
+        router = CalibratedRouter(costs=[1, 2, 3, 4]).fit_guarantee(pred, true, [0.1], eps, delta)
+        failures += (1 - compliance(router.route(test_pred, 0.1), test_true, 0.1)) > eps
+    # At most delta of the calibration draws may break the guarantee (binomial slack of ~2 sd).
+    assert failures / splits <= delta + 2 * (delta * (1 - delta) / splits) ** 0.5
+
+
+def test_guarantee_is_not_vacuous_and_round_trips():
+    g = torch.Generator().manual_seed(1)
+    pred, true = _synthetic_table(1000, g)
+    router = CalibratedRouter(costs=[1, 2, 3, 4]).fit_guarantee(pred, true, [0.05, 0.1], 0.05, 0.1)
+    routes = router.route(pred, 0.1)
+    assert (routes < 3).float().mean() > 0.3  # it still uses the exits
+    again = router_from_config(json.loads(json.dumps(router.to_config())))
+    assert torch.equal(again.route(pred, 0.1), routes)
+    assert "probability >= 0.9" in again.guarantee()
+
+
+def test_guarantee_refuses_too_few_calibration_inputs():
+    from fiancee.routing import guarantee_min_inputs
+
+    assert guarantee_min_inputs(0.05, 0.1) == 45  # (1 - 0.05)^45 <= 0.1 < (1 - 0.05)^44
+    pred, true = _synthetic_table(44, torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match="at least 45 calibration inputs"):
+        CalibratedRouter().fit_guarantee(pred, true, 0.1, 0.05, 0.1)
+    with pytest.raises(ValueError, match="epsilon must be a number in"):
+        CalibratedRouter().fit_guarantee(pred, true, 0.1, 0.0, 0.1)

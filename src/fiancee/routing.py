@@ -23,7 +23,9 @@ runs more of the backbone). Ties go to the lower index.
 - :class:`CalibratedRouter`: the threshold rule on ``predicted + margin``, the margin fitted on
   held-out (predicted, true) pairs so that a requested share of outputs truly meets T. Not in the
   paper: the paper reports the predictor's mean relative error (5-14%, Tables S3/S4) but a router
-  trusting it blindly meets T on only ~half of the borderline inputs.
+  trusting it blindly meets T on only ~half of the borderline inputs. ``fit`` meets a compliance
+  target on average; ``fit_guarantee`` gives the PAC statement "with probability >= 1 - delta the
+  miss rate is <= epsilon" (Learn-then-Test).
 
 Routers hold no weights; :meth:`Router.to_config` / :func:`router_from_config` round-trip them
 through JSON.
@@ -38,13 +40,28 @@ import torch
 
 __all__ = [
     "Router", "ThresholdRouter", "OracleRouter", "StaticRouter", "CalibratedRouter",
-    "router_from_config", "check_threshold", "compliance", "mean_cost",
+    "router_from_config", "check_threshold", "compliance", "mean_cost", "guarantee_min_inputs",
 ]
 
 
 # Margins are fitted where predicted + m == T exactly; this tolerance keeps float rounding of that sum
 # from flipping the comparison between fit and route.
 _EPS = 1e-9
+# The guarantee's margin grid sits off round numbers so that no LPIPS value lands exactly on a grid point.
+_GRID_OFFSET = 0.5e-3 / 7
+
+
+def _check_unit(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
+    return float(value)
+
+
+def guarantee_min_inputs(epsilon: float, delta: float) -> int:
+    """The fewest calibration inputs that can certify a miss rate <= ``epsilon`` with probability
+    >= 1 - ``delta``: even with no miss, the binomial p-value ``(1 - epsilon)^n`` must reach ``delta``."""
+    epsilon, delta = _check_unit(epsilon, "epsilon"), _check_unit(delta, "delta")
+    return math.ceil(math.log(delta) / math.log1p(-epsilon))
 
 
 def check_threshold(threshold) -> float:
@@ -214,7 +231,8 @@ class CalibratedRouter(Router):
     kind = "calibrated"
 
     def __init__(self, thresholds: Sequence[float] = (), margins: Sequence[float] = (), target: float | None = None,
-                 costs: Sequence[float] | None = None, fit_size: int | None = None):
+                 costs: Sequence[float] | None = None, fit_size: int | None = None, epsilon: float | None = None,
+                 delta: float | None = None):
         super().__init__(costs)
         if len(thresholds) != len(margins):
             raise ValueError(f"thresholds and margins must pair up; got {len(thresholds)} and {len(margins)}")
@@ -223,6 +241,10 @@ class CalibratedRouter(Router):
         self.margins = [m for _, m in pairs]
         self.target = None if target is None else float(target)
         self.fit_size = fit_size
+        if (epsilon is None) != (delta is None):
+            raise ValueError("epsilon and delta of a guarantee come together; got one of them")
+        self.epsilon = None if epsilon is None else _check_unit(epsilon, "epsilon")
+        self.delta = None if delta is None else _check_unit(delta, "delta")
 
     @property
     def fitted(self) -> bool:
@@ -230,15 +252,9 @@ class CalibratedRouter(Router):
 
     def fit(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
             target_compliance: float = 0.95, finite_sample: bool = True) -> "CalibratedRouter":
-        predicted = _check_lpips(predicted, "predicted LPIPS").double()
-        true = _check_lpips(true, "true LPIPS").double()
-        if predicted.shape != true.shape:
-            raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape")
+        predicted, true, ts = self._check_fit(predicted, true, thresholds)
         if not (0.0 < float(target_compliance) <= 1.0):
             raise ValueError(f"target_compliance must lie in (0, 1]; got {target_compliance}")
-        ts = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
-        if not ts:
-            raise ValueError("fit needs at least one threshold")
         n = predicted.shape[0]
         goal = float(target_compliance)
         if finite_sample:
@@ -248,15 +264,68 @@ class CalibratedRouter(Router):
         self.thresholds = [t for t, _ in pairs]
         self.margins = [m for _, m in pairs]
         self.target = float(target_compliance)
+        self.epsilon = self.delta = None
         self.fit_size = n
         return self
 
-    def _fit_one(self, predicted: torch.Tensor, true: torch.Tensor, threshold: float, goal: float) -> float:
+    def fit_guarantee(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
+                      epsilon: float = 0.05, delta: float = 0.1) -> "CalibratedRouter":
+        """Fit margins with a PAC guarantee (Learn-then-Test, Angelopoulos et al. 2021; as "Fast yet Safe"
+        and CALM use it for early exits): with probability >= 1 - ``delta`` over the draw of the
+        calibration inputs, the share of new inputs whose output misses the threshold is <= ``epsilon``.
+
+        Margins are tested from the largest (everyone on the backbone, no miss) down (fixed-sequence
+        testing, so no union bound and no monotonicity assumption is needed): margin ``m`` is accepted
+        while the exact binomial p-value of its calibration misses, ``P(Binom(n, epsilon) <= misses)``,
+        is <= ``delta``; the smallest accepted margin is kept. Inputs no exit can bring under T stay on
+        the backbone (a miss is never spent on purpose). Needs ``n >= log(delta) / log(1 - epsilon)``
+        calibration inputs (:func:`guarantee_min_inputs`); fewer is refused naming that number.
+        """
+        predicted, true, ts = self._check_fit(predicted, true, thresholds)
+        epsilon, delta = _check_unit(epsilon, "epsilon"), _check_unit(delta, "delta")
+        n = predicted.shape[0]
+        need = guarantee_min_inputs(epsilon, delta)
+        if n < need:
+            raise ValueError(f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g} needs at least {need} "
+                             f"calibration inputs (even with no miss at all); got {n}")
+        margins = [self._fit_one(predicted, true, check_threshold(t), None, (epsilon, delta)) for t in ts]
+        pairs = sorted(zip((float(t) for t in ts), margins))
+        self.thresholds = [t for t, _ in pairs]
+        self.margins = [m for _, m in pairs]
+        self.target = 1.0 - epsilon
+        self.epsilon, self.delta = epsilon, delta
+        self.fit_size = n
+        return self
+
+    def _check_fit(self, predicted, true, thresholds):
+        predicted = _check_lpips(predicted, "predicted LPIPS").double()
+        true = _check_lpips(true, "true LPIPS").double()
+        if predicted.shape != true.shape:
+            raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape")
+        ts = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
+        if not ts:
+            raise ValueError("fit needs at least one threshold")
+        return predicted, true, ts
+
+    def guarantee(self) -> str | None:
+        """The guarantee this router was fitted for, in words (None when fitted on average compliance)."""
+        if self.epsilon is None:
+            return None
+        return (f"with probability >= {1 - self.delta:g} over the {self.fit_size} calibration inputs, at most "
+                f"{self.epsilon:.1%} of new inputs miss the threshold (Learn-then-Test, binomial p-values)")
+
+    def _fit_one(self, predicted: torch.Tensor, true: torch.Tensor, threshold: float, goal: float | None,
+                 pac: tuple[float, float] | None = None) -> float:
         # Input b qualifies for exit i iff predicted[b, i] + m <= T, i.e. m <= cut = T - predicted[b, i].
         # Routing (hence compliance) is constant on every interval (cut_k, cut_k+1]; evaluate it at each
         # cut (the value of the interval ending there) and once past the last cut (nobody qualifies
         # for any exit: everyone on the backbone, compliance 1).
         cuts = torch.unique(threshold - predicted.flatten())  # [K] ascending
+        if pac is not None:
+            # Learn-then-Test needs the sequence of hypotheses fixed before the data is seen: a grid of
+            # margins in LPIPS units (step 1e-3) instead of the calibration data's own cut points.
+            lo = math.floor(float(cuts[0]) * 1000) / 1000
+            cuts = torch.arange(round(lo * 1000), round(float(cuts[-1]) * 1000) + 1, dtype=torch.float64) / 1000 + _GRID_OFFSET
         candidates = torch.cat([cuts, cuts[-1:] + 1.0])  # [K+1]
         ok = torch.empty(candidates.numel(), dtype=torch.float64)
         for s in range(0, candidates.numel(), 256):
@@ -266,11 +335,23 @@ class CalibratedRouter(Router):
             routes = cheapest_meeting(shifted.reshape(mb * b, e), threshold + _EPS, self.costs).view(mb, b)
             got = true_lpips_of(routes.reshape(-1), true.repeat(mb, 1)).view(mb, b)
             ok[s : s + mb] = (got <= threshold).double().mean(dim=1)
-        # The smallest margin from which compliance never drops below the goal again.
-        bad = (ok < goal - 1e-12).nonzero().flatten()
+        if pac is not None:
+            from scipy.stats import binom
+
+            epsilon, delta = pac
+            n = true.shape[0]
+            misses = torch.round((1 - ok) * n)
+            pvalues = torch.as_tensor(binom.cdf(misses.numpy(), n, epsilon))  # H0: miss rate > epsilon
+            # Fixed-sequence testing from the largest margin down: stop at the first H0 not rejected.
+            bad = (pvalues > delta).nonzero().flatten()
+        else:
+            # The smallest margin from which compliance never drops below the goal again.
+            bad = (ok < goal - 1e-12).nonzero().flatten()
         if bad.numel() == 0:
             return float(candidates[0])  # any margin works; below the first cut routing no longer changes
         k = int(bad[-1])  # k < K: past the last cut compliance is 1
+        if pac is not None:
+            return float(candidates[k + 1])  # the smallest margin of the accepted sequence
         # Just past cut_k, inside the good interval (cut_k, cut_k+1]; the step stays far above _EPS.
         return float(cuts[k] + min(1e-6, float(candidates[k + 1] - cuts[k]) / 2))
 
@@ -301,7 +382,7 @@ class CalibratedRouter(Router):
 
     def to_config(self) -> dict:
         return {**super().to_config(), "thresholds": self.thresholds, "margins": self.margins,
-                "target": self.target, "fit_size": self.fit_size}
+                "target": self.target, "fit_size": self.fit_size, "epsilon": self.epsilon, "delta": self.delta}
 
 
 _ROUTERS = {"threshold": ThresholdRouter, "oracle": OracleRouter, "static": StaticRouter, "calibrated": CalibratedRouter}
