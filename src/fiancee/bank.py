@@ -707,6 +707,7 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
     """
     from .bench import time_ms
 
+    check_counts(reps=reps)
     model = model.eval()
     device = next(model.parameters()).device
     out = []
@@ -750,6 +751,9 @@ def bank_latency(bank_path: str | os.PathLike, task_name: str, *, threads: int |
     from .exits import ExitGenerator
     from .tasks import get_task
 
+    check_counts(threads=threads, reps=reps)
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers; got {list(batch_sizes)}")
     task = get_task(task_name, data=data, weights=weights)
     backbone = task.load_backbone(device)
     bank = load_bank(bank_path, backbone, device=device)

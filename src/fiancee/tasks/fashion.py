@@ -244,8 +244,10 @@ def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | 
     """Train the label classifier on the real training set; write it to ``out`` and report its test accuracy."""
     import time
 
+    from ..checks import check_counts
     from ..classifier import accuracy, save_classifier, train_classifier
 
+    check_counts(epochs=epochs, train_limit=train_limit)
     t0 = time.time()
     train = load_split("train", data, limit=train_limit)
     test = load_split("test", data)
@@ -286,8 +288,10 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
       score at this ``n``. Real-set statistics are cached.
     ``out``: also write ``metrics.json`` and ``grid.png`` (generated, real below each row of 8).
     """
+    from ..checks import check_counts
     from ..classifier import accuracy, load_classifier
 
+    check_counts(n=n)
     task = FashionTask(data=data, weights=weights)
     folder = Path(weights) if weights is not None else default_weights_dir()
     if not (folder / "classifier.safetensors").is_file():
