@@ -584,20 +584,20 @@ def _(ctx):
 
 
 @case("predictor written over its own exit run (`--out RUN`)", "fiancee train-predictor",
-      "holds a 'exits' folder; refusing to replace it with a quality predictor folder", cli=True)
+      "holds a folder of kind 'exits'; refusing to replace it with a quality predictor folder", cli=True)
 def _(ctx):
     run = ctx.run_copy("run_as_predictor_out")
     return ["train-predictor", str(run), "--out", str(run), "--n", "4", "--epochs", "1", "--error-n", "2", "--no-progress"]
 
 
 @case("pipeline saved over a feature bank", "FianceePipeline.save",
-      "holds a 'fiancee-feature-bank' folder; refusing to replace it with a pipeline folder")
+      "holds a folder of kind 'fiancee-feature-bank'; refusing to replace it with a pipeline folder")
 def _(ctx):
     _variant_pipeline(0).save(ctx.bank_copy("bank_as_pipeline_out"))
 
 
 @case("bank written over a pipeline (`--overwrite`)", "fiancee build-bank",
-      "holds a 'fiancee_pipeline' folder; refusing to replace it with a feature bank folder", cli=True)
+      "holds a folder of kind 'fiancee_pipeline'; refusing to replace it with a feature bank folder", cli=True)
 def _(ctx):
     return ["build-bank", "--task", "faces", "--n", "8", "--out", str(ctx.pipeline_copy("pipeline_as_bank_out")),
             "--overwrite", "--no-progress"]

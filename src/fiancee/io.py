@@ -275,7 +275,7 @@ def check_replaceable(target: str | os.PathLike, kind: str, what: str | None = N
     target = Path(target)
     have = folder_kind(target)
     if have is not None and have != kind:
-        held = {"file": "a file", "unrecognised": "files that are not a fiancee folder"}.get(have, f"a {have!r} folder")
+        held = {"file": "a file", "unrecognised": "files that are not a fiancee folder"}.get(have, f"a folder of kind {have!r}")
         raise ValueError(f"{target} holds {held}; refusing to replace it with a {what or repr(kind)} folder "
                          "(choose another --out)")
     return target
