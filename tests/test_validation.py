@@ -1039,6 +1039,44 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_folder(ctx, tmp_p
     assert _assert_one_save(folder, expected) == 5.0
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_atomic_folder_replaces_whole_keeps_the_old_on_failure_and_repairs_a_killed_swap(tmp_path, monkeypatch, exchange):
+    import subprocess
+    import sys
+
+    import fiancee.io as fio
+
+    if not exchange:
+        monkeypatch.setattr(fio, "_exchange", lambda a, b: False)  # the portable path: old aside, new in
+    target = tmp_path / "thing"
+
+    def write(version: int, fail: bool = False):
+        with fio.atomic_folder(target, kind="demo") as tmp:
+            fio.write_json(tmp / "config.json", {"kind": "demo", "version": version})
+            (tmp / f"only_in_{version}").write_text("x")
+            if fail:
+                raise RuntimeError("died mid-build")
+
+    write(1)
+    write(2)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "only_in_2"]  # whole, not merged
+    with pytest.raises(RuntimeError):
+        write(3, fail=True)
+    assert fio.read_json(target / "config.json")["version"] == 2 and [p.name for p in tmp_path.iterdir()] == ["thing"]
+    # A writer killed between "old aside" and "new in": the target is missing, its old folder is aside.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    os.replace(target, tmp_path / f".thing.{pid}.abc.old")
+    (tmp_path / f".thing.{pid}.def.tmp").mkdir()
+    (tmp_path / f".thing.v2.{pid}.ghi.old").mkdir()  # another folder's leftover: not ours to touch
+    fio._clean_leftovers(target)
+    assert fio.read_json(target / "config.json")["version"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".thing.v2.{pid}.ghi.old", "thing"]
+    with pytest.raises(ValueError, match="holds a folder of kind 'demo'; refusing to replace it with a 'other' folder"):
+        with fio.atomic_folder(target, kind="other"):
+            pass
+
+
 # -- One writer per run folder -----------------------------------------------------------------------
 
 

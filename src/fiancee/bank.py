@@ -243,7 +243,9 @@ def _read_index(path: Path, ntotal: int, d: int):
         raise ValueError(f"{path} claims {claim_n} keys of dimension {claim_d}; the bank's manifest and entries hold "
                          f"{ntotal} of dimension {d} (a corrupt or mismatched file)")
     stored = 4 * ntotal * d
-    if head[:4] in (b"IxF2", b"IxFI") and len(head) >= 45 and head[36] <= 1:  # flat: the key vector's length next
+    # Flat indexes: after the header (2 dummies, is_trained: 1 byte, metric: int32 at 33; L2 / inner product
+    # have no metric argument) comes the length of the key table, which is what FAISS allocates.
+    if head[:4] in (b"IxF2", b"IxFI") and len(head) >= 45 and struct.unpack_from("<i", head, 33)[0] in (0, 1):
         (codes,) = struct.unpack_from("<Q", head, 37)
         if codes != ntotal * d:
             raise ValueError(f"{path} claims a key table of {codes} floats; expected {ntotal * d} (a corrupt file)")

@@ -297,11 +297,11 @@ def _clean_leftovers(target: Path) -> None:
     prefix = f".{target.name}."
     for p in sorted(target.parent.glob(prefix + "*")):
         parts = p.name[len(prefix):].split(".")
-        if len(parts) < 3 or parts[-1] not in ("tmp", "old") or not parts[-3].isdigit():
+        if len(parts) != 3 or parts[2] not in ("tmp", "old") or not parts[0].isdigit():  # not ours (another name)
             continue
-        if _pid_alive(int(parts[-3])):
+        if _pid_alive(int(parts[0])):
             continue
-        if parts[-1] == "old" and not target.exists() and p.is_dir():
+        if parts[2] == "old" and not target.exists() and p.is_dir():
             os.replace(p, target)
         else:
             shutil.rmtree(p, ignore_errors=True)

@@ -118,7 +118,7 @@ class FianceePipeline:
         from .tasks import get_task
 
         path = Path(path)
-        config = read_manifest(path / "config.json", kind="fiancee_pipeline", version_key="format", version=FORMAT,
+        config = read_manifest(resolve_inside(path, "config.json"), kind="fiancee_pipeline", version_key="format", version=FORMAT,
                                what="fiancee pipeline config", required=CONFIG_KEYS)
         _check_config(config, path / "config.json")
         task = get_task(config["task"])
