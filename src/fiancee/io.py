@@ -34,7 +34,7 @@ __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
     "read_manifest", "require_keys", "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
     "resolve_inside", "folder_kind", "check_replaceable", "atomic_folder", "read_whole_folder", "RunLock",
-    "config_int", "config_int_list", "config_str", "config_number",
+    "config_int", "config_int_list", "config_str", "config_number", "build_bounded",
 ]
 
 
@@ -504,3 +504,22 @@ def config_number(config: Mapping, key: str, source: Any, *, optional: bool = Fa
     """A finite number (bools refused)."""
     return _field(config, key, source, "a finite number",
                   lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), optional)
+
+
+def build_bounded(build: Callable[[], "torch.nn.Module"], weights: str | os.PathLike, source: Any,
+                  probe: Callable[[], "torch.nn.Module"] | None = None) -> "torch.nn.Module":
+    """``build()`` a module whose size a config decides, once its weights are known to fit in ``weights``.
+
+    The module (or ``probe``, a cheaper stand-in with no more weights) is first built on PyTorch's meta
+    device (shapes only, no memory); if its state needs more bytes than the weights file holds, the
+    config is wrong (hand-edited or corrupt: a 10^8-wide layer) and is refused before anything is allocated.
+    """
+    with torch.device("meta"):
+        probe = (probe or build)()
+    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    weights = Path(weights)
+    size = weights.stat().st_size if weights.is_file() else 0
+    if need > size:
+        raise ValueError(f"{source}: the model it describes needs {need} bytes of weights, but {weights.name} holds "
+                         f"{size}: refusing to allocate it (a corrupt or hand-edited config?)")
+    return build()

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_counts, check_finite
-from .io import (atomic_folder, cache_dir, check_replaceable, config_int, config_int_list, config_str, load_tensors, read_json,
+from .io import (atomic_folder, build_bounded, cache_dir, check_replaceable, config_int, config_int_list, config_str, load_tensors, read_json,
                  read_manifest, resolve_inside, save_tensors, tensor_fingerprint, write_json)
 
 __all__ = [
@@ -372,9 +372,8 @@ def save_predictor(predictor: QualityPredictor, out: str | Path, *, fingerprints
 
 
 def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
-    """The constructor arguments of a saved predictor, type-checked, and no larger than its weights file
-    holds: the network is first built on the meta device (no memory), so a config asking for a
-    10^8-wide layer is refused before anything is allocated."""
+    """The constructor arguments of a saved predictor, type-checked (the size is bounded by
+    :func:`fiancee.io.build_bounded` where it is built)."""
     if not isinstance(args, dict):
         raise ValueError(f"{source}: field 'predictor' must be a JSON object; got {args!r}")
     known = {"arch", "num_exits", "input_shapes", "width", "hidden", "max_grid"}
@@ -390,12 +389,6 @@ def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
             isinstance(s, list) and config_int_list({"s": s}, "s", source, minimum=1) for s in shapes):
         raise ValueError(f"{source}: field 'input_shapes' must be a non-empty list of shapes (lists of positive "
                          f"integers); got {shapes!r}")
-    with torch.device("meta"):
-        numel = sum(t.numel() for t in QualityPredictor(**args).state_dict().values())
-    size = weights.stat().st_size if weights.is_file() else 0
-    if numel * 4 > size:
-        raise ValueError(f"{source}: the predictor it describes has {numel} weights ({numel * 4} bytes), but "
-                         f"{weights.name} holds {size} bytes: refusing to allocate it (a corrupt or hand-edited config?)")
     return args
 
 
@@ -414,7 +407,8 @@ def load_predictor(path: str | Path, model=None, device: str | torch.device = "c
             if want.get(part) != have[part]:
                 raise ValueError(f"{path} was trained for {part} weights {want.get(part)}, but these {part} have {have[part]}: "
                                  "its predicted LPIPS would describe other images; retrain it for these exits")
-    predictor = QualityPredictor(**_check_predictor_config(config["predictor"], weights, path / "config.json"))
+    args = _check_predictor_config(config["predictor"], weights, path / "config.json")
+    predictor = build_bounded(lambda: QualityPredictor(**args), weights, path / "config.json")
     predictor.load_state_dict(load_tensors(weights))
     return predictor.to(device).eval(), config
 

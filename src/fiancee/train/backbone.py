@@ -70,9 +70,14 @@ class BackboneTrainConfig:
         self.disc_channels = tuple(int(c) for c in self.disc_channels)
         if self.task != "fashion":
             raise ValueError(f"only the 'fashion' backbone is trained here (faces is pretrained); got task {self.task!r}")
-        for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "seed", "train_limit"):
+            value = getattr(self, name)
+            if name == "train_limit" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):  # 1.5 must not become 1 silently
+                raise ValueError(f"training config field {name!r} must be an integer; got {value!r}")
+            if value <= 0 and name != "seed":
+                raise ValueError(f"{name} must be positive; got {value}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -90,6 +95,8 @@ class BackboneTrainConfig:
 
 def load_train_config(path: str | os.PathLike, **overrides: Any) -> BackboneTrainConfig:
     d = read_json(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object of training settings; got a {type(d).__name__}")
     d.update({k: v for k, v in overrides.items() if v is not None})
     return BackboneTrainConfig.from_dict(d)
 
