@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from .exits import GuideSpec
 from .checks import check_counts
-from .io import (atomic_folder, check_replaceable, config_int, config_int_list, config_str, load_tensors, read_manifest,
+from .io import (atomic_folder, check_replaceable, read_whole_folder, config_int, config_int_list, config_str, load_tensors, read_manifest,
                  resolve_inside, save_tensors, tensor_fingerprint, write_json)
 
 __all__ = [
@@ -501,6 +501,7 @@ def _backbone_fingerprint(backbone) -> str:
     return tensor_fingerprint(backbone.state_dict())
 
 
+@read_whole_folder("manifest.json")  # a save swapping the folder mid-load makes it load again
 def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | None = None) -> FeatureBank:
     """Read a bank folder and check it was built from ``backbone``'s weights (else a ValueError)."""
     path = Path(path)

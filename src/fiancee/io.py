@@ -379,22 +379,24 @@ def _stamp(path: Path) -> bytes | None:
         return None
 
 
-def read_whole_folder(stamp: str = "config.json", attempts: int = 20) -> Callable:
-    """Decorate ``load(cls_or_none, path, ...)`` so that it returns one save's folder, never a mix.
+def read_whole_folder(stamp: str = "config.json", attempts: int = 20, path_index: int = 0) -> Callable:
+    """Decorate a loader so that it returns one save's folder, never a mix of two.
 
-    The stamp file (unique per save) is read before and after loading; if it changed, or the load
+    The folder is the loader's positional argument ``path_index`` (1 under a ``classmethod``). Its stamp
+    file (it differs between saves) is read before and after loading; if it changed, or the load
     failed while it changed, a writer swapped the folder meanwhile and the load starts again.
     """
     import time
 
     def decorate(load: Callable) -> Callable:
         @functools.wraps(load)
-        def wrapper(owner, path, *args, **kwargs):
+        def wrapper(*args, **kwargs):
+            path = args[path_index]
             file = Path(path) / stamp
             for attempt in range(attempts):
                 before = _stamp(file)
                 try:
-                    result = load(owner, path, *args, **kwargs)
+                    result = load(*args, **kwargs)
                 except (OSError, ValueError):
                     if attempt + 1 < attempts and _stamp(file) != before:
                         time.sleep(0.01 * (attempt + 1))

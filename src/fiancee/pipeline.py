@@ -112,7 +112,7 @@ class FianceePipeline:
         return out
 
     @classmethod
-    @read_whole_folder("config.json")  # a save swapping the folder mid-load makes it load again
+    @read_whole_folder("config.json", path_index=1)  # a save swapping the folder mid-load makes it load again
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FianceePipeline":
         from .predictor import load_predictor
         from .tasks import get_task

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_counts, check_finite
-from .io import (atomic_folder, build_bounded, cache_dir, check_replaceable, config_int, config_int_list, config_str, load_tensors, read_json,
+from .io import (atomic_folder, build_bounded, cache_dir, read_whole_folder, check_replaceable, config_int, config_int_list, config_str, load_tensors, read_json,
                  read_manifest, resolve_inside, save_tensors, tensor_fingerprint, write_json)
 
 __all__ = [
@@ -392,6 +392,7 @@ def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
     return args
 
 
+@read_whole_folder("config.json")  # a save swapping the folder mid-load makes it load again
 def load_predictor(path: str | Path, model=None, device: str | torch.device = "cpu") -> tuple[QualityPredictor, dict]:
     """``(predictor, config)`` from a folder; with ``model`` the backbone and exit fingerprints must match."""
     path = Path(path)
