@@ -7,13 +7,15 @@ mixed-exit tree of :class:`fiancee.exits.ExitGenerator`.
 A pipeline is one folder (diffusers' habit)::
 
     PIPELINE/
-      config.json            format, task, exit geometry, backbone fingerprint, router config, provenance
+      config.json            format, task, exit geometry, backbone and branches fingerprints, router config,
+                             provenance, a save id (unique per save)
       branches.safetensors   the trained exit branches
       predictor/             config.json + weights.safetensors (fiancee.predictor)
       bank/                  the feature bank, when the exits use one (fiancee.bank)
 
 The backbone itself is a reference: the task loads its weights (a package or a committed file) and
-its fingerprint must equal the one recorded here. Nothing in the folder can run code when loaded.
+its fingerprint must equal the one recorded here. Nothing in the folder can run code when loaded, and
+nothing outside it is read. The folder is written whole and read whole (see docs/errors.md, "Folders").
 """
 
 from __future__ import annotations
