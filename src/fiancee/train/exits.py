@@ -145,10 +145,8 @@ def train_exits(config: ExitTrainConfig, out: str | Path, *, resume: bool = Fals
     try:
         task = get_task(config.task)
         run = RunDir(out)
-        if not env.is_main:
-            return _train(config, run, env, resume, progress, stop_after, task)
-        _check_before_writing(config, run, task)
-        with _writer_lock(run.path):
+        _check_before_writing(config, run, task)  # read-only, on every rank: all ranks refuse alike
+        with _writer_lock(run.path, env):
             return _train(config, run, env, resume, progress, stop_after, task)
     finally:
         shutdown_distributed()
@@ -166,14 +164,28 @@ def _check_before_writing(config: ExitTrainConfig, run: RunDir, task) -> None:
 
 
 @contextlib.contextmanager
-def _writer_lock(path: Path):
-    """Hold the run folder's writer lock; a folder this call created and left empty is removed again."""
-    created = not path.exists()
-    lock = RunLock(path).acquire()
+def _writer_lock(path: Path, env: DistEnv):
+    """Rank 0 holds the run folder's writer lock (every rank learns whether it got it, so a refusal
+    does not leave the others waiting at a barrier); a folder this call created and left empty is
+    removed again."""
+    created = env.is_main and not path.exists()
+    lock, error = None, None
+    if env.is_main:
+        try:
+            lock = RunLock(path).acquire()
+        except ValueError as e:
+            error = str(e)
+    if env.distributed:
+        errors = [None] * env.world_size
+        torch.distributed.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error is not None:
+        raise ValueError(error)
     try:
         yield lock
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
         if created and folder_kind(path) is None:
             shutil.rmtree(path, ignore_errors=True)
 
