@@ -4,6 +4,11 @@ Each case is one row of the table in docs/errors.md (bad input | entry point | m
 the call, checks that it fails with a ValueError / TypeError / FileNotFoundError whose message holds
 the documented text (CLI cases: exit 2, one line on stderr, no traceback), and that the docs hold
 the row. ``python tests/test_validation.py`` prints the rows, to paste when a message changes.
+
+The folder families of docs/errors.md ("Folders: never corrupted, escaped or mixed") have rows here too,
+and tests of their own below the cases: refusals that write nothing, a save through a symlinked
+subfolder, a reader looping ``from_pretrained`` while another process re-saves the folder, saves killed
+at random moments, two writers of one run, ``atomic_folder``'s swap paths.
 """
 
 from __future__ import annotations
@@ -89,8 +94,8 @@ def _bomb_png(path: Path, side: int = 30000) -> Path:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    row = b"\0" + bytes((side + 7) // 8)
-    raw = zlib.compress(row * side, 9)
+    row, packer = b"\0" + bytes((side + 7) // 8), zlib.compressobj(9)
+    raw = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()  # row by row: no 100 MB buffer
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
                      + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
     return path
@@ -1075,6 +1080,18 @@ def test_atomic_folder_replaces_whole_keeps_the_old_on_failure_and_repairs_a_kil
     with pytest.raises(ValueError, match="holds a folder of kind 'demo'; refusing to replace it with a 'other' folder"):
         with fio.atomic_folder(target, kind="other"):
             pass
+
+
+def test_an_exported_run_replaces_only_a_run(ctx, tmp_path):
+    from fiancee.train.run import RunDir
+
+    run = RunDir(ctx.run_copy("run_to_export"))
+    out = run.export(tmp_path / "slim")
+    assert run.export(out) == out  # a run over a run: replaced whole
+    assert RunDir(out).latest() == run.latest() and RunDir(out).read_config() == run.read_config()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slim"]
+    with pytest.raises(ValueError, match="holds a folder of kind 'fiancee_pipeline'"):
+        run.export(ctx.pipeline_copy("pipeline_not_a_run"))
 
 
 # -- One writer per run folder -----------------------------------------------------------------------
