@@ -342,11 +342,12 @@ def atomic_folder(target: str | os.PathLike, *, kind: str, what: str | None = No
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()
+    if target.parent.is_dir():
+        _clean_leftovers(target)  # first: it may put back the folder a killed writer had moved aside
     if target.exists() and not overwrite and folder_kind(target) is not None:
         raise ValueError(f"{target} already exists; choose another --out or remove it")
     check_replaceable(target, kind, what)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(target)
     tag = f".{target.name}.{os.getpid()}."
     tmp = Path(tempfile.mkdtemp(prefix=tag, suffix=".tmp", dir=target.parent))
     try:
@@ -354,8 +355,13 @@ def atomic_folder(target: str | os.PathLike, *, kind: str, what: str | None = No
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a plain mkdir's mode
         check_replaceable(target, kind, what)  # again: another process may have written meanwhile
         if not target.exists():
-            os.replace(tmp, target)
-        elif _exchange(tmp, target):
+            try:
+                os.replace(tmp, target)
+                return
+            except OSError as e:  # another writer's folder arrived meanwhile: swap with it instead
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        if _exchange(tmp, target):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
         else:
             old = Path(tempfile.mkdtemp(prefix=tag, suffix=".old", dir=target.parent))
