@@ -4,6 +4,11 @@ Each case is one row of the table in docs/errors.md (bad input | entry point | m
 the call, checks that it fails with a ValueError / TypeError / FileNotFoundError whose message holds
 the documented text (CLI cases: exit 2, one line on stderr, no traceback), and that the docs hold
 the row. ``python tests/test_validation.py`` prints the rows, to paste when a message changes.
+
+The folder families of docs/errors.md ("Folders: never corrupted, escaped or mixed") have rows here too,
+and tests of their own below the cases: refusals that write nothing, a save through a symlinked
+subfolder, a reader looping ``from_pretrained`` while another process re-saves the folder, saves killed
+at random moments, two writers of one run, ``atomic_folder``'s swap paths.
 """
 
 from __future__ import annotations
@@ -59,6 +64,43 @@ def case(bad: str, entry: str, message: str, cli: bool = False):
     return register
 
 
+_PIPELINE_VARIANT = """
+import torch
+
+from fiancee.exits import ExitGenerator
+from fiancee.pipeline import FianceePipeline
+from fiancee.predictor import QualityPredictor
+from fiancee.routing import ThresholdRouter
+from fiancee.tasks import get_task
+
+
+def _variant_pipeline(v):
+    # Saves told apart by their router (last cost = 4 + v) and by their branches and predictor weights
+    # (initialised from seed v): a folder mixed from two saves pairs one variant's router with another's weights.
+    task = get_task("faces")
+    torch.manual_seed(v)
+    model = ExitGenerator(task.load_backbone(), task.exits, "1/2", 16).eval()
+    predictor = QualityPredictor("mlp", len(task.exits), [[100]], hidden=(4,))
+    return FianceePipeline(task, model, predictor, ThresholdRouter([1.0, 2.0, 3.0, 4.0 + v]))
+"""
+exec(_PIPELINE_VARIANT)
+
+
+def _bomb_png(path: Path, side: int = 30000) -> Path:
+    """A valid PNG of side x side 1-bit pixels in a few kB (zlib packs the zero rows): PIL's bomb limit trips."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row, packer = b"\0" + bytes((side + 7) // 8), zlib.compressobj(9)
+    raw = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()  # row by row: no 100 MB buffer
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
 class Ctx:
     """Small real models and files, built on first use and shared by the cases."""
 
@@ -103,6 +145,45 @@ class Ctx:
             return build_feature_bank(model.backbone, inputs, spec, task="faces", population=pop).save(self.tmp / "bank")
 
         return self._get("faces_bank", build)
+
+    @property
+    def pipeline(self) -> Path:  # a saved faces pipeline (variant 0 of _variant_pipeline)
+        return self._get("pipeline", lambda: _variant_pipeline(0).save(self.tmp / "pipeline_saved"))
+
+    def pipeline_copy(self, name: str, edit: Callable[[dict], None] | None = None) -> Path:
+        """A fresh copy of the saved pipeline, its config.json changed by ``edit``."""
+        import shutil
+
+        folder = self.tmp / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        shutil.copytree(self.pipeline, folder)
+        if edit is not None:
+            config = json.loads((folder / "config.json").read_text())
+            edit(config)
+            (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    def run_copy(self, name: str) -> Path:
+        """A fresh copy of the committed faces exit run."""
+        import shutil
+
+        from fiancee.demo import committed_exits
+
+        run = self.tmp / name
+        if run.exists():
+            shutil.rmtree(run)
+        shutil.copytree(committed_exits("faces"), run)
+        return run
+
+    def bank_copy(self, name: str) -> Path:
+        import shutil
+
+        bank = self.tmp / name
+        if bank.exists():
+            shutil.rmtree(bank)
+        shutil.copytree(self.faces_bank, bank)
+        return bank
 
     def file(self, name: str, data: bytes) -> Path:
         path = self.tmp / name
@@ -504,6 +585,245 @@ def _(ctx):
 
 
 # ----------------------------------------------------------------------------------------------
+# Folders: data loss by writing over the wrong thing
+
+
+@case("predictor written over its own exit run (`--out RUN`)", "fiancee train-predictor",
+      "holds a folder of kind 'exits'; refusing to replace it with a quality predictor folder", cli=True)
+def _(ctx):
+    run = ctx.run_copy("run_as_predictor_out")
+    return ["train-predictor", str(run), "--out", str(run), "--n", "4", "--epochs", "1", "--error-n", "2", "--no-progress"]
+
+
+@case("pipeline saved over a feature bank", "FianceePipeline.save",
+      "holds a folder of kind 'fiancee-feature-bank'; refusing to replace it with a pipeline folder")
+def _(ctx):
+    _variant_pipeline(0).save(ctx.bank_copy("bank_as_pipeline_out"))
+
+
+@case("bank written over a pipeline (`--overwrite`)", "fiancee build-bank",
+      "holds a folder of kind 'fiancee_pipeline'; refusing to replace it with a feature bank folder", cli=True)
+def _(ctx):
+    return ["build-bank", "--task", "faces", "--n", "8", "--out", str(ctx.pipeline_copy("pipeline_as_bank_out")),
+            "--overwrite", "--no-progress"]
+
+
+# Folders: path escape
+
+
+@case("pipeline config whose `bank` entry climbs out (`../x`)", "FianceePipeline.from_pretrained",
+      "config.json's 'bank' entry '../bank' leaves the folder (absolute paths and '..' are refused)")
+def _(ctx):
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_bank_up", lambda c: c.update(bank="../bank")))
+
+
+@case("pipeline config whose `bank` entry is an absolute path", "FianceePipeline.from_pretrained",
+      "leaves the folder (absolute paths and '..' are refused)")
+def _(ctx):
+    bank = str(ctx.faces_bank)
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_bank_abs", lambda c: c.update(bank=bank)))
+
+
+@case("pipeline whose branches.safetensors is a symlink out of the folder", "FianceePipeline.from_pretrained",
+      "'branches.safetensors' is a symlink leading out of the folder")
+def _(ctx):
+    folder = ctx.pipeline_copy("pipeline_branches_link")
+    outside = ctx.tmp / "outside_branches.safetensors"
+    (folder / "branches.safetensors").rename(outside)
+    (folder / "branches.safetensors").symlink_to(outside)
+    FianceePipeline.from_pretrained(folder)
+
+
+@case("pipeline whose predictor folder is a symlink out of the folder", "FianceePipeline.from_pretrained",
+      "'predictor' is a symlink leading out of the folder")
+def _(ctx):
+    import shutil
+
+    folder = ctx.pipeline_copy("pipeline_predictor_link")
+    outside = ctx.tmp / "outside_predictor"
+    if outside.exists():
+        shutil.rmtree(outside)
+    (folder / "predictor").rename(outside)
+    (folder / "predictor").symlink_to(outside, target_is_directory=True)
+    FianceePipeline.from_pretrained(folder)
+
+
+@case("run whose latest.json `dir` climbs out of the run", "fiancee evaluate-exits",
+      "latest.json's 'dir' '../run_elsewhere/checkpoints/step_00000300' leaves the folder", cli=True)
+def _(ctx):
+    ctx.run_copy("run_elsewhere")
+    run = ctx.run_copy("run_latest_up")
+    (run / "latest.json").write_text(json.dumps({"step": 300, "dir": "../run_elsewhere/checkpoints/step_00000300"}))
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+
+
+# Folders: manifests checked against what they describe; strict JSON
+
+
+@case("bank manifest whose per-class counts disagree with its entries", "load_bank",
+      "holds other classes there (counts disagree with entries)")
+def _(ctx):
+    bank = ctx.bank_copy("bank_counts")
+    manifest = json.loads((bank / "manifest.json").read_text())
+    manifest["per_class_counts"] = {"0": 10, "1": 6}
+    (bank / "manifest.json").write_text(json.dumps(manifest))
+    load_bank(bank, ctx.faces[1].backbone)
+
+
+@case("bank manifest counting more entries than it holds", "load_bank",
+      "manifest.json's per_class_counts add up to 20 entries")
+def _(ctx):
+    bank = ctx.bank_copy("bank_count_sum")
+    manifest = json.loads((bank / "manifest.json").read_text())
+    manifest["per_class_counts"] = {"0": 20}
+    (bank / "manifest.json").write_text(json.dumps(manifest))
+    load_bank(bank, ctx.faces[1].backbone)
+
+
+@case("FAISS index whose header claims 64 GiB of keys", "load_bank",
+      "claims 4294967296 keys of dimension 4")
+def _(ctx):
+    import struct
+
+    bank = ctx.bank_copy("bank_index_claim")
+    index = bank / "index_all.faiss"
+    data = bytearray(index.read_bytes())
+    struct.pack_into("<iq", data, 4, 4, 2**32)  # 2^32 keys x 4 floats = 64 GiB
+    struct.pack_into("<Q", data, 37, 2**34)
+    index.write_bytes(bytes(data))
+    load_bank(bank, ctx.faces[1].backbone)
+
+
+@case("router config with an Infinity margin", "router_from_config",
+      "router config: field 'margins' must hold finite numbers of the right type; got [inf]")
+def _(ctx):
+    from fiancee.routing import router_from_config
+
+    router_from_config({"kind": "calibrated", "thresholds": [0.1], "margins": [float("inf")], "costs": None})
+
+
+@case("pipeline config with NaN in its router", "FianceePipeline.from_pretrained", "is not strict JSON: NaN is not JSON")
+def _(ctx):
+    folder = ctx.pipeline_copy("pipeline_nan_router")
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(text.replace('"costs": [', '"costs": [NaN, ', 1))
+    FianceePipeline.from_pretrained(folder)
+
+
+@case("config with a number that overflows to infinity (`1e999`)", "read_json (every config)",
+      "is not strict JSON: 1e999 overflows to infinity")
+def _(ctx):
+    read_json(ctx.file("overflow.json", b'{"scale": 1e999}'))
+
+
+@case("NaN written to a JSON file", "write_json (every config and report)",
+      "would hold NaN or Infinity, which is not JSON")
+def _(ctx):
+    from fiancee.io import write_json
+
+    write_json(ctx.tmp / "nan.json", {"loss": float("nan")})
+
+
+# Folders: config fields type-checked where read (the file and the field named)
+
+
+@case("pipeline config whose exits are a string", "FianceePipeline.from_pretrained",
+      "field 'exits' must be a non-empty list of integers >= 1; got '123'")
+def _(ctx):
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_str", lambda c: c.update(exits="123")))
+
+
+@case("pipeline config with fractional exits", "FianceePipeline.from_pretrained",
+      "field 'exits' must be a non-empty list of integers >= 1; got [1.5, 2, 3]")
+def _(ctx):
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_frac", lambda c: c.update(exits=[1.5, 2, 3])))
+
+
+@case("pipeline config whose min_channels is null", "FianceePipeline.from_pretrained",
+      "field 'min_channels' must be an integer >= 1; got None")
+def _(ctx):
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_minch_null", lambda c: c.update(min_channels=None)))
+
+
+@case("pipeline config whose min_channels is `true`", "FianceePipeline.from_pretrained",
+      "field 'min_channels' must be an integer >= 1; got True")
+def _(ctx):
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_minch_bool", lambda c: c.update(min_channels=True)))
+
+
+@case("predictor config asking for a 10^8-wide layer", "load_predictor",
+      "refusing to allocate it (a corrupt or hand-edited config?)")
+def _(ctx):
+    folder = ctx.pipeline_copy("pipeline_wide_predictor") / "predictor"
+    config = json.loads((folder / "config.json").read_text())
+    config["predictor"]["hidden"] = [10**8]
+    (folder / "config.json").write_text(json.dumps(config))
+    load_predictor(folder)
+
+
+@case("run config whose min_channels is a string", "fiancee evaluate-exits",
+      "field 'min_channels' must be an integer >= 1; got '32'", cli=True)
+def _(ctx):
+    run = ctx.run_copy("run_minch_str")
+    config = json.loads((run / "config.json").read_text())
+    config["min_channels"] = "32"
+    (run / "config.json").write_text(json.dumps(config))
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+
+
+@case("float64 noise for a float32 model", "ExitGenerator.route",
+      "z must be torch.float32 like the model's weights; got torch.float64 [2, 100]")
+def _(ctx):
+    ctx.faces[1].route(torch.randn(2, 100, dtype=torch.float64), exit=0)
+
+
+@case("float16 label map for a float32 model", "ExitGenerator.mixed",
+      "label map must be torch.float32 like the model's weights; got torch.float16 [2, 5, 32, 32]")
+def _(ctx):
+    label, z = ctx.oasis_inputs()
+    ctx.oasis.mixed(label.half(), z, exits=torch.tensor([0, 1]))
+
+
+# Folders: no traceback through the command line, nothing allocated beyond the request
+
+
+@case("decompression-bomb PNG (tiny file, 30000x30000 pixels)", "fiancee lpips",
+      "is too large to decode safely (a decompression bomb?)", cli=True)
+def _(ctx):
+    return ["lpips", str(_bomb_png(ctx.tmp / "bomb.png")), str(_bomb_png(ctx.tmp / "bomb2.png"))]
+
+
+@case("run config with `\"scale\": Infinity`", "fiancee evaluate-exits", "is not strict JSON: Infinity is not JSON", cli=True)
+def _(ctx):
+    run = ctx.run_copy("run_scale_inf")
+    text = (run / "config.json").read_text()
+    config = json.loads(text)
+    (run / "config.json").write_text(text.replace(json.dumps(config["scale"]), "Infinity", 1))
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+
+
+@case("negative batch size", "fiancee build-bank", "batch size must be a positive integer; got -1", cli=True)
+def _(ctx):
+    return ["build-bank", "--task", "faces", "--batch-size", "-1", "--out", str(ctx.tmp / "bank_negative_batch")]
+
+
+@case("zero timed repetitions", "fiancee bank-latency", "reps must be a positive integer; got 0", cli=True)
+def _(ctx):
+    return ["bank-latency", str(ctx.faces_bank), "--task", "faces", "--reps", "0"]
+
+
+# Folders: arguments checked before any work
+
+
+@case("zero predictor epochs (refused before the LPIPS table is built)", "fiancee train-predictor",
+      "epochs must be a positive integer; got 0", cli=True)
+def _(ctx):
+    run = ctx.run_copy("run_epochs_0")
+    return ["train-predictor", str(run), "--out", str(ctx.tmp / "predictor_epochs_0"), "--n", "4", "--epochs", "0",
+            "--error-n", "2", "--no-progress"]
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -556,6 +876,259 @@ def test_cli_refusal_writes_nothing(ctx):
     assert main(["train-exits", "--task", "faces", "--steps", "0", "--out", str(ctx.tmp / "refused")]) == 2
     assert main(["build-bank", "--task", "faces", "--n", "0", "--out", str(ctx.tmp / "refused")]) == 2
     assert not (ctx.tmp / "refused").exists()
+
+
+def test_refused_training_writes_nothing_into_out(ctx, tmp_path):
+    # Refusals that come from files (a missing bank, missing data), not only from arguments.
+    out = tmp_path / "refused_exits"
+    assert main(["train-exits", "--task", "faces", "--preset", "smoke", "--bank", str(tmp_path / "no_bank"),
+                 "--out", str(out), "--no-progress"]) == 2
+    assert not out.exists()
+    config = Path(__file__).resolve().parents[1] / "configs" / "fashion_backbone.json"
+    out = tmp_path / "refused_backbone"
+    assert main(["train-backbone", "--task", "fashion", "--config", str(config), "--data", str(tmp_path / "no_data"),
+                 "--out", str(out)]) == 2
+    assert not out.exists()
+    # A refused write over a folder of another kind leaves that folder as it was.
+    run = ctx.run_copy("run_kept")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["train-predictor", str(run), "--out", str(run), "--n", "4", "--epochs", "1", "--no-progress"]) == 2
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_save_through_a_symlinked_subfolder_leaves_the_other_pipeline_alone(ctx, tmp_path):
+    import shutil
+
+    other = ctx.pipeline_copy("pipeline_other")
+    other_predictor = {p.name: p.read_bytes() for p in (other / "predictor").iterdir()}
+    mine = tmp_path / "mine"
+    shutil.copytree(ctx.pipeline, mine)
+    shutil.rmtree(mine / "predictor")
+    (mine / "predictor").symlink_to(other / "predictor", target_is_directory=True)
+    _variant_pipeline(1).save(mine)
+    assert {p.name: p.read_bytes() for p in (other / "predictor").iterdir()} == other_predictor
+    assert not (mine / "predictor").is_symlink()
+    assert FianceePipeline.from_pretrained(mine).router.costs[-1] == 5.0
+
+
+def test_uint8_route_override_is_read_as_routes_not_as_a_mask(ctx):
+    pipe = FianceePipeline.from_pretrained(ctx.pipeline)
+    (z,) = pipe.task.sample_inputs(3, seed=0)
+    out = pipe(z, max_lpips=0.1, exits=torch.tensor([0, 3, 1], dtype=torch.uint8))
+    assert out.exits.tolist() == [0, 3, 1]
+    assert out.macs.tolist() == pipe.route_macs[[0, 3, 1]].tolist()
+    with pytest.raises(ValueError, match="1-D integer tensor"):
+        pipe(z, max_lpips=0.1, exits=torch.tensor([0.0, 3.0, 1.0]))
+
+
+def test_evaluate_reports_compliance_0_for_a_router_that_misses_every_input(ctx, tmp_path, one_thread):
+    from fiancee.evaluate import evaluate_pipeline
+    from fiancee.routing import StaticRouter
+
+    pipe = FianceePipeline.from_pretrained(ctx.pipeline)
+    pipe.router = StaticRouter(0, costs=pipe.route_macs.tolist())  # untrained exit 0: LPIPS far above 0.001
+    report = evaluate_pipeline(pipe, [0.001], n=4, out=tmp_path / "report", progress=False)
+    row = report["thresholds"][0]
+    assert row["compliance"] == 0.0 and row["exit_shares"][0] == 1.0
+    assert row["oracle_macs_saved_at_compliance"] == pytest.approx(1 - row["mean_gmacs"] * 1e9 / pipe.route_macs[-1].item())
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OverflowError("int too large to convert to float"),
+                                   OSError(28, "No space left on device", "out/report.json")],
+                         ids=["MemoryError", "OverflowError", "ENOSPC"])
+def test_cli_resource_errors_are_one_line(monkeypatch, capsys, error):
+    import fiancee.cli as cli
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_macs", fails)
+    assert cli.main(["macs", "--backbone", "oasis"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fiancee macs: error: ") and "Traceback" not in err, err
+    if isinstance(error, MemoryError):
+        assert "out of memory" in err
+    if getattr(error, "errno", None) == 28:
+        assert "no space left on the device writing out/report.json" in err
+
+
+def test_refusing_work_before_checks_builds_no_table(ctx, tmp_path, monkeypatch):
+    monkeypatch.setenv("FIANCEE_CACHE", str(tmp_path / "cache"))
+    run = ctx.run_copy("run_no_table")
+    assert main(["train-predictor", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--epochs", "0",
+                 "--no-progress"]) == 2
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "p").exists()
+
+
+# -- Whole folders: a reader or a kill never sees a mix of two saves ---------------------------------
+
+
+_SRC = Path(__file__).resolve().parents[1] / "src"
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_SRC), os.environ.get("PYTHONPATH", "")])}
+_SAVER = _PIPELINE_VARIANT + """
+import sys, time
+out, n, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+pipes = [_variant_pipeline(0), _variant_pipeline(1)]
+print("ready", flush=True)
+for i in range(n):
+    pipes[i % 2].save(out)
+    print(i, flush=True)
+    time.sleep(pause)
+"""
+
+
+def _fingerprints():
+    from fiancee.io import tensor_fingerprint
+
+    out = {}
+    for v in (0, 1):
+        pipe = _variant_pipeline(v)
+        out[4.0 + v] = (tensor_fingerprint(pipe.model.branches.state_dict()), tensor_fingerprint(pipe.predictor.state_dict()))
+    return out
+
+
+def _assert_one_save(folder: Path, expected: dict) -> float:
+    """Load the folder and check that router, branches and predictor all come from the same save."""
+    from fiancee.io import tensor_fingerprint
+
+    pipe = FianceePipeline.from_pretrained(folder)
+    variant = pipe.router.costs[-1]
+    got = (tensor_fingerprint(pipe.model.branches.state_dict()), tensor_fingerprint(pipe.predictor.state_dict()))
+    assert got == expected[variant], f"mixed folder: router of save {variant}, weights of another"
+    return variant
+
+
+def _saver(folder: Path, n: int, pause: float):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(folder), str(n), str(pause)], env=_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+def test_a_reader_never_loads_a_folder_mixed_from_two_saves(ctx, tmp_path, one_thread):
+    folder = tmp_path / "pipeline"
+    _variant_pipeline(0).save(folder)
+    expected = _fingerprints()
+    proc = _saver(folder, 20, 0.02)
+    seen = []
+    while proc.poll() is None:
+        seen.append(_assert_one_save(folder, expected))
+    assert proc.returncode == 0, proc.stderr.read()
+    seen.append(_assert_one_save(folder, expected))
+    assert seen[-1] == 5.0  # the 20th save (i = 19) is variant 1
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # no temporary folder left behind
+
+
+def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_folder(ctx, tmp_path):
+    import random
+    import signal
+    import time
+
+    folder = tmp_path / "pipeline"
+    _variant_pipeline(0).save(folder)
+    expected = _fingerprints()
+    rng = random.Random(0)
+    for _ in range(4):
+        proc = _saver(folder, 10**6, 0.0)
+        proc.stdout.readline()  # one save done: the next is in flight
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _assert_one_save(folder, expected)
+    # The next writer removes what the killed ones left (hidden siblings that no reader opens).
+    _variant_pipeline(1).save(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]
+    assert _assert_one_save(folder, expected) == 5.0
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_atomic_folder_replaces_whole_keeps_the_old_on_failure_and_repairs_a_killed_swap(tmp_path, monkeypatch, exchange):
+    import subprocess
+    import sys
+
+    import fiancee.io as fio
+
+    if not exchange:
+        monkeypatch.setattr(fio, "_exchange", lambda a, b: False)  # the portable path: old aside, new in
+    target = tmp_path / "thing"
+
+    def write(version: int, fail: bool = False):
+        with fio.atomic_folder(target, kind="demo") as tmp:
+            fio.write_json(tmp / "config.json", {"kind": "demo", "version": version})
+            (tmp / f"only_in_{version}").write_text("x")
+            if fail:
+                raise RuntimeError("died mid-build")
+
+    write(1)
+    write(2)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "only_in_2"]  # whole, not merged
+    with pytest.raises(RuntimeError):
+        write(3, fail=True)
+    assert fio.read_json(target / "config.json")["version"] == 2 and [p.name for p in tmp_path.iterdir()] == ["thing"]
+    # A writer killed between "old aside" and "new in": the target is missing, its old folder is aside.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    os.replace(target, tmp_path / f".thing.{pid}.abc.old")
+    (tmp_path / f".thing.{pid}.def.tmp").mkdir()
+    (tmp_path / f".thing.v2.{pid}.ghi.old").mkdir()  # another folder's leftover: not ours to touch
+    fio._clean_leftovers(target)
+    assert fio.read_json(target / "config.json")["version"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".thing.v2.{pid}.ghi.old", "thing"]
+    with pytest.raises(ValueError, match="holds a folder of kind 'demo'; refusing to replace it with a 'other' folder"):
+        with fio.atomic_folder(target, kind="other"):
+            pass
+
+
+def test_an_exported_run_replaces_only_a_run(ctx, tmp_path):
+    from fiancee.train.run import RunDir
+
+    run = RunDir(ctx.run_copy("run_to_export"))
+    out = run.export(tmp_path / "slim")
+    assert run.export(out) == out  # a run over a run: replaced whole
+    assert RunDir(out).latest() == run.latest() and RunDir(out).read_config() == run.read_config()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slim"]
+    with pytest.raises(ValueError, match="holds a folder of kind 'fiancee_pipeline'"):
+        run.export(ctx.pipeline_copy("pipeline_not_a_run"))
+
+
+# -- One writer per run folder -----------------------------------------------------------------------
+
+
+def test_a_second_writer_of_a_run_is_refused_and_the_lock_dies_with_its_holder(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fiancee.train.exits import make_config, train_exits
+    from fiancee.train.run import RunDir
+
+    run = tmp_path / "run"
+    args = ["train-exits", "--task", "faces", "--preset", "smoke", "--steps", "100000", "--checkpoint-every", "1",
+            "--batch-size", "2", "--out", str(run), "--no-progress"]
+    first = subprocess.Popen([sys.executable, "-m", "fiancee", *args], env=_ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "latest.json").exists():  # the first writer is training
+            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() is not None else "slow"
+            time.sleep(0.2)
+        config = make_config("faces", preset="smoke", steps=100000, checkpoint_every=1, batch_size=2)
+        with pytest.raises(ValueError, match="is being written by another process"):
+            train_exits(config, run, resume=True, progress=False, stop_after=1)
+        assert main([*args, "--resume"]) == 2
+        lines = RunDir(run).read_stats()
+        assert [r["step"] for r in lines] == list(range(1, len(lines) + 1))  # one writer's steps only
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # SIGKILL released the lock: the run resumes.
+    step = RunDir(run).latest()["step"]
+    train_exits(config, run, resume=True, progress=False, stop_after=step + 1)
+    assert RunDir(run).latest()["step"] == step + 1
 
 
 @pytest.mark.parametrize("c", CASES, ids=_id)

@@ -36,7 +36,7 @@ Loading checks the fingerprint of the backbone's weights: a bank built from othe
 from __future__ import annotations
 
 import os
-import shutil
+import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,7 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from .exits import GuideSpec
-from .io import load_tensors, read_manifest, save_tensors, tensor_fingerprint, write_json
+from .checks import check_counts
+from .io import (atomic_folder, check_replaceable, read_whole_folder, config_int, config_int_list, config_str, load_tensors, read_manifest,
+                 resolve_inside, save_tensors, tensor_fingerprint, write_json)
 
 __all__ = [
     "FORMAT_VERSION", "KEY_FUNCTIONS", "register_key_function", "farthest_point_sampling", "cut_patches",
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+KIND = "fiancee-feature-bank"
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 MODES = ("patch", "global")
 # Bank inputs are drawn from a stream of the training split that exit training never draws from
@@ -221,13 +224,100 @@ def _write_index(index, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _read_index(path: Path):
+def _read_index(path: Path, ntotal: int, d: int):
+    """Read a FAISS index holding ``ntotal`` keys of dimension ``d`` (what the manifest and the entries say).
+
+    The header (every index type starts with fourcc, d: int32, ntotal: int64) is checked against that,
+    and the file must be large enough to hold the keys, before FAISS reads it: FAISS allocates what the
+    header claims, so a corrupt header claiming 64 GiB would otherwise be allocated first.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"bank index file missing: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(45)
+    if len(head) < 16:
+        raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): {size} bytes")
+    claim_d, claim_n = struct.unpack_from("<iq", head, 4)
+    if (claim_d, claim_n) != (d, ntotal):
+        raise ValueError(f"{path} claims {claim_n} keys of dimension {claim_d}; the bank's manifest and entries hold "
+                         f"{ntotal} of dimension {d} (a corrupt or mismatched file)")
+    stored = 4 * ntotal * d
+    # Flat indexes: after the header (2 dummies, is_trained: 1 byte, metric: int32 at 33; L2 / inner product
+    # have no metric argument) comes the length of the key table, which is what FAISS allocates.
+    if head[:4] in (b"IxF2", b"IxFI") and len(head) >= 45 and struct.unpack_from("<i", head, 33)[0] in (0, 1):
+        (codes,) = struct.unpack_from("<Q", head, 37)
+        if codes != ntotal * d:
+            raise ValueError(f"{path} claims a key table of {codes} floats; expected {ntotal * d} (a corrupt file)")
+    if size < stored:
+        raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): it holds {size} bytes, "
+                         f"less than the {stored} its {ntotal} keys need")
     try:
-        return _faiss().read_index(str(path))
-    except RuntimeError as e:
+        index = _faiss().read_index(str(path))
+    except (RuntimeError, MemoryError) as e:
         raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): {e}") from None
+    if index.ntotal != ntotal or index.d != d:
+        raise ValueError(f"{path} holds {index.ntotal} keys of dimension {index.d}; expected {ntotal} of dimension {d}")
+    return index
+
+
+def _check_manifest(manifest: dict, source: Path) -> dict[int, int]:
+    """The manifest's fields a loader relies on, type-checked; returns the per-class counts."""
+    if manifest["mode"] not in MODES:
+        raise ValueError(f"{source}: field 'mode' must be one of {MODES}; got {manifest['mode']!r}")
+    pcc = manifest["per_class_counts"]
+    if not isinstance(pcc, dict) or not all(isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, int)
+                                             and not isinstance(v, bool) and v >= 0 for k, v in pcc.items()):
+        raise ValueError(f"{source}: field 'per_class_counts' must map class numbers to counts >= 0; got {pcc!r}")
+    counts = {int(k): v for k, v in pcc.items()}
+    if any(c < 0 for c in counts):
+        raise ValueError(f"{source}: field 'per_class_counts' has a negative class; got {pcc!r}")
+    config_int(manifest, "label_channels", source, minimum=1, optional=True)
+    config_int(manifest, "key_stage", source, minimum=1, optional=True)
+    config_int(manifest, "entries", source, minimum=0, optional=True)
+    config_int(manifest, "key_dim", source, minimum=1, optional=True)
+    config_int_list(manifest, "key_shape", source, minimum=1, optional=True)
+    grid = config_int_list(manifest, "grid", source, minimum=1, optional=True)
+    if grid is not None and len(grid) != 2:
+        raise ValueError(f"{source}: field 'grid' must be two positive counts; got {grid!r}")
+    if manifest["mode"] == "global":
+        config_str(manifest, "key_function", source)
+    return counts
+
+
+def _check_entries(t: dict, counts: dict[int, int], manifest: dict, path: Path) -> tuple[int, int]:
+    """The entries agree with the manifest: as many as its per-class counts add up to, sorted by class with
+    each class's rows where the counts put them (a search in class c returns rows of class c), one row in
+    every tensor per entry. Returns ``(N, D)``."""
+    keys = t["keys"]
+    if keys.dim() != 2:
+        raise ValueError(f"{path}/entries.safetensors: keys must be [N, D]; got {list(keys.shape)}")
+    n, d = int(keys.shape[0]), int(keys.shape[1])
+    if manifest.get("key_dim", d) != d:
+        raise ValueError(f"{path}: manifest.json says keys are {manifest.get('key_dim')!r}-dimensional; "
+                         f"entries.safetensors holds {d}-dimensional keys")
+    if sum(counts.values()) != n or manifest.get("entries", n) != n:
+        raise ValueError(f"{path}: manifest.json's per_class_counts add up to {sum(counts.values())} entries "
+                         f"(entries: {manifest.get('entries')!r}), but entries.safetensors holds {n}")
+    for name in ("values", "classes", "source", "cell", "rgb"):
+        if t[name].dim() == 0 or int(t[name].shape[0]) != n:
+            raise ValueError(f"{path}/entries.safetensors: {name} has {list(t[name].shape)[:1]} rows; keys have {n}")
+    classes = t["classes"]
+    start = 0
+    for c in sorted(counts):
+        span = classes[start:start + counts[c]]
+        if span.numel() and not bool((span == c).all()):
+            raise ValueError(f"{path}: manifest.json gives class {c} {counts[c]} entries from row {start}, "
+                             "but entries.safetensors holds other classes there (counts disagree with entries)")
+        start += counts[c]
+    key_shape = manifest.get("key_shape")
+    if key_shape is not None and manifest["mode"] == "patch":
+        grid = manifest.get("grid") or [1, 1]
+        want = (key_shape[0] * (key_shape[1] // grid[0]) * (key_shape[2] // grid[1])) if len(key_shape) == 3 else None
+        if want is not None and want != d:
+            raise ValueError(f"{path}: keys are {d}-dimensional; the manifest's key_shape {key_shape} and grid {grid} "
+                             f"give {want}")
+    return n, d
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,14 +479,11 @@ class FeatureBank:
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the bank folder atomically: everything goes into a temporary sibling folder that
-        is renamed to ``path`` once complete, so a killed build never leaves half a bank."""
+        """Write the bank folder whole (:func:`fiancee.io.atomic_folder`): built in a hidden sibling and
+        swapped in once complete, so a killed build never leaves half a bank; a folder of another kind
+        is never replaced."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise ValueError(f"{path} already exists; choose another --out or remove it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        with atomic_folder(path, kind=KIND, what="feature bank", overwrite=overwrite) as tmp:
             save_tensors(tmp / "entries.safetensors", {
                 "keys": self.keys, "values": self.values, "classes": self.classes, "source": self.source,
                 "cell": self.cell, "rgb": self.rgb,
@@ -407,16 +494,6 @@ class FeatureBank:
                     index = cpu(index)
                 _write_index(index, tmp / ("index_all.faiss" if name == "all" else f"index_class_{name}.faiss"))
             write_json(tmp / "manifest.json", self.manifest)
-            if path.exists():
-                trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                os.replace(path, trash / "bank")
-                os.replace(tmp, path)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
 
@@ -424,12 +501,13 @@ def _backbone_fingerprint(backbone) -> str:
     return tensor_fingerprint(backbone.state_dict())
 
 
+@read_whole_folder("manifest.json")  # a save swapping the folder mid-load makes it load again
 def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | None = None) -> FeatureBank:
     """Read a bank folder and check it was built from ``backbone``'s weights (else a ValueError)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no feature bank at {path} (build one with `fiancee build-bank`)")
-    manifest = read_manifest(path / "manifest.json", kind="fiancee-feature-bank", version_key="format_version",
+    manifest = read_manifest(resolve_inside(path, "manifest.json"), kind=KIND, version_key="format_version",
                              version=FORMAT_VERSION, what="feature bank manifest",
                              required=("backbone_fingerprint", "mode", "per_class_counts"),
                              hint="; rebuild it with `fiancee build-bank`")
@@ -440,19 +518,19 @@ def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | No
             f"{manifest['backbone_fingerprint']}, but this backbone's fingerprint is {mine}: its keys and values "
             "would not match this backbone's features; rebuild it with `fiancee build-bank`"
         )
-    t = load_tensors(path / "entries.safetensors")
+    counts = _check_manifest(manifest, path / "manifest.json")
+    t = load_tensors(resolve_inside(path, "entries.safetensors"))
     missing = {"keys", "values", "classes", "source", "cell", "rgb"} - set(t)
     if missing:
         raise ValueError(f"{path}/entries.safetensors lacks {sorted(missing)}")
-    indexes: dict = {"all": _read_index(path / "index_all.faiss")}
+    n, d = _check_entries(t, counts, manifest, path)
+    indexes: dict = {"all": _read_index(resolve_inside(path, "index_all.faiss"), n, d)}
     if manifest["mode"] == "patch" and manifest.get("label_channels") is not None:
-        for c, n in manifest["per_class_counts"].items():
-            if int(n) > 0:
-                indexes[int(c)] = _read_index(path / f"index_class_{int(c)}.faiss")
+        for c, count in counts.items():
+            if count > 0:
+                indexes[c] = _read_index(resolve_inside(path, f"index_class_{c}.faiss"), count, d)
     bank = FeatureBank(manifest=manifest, keys=t["keys"], values=t["values"], classes=t["classes"],
                        source=t["source"], cell=t["cell"], rgb=t["rgb"], indexes=indexes)
-    if bank.indexes["all"].ntotal != len(bank):
-        raise ValueError(f"{path}: index_all.faiss holds {bank.indexes['all'].ntotal} keys, entries hold {len(bank)}")
     if device is not None:
         bank.to(device)
     return bank
@@ -595,6 +673,10 @@ def build_bank(task_name: str, out: str | os.PathLike, *, mode: str | None = Non
 
     if Path(out).exists() and not overwrite:
         raise ValueError(f"{out} already exists; choose another --out or remove it")
+    check_replaceable(out, KIND, "feature bank")
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0) for v in (n, noises)):
+        raise ValueError(f"bank population sizes must be positive; got n={n}, noises={noises}")
+    check_counts(max_per_class=max_per_class, batch_size=batch_size)
     task = get_task(task_name, data=data, weights=weights)
     d = TASK_DEFAULTS.get(task_name, TASK_DEFAULTS["faces"])
     backbone = task.load_backbone(device)
@@ -628,6 +710,7 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
     """
     from .bench import time_ms
 
+    check_counts(reps=reps)
     model = model.eval()
     device = next(model.parameters()).device
     out = []
@@ -671,6 +754,9 @@ def bank_latency(bank_path: str | os.PathLike, task_name: str, *, threads: int |
     from .exits import ExitGenerator
     from .tasks import get_task
 
+    check_counts(threads=threads, reps=reps)
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers; got {list(batch_sizes)}")
     task = get_task(task_name, data=data, weights=weights)
     backbone = task.load_backbone(device)
     bank = load_bank(bank_path, backbone, device=device)

@@ -15,7 +15,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["check_tensor", "check_finite", "check_batch", "check_one_hot", "check_spatial", "check_state_finite"]
+__all__ = ["check_tensor", "check_finite", "check_batch", "check_one_hot", "check_spatial", "check_state_finite",
+           "check_counts"]
 
 
 def _describe(x: torch.Tensor) -> str:
@@ -39,8 +40,14 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def check_batch(inputs: Sequence[torch.Tensor], names: Sequence[str], finite_known: Sequence[str] = ()) -> int:
-    """``inputs`` match ``names`` one to one, are floating point, finite and share a non-zero batch size.
+def check_batch(inputs: Sequence[torch.Tensor], names: Sequence[str], finite_known: Sequence[str] = (),
+                dtype: torch.dtype | None = None) -> int:
+    """``inputs`` match ``names`` one to one, are floating point (of ``dtype``, the model weights' type,
+    when given), finite and share a non-zero batch size.
+
+    A float64 or float16 input for float32 weights is refused rather than converted: converting
+    silently would hide a copy (and, for float64, a precision the model never had); ``.float()`` is
+    one call away, and autocast handles mixed precision without changing the inputs' type.
 
     ``finite_known`` names inputs already checked (a valid one-hot map is finite): each check is a
     pass over the tensor and a host sync, which adds up on large label maps. Returns the batch size.
@@ -54,6 +61,9 @@ def check_batch(inputs: Sequence[torch.Tensor], names: Sequence[str], finite_kno
             raise ValueError(f"{name} must have a batch dimension; got a scalar")
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor; got {_describe(x)}")
+        if dtype is not None and x.dtype != dtype:
+            raise ValueError(f"{name} must be {dtype} like the model's weights; got {_describe(x)} "
+                             f"(convert it, e.g. x.to({dtype}))")
         if x.shape[0] == 0:
             raise ValueError(f"empty batch: {name} has 0 samples; pass at least one")
         if batch is not None and x.shape[0] != batch:
@@ -103,3 +113,13 @@ def check_state_finite(tensors: Mapping[str, torch.Tensor], source: str) -> Mapp
             raise ValueError(f"{source}: tensor {name!r} holds NaN or Inf; expected finite weights "
                              "(a diverged run or a corrupted file)")
     return tensors
+
+
+def check_counts(**counts) -> None:
+    """Each named count is a positive integer (None = "use the default", passes): checked before any work,
+    so ``--epochs 0`` or ``--batch-size -1`` fails at once instead of after building a table."""
+    for name, value in counts.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name.replace('_', ' ')} must be a positive integer; got {value!r}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
+from .io import build_bounded, config_int, load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint, write_json
 
 __all__ = ["LabelClassifier", "to_gray", "train_classifier", "classify", "accuracy", "save_classifier", "load_classifier"]
 
@@ -99,6 +99,11 @@ def save_classifier(model: LabelClassifier, folder: str | os.PathLike, info: dic
 def load_classifier(folder: str | os.PathLike) -> LabelClassifier:
     folder = Path(folder)
     meta = read_json(folder / "classifier.json")
-    model = LabelClassifier(width=int(meta["width"]), num_classes=int(meta["num_classes"]))
-    model.load_state_dict(load_tensors(folder / "classifier.safetensors"), strict=True)
+    meta = require_keys(meta, ("width", "num_classes"), folder / "classifier.json")
+    for key in ("width", "num_classes"):
+        config_int(meta, key, folder / "classifier.json", minimum=1)
+    weights = folder / "classifier.safetensors"
+    model = build_bounded(lambda: LabelClassifier(width=meta["width"], num_classes=meta["num_classes"]), weights,
+                          folder / "classifier.json")
+    model.load_state_dict(load_tensors(weights), strict=True)
     return model.eval().requires_grad_(False)

@@ -6,6 +6,7 @@ Errors a user can cause (bad arguments, missing files, wrong shapes) print one l
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -530,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, ArithmeticError, MemoryError) as e:
         # What a user can cause (bad arguments, missing or corrupt files, wrong shapes): one line, exit 2.
         # FIANCEE_DEBUG=1 shows the traceback instead, for bug reports.
         if os.environ.get("FIANCEE_DEBUG"):
@@ -551,4 +552,12 @@ def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())  # third-party messages (FAISS, torch) can span lines
     if isinstance(e, OSError) and e.filename and e.strerror:
         text = f"{e.strerror}: {e.filename}"
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        text = f"no space left on the device writing {e.filename or 'a file'}; nothing was half-written (free space and retry)"
+    elif isinstance(e, MemoryError):
+        text = "out of memory: " + (text or "the request is larger than this machine can hold")
+    elif isinstance(e, OverflowError):
+        text = "a number is too large: " + text
+    elif type(e).__name__ == "DecompressionBombError":  # PIL: an image far larger than its file
+        text = "refusing to decode an image that large (decompression bomb?): " + text
     return text or type(e).__name__

@@ -98,6 +98,8 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
                    out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
     """Per-exit MACs, LPIPS (mean / median / p90) and FID on ``n`` held-out inputs; writes
     ``exits.json`` and ``exits_grid.png`` under ``out`` (default ``RUN/eval``)."""
+    if isinstance(grid_columns, bool) or not isinstance(grid_columns, int) or grid_columns <= 0:
+        raise ValueError(f"grid columns must be a positive integer; got {grid_columns!r}")
     m = measure_exits(run_dir, n=n, seed=seed, fid=fid, device=device, progress=progress)
     macs = m["macs"]
     exits = []

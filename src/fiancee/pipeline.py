@@ -7,13 +7,15 @@ mixed-exit tree of :class:`fiancee.exits.ExitGenerator`.
 A pipeline is one folder (diffusers' habit)::
 
     PIPELINE/
-      config.json            format, task, exit geometry, backbone fingerprint, router config, provenance
+      config.json            format, task, exit geometry, backbone and branches fingerprints, router config,
+                             provenance, a save id (unique per save)
       branches.safetensors   the trained exit branches
       predictor/             config.json + weights.safetensors (fiancee.predictor)
       bank/                  the feature bank, when the exits use one (fiancee.bank)
 
 The backbone itself is a reference: the task loads its weights (a package or a committed file) and
-its fingerprint must equal the one recorded here. Nothing in the folder can run code when loaded.
+its fingerprint must equal the one recorded here. Nothing in the folder can run code when loaded, and
+nothing outside it is read. The folder is written whole and read whole (see docs/errors.md, "Folders").
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 import torch
 
 from .exits import ExitGenerator
-from .io import load_tensors, read_manifest, save_tensors, tensor_fingerprint, write_json
+from .io import (atomic_folder, config_int, config_int_list, config_str, load_tensors, read_manifest, read_whole_folder,
+                 resolve_inside, save_tensors, tensor_fingerprint, write_json)
 from .routing import Router, check_threshold, router_from_config
 
 __all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
@@ -75,48 +78,51 @@ class FianceePipeline:
         predicted = self.predict(*inputs)
         routes = self.router.route(predicted, threshold) if exits is None else exits
         images = self.model.mixed(*inputs, exits=routes.to(inputs[0].device), guide=self.guide, check=False)  # checked above
-        return PipelineOutput(images=images, exits=routes.cpu(), predicted_lpips=predicted.cpu(),
-                              macs=self.route_macs[routes.cpu()])
+        routes = routes.cpu().long()  # checked integers by mixed; a uint8 tensor would index as a mask
+        return PipelineOutput(images=images, exits=routes, predicted_lpips=predicted.cpu(), macs=self.route_macs[routes])
 
     # ------------------------------------------------------------------------------------------
     # Folders
 
     def save(self, out: str | Path) -> Path:
+        """Write the pipeline folder whole: it is built in a hidden sibling of ``out`` and swapped in
+        (:func:`fiancee.io.atomic_folder`), so a reader or a kill mid-save never meets a mix of two saves.
+        Refused when ``out`` holds something other than a pipeline."""
+        import uuid
+
         from .predictor import exits_fingerprints, save_predictor
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_tensors(out / "branches.safetensors", self.model.branches.state_dict())
-        save_predictor(self.predictor, out / "predictor", fingerprints=exits_fingerprints(self.model))
-        if self.bank_path is not None and self.bank_path.resolve() != (out / "bank").resolve():
-            tmp = out / ".bank.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            shutil.copytree(self.bank_path, tmp)
-            if (out / "bank").exists():
-                shutil.rmtree(out / "bank")
-            tmp.rename(out / "bank")
-        # config.json last: a folder without it is not a pipeline, so a crash mid-save is never loaded.
-        write_json(out / "config.json", {
-            "kind": "fiancee_pipeline", "format": FORMAT, "task": self.task.name,
-            "exits": list(self.model.exits), "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
-            "min_channels": self.model.min_channels,
-            "backbone_fingerprint": tensor_fingerprint(self.model.backbone.state_dict()),
-            "bank": "bank" if self.bank_path is not None else None,
-            "router": self.router.to_config(),
-            "route_macs": [int(m) for m in self.route_macs.tolist()],
-            "provenance": self.provenance,
-        })
+        with atomic_folder(out, kind="fiancee_pipeline", what="pipeline") as tmp:
+            branches = self.model.branches.state_dict()
+            save_tensors(tmp / "branches.safetensors", branches)
+            save_predictor(self.predictor, tmp / "predictor", fingerprints=exits_fingerprints(self.model))
+            if self.bank_path is not None:
+                shutil.copytree(self.bank_path, tmp / "bank")  # symlinks followed: the copy holds files only
+            write_json(tmp / "config.json", {
+                "kind": "fiancee_pipeline", "format": FORMAT, "task": self.task.name,
+                "exits": list(self.model.exits), "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
+                "min_channels": self.model.min_channels,
+                "backbone_fingerprint": tensor_fingerprint(self.model.backbone.state_dict()),
+                # which branches this config belongs with, and a stamp unique to this save (read_whole_folder)
+                "branches_fingerprint": tensor_fingerprint(branches), "save_id": uuid.uuid4().hex,
+                "bank": "bank" if self.bank_path is not None else None,
+                "router": self.router.to_config(),
+                "route_macs": [int(m) for m in self.route_macs.tolist()],
+                "provenance": self.provenance,
+            })
         return out
 
     @classmethod
+    @read_whole_folder("config.json", path_index=1)  # a save swapping the folder mid-load makes it load again
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FianceePipeline":
         from .predictor import load_predictor
         from .tasks import get_task
 
         path = Path(path)
-        config = read_manifest(path / "config.json", kind="fiancee_pipeline", version_key="format", version=FORMAT,
+        config = read_manifest(resolve_inside(path, "config.json"), kind="fiancee_pipeline", version_key="format", version=FORMAT,
                                what="fiancee pipeline config", required=CONFIG_KEYS)
+        _check_config(config, path / "config.json")
         task = get_task(config["task"])
         backbone = task.load_backbone(device)
         have = tensor_fingerprint(backbone.state_dict())
@@ -128,11 +134,28 @@ class FianceePipeline:
         if config.get("bank"):
             from .bank import load_bank
 
-            bank_path = path / config["bank"]
+            bank_path = resolve_inside(path, config["bank"], "config.json's 'bank' entry")
             bank = load_bank(bank_path, backbone)
             guide_spec = bank.guide_spec
         model = ExitGenerator(backbone, config["exits"], config["scale"], config["min_channels"], guide=guide_spec).to(device)
-        model.branches.load_state_dict(load_tensors(path / "branches.safetensors", device=device))
-        predictor, _ = load_predictor(path / "predictor", model, device=device)
+        branches = load_tensors(resolve_inside(path, "branches.safetensors"), device=device)
+        if config.get("branches_fingerprint") not in (None, tensor_fingerprint(branches)):
+            raise ValueError(f"{path}: branches.safetensors is not the one config.json was saved with "
+                             "(a folder mixed from two saves?)")
+        model.branches.load_state_dict(branches)
+        predictor, _ = load_predictor(resolve_inside(path, "predictor"), model, device=device)
         return cls(task, model, predictor, router_from_config(config["router"]), bank=bank, bank_path=bank_path,
                    provenance=config.get("provenance"))
+
+
+def _check_config(config: dict, source: Path) -> None:
+    """Every field of a pipeline config has the type its reader needs (the field named, not a TypeError later)."""
+    config_str(config, "task", source)
+    config_int_list(config, "exits", source, minimum=1)
+    config_int(config, "min_channels", source, minimum=1)
+    config_str(config, "backbone_fingerprint", source)
+    config_str(config, "bank", source, optional=True)
+    if not isinstance(config["scale"], (str, int, float)) or isinstance(config["scale"], bool):
+        raise ValueError(f"{source}: field 'scale' must be a fraction like '1/4' or a number; got {config['scale']!r}")
+    if not isinstance(config["router"], dict):
+        raise ValueError(f"{source}: field 'router' must be a JSON object; got {config['router']!r}")

@@ -42,14 +42,15 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_finite
-from .io import cache_dir, load_tensors, read_json, read_manifest, save_tensors, tensor_fingerprint, write_json
+from .checks import check_counts, check_finite
+from .io import (atomic_folder, build_bounded, cache_dir, read_whole_folder, check_replaceable, config_int, config_int_list, config_str, load_tensors, read_json,
+                 read_manifest, resolve_inside, save_tensors, tensor_fingerprint, write_json)
 
 __all__ = [
     "ARCHS", "RECIPES", "QualityPredictor", "ResBlock", "key_features", "predictor_features", "predict",
@@ -356,21 +357,50 @@ def train_predictor(predictor: QualityPredictor, xs: Sequence[torch.Tensor], lpi
 
 
 def save_predictor(predictor: QualityPredictor, out: str | Path, *, fingerprints: dict[str, str],
-                   extra: dict | None = None) -> Path:
-    """Write ``out/config.json`` (constructor arguments, fingerprints, provenance) + ``out/weights.safetensors``."""
+                   extra: dict | None = None, files: dict[str, Any] | None = None) -> Path:
+    """Write ``out/config.json`` (constructor arguments, fingerprints, provenance) + ``out/weights.safetensors``
+    (+ ``files``: name -> JSON object, e.g. the error report), the folder replaced whole
+    (:func:`fiancee.io.atomic_folder`); refused when ``out`` holds something other than a predictor."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_tensors(out / "weights.safetensors", predictor.state_dict())
-    write_json(out / "config.json", {"kind": "quality_predictor", "format": FORMAT, "predictor": predictor.config(),
-                                     "fingerprints": dict(fingerprints), **(extra or {})})
+    with atomic_folder(out, kind="quality_predictor", what="quality predictor") as tmp:
+        save_tensors(tmp / "weights.safetensors", predictor.state_dict())
+        for name, obj in (files or {}).items():
+            write_json(tmp / name, obj)
+        write_json(tmp / "config.json", {"kind": "quality_predictor", "format": FORMAT, "predictor": predictor.config(),
+                                         "fingerprints": dict(fingerprints), **(extra or {})})
     return out
 
 
+def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
+    """The constructor arguments of a saved predictor, type-checked (the size is bounded by
+    :func:`fiancee.io.build_bounded` where it is built)."""
+    if not isinstance(args, dict):
+        raise ValueError(f"{source}: field 'predictor' must be a JSON object; got {args!r}")
+    known = {"arch", "num_exits", "input_shapes", "width", "hidden", "max_grid"}
+    if set(args) - known:
+        raise ValueError(f"{source}: field 'predictor' has unknown keys {sorted(set(args) - known)}")
+    config_str(args, "arch", source)
+    config_int(args, "num_exits", source, minimum=1)
+    config_int(args, "width", source, minimum=1, optional=True)
+    config_int_list(args, "hidden", source, minimum=1, nonempty=False, optional=True)
+    config_int(args, "max_grid", source, minimum=1, optional=True)
+    shapes = args.get("input_shapes")
+    if not isinstance(shapes, list) or not shapes or not all(
+            isinstance(s, list) and config_int_list({"s": s}, "s", source, minimum=1) for s in shapes):
+        raise ValueError(f"{source}: field 'input_shapes' must be a non-empty list of shapes (lists of positive "
+                         f"integers); got {shapes!r}")
+    return args
+
+
+@read_whole_folder("config.json")  # a save swapping the folder mid-load makes it load again
 def load_predictor(path: str | Path, model=None, device: str | torch.device = "cpu") -> tuple[QualityPredictor, dict]:
     """``(predictor, config)`` from a folder; with ``model`` the backbone and exit fingerprints must match."""
     path = Path(path)
-    config = read_manifest(path / "config.json", kind="quality_predictor", version_key="format", version=FORMAT,
-                           what="quality predictor config", required=("predictor", "fingerprints"))
+    config = read_manifest(resolve_inside(path, "config.json"), kind="quality_predictor", version_key="format",
+                           version=FORMAT, what="quality predictor config", required=("predictor", "fingerprints"))
+    weights = resolve_inside(path, "weights.safetensors")
+    if not isinstance(config["fingerprints"], dict):
+        raise ValueError(f"{path / 'config.json'}: field 'fingerprints' must be a JSON object; got {config['fingerprints']!r}")
     if model is not None:
         want = config.get("fingerprints", {})
         have = exits_fingerprints(model)
@@ -378,8 +408,9 @@ def load_predictor(path: str | Path, model=None, device: str | torch.device = "c
             if want.get(part) != have[part]:
                 raise ValueError(f"{path} was trained for {part} weights {want.get(part)}, but these {part} have {have[part]}: "
                                  "its predicted LPIPS would describe other images; retrain it for these exits")
-    predictor = QualityPredictor(**config["predictor"])
-    predictor.load_state_dict(load_tensors(path / "weights.safetensors"))
+    args = _check_predictor_config(config["predictor"], weights, path / "config.json")
+    predictor = build_bounded(lambda: QualityPredictor(**args), weights, path / "config.json")
+    predictor.load_state_dict(load_tensors(weights))
     return predictor.to(device).eval(), config
 
 
@@ -445,6 +476,13 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     from .train.exits import load_exits
     from .train.run import RunDir
 
+    # Arguments and the output folder first: a typo must not cost an LPIPS table.
+    check_counts(n=n, noises=noises, epochs=epochs, batch_size=batch_size, error_n=error_n)
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}; got {recipe!r}")
+    if arch is not None and arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
+    check_replaceable(out, "quality_predictor", "quality predictor")
     task, model = load_exits(run_dir, device=device)
     guide = _bank_guide(run_dir, model)
     bank = RunDir(run_dir).read_config().get("bank")
@@ -473,8 +511,7 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     extra = {"task": task.name, "run": str(run_dir), "recipe": recipe, "seed": seed, "noise_seed": seed, "epochs": epochs,
              "train_inputs": int(table["lpips"].shape[0]), "noises": noises, "final_loss": history[-1],
              "exits": list(model.exits), "route_macs": [int(m) for m in model.route_macs()]}
-    save_predictor(predictor, out, fingerprints=exits_fingerprints(model), extra=extra)
-    write_json(Path(out) / "error.json", error)
+    save_predictor(predictor, out, fingerprints=exits_fingerprints(model), extra=extra, files={"error.json": error})
     return {"out": str(out), **extra, "error": error}
 
 
@@ -486,6 +523,7 @@ def predictor_error_for_folder(predictor_dir: str | Path, *, run: str | Path | N
     from .train.exits import load_exits
     from .train.run import RunDir
 
+    check_counts(n=n)
     config = read_json(Path(predictor_dir) / "config.json")
     run = run if run is not None else config.get("run")
     if run is None:

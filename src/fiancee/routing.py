@@ -161,8 +161,9 @@ class OracleRouter(Router):
 
     def __init__(self, costs: Sequence[float] | None = None, compliance: float = 1.0):
         super().__init__(costs)
-        if not (0.0 < float(compliance) <= 1.0):
-            raise ValueError(f"compliance must lie in (0, 1]; got {compliance}")
+        # 0 is allowed: the oracle "at equal compliance" with a router that missed every input.
+        if not (0.0 <= float(compliance) <= 1.0):
+            raise ValueError(f"compliance must lie in [0, 1]; got {compliance}")
         if compliance < 1.0 and costs is None:
             raise ValueError("an oracle with compliance < 1 needs costs (route MACs) to know which misses save most")
         self.compliance = float(compliance)
@@ -393,4 +394,27 @@ def router_from_config(config: dict) -> Router:
     if not isinstance(config, dict) or config.get("kind") not in _ROUTERS:
         raise ValueError(f"router config must be a dict with kind in {sorted(_ROUTERS)}; got {config!r}")
     kwargs = {k: v for k, v in config.items() if k != "kind"}
-    return _ROUTERS[config["kind"]](**kwargs)
+    # Every number finite and of its type: a NaN margin or cost would compare false everywhere and
+    # silently send every input to one route.
+    known = {"costs", "compliance", "exit", "thresholds", "margins", "target", "fit_size"}
+    for key, value in kwargs.items():
+        if key not in known:
+            raise ValueError(f"router config: unknown field {key!r}")
+        if key == "exit" or key == "fit_size":
+            ok = value is None and key == "fit_size" or isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif key in ("costs", "thresholds", "margins"):
+            ok = (value is None and key == "costs") or isinstance(value, list) and all(_finite(v) for v in value)
+        else:
+            ok = value is None and key == "target" or _finite(value)
+        if not ok:
+            raise ValueError(f"router config: field {key!r} must hold finite numbers of the right type; got {value!r}")
+    if kwargs.get("costs") is not None and any(c < 0 for c in kwargs["costs"]):
+        raise ValueError(f"router config: costs must be >= 0; got {kwargs['costs']!r}")
+    try:
+        return _ROUTERS[config["kind"]](**kwargs)
+    except TypeError as e:  # a field this router kind does not take, or one it needs missing
+        raise ValueError(f"router config for kind {config['kind']!r}: {e}") from None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -78,7 +78,14 @@ class StagedGenerator(nn.Module):
         add their shapes, value ranges and resolution. Returns the batch size.
         """
         names = self.input_names or tuple(f"input {i}" for i in range(len(inputs)))
-        return check_batch(inputs, names)
+        return check_batch(inputs, names, dtype=self.weights_dtype())
+
+    def weights_dtype(self) -> torch.dtype | None:
+        """The floating type of the weights (what the inputs must be), None for a weightless generator."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.check_inputs(*inputs)

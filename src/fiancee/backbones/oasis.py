@@ -162,7 +162,7 @@ class OASISGenerator(StagedGenerator):
         check_tensor(z, "z")
         if z.dim() != 2 or z.shape[1] != cfg.z_dim:
             raise ValueError(f"z must be [B, {cfg.z_dim}]; got {list(z.shape)}")
-        return check_batch(inputs, self.input_names, finite_known=("label map",))
+        return check_batch(inputs, self.input_names, finite_known=("label map",), dtype=self.weights_dtype())
 
     def condition(self, label: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Label map + noise broadcast over it (OASIS's 3D noise with one vector per image)."""

@@ -14,6 +14,8 @@ router thresholds it (paper Sec. 3.2, Eq. 3). The computation, step by step:
 
 from __future__ import annotations
 
+import warnings
+
 from functools import lru_cache
 from pathlib import Path
 
@@ -193,10 +195,15 @@ def load_image(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"expected an image file at {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-            arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.float32)  # [H, W] or [H, W, 3]
+        # PIL only warns between its limit and twice it; an image that large is refused here as well.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+                arr = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.float32)  # [H, W] or [H, W, 3]
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{path} is too large to decode safely (a decompression bomb?): {e}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not a readable image: {e}") from None
     t = torch.from_numpy(arr)

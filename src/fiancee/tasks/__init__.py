@@ -48,9 +48,11 @@ def write_samples(task: Task, out: str | os.PathLike, *, n: int = 16, seed: int 
     """
     from PIL import Image
 
+    from ..checks import check_counts
     from ..io import atomic_path
     from ..plots import save_grid, to_uint8
 
+    check_counts(n=n, batch_size=batch_size)
     backbone = task.load_backbone("cpu")
     inputs = task.sample_inputs(n, seed, split)
     images = torch.cat([backbone(*(x[i : i + batch_size] for x in inputs)) for i in range(0, n, batch_size)])

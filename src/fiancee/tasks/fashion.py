@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
-from ..io import load_tensors, read_json
+from ..io import build_bounded, load_tensors, read_json
 from .base import Task, check_split, repo_root
 
 __all__ = [
@@ -185,7 +185,12 @@ def load_fashion_backbone(weights: str | os.PathLike | None = None, device: str 
     cfg = read_json(cfg_path)
     if "generator" not in cfg:
         raise ValueError(f"{cfg_path} has no 'generator' entry (the OASISConfig arguments)")
-    model = OASISGenerator(OASISConfig(**cfg["generator"]))
+    gen = cfg["generator"]
+    if not isinstance(gen, dict):
+        raise ValueError(f"{cfg_path}: field 'generator' must be a JSON object; got {gen!r}")
+    # Probe without spectral norm: its power iteration is slow on the meta device, and it only adds weights.
+    model = build_bounded(lambda: OASISGenerator(OASISConfig(**gen)), w_path, cfg_path,
+                          probe=lambda: OASISGenerator(OASISConfig(**{**gen, "spectral": False})))
     state = load_tensors(w_path, device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -244,8 +249,10 @@ def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | 
     """Train the label classifier on the real training set; write it to ``out`` and report its test accuracy."""
     import time
 
+    from ..checks import check_counts
     from ..classifier import accuracy, save_classifier, train_classifier
 
+    check_counts(epochs=epochs, train_limit=train_limit)
     t0 = time.time()
     train = load_split("train", data, limit=train_limit)
     test = load_split("test", data)
@@ -286,8 +293,10 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
       score at this ``n``. Real-set statistics are cached.
     ``out``: also write ``metrics.json`` and ``grid.png`` (generated, real below each row of 8).
     """
+    from ..checks import check_counts
     from ..classifier import accuracy, load_classifier
 
+    check_counts(n=n)
     task = FashionTask(data=data, weights=weights)
     folder = Path(weights) if weights is not None else default_weights_dir()
     if not (folder / "classifier.safetensors").is_file():

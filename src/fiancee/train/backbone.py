@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
-from ..io import load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
+from ..io import RunLock, atomic_folder, check_replaceable, folder_kind, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
 from .discriminators import FAKE, UNetDiscriminator
 
 __all__ = [
@@ -69,9 +70,14 @@ class BackboneTrainConfig:
         self.disc_channels = tuple(int(c) for c in self.disc_channels)
         if self.task != "fashion":
             raise ValueError(f"only the 'fashion' backbone is trained here (faces is pretrained); got task {self.task!r}")
-        for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "seed", "train_limit"):
+            value = getattr(self, name)
+            if name == "train_limit" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):  # 1.5 must not become 1 silently
+                raise ValueError(f"training config field {name!r} must be an integer; got {value!r}")
+            if value <= 0 and name != "seed":
+                raise ValueError(f"{name} must be positive; got {value}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,6 +95,8 @@ class BackboneTrainConfig:
 
 def load_train_config(path: str | os.PathLike, **overrides: Any) -> BackboneTrainConfig:
     d = read_json(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object of training settings; got a {type(d).__name__}")
     d.update({k: v for k, v in overrides.items() if v is not None})
     return BackboneTrainConfig.from_dict(d)
 
@@ -162,11 +170,12 @@ def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra:
     folder = Path(folder)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     fingerprint = tensor_fingerprint(state)
-    save_tensors(folder / "backbone.safetensors", state, metadata={"fingerprint": fingerprint})
-    write_json(folder / "config.json", {
-        "format_version": 1, "task": "fashion", "generator": generator.config.to_dict(),
-        "fingerprint": fingerprint, **(extra or {}),
-    })
+    with atomic_folder(folder, kind="fashion_backbone", what="backbone") as tmp:  # replaced whole
+        save_tensors(tmp / "backbone.safetensors", state, metadata={"fingerprint": fingerprint})
+        write_json(tmp / "config.json", {
+            "format_version": 1, "task": "fashion", "generator": generator.config.to_dict(),
+            "fingerprint": fingerprint, **(extra or {}),
+        })
     return folder
 
 
@@ -208,11 +217,28 @@ def train_backbone(
     progress: bool = True,
 ) -> dict:
     """Train (or resume) a run; returns a summary (steps done, seconds, final losses, export folder)."""
-    from tqdm import tqdm
-
     from ..tasks.fashion import load_split
 
     run_dir = Path(run_dir)
+    # Everything that can be refused is refused before --out is touched (then one writer at a time).
+    check_replaceable(run_dir, "backbone_run", "backbone training run")
+    gcfg = OASISConfig(**config.generator)
+    if gcfg.label_channels != 11 or gcfg.out_size != (32, 32):
+        raise ValueError(f"the fashion generator needs label_channels=11 and out_size=(32, 32); got {gcfg.label_channels}, {gcfg.out_size}")
+    train = load_split("train", data, limit=config.train_limit)
+    created = not run_dir.exists()
+    with RunLock(run_dir):
+        try:
+            return _train_backbone(config, run_dir, train, gcfg, resume, device, progress)
+        finally:
+            if created and folder_kind(run_dir) is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_backbone(config: BackboneTrainConfig, run_dir: Path, train, gcfg: OASISConfig, resume: bool,
+                    device: str | torch.device, progress: bool) -> dict:
+    from tqdm import tqdm
+
     ckpt_path = run_dir / "checkpoint.safetensors"
     cfg_path = run_dir / "config.json"
     stats_path = run_dir / "stats.jsonl"
@@ -229,9 +255,6 @@ def train_backbone(
     write_json(cfg_path, config.to_dict())  # before the first step
 
     torch.manual_seed(config.seed)  # initial weights
-    gcfg = OASISConfig(**config.generator)
-    if gcfg.label_channels != 11 or gcfg.out_size != (32, 32):
-        raise ValueError(f"the fashion generator needs label_channels=11 and out_size=(32, 32); got {gcfg.label_channels}, {gcfg.out_size}")
     G = OASISGenerator(gcfg).to(device)
     D = UNetDiscriminator(num_classes=gcfg.label_channels, in_channels=3, channels=config.disc_channels).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -252,7 +275,6 @@ def train_backbone(
         _load_optim("opt_d", opt_d, tensors)
     stats = _read_stats(stats_path, start)
 
-    train = load_split("train", data, limit=config.train_limit)
     images = train.images.repeat(1, 3, 1, 1)  # [N, 3, 32, 32]: gray as RGB, the generator draws 3 channels
     maps = train.maps  # [N, 32, 32]
     n_train = len(train)

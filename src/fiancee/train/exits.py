@@ -11,7 +11,9 @@ writes the run folder (:mod:`fiancee.train.run`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
-from ..io import tensor_fingerprint
+from ..io import RunLock, check_replaceable, folder_kind, tensor_fingerprint
 from .critics import Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .losses import BranchLoss, FeatureAdapters, Recipe, get_recipe, lr_at, make_optimizer
@@ -152,9 +154,51 @@ def train_exits(config: ExitTrainConfig, out: str | Path, *, resume: bool = Fals
 
     env = init_distributed(device)
     try:
-        return _train(config, RunDir(out), env, resume, progress, stop_after, get_task(config.task))
+        task = get_task(config.task)
+        run = RunDir(out)
+        _check_before_writing(config, run, task)  # read-only, on every rank: all ranks refuse alike
+        with _writer_lock(run.path, env):
+            return _train(config, run, env, resume, progress, stop_after, task)
     finally:
         shutdown_distributed()
+
+
+def _check_before_writing(config: ExitTrainConfig, run: RunDir, task) -> None:
+    """What can be refused is refused before ``--out`` is touched: a folder of another kind, a task whose
+    weights do not load, a bank built for another backbone."""
+    check_replaceable(run.path, "exits", "exit-training run")
+    backbone = task.load_backbone("cpu")
+    if config.bank is not None:
+        from ..bank import load_bank
+
+        load_bank(config.bank, backbone)
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path, env: DistEnv):
+    """Rank 0 holds the run folder's writer lock (every rank learns whether it got it, so a refusal
+    does not leave the others waiting at a barrier); a folder this call created and left empty is
+    removed again."""
+    created = env.is_main and not path.exists()
+    lock, error = None, None
+    if env.is_main:
+        try:
+            lock = RunLock(path).acquire()
+        except ValueError as e:
+            error = str(e)
+    if env.distributed:
+        errors = [None] * env.world_size
+        torch.distributed.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error is not None:
+        raise ValueError(error)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
+        if created and folder_kind(path) is None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, progress: bool, stop_after, task) -> Path:

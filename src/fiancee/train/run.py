@@ -9,7 +9,8 @@ RUN/
 ```
 
 A checkpoint folder is filled under a temporary name and renamed when complete; ``latest.json`` is
-then replaced atomically. A run killed at any moment (even SIGKILL) therefore resumes from its last
+then replaced atomically. One process writes a run at a time (:class:`fiancee.io.RunLock` on
+``RUN/.lock``), and ``latest.json``'s ``dir`` must lie inside the run folder. A run killed at any moment (even SIGKILL) therefore resumes from its last
 complete checkpoint, and ``stats.jsonl`` is cut back to that step so the loss curve continues.
 """
 
@@ -23,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_write_text, load_tensors, read_json, save_tensors, write_json
+from ..io import (atomic_folder, atomic_write_text, config_int, config_str, load_tensors, read_json, resolve_inside,
+                  save_tensors, write_json)
 
 __all__ = ["RunDir", "optimizer_tensors", "load_optimizer_tensors"]
 
@@ -72,7 +74,14 @@ class RunDir:
     def read_config(self) -> dict:
         if not self.config_path.is_file():
             raise FileNotFoundError(f"{self.path} is not a run folder: no config.json")
-        return read_json(self.config_path, required=("task", "scale", "min_channels"))
+        config = read_json(self.config_path, required=("task", "scale", "min_channels"))
+        config_str(config, "task", self.config_path)
+        config_int(config, "min_channels", self.config_path, minimum=1)
+        config_str(config, "bank", self.config_path, optional=True)
+        if isinstance(config["scale"], bool) or not isinstance(config["scale"], (str, int, float)):
+            raise ValueError(f"{self.config_path}: field 'scale' must be a fraction like '1/4' or a number; "
+                             f"got {config['scale']!r}")
+        return config
 
     def append_stats(self, record: dict) -> None:
         # One short line per write: a crash can at worst leave a partial last line, which
@@ -99,7 +108,12 @@ class RunDir:
 
     def latest(self) -> dict | None:
         p = self.path / "latest.json"
-        return read_json(p, required=("step", "dir")) if p.is_file() else None
+        if not p.is_file():
+            return None
+        latest = read_json(p, required=("step", "dir"))
+        config_int(latest, "step", p, minimum=0)
+        resolve_inside(self.path, latest["dir"], "latest.json's 'dir'")
+        return latest
 
     def save_checkpoint(self, step: int, components: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2) -> Path:
         """Write ``components`` (name -> tensors) and ``state`` (JSON) as checkpoint ``step``."""
@@ -124,9 +138,9 @@ class RunDir:
         latest = self.latest()
         if latest is None:
             return None
-        folder = self.path / latest["dir"]
-        components = {n: load_tensors(folder / f"{n}.safetensors", device=device) for n in names}
-        return components, read_json(folder / "state.json")
+        folder = resolve_inside(self.path, latest["dir"], "latest.json's 'dir'")
+        components = {n: load_tensors(resolve_inside(folder, f"{n}.safetensors"), device=device) for n in names}
+        return components, read_json(resolve_inside(folder, "state.json"))
 
     def export(self, out: str | os.PathLike, components: tuple[str, ...] = ("branches",)) -> Path:
         """Copy config, stats and the last checkpoint's ``components`` into a slim run folder at ``out``
@@ -134,15 +148,18 @@ class RunDir:
         latest = self.latest()
         if latest is None:
             raise ValueError(f"{self.path} has no checkpoint to export")
-        out = RunDir(out)
-        src = self.path / latest["dir"]
-        dst = out.path / latest["dir"]
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in components:
-            save_tensors(dst / f"{name}.safetensors", load_tensors(src / f"{name}.safetensors"))
-        write_json(dst / "state.json", {"step": latest["step"]})
-        out.write_config(self.read_config())
-        atomic_write_text(out.stats_path, "".join(json.dumps(r) + "\n" for r in self.read_stats()))
-        write_json(out.path / "latest.json", latest)
-        return out.path
-
+        src = resolve_inside(self.path, latest["dir"], "latest.json's 'dir'")
+        config = self.read_config()
+        # The slim folder is built beside ``out`` and swapped in whole; an exported run is a run of the
+        # same kind, so it replaces only such a folder (never, say, a pipeline).
+        with atomic_folder(out, kind=config.get("kind") or "run", what="run") as tmp:
+            dst = tmp / latest["dir"]
+            dst.mkdir(parents=True, exist_ok=True)
+            for name in components:
+                save_tensors(dst / f"{name}.safetensors", load_tensors(resolve_inside(src, f"{name}.safetensors")))
+            write_json(dst / "state.json", {"step": latest["step"]})
+            slim = RunDir(tmp)
+            slim.write_config(config)
+            atomic_write_text(slim.stats_path, "".join(json.dumps(r) + "\n" for r in self.read_stats()))
+            write_json(tmp / "latest.json", latest)
+        return Path(out)
