@@ -396,7 +396,7 @@ def router_from_config(config: dict) -> Router:
     kwargs = {k: v for k, v in config.items() if k != "kind"}
     # Every number finite and of its type: a NaN margin or cost would compare false everywhere and
     # silently send every input to one route.
-    known = {"costs", "compliance", "exit", "thresholds", "margins", "target", "fit_size"}
+    known = {"costs", "compliance", "exit", "thresholds", "margins", "target", "fit_size", "epsilon", "delta"}
     for key, value in kwargs.items():
         if key not in known:
             raise ValueError(f"router config: unknown field {key!r}")
@@ -405,7 +405,7 @@ def router_from_config(config: dict) -> Router:
         elif key in ("costs", "thresholds", "margins"):
             ok = (value is None and key == "costs") or isinstance(value, list) and all(_finite(v) for v in value)
         else:
-            ok = value is None and key == "target" or _finite(value)
+            ok = value is None and key in ("target", "epsilon", "delta") or _finite(value)
         if not ok:
             raise ValueError(f"router config: field {key!r} must hold finite numbers of the right type; got {value!r}")
     if kwargs.get("costs") is not None and any(c < 0 for c in kwargs["costs"]):
