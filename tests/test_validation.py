@@ -295,9 +295,36 @@ def _(ctx):
     get_task("faces").sample_inputs(0, seed=0)
 
 
-@case("unknown task", "get_task", "unknown task 'cats'; expected one of ['faces', 'fashion']")
+@case("unknown task", "get_task", "unknown task 'cats'; expected a registered name (faces, fashion), "
+      "'package.module:attr' naming a Task subclass or a zero-argument callable returning a Task on sys.path, "
+      "or an entry point of group 'fiancee.tasks'")
 def _(ctx):
     get_task("cats")
+
+
+@case("task spec whose module does not import", "fiancee train-exits --task",
+      "task 'no_such_module_fiancee:make_task': cannot import module 'no_such_module_fiancee'", cli=True)
+def _(ctx):
+    return ["train-exits", "--task", "no_such_module_fiancee:make_task", "--out", str(ctx.tmp / "never")]
+
+
+@case("task spec naming something that is not a Task", "fiancee demo --task",
+      "task 'json:JSONDecoder' names the class JSONDecoder, which is not a fiancee Task subclass", cli=True)
+def _(ctx):
+    return ["demo", "--task", "json:JSONDecoder", "--out", str(ctx.tmp / "never")]
+
+
+@case("task factory returning something else", "get_task",
+      "task 'not-a-task' returned a str; expected a Task subclass or a zero-argument callable returning a Task")
+def _(ctx):
+    from fiancee import register_task
+    from fiancee.tasks import TASKS
+
+    register_task("not-a-task", lambda: "a string")
+    try:
+        get_task("not-a-task")
+    finally:
+        TASKS._items.pop("not-a-task")
 
 
 @case("demo asked for 1 test input", "run_demo", "n_eval must be an integer >= 2; got 1")

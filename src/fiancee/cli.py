@@ -19,6 +19,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _task_spec(text: str) -> str:
+    """--task: a built-in name, package.module:attr, or an entry point (checked before any work)."""
+    from .tasks.registry import check_task_spec
+
+    try:
+        return check_task_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _bench_backbone(text: str) -> str:
+    from .bench import REFERENCE_BACKBONES
+
+    return text if text in REFERENCE_BACKBONES else _task_spec(text)
+
+
 def _macs(args: argparse.Namespace) -> int:
     from .metrics.macs import macs_table
 
@@ -284,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fiancee train-exits --task faces --scale 1/4 --min-channels 16 --recipe oasis --preset quick --out runs/faces",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", required=True, choices=["faces", "fashion"])
+    p.add_argument("--task", required=True, type=_task_spec, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--scale", default=None, help="branch width scale factor SF, e.g. 1/2 (default: the task's)")
     p.add_argument("--min-channels", type=int, default=None, help="channel floor (default: the task's)")
     p.add_argument("--recipe", choices=["oasis", "megaportraits"], default="oasis")
@@ -321,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fiancee sample --task faces --out out/faces --n 16 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--task", type=_task_spec, required=True, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--out", required=True, help="folder for sample_*.png and grid.png")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -415,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fiancee demo --task faces --out out/demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", choices=["faces", "fashion"], default="faces")
+    p.add_argument("--task", type=_task_spec, default="faces", help="default faces; or fashion, package.module:attr "
+                                                                     "naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--retrain", action="store_true", help="train the exits again instead of using the committed run")
     p.add_argument("--n", type=int, default=1000, help="test inputs for the report (default 1000)")
@@ -431,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fiancee build-bank --task fashion --out banks/fashion --latency",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--task", type=_task_spec, required=True, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--out", required=True, help="bank folder to write (must not exist unless --overwrite)")
     p.add_argument("--mode", choices=["patch", "global"], default=None, help="default: fashion patch, faces global")
     p.add_argument("--n", type=int, default=None, help="inputs (fashion: label maps) to populate from (default: the task's)")
@@ -460,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bank", help="bank folder (fiancee build-bank)")
-    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--task", type=_task_spec, required=True, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads (default 1, the real-time setting)")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--device", default="cpu")
@@ -494,8 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
                "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json oasis_gpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--backbone", choices=["oasis", "g2d", "faces", "fashion"], required=True,
-                   help="oasis / g2d: reference architectures, random weights; faces / fashion: the tasks' backbones")
+    p.add_argument("--backbone", type=_bench_backbone, required=True,
+                   help="oasis / g2d: reference architectures, random weights; a task (faces, fashion, "
+                        "package.module:attr naming a Task, an entry point of fiancee.tasks): its backbone")
     p.add_argument("--size", choices=["paper", "tiny"], default=None, help="oasis / g2d configuration (default paper)")
     p.add_argument("--scale", default=None, help="branch scale factor SF (default: oasis 1/4, g2d 1/3, tasks: theirs)")
     p.add_argument("--min-channels", type=int, default=None,
@@ -521,7 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a refused argument (one line already printed) or --help
+        return e.code if isinstance(e.code, int) else 2
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -8,6 +8,7 @@ an exit's quality as LPIPS between the exit's image and the backbone's image for
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,9 +16,34 @@ import torch.nn.functional as F
 
 from ..staged import StagedGenerator
 
-__all__ = ["Task", "SPLITS", "repo_root", "check_split"]
+__all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "repo_root", "check_split", "declared_inputs"]
 
 SPLITS = ("train", "test")
+INPUT_KINDS = ("label_map", "noise", "condition")
+CRITIC_KINDS = ("dcgan", "patch")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One generator input as its task declares it (what used to be guessed from shapes and counts).
+
+    - ``label_map``: a one-hot semantic map ``[L, H, W]`` drawn from data. The bank searches per class
+      of it (S1.1.1; the stem's condition must start with it, as OASIS's does), the ``conv`` predictor
+      reads it, and fixed noise sets are crossed with it (S1.1.2, 4.1). At most one per task.
+    - ``noise``: redrawn freely, N(0, I) of its per-sample shape (:meth:`Task.draw_noise`); the
+      predictor's table and the bank cross a fixed set of these with the other inputs.
+    - ``condition``: anything else the generator is asked for (an attribute vector, a pose): kept
+      exactly as :meth:`Task.sample_inputs` draws it.
+    """
+
+    name: str
+    kind: str
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"an input needs a non-empty name; got {self.name!r}")
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"input {self.name!r}: kind must be one of {INPUT_KINDS}; got {self.kind!r}")
 
 
 def repo_root() -> Path:
@@ -41,6 +67,16 @@ class Task(ABC):
     default_min_channels: int  # channel floor of the scale rule
     image_size: tuple[int, int]  # (H, W) of the backbone's output
     image_channels: int = 3
+    # What sample_inputs returns, in order. The default is today's minimal task: one noise vector.
+    inputs: tuple[InputSpec, ...] = (InputSpec("z", "noise"),)
+    # Discriminator kind of every branch's critic when the recipe does not ask for patch critics
+    # (fiancee.train.critics): the kind the generator was trained with.
+    critic_kind: str = "dcgan"
+    # How `fiancee build-bank` populates and cuts this task's bank (fiancee.bank.BankSpec fields plus
+    # the population: `n` draws, each crossed with `noises` fixed noise draws when the task has a
+    # label map or condition). Default: one key per input (MegaPortraits, S1.2.1).
+    bank_defaults: dict = {"mode": "global", "grid": (4, 4), "max_per_class": 1024, "n": 4096, "noises": 1}
+    spec: str | None = None  # the spec this task was resolved from (set by the registry)
 
     @abstractmethod
     def load_backbone(self, device: str | torch.device = "cpu") -> StagedGenerator:
@@ -53,6 +89,14 @@ class Task(ABC):
         ``split`` separates the inputs used to fit things (predictor, bank) from those used to
         evaluate them, so the two never overlap.
         """
+
+    def draw_noise(self, name: str, n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """``n`` fresh draws ``[n, *shape]`` of the noise input ``name`` (default N(0, I))."""
+        return torch.randn(n, *shape, generator=generator)
+
+    def pretrained_exits(self) -> Path | None:
+        """A committed exit run of this task (its ``latest.json`` marks it complete), or None."""
+        return None
 
     def reference(self, backbone: StagedGenerator, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The image every exit is compared with: the backbone's own output (paper section 4)."""
@@ -80,4 +124,22 @@ class Task(ABC):
             "name": self.name, "description": self.description, "exits": list(self.exits),
             "default_scale": self.default_scale, "default_min_channels": self.default_min_channels,
             "image_size": list(self.image_size), "image_channels": self.image_channels,
+            "inputs": [{"name": i.name, "kind": i.kind} for i in declared_inputs(self)], "critic_kind": self.critic_kind,
         }
+
+
+def declared_inputs(task: Task, inputs: tuple[torch.Tensor, ...] | None = None) -> tuple[InputSpec, ...]:
+    """The task's input declarations, checked (and against ``inputs`` drawn from it, when given)."""
+    specs = tuple(task.inputs)
+    if not specs or not all(isinstance(s, InputSpec) for s in specs):
+        raise ValueError(f"task {task.name!r}: inputs must be a non-empty tuple of InputSpec; got {task.inputs!r}")
+    if sum(s.kind == "label_map" for s in specs) > 1:
+        raise ValueError(f"task {task.name!r} declares more than one label_map input: {[s.name for s in specs]}")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"task {task.name!r}: input names must differ; got {[s.name for s in specs]}")
+    if task.critic_kind not in CRITIC_KINDS:
+        raise ValueError(f"task {task.name!r}: critic_kind must be one of {CRITIC_KINDS}; got {task.critic_kind!r}")
+    if inputs is not None and len(inputs) != len(specs):
+        raise ValueError(f"task {task.name!r} declares {len(specs)} input(s) ({', '.join(s.name for s in specs)}) "
+                         f"but sample_inputs returned {len(inputs)}: declare every input in Task.inputs")
+    return specs
