@@ -476,15 +476,12 @@ def collect_features(backbone, inputs: tuple[torch.Tensor, ...], key_stage: int,
 
         starts = tqdm(starts, desc="bank features", unit="batch", dynamic_ncols=True)
     for s in starts:
-        h, cond = backbone.stem(*(x[s : s + batch_size].to(device) for x in inputs))
-        for i, stage in enumerate(backbone.stages):
-            h = stage(h, cond)
-            if i + 1 == key_stage:
-                keys.append(h.float().cpu())
-            if i + 1 == value_stage:
-                values.append(h.float().cpu())
-        images.append(backbone.head(h, cond).float().cpu())
-        conds.append(None if cond is None else cond.cpu())
+        f = backbone.features(*(x[s : s + batch_size].to(device) for x in inputs), taps=(key_stage, value_stage),
+                              image=True)
+        keys.append(f.taps[key_stage].float().cpu())
+        values.append(f.taps[value_stage].float().cpu())
+        images.append(f.image.float().cpu())
+        conds.append(None if f.cond is None else f.cond.cpu())
     cond_all = None if conds[0] is None else torch.cat(conds)
     return torch.cat(keys), torch.cat(values), torch.cat(images), cond_all
 
@@ -633,9 +630,8 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
     out = []
     for bs in batch_sizes:
         inputs = tuple(x.to(device) for x in (inputs_fn(bs) if inputs_fn else model.backbone.example_inputs(bs)))
-        h, cond = model.backbone.stem(*inputs)
-        for i in range(model.key_stage):
-            h = model.backbone.stages[i](h, cond)
+        f = model.backbone.features(*inputs, taps=(model.key_stage,))
+        h, cond = f.taps[model.key_stage], f.cond
         g = bank.guide(h, cond)
 
         warmup = min(warmup, reps)
@@ -650,13 +646,8 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
 def start_images(bank: FeatureBank, backbone, inputs: tuple[torch.Tensor, ...], key_stage: int | None = None):
     """(backbone images, start images) for ``inputs``: the Fig. S12 pair."""
     key_stage = key_stage or bank.manifest["key_stage"]
-    h, cond = backbone.stem(*inputs)
-    hk = None
-    for i, stage in enumerate(backbone.stages):
-        h = stage(h, cond)
-        if i + 1 == key_stage:
-            hk = h
-    return backbone.head(h, cond), bank.start_images(hk, cond)
+    f = backbone.features(*inputs, taps=(key_stage,), image=True)
+    return f.image, bank.start_images(f.taps[key_stage], f.cond)
 
 
 def bank_latency(bank_path: str | os.PathLike, task_name: str, *, threads: int | None = 1, reps: int = 50,

@@ -223,18 +223,12 @@ class ExitGenerator(nn.Module):
         route = self._check_route(exit)
         if check:
             self.backbone.check_inputs(*inputs)
-        h, cond = self.backbone.stem(*inputs)
         if route == len(self.exits):
-            for stage in self.backbone.stages:
-                h = stage(h, cond)
-            return self.backbone.head(h, cond)
+            return self.backbone.features(*inputs, image=True).image
         after = self.exits[route]
-        g = None
-        for index in range(after):
-            h = self.backbone.stages[index](h, cond)
-            if index + 1 == self.key_stage:
-                g = self._resolve_guide(guide, h, cond)
-        return self.branches[route](h, cond, g)
+        f = self.backbone.features(*inputs, taps=(self.key_stage, after))
+        g = self._resolve_guide(guide, f.taps[self.key_stage], f.cond)
+        return self.branches[route](f.taps[after], f.cond, g)
 
     def mixed(self, *inputs: torch.Tensor, exits: torch.Tensor, guide: Guide = None, check: bool = True) -> torch.Tensor:
         """Run a batch where every sample has its own route, as a tree.
@@ -293,16 +287,9 @@ class ExitGenerator(nn.Module):
         ``image`` the backbone's output (the distillation target).
         """
         self.backbone.check_inputs(*inputs)
-        h, cond = self.backbone.stem(*inputs)
-        feats: list[torch.Tensor] = []
-        g = None
-        for index, stage in enumerate(self.backbone.stages):
-            h = stage(h, cond)
-            if index + 1 == self.key_stage:
-                g = self._resolve_guide(guide, h, cond)
-            if index + 1 in self.exits:
-                feats.append(h)
-        return feats, cond, g, self.backbone.head(h, cond)
+        f = self.backbone.features(*inputs, taps=self.exits, image=True)
+        g = self._resolve_guide(guide, f.taps[self.key_stage], f.cond)
+        return [f.taps[k] for k in self.exits], f.cond, g, f.image
 
     def route_macs(self, batch_size: int = 1) -> list[int]:
         """MACs of every route for ``batch_size`` inputs, shallowest first, the backbone last."""

@@ -183,10 +183,7 @@ class QualityPredictor(nn.Module):
 def key_features(model, *inputs: torch.Tensor) -> torch.Tensor:
     """Backbone features after the key stage (``model.exits[0]``) ``[B, C, h, w]``: what the bank
     searches with and what every route computes first."""
-    h, cond = model.backbone.stem(*inputs)
-    for stage in model.backbone.stages[: model.key_stage]:
-        h = stage(h, cond)
-    return h
+    return model.backbone.features(*inputs, taps=(model.key_stage,)).taps[model.key_stage]
 
 
 def predictor_features(arch: str, model, inputs: tuple[torch.Tensor, ...], batch_size: int = 256) -> tuple[torch.Tensor, ...]:
