@@ -621,9 +621,9 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
     smallest route (exit 0, guide given as a tensor) in the same process, per batch size.
 
     The paper reports up to 5 ms, 16% of its smallest branch, on a P40 (S1.1.1). Timed by
-    :func:`fiancee.bench.time_ms` (CUDA events on a GPU).
+    :func:`fiancee.timing.time_ms` (CUDA events on a GPU).
     """
-    from .bench import time_ms
+    from .timing import time_ms
 
     model = model.eval()
     device = next(model.parameters()).device

@@ -42,6 +42,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .timing import time_ms
+
 __all__ = ["BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "time_ms", "mix_exits", "skewed_shares",
            "run_bench", "format_table"]
 
@@ -84,36 +86,6 @@ FASTER = 1.05
 
 # ----------------------------------------------------------------------------------------------
 # Timing and mixes
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> dict:
-    """Median and interquartile range (ms) of ``fn()`` over ``reps`` calls after ``warmup`` calls.
-
-    CUDA: a pair of ``torch.cuda.Event`` recorded around every call and read once the end event
-    has completed (the host returns before the kernels finish; the events time the GPU's timeline,
-    gaps waiting for the host included). CPU: ``time.perf_counter``.
-    :func:`fiancee.bank.retrieval_latency` times with it too.
-    """
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    q1, median, q3 = np.percentile(times, [25, 50, 75])
-    return {"median_ms": float(median), "iqr_ms": float(q3 - q1)}
 
 
 def skewed_shares(num_routes: int) -> tuple[float, ...]:

@@ -36,7 +36,7 @@ def _bench_backbone(text: str) -> str:
 
 
 def _macs(args: argparse.Namespace) -> int:
-    from .metrics.macs import macs_table
+    from .paper import macs_table
 
     table = macs_table(args.backbone, args.scale, args.min_channels, size=args.size)
     if args.json:
