@@ -9,10 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fiancee.bank import (BankSpec, bank_inputs, build_feature_bank, cut_patches, farthest_point_sampling, glue_patches,
-                          load_bank, majority_labels)
+from fiancee.bank import (BankSpec, build_feature_bank, cut_patches, farthest_point_sampling, glue_patches, load_bank,
+                          majority_labels)
 from fiancee.exits import ExitGenerator
 from fiancee.tasks import get_task
+from fiancee.train.bank import bank_inputs
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

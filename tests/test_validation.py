@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from fiancee.backbones import build_backbone
-from fiancee.bank import BankSpec, bank_inputs, build_feature_bank, load_bank
+from fiancee.bank import BankSpec, build_feature_bank, load_bank
 from fiancee.cli import main
 from fiancee.exits import ExitGenerator, scale_channels
 from fiancee.io import load_tensors, load_torch_file, read_json, save_tensors
@@ -31,6 +31,7 @@ from fiancee.pipeline import FianceePipeline
 from fiancee.predictor import QualityPredictor, exits_fingerprints, load_predictor, save_predictor
 from fiancee.routing import ThresholdRouter
 from fiancee.tasks import get_task
+from fiancee.train.bank import bank_inputs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
@@ -435,11 +436,9 @@ def _(ctx):
 def _(ctx):
     import shutil
 
-    from fiancee.demo import committed_exits
-
     run = ctx.tmp / "run_keys"
     if not run.exists():
-        shutil.copytree(committed_exits("faces"), run)
+        shutil.copytree(get_task("faces").pretrained_exits(), run)
     (run / "latest.json").write_text('{"step": 300}')
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
 

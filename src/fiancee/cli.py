@@ -127,7 +127,7 @@ def _evaluate_backbone(args: argparse.Namespace) -> int:
 
 
 def _train_predictor(args: argparse.Namespace) -> int:
-    from .predictor import train_predictor_for_run
+    from .train.predictor import train_predictor_for_run
 
     result = train_predictor_for_run(args.run, args.out, arch=args.arch, recipe=args.recipe, n=args.n, noises=args.noises,
                                      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, error_n=args.error_n,
@@ -138,7 +138,7 @@ def _train_predictor(args: argparse.Namespace) -> int:
 
 
 def _predictor_error(args: argparse.Namespace) -> int:
-    from .predictor import predictor_error_for_folder
+    from .train.predictor import predictor_error_for_folder
 
     report = predictor_error_for_folder(args.predictor, run=args.run, n=args.n, seed=args.seed, device=args.device)
     if args.json:
@@ -174,7 +174,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, progress=not args.no_progress)
+    run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, n_predictor=args.n_predictor,
+             n_calibrate=args.n_calibrate, preset=args.preset, exits=args.exits, progress=not args.no_progress)
     return 0
 
 
@@ -195,7 +196,7 @@ def _grid(text: str | None):
 
 
 def _build_bank(args: argparse.Namespace) -> int:
-    from .bank import build_bank
+    from .train.bank import build_bank
 
     manifest = build_bank(
         args.task, args.out, mode=args.mode, n=args.n, noises=args.noises, grid=_grid(args.grid),
@@ -212,7 +213,7 @@ def _build_bank(args: argparse.Namespace) -> int:
 
 
 def _bank_latency(args: argparse.Namespace) -> int:
-    from .bank import bank_latency
+    from .train.bank import bank_latency
 
     print(json.dumps(bank_latency(args.bank, args.task, threads=args.threads, reps=args.reps, device=args.device,
                                   data=args.data, weights=args.weights)))
@@ -436,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--retrain", action="store_true", help="train the exits again instead of using the committed run")
     p.add_argument("--n", type=int, default=1000, help="test inputs for the report (default 1000)")
+    p.add_argument("--n-predictor", type=int, default=2000, help="training inputs of the predictor (default 2000)")
+    p.add_argument("--n-calibrate", type=int, default=1000, help="held-out inputs the router is calibrated on (default 1000)")
+    p.add_argument("--exits", default=None, help="a train-exits run of the task to use (default: the committed one, "
+                                                  "else a fresh run)")
+    p.add_argument("--preset", choices=["quick", "full", "smoke"], default="quick",
+                   help="train-exits preset when the task has no committed exits or with --retrain (default quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)

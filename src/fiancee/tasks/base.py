@@ -10,13 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..staged import StagedGenerator
 
-__all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "repo_root", "check_split", "declared_inputs"]
+__all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "repo_root", "check_split", "declared_inputs", "cross_noises"]
 
 SPLITS = ("train", "test")
 INPUT_KINDS = ("label_map", "noise", "condition")
@@ -143,3 +144,47 @@ def declared_inputs(task: Task, inputs: tuple[torch.Tensor, ...] | None = None) 
         raise ValueError(f"task {task.name!r} declares {len(specs)} input(s) ({', '.join(s.name for s in specs)}) "
                          f"but sample_inputs returned {len(inputs)}: declare every input in Task.inputs")
     return specs
+
+
+def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
+                 seed: int) -> tuple[torch.Tensor, ...]:
+    """``n`` draws of the task's kept inputs (label map, conditions) crossed with ``K`` fixed draws of its
+    noise inputs: ``n * K`` inputs, draw-major (each kept input repeated ``K`` times in a row, the ``K``
+    noises tiled). The paper builds the predictor's table (S1.1.2) and the bank (4.1) this way.
+
+    ``noises`` is ``K`` (drawn with :meth:`Task.draw_noise`, the i-th noise input from ``seed + i``) or
+    the fixed draws themselves, one ``[K, ...]`` tensor per noise input.
+    """
+    specs = declared_inputs(task, inputs)
+    have = ", ".join(f"{s.name} ({s.kind})" for s in specs)
+    if all(s.kind == "noise" for s in specs):
+        raise ValueError(f"noises= crosses a task's label map or conditions with fixed noise draws; task {task.name!r} "
+                         f"has no label map or condition (its inputs: {have})")
+    if not any(s.kind == "noise" for s in specs):
+        raise ValueError(f"noises= crosses fixed noise draws with the other inputs; task {task.name!r} declares no "
+                         f"noise input (its inputs: {have})")
+    shapes = [tuple(x.shape[1:]) for s, x in zip(specs, inputs) if s.kind == "noise"]
+    if isinstance(noises, bool) or not isinstance(noises, (int, torch.Tensor, tuple, list)):
+        raise ValueError(f"noises must be a count or fixed noise tensors; got {type(noises).__name__}")
+    if isinstance(noises, int):
+        if noises < 1:
+            raise ValueError(f"noises must be >= 1; got {noises}")
+        names = [s.name for s in specs if s.kind == "noise"]
+        fixed = [task.draw_noise(name, noises, shape, torch.Generator().manual_seed(seed + i))
+                 for i, (name, shape) in enumerate(zip(names, shapes))]
+    else:
+        fixed = [noises] if isinstance(noises, torch.Tensor) else list(noises)
+    if len(fixed) != len(shapes) or any(f.dim() < 1 or tuple(f.shape[1:]) != sh for f, sh in zip(fixed, shapes)) \
+            or len({f.shape[0] for f in fixed}) != 1:
+        want = ", ".join(f"[K, {', '.join(map(str, sh))}]" for sh in shapes)
+        raise ValueError(f"noises must be {want} (one per noise input); got {[list(f.shape) for f in fixed]}")
+    k, n = fixed[0].shape[0], inputs[0].shape[0]
+    draws = iter(fixed)
+    out = []
+    for spec, x in zip(specs, inputs):
+        if spec.kind == "noise":
+            f = next(draws)
+            out.append(f.repeat(n, *[1] * (f.dim() - 1)))  # [n*K, ...]: the K draws, tiled
+        else:
+            out.append(x.repeat_interleave(k, dim=0))  # [n*K, ...]: every draw K times in a row
+    return tuple(out)
