@@ -146,3 +146,26 @@ def test_an_unimportable_spec_is_one_line_and_exit_2(user):
                            capture_output=True, text=True, env=env, cwd=root, timeout=120)
         assert r.returncode == 2 and expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert spec in r.stderr and not (root / "never").exists()
+
+
+def test_an_entry_point_and_a_registered_name_resolve_too(user):
+    from fiancee import register_task
+    from fiancee.tasks import TASKS, get_task
+
+    root, env, mymodule = user
+    # An installed package declares the task in its metadata (group fiancee.tasks).
+    dist = root / "my_gan_package-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-gan-package\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fiancee.tasks]\nattr-gan = mymodule:MyTask\n")
+    task = get_task("attr-gan")
+    assert isinstance(task, mymodule.MyTask) and task.spec == "attr-gan"
+    r = subprocess.run([sys.executable, "-m", "fiancee", "sample", "--task", "attr-gan", "--out", "samples", "--n", "2"],
+                       capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    assert r.returncode == 0 and (root / "samples" / "grid.png").is_file(), r.stderr
+    # In one process, a name registered by hand (a class or a zero-argument factory).
+    register_task("my-gan", lambda: mymodule.MyTask())
+    try:
+        assert get_task("my-gan").spec == "my-gan"
+    finally:
+        TASKS._items.pop("my-gan")
