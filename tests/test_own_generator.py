@@ -104,10 +104,10 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user):
     _fiancee(env, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report", cwd=root)
     assert (root / "report" / "report.json").is_file()
 
-    _fiancee(env, "bench", "--backbone", SPEC, "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",
+    _fiancee(env, "bench", "--backbone", "mymodule:make_task", "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",
              "--json", "bench.json", "--no-progress", cwd=root)
     bench = json.loads((root / "bench.json").read_text())
-    assert bench["settings"]["backbone"] == SPEC and len(bench["routes"]) == 3
+    assert bench["settings"]["backbone"] == "mymodule:make_task" and len(bench["routes"]) == 3
     assert bench["overhead"]["bank_mode"] == "global" and bench["overhead"]["predictor_arch"] == "features"
 
     # A fresh process: the recorded spec is resolved, and a backbone passed in is checked and used.
