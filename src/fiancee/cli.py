@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train-exits", help="train every exit branch of a task by distillation",
         description="Train all exit branches against the frozen backbone (paper eq. 3 / eq. 4). "
                     "Runs alone or under `torchrun --nproc_per_node N -m fiancee train-exits ...` (DDP).",
-        epilog="example: fiancee train-exits --task faces --scale 1/4 --min-channels 16 --recipe oasis --preset quick --out runs/faces",
+        epilog="example: fiancee train-exits --task faces --scale 1/4 --min-channels 16 --recipe oasis --preset quick --out runs/faces\n"
+               "         PYTHONPATH=. fiancee train-exits --task mymodule:MyTask --out runs/mine   (your generator: "
+               "docs/own-generator.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", required=True, type=_task_spec, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
