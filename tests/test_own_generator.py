@@ -168,4 +168,4 @@ def test_an_entry_point_and_a_registered_name_resolve_too(user):
     try:
         assert get_task("my-gan").spec == "my-gan"
     finally:
-        TASKS._items.pop("my-gan")
+        TASKS.unregister("my-gan")

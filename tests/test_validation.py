@@ -325,7 +325,7 @@ def _(ctx):
     try:
         get_task("not-a-task")
     finally:
-        TASKS._items.pop("not-a-task")
+        TASKS.unregister("not-a-task")
 
 
 @case("demo asked for 1 test input", "run_demo", "n_eval must be an integer >= 2; got 1")

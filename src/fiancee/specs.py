@@ -42,6 +42,10 @@ class Registry:
                              f"got {name!r} -> {type(obj).__name__}")
         self._items[name] = obj
 
+    def unregister(self, name: str) -> None:
+        """Forget an in-process name (a no-op for names it does not hold)."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
