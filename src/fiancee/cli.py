@@ -464,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noises", type=int, default=None, help="fixed noise vectors per label map (conditional tasks)")
     p.add_argument("--grid", default=None, help="patch grid on the key-stage features, e.g. 4x4 (patch mode)")
     p.add_argument("--max-per-class", type=int, default=None, help="entries kept per class by farthest-point sampling")
-    p.add_argument("--key-function", default="pool2", help="global mode key: mean, pool2 (default) or flatten")
+    p.add_argument("--key-function", default="pool2", help="global mode key: mean, pool2 (default), flatten, or package.module:attr naming a "
+                                                        "callable [B, C, H, W] -> [B, D] (an entry point of "
+                                                        "fiancee.key_functions works too)")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="FAISS index (default exact flat)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
