@@ -315,6 +315,12 @@ def _(ctx):
     return ["demo", "--task", "json:JSONDecoder", "--out", str(ctx.tmp / "never")]
 
 
+@case("key function spec whose module does not import", "fiancee build-bank --key-function",
+      "key function 'no_such_keys:f': cannot import module 'no_such_keys'", cli=True)
+def _(ctx):
+    return ["build-bank", "--task", "faces", "--out", str(ctx.tmp / "never_bank"), "--key-function", "no_such_keys:f"]
+
+
 @case("task factory returning something else", "get_task",
       "task 'not-a-task' returned a str; expected a Task subclass or a zero-argument callable returning a Task")
 def _(ctx):

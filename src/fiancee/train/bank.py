@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..bank import BankSpec, build_feature_bank, load_bank, retrieval_latency
+from ..bank import key_function as resolve_key_function
 from ..exits import ExitGenerator
 from ..tasks.base import Task, cross_noises, declared_inputs
 from ..tasks.registry import resolve_task, task_spec
@@ -63,6 +64,8 @@ def build_bank(task: "str | Task", out: str | os.PathLike, *, mode: str | None =
         raise ValueError(f"{out} already exists; choose another --out or remove it")
     task = resolve_task(task, data=data, weights=weights)
     d = task.bank_defaults
+    if (d["mode"] if mode is None else mode) == "global":
+        resolve_key_function(key_function)  # a bad spec fails before the backbone is loaded
     backbone = task.load_backbone(device)
     def given(value, default):  # None means "the task's default"; 0 is a value (and refused below)
         return default if value is None else value
