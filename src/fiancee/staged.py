@@ -215,12 +215,8 @@ class StagedSequential(StagedGenerator):
     def _probe_channels(self, example_input: torch.Tensor) -> list[tuple[int, int]]:
         was_training = self.training
         self.eval()
-        h, cond = self.stem(example_input[:1])
-        channels = []
-        for stage in self.stages:
-            c_in = h.shape[1]
-            h = stage(h, cond)
-            channels.append((int(c_in), int(h.shape[1])))
+        taps = self.features(example_input[:1], taps=range(self.num_stages + 1)).taps  # after the stem, every stage
+        channels = [(int(taps[i].shape[1]), int(taps[i + 1].shape[1])) for i in range(self.num_stages)]
         self.train(was_training)
         return channels
 
