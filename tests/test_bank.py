@@ -9,10 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from fiancee.bank import (BankSpec, bank_inputs, build_feature_bank, cut_patches, farthest_point_sampling, glue_patches,
-                          load_bank, majority_labels)
+from fiancee.bank import (BankSpec, build_feature_bank, cut_patches, farthest_point_sampling, glue_patches, load_bank,
+                          majority_labels)
 from fiancee.exits import ExitGenerator
 from fiancee.tasks import get_task
+from fiancee.train.bank import bank_inputs
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -244,3 +245,27 @@ def test_property_patch_retrieval_answers_every_patch_from_its_own_class(seed, p
     have = bank.classes[ids]
     known = torch.tensor([int(c) in counts for c in want.flatten()]).view_as(want)
     assert torch.equal(have[known], want[known])  # a class the bank holds is answered from that class
+
+
+def test_a_key_function_named_module_attr_is_recorded_and_resolved_again(tmp_path, monkeypatch):
+    # Key functions are named like tasks: a bank built with "module:attr" stores that spec, and
+    # loading it imports the function again (a fresh process only needs the module on sys.path).
+    (tmp_path / "mykeys.py").write_text("def corners(h):\n    return h[:, :, ::2, ::2].float().flatten(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from fiancee.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("g2d", "tiny").eval()
+    inputs = backbone.example_inputs(6)
+    key_stage = backbone.config.exits[0]
+    spec = BankSpec(mode="global", key_stage=key_stage, value_stage=backbone.num_stages // 2, max_per_class=8,
+                    key_function="mykeys:corners")
+    bank = build_feature_bank(backbone, inputs, spec)
+    bank.save(tmp_path / "bank")
+    loaded = load_bank(tmp_path / "bank", backbone)
+    assert loaded.manifest["key_function"] == "mykeys:corners"
+    h = backbone.features(*inputs, taps=(key_stage,)).taps[key_stage]
+    assert loaded.query_keys(h).shape[-1] == h[:, :, ::2, ::2].flatten(1).shape[1]
+    assert torch.equal(loaded.search(h), torch.arange(6)[:, None])  # every input finds itself
+    with pytest.raises(ValueError, match="cannot import module 'no_such_keys'"):
+        BankSpec(mode="global", key_function="no_such_keys:f")

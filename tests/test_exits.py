@@ -190,3 +190,21 @@ def test_bad_route_and_exit_lists_are_refused():
         ExitGenerator(model.backbone, [4], "1/2", 4)
     with pytest.raises(ValueError, match="scale factor"):
         ExitGenerator(model.backbone, [1], 0, 4)
+
+
+def test_the_feature_tap_loop_keeps_what_was_asked_and_stops_after_it():
+    from fiancee.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("oasis", "tiny").eval()
+    label, z = backbone.example_inputs(2)
+    with torch.no_grad():
+        f = backbone.features(label, z, taps=(0, 2))
+        h, cond = backbone.stem(label, z)
+        h2 = backbone.stages[1](backbone.stages[0](h, cond), cond)
+        assert set(f.taps) == {0, 2} and f.image is None and torch.equal(f.cond, cond)
+        assert torch.equal(f.taps[0], h) and torch.equal(f.taps[2], h2)
+        full = backbone.features(label, z, image=True)
+        assert full.taps == {} and torch.equal(full.image, backbone(label, z))
+    with pytest.raises(ValueError, match="taps must be stage counts"):
+        backbone.features(label, z, taps=(backbone.num_stages + 1,))

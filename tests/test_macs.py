@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fiancee.metrics.macs import PAPER_GMACS, macs_table
+from fiancee.paper import PAPER_GMACS, macs_table
 
 
 @pytest.mark.parametrize("scale", ["1/2", "1/3", "1/4"])

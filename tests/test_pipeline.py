@@ -9,7 +9,9 @@ import torch
 
 from fiancee.evaluate import evaluate_pipeline
 from fiancee.pipeline import FianceePipeline
-from fiancee.predictor import build_lpips_table, load_predictor, predict, train_predictor_for_run
+from fiancee.predictor import load_predictor, predict
+from fiancee.tables import build_lpips_table
+from fiancee.train.predictor import train_predictor_for_run
 from fiancee.report import threshold_row
 from fiancee.routing import CalibratedRouter, OracleRouter, StaticRouter
 from fiancee.train.exits import load_exits, make_config, train_exits

@@ -8,11 +8,12 @@ from fiancee.cli import main
 from fiancee.evaluate import per_image_lpips
 from fiancee.exits import ExitGenerator
 from fiancee.predictor import (
-    QualityPredictor, build_lpips_table, exits_fingerprints, key_features, load_predictor, predict,
-    predictor_error, predictor_features, relative_error, sample_table_inputs, save_predictor, train_predictor,
+    QualityPredictor, exits_fingerprints, key_features, load_predictor, predict, predictor_features, relative_error,
+    save_predictor, train_predictor,
 )
+from fiancee.tables import build_lpips_table, predictor_error, sample_table_inputs
 from fiancee.tasks import get_task
-from fiancee.tasks.base import Task, check_split
+from fiancee.tasks.base import InputSpec, Task, check_split
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ class TinyLabelTask(Task):
     default_scale = "1/2"
     default_min_channels = 4
     image_size = (32, 32)
+    inputs = (InputSpec("label", "label_map"), InputSpec("z", "noise"))
 
     def __init__(self):
         torch.manual_seed(0)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from fiancee.backbones import build_backbone
-from fiancee.bank import BankSpec, bank_inputs, build_feature_bank, load_bank
+from fiancee.bank import BankSpec, build_feature_bank, load_bank
 from fiancee.cli import main
 from fiancee.exits import ExitGenerator, scale_channels
 from fiancee.io import load_tensors, load_torch_file, read_json, save_tensors
@@ -36,6 +36,7 @@ from fiancee.pipeline import FianceePipeline
 from fiancee.predictor import QualityPredictor, exits_fingerprints, load_predictor, save_predictor
 from fiancee.routing import ThresholdRouter
 from fiancee.tasks import get_task
+from fiancee.train.bank import bank_inputs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
@@ -376,9 +377,42 @@ def _(ctx):
     get_task("faces").sample_inputs(0, seed=0)
 
 
-@case("unknown task", "get_task", "unknown task 'cats'; expected one of ['faces', 'fashion']")
+@case("unknown task", "get_task", "unknown task 'cats'; expected a registered name (faces, fashion), "
+      "'package.module:attr' naming a Task subclass or a zero-argument callable returning a Task on sys.path, "
+      "or an entry point of group 'fiancee.tasks'")
 def _(ctx):
     get_task("cats")
+
+
+@case("task spec whose module does not import", "fiancee train-exits --task",
+      "task 'no_such_module_fiancee:make_task': cannot import module 'no_such_module_fiancee'", cli=True)
+def _(ctx):
+    return ["train-exits", "--task", "no_such_module_fiancee:make_task", "--out", str(ctx.tmp / "never")]
+
+
+@case("task spec naming something that is not a Task", "fiancee demo --task",
+      "task 'json:JSONDecoder' names the class JSONDecoder, which is not a fiancee Task subclass", cli=True)
+def _(ctx):
+    return ["demo", "--task", "json:JSONDecoder", "--out", str(ctx.tmp / "never")]
+
+
+@case("key function spec whose module does not import", "fiancee build-bank --key-function",
+      "key function 'no_such_keys:f': cannot import module 'no_such_keys'", cli=True)
+def _(ctx):
+    return ["build-bank", "--task", "faces", "--out", str(ctx.tmp / "never_bank"), "--key-function", "no_such_keys:f"]
+
+
+@case("task factory returning something else", "get_task",
+      "task 'not-a-task' returned a str; expected a Task subclass or a zero-argument callable returning a Task")
+def _(ctx):
+    from fiancee import register_task
+    from fiancee.tasks import TASKS
+
+    register_task("not-a-task", lambda: "a string")
+    try:
+        get_task("not-a-task")
+    finally:
+        TASKS.unregister("not-a-task")
 
 
 @case("demo asked for 1 test input", "run_demo", "n_eval must be an integer >= 2; got 1")
@@ -489,11 +523,9 @@ def _(ctx):
 def _(ctx):
     import shutil
 
-    from fiancee.demo import committed_exits
-
     run = ctx.tmp / "run_keys"
     if not run.exists():
-        shutil.copytree(committed_exits("faces"), run)
+        shutil.copytree(get_task("faces").pretrained_exits(), run)
     (run / "latest.json").write_text('{"step": 300}')
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
 
@@ -850,7 +882,11 @@ def test_api_error(c: Case, ctx, one_thread):
 def test_cli_error_is_one_line_exit_2(c: Case, ctx, capsys, one_thread):
     argv = c.run(ctx)
     capsys.readouterr()
-    assert main(argv) == 2
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # refused by argparse itself (a --task spec checked by its type)
+        rc = e.code
+    assert rc == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"fiancee {argv[0]}: error: ") and c.message in err, err

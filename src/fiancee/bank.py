@@ -51,21 +51,18 @@ from .exits import GuideSpec
 from .checks import check_counts
 from .io import (atomic_folder, check_replaceable, read_whole_folder, config_int, config_int_list, config_str, load_tensors, read_manifest,
                  resolve_inside, save_tensors, tensor_fingerprint, write_json)
+from .specs import Registry, SpecError
 
 __all__ = [
     "FORMAT_VERSION", "KEY_FUNCTIONS", "register_key_function", "farthest_point_sampling", "cut_patches",
     "glue_patches", "majority_labels", "BankSpec", "FeatureBank", "collect_features", "build_feature_bank",
-    "build_bank", "load_bank", "retrieval_latency", "bank_latency", "start_images", "TASK_DEFAULTS", "bank_inputs",
+    "load_bank", "retrieval_latency", "start_images", "key_function",
 ]
 
 FORMAT_VERSION = 1
 KIND = "fiancee-feature-bank"
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 MODES = ("patch", "global")
-# Bank inputs are drawn from a stream of the training split that exit training never draws from
-# (its per-step seeds are small integers): an exact copy of a training input in the bank would teach
-# the branches to copy the guide instead of generating (the retrieved value would be the target).
-_BANK_STREAM = 10**12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,24 +76,31 @@ def _pool(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return key
 
 
-KEY_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "mean": _pool(1),  # channel means: appearance, no layout
-    "pool2": _pool(2),  # 2x2 average pooling keeps the coarse layout (pose) as well
-    "flatten": lambda h: h.float().flatten(1),
-}
+# Key functions are named like tasks (fiancee.specs): a built-in name, package.module:attr naming a
+# callable, or an entry point of group fiancee.key_functions; a bank stores the spec it was built with.
+KEY_FUNCTIONS = Registry("key function", "fiancee.key_functions", "a callable [B, C, H, W] -> [B, D]")
+KEY_FUNCTIONS.register("mean", _pool(1))  # channel means: appearance, no layout
+KEY_FUNCTIONS.register("pool2", _pool(2))  # 2x2 average pooling keeps the coarse layout (pose) as well
+KEY_FUNCTIONS.register("flatten", lambda h: h.float().flatten(1))
 
 
 def register_key_function(name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Add a key function for global mode (S1.2.1 uses head angles + expression codes as keys)."""
+    """Add a key function for global mode (S1.2.1 uses head angles + expression codes as keys).
+
+    A bank built with it stores ``name``; a fresh process must register it again, or name it
+    ``package.module:attr`` (resolved wherever the module is importable).
+    """
     if not name or not callable(fn):
         raise ValueError("a key function needs a name and a callable [B, C, H, W] -> [B, D]")
-    KEY_FUNCTIONS[name] = fn
+    KEY_FUNCTIONS.register(name, fn)
 
 
-def _key_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if name not in KEY_FUNCTIONS:
-        raise ValueError(f"unknown key function {name!r}; registered: {sorted(KEY_FUNCTIONS)}")
-    return KEY_FUNCTIONS[name]
+def key_function(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The key function ``spec`` names (registered name, ``module:attr`` or entry point)."""
+    fn = KEY_FUNCTIONS.lookup(spec)
+    if not callable(fn):
+        raise SpecError(f"key function {spec!r} names a {type(fn).__name__}; expected {KEY_FUNCTIONS.expect}")
+    return fn
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,7 +352,7 @@ class BankSpec:
         if self.max_per_class <= 0:
             raise ValueError(f"max entries per class must be positive; got {self.max_per_class}")
         if self.mode == "global":
-            _key_function(self.key_function)
+            key_function(self.key_function)
 
 
 @dataclass
@@ -407,7 +411,7 @@ class FeatureBank:
                              f"(stage {self.manifest['key_stage']}); got {list(h.shape)}")
         if self.mode == "patch":
             return cut_patches(h.float(), self.grid).flatten(2)  # [B, G, C * ph * pw]
-        return _key_function(self.manifest["key_function"])(h)[:, None]  # [B, 1, D]
+        return key_function(self.manifest["key_function"])(h)[:, None]  # [B, 1, D]
 
     def query_classes(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Class of every query ``[B, Q]``: majority label per grid cell, or 0 without label maps."""
@@ -554,15 +558,12 @@ def collect_features(backbone, inputs: tuple[torch.Tensor, ...], key_stage: int,
 
         starts = tqdm(starts, desc="bank features", unit="batch", dynamic_ncols=True)
     for s in starts:
-        h, cond = backbone.stem(*(x[s : s + batch_size].to(device) for x in inputs))
-        for i, stage in enumerate(backbone.stages):
-            h = stage(h, cond)
-            if i + 1 == key_stage:
-                keys.append(h.float().cpu())
-            if i + 1 == value_stage:
-                values.append(h.float().cpu())
-        images.append(backbone.head(h, cond).float().cpu())
-        conds.append(None if cond is None else cond.cpu())
+        f = backbone.features(*(x[s : s + batch_size].to(device) for x in inputs), taps=(key_stage, value_stage),
+                              image=True)
+        keys.append(f.taps[key_stage].float().cpu())
+        values.append(f.taps[value_stage].float().cpu())
+        images.append(f.image.float().cpu())
+        conds.append(None if f.cond is None else f.cond.cpu())
     cond_all = None if conds[0] is None else torch.cat(conds)
     return torch.cat(keys), torch.cat(values), torch.cat(images), cond_all
 
@@ -591,7 +592,7 @@ def build_feature_bank(backbone, inputs: tuple[torch.Tensor, ...], spec: BankSpe
         else:
             classes = torch.zeros(n * g, dtype=torch.long)
     else:
-        keys = _key_function(spec.key_function)(hk)  # [N, D]
+        keys = key_function(spec.key_function)(hk)  # [N, D]
         values = images  # [N, 3, H, W]: the RGB image is the value (S1.2.1)
         rgb = images
         source = torch.arange(n)
@@ -635,67 +636,6 @@ def build_feature_bank(backbone, inputs: tuple[torch.Tensor, ...], spec: BankSpe
                        rgb=rgb, indexes=indexes)
 
 
-# Task defaults: fashion searches patches per garment class (OASIS mode), faces one key per image
-# (MegaPortraits mode). Sizes keep a CPU build under a minute.
-TASK_DEFAULTS = {
-    "fashion": {"mode": "patch", "grid": (4, 4), "max_per_class": 512, "n": 250, "noises": 8},
-    "faces": {"mode": "global", "grid": (4, 4), "max_per_class": 1024, "n": 4096, "noises": 1},
-}
-
-
-def bank_inputs(task, n: int, noises: int, seed: int) -> tuple[tuple[torch.Tensor, ...], dict]:
-    """The inputs a bank is populated from (training split only).
-
-    Conditional tasks (label map + noise): ``n`` label maps x a fixed set of ``noises`` noise vectors
-    (4.1: "500 semantic maps ... 100 different inputs using a fixed set of 3D noises"). Unconditional
-    tasks: ``n`` noise samples.
-    """
-    if n <= 0 or noises <= 0:
-        raise ValueError(f"bank population sizes must be positive; got n={n}, noises={noises}")
-    first = task.sample_inputs(n, seed=_BANK_STREAM + seed, split="train")
-    if len(first) == 1:
-        return first, {"inputs": n, "split": "train", "seed": seed}
-    label, z = first
-    fixed = torch.randn(noises, z.shape[1], generator=torch.Generator().manual_seed(_BANK_STREAM + seed + 1))
-    labels = label.repeat_interleave(noises, 0)  # [n * noises, L, H, W]
-    zs = fixed.repeat(n, 1)  # [n * noises, z_dim]
-    return (labels, zs), {"inputs": n * noises, "label_maps": n, "noises": noises, "split": "train", "seed": seed}
-
-
-def build_bank(task_name: str, out: str | os.PathLike, *, mode: str | None = None, n: int | None = None,
-               noises: int | None = None, grid: tuple[int, int] | None = None, max_per_class: int | None = None,
-               key_function: str = "pool2", index: str = "flat", seed: int = 0, batch_size: int = 64,
-               progress: bool = True, device: str = "cpu", data: str | None = None, weights: str | None = None,
-               overwrite: bool = False) -> dict:
-    """Build the bank of a task with its defaults (:data:`TASK_DEFAULTS`) and write it to ``out``;
-    returns the manifest. Key stage = the task's first exit stage, value stage = the middle stage."""
-    from .tasks import get_task
-
-    if Path(out).exists() and not overwrite:
-        raise ValueError(f"{out} already exists; choose another --out or remove it")
-    check_replaceable(out, KIND, "feature bank")
-    if any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0) for v in (n, noises)):
-        raise ValueError(f"bank population sizes must be positive; got n={n}, noises={noises}")
-    check_counts(max_per_class=max_per_class, batch_size=batch_size)
-    task = get_task(task_name, data=data, weights=weights)
-    d = TASK_DEFAULTS.get(task_name, TASK_DEFAULTS["faces"])
-    backbone = task.load_backbone(device)
-    def given(value, default):  # None means "the task's default"; 0 is a value (and refused below)
-        return default if value is None else value
-
-    spec = BankSpec(
-        mode=given(mode, d["mode"]), key_stage=task.exits[0], value_stage=max(task.exits[0], backbone.num_stages // 2),
-        grid=tuple(given(grid, d["grid"])), max_per_class=given(max_per_class, d["max_per_class"]),
-        key_function=key_function, index=index, fps_seed=seed,
-    )
-    inputs, population = bank_inputs(task, given(n, d["n"]), given(noises, d["noises"]), seed)
-    lc = getattr(getattr(backbone, "config", None), "label_channels", None)
-    bank = build_feature_bank(backbone, inputs, spec, label_channels=lc, task=task_name, population=population,
-                              batch_size=batch_size, progress=progress, device=device)
-    bank.save(out, overwrite=overwrite)
-    return bank.manifest
-
-
 # ----------------------------------------------------------------------------------------------
 # Latency and pictures.
 
@@ -706,9 +646,9 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
     smallest route (exit 0, guide given as a tensor) in the same process, per batch size.
 
     The paper reports up to 5 ms, 16% of its smallest branch, on a P40 (S1.1.1). Timed by
-    :func:`fiancee.bench.time_ms` (CUDA events on a GPU).
+    :func:`fiancee.timing.time_ms` (CUDA events on a GPU).
     """
-    from .bench import time_ms
+    from .timing import time_ms
 
     check_counts(reps=reps)
     model = model.eval()
@@ -716,9 +656,8 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
     out = []
     for bs in batch_sizes:
         inputs = tuple(x.to(device) for x in (inputs_fn(bs) if inputs_fn else model.backbone.example_inputs(bs)))
-        h, cond = model.backbone.stem(*inputs)
-        for i in range(model.key_stage):
-            h = model.backbone.stages[i](h, cond)
+        f = model.backbone.features(*inputs, taps=(model.key_stage,))
+        h, cond = f.taps[model.key_stage], f.cond
         g = bank.guide(h, cond)
 
         warmup = min(warmup, reps)
@@ -733,47 +672,5 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
 def start_images(bank: FeatureBank, backbone, inputs: tuple[torch.Tensor, ...], key_stage: int | None = None):
     """(backbone images, start images) for ``inputs``: the Fig. S12 pair."""
     key_stage = key_stage or bank.manifest["key_stage"]
-    h, cond = backbone.stem(*inputs)
-    hk = None
-    for i, stage in enumerate(backbone.stages):
-        h = stage(h, cond)
-        if i + 1 == key_stage:
-            hk = h
-    return backbone.head(h, cond), bank.start_images(hk, cond)
-
-
-def bank_latency(bank_path: str | os.PathLike, task_name: str, *, threads: int | None = 1, reps: int = 50,
-                 batch_sizes: Sequence[int] = (1, 32), device: str = "cpu", data: str | None = None,
-                 weights: str | None = None) -> dict:
-    """:func:`retrieval_latency` of a bank folder against the task's smallest route (exits with the
-    task's default scale, untrained: latency does not depend on the weights' values).
-
-    ``threads`` fixes torch's and FAISS's thread counts for the measurement (1 = the real-time,
-    batch-1 setting the paper assumes; on a shared CPU more threads mostly measure contention).
-    """
-    from .exits import ExitGenerator
-    from .tasks import get_task
-
-    check_counts(threads=threads, reps=reps)
-    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be positive integers; got {list(batch_sizes)}")
-    task = get_task(task_name, data=data, weights=weights)
-    backbone = task.load_backbone(device)
-    bank = load_bank(bank_path, backbone, device=device)
-    model = ExitGenerator(backbone, task.exits, task.default_scale, task.default_min_channels, guide=bank.guide_spec)
-    model = model.to(device).eval()
-    faiss = _faiss()
-    old_torch, old_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    if threads is not None:
-        if threads <= 0:
-            raise ValueError(f"threads must be positive; got {threads}")
-        torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(threads)
-    try:
-        rows = retrieval_latency(bank, model, lambda b: task.sample_inputs(b, seed=0, split="test"),
-                                 batch_sizes=batch_sizes, reps=reps)
-    finally:
-        torch.set_num_threads(old_torch)
-        faiss.omp_set_num_threads(old_faiss)
-    return {"task": task_name, "bank": str(bank_path), "mode": bank.mode, "entries": len(bank), "threads": threads,
-            "scale": task.default_scale, "min_channels": task.default_min_channels, "results": rows}
+    f = backbone.features(*inputs, taps=(key_stage,), image=True)
+    return f.image, bank.start_images(f.taps[key_stage], f.cond)

@@ -22,8 +22,10 @@ MACs are a proxy; users pay in milliseconds. :func:`run_bench` measures, on one 
   (channels_last, bf16 / fp16 autocast, torch.compile, CUDA graphs), each alone and all together:
   speedup vs eager fp32 and the max / mean absolute difference of the image, per route and batch.
 
-Weights: ``faces`` runs its committed exits; ``fashion`` its committed backbone with untrained exits
-at the task's defaults; ``oasis`` and ``g2d`` are the reference architectures with random weights.
+Weights: a task (``--backbone`` a task spec) runs its committed exits when it has them at the asked
+geometry (``Task.pretrained_exits``: faces), else its backbone with untrained exits at the task's
+defaults (fashion, a user's task); ``oasis`` and ``g2d`` are the reference architectures with random
+weights. The predictor and the bank follow the task's declarations (``Task.inputs``, ``Task.bank_defaults``).
 The predictor is untrained and the bank is built from a small population: latency depends on the
 shapes, not on the weights' values (documented in every report's ``notes``).
 """
@@ -42,11 +44,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "time_ms", "mix_exits", "skewed_shares",
+from .timing import time_ms
+
+__all__ = ["REFERENCE_BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "time_ms", "mix_exits", "skewed_shares",
            "run_bench", "format_table"]
 
 FORMAT_VERSION = 1
-BACKBONES = ("oasis", "g2d", "faces", "fashion")
+# The reference architectures (fiancee.backbones) benchmarked with random weights; any other name is
+# a task spec (a built-in task, package.module:attr naming a Task, an entry point of fiancee.tasks).
+REFERENCE_BACKBONES = ("oasis", "g2d")
 OPTIONS = ("channels_last", "bf16", "fp16", "compile", "cudagraphs")
 _CUDA_ONLY = {
     "fp16": "fp16 autocast is for GPUs (CPU autocast computes in bf16)",
@@ -63,9 +69,13 @@ GEOMETRY: dict[tuple[str, str], tuple[str, int]] = {
 # Exit shares of the faces demo's calibrated router at LPIPS <= 0.1 (README), shallowest exit
 # first, the backbone last: the skewed mix (resampled for other route counts, :func:`skewed_shares`).
 DEMO_SHARES = (0.01, 0.17, 0.47, 0.35)
-# The bank a backbone would use: OASIS searches patches per semantic class (S1.1.1), like the
-# fashion task; G2D and faces one key per image (MegaPortraits, S1.2.1). Keys: fiancee.bank.TASK_DEFAULTS.
-_BANK_KIND = {"oasis": "fashion", "fashion": "fashion", "g2d": "faces", "faces": "faces"}
+# What the reference backbones take and the bank they would use (a task declares these itself:
+# Task.inputs, Task.bank_defaults). OASIS: a one-hot label map and a noise vector, patches searched per
+# semantic class (S1.1.1); G2D: a feature volume kept as it is, one key per image (MegaPortraits, S1.2.1).
+_REFERENCE_DECLARATIONS = {
+    "oasis": {"inputs": ("label_map", "noise"), "bank": {"mode": "patch", "grid": (4, 4), "max_per_class": 512}},
+    "g2d": {"inputs": ("condition",), "bank": {"mode": "global", "grid": (4, 4), "max_per_class": 1024}},
+}
 # Population of the reference backbones' banks (random inputs): small, because every input runs
 # the whole backbone (319 GMACs for paper-scale OASIS). Retrieval time grows with the entries
 # searched (flat FAISS index), so the report states the count.
@@ -84,36 +94,6 @@ FASTER = 1.05
 
 # ----------------------------------------------------------------------------------------------
 # Timing and mixes
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> dict:
-    """Median and interquartile range (ms) of ``fn()`` over ``reps`` calls after ``warmup`` calls.
-
-    CUDA: a pair of ``torch.cuda.Event`` recorded around every call and read once the end event
-    has completed (the host returns before the kernels finish; the events time the GPU's timeline,
-    gaps waiting for the host included). CPU: ``time.perf_counter``.
-    :func:`fiancee.bank.retrieval_latency` times with it too.
-    """
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    q1, median, q3 = np.percentile(times, [25, 50, 75])
-    return {"median_ms": float(median), "iqr_ms": float(q3 - q1)}
 
 
 def skewed_shares(num_routes: int) -> tuple[float, ...]:
@@ -224,6 +204,8 @@ class _Setup:
     bank_inputs: Callable[[int], tuple[tuple[torch.Tensor, ...], dict]]  # n -> (inputs, population)
     default_bank_inputs: int
     settings: dict
+    input_kinds: list[str]  # declared kind of every input (label_map / noise / condition)
+    bank_defaults: dict  # mode, grid, max_per_class of the bank the library would build
     notes: list[str] = field(default_factory=list)
 
 
@@ -249,80 +231,79 @@ def _reference_setup(name: str, size: str | None, scale, min_channels: int | Non
     def bank_inputs(n: int):
         return draw(n, 10**9), {"inputs": n, "kind": "random example inputs", "seed": seed}
 
+    declared = _REFERENCE_DECLARATIONS[name]
     return _Setup(model, lambda b: draw(b, 0), bank_inputs, _REFERENCE_BANK_INPUTS,
-                  {"size": size, "exit_weights": "random", "backbone_weights": "random"},
-                  [f"{name} ({size}): reference architecture with random weights and random example inputs"])
+                  {"size": size, "exit_weights": "random", "backbone_weights": "random"}, list(declared["inputs"]),
+                  declared["bank"], [f"{name} ({size}): reference architecture with random weights and random example inputs"])
 
 
-def _task_setup(name: str, size: str | None, scale, min_channels: int | None, seed: int) -> _Setup:
-    from .bank import TASK_DEFAULTS, bank_inputs
+def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: int) -> _Setup:
     from .exits import parse_scale
-    from .tasks import get_task
+    from .tasks.base import declared_inputs
+    from .tasks.registry import resolve_task
+    from .train.bank import bank_inputs
     from .train.exits import build_exits, load_exits
+    from .train.run import RunDir
 
+    task = resolve_task(spec)
+    name = task.name
     if size is not None:
         raise ValueError(f"size (paper | tiny) applies to the reference backbones oasis and g2d; {name} has its "
                          f"own pretrained backbone (got size={size!r})")
-    task = get_task(name)
     scale = task.default_scale if scale is None else scale
     min_channels = task.default_min_channels if min_channels is None else min_channels
     notes = []
     model = None
-    if name == "faces":
-        from .demo import committed_exits
-        from .train.run import RunDir
-
-        run = committed_exits(name)
-        if (run / "latest.json").is_file():
-            config = RunDir(run).read_config()
-            if parse_scale(config["scale"]) == parse_scale(scale) and int(config["min_channels"]) == int(min_channels):
-                _, model = load_exits(run)
-                weights = "committed quick-preset run (weights/faces/exits)"
+    run = task.pretrained_exits()  # the task's committed exits, when they have the asked geometry
+    if run is not None and (run / "latest.json").is_file():
+        config = RunDir(run).read_config()
+        if parse_scale(config["scale"]) == parse_scale(scale) and int(config["min_channels"]) == int(min_channels):
+            _, model = load_exits(run)
+            weights = f"committed quick-preset run (weights/{run.parent.name}/{run.name})"
     if model is None:
         model = build_exits(task, task.load_backbone(), scale, min_channels)
         weights = "untrained (latency does not depend on the weights' values)"
     notes.append(f"{name}: the task's pretrained backbone; exits {weights}")
-    d = TASK_DEFAULTS[name]
-    # faces: as many inputs as the default bank keeps (farthest-point sampling then keeps them all,
-    # so the bank has the default's size at a quarter of the build); fashion: the default population.
+    d = task.bank_defaults
+    # global mode: as many inputs as the default bank keeps (farthest-point sampling then keeps them
+    # all, so the bank has the default's size at a quarter of the build); patch mode: the default population.
     default_n = d["max_per_class"] if d["mode"] == "global" else d["n"]
 
     def draw_bank(n: int):
         return bank_inputs(task, n, d["noises"], seed)
 
     return _Setup(model, lambda b: task.sample_inputs(b, seed, "test"), draw_bank, default_n,
-                  {"size": None, "exit_weights": weights, "backbone_weights": "pretrained"}, notes)
+                  {"size": None, "exit_weights": weights, "backbone_weights": "pretrained"},
+                  [i.kind for i in declared_inputs(task)], d, notes)
 
 
-def _build_bank(setup: _Setup, kind: str, n: int, device: torch.device, progress: bool = False):
+def _build_bank(setup: _Setup, n: int, device: torch.device, progress: bool = False):
     """The bank the library would build for this backbone (mode, grid, cap per class, key and value
-    stages as :func:`fiancee.bank.build_bank` chooses them), from ``n`` inputs."""
-    from .bank import TASK_DEFAULTS, BankSpec, build_feature_bank
+    stages as :func:`fiancee.train.bank.build_bank` chooses them), from ``n`` inputs."""
+    from .bank import BankSpec, build_feature_bank
 
-    d = TASK_DEFAULTS[kind]
+    d = setup.bank_defaults
     model = setup.model
     spec = BankSpec(mode=d["mode"], key_stage=model.key_stage,
                     value_stage=max(model.key_stage, model.backbone.num_stages // 2), grid=d["grid"],
                     max_per_class=d["max_per_class"])
     inputs, population = setup.bank_inputs(n)
-    label_channels = getattr(getattr(model.backbone, "config", None), "label_channels", None)
+    # The bank searches per class of the declared label map, if there is one.
+    label_channels = next((int(x.shape[1]) for k, x in zip(setup.input_kinds, inputs) if k == "label_map"), None)
     # Small build batches: a paper-scale backbone keeps every stage's features of the batch in memory.
     bank = build_feature_bank(model.backbone, inputs, spec, label_channels=label_channels, population=population,
                               batch_size=8, progress=progress, device=device)
     return bank.to(device), spec
 
 
-def _predictor(model, arch: str | None, inputs: tuple[torch.Tensor, ...], seed: int):
-    """An untrained predictor of the arch the library trains by default (``conv`` on label maps,
-    ``features`` otherwise: :func:`fiancee.predictor.train_predictor_for_run`) and what it reads."""
-    from .predictor import ARCHS, QualityPredictor, key_features
+def _predictor(model, arch: str | None, inputs: tuple[torch.Tensor, ...], seed: int, kinds: list[str], what: str):
+    """An untrained predictor of the arch the library trains by default for these declared inputs
+    (:func:`fiancee.train.predictor.default_arch`) and what it reads."""
+    from .predictor import QualityPredictor, key_features
+    from .train.predictor import check_arch, default_arch
 
-    labelled = len(inputs) == 2 and inputs[0].dim() == 4
-    arch = arch or ("conv" if labelled else "features")
-    if arch not in ARCHS:
-        raise ValueError(f"predictor arch must be one of {ARCHS}; got {arch!r}")
-    if arch == "conv" and not labelled:
-        raise ValueError("predictor arch 'conv' reads a label map and a noise vector; this backbone's input has none")
+    arch = arch or default_arch(kinds)
+    check_arch(arch, kinds, what)
     if arch == "features":
         xs = (key_features(model, *inputs),)  # [B, C, h, w], on the model's device
     else:
@@ -440,7 +421,7 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
               options: str | Sequence[str] | None = None, seed: int = 0, bank_inputs: int | None = None,
               predictor: str | None = None, progress: bool = True) -> dict:
     """Measure the routes, the mixed-exit tree, the predictor + bank and the speed options of
-    ``backbone`` (one of :data:`BACKBONES`); returns the JSON-ready report (see the module docstring
+    ``backbone`` (a reference architecture of :data:`REFERENCE_BACKBONES`, or a task spec); returns the JSON-ready report (see the module docstring
     and BENCHMARKS.md for every field).
 
     ``size`` / ``scale`` / ``min_channels`` default to :data:`GEOMETRY` (oasis, g2d) or the task's
@@ -454,8 +435,10 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
     from .exits import parse_scale
 
     t_start = time.perf_counter()
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {backbone!r}")
+    if backbone not in REFERENCE_BACKBONES:
+        from .tasks.registry import check_task_spec
+
+        check_task_spec(backbone)
     dev = _parse_device(device)
     batch_list = _parse_batches(batches)
     reps = _positive(reps, "reps")
@@ -498,7 +481,7 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
     from .metrics.macs import count_macs
 
     load_start = _load()
-    setup = (_reference_setup if name in ("oasis", "g2d") else _task_setup)(name, size, scale, min_channels, seed)
+    setup = (_reference_setup if name in REFERENCE_BACKBONES else _task_setup)(name, size, scale, min_channels, seed)
     model = setup.model.to(device).eval()
     num_routes = model.num_routes
     inputs_on = {b: tuple(x.to(device) for x in setup.inputs(b)) for b in batches}
@@ -507,9 +490,9 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
     mixes = [("uniform", tuple([1.0 / num_routes] * num_routes)), ("skewed", skewed_shares(num_routes))]
     variants = [(o, (o,)) for o in opts] + ([("+".join(opts), tuple(opts))] if len(opts) > 1 else [])
     # Predictor and bank first: a predictor arch that cannot read these inputs fails before any timing.
-    predictor, xs = _predictor(model, predictor_arch, inputs_on[ratio_batch], seed)
+    predictor, xs = _predictor(model, predictor_arch, inputs_on[ratio_batch], seed, setup.input_kinds, f"backbone {name!r}")
     bank_n = setup.default_bank_inputs if bank_n is None else bank_n
-    bank, spec = _build_bank(setup, _BANK_KIND[name], bank_n, device, progress)
+    bank, spec = _build_bank(setup, bank_n, device, progress)
 
     bar = None
     if progress:

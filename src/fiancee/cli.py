@@ -20,8 +20,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _task_spec(text: str) -> str:
+    """--task: a built-in name, package.module:attr, or an entry point (checked before any work)."""
+    from .tasks.registry import check_task_spec
+
+    try:
+        return check_task_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _bench_backbone(text: str) -> str:
+    from .bench import REFERENCE_BACKBONES
+
+    return text if text in REFERENCE_BACKBONES else _task_spec(text)
+
+
 def _macs(args: argparse.Namespace) -> int:
-    from .metrics.macs import macs_table
+    from .paper import macs_table
 
     table = macs_table(args.backbone, args.scale, args.min_channels, size=args.size)
     if args.json:
@@ -113,7 +129,7 @@ def _evaluate_backbone(args: argparse.Namespace) -> int:
 
 
 def _train_predictor(args: argparse.Namespace) -> int:
-    from .predictor import train_predictor_for_run
+    from .train.predictor import train_predictor_for_run
 
     result = train_predictor_for_run(args.run, args.out, arch=args.arch, recipe=args.recipe, n=args.n, noises=args.noises,
                                      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, error_n=args.error_n,
@@ -124,7 +140,7 @@ def _train_predictor(args: argparse.Namespace) -> int:
 
 
 def _predictor_error(args: argparse.Namespace) -> int:
-    from .predictor import predictor_error_for_folder
+    from .train.predictor import predictor_error_for_folder
 
     report = predictor_error_for_folder(args.predictor, run=args.run, n=args.n, seed=args.seed, device=args.device)
     if args.json:
@@ -160,7 +176,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, progress=not args.no_progress)
+    run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, n_predictor=args.n_predictor,
+             n_calibrate=args.n_calibrate, preset=args.preset, exits=args.exits, progress=not args.no_progress)
     return 0
 
 
@@ -181,7 +198,7 @@ def _grid(text: str | None):
 
 
 def _build_bank(args: argparse.Namespace) -> int:
-    from .bank import build_bank
+    from .train.bank import build_bank
 
     manifest = build_bank(
         args.task, args.out, mode=args.mode, n=args.n, noises=args.noises, grid=_grid(args.grid),
@@ -198,7 +215,7 @@ def _build_bank(args: argparse.Namespace) -> int:
 
 
 def _bank_latency(args: argparse.Namespace) -> int:
-    from .bank import bank_latency
+    from .train.bank import bank_latency
 
     print(json.dumps(bank_latency(args.bank, args.task, threads=args.threads, reps=args.reps, device=args.device,
                                   data=args.data, weights=args.weights)))
@@ -283,10 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train-exits", help="train every exit branch of a task by distillation",
         description="Train all exit branches against the frozen backbone (paper eq. 3 / eq. 4). "
                     "Runs alone or under `torchrun --nproc_per_node N -m fiancee train-exits ...` (DDP).",
-        epilog="example: fiancee train-exits --task faces --scale 1/4 --min-channels 16 --recipe oasis --preset quick --out runs/faces",
+        epilog="example: fiancee train-exits --task faces --scale 1/4 --min-channels 16 --recipe oasis --preset quick --out runs/faces\n"
+               "         PYTHONPATH=. fiancee train-exits --task mymodule:MyTask --out runs/mine   (your generator: "
+               "docs/own-generator.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", required=True, choices=["faces", "fashion"])
+    p.add_argument("--task", required=True, type=_task_spec, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--scale", default=None, help="branch width scale factor SF, e.g. 1/2 (default: the task's)")
     p.add_argument("--min-channels", type=int, default=None, help="channel floor (default: the task's)")
     p.add_argument("--recipe", choices=["oasis", "megaportraits"], default="oasis")
@@ -327,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fiancee sample --task faces --out out/faces --n 16 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--task", type=_task_spec, required=True, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--out", required=True, help="folder for sample_*.png and grid.png")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -421,10 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fiancee demo --task faces --out out/demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", choices=["faces", "fashion"], default="faces")
+    p.add_argument("--task", type=_task_spec, default="faces", help="default faces; or fashion, package.module:attr "
+                                                                     "naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--retrain", action="store_true", help="train the exits again instead of using the committed run")
     p.add_argument("--n", type=int, default=1000, help="test inputs for the report (default 1000)")
+    p.add_argument("--n-predictor", type=int, default=2000, help="training inputs of the predictor (default 2000)")
+    p.add_argument("--n-calibrate", type=int, default=1000, help="held-out inputs the router is calibrated on (default 1000)")
+    p.add_argument("--exits", default=None, help="a train-exits run of the task to use (default: the committed one, "
+                                                  "else a fresh run)")
+    p.add_argument("--preset", choices=["quick", "full", "smoke"], default="quick",
+                   help="train-exits preset when the task has no committed exits or with --retrain (default quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
@@ -437,14 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: fiancee build-bank --task fashion --out banks/fashion --latency",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--task", type=_task_spec, required=True, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--out", required=True, help="bank folder to write (must not exist unless --overwrite)")
     p.add_argument("--mode", choices=["patch", "global"], default=None, help="default: fashion patch, faces global")
     p.add_argument("--n", type=int, default=None, help="inputs (fashion: label maps) to populate from (default: the task's)")
     p.add_argument("--noises", type=int, default=None, help="fixed noise vectors per label map (conditional tasks)")
     p.add_argument("--grid", default=None, help="patch grid on the key-stage features, e.g. 4x4 (patch mode)")
     p.add_argument("--max-per-class", type=int, default=None, help="entries kept per class by farthest-point sampling")
-    p.add_argument("--key-function", default="pool2", help="global mode key: mean, pool2 (default) or flatten")
+    p.add_argument("--key-function", default="pool2", help="global mode key: mean, pool2 (default), flatten, or package.module:attr naming a "
+                                                        "callable [B, C, H, W] -> [B, D] (an entry point of "
+                                                        "fiancee.key_functions works too)")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat", help="FAISS index (default exact flat)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -466,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bank", help="bank folder (fiancee build-bank)")
-    p.add_argument("--task", choices=["faces", "fashion"], required=True)
+    p.add_argument("--task", type=_task_spec, required=True, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
     p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads (default 1, the real-time setting)")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--device", default="cpu")
@@ -500,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json oasis_gpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--backbone", choices=["oasis", "g2d", "faces", "fashion"], required=True,
-                   help="oasis / g2d: reference architectures, random weights; faces / fashion: the tasks' backbones")
+    p.add_argument("--backbone", type=_bench_backbone, required=True,
+                   help="oasis / g2d: reference architectures, random weights; a task (faces, fashion, "
+                        "package.module:attr naming a Task, an entry point of fiancee.tasks): its backbone")
     p.add_argument("--size", choices=["paper", "tiny"], default=None, help="oasis / g2d configuration (default paper)")
     p.add_argument("--scale", default=None, help="branch scale factor SF (default: oasis 1/4, g2d 1/3, tasks: theirs)")
     p.add_argument("--min-channels", type=int, default=None,

@@ -1,7 +1,7 @@
 """``make demo`` / ``fiancee demo``: the whole method end to end on one task.
 
-1. exits: the committed quick-preset run of the task (``weights/<task>/exits``), or a fresh
-   ``train-exits --preset quick`` with ``retrain=True``;
+1. exits: the task's committed quick-preset run (``Task.pretrained_exits``, e.g. ``weights/faces/exits``),
+   or a fresh ``train-exits --preset quick`` (``preset``) when it has none or with ``retrain=True``;
 2. predictor: inputs x true LPIPS of every exit on training inputs, then the paper's MSE + SGD recipe;
 3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw
    so that ``target_compliance`` of the outputs truly meet each threshold. The demo asks for 0.96 so
@@ -18,35 +18,36 @@ from pathlib import Path
 
 from .evaluate import DEFAULT_THRESHOLDS
 
-__all__ = ["run_demo", "committed_exits"]
-
-
-def committed_exits(task: str) -> Path:
-    from .tasks.base import repo_root
-
-    return repo_root() / "weights" / task / "exits"
+__all__ = ["run_demo"]
 
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool = False, seed: int = 0,
+def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed: int = 0,
              thresholds=DEFAULT_THRESHOLDS, target_compliance: float = 0.96, n_predictor: int = 2000,
-             n_calibrate: int = 1000, n_eval: int = 1000, progress: bool = True) -> dict:
-    from .pipeline import FianceePipeline
-    from .predictor import build_lpips_table, load_predictor, predict, train_predictor_for_run
-    from .routing import CalibratedRouter
-    from .train.exits import load_exits, make_config, train_exits
+             n_calibrate: int = 1000, n_eval: int = 1000, preset: str = "quick", exits: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """The whole method on ``task`` (a spec: built-in name, ``module:attr`` or entry point; or a Task).
+
+    ``exits``: a train-exits run of this task to use instead of the committed or a fresh one.
+    """
     from .bank import load_bank
     from .evaluate import evaluate_pipeline
+    from .pipeline import FianceePipeline
+    from .predictor import load_predictor, predict
+    from .routing import CalibratedRouter, check_threshold
+    from .tables import build_lpips_table
+    from .tasks.registry import resolve_task, task_spec
+    from .train.exits import PRESETS, load_exits, make_config, run_bank_path, train_exits
+    from .train.predictor import train_predictor_for_run
     from .train.run import RunDir
 
-    from .routing import check_threshold
-    from .tasks import get_task
-
     # Arguments first, before minutes of work: a bad one should fail now, not at step 4.
-    get_task(task)
+    task = task_spec(resolve_task(task))
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     thresholds = [check_threshold(t) for t in thresholds]
     if not thresholds:
         raise ValueError("give at least one threshold in (0, 1]")
@@ -55,24 +56,30 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     for name, value in (("n_predictor", n_predictor), ("n_calibrate", n_calibrate), ("n_eval", n_eval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2; got {value!r}")
+    if exits is not None:
+        run = Path(exits)
+        run_task = RunDir(run).read_config().get("task")
+        if run_task != task:
+            raise ValueError(f"{run} holds exits of task {run_task!r}, not of {task!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = committed_exits(task)
-    if retrain or not (run / "latest.json").is_file():
-        run = out / "exits"
-        _say(f"1/4 training the exits of {task!r} (quick preset) into {run}")
-        if (run / "config.json").is_file():
-            train_exits(make_config(task, preset="quick", seed=seed), run, resume=True, progress=progress)
-        else:
-            train_exits(make_config(task, preset="quick", seed=seed), run, progress=progress)
+    if exits is not None:
+        _say(f"1/4 exits: the run {run}")
     else:
-        _say(f"1/4 exits: the committed quick-preset run {run} (--retrain to train them again)")
+        run = resolve_task(task).pretrained_exits()
+        if retrain or run is None or not (run / "latest.json").is_file():
+            run = out / "exits"
+            _say(f"1/4 training the exits of {task!r} ({preset} preset) into {run}")
+            config = make_config(task, preset=preset, seed=seed)
+            train_exits(config, run, resume=(run / "config.json").is_file(), progress=progress)
+        else:
+            _say(f"1/4 exits: the committed quick-preset run {run} (--retrain to train them again)")
 
     _say("2/4 predictor: true LPIPS of every exit on training inputs, then MSE + SGD (paper S1.1.2)")
     pred_dir = out / "predictor"
-    labelled = task == "fashion"
+    # What the predictor reads and whether noises are crossed follow the task's declared inputs.
     summary = train_predictor_for_run(run, pred_dir, n=n_predictor, seed=seed, progress=progress,
-                                      noises=10 if labelled else None, error_n=min(500, n_predictor))
+                                      error_n=min(500, n_predictor))
     _say("   predictor mean relative error (mean over exits): "
          + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items()))
 
@@ -80,7 +87,7 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     task_obj, model = load_exits(run)
     # The run's bank (if it used one) is loaded once: its guide drives calibration, the bank goes
     # into the pipeline folder.
-    bank_cfg = RunDir(run).read_config().get("bank")
+    bank_cfg = run_bank_path(run)
     bank_path = None if bank_cfg is None else Path(bank_cfg)
     bank = None if bank_path is None else load_bank(bank_path, model.backbone)
     guide = None if bank is None else bank.guide

@@ -14,32 +14,13 @@ import numpy as np
 import torch
 
 from .io import write_json
+from .tables import build_lpips_table, per_image_lpips, route_images
+from .train.exits import load_exits, run_guide
 
-__all__ = ["route_images", "evaluate_exits", "oracle_savings", "DEFAULT_THRESHOLDS"]
+__all__ = ["route_images", "per_image_lpips", "measure_exits", "evaluate_exits", "evaluate_pipeline", "targets_check",
+           "oracle_savings", "DEFAULT_THRESHOLDS"]
 
 DEFAULT_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
-
-
-@torch.no_grad()
-def route_images(model, inputs: tuple[torch.Tensor, ...], batch_size: int = 64, guide=None) -> list[torch.Tensor]:
-    """Images of every route (shallowest first, backbone last) for ``inputs``, on the CPU."""
-    out: list[list[torch.Tensor]] = [[] for _ in range(model.num_routes)]
-    n = inputs[0].shape[0]
-    for s in range(0, n, batch_size):
-        batch = tuple(x[s : s + batch_size] for x in inputs)
-        for r in range(model.num_routes):
-            out[r].append(model(*batch, exit=r, guide=guide).cpu())
-    return [torch.cat(o) for o in out]
-
-
-@torch.no_grad()
-def per_image_lpips(images: torch.Tensor, reference: torch.Tensor, to_metric, net: str = "alex", batch_size: int = 64) -> torch.Tensor:
-    from .metrics.lpips import LPIPS
-
-    metric = LPIPS(net)
-    vals = [metric(to_metric(images[s : s + batch_size]), to_metric(reference[s : s + batch_size]))
-            for s in range(0, images.shape[0], batch_size)]
-    return torch.cat(vals).flatten()
 
 
 @torch.no_grad()
@@ -47,13 +28,12 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
                   progress: bool = False) -> dict:
     """Images of every route for ``n`` held-out inputs, per-image LPIPS of every exit vs the backbone
     (arrays) and FID vs the backbone's images; what ``evaluate_exits`` and the bank ablation summarise."""
-    from .train.exits import load_exits
     from .train.run import RunDir
 
     if n < 2:
         raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
     task, model = load_exits(run_dir, device=device)
-    guide = _bank_guide(run_dir, model)
+    guide = run_guide(run_dir, model)
     inputs = tuple(x.to(device) for x in task.sample_inputs(n, seed=seed, split="test"))
     images = route_images(model, inputs, guide=guide)
     reference = images[-1]
@@ -128,16 +108,6 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
     return report
 
 
-def _bank_guide(run_dir, model):
-    from .train.run import RunDir
-
-    bank = RunDir(run_dir).read_config().get("bank")
-    if bank is None:
-        return None
-    from .bank import load_bank
-
-    return load_bank(bank, model.backbone).guide
-
 
 
 def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, seed: int = 0,
@@ -148,7 +118,6 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     True LPIPS of every exit is measured once for all inputs; each router then only chooses routes.
     """
     from .pipeline import FianceePipeline
-    from .predictor import build_lpips_table
     from .report import threshold_row, write_report
     from .routing import ThresholdRouter, check_threshold, true_lpips_of
 
@@ -162,6 +131,9 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     if not isinstance(pipeline, FianceePipeline):
         folder = Path(pipeline)
         pipeline = FianceePipeline.from_pretrained(folder)
+    if pipeline.task is None:
+        raise ValueError(f"this pipeline holds no task (loaded with backbone= for task {pipeline.task_spec!r}): pass "
+                         "task= to FianceePipeline.from_pretrained, the inputs are drawn from it")
     table = build_lpips_table(pipeline.model, pipeline.task, n, seed, "test", pipeline.guide,
                               cache=pipeline.guide is None, progress=progress)
     true = table["lpips"]  # [N, E]

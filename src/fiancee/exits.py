@@ -123,12 +123,8 @@ def channel_importance(backbone: StagedGenerator, inputs: Sequence[torch.Tensor]
     branch block keeps when it inherits the backbone's weights are the ones that carry the most signal.
     """
     with torch.no_grad():
-        h, cond = backbone.stem(*inputs)
-        out = []
-        for stage in backbone.stages:
-            h = stage(h, cond)
-            out.append(h.abs().float().mean(dim=[d for d in range(h.dim()) if d != 1]))
-    return out
+        taps = backbone.features(*inputs, taps=range(1, backbone.num_stages + 1)).taps
+    return [h.abs().float().mean(dim=[d for d in range(h.dim()) if d != 1]) for _, h in sorted(taps.items())]
 
 
 def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Tensor, extra: int, out_size: int,
@@ -348,18 +344,12 @@ class ExitGenerator(nn.Module):
         route = self._check_route(exit)
         if check:
             self.backbone.check_inputs(*inputs)
-        h, cond = self.backbone.stem(*inputs)
         if route == len(self.exits):
-            for stage in self.backbone.stages:
-                h = stage(h, cond)
-            return self.backbone.head(h, cond)
+            return self.backbone.features(*inputs, image=True).image
         after = self.exits[route]
-        g = None
-        for index in range(after):
-            h = self.backbone.stages[index](h, cond)
-            if index + 1 == self.key_stage:
-                g = self._resolve_guide(guide, h, cond)
-        return self.branches[route](h, cond, g)
+        f = self.backbone.features(*inputs, taps=(self.key_stage, after))
+        g = self._resolve_guide(guide, f.taps[self.key_stage], f.cond)
+        return self.branches[route](f.taps[after], f.cond, g)
 
     def mixed(self, *inputs: torch.Tensor, exits: torch.Tensor, guide: Guide = None, check: bool = True) -> torch.Tensor:
         """Run a batch where every sample has its own route, as a tree.
@@ -419,16 +409,10 @@ class ExitGenerator(nn.Module):
         ``image`` the backbone's output (the distillation target).
         """
         self.backbone.check_inputs(*inputs)
-        h, cond = self.backbone.stem(*inputs)
-        feats: list[torch.Tensor] = []
-        g = None
-        for index, stage in enumerate(self.backbone.stages):
-            h = stage(h, cond)
-            if index + 1 == self.key_stage:
-                g = self._resolve_guide(guide, h, cond)
-            if all_stages or index + 1 in self.exits:
-                feats.append(h)
-        return feats, cond, g, self.backbone.head(h, cond)
+        taps = range(1, self.backbone.num_stages + 1) if all_stages else self.exits
+        f = self.backbone.features(*inputs, taps=taps, image=True)
+        g = self._resolve_guide(guide, f.taps[self.key_stage], f.cond)
+        return [f.taps[k] for k in taps], f.cond, g, f.image
 
     def route_macs(self, batch_size: int = 1) -> list[int]:
         """MACs of every route for ``batch_size`` inputs, shallowest first, the backbone last."""

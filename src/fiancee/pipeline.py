@@ -13,9 +13,13 @@ A pipeline is one folder (diffusers' habit)::
       predictor/             config.json + weights.safetensors (fiancee.predictor)
       bank/                  the feature bank, when the exits use one (fiancee.bank)
 
-The backbone itself is a reference: the task loads its weights (a package or a committed file) and
-its fingerprint must equal the one recorded here. Nothing in the folder can run code when loaded, and
-nothing outside it is read. The folder is written whole and read whole (see docs/errors.md, "Folders").
+The backbone itself is a reference: ``config.json`` stores the task's spec (a built-in name,
+``package.module:attr`` or an entry point of ``fiancee.tasks``, :mod:`fiancee.tasks.registry`), the task
+loads its weights (a package or a committed file), and their fingerprint must equal the one recorded
+here. ``from_pretrained(path, backbone=mine)`` uses a backbone you pass instead, after the same check
+(diffusers' component override). Nothing in the folder can run code when loaded: the spec names code
+the user installed or put on ``sys.path``, resolved the way the command that made the folder resolved it;
+nothing outside the folder is read. The folder is written whole and read whole (see docs/errors.md, "Folders").
 """
 
 from __future__ import annotations
@@ -46,9 +50,15 @@ class PipelineOutput:
 
 
 class FianceePipeline:
+    """``task`` may be None (a pipeline loaded with ``backbone=`` only): routing needs no task, evaluating
+    does (it draws inputs from it). ``task_spec`` is what ``save`` records (default: the task's)."""
+
     def __init__(self, task, model: ExitGenerator, predictor, router: Router, *, bank=None, bank_path: str | Path | None = None,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, task_spec: str | None = None):
+        if task is None and task_spec is None:
+            raise ValueError("a pipeline needs its task, or at least the task spec to record (task_spec=)")
         self.task = task
+        self.task_spec = task_spec if task_spec is not None else (getattr(task, "spec", None) or task.name)
         self.model = model.eval()
         self.predictor = predictor.eval()
         self.router = router
@@ -100,7 +110,7 @@ class FianceePipeline:
             if self.bank_path is not None:
                 shutil.copytree(self.bank_path, tmp / "bank")  # symlinks followed: the copy holds files only
             write_json(tmp / "config.json", {
-                "kind": "fiancee_pipeline", "format": FORMAT, "task": self.task.name,
+                "kind": "fiancee_pipeline", "format": FORMAT, "task": self.task_spec,
                 "exits": list(self.model.exits), "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
                 "min_channels": self.model.min_channels,
                 "backbone_fingerprint": tensor_fingerprint(self.model.backbone.state_dict()),
@@ -115,20 +125,39 @@ class FianceePipeline:
 
     @classmethod
     @read_whole_folder("config.json", path_index=1)  # a save swapping the folder mid-load makes it load again
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FianceePipeline":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", *, backbone=None,
+                        task=None) -> "FianceePipeline":
+        """Load a pipeline folder.
+
+        ``task``: a Task or a spec overriding the recorded one; by default the recorded spec is resolved
+        (:func:`fiancee.tasks.registry.resolve_task`). ``backbone``: a StagedGenerator to use instead of
+        the one the task loads; its weights' fingerprint must equal the recorded one. With ``backbone``
+        and no ``task`` the task is not resolved (``pipeline.task`` is None; routing does not need it).
+        """
         from .predictor import load_predictor
-        from .tasks import get_task
 
         path = Path(path)
         config = read_manifest(resolve_inside(path, "config.json"), kind="fiancee_pipeline", version_key="format", version=FORMAT,
                                what="fiancee pipeline config", required=CONFIG_KEYS)
         _check_config(config, path / "config.json")
-        task = get_task(config["task"])
-        backbone = task.load_backbone(device)
+        if task is not None or backbone is None:
+            from .tasks.registry import resolve_task
+
+            task = resolve_task(config["task"] if task is None else task)
+        if backbone is None:
+            backbone = task.load_backbone(device)
+            source = f"task {config['task']!r} loads weights"
+        else:
+            from .staged import StagedGenerator
+
+            if not isinstance(backbone, StagedGenerator):
+                raise ValueError(f"backbone= must be a fiancee StagedGenerator; got {type(backbone).__name__}")
+            backbone = backbone.to(device).eval().requires_grad_(False)
+            source = "the backbone passed has weights"
         have = tensor_fingerprint(backbone.state_dict())
         if have != config["backbone_fingerprint"]:
             raise ValueError(f"{path} was built for backbone weights {config['backbone_fingerprint']}, "
-                             f"but task {task.name!r} loads weights {have}: the exits would not match this backbone")
+                             f"but {source} {have}: the exits would not match this backbone")
         bank = guide_spec = None
         bank_path = None
         if config.get("bank"):
@@ -145,7 +174,8 @@ class FianceePipeline:
         model.branches.load_state_dict(branches)
         predictor, _ = load_predictor(resolve_inside(path, "predictor"), model, device=device)
         return cls(task, model, predictor, router_from_config(config["router"]), bank=bank, bank_path=bank_path,
-                   provenance=config.get("provenance"))
+                   provenance=config.get("provenance"),
+                   task_spec=(getattr(task, "spec", None) if task is not None else None) or config["task"])
 
 
 def _check_config(config: dict, source: Path) -> None:

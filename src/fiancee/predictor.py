@@ -15,11 +15,9 @@ Architectures (after Table S7), chosen with ``arch``:
 Targets and inputs are standardized with statistics of the training table kept as buffers (so the
 saved predictor needs nothing else); ``forward`` returns LPIPS in LPIPS units ``[B, E]``.
 
-Training set (S1.1.2): the inputs x the true LPIPS of every exit against the backbone, computed once
-and cached on disk under a hash of what produced it (:func:`build_lpips_table`). For label-map tasks
-the paper fixes a set of noise vectors and crosses it with the training maps ("100 3D noise tensors
-... 500 semantic maps ... 50 000 examples"): pass ``noises=K``. For faces (z only) the table is ``n``
-draws of z.
+Training set (S1.1.2): the inputs x the true LPIPS of every exit against the backbone, built and
+cached by :func:`fiancee.tables.build_lpips_table`; :func:`fiancee.train.predictor.train_predictor_for_run`
+trains a predictor for an exit run. This module only holds the model and takes tensors.
 
 Recipes (:func:`train_predictor`):
 
@@ -31,15 +29,13 @@ Both losses are taken on per-exit standardized LPIPS (the paper's loss divided b
 variance, resp. std): one exit with larger LPIPS does not drown the others, and SGD at lr 0.01 sees
 gradients of order one.
 
-Error (Tables S3, S4): :func:`predictor_error` gives the mean relative error ``|P - S| / S`` per exit
+Error (Tables S3, S4): :func:`fiancee.tables.predictor_error` gives the mean relative error ``|P - S| / S`` per exit
 on held-out inputs: held-out maps with the training noises and with new noises (fashion), held-out z
 (faces).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,8 +50,7 @@ from .io import (atomic_folder, build_bounded, cache_dir, read_whole_folder, che
 
 __all__ = [
     "ARCHS", "RECIPES", "QualityPredictor", "ResBlock", "key_features", "predictor_features", "predict",
-    "sample_table_inputs", "build_lpips_table", "train_predictor", "save_predictor", "load_predictor",
-    "exits_fingerprints", "relative_error", "predictor_error", "train_predictor_for_run", "predictor_error_for_folder",
+    "train_predictor", "save_predictor", "load_predictor", "exits_fingerprints", "relative_error", "error_summary",
 ]
 
 ARCHS = ("mlp", "conv", "features")
@@ -184,10 +179,7 @@ class QualityPredictor(nn.Module):
 def key_features(model, *inputs: torch.Tensor) -> torch.Tensor:
     """Backbone features after the key stage (``model.exits[0]``) ``[B, C, h, w]``: what the bank
     searches with and what every route computes first."""
-    h, cond = model.backbone.stem(*inputs)
-    for stage in model.backbone.stages[: model.key_stage]:
-        h = stage(h, cond)
-    return h
+    return model.backbone.features(*inputs, taps=(model.key_stage,)).taps[model.key_stage]
 
 
 def predictor_features(arch: str, model, inputs: tuple[torch.Tensor, ...], batch_size: int = 256) -> tuple[torch.Tensor, ...]:
@@ -209,33 +201,7 @@ def predict(predictor: QualityPredictor, model, inputs: tuple[torch.Tensor, ...]
 
 
 # ----------------------------------------------------------------------------------------------
-# The training table
-
-
-def sample_table_inputs(task, n: int, seed: int, split: str, noises: int | torch.Tensor | None = None,
-                        noise_seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Generator inputs of a table. Without ``noises``: ``task.sample_inputs(n, seed, split)``.
-
-    With ``noises`` (label-map tasks only; paper S1.1.2): ``n`` maps of ``split`` crossed with a fixed
-    set of noise vectors (``K`` drawn from ``noise_seed``, or a ``[K, z_dim]`` tensor): ``n * K``
-    inputs, map-major. Reusing the training noises with held-out maps gives Table S3's set; new
-    noises give Table S4's.
-    """
-    inputs = task.sample_inputs(n, seed, split)
-    if noises is None:
-        return inputs
-    if len(inputs) != 2 or inputs[0].dim() != 4:
-        raise ValueError(f"noises= crosses label maps with fixed noise vectors; task {task.name!r} has no label map "
-                         f"(its inputs are {[list(x.shape) for x in inputs]})")
-    label, z = inputs  # [n, C, H, W], [n, Z]
-    if isinstance(noises, int):
-        if noises < 1:
-            raise ValueError(f"noises must be >= 1; got {noises}")
-        noises = torch.randn(noises, z.shape[1], generator=torch.Generator().manual_seed(noise_seed + 7_777_777))
-    if noises.dim() != 2 or noises.shape[1] != z.shape[1]:
-        raise ValueError(f"noises must be [K, {z.shape[1]}]; got {list(noises.shape)}")
-    k = noises.shape[0]
-    return label.repeat_interleave(k, dim=0), noises.repeat(n, 1)  # [n*K, C, H, W], [n*K, Z]
+# Fingerprints
 
 
 def exits_fingerprints(model) -> dict[str, str]:
@@ -243,54 +209,6 @@ def exits_fingerprints(model) -> dict[str, str]:
     valid for the exact weights that produced its LPIPS)."""
     return {"backbone": tensor_fingerprint(model.backbone.state_dict()),
             "exits": tensor_fingerprint(model.branches.state_dict())}
-
-
-def _table_key(fps: dict, inputs: tuple[torch.Tensor, ...], guide_key: str | None, net: str) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"fps": fps, "guide": guide_key, "net": net, "v": FORMAT}, sort_keys=True).encode())
-    h.update(tensor_fingerprint({f"x{i}": x for i, x in enumerate(inputs)}).encode())
-    return h.hexdigest()[:20]
-
-
-@torch.no_grad()
-def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, cache: bool | str | Path = True, *,
-                      noises: int | torch.Tensor | None = None, noise_seed: int = 0, guide_key: str | None = None,
-                      batch_size: int = 128, net: str = "alex", progress: bool = False) -> dict:
-    """Inputs x the true LPIPS of every exit vs the backbone (section 3.2's labels S).
-
-    Returns ``{"inputs": tuple, "lpips": [N, E] float32, "key": str, "cached": bool}``. ``cache=True``
-    stores it under ``cache_dir("lpips_tables")``, a path puts it in that folder, ``False`` skips the
-    cache. The key hashes the backbone and exit weights, the inputs, the LPIPS net and ``guide_key``;
-    a callable ``guide`` (a bank) cannot be hashed, so pass ``guide_key`` (e.g. the bank's folder and
-    fingerprint) or the table is not cached.
-    """
-    from .evaluate import per_image_lpips, route_images
-
-    inputs = tuple(x.cpu() for x in sample_table_inputs(task, n, seed, split, noises, noise_seed))
-    key = _table_key(exits_fingerprints(model), inputs, guide_key, net)
-    use_cache = cache is not False and (guide is None or guide_key is not None)
-    folder = Path(cache) if isinstance(cache, (str, Path)) else cache_dir("lpips_tables")
-    path = folder / f"{key}.safetensors"
-    if use_cache and path.is_file():
-        return {"inputs": inputs, "lpips": load_tensors(path)["lpips"], "key": key, "cached": True}
-    device = next(model.parameters()).device
-    e = model.num_routes - 1
-    rows = []
-    total = inputs[0].shape[0]
-    starts = range(0, total, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="lpips table", unit="batch")
-    for s in starts:
-        batch = tuple(x[s : s + batch_size].to(device) for x in inputs)
-        images = route_images(model, batch, batch_size=batch_size, guide=guide)  # E+1 x [b, C, H, W], backbone last
-        rows.append(torch.stack([per_image_lpips(images[r], images[-1], task.to_lpips_images, net=net)
-                                 for r in range(e)], dim=1))  # [b, E]
-    lpips = torch.cat(rows).float()
-    if use_cache:
-        save_tensors(path, {"lpips": lpips}, metadata={"task": task.name, "n": str(n), "seed": str(seed), "split": split})
-    return {"inputs": inputs, "lpips": lpips, "key": key, "cached": False}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,7 +341,8 @@ def relative_error(predicted: torch.Tensor, true: torch.Tensor, floor: float = 1
     return ((predicted - true).abs() / true.clamp_min(floor)).mean(0)
 
 
-def _error_entry(predicted: torch.Tensor, true: torch.Tensor) -> dict:
+def error_summary(predicted: torch.Tensor, true: torch.Tensor) -> dict:
+    """Per exit: relative error, MAE and Spearman rank correlation of ``predicted`` vs ``true`` ``[N, E]``."""
     rel = relative_error(predicted, true)
     mae = (predicted - true).abs().mean(0)
     # Spearman rank correlation per exit: the router needs the order of inputs right more than the values.
@@ -437,116 +356,3 @@ def _error_entry(predicted: torch.Tensor, true: torch.Tensor) -> dict:
             "mae": [float(v) for v in mae], "spearman": [float(v) for v in rho], "true_mean": [float(v) for v in true.mean(0)]}
 
 
-def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, seed: int = 0, guide=None,
-                    guide_key: str | None = None, train_noises: int | None = None, noise_seed: int = 0,
-                    cache: bool | str | Path = True) -> dict:
-    """Tables S3 / S4: mean relative error per exit on held-out (``test`` split) inputs.
-
-    Label-map tasks (``train_noises`` = K, the training noise count, drawn from ``noise_seed``): ``n``
-    test maps x the K training noises (``"train_noises"``, Table S3) and the same ``n`` maps x K new
-    noises (``"new_noises"``, Table S4). Vector tasks: ``n`` held-out z (``"held_out"``, the only
-    input there is). Each entry also gives the MAE and the Spearman rank correlation per exit.
-    """
-    sets = {}
-    if train_noises is None:
-        table = build_lpips_table(model, task, n, seed, "test", guide, cache, guide_key=guide_key)
-        sets["held_out"] = table
-    else:
-        sets["train_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, noises=train_noises,
-                                                 noise_seed=noise_seed, guide_key=guide_key)
-        sets["new_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, noises=train_noises,
-                                               noise_seed=noise_seed + 1_000_003, guide_key=guide_key)
-    report = {"task": task.name, "arch": predictor.arch, "exits": list(model.exits), "sets": {}}
-    for name, table in sets.items():
-        pred = predict(predictor, model, table["inputs"])
-        report["sets"][name] = _error_entry(pred, table["lpips"])
-    return report
-
-
-def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str | None = None, recipe: str = "mse-sgd",
-                            n: int = 2000, noises: int | None = None, epochs: int = 60, batch_size: int = 64,
-                            seed: int = 0, error_n: int = 500, device: str = "cpu", progress: bool = True) -> dict:
-    """Train a predictor for a trained exit run and write it to ``out`` with its error report.
-
-    Default ``arch``: ``conv`` for label-map tasks, ``features`` otherwise (on faces it ranks inputs
-    much better than ``mlp`` on z: Spearman 0.78 vs 0.58, see docs/predictor.md). ``noises`` (label-map tasks):
-    the fixed noise set crossed with ``n`` training maps (default 10 noises x n/10 maps).
-    """
-    from .evaluate import _bank_guide
-    from .train.exits import load_exits
-    from .train.run import RunDir
-
-    # Arguments and the output folder first: a typo must not cost an LPIPS table.
-    check_counts(n=n, noises=noises, epochs=epochs, batch_size=batch_size, error_n=error_n)
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {RECIPES}; got {recipe!r}")
-    if arch is not None and arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
-    check_replaceable(out, "quality_predictor", "quality predictor")
-    task, model = load_exits(run_dir, device=device)
-    guide = _bank_guide(run_dir, model)
-    bank = RunDir(run_dir).read_config().get("bank")
-    guide_key = None if bank is None else _bank_key(bank)
-    labelled = len(task.sample_inputs(1, 0, "train")) == 2
-    arch = arch or ("conv" if labelled else "features")
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
-    if arch == "conv" and not labelled:
-        raise ValueError(f"arch 'conv' reads a label map; task {task.name!r} has none (use 'mlp' or 'features')")
-    if labelled and noises is None:
-        noises = 10
-    if not labelled and noises is not None:
-        raise ValueError(f"task {task.name!r} has no label map: noises= does not apply (its training set is n draws of z)")
-    maps = n if noises is None else max(1, n // noises)
-    table = build_lpips_table(model, task, maps, seed, "train", guide, noises=noises, noise_seed=seed,
-                              guide_key=guide_key, progress=progress)
-    xs = predictor_features(arch, model, table["inputs"])
-    torch.manual_seed(seed)  # the initial weights too: same seed, same predictor, same demo figures
-    predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
-    history = train_predictor(predictor, xs, table["lpips"], recipe=recipe, epochs=epochs, batch_size=batch_size,
-                              seed=seed, progress=progress)
-    error = predictor_error(predictor, model, task, n=error_n if noises is None else max(1, error_n // noises),
-                            seed=seed, guide=guide, guide_key=guide_key, train_noises=noises, noise_seed=seed)
-    error["command_seed"] = seed
-    extra = {"task": task.name, "run": str(run_dir), "recipe": recipe, "seed": seed, "noise_seed": seed, "epochs": epochs,
-             "train_inputs": int(table["lpips"].shape[0]), "noises": noises, "final_loss": history[-1],
-             "exits": list(model.exits), "route_macs": [int(m) for m in model.route_macs()]}
-    save_predictor(predictor, out, fingerprints=exits_fingerprints(model), extra=extra, files={"error.json": error})
-    return {"out": str(out), **extra, "error": error}
-
-
-def predictor_error_for_folder(predictor_dir: str | Path, *, run: str | Path | None = None, n: int = 500, seed: int = 0,
-                               device: str = "cpu") -> dict:
-    """:func:`predictor_error` of a saved predictor on its exit run (``n`` held-out inputs in all; label-map
-    tasks use ``n // K`` test maps x the K training noises, and x K new noises)."""
-    from .evaluate import _bank_guide
-    from .train.exits import load_exits
-    from .train.run import RunDir
-
-    check_counts(n=n)
-    config = read_json(Path(predictor_dir) / "config.json")
-    run = run if run is not None else config.get("run")
-    if run is None:
-        raise ValueError(f"{predictor_dir} does not name its exit run; pass run=")
-    task, model = load_exits(run, device=device)
-    predictor, config = load_predictor(predictor_dir, model=model, device=device)
-    guide = _bank_guide(run, model)
-    bank = RunDir(run).read_config().get("bank")
-    noises = config.get("noises")
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    return predictor_error(predictor, model, task, n=n if noises is None else max(1, n // noises), seed=seed, guide=guide,
-                           guide_key=None if bank is None else _bank_key(bank), train_noises=noises,
-                           noise_seed=config.get("noise_seed", 0))
-
-
-def _bank_key(bank) -> str:
-    # The bank's folder name and the fingerprint of its files' bytes identify the guide it gives.
-    path = Path(str(bank))
-    h = hashlib.sha256(str(path.resolve()).encode())
-    if path.is_dir():
-        for f in sorted(path.rglob("*")):
-            if f.is_file():
-                h.update(f.name.encode())
-                h.update(f.read_bytes())
-    return h.hexdigest()[:16]

@@ -18,14 +18,23 @@ the head (:meth:`StagedGenerator.make_branch_stage`, :meth:`StagedGenerator.make
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from .checks import check_batch
 
-__all__ = ["StagedGenerator", "StagedSequential", "narrow_sequential"]
+__all__ = ["StagedGenerator", "StagedSequential", "Features", "narrow_sequential"]
+
+
+class Features(NamedTuple):
+    """What :meth:`StagedGenerator.features` kept: ``taps[k]`` = ``h`` after stage k ``[B, C_k, H_k, W_k]``,
+    the condition every stage saw (or None), and the image when asked for (else None)."""
+
+    taps: dict
+    cond: torch.Tensor | None
+    image: torch.Tensor | None
 
 
 class StagedGenerator(nn.Module):
@@ -87,12 +96,29 @@ class StagedGenerator(nn.Module):
                 return p.dtype
         return None
 
+    def features(self, *inputs: torch.Tensor, taps: Sequence[int] = (), image: bool = False) -> Features:
+        """Run the stem and the stages once, keeping ``h`` after every stage count in ``taps``.
+
+        The one loop every feature reader uses (exit training's trunk, a route, the bank's keys and
+        values, the predictor's key-stage features). ``taps`` count stages from 1 (0 = the stem's
+        output). Without ``image`` the loop stops after the deepest tap; with it, it runs every stage
+        and the head. Inputs are not checked here: callers check them once.
+        """
+        wanted = sorted({int(t) for t in taps})
+        if wanted and not 0 <= wanted[0] <= wanted[-1] <= self.num_stages:
+            raise ValueError(f"taps must be stage counts in 0..{self.num_stages}; got {list(taps)}")
+        last = self.num_stages if image else (wanted[-1] if wanted else 0)
+        h, cond = self.stem(*inputs)
+        kept: dict[int, torch.Tensor] = {0: h} if 0 in wanted else {}
+        for index in range(last):
+            h = self.stages[index](h, cond)
+            if index + 1 in wanted:
+                kept[index + 1] = h
+        return Features(kept, cond, self.head(h, cond) if image else None)
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.check_inputs(*inputs)
-        h, cond = self.stem(*inputs)
-        for stage in self.stages:
-            h = stage(h, cond)
-        return self.head(h, cond)
+        return self.features(*inputs, image=True).image
 
 
 class _IgnoreCond(nn.Module):
@@ -196,12 +222,8 @@ class StagedSequential(StagedGenerator):
     def _probe_channels(self, example_input: torch.Tensor) -> list[tuple[int, int]]:
         was_training = self.training
         self.eval()
-        h, cond = self.stem(example_input[:1])
-        channels = []
-        for stage in self.stages:
-            c_in = h.shape[1]
-            h = stage(h, cond)
-            channels.append((int(c_in), int(h.shape[1])))
+        taps = self.features(example_input[:1], taps=range(self.num_stages + 1)).taps  # after the stem, every stage
+        channels = [(int(taps[i].shape[1]), int(taps[i + 1].shape[1])) for i in range(self.num_stages)]
         self.train(was_training)
         return channels
 

@@ -1,5 +1,7 @@
 """Tasks: a named generator with its inputs, exits and image comparison (see :mod:`fiancee.tasks.base`).
 
+Built-in tasks (any other is named ``package.module:attr`` or by an entry point, :mod:`.registry`):
+
 - ``faces``: the pretrained DCGAN of ``gan-face-generate==1.1.1``, unconditional, 64x64.
 - ``fashion``: OASIS semantic synthesis on Fashion-MNIST label maps, 32x32, trained here.
 """
@@ -8,35 +10,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .base import Task
+from .base import InputSpec, Task, declared_inputs
+from .registry import TASKS, check_task_spec, register_task, resolve_task, task_spec
 
-__all__ = ["Task", "TASKS", "get_task", "write_samples"]
-
-
-def _faces(**kwargs) -> Task:
-    from .faces import FacesTask
-
-    return FacesTask(weights=kwargs.get("weights"))
+__all__ = ["Task", "InputSpec", "TASKS", "get_task", "resolve_task", "register_task", "check_task_spec", "task_spec",
+           "declared_inputs", "write_samples"]
 
 
-def _fashion(**kwargs) -> Task:
-    from .fashion import FashionTask
-
-    return FashionTask(data=kwargs.get("data"), weights=kwargs.get("weights"))
-
-
-TASKS: dict[str, Callable[..., Task]] = {"faces": _faces, "fashion": _fashion}
-
-
-def get_task(name: str, *, data: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> Task:
-    """The task called ``name``; ``data`` / ``weights`` override where its data and weights are read."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
-    return TASKS[name](data=data, weights=weights)
+def get_task(spec: "str | Task", *, data: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> Task:
+    """The task ``spec`` names (:func:`~fiancee.tasks.registry.resolve_task`); ``data`` / ``weights``
+    override where its data and weights are read."""
+    return resolve_task(spec, data=data, weights=weights)
 
 
 @torch.no_grad()

@@ -8,16 +8,43 @@ an exit's quality as LPIPS between the exit's image and the backbone's image for
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..staged import StagedGenerator
 
-__all__ = ["Task", "SPLITS", "repo_root", "check_split"]
+__all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "repo_root", "check_split", "declared_inputs", "cross_noises"]
 
 SPLITS = ("train", "test")
+INPUT_KINDS = ("label_map", "noise", "condition")
+CRITIC_KINDS = ("dcgan", "patch")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One generator input as its task declares it (what used to be guessed from shapes and counts).
+
+    - ``label_map``: a one-hot semantic map ``[L, H, W]`` drawn from data. The bank searches per class
+      of it (S1.1.1; the stem's condition must start with it, as OASIS's does), the ``conv`` predictor
+      reads it, and fixed noise sets are crossed with it (S1.1.2, 4.1). At most one per task.
+    - ``noise``: redrawn freely, N(0, I) of its per-sample shape (:meth:`Task.draw_noise`); the
+      predictor's table and the bank cross a fixed set of these with the other inputs.
+    - ``condition``: anything else the generator is asked for (an attribute vector, a pose): kept
+      exactly as :meth:`Task.sample_inputs` draws it.
+    """
+
+    name: str
+    kind: str
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"an input needs a non-empty name; got {self.name!r}")
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"input {self.name!r}: kind must be one of {INPUT_KINDS}; got {self.kind!r}")
 
 
 def repo_root() -> Path:
@@ -41,6 +68,16 @@ class Task(ABC):
     default_min_channels: int  # channel floor of the scale rule
     image_size: tuple[int, int]  # (H, W) of the backbone's output
     image_channels: int = 3
+    # What sample_inputs returns, in order. The default is today's minimal task: one noise vector.
+    inputs: tuple[InputSpec, ...] = (InputSpec("z", "noise"),)
+    # Discriminator kind of every branch's critic when the recipe does not ask for patch critics
+    # (fiancee.train.critics): the kind the generator was trained with.
+    critic_kind: str = "dcgan"
+    # How `fiancee build-bank` populates and cuts this task's bank (fiancee.bank.BankSpec fields plus
+    # the population: `n` draws, each crossed with `noises` fixed noise draws when the task has a
+    # label map or condition). Default: one key per input (MegaPortraits, S1.2.1).
+    bank_defaults: dict = {"mode": "global", "grid": (4, 4), "max_per_class": 1024, "n": 4096, "noises": 1}
+    spec: str | None = None  # the spec this task was resolved from (set by the registry)
 
     @abstractmethod
     def load_backbone(self, device: str | torch.device = "cpu") -> StagedGenerator:
@@ -53,6 +90,14 @@ class Task(ABC):
         ``split`` separates the inputs used to fit things (predictor, bank) from those used to
         evaluate them, so the two never overlap.
         """
+
+    def draw_noise(self, name: str, n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """``n`` fresh draws ``[n, *shape]`` of the noise input ``name`` (default N(0, I))."""
+        return torch.randn(n, *shape, generator=generator)
+
+    def pretrained_exits(self) -> Path | None:
+        """A committed exit run of this task (its ``latest.json`` marks it complete), or None."""
+        return None
 
     def reference(self, backbone: StagedGenerator, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The image every exit is compared with: the backbone's own output (paper section 4)."""
@@ -80,4 +125,66 @@ class Task(ABC):
             "name": self.name, "description": self.description, "exits": list(self.exits),
             "default_scale": self.default_scale, "default_min_channels": self.default_min_channels,
             "image_size": list(self.image_size), "image_channels": self.image_channels,
+            "inputs": [{"name": i.name, "kind": i.kind} for i in declared_inputs(self)], "critic_kind": self.critic_kind,
         }
+
+
+def declared_inputs(task: Task, inputs: tuple[torch.Tensor, ...] | None = None) -> tuple[InputSpec, ...]:
+    """The task's input declarations, checked (and against ``inputs`` drawn from it, when given)."""
+    specs = tuple(task.inputs)
+    if not specs or not all(isinstance(s, InputSpec) for s in specs):
+        raise ValueError(f"task {task.name!r}: inputs must be a non-empty tuple of InputSpec; got {task.inputs!r}")
+    if sum(s.kind == "label_map" for s in specs) > 1:
+        raise ValueError(f"task {task.name!r} declares more than one label_map input: {[s.name for s in specs]}")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"task {task.name!r}: input names must differ; got {[s.name for s in specs]}")
+    if task.critic_kind not in CRITIC_KINDS:
+        raise ValueError(f"task {task.name!r}: critic_kind must be one of {CRITIC_KINDS}; got {task.critic_kind!r}")
+    if inputs is not None and len(inputs) != len(specs):
+        raise ValueError(f"task {task.name!r} declares {len(specs)} input(s) ({', '.join(s.name for s in specs)}) "
+                         f"but sample_inputs returned {len(inputs)}: declare every input in Task.inputs")
+    return specs
+
+
+def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
+                 seed: int) -> tuple[torch.Tensor, ...]:
+    """``n`` draws of the task's kept inputs (label map, conditions) crossed with ``K`` fixed draws of its
+    noise inputs: ``n * K`` inputs, draw-major (each kept input repeated ``K`` times in a row, the ``K``
+    noises tiled). The paper builds the predictor's table (S1.1.2) and the bank (4.1) this way.
+
+    ``noises`` is ``K`` (drawn with :meth:`Task.draw_noise`, the i-th noise input from ``seed + i``) or
+    the fixed draws themselves, one ``[K, ...]`` tensor per noise input.
+    """
+    specs = declared_inputs(task, inputs)
+    have = ", ".join(f"{s.name} ({s.kind})" for s in specs)
+    if all(s.kind == "noise" for s in specs):
+        raise ValueError(f"noises= crosses a task's label map or conditions with fixed noise draws; task {task.name!r} "
+                         f"has no label map or condition (its inputs: {have})")
+    if not any(s.kind == "noise" for s in specs):
+        raise ValueError(f"noises= crosses fixed noise draws with the other inputs; task {task.name!r} declares no "
+                         f"noise input (its inputs: {have})")
+    shapes = [tuple(x.shape[1:]) for s, x in zip(specs, inputs) if s.kind == "noise"]
+    if isinstance(noises, bool) or not isinstance(noises, (int, torch.Tensor, tuple, list)):
+        raise ValueError(f"noises must be a count or fixed noise tensors; got {type(noises).__name__}")
+    if isinstance(noises, int):
+        if noises < 1:
+            raise ValueError(f"noises must be >= 1; got {noises}")
+        names = [s.name for s in specs if s.kind == "noise"]
+        fixed = [task.draw_noise(name, noises, shape, torch.Generator().manual_seed(seed + i))
+                 for i, (name, shape) in enumerate(zip(names, shapes))]
+    else:
+        fixed = [noises] if isinstance(noises, torch.Tensor) else list(noises)
+    if len(fixed) != len(shapes) or any(f.dim() < 1 or tuple(f.shape[1:]) != sh for f, sh in zip(fixed, shapes)) \
+            or len({f.shape[0] for f in fixed}) != 1:
+        want = ", ".join(f"[K, {', '.join(map(str, sh))}]" for sh in shapes)
+        raise ValueError(f"noises must be {want} (one per noise input); got {[list(f.shape) for f in fixed]}")
+    k, n = fixed[0].shape[0], inputs[0].shape[0]
+    draws = iter(fixed)
+    out = []
+    for spec, x in zip(specs, inputs):
+        if spec.kind == "noise":
+            f = next(draws)
+            out.append(f.repeat(n, *[1] * (f.dim() - 1)))  # [n*K, ...]: the K draws, tiled
+        else:
+            out.append(x.repeat_interleave(k, dim=0))  # [n*K, ...]: every draw K times in a row
+    return tuple(out)

@@ -26,7 +26,7 @@ from torch import nn
 from ..checks import check_state_finite
 from ..io import load_torch_file
 from ..staged import StagedGenerator, narrow_sequential
-from .base import Task, check_split
+from .base import Task, check_split, repo_root
 
 __all__ = ["Z_DIM", "NGF", "WEIGHTS_PIP", "DCGANFaceGenerator", "find_face_weights", "load_face_state_dict", "FacesTask"]
 
@@ -131,9 +131,16 @@ class FacesTask(Task):
     default_min_channels = 32
     image_size = (64, 64)
     image_channels = 3
+    # inputs: the default, z alone. critic: the DCGAN discriminator the generator was trained with.
+    critic_kind = "dcgan"
+    # One key per image (MegaPortraits mode, S1.2.1); sizes keep a CPU build under a minute.
+    bank_defaults = {"mode": "global", "grid": (4, 4), "max_per_class": 1024, "n": 4096, "noises": 1}
 
     def __init__(self, weights: str | os.PathLike | None = None):
         self.weights = weights
+
+    def pretrained_exits(self) -> Path:
+        return repo_root() / "weights" / self.name / "exits"
 
     def load_backbone(self, device: str | torch.device = "cpu") -> DCGANFaceGenerator:
         model = DCGANFaceGenerator()

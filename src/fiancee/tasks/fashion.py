@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
 from ..io import build_bounded, load_tensors, read_json
-from .base import Task, check_split, repo_root
+from .base import InputSpec, Task, check_split, repo_root
 
 __all__ = [
     "CLASS_NAMES", "NUM_LABELS", "BACKGROUND", "DEFAULT_DATA_DIR", "IDX_FILES", "find_data_dir", "read_idx",
@@ -206,12 +206,19 @@ class FashionTask(Task):
     default_min_channels = 8
     image_size = (SIZE, SIZE)
     image_channels = 3
+    inputs = (InputSpec("label", "label_map"), InputSpec("z", "noise"))
+    critic_kind = "dcgan"
+    # Patches searched per garment class (OASIS mode, S1.1.1): 250 maps x 8 fixed noises.
+    bank_defaults = {"mode": "patch", "grid": (4, 4), "max_per_class": 512, "n": 250, "noises": 8}
 
     def __init__(self, data: str | os.PathLike | None = None, weights: str | os.PathLike | None = None):
         self.data = data
         self.weights = weights
         self._z_dim: int | None = None
         self._cache: dict[str, FashionData] = {}
+
+    def pretrained_exits(self) -> Path:
+        return repo_root() / "weights" / self.name / "exits"
 
     def split(self, split: str) -> FashionData:
         if split not in self._cache:

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
 from ..io import RunLock, atomic_folder, check_replaceable, folder_kind, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
+from ..tasks.fashion import FashionTask, load_split
 from .discriminators import FAKE, UNetDiscriminator
 
 __all__ = [
@@ -47,7 +48,7 @@ _RESUMABLE = {"steps", "checkpoint_every", "log_every"}
 
 @dataclass
 class BackboneTrainConfig:
-    task: str = "fashion"
+    task: str = FashionTask.name  # the one backbone trained here (the fashion task's OASIS)
     generator: dict = field(default_factory=lambda: dict(
         label_channels=11, z_dim=16, channels=(64, 64, 48, 32, 16), out_size=(32, 32), spade_hidden=32,
         channel_unit=16, spectral=True, exits=(1, 2, 3)))
@@ -68,8 +69,9 @@ class BackboneTrainConfig:
     def __post_init__(self):
         OASISConfig(**self.generator)  # fail early on a bad generator config
         self.disc_channels = tuple(int(c) for c in self.disc_channels)
-        if self.task != "fashion":
-            raise ValueError(f"only the 'fashion' backbone is trained here (faces is pretrained); got task {self.task!r}")
+        if self.task != FashionTask.name:
+            raise ValueError(f"only the {FashionTask.name!r} backbone is trained here (other tasks bring theirs); "
+                             f"got task {self.task!r}")
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "seed", "train_limit"):
             value = getattr(self, name)
             if name == "train_limit" and value is None:
@@ -173,7 +175,7 @@ def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra:
     with atomic_folder(folder, kind="fashion_backbone", what="backbone") as tmp:  # replaced whole
         save_tensors(tmp / "backbone.safetensors", state, metadata={"fingerprint": fingerprint})
         write_json(tmp / "config.json", {
-            "format_version": 1, "task": "fashion", "generator": generator.config.to_dict(),
+            "format_version": 1, "task": FashionTask.name, "generator": generator.config.to_dict(),
             "fingerprint": fingerprint, **(extra or {}),
         })
     return folder
@@ -217,8 +219,6 @@ def train_backbone(
     progress: bool = True,
 ) -> dict:
     """Train (or resume) a run; returns a summary (steps done, seconds, final losses, export folder)."""
-    from ..tasks.fashion import load_split
-
     run_dir = Path(run_dir)
     # Everything that can be refused is refused before --out is touched (then one writer at a time).
     check_replaceable(run_dir, "backbone_run", "backbone training run")

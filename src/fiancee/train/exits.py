@@ -24,12 +24,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
 from ..io import RunLock, check_replaceable, folder_kind, tensor_fingerprint
+from ..tasks.base import declared_inputs
 from .critics import Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .losses import BranchLoss, FeatureAdapters, Recipe, get_recipe, lr_at, make_optimizer
 from .run import RunDir, load_optimizer_tensors, optimizer_tensors
 
-__all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits"]
+__all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits", "run_bank_path", "run_guide"]
 
 # Presets: quick fits a 2-core CPU in minutes, full is for a GPU.
 # quick distils with the reconstruction terms only: on 2 CPU cores VGG16 at 64 px costs about 5 s per
@@ -75,9 +76,10 @@ def make_config(task: str, *, scale: str | None = None, min_channels: int | None
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
     p = PRESETS[preset]
-    from ..tasks import get_task
+    from ..tasks.registry import resolve_task, task_spec
 
-    defaults = get_task(task)
+    defaults = resolve_task(task)
+    task = task_spec(defaults)  # the run config stores the spec string, resolved the same way when loaded
     sf = parse_scale(defaults.default_scale if scale is None else scale)
     if min_channels is None:
         min_channels = defaults.default_min_channels
@@ -143,18 +145,20 @@ def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
 
 
 def _task_critic(task, recipe: Recipe) -> Critic:
-    kind = "patch" if recipe.critic == "patch" else getattr(task, "critic_kind", "dcgan")
+    # The recipe may ask for patch critics (MegaPortraits); otherwise the kind the task declares.
+    kind = "patch" if recipe.critic == "patch" else task.critic_kind
     return build_critic(kind, task.image_size[0], task.image_channels)
 
 
 def train_exits(config: ExitTrainConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
                 progress: bool = True, stop_after: int | None = None) -> Path:
     """Train every exit of ``config.task``; returns the run folder. ``stop_after`` ends early (tests)."""
-    from ..tasks import get_task
+    from ..tasks.registry import resolve_task
 
+    task = resolve_task(config.task)
+    declared_inputs(task)  # a task whose declarations are wrong fails before the run folder is written
     env = init_distributed(device)
     try:
-        task = get_task(config.task)
         run = RunDir(out)
         _check_before_writing(config, run, task)  # read-only, on every rank: all ranks refuse alike
         with _writer_lock(run.path, env):
@@ -369,14 +373,21 @@ def _checkpoint(run: RunDir, env: DistEnv, step: int, branches, critics, opt_g, 
 
 
 def load_exits(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """``(task, model)`` of a finished (or interrupted) run: the backbone with its trained branches, eval mode."""
-    from ..tasks import get_task
+    """``(task, model)`` of a finished (or interrupted) run: the backbone with its trained branches, eval mode.
+
+    The task is resolved from the spec the run config stores (a built-in name, ``module:attr`` or an
+    entry point); its exit stages must be the ones the run recorded.
+    """
+    from ..tasks.registry import resolve_task
 
     run = RunDir(run_dir)
     config = run.read_config()
     if config.get("kind") != "exits":
         raise ValueError(f"{run.path} is not an exit-training run (config.json kind={config.get('kind')!r})")
-    task = get_task(config["task"])
+    task = resolve_task(config["task"])
+    if "exits" in config and list(config["exits"]) != list(task.exits):
+        raise ValueError(f"{run.path} was trained with exits after stages {config['exits']}, but task {config['task']!r} "
+                         f"now declares {list(task.exits)}: the branches would not fit")
     backbone = task.load_backbone(device)
     model = build_exits(task, backbone, config["scale"], config["min_channels"], config.get("bank")).to(device)
     ckpt = run.load_checkpoint(["branches"], device=device)
@@ -384,3 +395,18 @@ def load_exits(run_dir: str | Path, device: str | torch.device = "cpu"):
         raise ValueError(f"{run.path} has no checkpoint yet (latest.json missing): train first")
     _Branches(model).load_state_dict(ckpt[0]["branches"])
     return task, model.eval()
+
+
+def run_bank_path(run_dir: str | Path) -> str | None:
+    """The bank folder an exit run was trained with (its config's ``bank``), or None."""
+    return RunDir(run_dir).read_config().get("bank")
+
+
+def run_guide(run_dir: str | Path, model: ExitGenerator):
+    """The guide callable of the bank an exit run was trained with (checked against the backbone), or None."""
+    bank = run_bank_path(run_dir)
+    if bank is None:
+        return None
+    from ..bank import load_bank
+
+    return load_bank(bank, model.backbone).guide

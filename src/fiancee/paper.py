@@ -1,0 +1,52 @@
+"""The paper's numbers, and the table that sets our MACs beside them (``fiancee macs``).
+
+Reference backbones only (:mod:`fiancee.backbones`): the counts come from
+:func:`fiancee.metrics.macs.count_macs` on the exits' routes, the paper's from its Tables 1 and 2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backbones import build_backbone
+from .exits import ExitGenerator, parse_scale
+
+__all__ = ["PAPER_GMACS", "PAPER_MIN_CHANNELS", "macs_table"]
+
+# The paper's GFLOPs (= GMACs) per route, shallowest exit first, the backbone last.
+# OASIS: Table 1 (min channels 64). MegaPortraits G2D: Table 2 (min channels 24).
+PAPER_GMACS: dict[str, dict[str, list[float]]] = {
+    "oasis": {"1/2": [157, 171, 193, 227, 319], "1/3": [137, 154, 182, 227, 319], "1/4": [120, 138, 168, 227, 319]},
+    "g2d": {"1/3": [65, 100, 136, 213], "1/6": [51, 89, 135, 213], "1/15": [47, 85, 127, 213]},
+}
+
+PAPER_MIN_CHANNELS = {"oasis": 64, "g2d": 24}
+
+
+def macs_table(backbone: str, scale: str, min_channels: int, size: str = "paper") -> dict:
+    """MACs of the backbone and of every exit route of a reference backbone, next to the paper's.
+
+    Returns ``{"backbone", "scale", "min_channels", "unit", "backbone_gmacs", "routes": [GMACs, ...],
+    "exits": [...], "paper_routes": [...] | None, "paper_backbone_gmacs": ... | None}``; ``routes``
+    lists the exits shallowest first and excludes the backbone.
+    """
+    sf = parse_scale(scale)
+    model = build_backbone(backbone, size=size, device="meta")
+    with torch.device("meta"):
+        exits = ExitGenerator(model, model.config.exits, sf, min_channels)
+    gmacs = [m / 1e9 for m in exits.route_macs()]
+    key = f"{sf.numerator}/{sf.denominator}"
+    paper = PAPER_GMACS.get(backbone, {}).get(key) if size == "paper" and min_channels == PAPER_MIN_CHANNELS.get(backbone) else None
+    return {
+        "backbone": backbone,
+        "size": size,
+        "scale": key,
+        "min_channels": min_channels,
+        "unit": "GMACs (multiply-accumulates = FLOPs / 2; the paper's 'GFLOPs')",
+        "exits_after_stages": list(exits.exits),
+        "backbone_gmacs": gmacs[-1],
+        "routes": gmacs[:-1],
+        "branch_channels": [[list(c) for c in b.block_channels] for b in exits.branches],
+        "paper_backbone_gmacs": paper[-1] if paper else None,
+        "paper_routes": paper[:-1] if paper else None,
+    }

@@ -1,0 +1,45 @@
+"""One timing helper for every measurement of milliseconds (bench, the bank's retrieval latency).
+
+A concept-level helper: it times a callable and returns numbers; what to time and how to report it
+is the workflows' business (:mod:`fiancee.bench`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["time_ms"]
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> dict:
+    """Median and interquartile range (ms) of ``fn()`` over ``reps`` calls after ``warmup`` calls.
+
+    CUDA: a pair of ``torch.cuda.Event`` recorded around every call and read once the end event
+    has completed (the host returns before the kernels finish; the events time the GPU's timeline,
+    gaps waiting for the host included). CPU: ``time.perf_counter``.
+    :func:`fiancee.bank.retrieval_latency` and :mod:`fiancee.bench` time with it.
+    """
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return {"median_ms": float(median), "iqr_ms": float(q3 - q1)}

@@ -1,0 +1,171 @@
+"""A user's generator through every command (docs/own-generator.md), on the guide's own module.
+
+The module is the ``mymodule.py`` block of docs/own-generator.md, written into a temporary folder on
+PYTHONPATH: a two-input generator whose second input is an attribute vector (a condition, not a label
+map). Every command runs as its own process with ``--task mymodule:MyTask`` (smoke sizes), and the
+saved pipeline is loaded in a fresh process by its recorded spec and with ``backbone=``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "own-generator.md"
+SPEC = "mymodule:MyTask"
+
+
+def _module_source() -> str:
+    blocks = re.findall(r"```python\n(# mymodule\.py\n.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) == 1, "docs/own-generator.md must hold exactly one ```python block starting with # mymodule.py"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own_generator")
+    (root / "mymodule.py").write_text(_module_source(), encoding="utf-8")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), src]), "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1", "FIANCEE_CACHE": str(root / "cache")}
+    sys.path.insert(0, str(root))
+    try:
+        import mymodule
+
+        yield root, env, mymodule
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("mymodule", None)
+
+
+def _fiancee(env, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "fiancee", *argv], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=600)
+    assert r.returncode == 0, f"fiancee {' '.join(argv)} failed:\n{r.stderr[-3000:]}"
+    return r
+
+
+def test_the_bank_and_the_predictor_read_the_declared_inputs(user):
+    from fiancee.tables import sample_table_inputs
+    from fiancee.tasks import get_task
+    from fiancee.train.bank import BANK_STREAM, bank_inputs
+
+    _, _, mymodule = user
+    task = get_task(SPEC)
+    assert isinstance(task, mymodule.MyTask) and task.spec == SPEC
+    z, attrs = task.sample_inputs(6, seed=BANK_STREAM + 3, split="train")
+    (bz, battrs), population = bank_inputs(task, 6, 2, seed=3)
+    # The attributes are kept as drawn, each paired with the same 2 fixed noise vectors.
+    assert torch.equal(battrs, attrs.repeat_interleave(2, 0))
+    assert torch.equal(bz[:2], bz[2:4]) and not torch.equal(bz[0], bz[1]) and not torch.equal(bz[:2], z[:2])
+    assert population == {"inputs": 12, "conditions": 6, "noises": 2, "split": "train", "seed": 3}
+    # The predictor's table: without noises, n draws of both inputs; with noises, the same crossing.
+    tz, tattrs = sample_table_inputs(task, 5, 0, "train")
+    assert torch.equal(tattrs, task.sample_inputs(5, 0, "train")[1]) and torch.equal(tz, task.sample_inputs(5, 0, "train")[0])
+    cz, cattrs = sample_table_inputs(task, 5, 0, "train", noises=3)
+    assert torch.equal(cattrs, tattrs.repeat_interleave(3, 0)) and torch.equal(cz[:3], cz[3:6])
+
+
+@pytest.mark.slow
+def test_every_command_and_from_pretrained_in_a_fresh_process(user):
+    root, env, mymodule = user
+    _fiancee(env, "build-bank", "--task", SPEC, "--out", "bank", "--n", "24", "--noises", "2", "--max-per-class", "32",
+             "--no-progress", cwd=root)
+    manifest = json.loads((root / "bank" / "manifest.json").read_text())
+    assert manifest["task"] == SPEC and manifest["mode"] == "global" and manifest["label_channels"] is None
+    assert manifest["population"] == {"inputs": 48, "conditions": 24, "noises": 2, "split": "train", "seed": 0}
+
+    _fiancee(env, "train-exits", "--task", SPEC, "--bank", "bank", "--preset", "smoke", "--out", "exits",
+             "--no-progress", cwd=root)
+    config = json.loads((root / "exits" / "config.json").read_text())
+    assert config["task"] == SPEC and config["exits"] == [1, 2]
+
+    report = json.loads(_fiancee(env, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json", cwd=root).stdout)
+    assert [e["after_stage"] for e in report["exits"]] == [1, 2]
+
+    _fiancee(env, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2", "--error-n", "8",
+             "--no-progress", cwd=root)
+    pconfig = json.loads((root / "predictor" / "config.json").read_text())
+    assert pconfig["task"] == SPEC and pconfig["noises"] is None
+    assert pconfig["inputs"] == [{"name": "z", "kind": "noise"}, {"name": "attrs", "kind": "condition"}]
+    assert pconfig["predictor"]["arch"] == "features"  # not conv: the task has no label map
+
+    _fiancee(env, "demo", "--task", SPEC, "--exits", "exits", "--out", "demo", "--n", "8", "--n-predictor", "16",
+             "--n-calibrate", "8", "--no-progress", cwd=root)
+    pipe_config = json.loads((root / "demo" / "pipeline" / "config.json").read_text())
+    assert pipe_config["task"] == SPEC
+    _fiancee(env, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report", cwd=root)
+    assert (root / "report" / "report.json").is_file()
+
+    _fiancee(env, "bench", "--backbone", "mymodule:make_task", "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",
+             "--json", "bench.json", "--no-progress", cwd=root)
+    bench = json.loads((root / "bench.json").read_text())
+    assert bench["settings"]["backbone"] == "mymodule:make_task" and len(bench["routes"]) == 3
+    assert bench["overhead"]["bank_mode"] == "global" and bench["overhead"]["predictor_arch"] == "features"
+
+    # A fresh process: the recorded spec is resolved, and a backbone passed in is checked and used.
+    script = """
+import json, sys, torch
+import mymodule
+from fiancee.pipeline import FianceePipeline
+pipe = FianceePipeline.from_pretrained("demo/pipeline")
+z, attrs = mymodule.MyTask().sample_inputs(6, seed=1)
+a = pipe(z, attrs, max_lpips=0.1)
+mine = mymodule.load_weights(mymodule.AttrGenerator()).eval()
+other = FianceePipeline.from_pretrained("demo/pipeline", backbone=mine)
+assert other.model.backbone is mine and other.task is None
+b = other(z, attrs, max_lpips=0.1)
+changed = mymodule.AttrGenerator()  # other weights: refused
+try:
+    FianceePipeline.from_pretrained("demo/pipeline", backbone=changed)
+    refused = ""
+except ValueError as e:
+    refused = str(e)
+print(json.dumps({"task": type(pipe.task).__name__, "shape": list(a.images.shape), "same": torch.equal(a.images, b.images),
+                  "exits": a.exits.tolist(), "refused": refused}))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["task"] == "MyTask" and out["shape"] == [6, 3, 32, 32] and out["same"]
+    assert all(0 <= e <= 2 for e in out["exits"]) and "was built for backbone weights" in out["refused"]
+
+
+def test_an_unimportable_spec_is_one_line_and_exit_2(user):
+    root, env, _ = user
+    for spec, expected in (("mymodule:Nope", "module 'mymodule' has no attribute 'Nope'"),
+                           ("missing_module_xyz:MyTask", "cannot import module 'missing_module_xyz'")):
+        r = subprocess.run([sys.executable, "-m", "fiancee", "train-exits", "--task", spec, "--out", "never"],
+                           capture_output=True, text=True, env=env, cwd=root, timeout=120)
+        assert r.returncode == 2 and expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert spec in r.stderr and not (root / "never").exists()
+
+
+def test_an_entry_point_and_a_registered_name_resolve_too(user):
+    from fiancee import register_task
+    from fiancee.tasks import TASKS, get_task
+
+    root, env, mymodule = user
+    # An installed package declares the task in its metadata (group fiancee.tasks).
+    dist = root / "my_gan_package-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-gan-package\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fiancee.tasks]\nattr-gan = mymodule:MyTask\n")
+    task = get_task("attr-gan")
+    assert isinstance(task, mymodule.MyTask) and task.spec == "attr-gan"
+    r = subprocess.run([sys.executable, "-m", "fiancee", "sample", "--task", "attr-gan", "--out", "samples", "--n", "2"],
+                       capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    assert r.returncode == 0 and (root / "samples" / "grid.png").is_file(), r.stderr
+    # In one process, a name registered by hand (a class or a zero-argument factory).
+    register_task("my-gan", lambda: mymodule.MyTask())
+    try:
+        assert get_task("my-gan").spec == "my-gan"
+    finally:
+        TASKS.unregister("my-gan")
