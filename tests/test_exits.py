@@ -208,3 +208,52 @@ def test_the_feature_tap_loop_keeps_what_was_asked_and_stops_after_it():
         assert full.taps == {} and torch.equal(full.image, backbone(label, z))
     with pytest.raises(ValueError, match="taps must be stage counts"):
         backbone.features(label, z, taps=(backbone.num_stages + 1,))
+
+
+# --- Branches that inherit the backbone's weights (exits.Branch.inherit_) ------------------------
+
+@pytest.mark.parametrize("name", ["oasis", "g2d", "dcgan"])
+def test_inherited_branches_at_full_width_are_the_backbone(name):
+    """At SF 1 every channel is kept, so an inherited branch is an exact copy of the rest of the backbone."""
+    from fiancee.exits import channel_importance
+
+    trained = build(name)  # non-trivial BatchNorm statistics
+    backbone = trained.backbone
+    model = ExitGenerator(backbone, trained.exits, 1, 1).eval()
+    x = backbone.example_inputs(4)
+    counts = model.inherit_(channel_importance(backbone, x))
+    assert counts["copied"] > 0 and counts["fresh"] == 0
+    reference = backbone(*x)
+    for r in range(model.num_routes - 1):
+        assert torch.allclose(model.route(*x, exit=r), reference, atol=1e-5)
+
+
+def test_inherited_narrow_branches_keep_the_most_active_channels():
+    from fiancee.exits import channel_importance
+
+    model = build("dcgan")
+    backbone = model.backbone
+    importance = channel_importance(backbone, backbone.example_inputs(8))
+    model.inherit_(importance)
+    branch = model.branches[0]  # after stage 1: blocks mirror stages 2 and 3, 16 -> 8 and 8 -> 4 channels
+    kept = torch.topk(importance[1], 8).indices.sort().values
+    stage_w = backbone.stages[1].module[0].weight  # ConvTranspose2d [in 32, out 16, 4, 4]
+    assert torch.equal(branch.blocks[0].module[0].weight, stage_w[:, kept])  # full-width input, kept outputs
+    kept2 = torch.topk(importance[2], 4).indices.sort().values
+    assert torch.equal(branch.blocks[1].module[0].weight, backbone.stages[2].module[0].weight[kept][:, kept2])
+    assert torch.equal(branch.blocks[0].module[1].running_mean, backbone.stages[1].module[1].running_mean[kept])
+
+
+def test_inherited_guide_channels_start_at_zero():
+    """The bank's guide enters as extra input channels of the first block (OASIS mode): they start at zero,
+    so the inherited block first computes what the backbone did, and learns to use the guide."""
+    from fiancee.exits import channel_importance
+
+    plain = build("oasis")  # every branch's first block mirrors a stage that changes width (learned shortcut)
+    guided = ExitGenerator(plain.backbone, plain.exits, 1, 1, guide=GuideSpec("first", 5)).eval()
+    x = plain.backbone.example_inputs(2)
+    assert guided.inherit_(channel_importance(plain.backbone, x))["fresh"] == 0
+    g = torch.randn(2, 5, 8, 8)
+    reference = plain.backbone(*x)
+    for r in range(guided.num_routes - 1):
+        assert torch.allclose(guided.route(*x, exit=r, guide=g), reference, atol=1e-5)

@@ -167,3 +167,25 @@ def test_a_crash_inside_a_checkpoint_write_loses_nothing_before_it(tmp_path, mon
     a = run.load_checkpoint(["branches"])[0]["branches"]
     b = RunDir(tmp_path / "straight").load_checkpoint(["branches"])[0]["branches"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_inherit_and_feature_distillation_are_recorded_and_resume_checks_them(tmp_path):
+    out = tmp_path / "run"
+    config = make_config("faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1,
+                         recipe_overrides={"features": 1.0})
+    assert config.init == "inherit"  # the default
+    train_exits(config, out, device="cpu", progress=False)
+    run = RunDir(out)
+    assert run.read_config()["init"] == "inherit" and run.read_config()["recipe"]["features"] == 1.0
+    assert "exit0/feat" in run.read_stats()[-1]
+    folder = out / run.latest()["dir"]
+    assert (folder / "adapters.safetensors").is_file()  # trained with the branches, resumed with them
+    task, model = load_exits(out)  # inference loads the branches alone
+    exported = RunDir(out).export(tmp_path / "slim")
+    assert not list(exported.rglob("adapters.safetensors"))
+    other = make_config("faces", preset="smoke", steps=3, batch_size=2, init="random", recipe_overrides={"features": 1.0})
+    with pytest.raises(ValueError, match="cannot resume .* init"):
+        train_exits(other, out, resume=True, device="cpu", progress=False)
+    train_exits(make_config("faces", preset="smoke", steps=3, batch_size=2, checkpoint_every=1,
+                            recipe_overrides={"features": 1.0}), out, resume=True, device="cpu", progress=False)
+    assert [r["step"] for r in RunDir(out).read_stats()] == [1, 2, 3]

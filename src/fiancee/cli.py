@@ -314,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default: the preset's)")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--bank", default=None, help="a feature bank folder (fiancee build-bank) to guide the branches")
-    p.add_argument("--init", choices=["random", "inherit"], default="random",
-                   help="branch weights start fresh (random) or from the backbone's most active channels (inherit)")
+    p.add_argument("--init", choices=["inherit", "random"], default="inherit",
+                   help="branch weights start from the backbone's most active channels (inherit, default) or fresh (random)")
     p.add_argument("--feature-distill", type=float, default=None, metavar="W",
                    help="weight of the intermediate-feature distillation term (default: the recipe's, 0)")
     p.add_argument("--out", required=True, help="run folder")

@@ -144,13 +144,18 @@ def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Ten
         if s is None or s.dim() != d.dim():
             fresh += 1
             continue
-        x = s.detach()
+        x, target = s.detach(), d.data
+        n_in = len(in_idx) + extra
+        if x.dim() == 1 and x.shape != target.shape and in_size > 1 and x.numel() % in_size == 0 \
+                and target.numel() == n_in * (x.numel() // in_size) and x.numel() // in_size > 1:
+            # A flattened [in, k*k] vector (spectral norm's right singular vector): map it by input channel.
+            x, target = x.view(in_size, -1), target.view(n_in, -1)
         pad_in: int | None = None
-        for k in range(d.dim()):
-            if x.shape[k] == d.shape[k]:
+        for k in range(target.dim()):
+            if x.shape[k] == target.shape[k]:
                 continue
-            as_in = x.shape[k] == in_size and d.shape[k] == len(in_idx) + extra
-            as_out = x.shape[k] == out_size and d.shape[k] == len(out_idx)
+            as_in = x.shape[k] == in_size and target.shape[k] == n_in
+            as_out = x.shape[k] == out_size and target.shape[k] == len(out_idx)
             if as_in and as_out and not (extra == 0 and torch.equal(in_idx, out_idx)):
                 raise ValueError(f"cannot inherit {name}: dimension {k} could be the input or the output channels")
             if as_out:
@@ -158,8 +163,8 @@ def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Ten
             elif as_in:
                 x = x.index_select(k, in_idx.to(x.device))
                 pad_in = k if extra else None
-            elif d.shape[k] < x.shape[k]:
-                x = x.narrow(k, 0, d.shape[k])  # an inner width tied to neither side (spectral-norm vectors)
+            elif target.shape[k] < x.shape[k]:
+                x = x.narrow(k, 0, target.shape[k])  # an inner width tied to neither side
             else:
                 x = None
                 break
@@ -170,7 +175,7 @@ def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Ten
             shape = list(x.shape)
             shape[pad_in] = extra
             x = torch.cat([x, x.new_zeros(shape)], dim=pad_in)
-        d.data.copy_(x.to(d.dtype))
+        target.copy_(x.to(d.dtype))
         copied += 1
     return copied, fresh
 

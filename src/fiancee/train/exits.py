@@ -61,7 +61,9 @@ class ExitTrainConfig:
     seed: int = 0
     bank: str | None = None
     world_size: int = 1
-    init: str = "random"  # exits.INITS: fresh branches, or sliced from the backbone's own weights
+    # exits.INITS: sliced from the backbone's own weights (the default: on faces it reaches at 300 steps what
+    # fresh branches reach after 1500, docs/training.md), or fresh branches as in the paper.
+    init: str = "inherit"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,7 +72,7 @@ class ExitTrainConfig:
 def make_config(task: str, *, scale: str | None = None, min_channels: int | None = None, recipe: str = "oasis",
                 preset: str = "quick", steps: int | None = None, batch_size: int | None = None,
                 checkpoint_every: int | None = None, seed: int = 0, bank: str | None = None,
-                recipe_overrides: dict | None = None, init: str = "random") -> ExitTrainConfig:
+                recipe_overrides: dict | None = None, init: str = "inherit") -> ExitTrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     if init not in INITS:
