@@ -1,7 +1,8 @@
 """``make demo`` / ``fiancee demo``: the whole method end to end on one task.
 
-1. exits: the committed quick-preset run of the task (``weights/<task>/exits``), or a fresh
-   ``train-exits --preset quick`` with ``retrain=True``;
+1. exits: the quick-preset run shipped with the package (``fiancee/weights/<task>/exits``, or
+   ``$FIANCEE_WEIGHTS/<task>/exits``), or a fresh ``train-exits --preset quick`` with ``retrain=True``
+   or when the task has no shipped run (fashion);
 2. predictor: inputs x true LPIPS of every exit on training inputs, then the paper's MSE + SGD recipe;
 3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw
    so that ``target_compliance`` of the outputs truly meet each threshold. The demo asks for 0.96 so
@@ -22,9 +23,10 @@ __all__ = ["run_demo", "committed_exits"]
 
 
 def committed_exits(task: str) -> Path:
-    from .tasks.base import repo_root
+    """The task's shipped exit run (it may not exist: only faces ships one)."""
+    from .tasks.base import weights_dir
 
-    return repo_root() / "weights" / task / "exits"
+    return weights_dir(task, "exits")
 
 
 def _say(msg: str) -> None:
@@ -59,8 +61,9 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
     out.mkdir(parents=True, exist_ok=True)
     run = committed_exits(task)
     if retrain or not (run / "latest.json").is_file():
+        why = "--retrain" if retrain else f"no trained exits at {run}"
         run = out / "exits"
-        _say(f"1/4 training the exits of {task!r} (quick preset) into {run}")
+        _say(f"1/4 training the exits of {task!r} (quick preset, {why}) into {run}")
         if (run / "config.json").is_file():
             train_exits(make_config(task, preset="quick", seed=seed), run, resume=True, progress=progress)
         else:

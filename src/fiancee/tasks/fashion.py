@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
 from ..io import load_tensors, read_json
-from .base import Task, check_split, repo_root
+from .base import Task, check_split, find_weights
 
 __all__ = [
     "CLASS_NAMES", "NUM_LABELS", "BACKGROUND", "DEFAULT_DATA_DIR", "IDX_FILES", "find_data_dir", "read_idx",
@@ -168,9 +168,8 @@ def load_split(split: str, data: str | os.PathLike | None = None, limit: int | N
 
 
 def default_weights_dir() -> Path:
-    """``$FIANCEE_WEIGHTS/fashion`` if set, else the committed ``weights/fashion`` of the checkout."""
-    root = os.environ.get("FIANCEE_WEIGHTS")
-    return Path(root) / "fashion" if root else repo_root() / "weights" / "fashion"
+    """``$FIANCEE_WEIGHTS/fashion`` if set, else the trained backbone shipped in the package."""
+    return find_weights("fashion")
 
 
 def load_fashion_backbone(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> OASISGenerator:
