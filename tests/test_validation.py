@@ -414,7 +414,7 @@ def _(ctx):
     if not run.exists():
         shutil.copytree(committed_exits("faces"), run)
     (run / "latest.json").write_text('{"step": 300}')
-    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(ctx.tmp / "eval_keys")]
 
 
 @case("pipeline config.json that is not an object", "FianceePipeline.from_pretrained",
@@ -482,7 +482,7 @@ def _(ctx):
     run = ctx.tmp / "corrupt_run"
     run.mkdir(exist_ok=True)
     (run / "config.json").write_text('{"task": "fa')
-    return ["evaluate-exits", str(run), "--no-fid"]
+    return ["evaluate-exits", str(run), "--no-fid", "--out", str(ctx.tmp / "eval_corrupt")]
 
 
 @case("truncated pretrained face weights", "fiancee sample", "is not a loadable tensors-only PyTorch file", cli=True)

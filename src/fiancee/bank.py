@@ -171,11 +171,9 @@ def majority_labels(label: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 # FAISS indexes.
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - the package is a hard dependency
-        raise RuntimeError("the feature bank needs FAISS: pip install faiss-cpu") from None
-    return faiss
+    from .extras import require
+
+    return require("faiss", "the feature bank")  # one line naming fiancee[bank] when FAISS is missing
 
 
 def _make_index(keys: np.ndarray, kind: str):
@@ -595,6 +593,7 @@ def build_bank(task_name: str, out: str | os.PathLike, *, mode: str | None = Non
 
     if Path(out).exists() and not overwrite:
         raise ValueError(f"{out} already exists; choose another --out or remove it")
+    _faiss()  # before minutes of feature extraction
     task = get_task(task_name, data=data, weights=weights)
     d = TASK_DEFAULTS.get(task_name, TASK_DEFAULTS["faces"])
     backbone = task.load_backbone(device)

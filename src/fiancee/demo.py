@@ -69,7 +69,7 @@ def run_demo(task: str = "faces", out: str | Path = "out/demo", *, retrain: bool
         else:
             train_exits(make_config(task, preset="quick", seed=seed), run, progress=progress)
     else:
-        _say(f"1/4 exits: the committed quick-preset run {run} (--retrain to train them again)")
+        _say(f"1/4 exits: the quick-preset run shipped with fiancee, {run} (--retrain to train them again)")
 
     _say("2/4 predictor: true LPIPS of every exit on training inputs, then MSE + SGD (paper S1.1.2)")
     pred_dir = out / "predictor"

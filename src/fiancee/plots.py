@@ -183,8 +183,8 @@ def save_shares_plot(rows: list[dict], macs, path: str | Path) -> Path:
     ax2.set_ylabel("GMACs per input")
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.1, 1.0), borderaxespad=0)
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.set_title("Where the inputs go, and the mean cost per input (cf. paper Figs. 3, 7)")
     fig.tight_layout()
     return _save(fig, path)

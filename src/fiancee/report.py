@@ -89,8 +89,10 @@ def _headline_html(rows: list[dict], paper: list[dict], meta: dict, macs: np.nda
     guarantee = (f"calibrated so that at least {_pct(target, 0)} of outputs meet T (margins fitted on "
                  f"{cfg.get('fit_size')} held-out inputs the predictor never saw)") if target is not None else \
         f"{html.escape(str(meta.get('router')))} router: no calibrated guarantee"
+    what = ("net: the predictor's and bank's MACs subtracted" if net else
+            "routes only: the predictor's and bank's MACs are not subtracted")
     lead = (f"<p class=lead>At LPIPS &le; {top['threshold']:g}: <b>{_pct(top['macs_saved'])}</b> of the backbone's MACs "
-            f"saved ({saved_name}), <b>{_pct(top['compliance'])}</b> of outputs within the threshold.<br>"
+            f"saved ({what}), <b>{_pct(top['compliance'])}</b> of outputs within the threshold.<br>"
             f"Guarantee: {guarantee}.</p>")
     paper_by_t = {round(p["threshold"], 9): p for p in paper}
     extra_head = "<th>route MACs saved</th><th>overhead per input</th>" if net else ""
