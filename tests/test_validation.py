@@ -503,6 +503,15 @@ def _(ctx):
     return ["bank-latency", str(ctx.faces_bank), "--task", "fashion", "--reps", "1"]
 
 
+@case("--out folder that already holds files, without --overwrite", "fiancee sample",
+      "already exists and is not empty; pass --overwrite", cli=True)
+def _(ctx):
+    out = ctx.tmp / "not_empty"
+    out.mkdir(exist_ok=True)
+    (out / "mine.txt").write_text("keep")
+    return ["sample", "--task", "faces", "--out", str(out), "--n", "2"]
+
+
 # ----------------------------------------------------------------------------------------------
 
 

@@ -620,7 +620,7 @@ def build_bank(task_name: str, out: str | os.PathLike, *, mode: str | None = Non
 def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple[torch.Tensor, ...]] | None = None,
                       batch_sizes: Sequence[int] = (1, 32), reps: int = 50, warmup: int = 5) -> list[dict]:
     """Median wall time of retrieval (keys -> FAISS -> guide tensor) next to the median time of the
-    smallest route (exit 0, guide given as a tensor) in the same process, per batch size.
+    smallest route (exit 1, route index 0; guide given as a tensor) in the same process, per batch size.
 
     The paper reports up to 5 ms, 16% of its smallest branch, on a P40 (S1.1.1). Timed by
     :func:`fiancee.bench.time_ms` (CUDA events on a GPU).

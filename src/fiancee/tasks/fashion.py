@@ -250,8 +250,10 @@ def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | 
     test = load_split("test", data)
     model = train_classifier(train.images, train.classes, epochs=epochs, seed=seed, progress=progress)
     real_acc = accuracy(model, test.images, test.classes)
+    # The thread count changes the order of float reductions, hence the weights: recorded so that a
+    # rerun can match it (docs/tasks.md).
     info = {"seed": seed, "epochs": epochs, "train_images": len(train), "real_test_accuracy": round(real_acc, 4),
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
     save_classifier(model, out, info)
     return info
 
