@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="fashion: folder with the idx .gz files")
-    p.add_argument("--weights", default=None, help="faces: weights.tar; fashion: backbone folder (default weights/fashion)")
+    p.add_argument("--weights", default=None, help="faces: weights.tar; fashion: backbone folder (default: the one shipped in fiancee/weights/fashion)")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_sample)
 
@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", choices=["fashion"], required=True)
-    p.add_argument("--weights", default=None, help="backbone folder (default weights/fashion)")
+    p.add_argument("--weights", default=None, help="backbone folder (default: the one shipped in fiancee/weights/fashion)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fid", action="store_true", help="label accuracy only (FID runs Inception, slow on CPU)")
