@@ -149,10 +149,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     thresholds = _floats(args.thresholds, "--thresholds")
     report = evaluate_pipeline(args.pipeline, thresholds, n=args.n, seed=args.seed, out=args.out, progress=True)
-    print(f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  exit shares")
+    names = " / ".join(report.get("route_names") or [])
+    print(f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  shares ({names})")
     for r in report["thresholds"]:
-        print(f"{r['threshold']:>6.3f}{r['compliance']:>12.3f}{r['macs_saved']:>12.3f}{r['oracle_macs_saved']:>9.3f}"
-              f"{r['oracle_macs_saved_at_compliance']:>10.3f}  {' / '.join(f'{s:.2f}' for s in r['exit_shares'])}")
+        print(f"{r['threshold']:>6.3f}{r['compliance']:>12.1%}{r['macs_saved']:>12.1%}{r['oracle_macs_saved']:>9.1%}"
+              f"{r['oracle_macs_saved_at_compliance']:>10.1%}  {' / '.join(f'{s:.0%}' for s in r['exit_shares'])}")
     print(f"report: {report['html']}")
     return 0
 

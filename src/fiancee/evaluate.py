@@ -140,7 +140,7 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     from .extras import require
     from .pipeline import FianceePipeline
     from .predictor import build_lpips_table
-    from .report import threshold_row, write_report
+    from .report import route_name, threshold_row, write_report
     from .routing import ThresholdRouter, check_threshold, true_lpips_of
 
     # Arguments first: a typo (or a missing plotting package) should not cost the pipeline's loading time.
@@ -179,8 +179,9 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     examples = example_rows(pipeline, table["inputs"], true, predicted, thresholds)
     html_path = write_report(out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta,
                              examples=examples)
-    return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "html": str(html_path),
-            "report": str(out / "report.json")}
+    names = [route_name(r, len(macs) - 1) for r in range(len(macs))]
+    return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "route_names": names,
+            "html": str(html_path), "report": str(out / "report.json")}
 
 
 @torch.no_grad()
