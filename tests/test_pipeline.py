@@ -70,9 +70,35 @@ def test_report_holds_the_required_keys(pipeline_dir, tmp_path):
             assert key in row
         assert abs(sum(row["exit_shares"]) - 1) < 1e-9
         assert row["oracle_macs_saved"] >= row["oracle_macs_saved_at_compliance"] - 1e-12 or row["compliance"] < 1
-    for name in ("report.html", "shares.png", "densities.png"):
+    for name in ("report.html", "shares.png", "densities.png", "saved.png", "examples.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     assert report["html"].endswith("report.html")
+    # The image strip: every exit (1-based), the backbone, then the routed outputs at two thresholds.
+    assert [e["label"] for e in saved["examples"]] == ["exit 1", "exit 2", "exit 3", "backbone",
+                                                       "routed, T = 0.1", "routed, T = 0.3"]
+    assert saved["route_names"] == ["exit 1", "exit 2", "exit 3", "backbone"]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    top = saved["thresholds"][0]
+    # The headline comes first, in percent, with the paper's rule beside ours.
+    assert page.index(f"{100 * top['macs_saved']:.1f}%") < page.index("examples.png") < page.index("shares.png")
+    assert "paper's rule" in page and "Guarantee" in page and "exit 0" not in page
+
+
+def test_report_shows_net_accounting_when_the_rows_carry_it(tmp_path):
+    import numpy as np
+
+    from fiancee.report import write_report
+
+    true = torch.tensor([[0.05, 0.02], [0.3, 0.08], [0.4, 0.3], [0.2, 0.1]])  # [N=4, E=2]
+    macs = [10.0, 20.0, 40.0]
+    rows = [threshold_row(true, torch.tensor([0, 1, 2, 1]), macs, 0.1)]
+    html = write_report(tmp_path / "plain", rows=rows, true_lpips=true.numpy(), macs=np.array(macs), density_routes=[],
+                        meta={"task": "t", "router": "calibrated"}).read_text()
+    assert "routes only" in html and "overhead per input" not in html
+    rows[0].update(route_macs_saved=0.5, overhead_macs=2.0)
+    html = write_report(tmp_path / "net", rows=rows, true_lpips=true.numpy(), macs=np.array(macs), density_routes=[],
+                        meta={"task": "t", "router": "calibrated"}).read_text()
+    assert "net MACs saved" in html and "overhead per input" in html and "5.00%" in html  # 2 of 40 MACs
 
 
 def test_threshold_row_against_hand_computed_numbers():

@@ -72,8 +72,8 @@ def test_evaluate_exits_cli_json(tmp_path):
     out = tmp_path / "run"
     subprocess.run(_cli("train-exits", "--task", "faces", "--preset", "smoke", "--steps", "2", "--batch-size", "2",
                         "--out", str(out), "--no-progress", "--device", "cpu"), check=True, env=ENV, capture_output=True)
-    proc = subprocess.run(_cli("evaluate-exits", str(out), "--n", "4", "--json"), check=True, env=ENV,
-                          capture_output=True, text=True)
+    proc = subprocess.run(_cli("evaluate-exits", str(out), "--n", "4", "--json", "--out", str(tmp_path / "eval")),
+                          check=True, env=ENV, capture_output=True, text=True)
     report = json.loads(proc.stdout)
     exits = report["exits"]
     assert len(exits) == 3
@@ -83,7 +83,14 @@ def test_evaluate_exits_cli_json(tmp_path):
         assert 0 <= e["lpips_mean"] <= 1.5 and e["fid"] >= 0
     assert [e["macs"] for e in exits] == sorted(e["macs"] for e in exits)
     assert exits[-1]["macs"] < report["backbone_macs"]
-    assert (out / "eval" / "exits_grid.png").is_file()
+    # Users read exits 1..E; the API's 0-based route index rides along.
+    assert [e["exit"] for e in exits] == [1, 2, 3] and [e["route"] for e in exits] == [0, 1, 2]
+    assert (tmp_path / "eval" / "exits_grid.png").is_file()
+    assert not (out / "eval").exists()  # the run folder is never written into
+    # The same --out again is refused (one line, nothing replaced) unless --overwrite.
+    again = subprocess.run(_cli("evaluate-exits", str(out), "--n", "4", "--out", str(tmp_path / "eval")),
+                           env=ENV, capture_output=True, text=True)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_torchrun_two_processes_keep_identical_replicas(tmp_path):

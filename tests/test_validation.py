@@ -169,12 +169,12 @@ class Ctx:
         """A fresh copy of the committed faces exit run."""
         import shutil
 
-        from fiancee.demo import committed_exits
+        from fiancee.tasks import get_task
 
         run = self.tmp / name
         if run.exists():
             shutil.rmtree(run)
-        shutil.copytree(committed_exits("faces"), run)
+        shutil.copytree(get_task("faces").pretrained_exits(), run)
         return run
 
     def bank_copy(self, name: str) -> Path:
@@ -527,7 +527,7 @@ def _(ctx):
     if not run.exists():
         shutil.copytree(get_task("faces").pretrained_exits(), run)
     (run / "latest.json").write_text('{"step": 300}')
-    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(ctx.tmp / "eval_keys")]
 
 
 @case("pipeline config.json that is not an object", "FianceePipeline.from_pretrained",
@@ -595,7 +595,7 @@ def _(ctx):
     run = ctx.tmp / "corrupt_run"
     run.mkdir(exist_ok=True)
     (run / "config.json").write_text('{"task": "fa')
-    return ["evaluate-exits", str(run), "--no-fid"]
+    return ["evaluate-exits", str(run), "--no-fid", "--out", str(ctx.tmp / "eval_corrupt")]
 
 
 @case("truncated pretrained face weights", "fiancee sample", "is not a loadable tensors-only PyTorch file", cli=True)
@@ -614,6 +614,15 @@ def _(ctx):
 @case("bank of another backbone", "fiancee bank-latency", "was built from a backbone with weights fingerprint", cli=True)
 def _(ctx):
     return ["bank-latency", str(ctx.faces_bank), "--task", "fashion", "--reps", "1"]
+
+
+@case("--out folder that already holds files, without --overwrite", "fiancee sample",
+      "already exists and is not empty; pass --overwrite", cli=True)
+def _(ctx):
+    out = ctx.tmp / "not_empty"
+    out.mkdir(exist_ok=True)
+    (out / "mine.txt").write_text("keep")
+    return ["sample", "--task", "faces", "--out", str(out), "--n", "2"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """fiancee: conditional early exits for trained image generators (FIANCEE, CVPR 2023)."""
 
-__all__ = ["register_task"]
+__version__ = "0.1.0"
+__all__ = ["register_task", "__version__"]
 
 
 def register_task(name: str, factory) -> None:

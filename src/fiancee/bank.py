@@ -178,11 +178,9 @@ def majority_labels(label: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 # FAISS indexes.
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - the package is a hard dependency
-        raise RuntimeError("the feature bank needs FAISS: pip install faiss-cpu") from None
-    return faiss
+    from .extras import require
+
+    return require("faiss", "the feature bank")  # one line naming fiancee[bank] when FAISS is missing
 
 
 def _make_index(keys: np.ndarray, kind: str):
@@ -643,7 +641,7 @@ def build_feature_bank(backbone, inputs: tuple[torch.Tensor, ...], spec: BankSpe
 def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple[torch.Tensor, ...]] | None = None,
                       batch_sizes: Sequence[int] = (1, 32), reps: int = 50, warmup: int = 5) -> list[dict]:
     """Median wall time of retrieval (keys -> FAISS -> guide tensor) next to the median time of the
-    smallest route (exit 0, guide given as a tensor) in the same process, per batch size.
+    smallest route (exit 1, route index 0; guide given as a tensor) in the same process, per batch size.
 
     The paper reports up to 5 ms, 16% of its smallest branch, on a P40 (S1.1.1). Timed by
     :func:`fiancee.timing.time_ms` (CUDA events on a GPU).

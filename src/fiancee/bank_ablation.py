@@ -37,9 +37,11 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
                   fid: bool = True, device: str = "cpu", bandwidth: float = 0.3, grid_columns: int = 8) -> dict:
     """Evaluate both arms on the same ``n`` held-out inputs; write ``ablation.json``, ``ablation.md``,
     ``lpips_kde.png`` and ``start_images.png`` under ``out``; returns the JSON report."""
+    from .extras import require
     from .plots import save_grid, save_kde_panels
     from .train.run import RunDir
 
+    require("matplotlib", "the ablation's KDE plot")
     if n < 2:
         raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
     ca, cb = RunDir(nobank_run).read_config(), RunDir(bank_run).read_config()
@@ -57,7 +59,7 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
     rows = []
     for ea, eb in zip(a["exits"], b["exits"]):
         rows.append({
-            "exit": ea["exit"], "after_stage": ea["after_stage"],
+            "exit": ea["exit"], "route": ea["route"], "after_stage": ea["after_stage"],
             "macs_without": ea["macs"], "macs_with": eb["macs"],
             "lpips_without": _summary(ea["lpips"]), "lpips_with": _summary(eb["lpips"]),
             "fid_without": ea["fid"], "fid_with": eb["fid"],
@@ -78,7 +80,7 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
     save_kde_panels(panels, out / "lpips_kde.png", bandwidth=bandwidth, xlabel="LPIPS vs backbone",
                     title=f"{ca['task']}: per-image LPIPS with and without the bank (n={n}, KDE bw {bandwidth})")
 
-    # Fig. S12 analogue: backbone image, start image (retrieved), exit 0 with and without the bank.
+    # Fig. S12 analogue: backbone image, start image (retrieved), exit 1 (route 0) with and without the bank.
     from .bank import load_bank, start_images
 
     bank = load_bank(cb["bank"], b["model"].backbone)
@@ -88,7 +90,7 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
     save_grid(torch.cat([backbone_img.cpu(), start.cpu(), b["images"][0][:cols], a["images"][0][:cols]]),
               out / "start_images.png", ncol=cols)
     report["plots"] = {"kde": str(out / "lpips_kde.png"), "start_images": str(out / "start_images.png"),
-                       "start_images_rows": ["backbone", "start image (retrieved)", "exit 0 with bank", "exit 0 without bank"]}
+                       "start_images_rows": ["backbone", "start image (retrieved)", "exit 1 with bank", "exit 1 without bank"]}
     write_json(out / "ablation.json", report)
     atomic_write_text(out / "ablation.md", markdown_table(report))
     return report

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 __all__ = ["main", "build_parser"]
@@ -95,12 +96,13 @@ def _evaluate_exits(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['task']}: {report['n']} held-out inputs, LPIPS ({report['lpips_net']}) and FID vs the backbone")
-    print(f"{'exit':<6}{'after':>6}{'GMACs':>9}{'ratio':>7}{'mean':>8}{'median':>8}{'p90':>8}{'FID':>9}")
+    print(f"{'':<9}{'after':>6}{'GMACs':>9}{'ratio':>7}{'mean':>8}{'median':>8}{'p90':>8}{'FID':>9}")
     for e in report["exits"]:
         fid = f"{e['fid']:>9.2f}" if e["fid"] is not None else f"{'-':>9}"
-        print(f"{e['exit']:<6}{e['after_stage']:>6}{e['macs'] / 1e9:>9.3f}{e['macs_ratio']:>7.3f}"
+        print(f"{'exit ' + str(e['exit']):<9}{'stage ' + str(e['after_stage']):>6}{e['macs'] / 1e9:>9.3f}{e['macs_ratio']:>7.3f}"
               f"{e['lpips_mean']:>8.4f}{e['lpips_median']:>8.4f}{e['lpips_p90']:>8.4f}{fid}")
-    print(f"backbone {report['backbone_macs'] / 1e9:.3f} GMACs; grid: {report['grid']}")
+    print(f"{'backbone':<9}{'':>6}{report['backbone_macs'] / 1e9:>9.3f}{1:>7.3f}{0:>8.4f}{0:>8.4f}{0:>8.4f}{'-':>9}")
+    print(f"grid (rows: exit 1..{len(report['exits'])}, then the backbone): {report['grid']}")
     return 0
 
 
@@ -165,10 +167,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     thresholds = _floats(args.thresholds, "--thresholds")
     report = evaluate_pipeline(args.pipeline, thresholds, n=args.n, seed=args.seed, out=args.out, progress=True)
-    print(f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  exit shares")
+    names = " / ".join(report.get("route_names") or [])
+    print(f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  shares ({names})")
     for r in report["thresholds"]:
-        print(f"{r['threshold']:>6.3f}{r['compliance']:>12.3f}{r['macs_saved']:>12.3f}{r['oracle_macs_saved']:>9.3f}"
-              f"{r['oracle_macs_saved_at_compliance']:>10.3f}  {' / '.join(f'{s:.2f}' for s in r['exit_shares'])}")
+        print(f"{r['threshold']:>6.3f}{r['compliance']:>12.1%}{r['macs_saved']:>12.1%}{r['oracle_macs_saved']:>9.1%}"
+              f"{r['oracle_macs_saved_at_compliance']:>10.1%}  {' / '.join(f'{s:.0%}' for s in r['exit_shares'])}")
     print(f"report: {report['html']}")
     return 0
 
@@ -248,8 +251,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fiancee", description="Conditional early exits for trained image generators.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from . import __version__
+
+    parser = _Parser(prog="fiancee", description="Conditional early exits for trained image generators.",
+                     epilog="`fiancee COMMAND --help` shows a command's options and a worked example.")
+    parser.add_argument("--version", action="version", version=f"fiancee {__version__}")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
         "macs", help="MACs of the backbone and of every exit route",
@@ -267,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "lpips", help="LPIPS distance between two images",
         description="LPIPS v0.1 (Zhang et al. 2018) with ImageNet weights; prints the distance on the last line.",
-        epilog="example: fiancee lpips ex_ref.png ex_p0.png --net alex",
+        epilog="example: fiancee lpips tests/fixtures/lpips/ex_ref.png tests/fixtures/lpips/ex_p0.png --net alex",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("a", help="first image (PNG, JPEG, ...)")
@@ -281,12 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the OASIS generator of task 'fashion' on Fashion-MNIST label maps: U-Net segmentation "
                     "discriminator with balanced N+1-class cross-entropy, LabelMix, EMA, Adam(0, 0.999). "
                     "The run folder holds config.json, stats.jsonl, checkpoint.safetensors and backbone/.",
-        epilog="example: fiancee train-backbone --task fashion --config configs/fashion_backbone.json "
+        epilog="example: fiancee train-backbone --task fashion --config fashion_backbone "
                "--out runs/fashion_backbone --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", choices=["fashion"], required=True, help="only fashion is trained (faces is pretrained)")
-    p.add_argument("--config", required=True, help="training config JSON (e.g. configs/fashion_backbone.json)")
+    p.add_argument("--config", required=True, help="training config: a JSON file, or the name of one shipped in "
+                                                    "fiancee/configs (fashion_backbone)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     p.add_argument("--steps", type=int, default=None, help="overrides the config's step count")
@@ -329,16 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate-exits", help="MACs, LPIPS and FID of every exit of a trained run",
         description="Per exit: MACs, mean / median / p90 LPIPS vs the backbone on held-out inputs, FID; "
                     "writes exits.json and an image grid (one row per exit, the backbone last).",
-        epilog="example: fiancee evaluate-exits runs/faces --n 500 --json",
+        epilog="example: fiancee evaluate-exits src/fiancee/weights/faces/exits --n 500 --no-fid --out out/faces_exits\n"
+               "(src/fiancee/weights/faces/exits: the faces exits shipped with the package; exits are numbered "
+               "1..E in the output, the backbone last)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder of fiancee train-exits")
     p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
     p.add_argument("--no-fid", action="store_true", help="skip FID (Inception is slow on CPU)")
-    p.add_argument("--out", default=None, help="output folder (default RUN/eval)")
+    p.add_argument("--out", default="out/evaluate-exits", help="folder for exits.json and exits_grid.png "
+                                                               "(default out/evaluate-exits)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_evaluate_exits)
     p = sub.add_parser(
         "sample", help="write backbone samples of a task as PNG files and a grid",
@@ -351,13 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="fashion: folder with the idx .gz files")
-    p.add_argument("--weights", default=None, help="faces: weights.tar; fashion: backbone folder (default weights/fashion)")
+    p.add_argument("--weights", default=None, help="faces: weights.tar; fashion: backbone folder (default: the one shipped in fiancee/weights/fashion)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_sample)
 
     p = sub.add_parser(
         "train-classifier", help="train the fashion label classifier on the real training set",
         description="Small CNN on real Fashion-MNIST (32x32 padded); used to score generated garments.",
-        epilog="example: fiancee train-classifier --task fashion --out weights/fashion --seed 0",
+        epilog="example: fiancee train-classifier --task fashion --out runs/fashion_classifier --seed 0 --epochs 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", choices=["fashion"], required=True)
@@ -365,29 +378,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="folder with the idx .gz files")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_train_classifier)
 
     p = sub.add_parser(
         "evaluate-backbone", help="label accuracy and FID of the fashion backbone",
         description="Generates from N test label maps; label accuracy by the classifier in the weights folder, "
                     "FID against the N matching real test images.",
-        epilog="example: fiancee evaluate-backbone --task fashion --n 1000 --seed 0 --out out/fashion_eval",
+        epilog="example: fiancee evaluate-backbone --task fashion --n 1000 --seed 0 --no-fid --out out/fashion_eval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", choices=["fashion"], required=True)
-    p.add_argument("--weights", default=None, help="backbone folder (default weights/fashion)")
+    p.add_argument("--weights", default=None, help="backbone folder (default: the one shipped in fiancee/weights/fashion)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fid", action="store_true", help="label accuracy only (FID runs Inception, slow on CPU)")
     p.add_argument("--out", default=None, help="also write metrics.json and grid.png here")
     p.add_argument("--data", default=None, help="folder with the idx .gz files")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_evaluate_backbone)
 
     p = sub.add_parser(
         "train-predictor", help="train the quality predictor of a trained exit run",
         description="Builds (and caches) the table of inputs x true LPIPS of every exit vs the backbone, trains the "
                     "predictor (paper Sec. 3.2) and writes DIR/config.json, DIR/weights.safetensors, DIR/error.json.",
-        epilog="example: fiancee train-predictor runs/faces --out runs/faces/predictor --n 4000 --epochs 60",
+        epilog="example: fiancee train-predictor src/fiancee/weights/faces/exits --out runs/faces_predictor --n 2000 --epochs 60",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder of fiancee train-exits")
@@ -404,13 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_train_predictor)
 
     p = sub.add_parser(
         "predictor-error", help="mean relative error per exit of a trained predictor (Tables S3 / S4)",
         description="Held-out inputs: test maps with the training noises and with new noises (label-map tasks), "
                     "held-out z (faces). Also MAE and Spearman rank correlation per exit.",
-        epilog="example: fiancee predictor-error runs/faces/predictor --n 500 --json",
+        epilog="example: fiancee predictor-error runs/faces_predictor --n 500 --json   (after the train-predictor example)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("predictor", help="predictor folder of fiancee train-predictor")
@@ -423,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate", help="compute saved and compliance of a pipeline at quality thresholds",
         description="Routes held-out inputs at every threshold; writes report.json, report.html and PNG plots.",
-        epilog="example: fiancee evaluate out/demo/pipeline --thresholds 0.05,0.1,0.2 --n 500",
+        epilog="example: fiancee evaluate out/demo/pipeline --thresholds 0.05,0.1,0.2 --n 500 --out out/demo_eval   "
+               "(after fiancee demo)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pipeline", help="a pipeline folder (FianceePipeline.save)")
@@ -431,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
     p.add_argument("--out", default=None, help="report folder (default PIPELINE/report)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -453,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train-exits preset when the task has no committed exits or with --retrain (default quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser(
@@ -460,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Populate a feature bank from training inputs (paper 3.3, S1.1.1, S1.2.1): patch mode (keys = "
                     "key-stage patches, values = middle-stage patches, searched per semantic class) or global mode "
                     "(one key per input, value = the backbone's RGB image). Writes a bank folder.",
-        epilog="example: fiancee build-bank --task fashion --out banks/fashion --latency",
+        epilog="example: fiancee build-bank --task fashion --out runs/bank_fashion --latency",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", type=_task_spec, required=True, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
@@ -489,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bank-latency", help="retrieval latency of a bank vs the smallest route, batch 1 and 32",
         description="Median wall time of retrieval (keys, FAISS search, guide tensor) and of the smallest route "
-                    "(exit 0) measured in the same process; prints JSON with their ratio.",
-        epilog="example: fiancee bank-latency banks/faces --task faces --threads 1",
+                    "(exit 1) measured in the same process; prints JSON with their ratio.",
+        epilog="example: fiancee bank-latency runs/bank_fashion --task fashion --threads 1   (after the build-bank example)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bank", help="bank folder (fiancee build-bank)")
@@ -506,7 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
         "bank-ablation", help="exits trained with vs without the bank: LPIPS/FID table, KDE plot, start images",
         description="Evaluates two train-exits runs of the same budget (one with --bank) on the same held-out "
                     "inputs; writes ablation.json, ablation.md, lpips_kde.png and start_images.png.",
-        epilog="example: fiancee bank-ablation runs/faces_nobank runs/faces_bank --out runs/faces_ablation --n 500",
+        epilog="example (the shipped faces exits against exits trained with a bank, same budget):\n"
+               "  fiancee build-bank --task faces --out runs/bank_faces\n"
+               "  fiancee train-exits --task faces --preset quick --bank runs/bank_faces --out runs/faces_bank\n"
+               "  fiancee bank-ablation src/fiancee/weights/faces/exits runs/faces_bank --out out/faces_ablation --n 500",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("nobank_run", help="run folder trained without a bank")
@@ -516,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fid", action="store_true", help="skip FID (Inception is slow on CPU)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_bank_ablation)
 
     p = sub.add_parser(
@@ -524,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the mixed-exit tree against the ideal, deepest-needed and grouped execution, the predictor + "
                     "bank cost as a fraction of the smallest route, and optional speed-ups (--opt) with their "
                     "output differences. Prints a table and writes the JSON report (BENCHMARKS.md).",
-        epilog="example: fiancee bench --backbone oasis --size tiny --batch 1,8,32 --json benchmarks/oasis_tiny_cpu.json\n"
-               "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json oasis_gpu.json",
+        epilog="example: fiancee bench --backbone oasis --size tiny --batch 1,8,32 --json out/bench/oasis_tiny_cpu.json\n"
+               "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json out/bench/oasis_gpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backbone", type=_bench_backbone, required=True,
@@ -557,9 +580,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # `fiancee` alone: the list of commands
+        parser.print_help()
+        return 0
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        _refuse_existing_out(args)
         return func(args)
+    except ImportError as e:
+        # A missing optional package (matplotlib, FAISS): one line naming the extra that installs it.
+        if os.environ.get("FIANCEE_DEBUG"):
+            raise
+        from .extras import MissingDependency, install_hint
+
+        hint = None if isinstance(e, MissingDependency) else install_hint(e.name)
+        text = _one_line(e) + (f": {hint}" if hint else "")
+        print(f"fiancee {args.command}: error: {text}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, RuntimeError, ArithmeticError, MemoryError) as e:
         # What a user can cause (bad arguments, missing or corrupt files, wrong shapes): one line, exit 2.
         # FIANCEE_DEBUG=1 shows the traceback instead, for bug reports.
@@ -575,6 +612,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fiancee {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# Commands that write a folder: the option naming it. An existing, non-empty folder is refused unless
+# --overwrite is given, so no worked example silently replaces a committed or earlier result.
+# (build-bank checks its own folder; train-exits and train-backbone resume with --resume.)
+_OUT_FOLDERS = {
+    "sample": "out", "train-classifier": "out", "evaluate-backbone": "out", "evaluate-exits": "out",
+    "train-predictor": "out", "evaluate": "out", "demo": "out", "bank-ablation": "out",
+}
+
+
+def _refuse_existing_out(args: argparse.Namespace) -> None:
+    attr = _OUT_FOLDERS.get(args.command)
+    folder = getattr(args, attr, None) if attr else None
+    if args.command == "evaluate" and folder is None:  # its default report folder
+        folder = str(Path(args.pipeline) / "report")
+    if folder is None or getattr(args, "overwrite", False):
+        return
+    path = Path(folder)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"--{attr} {folder} already exists and is not empty; "
+                              "pass --overwrite to replace what this command writes there, or choose a new folder")
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,7 +1,8 @@
 """``make demo`` / ``fiancee demo``: the whole method end to end on one task.
 
-1. exits: the task's committed quick-preset run (``Task.pretrained_exits``, e.g. ``weights/faces/exits``),
-   or a fresh ``train-exits --preset quick`` (``preset``) when it has none or with ``retrain=True``;
+1. exits: the task's shipped quick-preset run (``Task.pretrained_exits``: ``fiancee/weights/<task>/exits``,
+   or ``$FIANCEE_WEIGHTS/<task>/exits``), or a fresh ``train-exits --preset quick`` (``preset``) with
+   ``retrain=True`` or when the task ships none;
 2. predictor: inputs x true LPIPS of every exit on training inputs, then the paper's MSE + SGD recipe;
 3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw
    so that ``target_compliance`` of the outputs truly meet each threshold. The demo asks for 0.96 so
@@ -68,12 +69,13 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     else:
         run = resolve_task(task).pretrained_exits()
         if retrain or run is None or not (run / "latest.json").is_file():
+            why = "--retrain" if retrain else f"no trained exits shipped for {task!r}"
             run = out / "exits"
-            _say(f"1/4 training the exits of {task!r} ({preset} preset) into {run}")
+            _say(f"1/4 training the exits of {task!r} ({preset} preset, {why}) into {run}")
             config = make_config(task, preset=preset, seed=seed)
             train_exits(config, run, resume=(run / "config.json").is_file(), progress=progress)
         else:
-            _say(f"1/4 exits: the committed quick-preset run {run} (--retrain to train them again)")
+            _say(f"1/4 exits: the run shipped with fiancee, {run} (--retrain to train them again)")
 
     _say("2/4 predictor: true LPIPS of every exit on training inputs, then MSE + SGD (paper S1.1.2)")
     pred_dir = out / "predictor"

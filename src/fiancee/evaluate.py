@@ -50,7 +50,9 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
 
         iterator = tqdm(iterator, desc="evaluate-exits", unit="exit")
     for r in iterator:
-        entry = {"exit": r, "after_stage": model.exits[r], "macs": int(macs[r]),
+        # "exit" is the 1-based number users read (exit 1..E, then the backbone); "route" the API's
+        # 0-based index (model(..., exit=route), route_macs()[route]).
+        entry = {"exit": r + 1, "route": r, "after_stage": model.exits[r], "macs": int(macs[r]),
                  "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(), "fid": None}
         if backbone_stats is not None:
             entry["fid"] = float(frechet_distance(*compute_stats(images[r]), *backbone_stats))
@@ -77,7 +79,9 @@ def oracle_savings(lpips: np.ndarray, macs, thresholds=DEFAULT_THRESHOLDS) -> li
 def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: bool = True, grid_columns: int = 8,
                    out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
     """Per-exit MACs, LPIPS (mean / median / p90) and FID on ``n`` held-out inputs; writes
-    ``exits.json`` and ``exits_grid.png`` under ``out`` (default ``RUN/eval``)."""
+    ``exits.json`` and ``exits_grid.png`` under ``out`` (nothing when ``out`` is None: a run folder,
+    possibly one shipped with the package, is never written into). Exits are numbered 1..E, each
+    entry also carries its 0-based ``route`` index."""
     if isinstance(grid_columns, bool) or not isinstance(grid_columns, int) or grid_columns <= 0:
         raise ValueError(f"grid columns must be a positive integer; got {grid_columns!r}")
     m = measure_exits(run_dir, n=n, seed=seed, fid=fid, device=device, progress=progress)
@@ -86,7 +90,8 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
     for e in m["exits"]:
         lp = e["lpips"]
         exits.append({
-            "exit": e["exit"], "after_stage": e["after_stage"], "macs": e["macs"], "macs_ratio": macs[e["exit"]] / macs[-1],
+            "exit": e["exit"], "route": e["route"], "after_stage": e["after_stage"], "macs": e["macs"],
+            "macs_ratio": macs[e["route"]] / macs[-1],
             "lpips_mean": float(lp.mean()), "lpips_median": float(np.median(lp)), "lpips_p90": float(np.percentile(lp, 90)),
             "fid": e["fid"],
         })
@@ -96,7 +101,10 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
         "backbone_macs": int(macs[-1]), "exits": exits,
         "oracle": oracle_savings(np.stack([e["lpips"] for e in m["exits"]], axis=1), macs),
     }
-    out = Path(out) if out is not None else Path(run_dir) / "eval"
+    if out is None:
+        report["grid"] = None
+        return report
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "exits.json", report)
     from .plots import save_grid
@@ -117,11 +125,13 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     Writes ``report.json``, ``report.html`` and PNG plots under ``out`` (default ``PIPELINE/report``).
     True LPIPS of every exit is measured once for all inputs; each router then only chooses routes.
     """
+    from .extras import require
     from .pipeline import FianceePipeline
-    from .report import threshold_row, write_report
+    from .report import route_name, threshold_row, write_report
     from .routing import ThresholdRouter, check_threshold, true_lpips_of
 
-    # Arguments first: a typo should not cost the pipeline's loading time.
+    # Arguments first: a typo (or a missing plotting package) should not cost the pipeline's loading time.
+    require("matplotlib", "the report's plots")
     thresholds = sorted(check_threshold(t) for t in thresholds)
     if not thresholds:
         raise ValueError("give at least one threshold in (0, 1]")
@@ -156,9 +166,42 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     }
     meta["targets"] = targets_check(rows)
     out = Path(out) if out is not None else (folder or Path(".")) / "report"
-    html_path = write_report(out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta)
-    return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "html": str(html_path),
-            "report": str(out / "report.json")}
+    examples = example_rows(pipeline, table["inputs"], true, predicted, thresholds)
+    html_path = write_report(out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta,
+                             examples=examples)
+    names = [route_name(r, len(macs) - 1) for r in range(len(macs))]
+    return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "route_names": names,
+            "html": str(html_path), "report": str(out / "report.json")}
+
+
+@torch.no_grad()
+def example_rows(pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor, predicted: torch.Tensor,
+                 thresholds, k: int = 6) -> list[dict]:
+    """Rows of the report's image strip for the first ``k`` of ``inputs``: every exit (caption: its true
+    LPIPS vs the backbone), the backbone, then the routed outputs at two thresholds (the ones nearest
+    0.1 and 0.2; caption: the route taken and its LPIPS). ``true`` / ``predicted``: ``[N, E]`` for ``inputs``."""
+    from .report import route_name
+    from .routing import true_lpips_of
+
+    k = min(k, inputs[0].shape[0])
+    head = tuple(x[:k] for x in inputs)
+    images = route_images(pipeline.model, head, guide=pipeline.guide)  # one [k, C, H, W] per route
+    num_exits = len(images) - 1
+    rows = [{"label": route_name(r, num_exits), "images": images[r],
+             "captions": [f"LPIPS {float(v):.3f}" for v in true[:k, r]]} for r in range(num_exits)]
+    rows.append({"label": "backbone", "images": images[-1], "captions": ["reference"] * k})
+    picked = []
+    for goal in (0.1, 0.2):
+        t = min(thresholds, key=lambda v: abs(v - goal))
+        if t not in picked:
+            picked.append(t)
+    for t in picked:
+        routes = pipeline.router.route(predicted[:k], t).cpu()
+        got = true_lpips_of(routes, true[:k].cpu())
+        rows.append({"label": f"routed, T = {t:g}",
+                     "images": torch.stack([images[int(r)][i] for i, r in enumerate(routes)]),
+                     "captions": [f"{route_name(int(r), num_exits)}: {float(v):.3f}" for r, v in zip(routes, got)]})
+    return rows
 
 
 def targets_check(rows: list[dict], threshold: float = 0.1, compliance: float = 0.95, saved: float = 0.5,

@@ -1,4 +1,7 @@
-"""Figures: image grids (PNG) and, later, the report plots. Matplotlib is imported lazily."""
+"""Figures: image grids and strips (PNG), and the report's plots. Matplotlib is imported lazily.
+
+Exits are labelled as users read them: ``exit 1`` .. ``exit E`` (shallowest first), then ``backbone``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,32 @@ import torch
 
 from .io import atomic_path
 
-__all__ = ["save_grid", "to_uint8", "save_kde_panels"]
+__all__ = ["save_grid", "to_uint8", "save_kde_panels", "save_image_strip", "save_saved_plot", "save_shares_plot",
+           "save_density_plot"]
+
+
+def _pyplot():
+    from .extras import require
+
+    matplotlib = require("matplotlib", "plotting")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _route_label(r: int, num_routes: int) -> str:
+    return "backbone" if r == num_routes - 1 else f"exit {r + 1}"
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -48,10 +76,7 @@ def save_kde_panels(panels, path: str | Path, *, bandwidth: float = 0.3, xlabel:
     ``bandwidth`` is scipy's ``bw_method`` factor (the paper's Fig. 8 uses 0.3). All panels share one
     x range so curves can be compared across panels.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from scipy.stats import gaussian_kde
 
     panels = list(panels)
@@ -75,8 +100,124 @@ def save_kde_panels(panels, path: str | Path, *, bandwidth: float = 0.3, xlabel:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def save_image_strip(rows, path: str | Path, *, cell: float = 1.25) -> Path:
+    """One row per ``(label, images [K, C, H, W] in [-1, 1], captions [K])``, the same K inputs in every
+    row; the label left of the row, each caption under its image (PNG, atomic)."""
+    plt = _pyplot()
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to draw")
+    k = rows[0][1].shape[0]
+    if any(r[1].shape[0] != k or len(r[2]) != k for r in rows):
+        raise ValueError("every row needs the same number of images and captions")
+    fig, axes = plt.subplots(len(rows), k, figsize=(cell * k + 1.4, (cell + 0.3) * len(rows)), squeeze=False)
+    for (label, images, captions), line in zip(rows, axes):
+        arr = to_uint8(images)
+        for j, ax in enumerate(line):
+            ax.imshow(arr[j], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(captions[j], fontsize=8, labelpad=2)
+        line[0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=6)
+    fig.subplots_adjust(wspace=0.06, hspace=0.35)
+    return _save(fig, path)
+
+
+def save_saved_plot(rows: list[dict], paper_rows: list[dict], path: str | Path, router: str = "calibrated") -> Path:
+    """MACs saved (left) and compliance (right) in percent per threshold: the router, the paper's rule
+    on the same predictions, and the oracles (the report's headline figure)."""
+    plt = _pyplot()
+    t = [r["threshold"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ours = f"ours ({router} router)"
+    a.plot(t, [100 * r["macs_saved"] for r in rows], "o-", color="C0", label=ours)
+    if paper_rows:
+        a.plot([r["threshold"] for r in paper_rows], [100 * r["macs_saved"] for r in paper_rows], "s--", color="C1",
+               label="paper's rule (P <= T)")
+        b.plot([r["threshold"] for r in paper_rows], [100 * r["compliance"] for r in paper_rows], "s--", color="C1",
+               label="paper's rule (P <= T)")
+    a.plot(t, [100 * r["oracle_macs_saved_at_compliance"] for r in rows], ":", color="C2",
+           label="oracle at equal compliance")
+    a.plot(t, [100 * r["oracle_macs_saved"] for r in rows], ":", color="gray", label="oracle, every output <= T")
+    b.plot(t, [100 * r["compliance"] for r in rows], "o-", color="C0", label=ours)
+    for ax, name in ((a, "MACs saved vs the backbone (%)"), (b, "outputs with LPIPS <= T (%)")):
+        ax.set_xlabel("LPIPS threshold T")
+        ax.set_ylabel(name)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    a.set_ylim(0, 100)
+    b.set_ylim(0, 100)
+    a.legend(fontsize=8, loc="upper left")
+    b.legend(fontsize=8, loc="lower right")
+    a.set_title("Compute saved")
+    b.set_title("Compliance")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_shares_plot(rows: list[dict], macs, path: str | Path) -> Path:
+    """Stacked share of inputs per route, one bar per threshold (evenly spaced, so close thresholds do
+    not merge), and the mean GMACs per input against the backbone's (cf. paper Figs. 3, 7)."""
+    plt = _pyplot()
+    macs = np.asarray([float(m) for m in macs])
+    t = [r["threshold"] for r in rows]
+    shares = np.array([r["exit_shares"] for r in rows])  # [T, R]
+    x = np.arange(len(t))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bottom = np.zeros(len(t))
+    for r in range(shares.shape[1]):
+        ax.bar(x, 100 * shares[:, r], bottom=bottom, width=0.7, label=_route_label(r, shares.shape[1]),
+               color="0.75" if r == shares.shape[1] - 1 else f"C{r}")
+        bottom += 100 * shares[:, r]
+    ax.set_xticks(x, [f"{v:g}" for v in t])
+    ax.set_xlabel("LPIPS threshold T")
+    ax.set_ylabel("share of inputs (%)")
+    ax.set_ylim(0, 100)
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["mean_gmacs"] for r in rows], "k-o", label="mean GMACs per input (right axis)")
+    ax2.axhline(macs[-1] / 1e9, color="k", ls="--", lw=1, label=f"backbone: {macs[-1] / 1e9:.3g} GMACs (right axis)")
+    ax2.set_ylim(0, macs[-1] / 1e9 * 1.05)
+    ax2.set_ylabel("GMACs per input")
+    handles = ax.get_legend_handles_labels()
+    handles2 = ax2.get_legend_handles_labels()
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    ax.set_title("Where the inputs go, and the mean cost per input (cf. paper Figs. 3, 7)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    from scipy.stats import gaussian_kde
+
+    if len(values) < 2 or np.allclose(values, values[0]):
+        return np.zeros_like(grid)
+    return gaussian_kde(values)(grid)
+
+
+def save_density_plot(true_lpips: np.ndarray, routed, path: str | Path) -> Path:
+    """``true_lpips [N, E]``: per-image LPIPS of every exit alone (solid); ``routed``: per exit, (T, true
+    LPIPS of the routed outputs when the predictor routes at T = that exit's mean LPIPS) (dashed)."""
+    plt = _pyplot()
+    true_lpips = np.asarray(true_lpips)
+    grid = np.linspace(0, max(0.05, float(true_lpips.max())), 300)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for r in range(true_lpips.shape[1]):
+        c = f"C{r}"
+        ax.plot(grid, _kde(true_lpips[:, r], grid), color=c, label=f"exit {r + 1} alone")
+        if r < len(routed):
+            t, chosen = routed[r]
+            ax.plot(grid, _kde(np.asarray(chosen), grid), color=c, ls="--",
+                    label=f"routed at T = {t:.3f} (exit {r + 1}'s mean)")
+            ax.axvline(t, color=c, lw=0.8, ls=":")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("LPIPS vs the backbone's image (per image)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.set_title("Single exits vs routing by the predictor P at T (cf. paper Fig. 9)")
+    fig.tight_layout()
+    return _save(fig, path)

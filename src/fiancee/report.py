@@ -18,10 +18,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .io import atomic_path, atomic_write_text, write_json
+from .io import atomic_write_text, write_json
 from .routing import OracleRouter, check_threshold, true_lpips_of
 
-__all__ = ["threshold_row", "write_report"]
+__all__ = ["threshold_row", "write_report", "route_name"]
+
+
+def route_name(route: int, num_exits: int) -> str:
+    """What a user reads for a 0-based route index: ``exit 1`` .. ``exit E``, then ``backbone``."""
+    return "backbone" if route >= num_exits else f"exit {route + 1}"
 
 
 def _stats(true_lpips: torch.Tensor, routes: torch.Tensor, macs: np.ndarray, threshold: float) -> dict:
@@ -62,102 +67,139 @@ def threshold_row(true_lpips: torch.Tensor, routes: torch.Tensor, macs: Sequence
     }
 
 
-def _plot_shares(rows: list[dict], macs: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = [r["threshold"] for r in rows]
-    shares = np.array([r["exit_shares"] for r in rows])  # [T, R]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bottom = np.zeros(len(t))
-    width = (max(t) - min(t)) / max(len(t), 1) * 0.8 if len(t) > 1 else 0.02
-    for r in range(shares.shape[1]):
-        name = f"exit {r + 1}" if r < shares.shape[1] - 1 else "backbone"
-        ax.bar(t, shares[:, r], bottom=bottom, width=width, label=name)
-        bottom += shares[:, r]
-    ax.set_xlabel("LPIPS threshold")
-    ax.set_ylabel("share of inputs")
-    ax2 = ax.twinx()
-    ax2.plot(t, [r["mean_gmacs"] for r in rows], "k-o", label="mean GMACs")
-    ax2.axhline(macs[-1] / 1e9, color="gray", ls="--", lw=1)
-    ax2.set_ylabel("mean GMACs per input")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Exit shares and mean cost per threshold (cf. paper Figs. 3, 7)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    from scipy.stats import gaussian_kde
-
-    if len(values) < 2 or np.allclose(values, values[0]):
-        return np.zeros_like(grid)
-    return gaussian_kde(values)(grid)
+def _headline_row(rows: list[dict], threshold: float = 0.1) -> dict:
+    return min(rows, key=lambda r: abs(r["threshold"] - threshold))
 
 
-def _plot_densities(true_lpips: np.ndarray, routed: list[tuple[float, np.ndarray]], path: Path) -> None:
-    """``true_lpips [N, E]`` as numpy; ``routed``: (threshold, true LPIPS of the routed outputs) per exit."""
-    import matplotlib
+def _net(rows: list[dict]) -> bool:
+    # Net accounting (route + predictor + bank) when the rows carry it; route MACs only otherwise.
+    return any("route_macs_saved" in r for r in rows)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    grid = np.linspace(0, max(0.05, float(true_lpips.max())), 300)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for r in range(true_lpips.shape[1]):
-        c = colors[r % len(colors)]
-        ax.plot(grid, _kde(true_lpips[:, r], grid), color=c, label=f"exit {r + 1} alone")
-        if r < len(routed):
-            t, chosen = routed[r]
-            ax.plot(grid, _kde(chosen, grid), color=c, ls="--", label=f"P, T = {t:.3f}")
-            ax.axvline(t, color=c, lw=0.8, ls=":")
-    ax.set_xlabel("LPIPS vs backbone (per image)")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    ax.set_title("Single exits vs predictor routing at T = each exit's mean (cf. paper Fig. 9)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+def _headline_html(rows: list[dict], paper: list[dict], meta: dict, macs: np.ndarray) -> str:
+    net = _net(rows)
+    saved_name = "net MACs saved" if net else "MACs saved"
+    cfg = meta.get("router_config") or {}
+    target = cfg.get("target")
+    top = _headline_row(rows)
+    guarantee = (f"calibrated so that at least {_pct(target, 0)} of outputs meet T (margins fitted on "
+                 f"{cfg.get('fit_size')} held-out inputs the predictor never saw)") if target is not None else \
+        f"{html.escape(str(meta.get('router')))} router: no calibrated guarantee"
+    what = ("net: the predictor's and bank's MACs subtracted" if net else
+            "routes only: the predictor's and bank's MACs are not subtracted")
+    lead = (f"<p class=lead>At LPIPS &le; {top['threshold']:g}: <b>{_pct(top['macs_saved'])}</b> of the backbone's MACs "
+            f"saved ({what}), <b>{_pct(top['compliance'])}</b> of outputs within the threshold.<br>"
+            f"Guarantee: {guarantee}.</p>")
+    paper_by_t = {round(p["threshold"], 9): p for p in paper}
+    extra_head = "<th>route MACs saved</th><th>overhead per input</th>" if net else ""
+    head = (f"<tr><th>LPIPS &le; T</th><th>{saved_name}</th><th>compliance</th>{extra_head}"
+            "<th>oracle saved at equal compliance</th><th>paper's rule: saved</th><th>paper's rule: compliance</th></tr>")
+    body = []
+    for r in rows:
+        p = paper_by_t.get(round(r["threshold"], 9))
+        extra = ""
+        if net:
+            over = r.get("overhead_macs")
+            over_text = "-" if over is None else f"{over / 1e9:.4f} GMACs ({_pct(over / macs[-1], 2)})"
+            extra = f"<td>{_pct(r.get('route_macs_saved'))}</td><td>{over_text}</td>"
+        cls = " class=hl" if r is top else ""
+        body.append(f"<tr{cls}><td>{r['threshold']:.3f}</td><td><b>{_pct(r['macs_saved'])}</b></td>"
+                    f"<td>{_pct(r['compliance'])}</td>{extra}<td>{_pct(r['oracle_macs_saved_at_compliance'])}</td>"
+                    f"<td>{_pct(p['macs_saved']) if p else '-'}</td><td>{_pct(p['compliance']) if p else '-'}</td></tr>")
+    return lead + f"<table class=headline>{head}{''.join(body)}</table>"
+
+
+def _details_html(rows: list[dict], num_exits: int) -> str:
+    names = " / ".join(route_name(r, num_exits) for r in range(num_exits + 1))
+    head = ("<tr><th>T</th><th>compliance</th><th>MACs saved</th><th>oracle saved (strict)</th>"
+            "<th>oracle saved at equal compliance</th><th>mean GMACs</th><th>GMACs saved per unit LPIPS</th>"
+            f"<th>share of inputs per route<br>({names})</th></tr>")
+    body = "".join(
+        f"<tr><td>{r['threshold']:.3f}</td><td>{_pct(r['compliance'])}</td><td>{_pct(r['macs_saved'])}</td>"
+        f"<td>{_pct(r['oracle_macs_saved'])}</td><td>{_pct(r['oracle_macs_saved_at_compliance'])}</td>"
+        f"<td>{r['mean_gmacs']:.4f}</td><td>{'-' if r['gain_gmacs_per_lpips'] is None else format(r['gain_gmacs_per_lpips'], '.3f')}</td>"
+        f"<td>{' / '.join(_pct(s, 0) for s in r['exit_shares'])}</td></tr>"
+        for r in rows
+    )
+    return f"<table>{head}{body}</table>"
 
 
 def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, macs: np.ndarray,
-                 density_routes: list[tuple[float, np.ndarray]], meta: dict) -> Path:
-    """Write ``report.json``, two PNG plots and ``report.html`` under ``out``; returns the HTML path."""
+                 density_routes: list[tuple[float, np.ndarray]], meta: dict, examples: list[dict] | None = None) -> Path:
+    """Write ``report.json``, PNG figures and ``report.html`` under ``out``; returns the HTML path.
+
+    ``examples``: rows of the image strip, each ``{"label", "images" [K, C, H, W] in [-1, 1],
+    "captions" [K]}`` (the same K inputs in every row); omitted when None.
+    """
+    from .extras import require
+    from .plots import save_image_strip, save_saved_plot, save_shares_plot, save_density_plot
+
+    require("matplotlib", "the report's plots")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {**meta, "route_gmacs": [float(m) / 1e9 for m in macs], "thresholds": rows}
+    macs = np.asarray([float(m) for m in macs])
+    num_exits = len(macs) - 1
+    paper = meta.get("paper_threshold_router") or []
+    report = {**meta, "route_gmacs": [float(m) / 1e9 for m in macs], "thresholds": rows,
+              "route_names": [route_name(r, num_exits) for r in range(num_exits + 1)]}
+    if examples:
+        report["examples"] = [{"label": e["label"], "captions": list(e["captions"])} for e in examples]
     write_json(out / "report.json", report)
-    _plot_shares(rows, macs, out / "shares.png")
-    _plot_densities(true_lpips, density_routes, out / "densities.png")
-    head = ("<tr><th>T</th><th>compliance</th><th>MACs saved</th><th>oracle saved</th>"
-            "<th>oracle saved at equal compliance</th><th>mean GMACs</th><th>GMACs / LPIPS</th><th>exit shares</th></tr>")
-    body = "".join(
-        f"<tr><td>{r['threshold']:.3f}</td><td>{r['compliance']:.3f}</td><td>{r['macs_saved']:.3f}</td>"
-        f"<td>{r['oracle_macs_saved']:.3f}</td><td>{r['oracle_macs_saved_at_compliance']:.3f}</td>"
-        f"<td>{r['mean_gmacs']:.4f}</td><td>{'-' if r['gain_gmacs_per_lpips'] is None else format(r['gain_gmacs_per_lpips'], '.3f')}</td>"
-        f"<td>{' / '.join(f'{s:.2f}' for s in r['exit_shares'])}</td></tr>"
-        for r in rows
-    )
-    notes = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in meta.items() if not isinstance(v, (list, dict)))
+    save_saved_plot(rows, paper, out / "saved.png", router=str(meta.get("router", "router")))
+    save_shares_plot(rows, macs, out / "shares.png")
+    save_density_plot(true_lpips, density_routes, out / "densities.png")
+    strip = ""
+    if examples:
+        save_image_strip([(e["label"], e["images"], e["captions"]) for e in examples], out / "examples.png")
+        strip = ("<h2>What the numbers look like</h2><p>The same test inputs (columns) at every exit and the "
+                 "backbone, each with its LPIPS against the backbone's image, then as the router sends them at two "
+                 "thresholds (the caption names the route taken and its LPIPS).</p>"
+                 "<img src=\"examples.png\" alt=\"the same inputs at every exit, the backbone and two thresholds\">")
+    notes = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in meta.items()
+                    if not isinstance(v, (list, dict)))
     targets = meta.get("targets")
     if targets:
         verdict = "met" if targets["met"] else "; ".join(targets["shortfalls"])
         notes += f"<li><b>targets at LPIPS &lt;= {targets['threshold']:g}</b>: {html.escape(verdict)}</li>"
+    exit_means = meta.get("exit_lpips_mean") or []
+    means = ", ".join(f"{route_name(r, num_exits)} {v:.3f}" for r, v in enumerate(exit_means))
+    routes_text = ", ".join(f"{route_name(r, num_exits)} {m / 1e9:.4f}" for r, m in enumerate(macs))
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>fiancee report</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}</style>
+<html><head><meta charset="utf-8"><title>fiancee report: {html.escape(str(meta.get('task', '')))}</title>
+<style>
+body{{font-family:sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;color:#222}}
+td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}} th{{background:#f4f4f4}}
+table{{border-collapse:collapse;margin:0.5em 0 1em}} img{{max-width:100%}}
+.lead{{font-size:1.25em;line-height:1.5}} tr.hl td{{background:#fff6d5}} .small{{font-size:0.9em;color:#555}}
+</style>
 </head><body>
 <h1>fiancee: compute saved at a quality threshold</h1>
-<ul>{notes}</ul>
-<table>{head}{body}</table>
-<h2>Exit shares and mean cost</h2><img src="shares.png" alt="exit shares per threshold">
-<h2>Per-image LPIPS: single exits vs routing</h2><img src="densities.png" alt="LPIPS densities">
+<p class=small>Task <b>{html.escape(str(meta.get('task')))}</b>, {meta.get('n')} test inputs, {html.escape(str(meta.get('router')))} router.
+Quality is LPIPS ({html.escape(str(meta.get('lpips_net')))}) of each output against the backbone's image for the same input;
+a threshold T asks for LPIPS &le; T. MACs per route (GMACs): {routes_text}.</p>
+{_headline_html(rows, paper, meta, macs)}
+<img src="saved.png" alt="MACs saved and compliance per threshold">
+{strip}
+<h2>Two rules for routing</h2>
+<p><b>The paper's rule</b> (section 3.2): send each input to the cheapest exit whose <i>predicted</i> LPIPS P is at most T,
+else to the backbone. The predictor errs both ways, so at a given T many outputs land above T.<br>
+<b>Ours</b> ({html.escape(str(meta.get('router')))}): the same rule on P plus a margin per threshold, fitted on held-out
+inputs so that the requested share of outputs truly meets T; it trades some of the saving for that guarantee.
+The headline table shows both, measured on the same test inputs.</p>
+<h2>Where the inputs go, and the mean cost</h2>
+<img src="shares.png" alt="share of inputs per route and mean GMACs per threshold">
+{_details_html(rows, num_exits)}
+<h2>Per-image LPIPS: single exits vs routing</h2>
+<p>Solid: the LPIPS of every test image at one exit alone (mean: {means}). Dashed: the LPIPS of the routed
+outputs when the threshold T is set to that exit's mean LPIPS; the routing uses the predictor's estimate P
+("P &le; T"), and the dotted vertical line marks T (cf. paper Fig. 9).</p>
+<img src="densities.png" alt="LPIPS densities">
+<h2>Run details</h2>
+<ul class=small>{notes}</ul>
 </body></html>
 """
     atomic_write_text(out / "report.html", page)

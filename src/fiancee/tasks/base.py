@@ -7,6 +7,7 @@ an exit's quality as LPIPS between the exit's image and the backbone's image for
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 
 from ..staged import StagedGenerator
 
-__all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "repo_root", "check_split", "declared_inputs", "cross_noises"]
+__all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "WEIGHTS_ENV", "weights_dir", "find_weights", "check_split",
+           "declared_inputs", "cross_noises"]
 
 SPLITS = ("train", "test")
 INPUT_KINDS = ("label_map", "noise", "condition")
@@ -46,10 +48,27 @@ class InputSpec:
         if self.kind not in INPUT_KINDS:
             raise ValueError(f"input {self.name!r}: kind must be one of {INPUT_KINDS}; got {self.kind!r}")
 
+# The trained artifacts this project commits (the fashion backbone and classifier, the faces exits)
+# ship inside the package, so a checkout, an editable install and a wheel all read the same files.
+WEIGHTS_ENV = "FIANCEE_WEIGHTS"
 
-def repo_root() -> Path:
-    """The checkout this package runs from (src layout: <root>/src/fiancee/tasks/base.py)."""
-    return Path(__file__).resolve().parents[3]
+
+def weights_dir(*parts: str) -> Path:
+    """Where a trained artifact is read from: ``$FIANCEE_WEIGHTS/<parts>`` when that variable is set,
+    else the copy shipped in the package (``fiancee/weights/<parts>``). The path may not exist."""
+    root = os.environ.get(WEIGHTS_ENV)
+    base = Path(root) if root else Path(__file__).resolve().parents[1] / "weights"
+    return base.joinpath(*parts)
+
+
+def find_weights(*parts: str) -> Path:
+    """:func:`weights_dir`, or a one-line ``FileNotFoundError`` naming the folder when it is absent."""
+    path = weights_dir(*parts)
+    if not path.exists():
+        where = f"${WEIGHTS_ENV} is {os.environ[WEIGHTS_ENV]!r}" if os.environ.get(WEIGHTS_ENV) else \
+            f"set {WEIGHTS_ENV} to a folder holding {'/'.join(parts)}"
+        raise FileNotFoundError(f"no trained artifact {'/'.join(parts)!r} at {path} ({where})")
+    return path
 
 
 def check_split(split: str) -> str:

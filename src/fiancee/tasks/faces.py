@@ -26,7 +26,7 @@ from torch import nn
 from ..checks import check_state_finite
 from ..io import load_torch_file
 from ..staged import StagedGenerator, narrow_sequential
-from .base import Task, check_split, repo_root
+from .base import Task, check_split, weights_dir
 
 __all__ = ["Z_DIM", "NGF", "WEIGHTS_PIP", "DCGANFaceGenerator", "find_face_weights", "load_face_state_dict", "FacesTask"]
 
@@ -140,7 +140,7 @@ class FacesTask(Task):
         self.weights = weights
 
     def pretrained_exits(self) -> Path:
-        return repo_root() / "weights" / self.name / "exits"
+        return weights_dir(self.name, "exits")
 
     def load_backbone(self, device: str | torch.device = "cpu") -> DCGANFaceGenerator:
         model = DCGANFaceGenerator()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
 from ..io import build_bounded, load_tensors, read_json
-from .base import InputSpec, Task, check_split, repo_root
+from .base import InputSpec, Task, check_split, find_weights, weights_dir
 
 __all__ = [
     "CLASS_NAMES", "NUM_LABELS", "BACKGROUND", "DEFAULT_DATA_DIR", "IDX_FILES", "find_data_dir", "read_idx",
@@ -168,9 +168,8 @@ def load_split(split: str, data: str | os.PathLike | None = None, limit: int | N
 
 
 def default_weights_dir() -> Path:
-    """``$FIANCEE_WEIGHTS/fashion`` if set, else the committed ``weights/fashion`` of the checkout."""
-    root = os.environ.get("FIANCEE_WEIGHTS")
-    return Path(root) / "fashion" if root else repo_root() / "weights" / "fashion"
+    """``$FIANCEE_WEIGHTS/fashion`` if set, else the trained backbone shipped in the package."""
+    return find_weights("fashion")
 
 
 def load_fashion_backbone(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> OASISGenerator:
@@ -218,7 +217,7 @@ class FashionTask(Task):
         self._cache: dict[str, FashionData] = {}
 
     def pretrained_exits(self) -> Path:
-        return repo_root() / "weights" / self.name / "exits"
+        return weights_dir(self.name, "exits")
 
     def split(self, split: str) -> FashionData:
         if split not in self._cache:
@@ -265,8 +264,10 @@ def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | 
     test = load_split("test", data)
     model = train_classifier(train.images, train.classes, epochs=epochs, seed=seed, progress=progress)
     real_acc = accuracy(model, test.images, test.classes)
+    # The thread count changes the order of float reductions, hence the weights: recorded so that a
+    # rerun can match it (docs/tasks.md).
     info = {"seed": seed, "epochs": epochs, "train_images": len(train), "real_test_accuracy": round(real_acc, 4),
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
     save_classifier(model, out, info)
     return info
 

@@ -96,6 +96,11 @@ class BackboneTrainConfig:
 
 
 def load_train_config(path: str | os.PathLike, **overrides: Any) -> BackboneTrainConfig:
+    """A training config from a JSON file, or by the name of one shipped in ``fiancee/configs``
+    (``"fashion_backbone"``: the recipe of the committed fashion backbone)."""
+    shipped = Path(__file__).resolve().parents[1] / "configs" / f"{path}.json"
+    if not Path(path).exists() and Path(str(path)).name == str(path) and shipped.is_file():
+        path = shipped
     d = read_json(path)
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object of training settings; got a {type(d).__name__}")
