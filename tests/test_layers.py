@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fiancee"
 # Lowest first. A module may import from its own layer or a lower one; the graph must be acyclic.
 LAYERS = [
     # concept modules: take objects, return objects; never read run folders or resolve task names
-    ("concept", ["checks", "io", "specs", "timing", "staged", "metrics", "backbones", "exits", "bank", "predictor",
+    ("concept", ["checks", "extras", "io", "specs", "timing", "staged", "metrics", "backbones", "exits", "bank", "predictor",
                  "routing", "classifier", "plots"]),
     # the task registry and the built-in tasks (each reads its own data and weights)
     ("tasks", ["tasks"]),
