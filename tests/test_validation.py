@@ -632,8 +632,9 @@ def _(ctx):
 @case("predictor written over its own exit run (`--out RUN`)", "fiancee train-predictor",
       "holds a folder of kind 'exits'; refusing to replace it with a quality predictor folder", cli=True)
 def _(ctx):
-    run = ctx.run_copy("run_as_predictor_out")
-    return ["train-predictor", str(run), "--out", str(run), "--n", "4", "--epochs", "1", "--error-n", "2", "--no-progress"]
+    run = ctx.run_copy("run_as_predictor_out")  # even with --overwrite: a folder of another kind is never replaced
+    return ["train-predictor", str(run), "--out", str(run), "--overwrite", "--n", "4", "--epochs", "1", "--error-n", "2",
+            "--no-progress"]
 
 
 @case("pipeline saved over a feature bank", "FianceePipeline.save",

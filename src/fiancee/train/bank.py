@@ -14,6 +14,7 @@ import torch
 
 from ..bank import KIND, BankSpec, build_feature_bank, load_bank, retrieval_latency
 from ..checks import check_counts
+from ..extras import require
 from ..io import check_replaceable
 from ..bank import key_function as resolve_key_function
 from ..exits import ExitGenerator
@@ -68,6 +69,7 @@ def build_bank(task: "str | Task", out: str | os.PathLike, *, mode: str | None =
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0) for v in (n, noises)):
         raise ValueError(f"bank population sizes must be positive; got n={n}, noises={noises}")
     check_counts(max_per_class=max_per_class, batch_size=batch_size)
+    require("faiss", "the feature bank")  # before minutes of feature extraction
     task = resolve_task(task, data=data, weights=weights)
     d = task.bank_defaults
     if (d["mode"] if mode is None else mode) == "global":
