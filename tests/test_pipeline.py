@@ -41,12 +41,35 @@ def test_pipeline_round_trip_and_tree_execution(pipeline_dir):
     for i, r in enumerate(out.exits.tolist()):
         alone = pipe.model(z[i : i + 1], exit=r)
         assert (out.images[i : i + 1] - alone).abs().max().item() <= 1e-5
-    assert torch.equal(out.macs, pipe.route_macs[out.exits])
+    # Every input is charged its route and the predictor (no bank here).
+    assert 0 < pipe.predictor_macs() == pipe.overhead_macs()
+    assert torch.equal(out.macs, pipe.route_macs[out.exits] + pipe.predictor_macs())
     # Forced routes bypass the router but still run as one tree.
     forced = pipe(z, max_lpips=0.3, exits=torch.full((6,), 3))
     torch.testing.assert_close(forced.images, pipe.model.backbone(z))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         pipe(z, max_lpips=0)
+
+
+def test_one_pass_through_the_trunk_gives_the_same_images_and_counts_every_mac(pipeline_dir):
+    """The trunk runs once (the stem and stage 1 are not computed twice), the images are those of the
+    separate predictor + mixed tree, and FlopCounterMode around one call sees exactly the MACs reported."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = FianceePipeline.from_pretrained(pipeline_dir)
+    assert pipe.predictor.reads_features
+    (z,) = pipe.task.sample_inputs(8, seed=2, split="test")
+    routes = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = pipe(z, max_lpips=0.3, exits=routes)
+    assert counter.get_total_flops() / 2 == pytest.approx(float(out.macs.sum()), rel=1e-12)
+    separate = pipe.model.mixed(z, exits=routes)
+    assert (out.images - separate).abs().max().item() <= 1e-5
+    torch.testing.assert_close(out.predicted_lpips, pipe.predict(z), rtol=1e-5, atol=1e-6)
+    with counter:  # routed by the router: still every MAC accounted for
+        out = pipe(z, max_lpips=0.3)
+    assert counter.get_total_flops() / 2 == pytest.approx(float(out.macs.sum()), rel=1e-12)
 
 
 def test_pipeline_refuses_other_weights(pipeline_dir, tmp_path):

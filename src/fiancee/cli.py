@@ -392,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run folder of fiancee train-exits")
     p.add_argument("--out", required=True, help="predictor folder")
-    p.add_argument("--arch", choices=["mlp", "conv", "features"], default=None,
-                   help="default: conv for label-map tasks, features (the key-stage features) otherwise; mlp reads z")
+    p.add_argument("--arch", choices=["mlp", "conv", "features", "tiny"], default=None,
+                   help="default: conv for label-map tasks, tiny (a cheap head on the key-stage features) otherwise; features: Table S7's head on them; mlp reads z")
     p.add_argument("--recipe", choices=["mse-sgd", "mae-adamw"], default="mse-sgd",
                    help="mse-sgd: MSE, SGD lr 0.01, cosine (OASIS); mae-adamw: MAE, AdamW (MegaPortraits)")
     p.add_argument("--n", type=int, default=2000, help="training inputs (label-map tasks: maps x noises)")
@@ -545,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-inputs", type=int, default=None,
                    help="bank population: inputs (fashion: label maps x 8 noises); default faces 1024, fashion 250, "
                         "oasis / g2d 16")
-    p.add_argument("--predictor", choices=["mlp", "conv", "features"], default=None,
-                   help="predictor arch (default: conv for label-map inputs, features otherwise)")
+    p.add_argument("--predictor", choices=["mlp", "conv", "features", "tiny"], default=None,
+                   help="predictor arch (default: conv for label-map inputs, tiny otherwise)")
     p.add_argument("--json", required=True, help="where to write the JSON report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
