@@ -177,7 +177,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, n_predictor=args.n_predictor,
-             n_calibrate=args.n_calibrate, preset=args.preset, exits=args.exits, progress=not args.no_progress)
+             n_calibrate=args.n_calibrate, preset=args.preset, exits=args.exits, progress=not args.no_progress,
+             epsilon=args.epsilon, delta=args.delta, target_compliance=args.target_compliance)
     return 0
 
 
@@ -447,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="test inputs for the report (default 1000)")
     p.add_argument("--n-predictor", type=int, default=2000, help="training inputs of the predictor (default 2000)")
     p.add_argument("--n-calibrate", type=int, default=1000, help="held-out inputs the router is calibrated on (default 1000)")
+    p.add_argument("--epsilon", type=float, default=0.05, help="guarantee: at most this share of outputs miss the threshold (default 0.05)")
+    p.add_argument("--delta", type=float, default=0.1, help="guarantee: ... with probability >= 1 - delta over the calibration draw (default 0.1)")
+    p.add_argument("--target-compliance", type=float, default=None,
+                   help="fit the router for this average compliance instead of the guarantee (split-conformal margins)")
     p.add_argument("--exits", default=None, help="a train-exits run of the task to use (default: the committed one, "
                                                   "else a fresh run)")
     p.add_argument("--preset", choices=["quick", "full", "smoke"], default="quick",
