@@ -70,7 +70,7 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
         if n_calibrate < need:
             raise ValueError(f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g} needs at least {need} "
                              f"calibration inputs; got n_calibrate={n_calibrate} (or fit for an average compliance "
-                             "with target_compliance=)")
+                             "instead: target_compliance=, --target-compliance)")
     if exits is not None:
         run = Path(exits)
         run_task = RunDir(run).read_config().get("task")
