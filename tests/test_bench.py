@@ -81,7 +81,7 @@ def test_g2d_tiny_report_and_threads(one_thread):
     report = run_bench("g2d", size="tiny", batches=[2, 1], threads=1, **QUICK)
     _check_structure(report, num_routes=3)
     assert report["settings"]["batches"] == [1, 2] and report["settings"]["threads"] == 1
-    assert report["overhead"]["bank_mode"] == "global" and report["overhead"]["predictor_arch"] == "features"
+    assert report["overhead"]["bank_mode"] == "global" and report["overhead"]["predictor_arch"] == "tiny"
     assert report["options"] == []
     assert torch.get_num_threads() == before  # restored
 

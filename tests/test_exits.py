@@ -210,6 +210,32 @@ def test_the_feature_tap_loop_keeps_what_was_asked_and_stops_after_it():
         backbone.features(label, z, taps=(backbone.num_stages + 1,))
 
 
+@pytest.mark.parametrize("name", ["oasis", "sequential"])
+def test_mixed_from_continues_the_tree_from_computed_features(name):
+    """The pipeline computes the trunk once and continues from it: same images as the whole tree,
+    from the stem's output or from the key stage, with a callable guide or its tensor."""
+    guide = GuideSpec("every", 3) if name == "sequential" else None
+    model = build(name, guide=guide)
+    torch.manual_seed(2)
+    inputs = model.backbone.example_inputs(5)
+    exits = torch.tensor([0, model.num_routes - 1, 1, 0, 1])
+    g = _guide_for(model, 5)
+    with torch.no_grad():
+        whole = model.mixed(*inputs, exits=exits, guide=g)
+        k = model.key_stage
+        f = model.backbone.features(*inputs, taps=(0, k))
+        for start in (0, k):
+            out = model.mixed_from(f.taps[start], f.cond, start, exits, guide=g)
+            assert (out - whole).abs().max().item() <= 1e-5
+        if guide is not None:  # a callable guide is applied to the key-stage features
+            fn = lambda h, cond: g  # noqa: E731
+            assert (model.mixed_from(f.taps[k], f.cond, k, exits, guide=fn) - whole).abs().max().item() <= 1e-5
+        with pytest.raises(ValueError, match="start must be a stage count"):
+            model.mixed_from(f.taps[k], f.cond, k + 1, exits, guide=g)
+        with pytest.raises(ValueError, match="entries for a batch"):
+            model.mixed_from(f.taps[k], f.cond, k, exits[:3], guide=g)
+
+
 # --- Branches that inherit the backbone's weights (exits.Branch.inherit_) ------------------------
 
 @pytest.mark.parametrize("name", ["oasis", "g2d", "dcgan"])

@@ -95,10 +95,10 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user):
     pconfig = json.loads((root / "predictor" / "config.json").read_text())
     assert pconfig["task"] == SPEC and pconfig["noises"] is None
     assert pconfig["inputs"] == [{"name": "z", "kind": "noise"}, {"name": "attrs", "kind": "condition"}]
-    assert pconfig["predictor"]["arch"] == "features"  # not conv: the task has no label map
+    assert pconfig["predictor"]["arch"] == "tiny"  # not conv: the task has no label map
 
     _fiancee(env, "demo", "--task", SPEC, "--exits", "exits", "--out", "demo", "--n", "8", "--n-predictor", "16",
-             "--n-calibrate", "8", "--no-progress", cwd=root)
+             "--n-calibrate", "8", "--target-compliance", "0.9", "--no-progress", cwd=root)  # too few for a guarantee
     pipe_config = json.loads((root / "demo" / "pipeline" / "config.json").read_text())
     assert pipe_config["task"] == SPEC
     _fiancee(env, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report", cwd=root)
@@ -108,7 +108,7 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user):
              "--json", "bench.json", "--no-progress", cwd=root)
     bench = json.loads((root / "bench.json").read_text())
     assert bench["settings"]["backbone"] == "mymodule:make_task" and len(bench["routes"]) == 3
-    assert bench["overhead"]["bank_mode"] == "global" and bench["overhead"]["predictor_arch"] == "features"
+    assert bench["overhead"]["bank_mode"] == "global" and bench["overhead"]["predictor_arch"] == "tiny"
 
     # A fresh process: the recorded spec is resolved, and a backbone passed in is checked and used.
     script = """

@@ -41,12 +41,35 @@ def test_pipeline_round_trip_and_tree_execution(pipeline_dir):
     for i, r in enumerate(out.exits.tolist()):
         alone = pipe.model(z[i : i + 1], exit=r)
         assert (out.images[i : i + 1] - alone).abs().max().item() <= 1e-5
-    assert torch.equal(out.macs, pipe.route_macs[out.exits])
+    # Every input is charged its route and the predictor (no bank here).
+    assert 0 < pipe.predictor_macs() == pipe.overhead_macs()
+    assert torch.equal(out.macs, pipe.route_macs[out.exits] + pipe.predictor_macs())
     # Forced routes bypass the router but still run as one tree.
     forced = pipe(z, max_lpips=0.3, exits=torch.full((6,), 3))
     torch.testing.assert_close(forced.images, pipe.model.backbone(z))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         pipe(z, max_lpips=0)
+
+
+def test_one_pass_through_the_trunk_gives_the_same_images_and_counts_every_mac(pipeline_dir):
+    """The trunk runs once (the stem and stage 1 are not computed twice), the images are those of the
+    separate predictor + mixed tree, and FlopCounterMode around one call sees exactly the MACs reported."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = FianceePipeline.from_pretrained(pipeline_dir)
+    assert pipe.predictor.reads_features
+    (z,) = pipe.task.sample_inputs(8, seed=2, split="test")
+    routes = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = pipe(z, max_lpips=0.3, exits=routes)
+    assert counter.get_total_flops() / 2 == pytest.approx(float(out.macs.sum()), rel=1e-12)
+    separate = pipe.model.mixed(z, exits=routes)
+    assert (out.images - separate).abs().max().item() <= 1e-5
+    torch.testing.assert_close(out.predicted_lpips, pipe.predict(z), rtol=1e-5, atol=1e-6)
+    with counter:  # routed by the router: still every MAC accounted for
+        out = pipe(z, max_lpips=0.3)
+    assert counter.get_total_flops() / 2 == pytest.approx(float(out.macs.sum()), rel=1e-12)
 
 
 def test_pipeline_refuses_other_weights(pipeline_dir, tmp_path):
@@ -66,8 +89,11 @@ def test_report_holds_the_required_keys(pipeline_dir, tmp_path):
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [r["threshold"] for r in saved["thresholds"]] == [0.1, 0.3]
     for row in saved["thresholds"]:
-        for key in ("threshold", "compliance", "macs_saved", "oracle_macs_saved", "exit_shares"):
+        for key in ("threshold", "compliance", "macs_saved", "route_macs_saved", "overhead_macs", "oracle_macs_saved",
+                    "exit_shares"):
             assert key in row
+        assert row["overhead_macs"] > 0
+        assert row["macs_saved"] == pytest.approx(row["route_macs_saved"] - row["overhead_macs"] / saved["route_gmacs"][-1] / 1e9)
         assert abs(sum(row["exit_shares"]) - 1) < 1e-9
         assert row["oracle_macs_saved"] >= row["oracle_macs_saved_at_compliance"] - 1e-12 or row["compliance"] < 1
     for name in ("report.html", "shares.png", "densities.png", "saved.png", "examples.png"):
@@ -117,6 +143,11 @@ def test_threshold_row_against_hand_computed_numbers():
     assert static["saving_vs_oracle_at_compliance"] == pytest.approx(1.0)
     oracle = OracleRouter(macs).route(true, 0.1)
     assert oracle.tolist() == [0, 1, 2]
+    # Net of an overhead of 2 MACs per input (predictor + bank): the oracle columns stay routes-only.
+    net = threshold_row(true, routes, macs, 0.1, overhead_macs=2.0)
+    assert net["route_macs_saved"] == pytest.approx(row["macs_saved"]) and net["overhead_macs"] == 2.0
+    assert net["macs_saved"] == pytest.approx(1 - ((10 + 20 + 40) / 3 + 2) / 40)
+    assert net["oracle_macs_saved"] == pytest.approx(row["oracle_macs_saved"]) and "routes only" in net["oracle_accounting"]
 
 
 def test_evaluate_cli_bad_threshold_one_line(pipeline_dir):
@@ -139,3 +170,61 @@ def test_targets_check_names_the_shortfall_and_its_cause():
     assert targets_check([good])["met"]
     ranking = targets_check([{**row, "oracle_macs_saved": 0.6}])
     assert any("predictor's ranking" in n for n in ranking["shortfalls"])
+
+
+def test_a_pipeline_with_a_bank_charges_its_faiss_search_and_shares_the_trunk():
+    """With a per-class patch bank: FlopCounterMode sees the routes and the predictor; the FAISS search it
+    cannot see is entries x key dim per query (flat index of the query's class); the sum is out.macs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fiancee.backbones import build_backbone
+    from fiancee.bank import BankSpec, build_feature_bank, majority_labels
+    from fiancee.exits import ExitGenerator
+    from fiancee.predictor import QualityPredictor
+    from fiancee.routing import ThresholdRouter
+
+    torch.manual_seed(0)
+    backbone = build_backbone("oasis", "tiny").eval()
+    g = torch.Generator().manual_seed(3)
+    maps = torch.nn.functional.one_hot(torch.randint(0, 3, (12, 4, 4), generator=g), 5).permute(0, 3, 1, 2).float()
+    maps = maps.repeat_interleave(8, 2).repeat_interleave(8, 3)  # [12, 5, 32, 32], classes 0..2 only
+    inputs = (maps, torch.randn(12, 8, generator=g))
+    bank = build_feature_bank(backbone, tuple(x[:8] for x in inputs), BankSpec(mode="patch", key_stage=1, value_stage=2,
+                              grid=(2, 2), max_per_class=3), label_channels=5, task="tiny")
+    model = ExitGenerator(backbone, [1, 2], "1/2", 4, guide=bank.guide_spec).eval()
+    h = backbone.features(*inputs, taps=(1,)).taps[1]
+    predictor = QualityPredictor("tiny", 2, [list(h.shape[1:])], width=4, hidden=(8,)).eval()
+    pipe = FianceePipeline(None, model, predictor, ThresholdRouter(model.route_macs()), bank=bank, task_spec="tiny")
+    query = tuple(x[8:] for x in inputs)
+    query = (torch.cat([query[0][:3], torch.nn.functional.one_hot(torch.full((1, 32, 32), 4), 5).permute(0, 3, 1, 2).float()]),
+             query[1])  # the last input's class 4 is not in the bank: searched in the whole index
+    routes = torch.tensor([0, 1, 2, 0])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = pipe(*query, max_lpips=0.2, exits=routes)
+    counts = {int(c): int(n) for c, n in bank.manifest["per_class_counts"].items()}
+    d = bank.keys.shape[1]
+    faiss = sum(counts.get(int(c), 0) * d if counts.get(int(c), 0) else len(bank) * d
+                for c in majority_labels(query[0], (2, 2)).flatten())
+    assert counter.get_total_flops() / 2 + faiss == pytest.approx(float(out.macs.sum()), rel=1e-12)
+    assert pipe.overhead_macs() == pipe.predictor_macs() + 4 * len(bank) * d  # the bound: the whole index
+    same = model.mixed(*query, exits=routes, guide=bank.guide)
+    assert (out.images - same).abs().max().item() <= 1e-5
+
+
+def test_a_guarantee_router_is_stated_and_checked_in_the_report(pipeline_dir, tmp_path):
+    from fiancee.evaluate import guarantee_check
+    from fiancee.routing import guarantee_min_inputs
+
+    pipe = FianceePipeline.from_pretrained(pipeline_dir)
+    n = guarantee_min_inputs(0.1, 0.2)
+    cal = build_lpips_table(pipe.model, pipe.task, n, 98, "train", cache=False)
+    pipe.router = CalibratedRouter(costs=pipe.model.route_macs()).fit_guarantee(pipe.predict(*cal["inputs"]), cal["lpips"],
+                                                                                [0.1, 0.3], 0.1, 0.2)
+    report = evaluate_pipeline(pipe, [0.1, 0.3], n=16, out=tmp_path / "rep", progress=False)
+    g = report["guarantee"]
+    assert g["statement"] == pipe.router.guarantee() and (g["epsilon"], g["delta"]) == (0.1, 0.2)
+    for check, row in zip(g["test"], report["thresholds"]):
+        assert check["miss_rate"] == pytest.approx(1 - row["compliance"])
+        assert check["holds"] == (check["miss_rate"] <= 0.1 + 1e-12)
+    assert guarantee_check(OracleRouter(pipe.model.route_macs()), report["thresholds"]) is None

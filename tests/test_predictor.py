@@ -91,7 +91,7 @@ def test_noise_recipe_crosses_maps_with_fixed_noises():
         sample_table_inputs(get_task("faces"), 3, 0, "train", noises=4)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv", "features"])
+@pytest.mark.parametrize("arch", ["mlp", "conv", "features", "tiny"])
 def test_architectures_read_their_inputs(arch):
     task = TinyLabelTask()
     torch.manual_seed(0)
@@ -103,12 +103,25 @@ def test_architectures_read_their_inputs(arch):
         xs = predictor_features(arch, model, inputs)
     p = QualityPredictor(arch, 2, [list(x.shape[1:]) for x in xs], width=8, hidden=(16,))
     assert p(*xs).shape == (5, 2)
-    if arch == "features":
-        assert torch.equal(xs[0], key_features(model, *inputs))
+    if arch in ("features", "tiny"):
+        assert torch.equal(xs[0], key_features(model, *inputs)) and p.reads_features
     with pytest.raises(ValueError, match="per-sample shapes"):
         p(*(x[:, :1] if x.dim() == 2 else x[:, :, :2] for x in xs))
     with pytest.raises(ValueError, match="arch"):
         QualityPredictor("transformer", 2, [[4]])
+
+
+def test_the_tiny_head_costs_under_one_percent_of_the_faces_backbone():
+    """The default predictor on faces' key-stage features [512, 4, 4]: <= 1 % of the 104.6 MMAC backbone,
+    against 6.6 MMACs for Table S7's head on the same features."""
+    from fiancee.metrics.macs import count_macs
+
+    x = torch.zeros(1, 512, 4, 4)
+    tiny = count_macs(QualityPredictor("tiny", 3, [[512, 4, 4]]), x)
+    assert tiny <= 0.01 * 104_628_224 and tiny < count_macs(QualityPredictor("features", 3, [[512, 4, 4]]), x) / 10
+    from fiancee.predictor import TINY_WIDTH
+
+    assert QualityPredictor("tiny", 3, [[512, 4, 4]]).config()["width"] == TINY_WIDTH  # defaults resolved into the config
 
 
 @pytest.mark.parametrize("recipe", ["mse-sgd", "mae-adamw"])

@@ -203,6 +203,25 @@ def _make_index(keys: np.ndarray, kind: str):
     return index
 
 
+def _search_counted(index, queries: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest entry of every query, and the MACs of the distances computed per query (see
+    :meth:`FeatureBank.search_with_macs`)."""
+    faiss = _faiss()
+    n = queries.shape[0]
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIVF):
+        faiss.cvar.indexIVF_stats.reset()
+        ids = index.search(queries, 1)[1][:, 0]
+        distances = faiss.cvar.indexIVF_stats.ndis + n * inner.nlist  # probed lists + coarse centroids
+        return ids, np.full(n, distances * d / max(n, 1), dtype=np.float64)
+    if isinstance(inner, faiss.IndexHNSW):
+        faiss.cvar.hnsw_stats.reset()
+        ids = index.search(queries, 1)[1][:, 0]
+        return ids, np.full(n, faiss.cvar.hnsw_stats.ndis * d / max(n, 1), dtype=np.float64)
+    ids = index.search(queries, 1)[1][:, 0]
+    return ids, np.full(n, float(index.ntotal) * d, dtype=np.float64)  # flat: every key once
+
+
 def _to_gpu(index):
     """Move an index to the GPU when CUDA and a GPU build of FAISS are both present."""
     faiss = _faiss()
@@ -425,23 +444,44 @@ class FeatureBank:
     @torch.no_grad()
     def search(self, h: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Entry index of the nearest key for every query ``[B, Q]`` (int64, CPU)."""
+        return self.search_with_macs(h, cond)[0]
+
+    @torch.no_grad()
+    def search_with_macs(self, h: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`search`, and the MACs every input's queries cost ``[B]`` (float64, CPU).
+
+        A distance between a query and a key of dimension D is counted as D MACs (``torch.utils.flop_counter``
+        cannot see FAISS, so the pipeline adds these): a flat index computes one per key it holds, so a query
+        costs ``entries x D`` (the entries of the class index it searches, with label maps); IVF and HNSW count
+        the distances FAISS reports having computed (``indexIVF_stats.ndis``, plus ``nlist`` distances to the
+        coarse centroids per query for IVF; ``hnsw_stats.ndis``), shared evenly by the queries of one call.
+        """
         queries = self.query_keys(h).detach().to("cpu", torch.float32)  # [B, Q, D]
         b, q, d = queries.shape
         flat = queries.reshape(b * q, d).numpy()
         found = np.empty(b * q, dtype=np.int64)
+        macs = np.zeros(b * q, dtype=np.float64)  # per query
         if self.mode == "global" or self.label_channels is None:
-            found[:] = self.indexes["all"].search(flat, 1)[1][:, 0]
-            return torch.from_numpy(found).view(b, q)
+            found[:], macs[:] = _search_counted(self.indexes["all"], flat, d)
+            return torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1)
         cls = self.query_classes(cond, b).reshape(-1).numpy()
         spans = self.offsets()
         for c in np.unique(cls):
             rows = np.nonzero(cls == c)[0]
             if int(c) in spans and int(c) in self.indexes:
                 start, _ = spans[int(c)]
-                found[rows] = self.indexes[int(c)].search(np.ascontiguousarray(flat[rows]), 1)[1][:, 0] + start
+                ids, cost = _search_counted(self.indexes[int(c)], np.ascontiguousarray(flat[rows]), d)
+                found[rows], macs[rows] = ids + start, cost
             else:  # a class the bank never saw: nearest key of any class (documented in docs/bank.md)
-                found[rows] = self.indexes["all"].search(np.ascontiguousarray(flat[rows]), 1)[1][:, 0]
-        return torch.from_numpy(found).view(b, q)
+                found[rows], macs[rows] = _search_counted(self.indexes["all"], np.ascontiguousarray(flat[rows]), d)
+        return torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1)
+
+    def search_macs_bound(self) -> int:
+        """MACs of one input's search with flat indexes in the worst case: every query against the largest
+        index it may search (exact for a bank without classes). Approximate indexes: the same bound
+        (they compute fewer distances; :meth:`search_with_macs` gives their measured count)."""
+        q = self.grid[0] * self.grid[1] if self.mode == "patch" else 1
+        return q * max(int(i.ntotal) for i in self.indexes.values()) * int(self.keys.shape[1])
 
     def _values_on(self, device: torch.device) -> torch.Tensor:
         key = str(device)

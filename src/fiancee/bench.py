@@ -16,8 +16,11 @@ MACs are a proxy; users pay in milliseconds. :func:`run_bench` measures, on one 
   each group run on its own with ``route`` (stages shared by several routes recomputed per group).
   Ratios are ``other / tree``: above 1 the tree is faster.
 - **overhead**: the quality predictor's forward plus the bank's retrieval
-  (:func:`fiancee.bank.retrieval_latency`) as a fraction of the smallest route at batch 1. Both read
-  the key-stage features, which every route computes anyway, so those are not counted.
+  (:func:`fiancee.bank.retrieval_latency`) as a fraction of the smallest route at batch 1. With the
+  fused trunk (``FianceePipeline`` runs the stem and stages up to the key stage once, and the route
+  continues from there: :meth:`ExitGenerator.mixed_from`) both read key-stage features every route
+  computes anyway, so only the predictor's head and the retrieval are overhead (a predictor reading raw
+  inputs, ``mlp`` / ``conv``, is timed on them).
 - **options**: ways to make a route faster without changing its image beyond a tolerance
   (channels_last, bf16 / fp16 autocast, torch.compile, CUDA graphs), each alone and all together:
   speedup vs eager fp32 and the max / mean absolute difference of the image, per route and batch.
@@ -299,12 +302,12 @@ def _build_bank(setup: _Setup, n: int, device: torch.device, progress: bool = Fa
 def _predictor(model, arch: str | None, inputs: tuple[torch.Tensor, ...], seed: int, kinds: list[str], what: str):
     """An untrained predictor of the arch the library trains by default for these declared inputs
     (:func:`fiancee.train.predictor.default_arch`) and what it reads."""
-    from .predictor import QualityPredictor, key_features
+    from .predictor import FEATURE_ARCHS, QualityPredictor, key_features
     from .train.predictor import check_arch, default_arch
 
     arch = arch or default_arch(kinds)
     check_arch(arch, kinds, what)
-    if arch == "features":
+    if arch in FEATURE_ARCHS:
         xs = (key_features(model, *inputs),)  # [B, C, h, w], on the model's device
     else:
         xs = tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)

@@ -180,7 +180,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, n_predictor=args.n_predictor,
-             n_calibrate=args.n_calibrate, preset=args.preset, exits=args.exits, progress=not args.no_progress)
+             n_calibrate=args.n_calibrate, preset=args.preset, exits=args.exits, progress=not args.no_progress,
+             epsilon=args.epsilon, delta=args.delta, target_compliance=args.target_compliance)
     return 0
 
 
@@ -407,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run folder of fiancee train-exits")
     p.add_argument("--out", required=True, help="predictor folder")
-    p.add_argument("--arch", choices=["mlp", "conv", "features"], default=None,
-                   help="default: conv for label-map tasks, features (the key-stage features) otherwise; mlp reads z")
+    p.add_argument("--arch", choices=["mlp", "conv", "features", "tiny"], default=None,
+                   help="default: conv for label-map tasks, tiny (a cheap head on the key-stage features) otherwise; features: Table S7's head on them; mlp reads z")
     p.add_argument("--recipe", choices=["mse-sgd", "mae-adamw"], default="mse-sgd",
                    help="mse-sgd: MSE, SGD lr 0.01, cosine (OASIS); mae-adamw: MAE, AdamW (MegaPortraits)")
     p.add_argument("--n", type=int, default=2000, help="training inputs (label-map tasks: maps x noises)")
@@ -465,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="test inputs for the report (default 1000)")
     p.add_argument("--n-predictor", type=int, default=2000, help="training inputs of the predictor (default 2000)")
     p.add_argument("--n-calibrate", type=int, default=1000, help="held-out inputs the router is calibrated on (default 1000)")
+    p.add_argument("--epsilon", type=float, default=0.05, help="guarantee: at most this share of outputs miss the threshold (default 0.05)")
+    p.add_argument("--delta", type=float, default=0.1, help="guarantee: ... with probability >= 1 - delta over the calibration draw (default 0.1)")
+    p.add_argument("--target-compliance", type=float, default=None,
+                   help="fit the router for this average compliance instead of the guarantee (split-conformal margins)")
     p.add_argument("--exits", default=None, help="a train-exits run of the task to use (default: the committed one, "
                                                   "else a fresh run)")
     p.add_argument("--preset", choices=["quick", "full", "smoke"], default="quick",
@@ -568,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-inputs", type=int, default=None,
                    help="bank population: inputs (fashion: label maps x 8 noises); default faces 1024, fashion 250, "
                         "oasis / g2d 16")
-    p.add_argument("--predictor", choices=["mlp", "conv", "features"], default=None,
-                   help="predictor arch (default: conv for label-map inputs, features otherwise)")
+    p.add_argument("--predictor", choices=["mlp", "conv", "features", "tiny"], default=None,
+                   help="predictor arch (default: conv for label-map inputs, tiny otherwise)")
     p.add_argument("--json", required=True, help="where to write the JSON report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -4,13 +4,16 @@
    or ``$FIANCEE_WEIGHTS/<task>/exits``), or a fresh ``train-exits --preset quick`` (``preset``) with
    ``retrain=True`` or when the task ships none;
 2. predictor: inputs x true LPIPS of every exit on training inputs, then the paper's MSE + SGD recipe;
-3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw
-   so that ``target_compliance`` of the outputs truly meet each threshold. The demo asks for 0.96 so
-   that the compliance measured on a separate test set stays >= 0.95 despite sampling noise (about
-   +-0.7% for 1000 inputs at 0.95);
-4. the pipeline is saved as one folder and evaluated on test inputs: report.json + report.html.
+3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw.
+   By default with a guarantee (Learn-then-Test, ``CalibratedRouter.fit_guarantee``): with probability
+   >= 1 - ``delta`` over the calibration draw, at most ``epsilon`` of new outputs miss the threshold
+   (defaults 0.05 and 0.1). With ``target_compliance`` given instead, the average-compliance fit
+   (``CalibratedRouter.fit``: split-conformal margins, expected compliance >= the target);
+4. the pipeline is saved as one folder and evaluated on test inputs: report.json + report.html, with the
+   guarantee checked on those test inputs.
 
-It ends by printing, for LPIPS <= 0.1, the MACs saved, the compliance and the oracle's saving.
+It ends by printing, for LPIPS <= 0.1, the net MACs saved (routes, predictor and bank search all
+charged), the routes-only saving, the compliance, the guarantee and the oracle's saving.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def _say(msg: str) -> None:
 
 
 def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed: int = 0,
-             thresholds=DEFAULT_THRESHOLDS, target_compliance: float = 0.96, n_predictor: int = 2000,
+             thresholds=DEFAULT_THRESHOLDS, epsilon: float = 0.05, delta: float = 0.1,
+             target_compliance: float | None = None, n_predictor: int = 2000,
              n_calibrate: int = 1000, n_eval: int = 1000, preset: str = "quick", exits: str | Path | None = None,
              progress: bool = True) -> dict:
     """The whole method on ``task`` (a spec: built-in name, ``module:attr`` or entry point; or a Task).
@@ -52,11 +56,22 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     thresholds = [check_threshold(t) for t in thresholds]
     if not thresholds:
         raise ValueError("give at least one threshold in (0, 1]")
-    if not 0 < target_compliance <= 1:
+    if target_compliance is not None and not 0 < target_compliance <= 1:
         raise ValueError(f"target compliance must lie in (0, 1]; got {target_compliance}")
+    for name, value in (("epsilon", epsilon), ("delta", delta)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must lie in (0, 1); got {value}")
     for name, value in (("n_predictor", n_predictor), ("n_calibrate", n_calibrate), ("n_eval", n_eval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2; got {value!r}")
+    if target_compliance is None:
+        from .routing import guarantee_min_inputs
+
+        need = guarantee_min_inputs(epsilon, delta)
+        if n_calibrate < need:
+            raise ValueError(f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g} needs at least {need} "
+                             f"calibration inputs; got n_calibrate={n_calibrate} (or fit for an average compliance "
+                             "instead: target_compliance=, --target-compliance)")
     if exits is not None:
         run = Path(exits)
         run_task = RunDir(run).read_config().get("task")
@@ -85,7 +100,9 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     _say("   predictor mean relative error (mean over exits): "
          + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items()))
 
-    _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs (target compliance {target_compliance})")
+    goal = (f"target compliance {target_compliance}" if target_compliance is not None else
+            f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}")
+    _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs ({goal})")
     task_obj, model = load_exits(run)
     # The run's bank (if it used one) is loaded once: its guide drives calibration, the bank goes
     # into the pipeline folder.
@@ -99,10 +116,15 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     cal = build_lpips_table(model, task_obj, n_calibrate, seed + 7919, "train", guide, cache=guide is None,
                             progress=progress)
     costs = model.route_macs()
-    router = CalibratedRouter(costs=costs).fit(predict(predictor, model, cal["inputs"]), cal["lpips"],
-                                               list(thresholds), target_compliance)
+    cal_predicted = predict(predictor, model, cal["inputs"])
+    if target_compliance is not None:
+        router = CalibratedRouter(costs=costs).fit(cal_predicted, cal["lpips"], list(thresholds), target_compliance)
+    else:
+        router = CalibratedRouter(costs=costs).fit_guarantee(cal_predicted, cal["lpips"], list(thresholds), epsilon, delta)
     pipe = FianceePipeline(task_obj, model, predictor, router, bank=bank, bank_path=bank_path,
                            provenance={"exits_run": str(run), "seed": seed, "target_compliance": target_compliance,
+                                       "epsilon": None if target_compliance is not None else epsilon,
+                                       "delta": None if target_compliance is not None else delta,
                                        "calibration_inputs": n_calibrate, "predictor_inputs": n_predictor})
     pipe_dir = pipe.save(out / "pipeline")
 
@@ -111,11 +133,16 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     row = min(report["thresholds"], key=lambda r: abs(r["threshold"] - 0.1))
     _say(f"pipeline saved to {pipe_dir}")
     print(f"At LPIPS <= {row['threshold']:g} ({report['router']} router, {n_eval} test inputs of {task!r}):")
-    print(f"  MACs saved vs the backbone: {row['macs_saved']:.1%}")
+    print(f"  MACs saved vs the backbone, net of the predictor and bank search: {row['macs_saved']:.1%} "
+          f"(routes only: {row['route_macs_saved']:.1%}; overhead {row['overhead_macs'] / 1e6:.2f} MMACs per input)")
     print(f"  compliance (true LPIPS <= threshold): {row['compliance']:.1%}")
     print(f"  oracle's saving: {row['oracle_macs_saved']:.1%} (strict), "
           f"{row['oracle_macs_saved_at_compliance']:.1%} at the same compliance")
     print(f"  exit shares: {' / '.join(f'{s:.2f}' for s in row['exit_shares'])} (backbone last)")
+    if report.get("guarantee"):
+        g = report["guarantee"]
+        print(f"  guarantee: {g['statement']}; on the test inputs: miss rate {1 - row['compliance']:.1%} "
+              f"vs epsilon {g['epsilon']:.1%}")
     targets = report.get("targets")
     if targets and not targets["met"]:
         for note in targets["shortfalls"]:

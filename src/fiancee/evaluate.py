@@ -17,7 +17,7 @@ from .io import write_json
 from .tables import build_lpips_table, per_image_lpips, route_images
 from .train.exits import load_exits, run_guide
 
-__all__ = ["route_images", "per_image_lpips", "measure_exits", "evaluate_exits", "evaluate_pipeline", "targets_check",
+__all__ = ["route_images", "per_image_lpips", "measure_exits", "evaluate_exits", "evaluate_pipeline", "targets_check", "guarantee_check",
            "oracle_savings", "DEFAULT_THRESHOLDS"]
 
 DEFAULT_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
@@ -149,9 +149,12 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     true = table["lpips"]  # [N, E]
     predicted = pipeline.predict(*table["inputs"])  # [N, E]
     macs = pipeline.route_macs.tolist()
-    rows = [threshold_row(true, pipeline.router.route(predicted, t), macs, t) for t in thresholds]
+    # Every input also pays the predictor and the bank's search (the trunk is shared, inside its route):
+    # macs_saved is net of it, route_macs_saved is the routes-only figure.
+    overhead = pipeline.overhead_macs()
+    rows = [threshold_row(true, pipeline.router.route(predicted, t), macs, t, overhead) for t in thresholds]
     paper = ThresholdRouter(macs)  # the paper's rule, no calibration: shown for comparison
-    paper_rows = [threshold_row(true, paper.route(predicted, t), macs, t) for t in thresholds]
+    paper_rows = [threshold_row(true, paper.route(predicted, t), macs, t, overhead) for t in thresholds]
     density = []
     for r in range(true.shape[1]):
         t = float(true[:, r].mean())
@@ -165,6 +168,8 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
         "paper_threshold_router": paper_rows,
     }
     meta["targets"] = targets_check(rows)
+    meta["overhead_macs"] = overhead
+    meta["guarantee"] = guarantee_check(pipeline.router, rows)
     out = Path(out) if out is not None else (folder or Path(".")) / "report"
     examples = example_rows(pipeline, table["inputs"], true, predicted, thresholds)
     html_path = write_report(out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta,
@@ -202,6 +207,20 @@ def example_rows(pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor,
                      "images": torch.stack([images[int(r)][i] for i, r in enumerate(routes)]),
                      "captions": [f"{route_name(int(r), num_exits)}: {float(v):.3f}" for r, v in zip(routes, got)]})
     return rows
+
+
+def guarantee_check(router, rows: list[dict]) -> dict | None:
+    """The router's stated guarantee (``CalibratedRouter.guarantee()``) checked on the report's test inputs:
+    per threshold the miss rate (share of outputs with true LPIPS > T) against epsilon. One test set is one
+    draw: the guarantee allows a miss rate above epsilon in up to a share delta of such draws. None when the
+    router was not fitted for a guarantee."""
+    statement = router.guarantee() if hasattr(router, "guarantee") else None
+    if statement is None:
+        return None
+    checks = [{"threshold": r["threshold"], "miss_rate": 1 - r["compliance"], "epsilon": router.epsilon,
+               "holds": 1 - r["compliance"] <= router.epsilon + 1e-12} for r in rows]
+    return {"statement": statement, "epsilon": router.epsilon, "delta": router.delta, "calibration_inputs": router.fit_size,
+            "test": checks, "holds_everywhere": all(c["holds"] for c in checks)}
 
 
 def targets_check(rows: list[dict], threshold: float = 0.1, compliance: float = 0.95, saved: float = 0.5,

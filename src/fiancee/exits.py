@@ -365,18 +365,44 @@ class ExitGenerator(nn.Module):
         (In train mode BatchNorm statistics depend on who shares a sub-batch: train one route at a time.)
         ``check=False`` skips the backbone's input checks, as in :meth:`route`.
         """
+        batch = self.backbone.check_inputs(*inputs) if check else inputs[0].shape[0]
+        exits = self._check_exits(exits, batch, inputs[0].device)
+        h, cond = self.backbone.stem(*inputs)
+        return self._tree(h, cond, 0, exits, guide)
+
+    def mixed_from(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, exits: torch.Tensor,
+                   guide: Guide = None) -> torch.Tensor:
+        """:meth:`mixed` continued from features already computed: ``h [B, C, h, w]`` is the output of
+        stage ``start`` (a stage count, 0 = the stem's output) for the whole batch, ``cond`` the stem's
+        condition. The pipeline runs the trunk up to the key stage once, lets the predictor and the bank
+        read it, and continues here, so no stage runs twice. ``start`` may not lie past the first exit
+        (its branch starts from there); with ``start == key_stage`` a callable ``guide`` is applied to ``h``.
+        The result equals ``mixed`` on the inputs that gave ``h`` (eval mode).
+        """
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= self.key_stage:
+            raise ValueError(f"start must be a stage count in 0..{self.key_stage} (the key stage); got {start!r}")
+        if not isinstance(h, torch.Tensor) or h.dim() < 2:
+            raise ValueError(f"h must be the features [B, ...] after stage {start}; got "
+                             f"{list(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
+        exits = self._check_exits(exits, h.shape[0], h.device)
+        return self._tree(h, cond, start, exits, guide)
+
+    def _check_exits(self, exits: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
         if not isinstance(exits, torch.Tensor) or exits.dim() != 1 or exits.dtype not in (
                 torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             got = f"{exits.dtype} {list(exits.shape)}" if isinstance(exits, torch.Tensor) else type(exits).__name__
             raise ValueError(f"exits must be a 1-D integer tensor with one route per sample; got {got}")
-        batch = self.backbone.check_inputs(*inputs) if check else inputs[0].shape[0]
         if exits.numel() != batch:
             raise ValueError(f"exits has {exits.numel()} entries for a batch of {batch}")
-        exits = exits.to(inputs[0].device, torch.int64)
+        exits = exits.to(device, torch.int64)
         if int(exits.min()) < 0 or int(exits.max()) >= self.num_routes:
             raise ValueError(f"exit indices must lie in 0..{self.num_routes - 1}; got {exits.tolist()}")
+        return exits
 
-        h, cond = self.backbone.stem(*inputs)
+    def _tree(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, exits: torch.Tensor,
+              guide: Guide) -> torch.Tensor:
+        """The mixed-exit tree from ``h``, the output of stage ``start`` (0 = the stem) for every sample."""
+        batch = h.shape[0]
         alive = torch.arange(batch, device=exits.device)  # input positions of the rows of h
         out: torch.Tensor | None = None
         g: torch.Tensor | None = None
@@ -388,11 +414,12 @@ class ExitGenerator(nn.Module):
                 out = images.new_empty((batch, *images.shape[1:]))
             out.index_copy_(0, rows, images)
 
-        for index, stage in enumerate(self.backbone.stages):
-            h = stage(h, cond)
-            if index + 1 == self.key_stage:
+        for done in range(start, self.backbone.num_stages):
+            if done > start:  # h is the output of stage ``done`` (the first one was computed by the caller)
+                h = self.backbone.stages[done - 1](h, cond)
+            if done == self.key_stage:
                 g = self._resolve_guide(guide, h, cond)
-            route = branch_at.get(index + 1)
+            route = branch_at.get(done)
             if route is None:
                 continue
             here = exits.index_select(0, alive) == route
@@ -403,6 +430,7 @@ class ExitGenerator(nn.Module):
                 if keep.numel() == 0:
                     return out
                 alive, h, cond, g = alive.index_select(0, keep), h.index_select(0, keep), _take(cond, keep), _take(g, keep)
+        h = self.backbone.stages[-1](h, cond)  # start <= key_stage < N: the last stage is still to run
         emit(alive, self.backbone.head(h, cond))
         return out
 

@@ -1,8 +1,10 @@
 """The end-to-end pipeline: predictor -> router -> mixed-exit tree (paper Fig. 1, section 3).
 
-``FianceePipeline(*inputs, max_lpips=0.1)`` predicts every exit's LPIPS for every input, lets the
-router pick the cheapest route meeting the threshold, and runs the whole batch once through the
-mixed-exit tree of :class:`fiancee.exits.ExitGenerator`.
+``FianceePipeline(*inputs, max_lpips=0.1)`` runs the trunk (stem and stages up to the key stage) once,
+predicts every exit's LPIPS for every input, lets the router pick the cheapest route meeting the
+threshold, and continues the whole batch from the trunk's features through the mixed-exit tree of
+:class:`fiancee.exits.ExitGenerator`. Every input is charged what it cost: its route, the predictor and
+the bank's search.
 
 A pipeline is one folder (diffusers' habit)::
 
@@ -46,7 +48,7 @@ class PipelineOutput:
     images: torch.Tensor  # [B, C, H, W] in [-1, 1]
     exits: torch.Tensor  # [B] route per input (E = the backbone)
     predicted_lpips: torch.Tensor  # [B, E] predicted LPIPS of every exit branch
-    macs: torch.Tensor  # [B] MACs each input cost
+    macs: torch.Tensor  # [B] MACs each input cost: its route + the predictor + its bank search (float64)
 
 
 class FianceePipeline:
@@ -67,6 +69,10 @@ class FianceePipeline:
         self.guide = None if bank is None else bank.guide
         self.provenance = dict(provenance or {})
         self.route_macs = torch.tensor(model.route_macs(), dtype=torch.float64)
+        from .metrics.macs import count_macs
+
+        # Counted once here (shapes only), never inside a caller's FlopCounterMode.
+        self._predictor_macs = count_macs(self.predictor, *(torch.zeros(1, *s) for s in self.predictor.input_shapes))
 
     @torch.no_grad()
     def predict(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -75,21 +81,52 @@ class FianceePipeline:
 
         return predict(self.predictor, self.model, inputs)
 
+    def predictor_macs(self) -> int:
+        """MACs of the predictor for one input (on top of the shared trunk when it reads key-stage features)."""
+        return self._predictor_macs
+
+    def overhead_macs(self) -> int:
+        """MACs one input pays beyond its route: the predictor, and the bank's search (for a bank whose queries
+        search per class, the largest class index: :meth:`fiancee.bank.FeatureBank.search_macs_bound`; the
+        search's own cost per input is in ``PipelineOutput.macs``). The trunk up to the key stage is not
+        overhead: every route runs it, and the pipeline runs it once (:meth:`__call__`)."""
+        return self.predictor_macs() + (0 if self.bank is None else self.bank.search_macs_bound())
+
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor, max_lpips: float, exits: torch.Tensor | None = None) -> PipelineOutput:
         """Images for ``inputs`` at quality ``max_lpips`` (LPIPS vs the backbone, in (0, 1]).
 
-        ``exits`` overrides the router (e.g. an oracle's choice) while keeping one tree execution.
+        One pass through the trunk: the stem and the stages up to the key stage (``model.key_stage``, the
+        stage before the first exit) run once for the batch; the bank searches with those features, a
+        predictor reading key-stage features reads them, the router decides, and the mixed-exit tree
+        continues from them (:meth:`fiancee.exits.ExitGenerator.mixed_from`). ``macs`` per input = its route
+        + the predictor + its bank search (the trunk counted once, inside the route).
+        ``exits`` overrides the router (e.g. an oracle's choice) while keeping one tree execution; the
+        predictor still runs (its output is returned) and is still charged.
         """
         threshold = check_threshold(max_lpips)
-        self.model.backbone.check_inputs(*inputs)
+        batch = self.model.backbone.check_inputs(*inputs)
         if exits is not None and not isinstance(exits, torch.Tensor):
             raise ValueError(f"exits must be a 1-D integer tensor with one route per input; got {type(exits).__name__}")
-        predicted = self.predict(*inputs)
+        k = self.model.key_stage
+        f = self.model.backbone.features(*inputs, taps=(k,))
+        h, cond = f.taps[k], f.cond  # [B, C, h, w] after the key stage
+        bank_macs = torch.zeros(batch, dtype=torch.float64)
+        guide = None
+        if self.bank is not None:
+            ids, bank_macs = self.bank.search_with_macs(h, cond)
+            guide = self.bank.assemble(ids, h.device)
+        if self.predictor.reads_features:
+            predicted = self.predictor(h)  # [B, E]
+        else:
+            from .predictor import predictor_features
+
+            predicted = self.predictor(*predictor_features(self.predictor.arch, self.model, inputs))
         routes = self.router.route(predicted, threshold) if exits is None else exits
-        images = self.model.mixed(*inputs, exits=routes.to(inputs[0].device), guide=self.guide, check=False)  # checked above
-        routes = routes.cpu().long()  # checked integers by mixed; a uint8 tensor would index as a mask
-        return PipelineOutput(images=images, exits=routes, predicted_lpips=predicted.cpu(), macs=self.route_macs[routes])
+        images = self.model.mixed_from(h, cond, k, routes.to(h.device), guide=guide)
+        routes = routes.cpu().long()  # checked integers by mixed_from; a uint8 tensor would index as a mask
+        macs = self.route_macs[routes] + float(self.predictor_macs()) + bank_macs
+        return PipelineOutput(images=images, exits=routes, predicted_lpips=predicted.cpu(), macs=macs)
 
     # ------------------------------------------------------------------------------------------
     # Folders

@@ -49,11 +49,14 @@ from .io import (atomic_folder, build_bounded, cache_dir, read_whole_folder, che
                  read_manifest, resolve_inside, save_tensors, tensor_fingerprint, write_json)
 
 __all__ = [
-    "ARCHS", "RECIPES", "QualityPredictor", "ResBlock", "key_features", "predictor_features", "predict",
+    "ARCHS", "FEATURE_ARCHS", "RECIPES", "QualityPredictor", "ResBlock", "key_features", "predictor_features", "predict",
     "train_predictor", "save_predictor", "load_predictor", "exits_fingerprints", "relative_error", "error_summary",
 ]
 
-ARCHS = ("mlp", "conv", "features")
+ARCHS = ("mlp", "conv", "features", "tiny")
+FEATURE_ARCHS = ("features", "tiny")  # read the key-stage features the pipeline computes anyway
+# ``tiny``'s defaults: a 1x1 conv to 32 channels, a grid of at most 4x4, one hidden layer of 64.
+TINY_WIDTH, TINY_HIDDEN, TINY_GRID = 32, (64,), 4
 RECIPES = ("mse-sgd", "mae-adamw")
 FORMAT = 1
 
@@ -79,7 +82,7 @@ class QualityPredictor(nn.Module):
     """
 
     def __init__(self, arch: str, num_exits: int, input_shapes: Sequence[Sequence[int]], *,
-                 width: int = 64, hidden: Sequence[int] = (512, 256, 128, 64), max_grid: int = 8):
+                 width: int | None = None, hidden: Sequence[int] | None = None, max_grid: int | None = None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
@@ -87,6 +90,10 @@ class QualityPredictor(nn.Module):
             raise ValueError(f"num_exits must be >= 1; got {num_exits}")
         self.arch, self.num_exits = arch, int(num_exits)
         self.input_shapes = [list(int(d) for d in s) for s in input_shapes]
+        tiny = arch == "tiny"
+        width = (TINY_WIDTH if tiny else 64) if width is None else width
+        hidden = (TINY_HIDDEN if tiny else (512, 256, 128, 64)) if hidden is None else hidden
+        max_grid = (TINY_GRID if tiny else 8) if max_grid is None else max_grid
         self.width, self.hidden, self.max_grid = int(width), [int(h) for h in hidden], int(max_grid)
         shapes = self.input_shapes
         if arch == "mlp":
@@ -95,6 +102,17 @@ class QualityPredictor(nn.Module):
             flat = sum(s[0] for s in shapes)
             self.body = None
             act = lambda: nn.LeakyReLU(0.2)  # noqa: E731  Table S7: Linear + LeakyReLU
+        elif arch == "tiny":
+            # Not in the paper: a head that costs well under 1 % of a backbone on top of the key-stage
+            # features every route computes anyway. A 1x1 conv reduces the channels (the costly part of
+            # Table S7's head is its 3x3 convs at full width), average pooling bounds the grid, one hidden layer.
+            if len(shapes) != 1 or len(shapes[0]) != 3:
+                raise ValueError(f"arch 'tiny' reads key-stage features [C, h, w]; got input shapes {shapes}")
+            c, h, w = shapes[0]
+            h, w = min(h, self.max_grid), min(w, self.max_grid)
+            self.body = nn.Sequential(nn.Conv2d(c, self.width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d((h, w)), nn.Flatten())
+            flat = self.width * h * w
+            act = nn.ReLU
         else:
             if arch == "conv" and (len(shapes) != 2 or len(shapes[0]) != 3 or len(shapes[1]) != 1):
                 raise ValueError(f"arch 'conv' reads (label map [C, H, W], noise [Z]); got input shapes {shapes}")
@@ -130,7 +148,7 @@ class QualityPredictor(nn.Module):
 
     @property
     def reads_features(self) -> bool:
-        return self.arch == "features"
+        return self.arch in FEATURE_ARCHS
 
     @torch.no_grad()
     def fit_statistics(self, xs: Sequence[torch.Tensor], lpips: torch.Tensor) -> None:
@@ -184,8 +202,8 @@ def key_features(model, *inputs: torch.Tensor) -> torch.Tensor:
 
 def predictor_features(arch: str, model, inputs: tuple[torch.Tensor, ...], batch_size: int = 256) -> tuple[torch.Tensor, ...]:
     """The tensors a predictor of ``arch`` reads for ``inputs``: z for ``mlp``, (label, z) for ``conv``,
-    key-stage features for ``features`` (computed in batches)."""
-    if arch != "features":
+    key-stage features for ``features`` and ``tiny`` (computed in batches)."""
+    if arch not in FEATURE_ARCHS:
         return tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)
     n = inputs[0].shape[0]
     return (torch.cat([key_features(model, *(x[s : s + batch_size] for x in inputs)).cpu() for s in range(0, n, batch_size)]),)
