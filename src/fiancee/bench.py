@@ -262,7 +262,7 @@ def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: i
         config = RunDir(run).read_config()
         if parse_scale(config["scale"]) == parse_scale(scale) and int(config["min_channels"]) == int(min_channels):
             _, model = load_exits(run)
-            weights = f"committed quick-preset run (weights/{run.parent.name}/{run.name})"
+            weights = f"the exits shipped with the package ({run.parent.name}/{run.name}, {config.get('steps')} steps)"
     if model is None:
         model = build_exits(task, task.load_backbone(), scale, min_channels)
         weights = "untrained (latency does not depend on the weights' values)"
