@@ -89,7 +89,7 @@ def test_g2d_tiny_report_and_threads(one_thread):
 def test_faces_uses_the_committed_exits(one_thread):
     report = run_bench("faces", batches="1,2", bank_inputs=16, **QUICK)
     _check_structure(report, num_routes=4)
-    assert report["settings"]["exit_weights"].startswith("committed")
+    assert report["settings"]["exit_weights"].startswith("the exits shipped with the package")
     assert (report["settings"]["scale"], report["settings"]["min_channels"]) == ("1/2", 32)
 
 

@@ -118,6 +118,8 @@ def test_report_shows_net_accounting_when_the_rows_carry_it(tmp_path):
     true = torch.tensor([[0.05, 0.02], [0.3, 0.08], [0.4, 0.3], [0.2, 0.1]])  # [N=4, E=2]
     macs = [10.0, 20.0, 40.0]
     rows = [threshold_row(true, torch.tensor([0, 1, 2, 1]), macs, 0.1)]
+    for key in ("route_macs_saved", "overhead_macs"):  # a report written before the net accounting
+        rows[0].pop(key)
     html = write_report(tmp_path / "plain", rows=rows, true_lpips=true.numpy(), macs=np.array(macs), density_routes=[],
                         meta={"task": "t", "router": "calibrated"}).read_text()
     assert "routes only" in html and "overhead per input" not in html

@@ -99,6 +99,9 @@ def _headline_html(rows: list[dict], paper: list[dict], meta: dict, macs: np.nda
     guarantee = (f"calibrated so that at least {_pct(target, 0)} of outputs meet T (margins fitted on "
                  f"{cfg.get('fit_size')} held-out inputs the predictor never saw)") if target is not None else \
         f"{html.escape(str(meta.get('router')))} router: no calibrated guarantee"
+    if cfg.get("epsilon") is not None:  # CalibratedRouter.fit_guarantee (Learn-then-Test)
+        guarantee = (f"with probability &ge; {_pct(1 - cfg['delta'], 0)} over the {cfg.get('fit_size')} calibration "
+                     f"inputs, at most {_pct(cfg['epsilon'], 0)} of outputs miss T (Learn-then-Test)")
     what = ("net: the predictor's and bank's MACs subtracted" if net else
             "routes only: the predictor's and bank's MACs are not subtracted")
     lead = (f"<p class=lead>At LPIPS &le; {top['threshold']:g}: <b>{_pct(top['macs_saved'])}</b> of the backbone's MACs "
