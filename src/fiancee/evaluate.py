@@ -65,15 +65,15 @@ def oracle_savings(lpips: np.ndarray, macs, thresholds=DEFAULT_THRESHOLDS) -> li
     """What the strict oracle saves at each threshold: every input on the cheapest route whose true LPIPS
     meets it (the backbone otherwise). ``lpips`` is ``[n, E]``; routes only, no predictor (an upper bound
     for any router with these exits)."""
-    from .routing import cheapest_meeting, mean_cost
+    from .report import threshold_row
+    from .routing import OracleRouter
 
     true = torch.as_tensor(lpips, dtype=torch.float64)
-    rows = []
-    for t in thresholds:
-        routes = cheapest_meeting(true, t, macs)
-        rows.append({"threshold": t, "macs_saved": 1 - mean_cost(routes, macs) / macs[-1],
-                     "shares": torch.bincount(routes, minlength=len(macs)).div(len(routes)).tolist()})
-    return rows
+    oracle = OracleRouter(list(macs))
+    # The report's own strict-oracle row, so evaluate-exits and the pipeline report can never disagree.
+    rows = [threshold_row(true, oracle.route(true, t), macs, t) for t in thresholds]
+    return [{"threshold": r["threshold"], "macs_saved": r["oracle_macs_saved"], "shares": r["oracle_exit_shares"]}
+            for r in rows]
 
 
 def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: bool = True, grid_columns: int = 8,
