@@ -111,6 +111,35 @@ def test_architectures_read_their_inputs(arch):
         QualityPredictor("transformer", 2, [[4]])
 
 
+@pytest.mark.parametrize("arch,shapes", [("tiny", [[32, 4, 4]]), ("features", [[8, 6, 6]]),
+                                          ("conv", [[5, 8, 8], [3]]), ("mlp", [[6], [4]])])
+def test_folded_inference_is_the_standardized_network(arch, shapes):
+    """Eval mode without autograd runs the folded copy; it computes the same function, follows weight edits,
+    and never enters the state dict."""
+    torch.manual_seed(0)
+    p = QualityPredictor(arch, 3, shapes, width=8, hidden=(16,))
+    xs = [torch.randn(7, *s) * 3 + 1 for s in shapes]
+    p.fit_statistics(xs, torch.rand(7, 3))
+    p.eval()
+
+    def slow():
+        with torch.enable_grad():
+            return (p.standardized(*xs) * p.y_std + p.y_mean).detach()
+
+    with torch.no_grad():
+        assert torch.allclose(p(*xs), slow(), atol=1e-5)
+        assert p.folded() is p.folded()  # cached while nothing changed
+        p.mlp[-1].bias.add_(0.5)
+        p.in0_std.mul_(2.0)
+        assert torch.allclose(p(*xs), slow(), atol=1e-5)  # refolded after the edits
+        assert torch.allclose(p(*xs, check=False), slow(), atol=1e-5)
+    assert not any("folded" in k for k in p.state_dict())
+    bad = [x.clone() for x in xs]
+    bad[0].view(-1)[0] = float("nan")
+    with torch.no_grad(), pytest.raises(ValueError, match="NaN"):
+        p(*bad)
+
+
 def test_the_tiny_head_costs_under_one_percent_of_the_faces_backbone():
     """The default predictor on faces' key-stage features [512, 4, 4]: <= 1 % of the 104.6 MMAC backbone,
     against 6.6 MMACs for Table S7's head on the same features."""

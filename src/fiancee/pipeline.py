@@ -117,11 +117,11 @@ class FianceePipeline:
             ids, bank_macs = self.bank.search_with_macs(h, cond)
             guide = self.bank.assemble(ids, h.device)
         if self.predictor.reads_features:
-            predicted = self.predictor(h)  # [B, E]
+            predicted = self.predictor(h, check=False)  # [B, E]; h comes from checked inputs
         else:
             from .predictor import predictor_features
 
-            predicted = self.predictor(*predictor_features(self.predictor.arch, self.model, inputs))
+            predicted = self.predictor(*predictor_features(self.predictor.arch, self.model, inputs), check=False)
         routes = self.router.route(predicted, threshold) if exits is None else exits
         images = self.model.mixed_from(h, cond, k, routes.to(h.device), guide=guide)
         routes = routes.cpu().long()  # checked integers by mixed_from; a uint8 tensor would index as a mask

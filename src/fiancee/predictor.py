@@ -49,7 +49,7 @@ from .io import (atomic_folder, build_bounded, cache_dir, read_whole_folder, che
                  read_manifest, resolve_inside, save_tensors, tensor_fingerprint, write_json)
 
 __all__ = [
-    "ARCHS", "FEATURE_ARCHS", "RECIPES", "QualityPredictor", "ResBlock", "key_features", "predictor_features", "predict",
+    "ARCHS", "FEATURE_ARCHS", "RECIPES", "QualityPredictor", "FoldedPredictor", "ResBlock", "key_features", "predictor_features", "predict",
     "train_predictor", "save_predictor", "load_predictor", "exits_fingerprints", "relative_error", "error_summary",
 ]
 
@@ -160,11 +160,11 @@ class QualityPredictor(nn.Module):
         self.y_mean.copy_(lpips.float().mean(0))
         self.y_std.copy_(lpips.float().std(0).clamp_min(1e-6))
 
-    def _check(self, xs: Sequence[torch.Tensor]) -> None:
+    def _check(self, xs: Sequence[torch.Tensor], finite: bool = True) -> None:
         if len(xs) != len(self.input_shapes) or any(list(x.shape[1:]) != s for x, s in zip(xs, self.input_shapes)):
             raise ValueError(f"{self.arch} predictor expects inputs of per-sample shapes {self.input_shapes}; "
                              f"got {[list(x.shape[1:]) for x in xs]}")
-        for i, x in enumerate(xs):
+        for i, x in enumerate(xs if finite else ()):
             check_finite(x, f"predictor input {i}")
 
     def standardized(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -184,9 +184,77 @@ class QualityPredictor(nn.Module):
             h = self.body(norm[0])
         return self.mlp(h)  # [B, E]
 
+    def forward(self, *xs: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Predicted LPIPS ``[B, E]``.
+
+        In eval mode without autograd (how the pipeline runs it) the standardization is folded into the
+        weights (:meth:`folded`): every input pays the predictor, and at batch 1 its elementwise steps and
+        the input check cost more time than its layers.
+        ``check=False`` skips the finiteness check of the inputs (a host sync), for callers that computed
+        them from checked inputs (the pipeline's trunk); their shapes are always checked.
+        """
+        self._check(xs, finite=check)
+        if self.training or torch.is_grad_enabled():
+            return self.standardized(*xs) * self.y_std + self.y_mean
+        return self.folded()(*xs)
+
+    def folded(self) -> "FoldedPredictor":
+        """The same function with the standardization folded into the first and last layers (exact up
+        to float rounding), rebuilt when a weight or buffer changed since the last call."""
+        state = list(self.parameters()) + list(self.buffers())
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in state)
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            cached = (key, FoldedPredictor(self))
+            self.__dict__["_folded"] = cached  # not a submodule: never saved, never trained
+        return cached[1]
+
+
+class FoldedPredictor(nn.Module):
+    """Inference copy of a :class:`QualityPredictor`: ``(x - mean) / std`` folded into the first layer
+    where that is exact (a 1x1 conv for ``tiny``, the first Linear for ``mlp``; ahead of a zero-padded 3x3
+    conv it is not, so ``conv`` / ``features`` keep one fused multiply-add), and ``y * y_std + y_mean`` into
+    the last Linear. Built by :meth:`QualityPredictor.folded`."""
+
+    @torch.no_grad()
+    def __init__(self, p: QualityPredictor):
+        super().__init__()
+        import copy
+
+        self.arch = p.arch
+        self.body = copy.deepcopy(p.body)
+        self.mlp = copy.deepcopy(p.mlp)
+        scales = [1.0 / getattr(p, f"in{i}_std") for i in range(len(p.input_shapes))]
+        shifts = [-getattr(p, f"in{i}_mean") * s for i, s in enumerate(scales)]
+        self.pre: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        first = self.body[0] if p.arch == "tiny" else (self.mlp[0] if p.arch == "mlp" else None)
+        if first is not None and (p.arch == "tiny" or len(scales) == 1):
+            w = first.weight.view(first.weight.shape[0], -1)  # [out, in] (1x1 conv or Linear)
+            first.bias.add_(w @ shifts[0])
+            w.mul_(scales[0])
+        elif p.arch == "mlp":  # several vectors, concatenated: fold each slice
+            w, start = self.mlp[0].weight, 0
+            for sc, sh in zip(scales, shifts):
+                part = w[:, start : start + sc.numel()]
+                self.mlp[0].bias.add_(part @ sh)
+                part.mul_(sc)
+                start += sc.numel()
+        else:
+            self.pre = [(sc, sh) for sc, sh in zip(scales, shifts)]
+        last = self.mlp[-1]
+        last.weight.mul_(p.y_std[:, None])
+        last.bias.mul_(p.y_std).add_(p.y_mean)
+
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        """Predicted LPIPS ``[B, E]``."""
-        return self.standardized(*xs) * self.y_std + self.y_mean
+        if self.pre is not None:
+            xs = tuple(torch.addcmul(sh.view(1, -1, *[1] * (x.dim() - 2)), x.float(), sc.view(1, -1, *[1] * (x.dim() - 2)))
+                       for x, (sc, sh) in zip(xs, self.pre))
+        if self.arch == "mlp":
+            return self.mlp(torch.cat([x.float().flatten(1) for x in xs], dim=1))
+        if self.arch == "conv":
+            label, z = xs
+            return self.mlp(self.body(torch.cat([label, z[:, :, None, None].expand(-1, -1, *label.shape[-2:])], dim=1)))
+        return self.mlp(self.body(xs[0].float()))
 
 
 # ----------------------------------------------------------------------------------------------
