@@ -44,7 +44,13 @@ def _check_structure(report: dict, num_routes: int) -> None:
             assert row["max_abs_diff_tree_vs_grouped"] < 1e-5  # the tree returns what each route returns
     assert report["overhead_fraction"] > 0
     o = report["overhead"]
-    assert o["predictor_ms"] > 0 and o["bank_ms"] > 0 and o["bank_entries"] > 0
+    assert o["predictor_ms"] > 0
+    assert (o["bank_ms"] > 0 and o["bank_entries"] > 0) if o["bank"] == "on" else (o["bank_ms"] == 0 and o["bank_entries"] == 0)
+    batches = report["settings"]["batches"]
+    assert o["batches"] == sorted({batches[0], batches[-1]})  # the smallest and the largest batch
+    assert report["overhead_fraction"] == max(row["fraction"] for row in o["per_batch"].values())
+    for b, row in o["per_batch"].items():
+        assert row["fraction"] == pytest.approx((row["predictor_ms"] + row["bank_ms"]) / row["smallest_route_ms"], rel=1e-2)
     assert report["device"]["torch"] == torch.__version__ and report["device"]["threads"] >= 1
     for key in ("backbone", "scale", "min_channels", "batches", "reps", "warmup", "dtype", "options", "seed"):
         assert key in report["settings"]
@@ -57,7 +63,7 @@ def test_oasis_tiny_report(oasis_report):
     s = oasis_report["settings"]
     assert (s["backbone"], s["size"], s["scale"], s["min_channels"]) == ("oasis", "tiny", "1/4", 4)
     assert oasis_report["overhead"]["bank_mode"] == "patch"  # OASIS searches patches per class (S1.1.1)
-    assert oasis_report["overhead"]["predictor_arch"] == "conv"
+    assert oasis_report["overhead"]["predictor_arch"] == "tiny"  # the default for every task
 
 
 def test_options_on_cpu_stay_within_tolerance(oasis_report):
@@ -87,10 +93,18 @@ def test_g2d_tiny_report_and_threads(one_thread):
 
 
 def test_faces_uses_the_committed_exits(one_thread):
-    report = run_bench("faces", batches="1,2", bank_inputs=16, **QUICK)
+    report = run_bench("faces", batches="1,2", **QUICK)
     _check_structure(report, num_routes=4)
     assert report["settings"]["exit_weights"].startswith("the exits shipped with the package")
     assert (report["settings"]["scale"], report["settings"]["min_channels"]) == ("1/2", 32)
+    # faces' shipped exits were trained without a bank: no input of its pipeline pays a retrieval
+    assert report["overhead"]["bank"] == "off" and report["overhead"]["bank_choice"] == "auto"
+    forced = run_bench("faces", batches="1", bank_inputs=16, bank="on", **QUICK)
+    assert forced["overhead"]["bank"] == "on" and forced["overhead"]["bank_mode"] == "global"
+    with pytest.raises(ValueError, match="bank must be auto, on or off"):
+        run_bench("faces", bank="maybe")
+    with pytest.raises(ValueError, match="bank inputs apply to a bank"):
+        run_bench("faces", bank="off", bank_inputs=4)
 
 
 def test_mixes_hold_their_shares_and_are_seeded():

@@ -15,8 +15,10 @@ MACs are a proxy; users pay in milliseconds. :func:`run_bench` measures, on one 
   run to the *deepest* route any sample needs, ``t(max_i r_i, B)``; (c) the samples *grouped* by route,
   each group run on its own with ``route`` (stages shared by several routes recomputed per group).
   Ratios are ``other / tree``: above 1 the tree is faster.
-- **overhead**: the quality predictor's forward plus the bank's retrieval
-  (:func:`fiancee.bank.retrieval_latency`) as a fraction of the smallest route at batch 1. With the
+- **overhead**: the quality predictor's forward (as the pipeline runs it) plus the bank's retrieval
+  (:func:`fiancee.bank.retrieval_latency`, only when the backbone's pipeline has a bank: ``bank=auto``)
+  as a fraction of the smallest route, at the smallest and the largest batch size (``overhead_fraction``
+  is the larger of the two). With the
   fused trunk (``FianceePipeline`` runs the stem and stages up to the key stage once, and the route
   continues from there: :meth:`ExitGenerator.mixed_from`) both read key-stage features every route
   computes anyway, so only the predictor's head and the retrieval are overhead (a predictor reading raw
@@ -210,6 +212,10 @@ class _Setup:
     input_kinds: list[str]  # declared kind of every input (label_map / noise / condition)
     bank_defaults: dict  # mode, grid, max_per_class of the bank the library would build
     notes: list[str] = field(default_factory=list)
+    # Whether the pipeline this backbone ships with searches a bank: False for a task whose shipped exits
+    # were trained without one (then no input pays a retrieval); True for the reference settings (the
+    # paper's) and for tasks without shipped exits (their declared default).
+    ships_bank: bool = True
 
 
 def _reference_setup(name: str, size: str | None, scale, min_channels: int | None, seed: int) -> _Setup:
@@ -257,11 +263,13 @@ def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: i
     min_channels = task.default_min_channels if min_channels is None else min_channels
     notes = []
     model = None
+    ships_bank = True
     run = task.pretrained_exits()  # the task's committed exits, when they have the asked geometry
     if run is not None and (run / "latest.json").is_file():
         config = RunDir(run).read_config()
         if parse_scale(config["scale"]) == parse_scale(scale) and int(config["min_channels"]) == int(min_channels):
             _, model = load_exits(run)
+            ships_bank = config.get("bank") is not None
             weights = f"the exits shipped with the package ({run.parent.name}/{run.name}, {config.get('steps')} steps)"
     if model is None:
         model = build_exits(task, task.load_backbone(), scale, min_channels)
@@ -277,7 +285,7 @@ def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: i
 
     return _Setup(model, lambda b: task.sample_inputs(b, seed, "test"), draw_bank, default_n,
                   {"size": None, "exit_weights": weights, "backbone_weights": "pretrained"},
-                  [i.kind for i in declared_inputs(task)], d, notes)
+                  [i.kind for i in declared_inputs(task)], d, notes, ships_bank)
 
 
 def _build_bank(setup: _Setup, n: int, device: torch.device, progress: bool = False):
@@ -317,6 +325,15 @@ def _predictor(model, arch: str | None, inputs: tuple[torch.Tensor, ...], seed: 
         torch.manual_seed(seed)
         predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
     return predictor.to(xs[0].device).eval(), xs
+
+
+def _predictor_inputs(model, predictor, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """What ``predictor`` reads for ``inputs`` (computed, not timed: the trunk's features or the inputs)."""
+    from .predictor import FEATURE_ARCHS, key_features
+
+    if predictor.arch in FEATURE_ARCHS:
+        return (key_features(model, *inputs),)
+    return tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)
 
 
 def _cuda_graph(call: Callable, inputs: tuple[torch.Tensor, ...]) -> Callable:
@@ -422,7 +439,7 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
               min_channels: int | None = None, device: str | torch.device = "cpu",
               batches: str | Sequence[int] = (1, 8, 32), reps: int = 20, warmup: int = 5, threads: int | None = None,
               options: str | Sequence[str] | None = None, seed: int = 0, bank_inputs: int | None = None,
-              predictor: str | None = None, progress: bool = True) -> dict:
+              predictor: str | None = None, progress: bool = True, bank: str = "auto") -> dict:
     """Measure the routes, the mixed-exit tree, the predictor + bank and the speed options of
     ``backbone`` (a reference architecture of :data:`REFERENCE_BACKBONES`, or a task spec); returns the JSON-ready report (see the module docstring
     and BENCHMARKS.md for every field).
@@ -432,7 +449,10 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
     ``threads`` fixes torch's and FAISS's CPU threads for the run (None: leave them).
     ``bank_inputs`` is the bank's population (default: faces 1024 inputs, fashion 250 label maps x 8
     noises, 16 random inputs for the reference backbones); ``predictor`` the predictor's arch
-    (default: what the library trains for these inputs).
+    (default: what the library trains for these inputs). ``bank``: ``auto`` measures a retrieval only
+    when the pipeline this backbone ships with searches a bank (a task whose shipped exits were trained
+    without one: no; the reference backbones and tasks without shipped exits: their default bank),
+    ``on`` / ``off`` force it.
     Bad arguments raise ``ValueError`` naming what was expected and what came.
     """
     from .exits import parse_scale
@@ -456,6 +476,10 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
     if min_channels is not None:
         min_channels = _positive(min_channels, "min channels")
     opts = _parse_options(options, dev)
+    if bank not in ("auto", "on", "off"):
+        raise ValueError(f"bank must be auto, on or off; got {bank!r}")
+    if bank == "off" and bank_inputs is not None:
+        raise ValueError("bank inputs apply to a bank; got bank='off'")
 
     try:
         import faiss
@@ -469,7 +493,7 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
             faiss.omp_set_num_threads(threads)
     try:
         report = _run(backbone, size, scale, min_channels, dev, batch_list, reps, warmup, opts, seed, bank_inputs,
-                      predictor, progress)
+                      predictor, progress, bank)
     finally:
         torch.set_num_threads(old_threads)
         if faiss is not None:
@@ -479,7 +503,8 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
 
 
 def _run(name: str, size, scale, min_channels, device: torch.device, batches: list[int], reps: int, warmup: int,
-         opts: list[str], seed: int, bank_n: int | None, predictor_arch: str | None, progress: bool) -> dict:
+         opts: list[str], seed: int, bank_n: int | None, predictor_arch: str | None, progress: bool,
+         bank_choice: str = "auto") -> dict:
     from .bank import retrieval_latency
     from .metrics.macs import count_macs
 
@@ -494,8 +519,10 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
     variants = [(o, (o,)) for o in opts] + ([("+".join(opts), tuple(opts))] if len(opts) > 1 else [])
     # Predictor and bank first: a predictor arch that cannot read these inputs fails before any timing.
     predictor, xs = _predictor(model, predictor_arch, inputs_on[ratio_batch], seed, setup.input_kinds, f"backbone {name!r}")
-    bank_n = setup.default_bank_inputs if bank_n is None else bank_n
-    bank, spec = _build_bank(setup, bank_n, device, progress)
+    with_bank = setup.ships_bank if bank_choice == "auto" else bank_choice == "on"
+    bank_n = (setup.default_bank_inputs if bank_n is None else bank_n) if with_bank else None
+    bank, spec = _build_bank(setup, bank_n, device, progress) if with_bank else (None, None)
+    overhead_batches = sorted({ratio_batch, batches[-1]})
 
     bar = None
     if progress:
@@ -569,24 +596,41 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
             mixed.update(batch=top, mix=worst["name"], tree_vs_ideal=row["tree_vs_ideal"],
                          tree_vs_deepest=row["tree_vs_deepest"], tree_vs_grouped=row["tree_vs_grouped"])
 
-        # Overhead: predictor + bank retrieval at the ratio batch, against the smallest route.
-        pred_t = time_ms(lambda: predictor(*xs), device, reps, warmup)
-        retrieval = retrieval_latency(bank, model, setup.inputs, batch_sizes=(ratio_batch,), reps=reps,
-                                      warmup=warmup)[0]
-        smallest = route_ms[ratio_batch][0]["median_ms"]
+        # Overhead: predictor + bank retrieval against the smallest route, at the smallest and the largest
+        # batch. The predictor runs as the pipeline runs it (eval, no autograd, folded, no second finiteness
+        # check of trunk features); retrieval only when the pipeline has a bank (``bank_choice``).
+        per_batch_overhead = {}
+        for b in overhead_batches:
+            xs_b = _predictor_inputs(model, predictor, inputs_on[b])
+            pred_t = time_ms(lambda: predictor(*xs_b, check=False), device, reps, warmup)["median_ms"]
+            retrieval = (retrieval_latency(bank, model, setup.inputs, batch_sizes=(b,), reps=reps, warmup=warmup)[0]
+                         if bank is not None else None)
+            smallest = route_ms[b][0]["median_ms"]
+            bank_ms = 0.0 if retrieval is None else retrieval["retrieval_ms"]
+            per_batch_overhead[str(b)] = {
+                "predictor_ms": round(pred_t, 4), "bank_ms": round(bank_ms, 4), "smallest_route_ms": round(smallest, 4),
+                "smallest_route_ms_in_retrieval_run": None if retrieval is None else retrieval["smallest_route_ms"],
+                "fraction": round((pred_t + bank_ms) / smallest, 4),
+            }
+        first = per_batch_overhead[str(overhead_batches[0])]
         overhead = {
-            "batch": ratio_batch, "predictor_arch": predictor.arch, "predictor_ms": round(pred_t["median_ms"], 4),
-            "predictor_macs": int(count_macs(predictor, *xs)) // ratio_batch,
-            "bank_ms": retrieval["retrieval_ms"], "bank_mode": bank.mode, "bank_entries": len(bank),
-            "bank_population": bank.manifest["population"],
-            "bank_spec": {"mode": spec.mode, "key_stage": spec.key_stage, "value_stage": spec.value_stage,
-                          "grid": list(spec.grid) if spec.mode == "patch" else None, "max_per_class": spec.max_per_class,
-                          "key_function": spec.key_function if spec.mode == "global" else None, "index": spec.index},
-            "smallest_route_ms": round(smallest, 4),
-            "smallest_route_ms_in_retrieval_run": retrieval["smallest_route_ms"],
+            "batch": overhead_batches[0], "batches": overhead_batches, "predictor_arch": predictor.arch,
+            "predictor_ms": first["predictor_ms"], "predictor_macs": int(count_macs(predictor, *xs)) // ratio_batch,
+            "bank": "on" if bank is not None else "off", "bank_choice": bank_choice,
+            "bank_ms": first["bank_ms"], "bank_mode": None if bank is None else bank.mode,
+            "bank_entries": 0 if bank is None else len(bank),
+            "bank_population": None if bank is None else bank.manifest["population"],
+            "bank_spec": None if spec is None else {
+                "mode": spec.mode, "key_stage": spec.key_stage, "value_stage": spec.value_stage,
+                "grid": list(spec.grid) if spec.mode == "patch" else None, "max_per_class": spec.max_per_class,
+                "key_function": spec.key_function if spec.mode == "global" else None, "index": spec.index},
+            "smallest_route_ms": first["smallest_route_ms"],
+            "smallest_route_ms_in_retrieval_run": first["smallest_route_ms_in_retrieval_run"],
+            "per_batch": per_batch_overhead,
         }
-        overhead_fraction = round((pred_t["median_ms"] + retrieval["retrieval_ms"]) / smallest, 4)
-        overhead["fraction"] = overhead_fraction
+        # The figure a user pays in the worst case over the batch sizes measured.
+        overhead_fraction = max(v["fraction"] for v in per_batch_overhead.values())
+        overhead["fraction"] = first["fraction"]
         step("predictor + bank")
 
         # Options: each alone, then all together, against the eager fp32 routes measured above.
@@ -627,10 +671,13 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
 
     notes = setup.notes + [
         "latency does not depend on the weights' values: untrained or random weights time the same as trained ones",
-        f"predictor: untrained {predictor.arch} QualityPredictor, its forward timed alone: what it reads (the "
-        "key-stage features every route computes anyway, or the generator's inputs) is not counted",
-        f"bank: built from {bank_n} inputs with the library's configuration for this backbone; retrieval time "
-        "grows with the entries searched",
+        f"predictor: untrained {predictor.arch} QualityPredictor, its forward timed alone as the pipeline runs it "
+        "(eval, no autograd, standardization folded): what it reads (the key-stage features every route computes "
+        "anyway, or the generator's inputs) is not counted",
+        (f"bank: built from {bank_n} inputs with the library's configuration for this backbone; retrieval time "
+         "grows with the entries searched") if bank is not None else
+        (f"bank: none ({'the shipped exits were trained without one' if bank_choice == 'auto' else 'bank=off'}): "
+         "no input pays a retrieval; bank=on measures the default bank"),
         "options apply to single routes; the mixed tree selects samples with data-dependent indexing, which "
         "CUDA graphs cannot capture",
     ]
@@ -645,7 +692,7 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
             "min_channels": model.min_channels, "exits_after_stages": list(model.exits), "device": str(device),
             "batches": batches, "reps": reps, "warmup": warmup, "threads": torch.get_num_threads(), "seed": seed,
             "dtype": "float32", "options": opts, "ratio_batch": ratio_batch,
-            "mixes": {m["name"]: m["shares"] for m in mixed_entries}, "bank_inputs": bank_n,
+            "mixes": {m["name"]: m["shares"] for m in mixed_entries}, "bank_inputs": bank_n, "bank": bank_choice,
             "predictor_arch": predictor.arch, "tolerances": TOLERANCES, "faster_means_speedup_at_least": FASTER,
             "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
         },
@@ -702,9 +749,15 @@ def format_table(report: dict, markdown: bool = False) -> str:
     o = report["overhead"]
     pm = o["predictor_macs"]
     pm_text = f"{pm / 1e9:.3g} GMACs" if pm >= 1e9 else f"{pm / 1e6:.3g} MMACs"
-    out += ["", f"overhead at batch {o['batch']}: predictor ({o['predictor_arch']}, {pm_text}) "
-                f"{o['predictor_ms']:.4g} ms + bank ({o['bank_mode']}, {o['bank_entries']} entries) {o['bank_ms']:.4g} ms = "
-                f"{100 * report['overhead_fraction']:.1f}% of the smallest route ({o['smallest_route_ms']:.4g} ms)"]
+    bank_text = (f"bank ({o['bank_mode']}, {o['bank_entries']} entries)" if o.get("bank", "on") == "on"
+                 else "no bank")
+    per_batch = o.get("per_batch") or {str(o["batch"]): {k: o[k] for k in ("predictor_ms", "bank_ms", "smallest_route_ms")}
+                                       | {"fraction": o.get("fraction", report["overhead_fraction"])}}
+    out.append("")
+    for b, row in per_batch.items():
+        out.append(f"overhead at batch {b}: predictor ({o['predictor_arch']}, {pm_text}) {row['predictor_ms']:.4g} ms + "
+                   f"{bank_text} {row['bank_ms']:.4g} ms = {100 * row['fraction']:.1f}% of the smallest route "
+                   f"({row['smallest_route_ms']:.4g} ms)")
     if report["options"]:
         names = [("after " + str(r["after_stage"])) if r["after_stage"] is not None else "backbone" for r in report["routes"]]
         out += ["", "options: speedup vs eager fp32 per route (exit after stage k; backbone), largest |difference| of "

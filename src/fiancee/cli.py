@@ -243,7 +243,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(
         args.backbone, size=args.size, scale=args.scale, min_channels=args.min_channels, device=args.device,
         batches=args.batch, reps=args.reps, warmup=args.warmup, threads=args.threads, options=args.opt, seed=args.seed,
-        bank_inputs=args.bank_inputs, predictor=args.predictor, progress=not args.no_progress,
+        bank_inputs=args.bank_inputs, predictor=args.predictor, progress=not args.no_progress, bank=args.bank,
     )
     write_json(args.json, report)
     print(format_table(report), end="")
@@ -403,18 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
         "train-predictor", help="train the quality predictor of a trained exit run",
         description="Builds (and caches) the table of inputs x true LPIPS of every exit vs the backbone, trains the "
                     "predictor (paper Sec. 3.2) and writes DIR/config.json, DIR/weights.safetensors, DIR/error.json.",
-        epilog="example: fiancee train-predictor src/fiancee/weights/faces/exits --out runs/faces_predictor --n 2000 --epochs 60",
+        epilog="example: fiancee train-predictor src/fiancee/weights/faces/exits --out runs/faces_predictor --n 2000 --epochs 20",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder of fiancee train-exits")
     p.add_argument("--out", required=True, help="predictor folder")
     p.add_argument("--arch", choices=["mlp", "conv", "features", "tiny"], default=None,
-                   help="default: conv for label-map tasks, tiny (a cheap head on the key-stage features) otherwise; features: Table S7's head on them; mlp reads z")
-    p.add_argument("--recipe", choices=["mse-sgd", "mae-adamw"], default="mse-sgd",
-                   help="mse-sgd: MSE, SGD lr 0.01, cosine (OASIS); mae-adamw: MAE, AdamW (MegaPortraits)")
+                   help="default: tiny, a head on the key-stage features costing well under 1%% of the backbone; features: Table S7's head on them; conv: Table S7's on the label map and noise; mlp reads z")
+    p.add_argument("--recipe", choices=["mse-sgd", "mae-adamw"], default="mae-adamw",
+                   help="mae-adamw (default): MAE, AdamW (MegaPortraits); mse-sgd: MSE, SGD lr 0.01, cosine (OASIS)")
     p.add_argument("--n", type=int, default=2000, help="training inputs (label-map tasks: maps x noises)")
     p.add_argument("--noises", type=int, default=None, help="label-map tasks: fixed noise vectors crossed with the maps (default 10)")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--error-n", type=int, default=500, help="held-out inputs for the error report")
     p.add_argument("--device", default="cpu")
@@ -573,8 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-inputs", type=int, default=None,
                    help="bank population: inputs (fashion: label maps x 8 noises); default faces 1024, fashion 250, "
                         "oasis / g2d 16")
+    p.add_argument("--bank", choices=["auto", "on", "off"], default="auto",
+                   help="time a bank retrieval: auto = when the pipeline this backbone ships with has a bank "
+                        "(faces' shipped exits have none; fashion, oasis, g2d: their default bank); on / off force it")
     p.add_argument("--predictor", choices=["mlp", "conv", "features", "tiny"], default=None,
-                   help="predictor arch (default: conv for label-map inputs, tiny otherwise)")
+                   help="predictor arch (default: tiny, what train-predictor trains)")
     p.add_argument("--json", required=True, help="where to write the JSON report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -3,7 +3,8 @@
 1. exits: the task's shipped quick-preset run (``Task.pretrained_exits``: ``fiancee/weights/<task>/exits``,
    or ``$FIANCEE_WEIGHTS/<task>/exits``), or a fresh ``train-exits --preset quick`` (``preset``) with
    ``retrain=True`` or when the task ships none;
-2. predictor: inputs x true LPIPS of every exit on training inputs, then the paper's MSE + SGD recipe;
+2. predictor: inputs x true LPIPS of every exit on training inputs, then the library's default recipe
+   (MAE + AdamW, the paper's MegaPortraits recipe, S1.2.2);
 3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw.
    By default with a guarantee (Learn-then-Test, ``CalibratedRouter.fit_guarantee``): with probability
    >= 1 - ``delta`` over the calibration draw, at most ``epsilon`` of new outputs miss the threshold
@@ -92,7 +93,7 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
         else:
             _say(f"1/4 exits: the run shipped with fiancee, {run} (--retrain to train them again)")
 
-    _say("2/4 predictor: true LPIPS of every exit on training inputs, then MSE + SGD (paper S1.1.2)")
+    _say("2/4 predictor: true LPIPS of every exit on training inputs, then MAE + AdamW (paper S1.2.2)")
     pred_dir = out / "predictor"
     # What the predictor reads and whether noises are crossed follow the task's declared inputs.
     summary = train_predictor_for_run(run, pred_dir, n=n_predictor, seed=seed, progress=progress,
