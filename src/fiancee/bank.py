@@ -177,10 +177,16 @@ def majority_labels(label: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # FAISS indexes.
 
-def _faiss():
-    from .extras import require
+_FAISS = None
 
-    return require("faiss", "the feature bank")  # one line naming fiancee[bank] when FAISS is missing
+
+def _faiss():
+    global _FAISS
+    if _FAISS is None:
+        from .extras import require
+
+        _FAISS = require("faiss", "the feature bank")  # one line naming fiancee[bank] when FAISS is missing
+    return _FAISS
 
 
 def _make_index(keys: np.ndarray, kind: str):
@@ -208,6 +214,9 @@ def _search_counted(index, queries: np.ndarray, d: int) -> tuple[np.ndarray, np.
     :meth:`FeatureBank.search_with_macs`)."""
     faiss = _faiss()
     n = queries.shape[0]
+    if type(index) in (faiss.IndexFlatL2, faiss.IndexFlat):  # the default, first: no downcast per call
+        ids = index.search(queries, 1)[1][:, 0]
+        return ids, np.full(n, float(index.ntotal) * d, dtype=np.float64)  # flat: every key once
     inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexIVF):
         faiss.cvar.indexIVF_stats.reset()
@@ -413,11 +422,18 @@ class FeatureBank:
         return int(self.keys.shape[0])
 
     def offsets(self) -> dict[int, tuple[int, int]]:
-        out, start = {}, 0
-        for c, n in sorted((int(c), int(n)) for c, n in self.manifest["per_class_counts"].items()):
-            out[c] = (start, n)
-            start += n
-        return out
+        """Class -> (first row, count). Read from the manifest once: every search needs it, and at batch 1
+        the per-call work around FAISS is most of a retrieval's time."""
+        counts = self.manifest["per_class_counts"]
+        cached = self.__dict__.get("_offsets")
+        if cached is None or cached[0] is not counts:
+            out, start = {}, 0
+            for c, n in sorted((int(c), int(n)) for c, n in counts.items()):
+                out[c] = (start, n)
+                start += n
+            cached = (counts, out)
+            self.__dict__["_offsets"] = cached
+        return cached[1]
 
     # -- retrieval --------------------------------------------------------------------------
     def query_keys(self, h: torch.Tensor) -> torch.Tensor:
