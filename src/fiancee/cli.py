@@ -251,6 +251,16 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_pipeline
+
+    manifest = export_pipeline(args.pipeline, args.out, opset=args.opset, overwrite=args.overwrite)
+    print(json.dumps({"out": str(args.out), "segments": [s["file"] for s in manifest["segments"]],
+                      "route_macs": manifest["route_macs"], "router": manifest["router"]["kind"],
+                      "bank": manifest["bank"] is not None}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -579,6 +589,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "export", help="export a pipeline to ONNX segments that fiancee.runtime runs without PyTorch",
+        description="One ONNX graph per segment with a dynamic batch dimension (the trunk with the predictor, every "
+                    "remaining backbone stage, every branch, the head, the bank's guide), the bank's FAISS indexes and "
+                    "manifest.json (route table, MACs, router, inputs, fingerprints). Written whole (docs/deploy.md).",
+        epilog="example: fiancee export out/demo/pipeline --out out/demo/onnx   (after `make demo`)\n"
+               "         python -c \"from fiancee.runtime import OnnxPipeline; import numpy as np; "
+               "print(OnnxPipeline('out/demo/onnx')(np.random.randn(4, 100).astype('float32'), max_lpips=0.1).exits)\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", help="pipeline folder (fiancee demo, FianceePipeline.save)")
+    p.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13..21, default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.set_defaults(func=_export)
     return parser
 
 
