@@ -247,3 +247,22 @@ def test_export_command_refuses_before_any_work(faces, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (faces / "x").exists() and not (faces / "y").exists()
+
+
+def test_onnx_bench_reports_both_runtimes_per_case(tmp_path, capsys):
+    """Structure only (reps=1 on the tiny reference OASIS): no timing is asserted; BENCHMARKS.md holds the numbers."""
+    assert main(["bench", "--backbone", "oasis", "--size", "tiny", "--runtime", "onnx", "--batch", "1,3", "--threads", "1",
+                 "--reps", "1", "--warmup", "0", "--json", str(tmp_path / "onnx.json"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "onnx.json").read_text())
+    assert report["kind"] == "fiancee-bench-onnx" and report["settings"]["threads"] == [1]
+    num_routes = len(report["settings"]["exits_after_stages"]) + 1
+    cases = [r["case"] for r in report["rows"] if r["batch"] == 3]
+    assert cases == [f"route {r}" for r in range(num_routes)] + ["mixed uniform", "mixed skewed"]
+    assert len(report["rows"]) == 2 * (num_routes + 2)
+    for row in report["rows"]:
+        assert row["torch_ms"] > 0 and row["onnx_ms"] > 0 and row["speedup"] == pytest.approx(row["torch_ms"] / row["onnx_ms"], rel=1e-3)
+        assert row["routes_equal"] and row["max_abs_diff"] <= 1e-4 and sum(row["counts"]) == row["batch"]
+    assert "torch / onnx" in capsys.readouterr().out
+    assert main(["bench", "--backbone", "oasis", "--size", "tiny", "--runtime", "onnx", "--opt", "bf16",
+                 "--json", str(tmp_path / "x.json")]) == 2
+    assert "--opt and --device do not apply" in capsys.readouterr().err
