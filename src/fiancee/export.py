@@ -177,8 +177,13 @@ def export_pipeline(pipeline, out: str | Path, *, opset: int = DEFAULT_OPSET, ov
     model = pipe.model.eval()
     pipe.predictor.eval()
     backbone = model.backbone
-    torch.manual_seed(0)
-    examples = tuple(x.float() for x in backbone.example_inputs(2))  # batch 2: nothing specialises to B = 1
+    weights = {p.device.type for p in model.parameters()} | {p.dtype for p in model.parameters()}
+    if weights != {"cpu", torch.float32}:
+        raise ValueError(f"export a float32 pipeline on the CPU (the graphs are float32); this one has "
+                         f"{sorted(map(str, weights))} weights: load it with device='cpu'")
+    with torch.random.fork_rng(devices=[]):  # seeded example inputs without touching the caller's RNG
+        torch.manual_seed(0)
+        examples = tuple(backbone.example_inputs(2))  # batch 2: nothing specialises to B = 1
     declarations = _input_declarations(pipe, examples)
     input_names = [f"input{i}" for i in range(len(examples))]
     k, n_stages, n_exits = model.key_stage, backbone.num_stages, len(model.exits)

@@ -52,15 +52,9 @@ class OnnxOutput:
 
 
 def _require(module: str, purpose: str):
-    import importlib
+    from .extras import require  # importlib only: torch-free like this module
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:  # one line naming the extra (fiancee.extras, which this module may not import: it is torch-free too, but kept apart)
-        package = {"onnxruntime": "onnxruntime", "onnx": "onnx", "faiss": "faiss-cpu"}.get(module, module)
-        extra = "bank" if module == "faiss" else "runtime"
-        raise ImportError(f"{purpose} needs {module!r}, which is not installed: pip install 'fiancee[{extra}]' (or {package})",
-                          name=module) from e
+    return require(module, purpose)
 
 
 def _inside(folder: Path, entry, what: str) -> Path:
