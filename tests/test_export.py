@@ -215,7 +215,8 @@ def test_bad_folders_and_inputs_are_one_clear_line(faces, tmp_path):
     with pytest.raises(ValueError, match="leaves the folder"):
         OnnxPipeline(bad)
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    (bad / "branch_1.onnx").write_bytes((bad / "branch_1.onnx").read_bytes()[:-1] + b"\0")
+    data = (bad / "branch_1.onnx").read_bytes()
+    (bad / "branch_1.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped
     with pytest.raises(ValueError, match="not the file this manifest was written with"):
         OnnxPipeline(bad)
 
