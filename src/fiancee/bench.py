@@ -52,7 +52,7 @@ import torch
 from .timing import time_ms
 
 __all__ = ["REFERENCE_BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "time_ms", "mix_exits", "skewed_shares",
-           "run_bench", "format_table"]
+           "run_bench", "format_table", "run_onnx_bench", "format_onnx_table"]
 
 FORMAT_VERSION = 1
 # The reference architectures (fiancee.backbones) benchmarked with random weights; any other name is
@@ -777,3 +777,127 @@ def format_table(report: dict, markdown: bool = False) -> str:
                                f"{sum(r['verdict'] == 'helped' for r in res)}/{len(res)}"])
         out += _render(header, rows, markdown)
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime beside PyTorch (`fiancee bench --runtime onnx`)
+
+
+@torch.no_grad()
+def run_onnx_bench(backbone: str, *, size: str | None = None, scale: str | float | Fraction | None = None,
+                   min_channels: int | None = None, batches: str | Sequence[int] = (1, 32),
+                   threads: Sequence[int] = (1, 2), reps: int = 20, warmup: int = 5, seed: int = 0,
+                   predictor: str | None = None, opset: int = 17, progress: bool = True) -> dict:
+    """Milliseconds of the same pipeline under PyTorch and under ONNX Runtime (:mod:`fiancee.runtime`), on the
+    same CPU in one run: every route (all inputs forced onto it) and the uniform and skewed mixes run as the
+    mixed-exit tree, at every batch size and thread count. Both sides run the whole pipeline call (the trunk
+    once, the predictor, the route or the tree), so ``torch_ms / onnx_ms`` compares like with like; above 1
+    ONNX Runtime is faster. The pipeline is the one :func:`run_bench` times (its backbone and exits, an
+    untrained predictor of the default arch, no bank), exported with :func:`fiancee.export.export_pipeline`
+    to a temporary folder; every row also records the largest |difference| of the images.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .export import export_pipeline
+    from .extras import require
+    from .pipeline import FianceePipeline
+    from .routing import ThresholdRouter
+
+    require("onnxruntime", "fiancee bench --runtime onnx")
+    from .runtime import OnnxPipeline
+
+    t_start = time.perf_counter()
+    if backbone not in REFERENCE_BACKBONES:
+        from .tasks.registry import check_task_spec
+
+        check_task_spec(backbone)
+    batch_list = _parse_batches(batches)
+    thread_list = [_positive(t, "threads") for t in threads]
+    if not thread_list:
+        raise ValueError("threads must list at least one thread count, like 1,2")
+    reps = _positive(reps, "reps")
+    warmup = _positive(warmup, "warmup", minimum=0)
+    seed = _positive(seed, "seed", minimum=0)
+    cpu = torch.device("cpu")
+    load_start = _load()
+    setup = (_reference_setup if backbone in REFERENCE_BACKBONES else _task_setup)(backbone, size, scale, min_channels, seed)
+    model = setup.model.to(cpu).eval()
+    num_routes = model.num_routes
+    inputs_on = {b: tuple(x.float() for x in setup.inputs(b)) for b in batch_list}
+    pred, _ = _predictor(model, predictor, inputs_on[batch_list[0]], seed, setup.input_kinds, f"backbone {backbone!r}")
+    pipe = FianceePipeline(None, model, pred, ThresholdRouter(model.route_macs()), task_spec=backbone)
+    mixes = [("uniform", tuple([1.0 / num_routes] * num_routes)), ("skewed", skewed_shares(num_routes))]
+    rows = []
+    old_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="fiancee-onnx-bench-") as tmp:
+        export_pipeline(pipe, Path(tmp) / "onnx", opset=opset)
+        total = len(thread_list) * len(batch_list) * (num_routes + len(mixes))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=f"bench onnx {backbone}", unit="step", dynamic_ncols=True)
+        try:
+            for t in thread_list:
+                torch.set_num_threads(t)
+                runtime = OnnxPipeline(Path(tmp) / "onnx", threads=t)
+                for b in batch_list:
+                    xs = inputs_on[b]
+                    arrays = tuple(x.numpy() for x in xs)
+                    cases = [(f"route {r}", "backbone" if r == num_routes - 1 else f"exit after stage {model.exits[r]}",
+                              torch.full((b,), r, dtype=torch.int64)) for r in range(num_routes)]
+                    cases += [(f"mixed {name}", f"mixed-exit tree, {name} mix", mix_exits(shares, b, seed))
+                              for name, shares in mixes]
+                    for key, label, exits in cases:
+                        ex = exits.numpy()
+                        ref = pipe(*xs, max_lpips=0.1, exits=exits)
+                        got = runtime(*arrays, max_lpips=0.1, exits=ex)
+                        torch_t = time_ms(lambda: pipe(*xs, max_lpips=0.1, exits=exits), cpu, reps, warmup)
+                        onnx_t = time_ms(lambda: runtime(*arrays, max_lpips=0.1, exits=ex), cpu, reps, warmup)
+                        rows.append({
+                            "case": key, "name": label, "batch": b, "threads": t,
+                            "counts": np.bincount(ex, minlength=num_routes).tolist(),
+                            "torch_ms": round(torch_t["median_ms"], 4), "onnx_ms": round(onnx_t["median_ms"], 4),
+                            "torch_iqr_ms": round(torch_t["iqr_ms"], 4), "onnx_iqr_ms": round(onnx_t["iqr_ms"], 4),
+                            "speedup": round(torch_t["median_ms"] / onnx_t["median_ms"], 4),
+                            "max_abs_diff": float(np.abs(got.images - ref.images.numpy()).max()),
+                            "routes_equal": bool(np.array_equal(got.exits, ref.exits.numpy())),
+                        })
+                        if bar is not None:
+                            bar.set_postfix_str(f"{key} batch {b} threads {t}", refresh=False)
+                            bar.update(1)
+        finally:
+            torch.set_num_threads(old_threads)
+            if bar is not None:
+                bar.close()
+    import onnxruntime
+
+    return {
+        "kind": "fiancee-bench-onnx", "format_version": FORMAT_VERSION,
+        "settings": {"backbone": backbone, **setup.settings, "scale": f"{model.scale.numerator}/{model.scale.denominator}",
+                     "min_channels": model.min_channels, "exits_after_stages": list(model.exits), "batches": batch_list,
+                     "threads": thread_list, "reps": reps, "warmup": warmup, "seed": seed, "opset": opset,
+                     "predictor_arch": pred.arch, "dtype": "float32", "timing": "time.perf_counter",
+                     "mixes": {name: [round(s, 4) for s in shares] for name, shares in mixes}},
+        "device": {**_device_info(cpu), "onnxruntime": onnxruntime.__version__},
+        "load_average": {"start": load_start, "end": _load()},
+        "rows": rows,
+        "notes": setup.notes + [
+            "both runtimes time the whole pipeline call with the routes forced (trunk once, predictor, route or tree); "
+            "the predictor is untrained: latency does not depend on the weights' values",
+            "speedup = torch_ms / onnx_ms: above 1 ONNX Runtime is faster",
+        ],
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def format_onnx_table(report: dict, markdown: bool = False) -> str:
+    """The :func:`run_onnx_bench` report as one table: ms under PyTorch and ONNX Runtime per case, batch, threads."""
+    s, d = report["settings"], report["device"]
+    title = (f"{s['backbone']}, SF {s['scale']}, exits: {s['exit_weights']}; {d['name']}, torch {d['torch']}, "
+             f"onnxruntime {d['onnxruntime']}, median of {s['reps']} reps")
+    header = ["case", "batch", "threads", "torch ms", "onnx ms", "torch / onnx", "max |diff|"]
+    rows = [[r["name"], str(r["batch"]), str(r["threads"]), f"{r['torch_ms']:.4g}", f"{r['onnx_ms']:.4g}",
+             f"{r['speedup']:.2f}", f"{r['max_abs_diff']:.1e}"] for r in report["rows"]]
+    return "\n".join([title, ""] + _render(header, rows, markdown)) + "\n"

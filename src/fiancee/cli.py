@@ -237,17 +237,39 @@ def _bank_ablation(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench
+    from .bench import format_onnx_table, format_table, run_bench, run_onnx_bench
     from .io import write_json
 
+    if args.runtime == "onnx":
+        if args.opt or args.device != "cpu":
+            raise ValueError("--runtime onnx compares PyTorch and ONNX Runtime on the CPU; --opt and --device do not apply")
+        report = run_onnx_bench(
+            args.backbone, size=args.size, scale=args.scale, min_channels=args.min_channels, batches=args.batch or "1,32",
+            threads=[args.threads] if args.threads is not None else (1, 2), reps=args.reps, warmup=args.warmup,
+            seed=args.seed, predictor=args.predictor, progress=not args.no_progress,
+        )
+        write_json(args.json, report)
+        print(format_onnx_table(report), end="")
+        print(f"json: {args.json}")
+        return 0
     report = run_bench(
         args.backbone, size=args.size, scale=args.scale, min_channels=args.min_channels, device=args.device,
-        batches=args.batch, reps=args.reps, warmup=args.warmup, threads=args.threads, options=args.opt, seed=args.seed,
+        batches=args.batch or "1,8,32", reps=args.reps, warmup=args.warmup, threads=args.threads, options=args.opt, seed=args.seed,
         bank_inputs=args.bank_inputs, predictor=args.predictor, progress=not args.no_progress, bank=args.bank,
     )
     write_json(args.json, report)
     print(format_table(report), end="")
     print(f"json: {args.json}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_pipeline
+
+    manifest = export_pipeline(args.pipeline, args.out, opset=args.opset, overwrite=args.overwrite)
+    print(json.dumps({"out": str(args.out), "segments": [s["file"] for s in manifest["segments"]],
+                      "route_macs": manifest["route_macs"], "router": manifest["router"]["kind"],
+                      "bank": manifest["bank"] is not None}))
     return 0
 
 
@@ -553,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "bank cost as a fraction of the smallest route, and optional speed-ups (--opt) with their "
                     "output differences. Prints a table and writes the JSON report (BENCHMARKS.md).",
         epilog="example: fiancee bench --backbone oasis --size tiny --batch 1,8,32 --json out/bench/oasis_tiny_cpu.json\n"
-               "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json out/bench/oasis_gpu.json",
+               "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json out/bench/oasis_gpu.json\n"
+               "         fiancee bench --backbone faces --runtime onnx --json out/bench/faces_onnx_cpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backbone", type=_bench_backbone, required=True,
@@ -564,10 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-channels", type=int, default=None,
                    help="channel floor (default: oasis 64, g2d 24 at paper size, 4 tiny; tasks: theirs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,8,32; --runtime onnx: 1,32)")
     p.add_argument("--reps", type=int, default=20, help="timed repetitions per measurement (default 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before each measurement (default 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch / FAISS CPU threads (default: leave torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch / FAISS CPU threads (default: leave torch's; --runtime onnx: 1 and 2, each in turn)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: the pipeline under PyTorch and under ONNX Runtime side by side, per route and mixed "
+                        "batch (fiancee.runtime; BENCHMARKS.md)")
     p.add_argument("--opt", default=None,
                    help="speed options to try, comma-separated: channels_last, bf16, fp16, compile, cudagraphs")
     p.add_argument("--bank-inputs", type=int, default=None,
@@ -582,6 +609,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "export", help="export a pipeline to ONNX segments that fiancee.runtime runs without PyTorch",
+        description="One ONNX graph per segment with a dynamic batch dimension (the trunk with the predictor, every "
+                    "remaining backbone stage, every branch, the head, the bank's guide), the bank's FAISS indexes and "
+                    "manifest.json (route table, MACs, router, inputs, fingerprints). Written whole (docs/deploy.md).",
+        epilog="example: fiancee export out/demo/pipeline --out out/demo/onnx   (after `make demo`)\n"
+               "         python -c \"from fiancee.runtime import OnnxPipeline; import numpy as np; "
+               "print(OnnxPipeline('out/demo/onnx')(np.random.randn(4, 100).astype('float32'), max_lpips=0.1).exits)\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", help="pipeline folder (fiancee demo, FianceePipeline.save)")
+    p.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13..21, default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -16,6 +16,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "plots"),
     "faiss": ("faiss-cpu", "bank"),
     "pytorch_msssim": ("pytorch-msssim", "test"),
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "runtime"),
 }
 
 
