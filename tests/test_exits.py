@@ -270,6 +270,22 @@ def test_inherited_narrow_branches_keep_the_most_active_channels():
     assert torch.equal(branch.blocks[0].module[1].running_mean, backbone.stages[1].module[1].running_mean[kept])
 
 
+def test_inherited_narrow_spectral_norms_are_converged():
+    """A narrowed spectrally normalised weight is a new matrix: its singular vectors are re-estimated after
+    inheriting, so in eval mode every normalised weight has spectral norm 1 (not the ~2.7 that the
+    backbone's vectors gave) and the untrained branch is not over-sensitive to its input."""
+    from fiancee.exits import channel_importance
+
+    torch.manual_seed(0)
+    backbone = OASISGenerator(OASISConfig.tiny()).eval()
+    model = ExitGenerator(backbone, backbone.config.exits, "1/2", 4)
+    model.inherit_(channel_importance(backbone, backbone.example_inputs(8)))
+    model.eval()
+    norms = [torch.linalg.matrix_norm(sub.weight.flatten(1), 2).item() for sub in model.branches.modules()
+             if getattr(sub, "parametrizations", None) is not None and "weight" in sub.parametrizations]
+    assert norms and max(norms) < 1 + 1e-3 and min(norms) > 1 - 1e-3
+
+
 def test_inherited_guide_channels_start_at_zero():
     """The bank's guide enters as extra input channels of the first block (OASIS mode): they start at zero,
     so the inherited block first computes what the backbone did, and learns to use the guide."""

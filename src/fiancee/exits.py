@@ -180,6 +180,26 @@ def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Ten
     return copied, fresh
 
 
+@torch.no_grad()
+def _converge_spectral_norms(module: nn.Module, iterations: int = 100) -> None:
+    """Run spectral norm's power iteration to convergence on every spectrally normalised weight of
+    ``module`` (``torch.nn.utils.parametrizations.spectral_norm``).
+
+    A narrowed copy of a weight is a different matrix from the one the inherited singular vectors
+    belong to: with them, the eval-mode estimate of its largest singular value can be far too small
+    (an untrained inherited OASIS branch measured a normalised spectral norm of about 2.7 instead of 1),
+    so the branch's output jumps with tiny input changes until training's one iteration per step repairs
+    it. Converging here starts the branch in the state training moves it to.
+    """
+    for sub in module.modules():
+        plist = getattr(sub, "parametrizations", None)
+        if plist is None or "weight" not in plist:
+            continue
+        for p in plist["weight"]:
+            if hasattr(p, "_power_method") and hasattr(p, "_reshape_weight_to_matrix"):
+                p._power_method(p._reshape_weight_to_matrix(plist["weight"].original), iterations)
+
+
 class Branch(nn.Module):
     """The narrow copy of stages ``after+1 .. N`` and of the head."""
 
@@ -235,9 +255,13 @@ class Branch(nn.Module):
             else:
                 keep = torch.topk(importance[s].float().cpu(), want).indices.sort().values
             c, f = _copy_sliced(block, backbone.stages[s], cin, prev, self.guide_extra[j], cout, keep)
+            if len(prev) < cin or len(keep) < cout:  # zero guide columns leave the singular values as they were
+                _converge_spectral_norms(block)
             copied, fresh, prev = copied + c, fresh + f, keep
         last = backbone.stage_channels[-1][1]
         c, f = _copy_sliced(self.head, backbone.head, last, prev, 0, -1, torch.arange(0))
+        if len(prev) < last:
+            _converge_spectral_norms(self.head)
         return {"copied": copied + c, "fresh": fresh + f}
 
     def _with_guide(self, j: int, h: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
