@@ -105,6 +105,11 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fiancee[plots]" in err and "matplotlib" in err
     assert not (tmp_path / "r").exists()  # refused before any work
+    # The demo too, before it trains a predictor into a folder it would then leave half written.
+    assert main(["demo", "--task", "fashion", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fiancee[plots]" in err
+    assert not (tmp_path / "d").exists()
     monkeypatch.setitem(sys.modules, "faiss", None)
     assert main(["build-bank", "--task", "faces", "--out", str(tmp_path / "bank"), "--n", "4"]) == 2
     err = capsys.readouterr().err.strip()

@@ -103,11 +103,23 @@ def test_report_holds_the_required_keys(pipeline_dir, tmp_path):
     assert [e["label"] for e in saved["examples"]] == ["exit 1", "exit 2", "exit 3", "backbone",
                                                        "routed, T = 0.1", "routed, T = 0.3"]
     assert saved["route_names"] == ["exit 1", "exit 2", "exit 3", "backbone"]
+    for row, t in zip(saved["examples"][-2:], (0.1, 0.3)):  # a routed output above T is marked as a miss
+        for caption in row["captions"]:
+            assert caption.endswith(" > T") == (float(caption.split(": ")[1].split()[0]) > t), caption
     page = (tmp_path / "rep" / "report.html").read_text()
     top = saved["thresholds"][0]
     # The headline comes first, in percent, with the paper's rule beside ours.
     assert page.index(f"{100 * top['macs_saved']:.1f}%") < page.index("examples.png") < page.index("shares.png")
     assert "paper's rule" in page and "Guarantee" in page and "exit 0" not in page
+
+
+def test_the_image_strip_shows_the_headline_threshold_and_the_strictest():
+    from fiancee.evaluate import strip_thresholds
+
+    assert strip_thresholds([0.05, 0.075, 0.1, 0.2, 0.3]) == [0.05, 0.1]  # routes differ most at the strictest
+    assert strip_thresholds([0.1, 0.3]) == [0.1, 0.3]  # nothing stricter: the one nearest 0.2
+    assert strip_thresholds([0.3, 0.12]) == [0.12, 0.3]
+    assert strip_thresholds([0.2]) == [0.2]
 
 
 def test_report_shows_net_accounting_when_the_rows_carry_it(tmp_path):

@@ -41,6 +41,7 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     """
     from .bank import load_bank
     from .evaluate import evaluate_pipeline
+    from .extras import require
     from .pipeline import FianceePipeline
     from .predictor import load_predictor, predict
     from .routing import CalibratedRouter, check_threshold
@@ -51,6 +52,9 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     from .train.run import RunDir
 
     # Arguments first, before minutes of work: a bad one should fail now, not at step 4.
+    # The report's plots need matplotlib (fiancee[plots]); without it the demo would train a predictor
+    # and leave a half-written folder before saying so.
+    require("matplotlib", "the demo's report")
     task = task_spec(resolve_task(task))
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")

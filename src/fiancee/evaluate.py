@@ -180,11 +180,25 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
 
 
 @torch.no_grad()
+def strip_thresholds(thresholds) -> list[float]:
+    """The two thresholds of the image strip, ascending: the headline's (nearest 0.1) and the strictest
+    one below it, else the one nearest 0.2 (one threshold when only one is given)."""
+    # The strictest threshold is where the routes differ from input to input: above the headline a good
+    # set of exits sends nearly every input to exit 1, and both rows would look alike.
+    head_t = min(thresholds, key=lambda v: abs(v - 0.1))
+    others = [t for t in thresholds if t != head_t]
+    stricter = [t for t in others if t < head_t]
+    second = min(stricter) if stricter else min(others, key=lambda v: abs(v - 0.2), default=None)
+    return sorted([head_t] + ([] if second is None else [second]))
+
+
 def example_rows(pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor, predicted: torch.Tensor,
                  thresholds, k: int = 6) -> list[dict]:
     """Rows of the report's image strip for the first ``k`` of ``inputs``: every exit (caption: its true
-    LPIPS vs the backbone), the backbone, then the routed outputs at two thresholds (the ones nearest
-    0.1 and 0.2; caption: the route taken and its LPIPS). ``true`` / ``predicted``: ``[N, E]`` for ``inputs``."""
+    LPIPS vs the backbone), the backbone, then the routed outputs at two thresholds (the headline's, nearest
+    0.1, and the strictest below it, else the one nearest 0.2; caption: the route taken and its LPIPS,
+    marked ``> T`` when it misses the threshold).
+    ``true`` / ``predicted``: ``[N, E]`` for ``inputs``."""
     from .report import route_name
     from .routing import true_lpips_of
 
@@ -195,17 +209,14 @@ def example_rows(pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor,
     rows = [{"label": route_name(r, num_exits), "images": images[r],
              "captions": [f"LPIPS {float(v):.3f}" for v in true[:k, r]]} for r in range(num_exits)]
     rows.append({"label": "backbone", "images": images[-1], "captions": ["reference"] * k})
-    picked = []
-    for goal in (0.1, 0.2):
-        t = min(thresholds, key=lambda v: abs(v - goal))
-        if t not in picked:
-            picked.append(t)
-    for t in picked:
+    for t in strip_thresholds(thresholds):
         routes = pipeline.router.route(predicted[:k], t).cpu()
         got = true_lpips_of(routes, true[:k].cpu())
         rows.append({"label": f"routed, T = {t:g}",
                      "images": torch.stack([images[int(r)][i] for i, r in enumerate(routes)]),
-                     "captions": [f"{route_name(int(r), num_exits)}: {float(v):.3f}" for r, v in zip(routes, got)]})
+                     # An output above T (the router's miss, which the guarantee bounds) says so.
+                     "captions": [f"{route_name(int(r), num_exits)}: {float(v):.3f}" + (" > T" if float(v) > t else "")
+                                  for r, v in zip(routes, got)]})
     return rows
 
 

@@ -103,7 +103,7 @@ def save_kde_panels(panels, path: str | Path, *, bandwidth: float = 0.3, xlabel:
     return _save(fig, path)
 
 
-def save_image_strip(rows, path: str | Path, *, cell: float = 1.25) -> Path:
+def save_image_strip(rows, path: str | Path, *, cell: float = 1.6) -> Path:
     """One row per ``(label, images [K, C, H, W] in [-1, 1], captions [K])``, the same K inputs in every
     row; the label left of the row, each caption under its image (PNG, atomic)."""
     plt = _pyplot()
@@ -149,12 +149,14 @@ def save_saved_plot(rows: list[dict], paper_rows: list[dict], path: str | Path, 
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
     a.set_ylim(0, 100)
-    b.set_ylim(0, 100)
-    a.legend(fontsize=8, loc="upper left")
-    b.legend(fontsize=8, loc="lower right")
+    b.set_ylim(0, 102)  # from 0, and room for the points at 100% above the frame
+    b.set_yticks(range(0, 101, 20))
     a.set_title("Compute saved")
     b.set_title("Compliance")
-    fig.tight_layout()
+    # One legend for both panels, below them: inside either axes it would cover points of some run.
+    handles, labels = a.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
     return _save(fig, path)
 
 

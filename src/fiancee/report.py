@@ -117,7 +117,7 @@ def _headline_html(rows: list[dict], paper: list[dict], meta: dict, macs: np.nda
         extra = ""
         if net:
             over = r.get("overhead_macs")
-            over_text = "-" if over is None else f"{over / 1e9:.4f} GMACs ({_pct(over / macs[-1], 2)})"
+            over_text = "-" if over is None else f"{over / 1e6:.2f} MMACs ({_pct(over / macs[-1], 2)})"
             extra = f"<td>{_pct(r.get('route_macs_saved'))}</td><td>{over_text}</td>"
         cls = " class=hl" if r is top else ""
         body.append(f"<tr{cls}><td>{r['threshold']:.3f}</td><td><b>{_pct(r['macs_saved'])}</b></td>"
@@ -170,7 +170,7 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
         save_image_strip([(e["label"], e["images"], e["captions"]) for e in examples], out / "examples.png")
         strip = ("<h2>What the numbers look like</h2><p>The same test inputs (columns) at every exit and the "
                  "backbone, each with its LPIPS against the backbone's image, then as the router sends them at two "
-                 "thresholds (the caption names the route taken and its LPIPS).</p>"
+                 "thresholds (the caption names the route taken and its LPIPS, and marks an output above T).</p>"
                  "<img src=\"examples.png\" alt=\"the same inputs at every exit, the backbone and two thresholds\">")
     notes = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in meta.items()
                     if not isinstance(v, (list, dict)))
@@ -185,7 +185,7 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
 <html><head><meta charset="utf-8"><title>fiancee report: {html.escape(str(meta.get('task', '')))}</title>
 <style>
 body{{font-family:sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;color:#222}}
-td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}} th{{background:#f4f4f4}}
+td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}} th{{background:#f4f4f4}} td{{white-space:nowrap}}
 table{{border-collapse:collapse;margin:0.5em 0 1em}} img{{max-width:100%}}
 .lead{{font-size:1.25em;line-height:1.5}} tr.hl td{{background:#fff6d5}} .small{{font-size:0.9em;color:#555}}
 </style>
