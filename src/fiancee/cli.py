@@ -73,14 +73,25 @@ def _train_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_backbone(args: argparse.Namespace) -> int:
+    from .train.backbone import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.run, args.out, data=args.data, device=args.device)))
+    return 0
+
+
 def _train_exits(args: argparse.Namespace) -> int:
     from .train.exits import make_config, train_exits
 
+    overrides = {}
+    if args.feature_distill is not None:
+        overrides["features"] = args.feature_distill
+    if args.critic is not None:
+        overrides["critic"] = args.critic
     config = make_config(
         args.task, scale=args.scale, min_channels=args.min_channels, recipe=args.recipe, preset=args.preset,
         steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        bank=args.bank, init=args.init,
-        recipe_overrides=None if args.feature_distill is None else {"features": args.feature_distill},
+        bank=args.bank, init=args.init, recipe_overrides=overrides or None,
     )
     run = train_exits(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
     print(run)
@@ -306,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_train_backbone)
     p = sub.add_parser(
+        "export-backbone", help="export a fashion backbone run's checkpoint (EMA generator + discriminator)",
+        description="Write the backbone folder of a train-backbone run from its checkpoint.safetensors without "
+                    "training: the EMA generator (BatchNorm statistics re-measured as training does) and the U-Net "
+                    "discriminator (discriminator.safetensors), which the exits' oasis critics copy (paper eq. 3).",
+        epilog="example: fiancee export-backbone runs/fashion_backbone   (writes runs/fashion_backbone/backbone)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder of fiancee train-backbone (config.json + checkpoint.safetensors)")
+    p.add_argument("--out", default=None, help="backbone folder to write (default RUN/backbone; replaced whole)")
+    p.add_argument("--data", default=None, help="folder with the Fashion-MNIST idx .gz files")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_export_backbone)
+    p = sub.add_parser(
         "train-exits", help="train every exit branch of a task by distillation",
         description="Train all exit branches against the frozen backbone (paper eq. 3 / eq. 4). "
                     "Runs alone or under `torchrun --nproc_per_node N -m fiancee train-exits ...` (DDP).",
@@ -325,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", default=None, help="a feature bank folder (fiancee build-bank) to guide the branches")
     p.add_argument("--init", choices=["inherit", "random"], default="inherit",
                    help="branch weights start from the backbone's most active channels (inherit, default) or fresh (random)")
+    p.add_argument("--critic", choices=["task", "dcgan", "patch", "oasis"], default=None,
+                   help="branch critics (default: the recipe's; oasis's is the task's kind): oasis = copies of the "
+                        "backbone's own discriminator (eq. 3; fashion with a discriminator in its backbone folder)")
     p.add_argument("--feature-distill", type=float, default=None, metavar="W",
                    help="weight of the intermediate-feature distillation term (default: the recipe's, 0)")
     p.add_argument("--out", required=True, help="run folder")
