@@ -247,6 +247,27 @@ def _bank_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_quality(args: argparse.Namespace) -> int:
+    from .exit_quality import exit_quality, markdown_table
+
+    report = exit_quality(args.runs, n=args.n, seed=args.seed, fid=not args.no_fid, accuracy=not args.no_accuracy,
+                          device=args.device, out=args.out, bandwidth=args.bandwidth, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "per_image_lpips"}, indent=2))
+        return 0
+    print(markdown_table(report), end="")
+    print(f"json: {Path(args.out) / 'exit_quality.json'}" + (f"; kde: {report['kde']['path']}" if report["kde"] else ""))
+    return 0
+
+
+def _bank_distance(args: argparse.Namespace) -> int:
+    from .exit_quality import routes_vs_bank_distance
+
+    report = routes_vs_bank_distance(args.pipeline, threshold=args.threshold, n=args.n, seed=args.seed, out=args.out)
+    print(json.dumps({k: v for k, v in report.items() if k != "per_input"}, indent=2))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench import format_table, run_bench
     from .io import write_json
@@ -572,6 +593,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_bank_ablation)
+    p = sub.add_parser(
+        "exit-quality", help="per exit and the backbone: FID vs real images, label accuracy, LPIPS (Table S1, Fig. 8)",
+        description="Measures every run on the same held-out inputs: per exit and for the backbone, FID against the "
+                    "real images whose label maps are used, label accuracy of the task's classifier on the generated "
+                    "images, mean and p90 LPIPS vs the backbone. Runs with and without a bank form two arms; each "
+                    "prints mean +- sample std over its runs (seeds). With both arms, lpips_kde.png: per-exit KDE of "
+                    "per-image LPIPS with vs without the bank (bandwidth 0.3, scipy's bw_method factor). Writes "
+                    "exit_quality.json and exit_quality.md.",
+        epilog="example: fiancee exit-quality runs/fashion_s0 runs/fashion_s1 runs/fashion_s2 runs/fashion_bank_s0 "
+               "runs/fashion_bank_s1 runs/fashion_bank_s2 --n 500 --out out/fashion_table_s1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", help="exit-training run folders of one task (with and/or without --bank)")
+    p.add_argument("--out", required=True, help="folder for exit_quality.json, exit_quality.md, lpips_kde.png")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="which held-out inputs (the runs' own seeds are read from them)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID (Inception is slow on CPU)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the label accuracy")
+    p.add_argument("--bandwidth", type=float, default=0.3, help="KDE bandwidth, scipy's bw_method factor (default 0.3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
+    p.set_defaults(func=_exit_quality)
+    p = sub.add_parser(
+        "bank-distance", help="routed exit vs distance of the key patches to their bank entries (Fig. 10)",
+        description="Routes N held-out inputs through a pipeline with a bank at one threshold and relates each "
+                    "input's route to the mean L2 distance of its key patches to the bank entries they retrieved "
+                    "(the distances of the pipeline's own search). Writes bank_distance.json and bank_distance.png "
+                    "(per route, a KDE of the distances scaled by the inputs routed there; bandwidth 0.5 as Fig. 10).",
+        epilog="example: fiancee bank-distance runs/fashion_pipeline --threshold 0.1 --n 500 --out out/fashion_fig10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", help="pipeline folder (fiancee train-predictor) whose exits use a bank")
+    p.add_argument("--threshold", type=float, required=True, help="LPIPS threshold the router enforces")
+    p.add_argument("--out", required=True, help="folder for bank_distance.json and bank_distance.png")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
+    p.set_defaults(func=_bank_distance)
 
     p = sub.add_parser(
         "bench", help="milliseconds per route next to MACs; mixed-exit tree; predictor + bank overhead",
@@ -651,7 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # (build-bank checks its own folder; train-exits and train-backbone resume with --resume.)
 _OUT_FOLDERS = {
     "sample": "out", "train-classifier": "out", "evaluate-backbone": "out", "evaluate-exits": "out",
-    "train-predictor": "out", "evaluate": "out", "demo": "out", "bank-ablation": "out",
+    "train-predictor": "out", "evaluate": "out", "demo": "out", "bank-ablation": "out", "exit-quality": "out",
+    "bank-distance": "out",
 }
 
 

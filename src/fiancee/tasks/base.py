@@ -121,6 +121,18 @@ class Task(ABC):
         logits ``[B, L + 1, H, W]``, channel 0 "fake", channel ``c + 1`` label ``c`` of the label map."""
         return None
 
+    def real_images(self, n: int, seed: int, split: str = "test") -> torch.Tensor | None:
+        """The real images ``[n, C, H, W]`` in [-1, 1] whose conditions ``sample_inputs(n, seed, split)``
+        draws (what FID against real data compares with, the paper's Table S1), or None for a task with
+        no data set of its own (then an exit's FID is measured against the backbone's images)."""
+        return None
+
+    def label_accuracy(self, images: torch.Tensor, n: int, seed: int, split: str = "test") -> float | None:
+        """How often a classifier trained on real data recognises the class asked for in ``images``, the
+        generator's output for ``sample_inputs(n, seed, split)`` (the analogue of the paper's mIoU), or
+        None when the task ships no such classifier."""
+        return None
+
     def critic_note(self) -> str | None:
         """One line shown when exits train adversarially against a critic that is not the paper's (e.g.
         the backbone's discriminator did not ship, so a fresh one is used), else None."""

@@ -268,6 +268,24 @@ class FashionTask(Task):
     def load_discriminator(self, device: str | torch.device = "cpu") -> UNetDiscriminator | None:
         return load_fashion_discriminator(self.weights, device)
 
+    def real_images(self, n: int, seed: int, split: str = "test") -> torch.Tensor:
+        """The ``n`` real garments whose label maps ``sample_inputs(n, seed, split)`` uses, as RGB ``[n, 3, 32, 32]``."""
+        return self.split(split).images[self.sample_indices(n, seed, split)].repeat(1, 3, 1, 1)
+
+    def label_accuracy(self, images: torch.Tensor, n: int, seed: int, split: str = "test") -> float | None:
+        """Accuracy of the committed classifier (``classifier.safetensors`` beside the backbone) on generated
+        garments for ``sample_inputs(n, seed, split)``; None when the backbone folder holds no classifier."""
+        from ..classifier import accuracy, load_classifier
+
+        if images.shape[0] != n:
+            raise ValueError(f"expected the {n} images generated for these inputs; got {images.shape[0]}")
+        folder = self._folder()
+        if not (folder / "classifier.safetensors").is_file():
+            return None
+        if getattr(self, "_classifier", None) is None:
+            self._classifier = load_classifier(folder)
+        return accuracy(self._classifier, images, self.split(split).classes[self.sample_indices(n, seed, split)])
+
     def split(self, split: str) -> FashionData:
         if split not in self._cache:
             self._cache[split] = load_split(check_split(split), self.data)
