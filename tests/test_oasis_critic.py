@@ -16,6 +16,7 @@ from fiancee.train.exits import build_critics, critic_kind, make_config, train_e
 from fiancee.train.losses import Recipe
 from fiancee.train.run import RunDir
 
+from test_exit_quality import small_data  # noqa: F401 (a fixture: $FIANCEE_DATA = 300 real images per split)
 from test_train_backbone import tiny_config
 
 
@@ -88,7 +89,7 @@ def test_committed_backbone_has_no_discriminator_and_an_explicit_oasis_critic_is
     assert not (tmp_path / "run").exists()
 
 
-def test_oasis_critics_start_as_exact_copies_and_train(tiny_weights, tmp_path):
+def test_oasis_critics_start_as_exact_copies_and_train(small_data, tiny_weights, tmp_path):
     task = FashionTask()
     assert task.critic_kind == "oasis" and task.critic_note() is None
     # quick keeps the adversarial term when the critic is the backbone's own discriminator (eq. 3)

@@ -33,15 +33,16 @@ SHARED_KEYS = ("task", "scale", "min_channels", "recipe", "preset", "steps", "ba
 
 
 def _route_row(name: str, route: int, after_stage: int | None, macs: int, lpips: np.ndarray | None, images: torch.Tensor,
-               task, n: int, seed: int, real_stats, fid: bool, accuracy: bool) -> dict:
+               task, n: int, seed: int, real_feats, fid: bool, accuracy: bool) -> dict:
     row = {"name": name, "route": route, "after_stage": after_stage, "macs": int(macs),
            "lpips_mean": 0.0 if lpips is None else float(lpips.mean()),
            "lpips_p90": 0.0 if lpips is None else float(np.percentile(lpips, 90)),
            "fid": None, "label_accuracy": None}
-    if fid and real_stats is not None:
-        from .metrics.fid import compute_stats, frechet_distance
+    if fid and real_feats is not None:
+        from .metrics.fid import fid_from_features, inception_features
 
-        row["fid"] = float(frechet_distance(*real_stats, *compute_stats(images)))
+        # Features kept, not D x D statistics: with n <= 2048 the exact low-rank route is far cheaper.
+        row["fid"] = float(fid_from_features(real_feats, inception_features(images)))
     if accuracy:
         acc = task.label_accuracy(images, n, seed, "test")
         row["label_accuracy"] = None if acc is None else float(acc)
@@ -52,31 +53,35 @@ def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool
                         device: str = "cpu", backbone_rows: dict | None = None) -> dict:
     """One run: a row per exit and one for the backbone, plus the per-image LPIPS arrays (``[E][n]``).
 
-    ``backbone_rows`` caches the backbone's row by (backbone weights, n, seed, fid, accuracy) across the
-    runs of one comparison: the same backbone on the same inputs gives the same images.
+    ``backbone_rows`` caches the backbone's row by (backbone weights, n, seed, fid, accuracy), and the real
+    images' Inception features, across the runs of one comparison: the same backbone on the same inputs
+    gives the same images.
     """
     from .evaluate import measure_exits
 
     m = measure_exits(run_dir, n=n, seed=seed, fid=False, device=device)
     task, images, macs = m["task"], m["images"], m["macs"]
-    real_stats = None
-    if fid:
-        real = task.real_images(n, seed, "test")
-        if real is not None:
-            from .metrics.fid import compute_stats
-
-            real_stats = compute_stats(real, cache=True)
-    rows = [_route_row(f"exit {e['exit']}", e["route"], e["after_stage"], e["macs"], e["lpips"], images[e["route"]],
-                       task, n, seed, real_stats, fid, accuracy) for e in m["exits"]]
-    key = (tensor_fingerprint(m["model"].backbone.state_dict()), n, seed, fid, accuracy)
     cache = backbone_rows if backbone_rows is not None else {}
+    real_feats = None
+    if fid:
+        if ("real", n, seed) not in cache:  # the same real images for every run of the comparison
+            real = task.real_images(n, seed, "test")
+            if real is not None:
+                from .metrics.fid import inception_features
+
+                real = inception_features(real)
+            cache[("real", n, seed)] = real
+        real_feats = cache[("real", n, seed)]
+    rows = [_route_row(f"exit {e['exit']}", e["route"], e["after_stage"], e["macs"], e["lpips"], images[e["route"]],
+                       task, n, seed, real_feats, fid, accuracy) for e in m["exits"]]
+    key = (tensor_fingerprint(m["model"].backbone.state_dict()), n, seed, fid, accuracy)
     if key not in cache:
-        cache[key] = _route_row("backbone", len(rows), None, macs[-1], None, images[-1], task, n, seed, real_stats, fid,
+        cache[key] = _route_row("backbone", len(rows), None, macs[-1], None, images[-1], task, n, seed, real_feats, fid,
                                 accuracy)
     rows.append(dict(cache[key]))
     config = m["config"]
     return {"run": str(run_dir), "task": task.name, "bank": config.get("bank"), "seed": config.get("seed"),
-            "config": {k: config.get(k) for k in SHARED_KEYS}, "fid_reference": None if real_stats is None else "real images",
+            "config": {k: config.get(k) for k in SHARED_KEYS}, "fid_reference": None if real_feats is None else "real images",
             "rows": rows, "per_image_lpips": [e["lpips"] for e in m["exits"]]}
 
 
