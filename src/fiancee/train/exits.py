@@ -165,7 +165,8 @@ def critic_kind(task, recipe: Recipe) -> str:
             raise ValueError(f"the oasis critic segments by the label map, and task {task.name!r} declares no label_map input")
         if task.load_discriminator("cpu") is None:
             raise ValueError(f"the oasis critic copies the backbone's own discriminator, and task {task.name!r} ships none "
-                             "(for fashion: export it with `fiancee export-backbone RUN` into the backbone folder)")
+                             "(Task.load_discriminator returned None; a backbone trained by `fiancee train-backbone` gets one "
+                             "with `fiancee export-backbone RUN`)")
     return kind
 
 
