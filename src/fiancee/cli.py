@@ -622,7 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "input's route to the mean L2 distance of its key patches to the bank entries they retrieved "
                     "(the distances of the pipeline's own search). Writes bank_distance.json and bank_distance.png "
                     "(per route, a KDE of the distances scaled by the inputs routed there; bandwidth 0.5 as Fig. 10).",
-        epilog="example: fiancee bank-distance runs/fashion_pipeline --threshold 0.1 --n 500 --out out/fashion_fig10",
+        epilog="example (a pipeline whose exits were trained with a bank; the demo writes it):\n"
+               "  fiancee build-bank --task fashion --out runs/bank_fashion\n"
+               "  fiancee train-exits --task fashion --bank runs/bank_fashion --out runs/fashion_bank\n"
+               "  fiancee demo --task fashion --exits runs/fashion_bank --out out/fashion_demo\n"
+               "  fiancee bank-distance out/fashion_demo/pipeline --threshold 0.1 --n 500 --out out/fashion_fig10",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pipeline", help="pipeline folder (fiancee train-predictor) whose exits use a bank")
