@@ -209,9 +209,10 @@ def _make_index(keys: np.ndarray, kind: str):
     return index
 
 
-def _search_counted(index, queries: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest entry of every query, and the MACs of the distances computed per query (see
-    :meth:`FeatureBank.search_with_macs`)."""
+def _search_counted(index, queries: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest entry of every query, the MACs of the distances computed per query (see
+    :meth:`FeatureBank.search_with_macs`), and the squared L2 distance to the entry found (FAISS's own,
+    from the same search)."""
     faiss = _faiss()
     n = queries.shape[0]
     if type(index) in (faiss.IndexFlatL2, faiss.IndexFlat):  # the default, first: no downcast per call
@@ -220,15 +221,15 @@ def _search_counted(index, queries: np.ndarray, d: int) -> tuple[np.ndarray, np.
     inner = faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexIVF):
         faiss.cvar.indexIVF_stats.reset()
-        ids = index.search(queries, 1)[1][:, 0]
+        dist, ids = index.search(queries, 1)
         distances = faiss.cvar.indexIVF_stats.ndis + n * inner.nlist  # probed lists + coarse centroids
-        return ids, np.full(n, distances * d / max(n, 1), dtype=np.float64)
+        return ids[:, 0], np.full(n, distances * d / max(n, 1), dtype=np.float64), dist[:, 0]
     if isinstance(inner, faiss.IndexHNSW):
         faiss.cvar.hnsw_stats.reset()
-        ids = index.search(queries, 1)[1][:, 0]
-        return ids, np.full(n, faiss.cvar.hnsw_stats.ndis * d / max(n, 1), dtype=np.float64)
-    ids = index.search(queries, 1)[1][:, 0]
-    return ids, np.full(n, float(index.ntotal) * d, dtype=np.float64)  # flat: every key once
+        dist, ids = index.search(queries, 1)
+        return ids[:, 0], np.full(n, faiss.cvar.hnsw_stats.ndis * d / max(n, 1), dtype=np.float64), dist[:, 0]
+    dist, ids = index.search(queries, 1)
+    return ids[:, 0], np.full(n, float(index.ntotal) * d, dtype=np.float64), dist[:, 0]  # flat: every key once
 
 
 def _to_gpu(index):
@@ -472,25 +473,40 @@ class FeatureBank:
         the distances FAISS reports having computed (``indexIVF_stats.ndis``, plus ``nlist`` distances to the
         coarse centroids per query for IVF; ``hnsw_stats.ndis``), shared evenly by the queries of one call.
         """
+        ids, macs, _ = self.search_with_distances(h, cond)
+        return ids, macs
+
+    @torch.no_grad()
+    def search_with_distances(self, h: torch.Tensor, cond: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`search_with_macs`, and the L2 distance of every query key to the entry it retrieved
+        ``[B, Q]`` (float32, CPU): what FAISS returned with the ids, no second search (paper Fig. 10 plots
+        the routed exit against it)."""
         queries = self.query_keys(h).detach().to("cpu", torch.float32)  # [B, Q, D]
         b, q, d = queries.shape
         flat = queries.reshape(b * q, d).numpy()
         found = np.empty(b * q, dtype=np.int64)
         macs = np.zeros(b * q, dtype=np.float64)  # per query
+        dist = np.zeros(b * q, dtype=np.float32)  # squared L2, as FAISS reports it
+
+        def out():
+            return (torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1),
+                    torch.from_numpy(np.sqrt(np.maximum(dist, 0))).view(b, q))
+
         if self.mode == "global" or self.label_channels is None:
-            found[:], macs[:] = _search_counted(self.indexes["all"], flat, d)
-            return torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1)
+            found[:], macs[:], dist[:] = _search_counted(self.indexes["all"], flat, d)
+            return out()
         cls = self.query_classes(cond, b).reshape(-1).numpy()
         spans = self.offsets()
         for c in np.unique(cls):
             rows = np.nonzero(cls == c)[0]
             if int(c) in spans and int(c) in self.indexes:
                 start, _ = spans[int(c)]
-                ids, cost = _search_counted(self.indexes[int(c)], np.ascontiguousarray(flat[rows]), d)
-                found[rows], macs[rows] = ids + start, cost
+                ids, cost, dd = _search_counted(self.indexes[int(c)], np.ascontiguousarray(flat[rows]), d)
+                found[rows], macs[rows], dist[rows] = ids + start, cost, dd
             else:  # a class the bank never saw: nearest key of any class (documented in docs/bank.md)
-                found[rows], macs[rows] = _search_counted(self.indexes["all"], np.ascontiguousarray(flat[rows]), d)
-        return torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1)
+                found[rows], macs[rows], dist[rows] = _search_counted(self.indexes["all"], np.ascontiguousarray(flat[rows]), d)
+        return out()
 
     def search_macs_bound(self) -> int:
         """MACs of one input's search with flat indexes in the worst case: every query against the largest

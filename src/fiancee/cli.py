@@ -73,14 +73,25 @@ def _train_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_backbone(args: argparse.Namespace) -> int:
+    from .train.backbone import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.run, args.out, data=args.data, device=args.device)))
+    return 0
+
+
 def _train_exits(args: argparse.Namespace) -> int:
     from .train.exits import make_config, train_exits
 
+    overrides = {}
+    if args.feature_distill is not None:
+        overrides["features"] = args.feature_distill
+    if args.critic is not None:
+        overrides["critic"] = args.critic
     config = make_config(
         args.task, scale=args.scale, min_channels=args.min_channels, recipe=args.recipe, preset=args.preset,
         steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        bank=args.bank, init=args.init,
-        recipe_overrides=None if args.feature_distill is None else {"features": args.feature_distill},
+        bank=args.bank, init=args.init, recipe_overrides=overrides or None,
     )
     run = train_exits(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
     print(run)
@@ -236,6 +247,27 @@ def _bank_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_quality(args: argparse.Namespace) -> int:
+    from .exit_quality import exit_quality, markdown_table
+
+    report = exit_quality(args.runs, n=args.n, seed=args.seed, fid=not args.no_fid, accuracy=not args.no_accuracy,
+                          device=args.device, out=args.out, bandwidth=args.bandwidth, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "per_image_lpips"}, indent=2))
+        return 0
+    print(markdown_table(report), end="")
+    print(f"json: {Path(args.out) / 'exit_quality.json'}" + (f"; kde: {report['kde']['path']}" if report["kde"] else ""))
+    return 0
+
+
+def _bank_distance(args: argparse.Namespace) -> int:
+    from .exit_quality import routes_vs_bank_distance
+
+    report = routes_vs_bank_distance(args.pipeline, threshold=args.threshold, n=args.n, seed=args.seed, out=args.out)
+    print(json.dumps({k: v for k, v in report.items() if k != "per_input"}, indent=2))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench import format_onnx_table, format_table, run_bench, run_onnx_bench
     from .io import write_json
@@ -328,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_train_backbone)
     p = sub.add_parser(
+        "export-backbone", help="export a fashion backbone run's checkpoint (EMA generator + discriminator)",
+        description="Write the backbone folder of a train-backbone run from its checkpoint.safetensors without "
+                    "training: the EMA generator (BatchNorm statistics re-measured as training does) and the U-Net "
+                    "discriminator (discriminator.safetensors), which the exits' oasis critics copy (paper eq. 3).",
+        epilog="example: fiancee export-backbone runs/fashion_backbone   (writes runs/fashion_backbone/backbone)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder of fiancee train-backbone (config.json + checkpoint.safetensors)")
+    p.add_argument("--out", default=None, help="backbone folder to write (default RUN/backbone; replaced whole)")
+    p.add_argument("--data", default=None, help="folder with the Fashion-MNIST idx .gz files")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_export_backbone)
+    p = sub.add_parser(
         "train-exits", help="train every exit branch of a task by distillation",
         description="Train all exit branches against the frozen backbone (paper eq. 3 / eq. 4). "
                     "Runs alone or under `torchrun --nproc_per_node N -m fiancee train-exits ...` (DDP).",
@@ -347,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", default=None, help="a feature bank folder (fiancee build-bank) to guide the branches")
     p.add_argument("--init", choices=["inherit", "random"], default="inherit",
                    help="branch weights start from the backbone's most active channels (inherit, default) or fresh (random)")
+    p.add_argument("--critic", choices=["task", "dcgan", "patch", "oasis"], default=None,
+                   help="branch critics (default: the recipe's; oasis's is the task's kind): oasis = copies of the "
+                        "backbone's own discriminator (eq. 3; fashion with a discriminator in its backbone folder)")
     p.add_argument("--feature-distill", type=float, default=None, metavar="W",
                    help="weight of the intermediate-feature distillation term (default: the recipe's, 0)")
     p.add_argument("--out", required=True, help="run folder")
@@ -567,6 +615,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_bank_ablation)
+    p = sub.add_parser(
+        "exit-quality", help="per exit and the backbone: FID vs real images, label accuracy, LPIPS (Table S1, Fig. 8)",
+        description="Measures every run on the same held-out inputs: per exit and for the backbone, FID against the "
+                    "real images whose label maps are used, label accuracy of the task's classifier on the generated "
+                    "images, mean and p90 LPIPS vs the backbone. Runs with and without a bank form two arms; each "
+                    "prints mean +- sample std over its runs (seeds). With both arms, lpips_kde.png: per-exit KDE of "
+                    "per-image LPIPS with vs without the bank (bandwidth 0.3, scipy's bw_method factor). Writes "
+                    "exit_quality.json and exit_quality.md.",
+        epilog="example: fiancee exit-quality runs/fashion_s0 runs/fashion_s1 runs/fashion_s2 runs/fashion_bank_s0 "
+               "runs/fashion_bank_s1 runs/fashion_bank_s2 --n 500 --out out/fashion_table_s1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", help="exit-training run folders of one task (with and/or without --bank)")
+    p.add_argument("--out", required=True, help="folder for exit_quality.json, exit_quality.md, lpips_kde.png")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="which held-out inputs (the runs' own seeds are read from them)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID (Inception is slow on CPU)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the label accuracy")
+    p.add_argument("--bandwidth", type=float, default=0.3, help="KDE bandwidth, scipy's bw_method factor (default 0.3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
+    p.set_defaults(func=_exit_quality)
+    p = sub.add_parser(
+        "bank-distance", help="routed exit vs distance of the key patches to their bank entries (Fig. 10)",
+        description="Routes N held-out inputs through a pipeline with a bank at one threshold and relates each "
+                    "input's route to the mean L2 distance of its key patches to the bank entries they retrieved "
+                    "(the distances of the pipeline's own search). Writes bank_distance.json and bank_distance.png "
+                    "(per route, a KDE of the distances scaled by the inputs routed there; bandwidth 0.5 as Fig. 10).",
+        epilog="example (a pipeline whose exits were trained with a bank; the demo writes it):\n"
+               "  fiancee build-bank --task fashion --out runs/bank_fashion\n"
+               "  fiancee train-exits --task fashion --bank runs/bank_fashion --out runs/fashion_bank\n"
+               "  fiancee demo --task fashion --exits runs/fashion_bank --out out/fashion_demo\n"
+               "  fiancee bank-distance out/fashion_demo/pipeline --threshold 0.1 --n 500 --out out/fashion_fig10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", help="pipeline folder (fiancee train-predictor) whose exits use a bank")
+    p.add_argument("--threshold", type=float, required=True, help="LPIPS threshold the router enforces")
+    p.add_argument("--out", required=True, help="folder for bank_distance.json and bank_distance.png")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
+    p.set_defaults(func=_bank_distance)
 
     p = sub.add_parser(
         "bench", help="milliseconds per route next to MACs; mixed-exit tree; predictor + bank overhead",
@@ -670,7 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # (build-bank checks its own folder; train-exits and train-backbone resume with --resume.)
 _OUT_FOLDERS = {
     "sample": "out", "train-classifier": "out", "evaluate-backbone": "out", "evaluate-exits": "out",
-    "train-predictor": "out", "evaluate": "out", "demo": "out", "bank-ablation": "out",
+    "train-predictor": "out", "evaluate": "out", "demo": "out", "bank-ablation": "out", "exit-quality": "out",
+    "bank-distance": "out",
 }
 
 

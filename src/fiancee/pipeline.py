@@ -49,6 +49,9 @@ class PipelineOutput:
     exits: torch.Tensor  # [B] route per input (E = the backbone)
     predicted_lpips: torch.Tensor  # [B, E] predicted LPIPS of every exit branch
     macs: torch.Tensor  # [B] MACs each input cost: its route + the predictor + its bank search (float64)
+    # [B, Q] L2 distance of each of the input's Q key patches to the bank entry it retrieved (the search's
+    # own distances, paper Fig. 10); None without a bank
+    bank_distances: torch.Tensor | None = None
 
 
 class FianceePipeline:
@@ -112,9 +115,9 @@ class FianceePipeline:
         f = self.model.backbone.features(*inputs, taps=(k,))
         h, cond = f.taps[k], f.cond  # [B, C, h, w] after the key stage
         bank_macs = torch.zeros(batch, dtype=torch.float64)
-        guide = None
+        guide = distances = None
         if self.bank is not None:
-            ids, bank_macs = self.bank.search_with_macs(h, cond)
+            ids, bank_macs, distances = self.bank.search_with_distances(h, cond)
             guide = self.bank.assemble(ids, h.device)
         if self.predictor.reads_features:
             predicted = self.predictor(h, check=False)  # [B, E]; h comes from checked inputs
@@ -126,7 +129,8 @@ class FianceePipeline:
         images = self.model.mixed_from(h, cond, k, routes.to(h.device), guide=guide)
         routes = routes.cpu().long()  # checked integers by mixed_from; a uint8 tensor would index as a mask
         macs = self.route_macs[routes] + float(self.predictor_macs()) + bank_macs
-        return PipelineOutput(images=images, exits=routes, predicted_lpips=predicted.cpu(), macs=macs)
+        return PipelineOutput(images=images, exits=routes, predicted_lpips=predicted.cpu(), macs=macs,
+                              bank_distances=distances)
 
     # ------------------------------------------------------------------------------------------
     # Folders

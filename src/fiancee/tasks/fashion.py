@@ -30,13 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
+from ..backbones.oasis_discriminator import UNetDiscriminator
 from ..io import build_bounded, load_tensors, read_json
 from .base import InputSpec, Task, check_split, find_weights, weights_dir
 
 __all__ = [
     "CLASS_NAMES", "NUM_LABELS", "BACKGROUND", "DEFAULT_DATA_DIR", "IDX_FILES", "find_data_dir", "read_idx",
     "load_fashion_mnist", "pad_images", "clean_specks", "label_maps", "one_hot", "FashionData", "load_split",
-    "FashionTask", "default_weights_dir", "load_fashion_backbone",
+    "FashionTask", "default_weights_dir", "load_fashion_backbone", "load_fashion_discriminator",
 ]
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -197,6 +198,36 @@ def load_fashion_backbone(weights: str | os.PathLike | None = None, device: str 
     return model.to(device).eval().requires_grad_(False)
 
 
+DISCRIMINATOR_FILE = "discriminator.safetensors"
+
+
+def load_fashion_discriminator(weights: str | os.PathLike | None = None,
+                               device: str | torch.device = "cpu") -> UNetDiscriminator | None:
+    """The backbone's U-Net discriminator from its folder (``discriminator.safetensors`` + ``config.json``'s
+    ``discriminator`` entry, written by ``fiancee train-backbone`` / ``fiancee export-backbone``), or None
+    when the folder holds none (backbones exported before the discriminator was kept)."""
+    folder = Path(weights) if weights is not None else default_weights_dir()
+    cfg_path, w_path = folder / "config.json", folder / DISCRIMINATOR_FILE
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    entry = cfg.get("discriminator") if isinstance(cfg, dict) else None
+    if entry is None and not w_path.is_file():
+        return None
+    if not isinstance(entry, dict) or not w_path.is_file():
+        raise ValueError(f"{folder}: a discriminator needs both {DISCRIMINATOR_FILE} and config.json's 'discriminator' "
+                         f"entry (num_classes, in_channels, channels); found only one")
+    from ..io import config_int, config_int_list
+
+    args = {"num_classes": config_int(entry, "num_classes", cfg_path, minimum=1),
+            "in_channels": config_int(entry, "in_channels", cfg_path, minimum=1),
+            "channels": config_int_list(entry, "channels", cfg_path, minimum=1)}
+    model = build_bounded(lambda: UNetDiscriminator(**args), w_path, cfg_path)
+    state = load_tensors(w_path, device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{w_path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval().requires_grad_(False)
+
+
 class FashionTask(Task):
     name = "fashion"
     description = "OASIS semantic image synthesis on Fashion-MNIST label maps (32x32, 11 classes)"
@@ -206,7 +237,6 @@ class FashionTask(Task):
     image_size = (SIZE, SIZE)
     image_channels = 3
     inputs = (InputSpec("label", "label_map"), InputSpec("z", "noise"))
-    critic_kind = "dcgan"
     # Patches searched per garment class (OASIS mode, S1.1.1): 250 maps x 8 fixed noises.
     bank_defaults = {"mode": "patch", "grid": (4, 4), "max_per_class": 512, "n": 250, "noises": 8}
 
@@ -218,6 +248,43 @@ class FashionTask(Task):
 
     def pretrained_exits(self) -> Path:
         return weights_dir(self.name, "exits")
+
+    def _folder(self) -> Path:
+        return Path(self.weights) if self.weights is not None else weights_dir(self.name)
+
+    @property
+    def critic_kind(self) -> str:
+        """``oasis`` (copies of the backbone's own U-Net discriminator, eq. 3) when the backbone folder
+        holds its discriminator; ``dcgan`` (a fresh critic, :meth:`critic_note`) otherwise."""
+        return "oasis" if (self._folder() / DISCRIMINATOR_FILE).is_file() else "dcgan"
+
+    def critic_note(self) -> str | None:
+        if self.critic_kind == "oasis":
+            return None
+        return (f"note: the fashion backbone folder {self._folder()} holds no {DISCRIMINATOR_FILE}: the exits' critics "
+                "are fresh DCGAN discriminators, not copies of the backbone's own (paper eq. 3); export one from the "
+                "backbone's training run with `fiancee export-backbone RUN`")
+
+    def load_discriminator(self, device: str | torch.device = "cpu") -> UNetDiscriminator | None:
+        return load_fashion_discriminator(self.weights, device)
+
+    def real_images(self, n: int, seed: int, split: str = "test") -> torch.Tensor:
+        """The ``n`` real garments whose label maps ``sample_inputs(n, seed, split)`` uses, as RGB ``[n, 3, 32, 32]``."""
+        return self.split(split).images[self.sample_indices(n, seed, split)].repeat(1, 3, 1, 1)
+
+    def label_accuracy(self, images: torch.Tensor, n: int, seed: int, split: str = "test") -> float | None:
+        """Accuracy of the committed classifier (``classifier.safetensors`` beside the backbone) on generated
+        garments for ``sample_inputs(n, seed, split)``; None when the backbone folder holds no classifier."""
+        from ..classifier import accuracy, load_classifier
+
+        if images.shape[0] != n:
+            raise ValueError(f"expected the {n} images generated for these inputs; got {images.shape[0]}")
+        folder = self._folder()
+        if not (folder / "classifier.safetensors").is_file():
+            return None
+        if getattr(self, "_classifier", None) is None:
+            self._classifier = load_classifier(folder)
+        return accuracy(self._classifier, images, self.split(split).classes[self.sample_indices(n, seed, split)])
 
     def split(self, split: str) -> FashionData:
         if split not in self._cache:

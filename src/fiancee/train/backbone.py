@@ -12,13 +12,16 @@
 
 A run is a folder: ``config.json`` (written before the first step), ``stats.jsonl``,
 ``checkpoint.safetensors`` (G, D, EMA G, both Adam states; step in its metadata) and
-``backbone/`` (the EMA generator as ``config.json`` + ``backbone.safetensors``). Every file is
-written atomically. Randomness is drawn per step from a generator seeded with ``(seed, step)``,
+``backbone/`` (the EMA generator as ``config.json`` + ``backbone.safetensors``, and the U-Net
+discriminator as ``discriminator.safetensors`` with its constructor arguments under ``config.json``'s
+``discriminator``: the exits' critics of eq. 3 are copies of it). Every file is written atomically.
+:func:`export_checkpoint` writes that export from an existing run's checkpoint without training. Randomness is drawn per step from a generator seeded with ``(seed, step)``,
 so a resumed run continues with exactly the numbers an uninterrupted one would have used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -35,11 +38,11 @@ from torch import nn
 from ..backbones.oasis import OASISConfig, OASISGenerator
 from ..io import RunLock, atomic_folder, check_replaceable, folder_kind, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
 from ..tasks.fashion import FashionTask, load_split
-from .discriminators import FAKE, UNetDiscriminator
+from ..backbones.oasis_discriminator import FAKE, UNetDiscriminator
 
 __all__ = [
     "BackboneTrainConfig", "load_train_config", "class_balance_weights", "balanced_cross_entropy",
-    "labelmix_mask", "ema_update", "recompute_bn_stats", "train_backbone", "export_backbone",
+    "labelmix_mask", "ema_update", "recompute_bn_stats", "train_backbone", "export_backbone", "export_checkpoint",
 ]
 
 # Fields that may differ between a run and its resumption (they do not change the numbers).
@@ -172,18 +175,84 @@ def _load_module(prefix: str, module: nn.Module, tensors: dict[str, torch.Tensor
     module.load_state_dict(sub, strict=True)
 
 
-def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write ``config.json`` + ``backbone.safetensors`` (the folder :func:`load_fashion_backbone` reads)."""
+def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra: dict | None = None,
+                    discriminator: UNetDiscriminator | None = None) -> Path:
+    """Write ``config.json`` + ``backbone.safetensors`` (the folder :func:`load_fashion_backbone` reads),
+    and with ``discriminator`` also ``discriminator.safetensors`` + its constructor arguments under
+    ``config.json``'s ``discriminator`` (what :func:`fiancee.tasks.fashion.load_fashion_discriminator`
+    reads; the ``oasis`` critic copies it, paper eq. 3). safetensors and JSON only: nothing loaded runs code."""
     folder = Path(folder)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     fingerprint = tensor_fingerprint(state)
+    config = {"format_version": 1, "task": FashionTask.name, "generator": generator.config.to_dict(),
+              "fingerprint": fingerprint}
+    d_state = None
+    if discriminator is not None:
+        d_state = {k: v.detach().cpu() for k, v in discriminator.state_dict().items()}
+        config["discriminator"] = {**discriminator.config(), "fingerprint": tensor_fingerprint(d_state)}
     with atomic_folder(folder, kind="fashion_backbone", what="backbone") as tmp:  # replaced whole
         save_tensors(tmp / "backbone.safetensors", state, metadata={"fingerprint": fingerprint})
-        write_json(tmp / "config.json", {
-            "format_version": 1, "task": FashionTask.name, "generator": generator.config.to_dict(),
-            "fingerprint": fingerprint, **(extra or {}),
-        })
+        if d_state is not None:
+            save_tensors(tmp / "discriminator.safetensors", d_state,
+                         metadata={"fingerprint": config["discriminator"]["fingerprint"]})
+        write_json(tmp / "config.json", {**config, **(extra or {})})
     return folder
+
+
+def _bn_batches(config: BackboneTrainConfig, maps: torch.Tensor, label_channels: int, z_dim: int,
+                device: str | torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed ``(label, z)`` batches the EMA generator's BatchNorm statistics are measured on (seeded:
+    an export from a checkpoint is the export training wrote at that step)."""
+    bn_rng = torch.Generator().manual_seed(config.seed + 12345)
+    batches = []
+    for _ in range(16):
+        i = torch.randint(len(maps), (config.batch_size,), generator=bn_rng)
+        lab = F.one_hot(maps[i], label_channels).permute(0, 3, 1, 2).float().to(device)
+        batches.append((lab, torch.randn(config.batch_size, z_dim, generator=bn_rng).to(device)))
+    return batches
+
+
+def _export_run(config: BackboneTrainConfig, folder: Path, step: int, G_ema: OASISGenerator, D: UNetDiscriminator,
+                maps: torch.Tensor, device: str | torch.device) -> Path:
+    gcfg = G_ema.config
+    batches = _bn_batches(config, maps, gcfg.label_channels, gcfg.z_dim, device)
+    # the export after `step` steps is what `--steps step` would give: randomness is per step
+    return export_backbone(recompute_bn_stats(G_ema, batches), folder, discriminator=D,
+                           extra={"trained_steps": step, "train_config": {**config.to_dict(), "steps": step}})
+
+
+def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                      data: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> dict:
+    """Export a backbone run's ``checkpoint.safetensors`` without training: the EMA generator (its
+    BatchNorm statistics re-measured as training does) and the discriminator, to ``out`` (default
+    ``RUN/backbone``). The result is the export training itself writes at that checkpoint, now with the
+    discriminator; for runs made before exports kept it."""
+    from safetensors import safe_open
+
+    run_dir = Path(run_dir)
+    ckpt_path, cfg_path = run_dir / "checkpoint.safetensors", run_dir / "config.json"
+    if not ckpt_path.is_file() or not cfg_path.is_file():
+        raise FileNotFoundError(f"expected a backbone training run (config.json + checkpoint.safetensors) in {run_dir}")
+    config = BackboneTrainConfig.from_dict(read_json(cfg_path))
+    gcfg = OASISConfig(**config.generator)
+    with safe_open(str(ckpt_path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "step" not in meta:
+        raise ValueError(f"{ckpt_path} has no step in its metadata: not a checkpoint of fiancee train-backbone")
+    step = int(meta["step"])
+    tensors = load_tensors(ckpt_path)
+    torch.manual_seed(config.seed)
+    G_ema = OASISGenerator(gcfg)
+    D = UNetDiscriminator(num_classes=gcfg.label_channels, in_channels=3, channels=config.disc_channels)
+    _load_module("G_ema", G_ema, tensors)
+    _load_module("D", D, tensors)
+    train = load_split("train", data, limit=config.train_limit)
+    target = Path(out) if out is not None else run_dir / "backbone"
+    # Writing into the run folder takes its writer lock: a run still training refuses the export.
+    lock = RunLock(run_dir) if target.resolve().parent == run_dir.resolve() else contextlib.nullcontext()
+    with lock:
+        _export_run(config, target, step, G_ema.to(device).eval().requires_grad_(False), D.to(device), train.maps, device)
+    return {"run": str(run_dir), "step": step, "backbone": str(target)}
 
 
 @torch.no_grad()
@@ -288,15 +357,7 @@ def _train_backbone(config: BackboneTrainConfig, run_dir: Path, train, gcfg: OAS
         tensors = {**_module_tensors("G", G), **_module_tensors("D", D), **_module_tensors("G_ema", G_ema),
                    **_optim_tensors("opt_g", opt_g), **_optim_tensors("opt_d", opt_d)}
         save_tensors(ckpt_path, tensors, metadata={"step": str(step)})
-        bn_rng = torch.Generator().manual_seed(config.seed + 12345)
-        batches = []
-        for _ in range(16):
-            i = torch.randint(n_train, (config.batch_size,), generator=bn_rng)
-            lab = F.one_hot(maps[i], gcfg.label_channels).permute(0, 3, 1, 2).float().to(device)
-            batches.append((lab, torch.randn(config.batch_size, gcfg.z_dim, generator=bn_rng).to(device)))
-        export_backbone(recompute_bn_stats(G_ema, batches), run_dir / "backbone",
-                        # the export after `step` steps is what `--steps step` would give: randomness is per step
-                        extra={"trained_steps": step, "train_config": {**config.to_dict(), "steps": step}})
+        _export_run(config, run_dir / "backbone", step, G_ema, D, maps, device)
 
     def write_stats() -> None:
         from ..io import atomic_write_text

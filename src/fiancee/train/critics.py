@@ -13,17 +13,26 @@ Kinds:
   discriminator: each branch gets a fresh one of the kind the generator was trained with.
 - ``patch``: a multi-scale PatchGAN (the MegaPortraits recipe): the same patch discriminator at full
   and half resolution, hinge loss, and feature matching on its intermediate activations.
+- ``oasis`` (paper eq. 3, S1.1.2): a copy of the backbone's own discriminator, weights included
+  (``Task.load_discriminator``: for ``fashion`` the U-Net segmenter it was trained with), trained with
+  OASIS's loss conditioned on the label map: N+1-class cross-entropy, class-balanced on the real
+  (backbone) image, "fake" on the branch's image, plus LabelMix consistency
+  (:mod:`fiancee.train.backbone`'s pieces, the backbone's own recipe).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DCGANDiscriminator", "PatchDiscriminator", "MultiScalePatchDiscriminator", "Critic", "build_critic"]
+__all__ = ["DCGANDiscriminator", "PatchDiscriminator", "MultiScalePatchDiscriminator", "Critic", "OASISCritic",
+           "CRITIC_KINDS", "build_critic"]
+
+CRITIC_KINDS = ("dcgan", "patch", "oasis")
 
 
 class DCGANDiscriminator(nn.Module):
@@ -130,11 +139,76 @@ class Critic(nn.Module):
         return adv, fm
 
 
-def build_critic(kind: str, image_size: int, channels: int = 3, width: int = 64) -> Critic:
-    """A fresh critic of ``kind`` (``dcgan`` or ``patch``) for images of ``image_size`` px."""
+class OASISCritic(nn.Module):
+    """OASIS's adversarial loss (Sushko et al. 2021) around an N+1-class segmenter ``net``.
+
+    ``label_index``: which of the generator's inputs is the one-hot label map ``[B, L, H, W]``.
+    Discriminator: the real (backbone) image's pixels -> their class (balanced cross-entropy), the
+    branch's pixels -> "fake", and LabelMix: on a mix of the two by a mask of random classes, the logits
+    must equal the same mix of its logits on each (MSE, weight ``lambda_labelmix``). Branch: its pixels
+    should be segmented as the label map's classes (balanced cross-entropy). No feature matching.
+    The LabelMix masks are drawn from ``seed`` and a counter kept as a buffer, so a resumed run (the
+    counter is in the checkpoint) draws the masks an uninterrupted one would have drawn.
+    """
+
+    def __init__(self, net: nn.Module, label_index: int, lambda_labelmix: float = 10.0, seed: int = 0):
+        super().__init__()
+        self.net = net
+        self.label_index = int(label_index)
+        self.lambda_labelmix = float(lambda_labelmix)
+        self.seed = int(seed)
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _label_map(self, inputs, image: torch.Tensor) -> torch.Tensor:
+        if inputs is None or len(inputs) <= self.label_index:
+            raise ValueError(f"the oasis critic needs the generator's inputs with the label map at position {self.label_index}")
+        label = inputs[self.label_index]  # [B, L, h, w] one-hot
+        if label.dim() != 4:
+            raise ValueError(f"the oasis critic expects a one-hot label map [B, L, H, W]; got {list(label.shape)}")
+        if label.shape[-2:] != image.shape[-2:]:
+            label = F.interpolate(label.float(), size=image.shape[-2:], mode="nearest")
+        return label.argmax(1)  # [B, H, W]
+
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, inputs=None) -> torch.Tensor:
+        from .backbone import balanced_cross_entropy, labelmix_mask
+        from ..backbones.oasis_discriminator import FAKE
+
+        lmap = self._label_map(inputs, real)
+        fake = fake.detach()
+        out_real, out_fake = self.net(real), self.net(fake)
+        loss = balanced_cross_entropy(out_real, lmap) + F.cross_entropy(out_fake, torch.full_like(lmap, FAKE))
+        if self.lambda_labelmix > 0:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.draws))
+            self.draws += 1
+            mask = labelmix_mask(lmap.cpu(), g).to(real.device)  # [B, 1, H, W]
+            out_mix = self.net(mask * real + (1 - mask) * fake)
+            loss = loss + self.lambda_labelmix * F.mse_loss(out_mix, mask * out_real + (1 - mask) * out_fake)
+        return loss
+
+    def g_loss(self, fake: torch.Tensor, inputs=None, real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from .backbone import balanced_cross_entropy
+
+        return balanced_cross_entropy(self.net(fake), self._label_map(inputs, fake)), fake.new_zeros(())
+
+
+def build_critic(kind: str, image_size: int, channels: int = 3, width: int = 64, *,
+                 discriminator: nn.Module | None = None, label_index: int | None = None,
+                 lambda_labelmix: float = 10.0, seed: int = 0) -> "Critic | OASISCritic":
+    """A critic of ``kind`` for images of ``image_size`` px: ``dcgan`` and ``patch`` are fresh; ``oasis``
+    is a trainable copy of ``discriminator`` (the backbone's own, weights and all) reading the label map
+    at ``label_index`` of the generator's inputs."""
     if kind == "dcgan":
         return Critic(DCGANDiscriminator(image_size, channels, width), "bce")
     if kind == "patch":
         layers = max(2, min(4, int(math.log2(image_size)) - 3))
         return Critic(MultiScalePatchDiscriminator(channels, width, layers), "hinge")
-    raise ValueError(f"unknown critic kind {kind!r}; expected 'dcgan' or 'patch'")
+    if kind == "oasis":
+        if discriminator is None or label_index is None:
+            raise ValueError("the oasis critic copies the backbone's discriminator and reads its label map: "
+                             "pass discriminator= and label_index=")
+        net = copy.deepcopy(discriminator).train().requires_grad_(True)
+        return OASISCritic(net, label_index, lambda_labelmix, seed)
+    raise ValueError(f"unknown critic kind {kind!r}; expected one of {CRITIC_KINDS}")

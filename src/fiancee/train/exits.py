@@ -25,19 +25,22 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
 from ..io import RunLock, check_replaceable, folder_kind, tensor_fingerprint
 from ..tasks.base import declared_inputs
-from .critics import Critic, build_critic
+from .critics import CRITIC_KINDS, Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .losses import BranchLoss, FeatureAdapters, Recipe, get_recipe, lr_at, make_optimizer
 from .run import RunDir, load_optimizer_tensors, optimizer_tensors
 
-__all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits", "run_bank_path", "run_guide"]
+__all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits", "run_bank_path", "run_guide",
+           "critic_kind", "build_critics"]
 
 # Presets: quick fits a 2-core CPU in minutes, full is for a GPU.
 # quick distils with the reconstruction terms only: on 2 CPU cores VGG16 at 64 px costs about 5 s per
 # 32 images forward + backward, and a fresh critic needs thousands of steps before its gradients help
 # rather than fight the LPIPS target the router will threshold. LPIPS (AlexNet, ~30x cheaper than
 # VGG) carries the perceptual signal and an L1 term (weight 1) anchors the colours, which LPIPS barely
-# sees. full keeps the paper's recipe as it is.
+# sees. full keeps the paper's recipe as it is. A task whose critics are copies of its backbone's own
+# trained discriminator (critic kind ``oasis``, paper eq. 3) keeps the adversarial term in quick too:
+# such a critic is no fresh one, it segments real garments from the first step.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"steps": 300, "batch_size": 16, "checkpoint_every": 50,
               "recipe_overrides": {"vgg": 0.0, "adversarial": 0.0, "feature_matching": 0.0, "l1": 1.0}},
@@ -87,7 +90,11 @@ def make_config(task: str, *, scale: str | None = None, min_channels: int | None
         min_channels = defaults.default_min_channels
     if int(min_channels) <= 0:
         raise ValueError(f"min channels must be positive; got {min_channels}")
-    rec = get_recipe(recipe).replace(**{**p["recipe_overrides"], **(recipe_overrides or {})})
+    overrides = dict(p["recipe_overrides"])
+    asked = (recipe_overrides or {}).get("critic", get_recipe(recipe).critic)
+    if recipe == "oasis" and "adversarial" in overrides and (asked == "oasis" or (asked == "task" and defaults.critic_kind == "oasis")):
+        overrides.pop("adversarial")  # eq. 3 against copies of the backbone's trained discriminator (PRESETS note)
+    rec = get_recipe(recipe).replace(**{**overrides, **(recipe_overrides or {})})
     cfg = ExitTrainConfig(
         task=task, scale=f"{sf.numerator}/{sf.denominator}", min_channels=min_channels, recipe=rec.to_dict(),
         recipe_name=recipe, preset=preset, steps=int(p["steps"] if steps is None else steps),
@@ -146,10 +153,33 @@ def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
     return (seed * 1_000_003 + step * world + rank) % (2**63 - 1)
 
 
-def _task_critic(task, recipe: Recipe) -> Critic:
-    # The recipe may ask for patch critics (MegaPortraits); otherwise the kind the task declares.
-    kind = "patch" if recipe.critic == "patch" else task.critic_kind
-    return build_critic(kind, task.image_size[0], task.image_channels)
+def critic_kind(task, recipe: Recipe) -> str:
+    """The kind of every branch's critic: the recipe's when it names one (``patch`` for MegaPortraits, or
+    ``dcgan`` / ``oasis`` asked for explicitly), else the kind the task declares (``recipe.critic == "task"``).
+    ``oasis`` needs the backbone's discriminator (``Task.load_discriminator``) and a label-map input."""
+    kind = task.critic_kind if recipe.critic == "task" else recipe.critic
+    if kind not in CRITIC_KINDS:
+        raise ValueError(f"unknown critic {recipe.critic!r}; expected 'task' or one of {CRITIC_KINDS}")
+    if kind == "oasis":
+        if not any(s.kind == "label_map" for s in declared_inputs(task)):
+            raise ValueError(f"the oasis critic segments by the label map, and task {task.name!r} declares no label_map input")
+        if task.load_discriminator("cpu") is None:
+            raise ValueError(f"the oasis critic copies the backbone's own discriminator, and task {task.name!r} ships none "
+                             "(Task.load_discriminator returned None; a backbone trained by `fiancee train-backbone` gets one "
+                             "with `fiancee export-backbone RUN`)")
+    return kind
+
+
+def build_critics(task, recipe: Recipe, count: int, seed: int = 0, device: str | torch.device = "cpu") -> list:
+    """One critic per branch (:func:`critic_kind`); ``oasis`` critics start as exact copies of the backbone's
+    discriminator, each drawing its own LabelMix masks."""
+    kind = critic_kind(task, recipe)
+    if kind != "oasis":
+        return [build_critic(kind, task.image_size[0], task.image_channels) for _ in range(count)]
+    disc = task.load_discriminator(device)
+    label_index = next(i for i, s in enumerate(declared_inputs(task)) if s.kind == "label_map")
+    return [build_critic("oasis", task.image_size[0], task.image_channels, discriminator=disc, label_index=label_index,
+                         seed=seed * 1_000_003 + 7919 * (i + 1)) for i in range(count)]
 
 
 def train_exits(config: ExitTrainConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
@@ -178,7 +208,7 @@ def _check_before_writing(config: ExitTrainConfig, run: RunDir, task) -> None:
         from ..bank import load_bank
 
         load_bank(config.bank, backbone)
-
+    critic_kind(task, Recipe.from_dict(config.recipe))  # an oasis critic without the backbone's discriminator: refused here
 
 @contextlib.contextmanager
 def _writer_lock(path: Path, env: DistEnv):
@@ -216,15 +246,24 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         torch.distributed.barrier()
     if exists and not resume:
         raise ValueError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    use_adv = recipe.adversarial > 0 or recipe.feature_matching > 0
+    kind = critic_kind(task, recipe)  # critics are built (and checkpointed) even when no term uses them
+    if use_adv and env.is_main and task.critic_note() is not None and kind == task.critic_kind:
+        import sys
+
+        print(task.critic_note(), file=sys.stderr)
     if resume:
         saved = run.read_config()
+        if saved.get("critic_kind", kind) != kind:
+            raise ValueError(f"cannot resume {run.path}: its critics are {saved.get('critic_kind')!r}, this command "
+                             f"would build {kind!r} (the backbone folder gained or lost its discriminator?)")
         saved = {"init": "random", **saved}  # runs written before the option existed
         saved["recipe"] = Recipe.from_dict(saved["recipe"]).to_dict() if isinstance(saved.get("recipe"), dict) else saved.get("recipe")
         for key in ("task", "scale", "min_channels", "recipe", "bank", "init"):
             if saved.get(key) != config.to_dict()[key]:
                 raise ValueError(f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}")
     elif env.is_main:
-        run.write_config({**config.to_dict(), "kind": "exits", "exits": list(task.exits)})
+        run.write_config({**config.to_dict(), "kind": "exits", "exits": list(task.exits), "critic_kind": kind})
 
     torch.manual_seed(config.seed)
     backbone = task.load_backbone(env.device)
@@ -243,8 +282,7 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
     use_feat = recipe.features > 0
     if use_feat:
         branches.adapters = FeatureAdapters(model).to(env.device)
-    critics = _Critics([_task_critic(task, recipe) for _ in model.branches]).to(env.device).train()
-    use_adv = recipe.adversarial > 0 or recipe.feature_matching > 0
+    critics = _Critics(build_critics(task, recipe, len(model.branches), config.seed, env.device)).to(env.device).train()
     loss_fn = BranchLoss(recipe).to(env.device)
     opt_g = make_optimizer(branches.parameters(), recipe)
     opt_d = make_optimizer(critics.parameters(), recipe)

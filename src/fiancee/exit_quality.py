@@ -1,0 +1,283 @@
+"""Exit quality against real data (paper Table S1, Fig. 8) and routing vs bank distance (Fig. 10).
+
+- :func:`exit_quality`: for one or more ``fiancee train-exits`` runs of one task (with and without the
+  bank, several seeds), per exit and for the backbone: FID against the real images whose conditions
+  the inputs use (``Task.real_images``; Table S1's FID), the label accuracy of a classifier trained on
+  real data on the generated images (``Task.label_accuracy``; our analogue of Table S1's mIoU), and
+  mean / p90 LPIPS against the backbone's image. Runs are grouped into arms (without / with a bank);
+  each arm reports the mean and the spread (sample standard deviation, min, max) over its runs. With
+  both arms, per-exit KDE curves of per-image LPIPS (Fig. 8: Gaussian kernels, bandwidth 0.3 as
+  scipy's ``bw_method`` factor, i.e. a kernel standard deviation of 0.3 x the sample's, seaborn's
+  convention), pooled over the arm's runs.
+- :func:`routes_vs_bank_distance`: for a pipeline with a patch bank, the exit each held-out input is
+  routed to at a threshold against the L2 distance of its key patches to the bank entries they
+  retrieved (the distances of the pipeline's own search, :attr:`fiancee.pipeline.PipelineOutput.bank_distances`);
+  Fig. 10 plots the routed exit against the distance to the guiding images (its KDE: bandwidth 0.5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_write_text, tensor_fingerprint, write_json
+
+__all__ = ["measure_run_quality", "exit_quality", "markdown_table", "routes_vs_bank_distance", "ARMS"]
+
+ARMS = ("without bank", "with bank")
+METRICS = ("fid", "label_accuracy", "lpips_mean", "lpips_p90")
+# What the runs of one comparison must share (the bank and the seed are what varies).
+SHARED_KEYS = ("task", "scale", "min_channels", "recipe", "preset", "steps", "batch_size", "init")
+
+
+def _route_row(name: str, route: int, after_stage: int | None, macs: int, lpips: np.ndarray | None, images: torch.Tensor,
+               task, n: int, seed: int, real_feats, fid: bool, accuracy: bool) -> dict:
+    row = {"name": name, "route": route, "after_stage": after_stage, "macs": int(macs),
+           "lpips_mean": 0.0 if lpips is None else float(lpips.mean()),
+           "lpips_p90": 0.0 if lpips is None else float(np.percentile(lpips, 90)),
+           "fid": None, "label_accuracy": None}
+    if fid and real_feats is not None:
+        from .metrics.fid import fid_from_features, inception_features
+
+        # Features kept, not D x D statistics: with n <= 2048 the exact low-rank route is far cheaper.
+        row["fid"] = float(fid_from_features(real_feats, inception_features(images)))
+    if accuracy:
+        acc = task.label_accuracy(images, n, seed, "test")
+        row["label_accuracy"] = None if acc is None else float(acc)
+    return row
+
+
+def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = True, accuracy: bool = True,
+                        device: str = "cpu", backbone_rows: dict | None = None) -> dict:
+    """One run: a row per exit and one for the backbone, plus the per-image LPIPS arrays (``[E][n]``).
+
+    ``backbone_rows`` caches the backbone's row by (backbone weights, n, seed, fid, accuracy), and the real
+    images' Inception features, across the runs of one comparison: the same backbone on the same inputs
+    gives the same images.
+    """
+    from .evaluate import measure_exits
+
+    m = measure_exits(run_dir, n=n, seed=seed, fid=False, device=device)
+    task, images, macs = m["task"], m["images"], m["macs"]
+    cache = backbone_rows if backbone_rows is not None else {}
+    real_feats = None
+    if fid:
+        if ("real", n, seed) not in cache:  # the same real images for every run of the comparison
+            real = task.real_images(n, seed, "test")
+            if real is not None:
+                from .metrics.fid import inception_features
+
+                real = inception_features(real)
+            cache[("real", n, seed)] = real
+        real_feats = cache[("real", n, seed)]
+    rows = [_route_row(f"exit {e['exit']}", e["route"], e["after_stage"], e["macs"], e["lpips"], images[e["route"]],
+                       task, n, seed, real_feats, fid, accuracy) for e in m["exits"]]
+    key = (tensor_fingerprint(m["model"].backbone.state_dict()), n, seed, fid, accuracy)
+    if key not in cache:
+        cache[key] = _route_row("backbone", len(rows), None, macs[-1], None, images[-1], task, n, seed, real_feats, fid,
+                                accuracy)
+    rows.append(dict(cache[key]))
+    config = m["config"]
+    return {"run": str(run_dir), "task": task.name, "bank": config.get("bank"), "seed": config.get("seed"),
+            "config": {k: config.get(k) for k in SHARED_KEYS}, "fid_reference": None if real_feats is None else "real images",
+            "rows": rows, "per_image_lpips": [e["lpips"] for e in m["exits"]]}
+
+
+def _spread(values: list) -> dict | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    a = np.asarray(vals, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "runs": int(a.size)}
+
+
+def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accuracy: bool = True, device: str = "cpu",
+                 out: str | Path | None = None, bandwidth: float = 0.3, progress: bool = False) -> dict:
+    """Table S1 (and, with runs of both arms, Fig. 8) for ``runs``: a list of exit-run folders of one task.
+
+    All runs are measured on the same ``n`` held-out inputs (``seed``). Under ``out``: ``exit_quality.json``
+    and ``exit_quality.md`` (atomic writes), and ``lpips_kde.png`` when both arms are present.
+    """
+    from .train.run import RunDir
+
+    runs = [str(r) for r in runs]
+    if not runs:
+        raise ValueError("give at least one exit-training run folder")
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"a run is listed twice: {runs}")
+    if n < 2:
+        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    if not 0 < bandwidth:
+        raise ValueError(f"bandwidth must be positive; got {bandwidth}")
+    # Read every config first: a wrong folder or a mixed comparison is refused before any measuring.
+    configs = [RunDir(r).read_config() for r in runs]
+    if any(c.get("kind") != "exits" for c in configs):
+        bad = next(r for r, c in zip(runs, configs) if c.get("kind") != "exits")
+        raise ValueError(f"{bad} is not an exit-training run (config.json kind is not 'exits')")
+    tasks = {c["task"] for c in configs}
+    if len(tasks) != 1:
+        raise ValueError(f"all runs must be of one task; got {sorted(tasks)}")
+    differ = sorted(k for k in SHARED_KEYS if len({repr(c.get(k)) for c in configs}) > 1)
+    if out is not None and any(c.get("bank") for c in configs) and not all(c.get("bank") for c in configs):
+        from .extras import require
+
+        require("matplotlib", "the Fig. 8 KDE plot")
+
+    cache: dict = {}
+    measured = []
+    iterator = runs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(runs, desc="exit-quality", unit="run")
+    for r in iterator:
+        measured.append(measure_run_quality(r, n=n, seed=seed, fid=fid, accuracy=accuracy, device=device,
+                                            backbone_rows=cache))
+    num_rows = {len(m["rows"]) for m in measured}
+    if len(num_rows) != 1:
+        raise ValueError(f"the runs have different numbers of exits: {sorted(num_rows)}")
+
+    arms = {}
+    for arm in ARMS:
+        members = [m for m in measured if (m["bank"] is not None) == (arm == "with bank")]
+        if not members:
+            continue
+        rows = []
+        for i, row in enumerate(members[0]["rows"]):
+            rows.append({"name": row["name"], "route": row["route"], "after_stage": row["after_stage"],
+                         "macs": row["macs"],
+                         **{k: _spread([m["rows"][i][k] for m in members]) for k in METRICS}})
+        arms[arm] = {"runs": [m["run"] for m in members], "seeds": [m["seed"] for m in members],
+                     "banks": sorted({str(m["bank"]) for m in members if m["bank"] is not None}), "rows": rows}
+    report = {
+        "task": measured[0]["task"], "n": n, "seed": seed, "lpips_net": "alex",
+        "lpips_reference": "the backbone's image for the same input",
+        "fid_reference": measured[0]["fid_reference"] if fid else None,
+        "label_accuracy": "classifier trained on real data, on the generated images" if accuracy else None,
+        "spread": "mean, sample standard deviation, min and max over the arm's runs",
+        "differing_settings": differ, "arms": arms,
+        "runs": [{k: m[k] for k in ("run", "bank", "seed", "rows")} for m in measured],
+        "per_image_lpips": {m["run"]: [np.round(v, 5).tolist() for v in m["per_image_lpips"]] for m in measured},
+        "kde": None,
+    }
+    if out is None:
+        return report
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(arms) == 2:
+        from .plots import save_kde_panels
+
+        panels, kde = [], []
+        for i, row in enumerate(arms["without bank"]["rows"][:-1]):
+            series = {}
+            for arm in ARMS:
+                pooled = np.concatenate([m["per_image_lpips"][i] for m in measured if (m["bank"] is not None) == (arm == "with bank")])
+                series[f"{arm} ({len(arms[arm]['runs'])} run{'s' if len(arms[arm]['runs']) > 1 else ''})"] = pooled
+                kde.append({"exit": row["name"], "arm": arm, "values": int(pooled.size),
+                            "kernel_std": float(bandwidth * pooled.std(ddof=1))})
+            panels.append((f"{row['name']} (after stage {row['after_stage']})", series))
+        save_kde_panels(panels, out / "lpips_kde.png", bandwidth=bandwidth, xlabel="LPIPS vs backbone",
+                        title=f"{report['task']}: per-image LPIPS with and without the bank "
+                              f"(n={n} per run, KDE bw_method {bandwidth})")
+        report["kde"] = {"path": str(out / "lpips_kde.png"), "bw_method": bandwidth, "series": kde,
+                         "pooled": "per-image LPIPS of every run of the arm"}
+    write_json(out / "exit_quality.json", report)
+    atomic_write_text(out / "exit_quality.md", markdown_table(report))
+    return report
+
+
+def _fmt(cell: dict | None, digits: int, scale: float = 1.0) -> str:
+    if cell is None:
+        return "-"
+    text = f"{cell['mean'] * scale:.{digits}f}"
+    if cell["runs"] > 1:
+        text += f" ± {cell['std'] * scale:.{digits}f}"
+    return text
+
+
+def markdown_table(report: dict) -> str:
+    """Table S1 analogue: one row per (arm, exit) and the backbone; mean ± sample std over the arm's runs."""
+    lines = [
+        f"Task `{report['task']}`, n = {report['n']} held-out inputs (seed {report['seed']}). FID vs "
+        f"{report['fid_reference'] or 'nothing (not measured)'}; label accuracy: "
+        f"{report['label_accuracy'] or 'not measured'}; LPIPS ({report['lpips_net']}) vs the backbone. "
+        "Cells: mean ± sample std over the arm's runs.",
+        "",
+        "| arm | runs | route | GMACs | FID | label accuracy % | LPIPS mean | LPIPS p90 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    backbone = None
+    for arm, body in report["arms"].items():
+        for row in body["rows"]:
+            if row["name"] == "backbone":
+                backbone = row
+                continue
+            lines.append(f"| {arm} | {len(body['runs'])} | {row['name']} | {row['macs'] / 1e9:.4f} | {_fmt(row['fid'], 2)} | "
+                         f"{_fmt(row['label_accuracy'], 1, 100)} | {_fmt(row['lpips_mean'], 4)} | {_fmt(row['lpips_p90'], 4)} |")
+    if backbone is not None:
+        lines.append(f"| backbone | - | backbone | {backbone['macs'] / 1e9:.4f} | {_fmt(backbone['fid'], 2)} | "
+                     f"{_fmt(backbone['label_accuracy'], 1, 100)} | 0 | 0 |")
+    if report.get("differing_settings"):
+        lines += ["", "Note: the runs differ in " + ", ".join(report["differing_settings"]) + " (not only bank and seed)."]
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def routes_vs_bank_distance(pipeline, *, threshold: float, n: int = 500, seed: int = 0, batch_size: int = 64,
+                            out: str | Path | None = None, bandwidth: float = 0.5) -> dict:
+    """Fig. 10 analogue: the routed exit of ``n`` held-out inputs at ``threshold`` against the mean L2
+    distance of each input's key patches to the bank entries they retrieved (one search: the pipeline's).
+
+    Returns per route the inputs routed there and the mean / median of their distances, and the
+    per-input arrays; under ``out``: ``bank_distance.json`` and ``bank_distance.png`` (a KDE per route of
+    the distances, scaled by the number of inputs routed there, as the paper's Fig. 10).
+    """
+    from .pipeline import FianceePipeline
+    from .report import route_name
+    from .routing import check_threshold
+
+    threshold = check_threshold(threshold)
+    if n < 2:
+        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    if not isinstance(pipeline, FianceePipeline):
+        pipeline = FianceePipeline.from_pretrained(pipeline)
+    if pipeline.bank is None:
+        raise ValueError("this pipeline has no bank: the distance to retrieved bank entries needs one (fiancee build-bank, "
+                         "train-exits --bank)")
+    if pipeline.task is None:
+        raise ValueError("this pipeline holds no task: the held-out inputs are drawn from it")
+    inputs = pipeline.task.sample_inputs(n, seed, "test")
+    routes, distances = [], []
+    for s in range(0, n, batch_size):
+        res = pipeline(*(x[s : s + batch_size] for x in inputs), max_lpips=threshold)
+        routes.append(res.exits)
+        distances.append(res.bank_distances.mean(1))  # [b]: mean over the input's key patches
+    routes_t, dist_t = torch.cat(routes).numpy(), torch.cat(distances).double().numpy()
+    num_routes = pipeline.model.num_routes
+    per_route = []
+    for r in range(num_routes):
+        d = dist_t[routes_t == r]
+        per_route.append({"route": r, "name": route_name(r, num_routes - 1), "inputs": int(d.size),
+                          "distance_mean": float(d.mean()) if d.size else None,
+                          "distance_median": float(np.median(d)) if d.size else None})
+    # Spearman correlation of distance and route (ties averaged): does a farther bank match go deeper?
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(dist_t, routes_t).statistic if np.ptp(routes_t) > 0 and np.ptp(dist_t) > 0 else None
+    report = {"task": pipeline.task.name, "n": n, "seed": seed, "threshold": threshold,
+              "distance": "mean over the input's key patches of the L2 distance to the retrieved bank entry",
+              "routes": per_route, "spearman_distance_vs_route": None if rho is None else float(rho),
+              "per_input": {"route": routes_t.tolist(), "distance": np.round(dist_t, 5).tolist()},
+              "plot": None}
+    if out is not None:
+        from .plots import save_route_distance_plot
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        report["plot"] = str(save_route_distance_plot(routes_t, dist_t, num_routes, out / "bank_distance.png",
+                                                      bandwidth=bandwidth, threshold=threshold))
+        write_json(out / "bank_distance.json", report)
+    return report
