@@ -215,10 +215,7 @@ def _search_counted(index, queries: np.ndarray, d: int) -> tuple[np.ndarray, np.
     from the same search)."""
     faiss = _faiss()
     n = queries.shape[0]
-    if type(index) in (faiss.IndexFlatL2, faiss.IndexFlat):  # the default, first: no downcast per call
-        ids = index.search(queries, 1)[1][:, 0]
-        return ids, np.full(n, float(index.ntotal) * d, dtype=np.float64)  # flat: every key once
-    inner = faiss.downcast_index(index)
+    inner = index if type(index) in (faiss.IndexFlatL2, faiss.IndexFlat) else faiss.downcast_index(index)  # flat: no per-call downcast
     if isinstance(inner, faiss.IndexIVF):
         faiss.cvar.indexIVF_stats.reset()
         dist, ids = index.search(queries, 1)
