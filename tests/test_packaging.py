@@ -188,3 +188,10 @@ def test_a_wheel_installed_in_a_fresh_venv_runs_outside_the_checkout(wheel, tmp_
     sample = run("sample", "--task", "fashion", "--out", "s", "--n", "4")
     assert sample.returncode == 0, sample.stderr[-2000:]
     assert len(list((work / "s").glob("sample_*.png"))) == 4
+
+
+def test_a_huge_third_party_message_is_cut_to_one_readable_line():
+    from fiancee.cli import _one_line
+
+    text = _one_line(RuntimeError("Cannot insert a Tensor " + "0.01 * -3.3 " * 5000))
+    assert len(text) <= 600 and text.startswith("Cannot insert a Tensor") and "characters)" in text

@@ -791,4 +791,9 @@ def _one_line(e: BaseException) -> str:
         text = "a number is too large: " + text
     elif type(e).__name__ == "DecompressionBombError":  # PIL: an image far larger than its file
         text = "refusing to decode an image that large (decompression bomb?): " + text
+    if len(text) > _MAX_ERROR:  # a third-party message may embed a whole tensor
+        text = text[: _MAX_ERROR - 30].rstrip() + f" ... ({len(text)} characters)"
     return text or type(e).__name__
+
+
+_MAX_ERROR = 600

@@ -45,6 +45,9 @@ class _Trunk(nn.Module):
     def __init__(self, pipe):
         super().__init__()
         self.model, self.predictor, self.bank = pipe.model, pipe.predictor, pipe.bank
+        # The inference copy the pipeline runs (standardization folded in), made here, outside the trace:
+        # the graph holds its weights as constants and no finiteness check (a host sync) is traced.
+        self.head = pipe.predictor.folded()
 
     def forward(self, *inputs: torch.Tensor):
         from .bank import majority_labels
@@ -55,9 +58,9 @@ class _Trunk(nn.Module):
         h, cond = f.taps[k], f.cond  # [B, C, h, w] after the key stage
         outs = [h] + ([] if cond is None else [cond])
         if self.predictor.reads_features:
-            outs.append(self.predictor(h))  # [B, E]
+            outs.append(self.head(h))  # [B, E]
         else:
-            outs.append(self.predictor(*predictor_features(self.predictor.arch, self.model, inputs)))
+            outs.append(self.head(*predictor_features(self.predictor.arch, self.model, inputs)))
         if self.bank is not None:
             outs.append(self.bank.query_keys(h).float())  # [B, Q, D]
             if self.bank.mode == "patch" and self.bank.label_channels is not None:

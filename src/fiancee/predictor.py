@@ -108,9 +108,12 @@ class QualityPredictor(nn.Module):
             # Table S7's head is its 3x3 convs at full width), average pooling bounds the grid, one hidden layer.
             if len(shapes) != 1 or len(shapes[0]) != 3:
                 raise ValueError(f"arch 'tiny' reads key-stage features [C, h, w]; got input shapes {shapes}")
-            c, h, w = shapes[0]
-            h, w = min(h, self.max_grid), min(w, self.max_grid)
-            self.body = nn.Sequential(nn.Conv2d(c, self.width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d((h, w)), nn.Flatten())
+            c, h0, w0 = shapes[0]
+            h, w = min(h0, self.max_grid), min(w0, self.max_grid)
+            # A fixed average pooling where the grid divides the map (the same numbers, and exportable to
+            # ONNX with a dynamic batch, which adaptive pooling to a smaller size is not); else adaptive.
+            pool = (nn.AvgPool2d((h0 // h, w0 // w)) if h0 % h == 0 and w0 % w == 0 else nn.AdaptiveAvgPool2d((h, w)))
+            self.body = nn.Sequential(nn.Conv2d(c, self.width, 1), nn.ReLU(), pool, nn.Flatten())
             flat = self.width * h * w
             act = nn.ReLU
         else:
@@ -244,6 +247,7 @@ class FoldedPredictor(nn.Module):
         last = self.mlp[-1]
         last.weight.mul_(p.y_std[:, None])
         last.bias.mul_(p.y_std).add_(p.y_mean)
+        self.requires_grad_(False)  # an inference copy: tracing (ONNX export) sees plain constants
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
