@@ -29,7 +29,7 @@ install-data:
 	else echo "Fashion-MNIST not found: install Debian's dataset-fashion-mnist or set FIANCEE_DATA"; fi
 
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 # The whole method on the pretrained faces GAN: committed exits, predictor, calibrated router, report.
 # --overwrite: a second `make demo` replaces the first one's out/demo.

@@ -287,7 +287,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(
         args.backbone, size=args.size, scale=args.scale, min_channels=args.min_channels, device=args.device,
         batches=args.batch or "1,8,32", reps=args.reps, warmup=args.warmup, threads=args.threads, options=args.opt, seed=args.seed,
-        bank_inputs=args.bank_inputs, predictor=args.predictor, progress=not args.no_progress, bank=args.bank,
+        bank_inputs=args.bank_inputs, predictor=args.predictor, progress=not args.no_progress, bank=args.bank_choice,
     )
     write_json(args.json, report)
     print(format_table(report), end="")
@@ -691,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-inputs", type=int, default=None,
                    help="bank population: inputs (fashion: label maps x 8 noises); default faces 1024, fashion 250, "
                         "oasis / g2d 16")
-    p.add_argument("--bank", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--bank", dest="bank_choice", choices=["auto", "on", "off"], default="auto",
                    help="time a bank retrieval: auto = when the pipeline this backbone ships with has a bank "
                         "(faces' shipped exits have none; fashion, oasis, g2d: their default bank); on / off force it")
     p.add_argument("--predictor", choices=["mlp", "conv", "features", "tiny"], default=None,
