@@ -310,28 +310,26 @@ def _build_bank(setup: _Setup, n: int, device: torch.device, progress: bool = Fa
 def _predictor(model, arch: str | None, inputs: tuple[torch.Tensor, ...], seed: int, kinds: list[str], what: str):
     """An untrained predictor of the arch the library trains by default for these declared inputs
     (:func:`fiancee.train.predictor.default_arch`) and what it reads."""
-    from .predictor import FEATURE_ARCHS, QualityPredictor, key_features
+    from .predictor import QualityPredictor
     from .train.predictor import check_arch, default_arch
 
     arch = arch or default_arch(kinds)
     check_arch(arch, kinds, what)
-    if arch in FEATURE_ARCHS:
-        xs = (key_features(model, *inputs),)  # [B, C, h, w], on the model's device
-    else:
-        xs = tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)
-        if arch == "mlp" and any(x.dim() != 2 for x in xs):
-            raise ValueError(f"predictor arch 'mlp' reads vectors; this backbone's inputs are {[list(x.shape) for x in xs]}")
+    xs = _predictor_inputs(model, arch, inputs)
+    if arch == "mlp" and any(x.dim() != 2 for x in xs):
+        raise ValueError(f"predictor arch 'mlp' reads vectors; this backbone's inputs are {[list(x.shape) for x in xs]}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
     return predictor.to(xs[0].device).eval(), xs
 
 
-def _predictor_inputs(model, predictor, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """What ``predictor`` reads for ``inputs`` (computed, not timed: the trunk's features or the inputs)."""
+def _predictor_inputs(model, arch: str, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """What a predictor of ``arch`` reads for ``inputs``, on the model's device (computed, not timed: the
+    trunk's key-stage features ``[B, C, h, w]``, or the inputs with 1x1 maps flattened)."""
     from .predictor import FEATURE_ARCHS, key_features
 
-    if predictor.arch in FEATURE_ARCHS:
+    if arch in FEATURE_ARCHS:
         return (key_features(model, *inputs),)
     return tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)
 
@@ -601,7 +599,7 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
         # check of trunk features); retrieval only when the pipeline has a bank (``bank_choice``).
         per_batch_overhead = {}
         for b in overhead_batches:
-            xs_b = _predictor_inputs(model, predictor, inputs_on[b])
+            xs_b = _predictor_inputs(model, predictor.arch, inputs_on[b])
             pred_t = time_ms(lambda: predictor(*xs_b, check=False), device, reps, warmup)["median_ms"]
             retrieval = (retrieval_latency(bank, model, setup.inputs, batch_sizes=(b,), reps=reps, warmup=warmup)[0]
                          if bank is not None else None)

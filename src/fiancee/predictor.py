@@ -173,19 +173,14 @@ class QualityPredictor(nn.Module):
     def standardized(self, *xs: torch.Tensor) -> torch.Tensor:
         """The network's raw output ``[B, E]`` (standardized LPIPS; the loss is taken here)."""
         self._check(xs)
+        return self._raw(xs)
+
+    def _raw(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         norm = []
         for i, x in enumerate(xs):
             shape = [1, -1] + [1] * (x.dim() - 2)
             norm.append((x.float() - getattr(self, f"in{i}_mean").view(shape)) / getattr(self, f"in{i}_std").view(shape))
-        if self.arch == "mlp":
-            h = torch.cat([x.flatten(1) for x in norm], dim=1)  # [B, D]
-        elif self.arch == "conv":
-            label, z = norm  # [B, C, H, W], [B, Z]
-            noise = z[:, :, None, None].expand(-1, -1, *label.shape[-2:])  # OASIS-style 3D noise
-            h = self.body(torch.cat([label, noise], dim=1))  # [B, width * h * w]
-        else:
-            h = self.body(norm[0])
-        return self.mlp(h)  # [B, E]
+        return _network(self.arch, self.body, self.mlp, norm)  # [B, E]
 
     def forward(self, *xs: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Predicted LPIPS ``[B, E]``.
@@ -198,7 +193,7 @@ class QualityPredictor(nn.Module):
         """
         self._check(xs, finite=check)
         if self.training or torch.is_grad_enabled():
-            return self.standardized(*xs) * self.y_std + self.y_mean
+            return self._raw(xs) * self.y_std + self.y_mean
         return self.folded()(*xs)
 
     def folded(self) -> "FoldedPredictor":
@@ -211,6 +206,19 @@ class QualityPredictor(nn.Module):
             cached = (key, FoldedPredictor(self))
             self.__dict__["_folded"] = cached  # not a submodule: never saved, never trained
         return cached[1]
+
+
+def _network(arch: str, body: nn.Module | None, mlp: nn.Module, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The layers after standardization, shared by :class:`QualityPredictor` and :class:`FoldedPredictor`."""
+    if arch == "mlp":
+        h = torch.cat([x.float().flatten(1) for x in xs], dim=1)  # [B, D]
+    elif arch == "conv":
+        label, z = xs  # [B, C, H, W], [B, Z]
+        noise = z[:, :, None, None].expand(-1, -1, *label.shape[-2:])  # OASIS-style 3D noise
+        h = body(torch.cat([label, noise], dim=1))  # [B, width * h * w]
+    else:
+        h = body(xs[0].float())
+    return mlp(h)  # [B, E]
 
 
 class FoldedPredictor(nn.Module):
@@ -230,16 +238,14 @@ class FoldedPredictor(nn.Module):
         scales = [1.0 / getattr(p, f"in{i}_std") for i in range(len(p.input_shapes))]
         shifts = [-getattr(p, f"in{i}_mean") * s for i, s in enumerate(scales)]
         self.pre: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        first = self.body[0] if p.arch == "tiny" else (self.mlp[0] if p.arch == "mlp" else None)
-        if first is not None and (p.arch == "tiny" or len(scales) == 1):
-            w = first.weight.view(first.weight.shape[0], -1)  # [out, in] (1x1 conv or Linear)
-            first.bias.add_(w @ shifts[0])
-            w.mul_(scales[0])
-        elif p.arch == "mlp":  # several vectors, concatenated: fold each slice
-            w, start = self.mlp[0].weight, 0
+        if p.arch in ("tiny", "mlp"):
+            # The first layer's input columns: the 1x1 conv's channels, or the Linear's slices of the
+            # concatenated vectors, one slice per input.
+            first = self.body[0] if p.arch == "tiny" else self.mlp[0]
+            w, start = first.weight.view(first.weight.shape[0], -1), 0  # [out, in]
             for sc, sh in zip(scales, shifts):
                 part = w[:, start : start + sc.numel()]
-                self.mlp[0].bias.add_(part @ sh)
+                first.bias.add_(part @ sh)
                 part.mul_(sc)
                 start += sc.numel()
         else:
@@ -253,12 +259,7 @@ class FoldedPredictor(nn.Module):
         if self.pre is not None:
             xs = tuple(torch.addcmul(sh.view(1, -1, *[1] * (x.dim() - 2)), x.float(), sc.view(1, -1, *[1] * (x.dim() - 2)))
                        for x, (sc, sh) in zip(xs, self.pre))
-        if self.arch == "mlp":
-            return self.mlp(torch.cat([x.float().flatten(1) for x in xs], dim=1))
-        if self.arch == "conv":
-            label, z = xs
-            return self.mlp(self.body(torch.cat([label, z[:, :, None, None].expand(-1, -1, *label.shape[-2:])], dim=1)))
-        return self.mlp(self.body(xs[0].float()))
+        return _network(self.arch, self.body, self.mlp, xs)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from typing import Sequence
 
 import torch
 
+from .runtime import margin_at  # torch-free: the exported runtime uses the same rule
+
 __all__ = [
     "Router", "ThresholdRouter", "OracleRouter", "StaticRouter", "CalibratedRouter",
     "router_from_config", "check_threshold", "compliance", "mean_cost", "guarantee_min_inputs",
@@ -361,19 +363,7 @@ class CalibratedRouter(Router):
         t = check_threshold(threshold)
         if not self.fitted:
             raise ValueError("this CalibratedRouter is not fitted: call fit(predicted, true, thresholds, target_compliance) first")
-        ts, ms = self.thresholds, self.margins
-        if t <= ts[0]:
-            return ms[0]
-        if t >= ts[-1]:
-            return ms[-1]
-        for i in range(len(ts) - 1):
-            if ts[i] <= t <= ts[i + 1]:
-                if t == ts[i]:
-                    return ms[i]
-                if t == ts[i + 1]:
-                    return ms[i + 1]
-                return max(ms[i], ms[i + 1])
-        raise AssertionError("unreachable")
+        return margin_at(self.thresholds, self.margins, t)
 
     def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
         predicted = _check_lpips(lpips, "predicted LPIPS")

@@ -121,10 +121,10 @@ def _cheapest_meeting(ok: np.ndarray, costs) -> np.ndarray:
     return np.where(ok, c[None, :], np.inf).argmin(axis=1).astype(np.int64)  # argmin: the first minimum
 
 
-def _margin(config: dict, t: float) -> float:
-    ts, ms = config["thresholds"], config["margins"]
-    if not ts:
-        raise ValueError("the manifest's calibrated router is not fitted (no thresholds)")
+def margin_at(ts, ms, t: float) -> float:
+    """The calibrated router's margin at threshold ``t`` from its fitted ``thresholds`` / ``margins`` (sorted):
+    the nearest end outside them, the larger neighbour between two. Pure Python, so that this torch-free
+    runtime and :meth:`fiancee.routing.CalibratedRouter.margin` use the one rule."""
     if t <= ts[0]:
         return ms[0]
     if t >= ts[-1]:
@@ -137,6 +137,12 @@ def _margin(config: dict, t: float) -> float:
                 return ms[i + 1]
             return max(ms[i], ms[i + 1])
     raise AssertionError("unreachable")
+
+
+def _margin(config: dict, t: float) -> float:
+    if not config["thresholds"]:
+        raise ValueError("the manifest's calibrated router is not fitted (no thresholds)")
+    return margin_at(config["thresholds"], config["margins"], t)
 
 
 def route_numpy(config: dict, predicted: np.ndarray, threshold: float) -> np.ndarray:
