@@ -29,20 +29,17 @@ def test_g2d_matches_table_2(scale):
         assert abs(ours / theirs - 1) <= 0.07, (scale, table["routes"])
 
 
-def test_cli_json_keys_and_text_output():
-    out = subprocess.run(
-        [sys.executable, "-m", "fiancee", "macs", "--backbone", "oasis", "--scale", "1/4", "--min-channels", "64", "--json"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    table = json.loads(out)
+def test_cli_json_keys_and_text_output(capsys):
+    from fiancee.cli import main
+
+    assert main(["macs", "--backbone", "oasis", "--scale", "1/4", "--min-channels", "64", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
     assert isinstance(table["backbone_gmacs"], float)
     assert [round(r) for r in table["routes"]] == [120, 137, 168, 226]
     assert "FLOPs / 2" in table["unit"]
 
-    text = subprocess.run(
-        [sys.executable, "-m", "fiancee", "macs", "--backbone", "g2d", "--scale", "1/15", "--min-channels", "24"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    assert main(["macs", "--backbone", "g2d", "--scale", "1/15", "--min-channels", "24"]) == 0
+    text = capsys.readouterr().out
     assert "multiply-accumulates" in text and "backbone" in text and "213" in text
 
 

@@ -2,8 +2,9 @@
 
 The module is the ``mymodule.py`` block of docs/own-generator.md, written into a temporary folder on
 PYTHONPATH: a two-input generator whose second input is an attribute vector (a condition, not a label
-map). Every command runs as its own process with ``--task mymodule:MyTask`` (smoke sizes), and the
-saved pipeline is loaded in a fresh process by its recorded spec and with ``backbone=``.
+map). Every command runs through the CLI's ``main`` with ``--task mymodule:MyTask`` (smoke sizes, in
+this process: a fresh interpreter per command cost 6 s of imports each), and the saved pipeline is loaded
+in a fresh process by its recorded spec and with ``backbone=``.
 """
 
 from __future__ import annotations
@@ -45,11 +46,15 @@ def user(tmp_path_factory):
         sys.modules.pop("mymodule", None)
 
 
-def _fiancee(env, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "fiancee", *argv], capture_output=True, text=True, env=env, cwd=cwd,
-                       timeout=600)
-    assert r.returncode == 0, f"fiancee {' '.join(argv)} failed:\n{r.stderr[-3000:]}"
-    return r
+def _fiancee(capsys, *argv: str) -> str:
+    """One CLI command in this process (the working folder is the user's); returns its stdout."""
+    from fiancee.cli import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    assert rc == 0, f"fiancee {' '.join(argv)} failed:\n{err[-3000:]}"
+    return out
 
 
 def test_the_bank_and_the_predictor_read_the_declared_inputs(user):
@@ -74,38 +79,40 @@ def test_the_bank_and_the_predictor_read_the_declared_inputs(user):
 
 
 @pytest.mark.slow
-def test_every_command_and_from_pretrained_in_a_fresh_process(user):
+def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monkeypatch, one_thread):
     root, env, mymodule = user
-    _fiancee(env, "build-bank", "--task", SPEC, "--out", "bank", "--n", "24", "--noises", "2", "--max-per-class", "32",
-             "--no-progress", cwd=root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("FIANCEE_CACHE", env["FIANCEE_CACHE"])
+    _fiancee(capsys, "build-bank", "--task", SPEC, "--out", "bank", "--n", "24", "--noises", "2", "--max-per-class", "32",
+             "--no-progress")
     manifest = json.loads((root / "bank" / "manifest.json").read_text())
     assert manifest["task"] == SPEC and manifest["mode"] == "global" and manifest["label_channels"] is None
     assert manifest["population"] == {"inputs": 48, "conditions": 24, "noises": 2, "split": "train", "seed": 0}
 
-    _fiancee(env, "train-exits", "--task", SPEC, "--bank", "bank", "--preset", "smoke", "--out", "exits",
-             "--no-progress", cwd=root)
+    _fiancee(capsys, "train-exits", "--task", SPEC, "--bank", "bank", "--preset", "smoke", "--out", "exits",
+             "--no-progress")
     config = json.loads((root / "exits" / "config.json").read_text())
     assert config["task"] == SPEC and config["exits"] == [1, 2]
 
-    report = json.loads(_fiancee(env, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json", cwd=root).stdout)
+    report = json.loads(_fiancee(capsys, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json"))
     assert [e["after_stage"] for e in report["exits"]] == [1, 2]
 
-    _fiancee(env, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2", "--error-n", "8",
-             "--no-progress", cwd=root)
+    _fiancee(capsys, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2", "--error-n", "8",
+             "--no-progress")
     pconfig = json.loads((root / "predictor" / "config.json").read_text())
     assert pconfig["task"] == SPEC and pconfig["noises"] is None
     assert pconfig["inputs"] == [{"name": "z", "kind": "noise"}, {"name": "attrs", "kind": "condition"}]
     assert pconfig["predictor"]["arch"] == "tiny"  # not conv: the task has no label map
 
-    _fiancee(env, "demo", "--task", SPEC, "--exits", "exits", "--out", "demo", "--n", "8", "--n-predictor", "16",
-             "--n-calibrate", "8", "--target-compliance", "0.9", "--no-progress", cwd=root)  # too few for a guarantee
+    _fiancee(capsys, "demo", "--task", SPEC, "--exits", "exits", "--out", "demo", "--n", "8", "--n-predictor", "16",
+             "--n-calibrate", "8", "--target-compliance", "0.9", "--no-progress")  # too few for a guarantee
     pipe_config = json.loads((root / "demo" / "pipeline" / "config.json").read_text())
     assert pipe_config["task"] == SPEC
-    _fiancee(env, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report", cwd=root)
+    _fiancee(capsys, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report")
     assert (root / "report" / "report.json").is_file()
 
-    _fiancee(env, "bench", "--backbone", "mymodule:make_task", "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",
-             "--json", "bench.json", "--no-progress", cwd=root)
+    _fiancee(capsys, "bench", "--backbone", "mymodule:make_task", "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",
+             "--json", "bench.json", "--no-progress")
     bench = json.loads((root / "bench.json").read_text())
     assert bench["settings"]["backbone"] == "mymodule:make_task" and len(bench["routes"]) == 3
     assert bench["overhead"]["bank_mode"] == "global" and bench["overhead"]["predictor_arch"] == "tiny"

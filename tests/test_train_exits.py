@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from fiancee.cli import main
 from fiancee.train.exits import load_exits, make_config, train_exits
 from fiancee.train.losses import RECIPES, get_recipe, lr_at
 from fiancee.train.run import RunDir
@@ -68,13 +69,13 @@ def test_resume_refuses_a_different_config(tmp_path):
         train_exits(other, out, resume=True, device="cpu", progress=False)
 
 
-def test_evaluate_exits_cli_json(tmp_path):
+def test_evaluate_exits_cli_json(tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    subprocess.run(_cli("train-exits", "--task", "faces", "--preset", "smoke", "--steps", "2", "--batch-size", "2",
-                        "--out", str(out), "--no-progress", "--device", "cpu"), check=True, env=ENV, capture_output=True)
-    proc = subprocess.run(_cli("evaluate-exits", str(out), "--n", "4", "--json", "--out", str(tmp_path / "eval")),
-                          check=True, env=ENV, capture_output=True, text=True)
-    report = json.loads(proc.stdout)
+    assert main(["train-exits", "--task", "faces", "--preset", "smoke", "--steps", "2", "--batch-size", "2",
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate-exits", str(out), "--n", "4", "--json", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads(capsys.readouterr().out)
     exits = report["exits"]
     assert len(exits) == 3
     for e in exits:
@@ -88,9 +89,9 @@ def test_evaluate_exits_cli_json(tmp_path):
     assert (tmp_path / "eval" / "exits_grid.png").is_file()
     assert not (out / "eval").exists()  # the run folder is never written into
     # The same --out again is refused (one line, nothing replaced) unless --overwrite.
-    again = subprocess.run(_cli("evaluate-exits", str(out), "--n", "4", "--out", str(tmp_path / "eval")),
-                           env=ENV, capture_output=True, text=True)
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert main(["evaluate-exits", str(out), "--n", "4", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err
 
 
 def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
@@ -109,31 +110,31 @@ def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
     assert [r["step"] for r in run.read_stats()] == [1, 2, 3]  # rank 0 alone writes
 
 
-def test_killed_run_resumes_and_the_loss_curve_continues(tmp_path):
+def test_killed_run_resumes_and_the_loss_curve_continues(tmp_path, one_thread):
     out = tmp_path / "killed"
-    args = ("train-exits", "--task", "faces", "--preset", "smoke", "--steps", "24", "--batch-size", "2",
-            "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--device", "cpu", "--seed", "5")
+    args = ("train-exits", "--task", "faces", "--preset", "smoke", "--steps", "12", "--batch-size", "2",
+            "--checkpoint-every", "2", "--out", str(out), "--no-progress", "--device", "cpu", "--seed", "5")
     proc = subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = RunDir(out)
     deadline = time.time() + 240
     while time.time() < deadline:
         latest = run.latest() if (out / "latest.json").exists() else None
-        if latest and latest["step"] >= 6 and len(run.read_stats()) > latest["step"]:
+        if latest and latest["step"] >= 4 and len(run.read_stats()) > latest["step"]:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up
     proc.wait()
     killed_at = run.latest()["step"]
-    assert 6 <= killed_at < 24
+    assert 4 <= killed_at < 12
     subprocess.run(_cli(*args, "--resume"), env=ENV, check=True, capture_output=True)
     steps = [r["step"] for r in run.read_stats()]
-    assert steps == list(range(1, 25))  # same step count, no gap and no repeat
-    assert run.latest()["step"] == 24
+    assert steps == list(range(1, 13))  # same step count, no gap and no repeat
+    assert run.latest()["step"] == 12
 
-    # The resumed run is the run that was never interrupted: same batches, same weights.
+    # The resumed run is the run that was never interrupted: same batches, same weights. The straight
+    # run goes through the same CLI in this process, on one thread like the subprocesses.
     ref = tmp_path / "straight"
-    subprocess.run(_cli(*args[:-7], "--out", str(ref), "--no-progress", "--device", "cpu", "--seed", "5"),
-                   env=ENV, check=True, capture_output=True)
+    assert main([*args[:-7], "--out", str(ref), "--no-progress", "--device", "cpu", "--seed", "5"]) == 0
     from fiancee.io import load_tensors
 
     a = load_tensors(out / run.latest()["dir"] / "branches.safetensors")

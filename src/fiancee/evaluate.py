@@ -38,11 +38,13 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
     images = route_images(model, inputs, guide=guide)
     reference = images[-1]
     macs = model.route_macs()
-    backbone_stats = None
+    backbone_feats = None
     if fid:
-        from .metrics.fid import compute_stats, frechet_distance
+        from .metrics.fid import fid_from_features, inception_features
 
-        backbone_stats = compute_stats(reference)
+        # Features, not D x D statistics: with n <= 2048 images fid_from_features takes the exact
+        # low-rank route (an n x n SVD instead of two 2048 x 2048 eigendecompositions per exit).
+        backbone_feats = inception_features(reference)
     exits = []
     iterator = range(model.num_routes - 1)
     if progress:
@@ -54,8 +56,8 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
         # 0-based index (model(..., exit=route), route_macs()[route]).
         entry = {"exit": r + 1, "route": r, "after_stage": model.exits[r], "macs": int(macs[r]),
                  "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(), "fid": None}
-        if backbone_stats is not None:
-            entry["fid"] = float(frechet_distance(*compute_stats(images[r]), *backbone_stats))
+        if backbone_feats is not None:
+            entry["fid"] = float(fid_from_features(inception_features(images[r]), backbone_feats))
         exits.append(entry)
     return {"config": RunDir(run_dir).read_config(), "task": task, "model": model, "inputs": inputs,
             "images": images, "macs": macs, "exits": exits}
