@@ -140,3 +140,22 @@ def test_exit_quality_cli_and_refusals(runs, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err and not (tmp_path / "b").exists()
     with pytest.raises(ValueError, match="listed twice"):
         exit_quality([runs[0], runs[0]], n=3)
+
+
+def test_a_backbone_folder_without_a_classifier_is_judged_by_the_shipped_one(tmp_path):
+    import shutil
+
+    from fiancee.tasks.base import weights_dir
+
+    shipped = weights_dir("fashion")
+    run_backbone = tmp_path / "backbone"  # what train-backbone exports: no classifier beside it
+    run_backbone.mkdir()
+    for name in ("backbone.safetensors", "config.json"):
+        shutil.copy(shipped / name, run_backbone / name)
+    ref = evaluate_fashion_backbone(n=6, seed=0, fid=False)
+    got = evaluate_fashion_backbone(weights=run_backbone, n=6, seed=0, fid=False)
+    assert got["label_accuracy"] == ref["label_accuracy"] and got["classifier_fingerprint"] == ref["classifier_fingerprint"]
+    assert got["classifier_fingerprint"] == json.loads((shipped / "classifier.json").read_text())["fingerprint"]
+    assert FashionTask(weights=run_backbone).label_accuracy(torch.zeros(6, 3, 32, 32), 6, 0) is not None
+    with pytest.raises(FileNotFoundError, match="no label classifier in .*empty"):
+        evaluate_fashion_backbone(weights=run_backbone, n=6, seed=0, fid=False, classifier=tmp_path / "empty")

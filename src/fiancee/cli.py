@@ -136,7 +136,7 @@ def _evaluate_backbone(args: argparse.Namespace) -> int:
     from .tasks.fashion import evaluate_fashion_backbone
 
     result = evaluate_fashion_backbone(weights=args.weights, data=args.data, n=args.n, seed=args.seed,
-                                       fid=not args.no_fid, out=args.out)
+                                       fid=not args.no_fid, out=args.out, classifier=args.classifier)
     print(json.dumps(result))
     return 0
 
@@ -454,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate-backbone", help="label accuracy and FID of the fashion backbone",
-        description="Generates from N test label maps; label accuracy by the classifier in the weights folder, "
-                    "FID against the N matching real test images.",
+        description="Generates from N test label maps; label accuracy by the classifier beside the weights "
+                    "(else the shipped one), FID against the N matching real test images.",
         epilog="example: fiancee evaluate-backbone --task fashion --n 1000 --seed 0 --no-fid --out out/fashion_eval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -465,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fid", action="store_true", help="label accuracy only (FID runs Inception, slow on CPU)")
     p.add_argument("--out", default=None, help="also write metrics.json and grid.png here")
+    p.add_argument("--classifier", default=None,
+                   help="folder with classifier.safetensors (default: beside --weights, else the shipped one)")
     p.add_argument("--data", default=None, help="folder with the idx .gz files")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_evaluate_backbone)

@@ -273,14 +273,14 @@ class FashionTask(Task):
         return self.split(split).images[self.sample_indices(n, seed, split)].repeat(1, 3, 1, 1)
 
     def label_accuracy(self, images: torch.Tensor, n: int, seed: int, split: str = "test") -> float | None:
-        """Accuracy of the committed classifier (``classifier.safetensors`` beside the backbone) on generated
-        garments for ``sample_inputs(n, seed, split)``; None when the backbone folder holds no classifier."""
+        """Accuracy of the label classifier (:func:`classifier_folder`: beside the backbone, else the shipped
+        one) on generated garments for ``sample_inputs(n, seed, split)``; None when there is none."""
         from ..classifier import accuracy, load_classifier
 
         if images.shape[0] != n:
             raise ValueError(f"expected the {n} images generated for these inputs; got {images.shape[0]}")
-        folder = self._folder()
-        if not (folder / "classifier.safetensors").is_file():
+        folder = classifier_folder(self._folder())
+        if folder is None:
             return None
         if getattr(self, "_classifier", None) is None:
             self._classifier = load_classifier(folder)
@@ -354,12 +354,22 @@ def fid_reference_sets(task: FashionTask, n: int, seed: int) -> tuple[torch.Tens
     return test.images[task.sample_indices(n, seed, "test")].repeat(1, 3, 1, 1), train.images[idx_train].repeat(1, 3, 1, 1)
 
 
+def classifier_folder(weights: str | os.PathLike | None) -> Path | None:
+    """Where the label classifier for a backbone folder is: ``classifier.safetensors`` beside the backbone,
+    else the shipped one (a backbone being trained is scored by the same fixed judge as the committed
+    one, so its numbers compare); None when neither exists."""
+    for folder in (Path(weights) if weights is not None else None, default_weights_dir()):
+        if folder is not None and (folder / "classifier.safetensors").is_file():
+            return folder
+    return None
+
+
 def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
                               n: int = 1000, seed: int = 0, fid: bool = True, fid_floor: bool = True,
-                              out: str | os.PathLike | None = None) -> dict:
+                              out: str | os.PathLike | None = None, classifier: str | os.PathLike | None = None) -> dict:
     """Label accuracy and FID of the backbone on ``n`` label maps of the real test set.
 
-    - label accuracy: the classifier (``classifier.safetensors`` in the weights folder, trained on
+    - label accuracy: the classifier (``classifier`` folder, default :func:`classifier_folder`; trained on
       the real training set) applied to the generated garments; its accuracy on the real images of
       the same ``n`` test items is reported beside it as the ceiling;
     - FID: generated images vs the real test images the label maps come from (``n`` each; FID is
@@ -374,9 +384,11 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
     check_counts(n=n)
     task = FashionTask(data=data, weights=weights)
     folder = Path(weights) if weights is not None else default_weights_dir()
-    if not (folder / "classifier.safetensors").is_file():
-        raise FileNotFoundError(f"no label classifier in {folder}: run `fiancee train-classifier --task fashion --out {folder}`")
-    clf = load_classifier(folder)
+    clf_folder = Path(classifier) if classifier is not None else classifier_folder(weights)
+    if clf_folder is None or not (clf_folder / "classifier.safetensors").is_file():
+        where = clf_folder if clf_folder is not None else folder
+        raise FileNotFoundError(f"no label classifier in {where}: run `fiancee train-classifier --task fashion --out {where}`")
+    clf = load_classifier(clf_folder)
     model = task.load_backbone()
     idx = task.sample_indices(n, seed, "test")
     label, z = task.sample_inputs(n, seed, "test")
@@ -385,6 +397,8 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
     fake = generate(model, label, z)  # [n, 3, 32, 32]
     result = {
         "n": n, "seed": seed, "weights_fingerprint": read_json(folder / "config.json").get("fingerprint"),
+        "classifier_fingerprint": read_json(clf_folder / "classifier.json").get("fingerprint")
+        if (clf_folder / "classifier.json").is_file() else None,
         "label_accuracy": round(accuracy(clf, fake, classes), 4),
         "real_label_accuracy": round(accuracy(clf, real, classes), 4),
     }
