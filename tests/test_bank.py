@@ -269,3 +269,44 @@ def test_a_key_function_named_module_attr_is_recorded_and_resolved_again(tmp_pat
     assert torch.equal(loaded.search(h), torch.arange(6)[:, None])  # every input finds itself
     with pytest.raises(ValueError, match="cannot import module 'no_such_keys'"):
         BankSpec(mode="global", key_function="no_such_keys:f")
+
+
+def test_an_exit_run_keeps_its_own_copy_of_the_bank(faces, tmp_path, one_thread):
+    """A run trained with --bank is complete by itself: it loads after the user's bank folder is gone and
+    the run moved, its export carries the bank, and a resume must name the same bank."""
+    import shutil
+
+    from fiancee.train.exits import load_exits, make_config, run_bank_path, run_guide, train_exits
+    from fiancee.train.run import RunDir
+
+    _faces_bank(faces, k=8).save(tmp_path / "user_bank")
+    config = make_config("faces", preset="smoke", steps=1, batch_size=2, checkpoint_every=1, bank=str(tmp_path / "user_bank"))
+    train_exits(config, tmp_path / "run", device="cpu", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["bank"] == "bank" and str(tmp_path) not in json.dumps(saved)  # no path of the machine in the run
+    copy = json.loads((tmp_path / "run" / "bank" / "manifest.json").read_text())
+    assert copy == json.loads((tmp_path / "user_bank" / "manifest.json").read_text())
+
+    # Another bank (same backbone, another size) or none: a resume is refused before any step.
+    _faces_bank(faces, k=12).save(tmp_path / "other_bank")
+    later = make_config("faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1, bank=str(tmp_path / "other_bank"))
+    with pytest.raises(ValueError, match="not the bank the run was trained with"):
+        train_exits(later, tmp_path / "run", resume=True, device="cpu", progress=False)
+    none = make_config("faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1)
+    with pytest.raises(ValueError, match="trained with a bank, this command passes none"):
+        train_exits(none, tmp_path / "run", resume=True, device="cpu", progress=False)
+
+    shutil.rmtree(tmp_path / "user_bank")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    task, model = load_exits(tmp_path / "moved")
+    assert run_bank_path(tmp_path / "moved") == (tmp_path / "moved" / "bank").resolve()
+    z, = task.sample_inputs(2, seed=0, split="test")
+    assert model(z, exit=0, guide=run_guide(tmp_path / "moved", model)).shape == (2, 3, 64, 64)
+    slim = RunDir(tmp_path / "moved").export(tmp_path / "slim")
+    assert (slim / "bank" / "manifest.json").is_file() and load_exits(slim)[1].guide_spec is not None
+
+    # A config naming a bank outside the run (written before runs kept a copy) is refused with the way out.
+    legacy = json.loads((slim / "config.json").read_text())
+    (slim / "config.json").write_text(json.dumps({**legacy, "bank": str(tmp_path / "other_bank")}))
+    with pytest.raises(ValueError, match="must be 'bank' \\(the run's own copy of its bank\\)"):
+        load_exits(slim)

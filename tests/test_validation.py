@@ -699,6 +699,15 @@ def _(ctx):
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
 
 
+@case("exit run whose config `bank` names a folder outside the run", "fiancee evaluate-exits",
+      "field 'bank' must be 'bank' (the run's own copy of its bank)", cli=True)
+def _(ctx):
+    run = ctx.run_copy("run_bank_outside")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "bank": str(ctx.faces_bank)}))
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+
+
 # Folders: manifests checked against what they describe; strict JSON
 
 

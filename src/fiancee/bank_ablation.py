@@ -39,6 +39,7 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
     ``lpips_kde.png`` and ``start_images.png`` under ``out``; returns the JSON report."""
     from .extras import require
     from .plots import save_grid, save_kde_panels
+    from .train.exits import run_bank_path
     from .train.run import RunDir
 
     require("matplotlib", "the ablation's KDE plot")
@@ -67,7 +68,7 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
     budget = {k: ca.get(k) for k in BUDGET_KEYS}
     report = {
         "task": ca["task"], "n": n, "seed": seed, "lpips_net": "alex", "fid_reference": "backbone images of the same inputs",
-        "runs": {"without": str(nobank_run), "with": str(bank_run)}, "bank": cb["bank"], "budget": budget,
+        "runs": {"without": str(nobank_run), "with": str(bank_run)}, "bank": str(run_bank_path(bank_run)), "budget": budget,
         "exits": rows,
         "per_image_lpips": {"without": [e["lpips"].round(5).tolist() for e in a["exits"]],
                             "with": [e["lpips"].round(5).tolist() for e in b["exits"]]},
@@ -83,7 +84,7 @@ def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path,
     # Fig. S12 analogue: backbone image, start image (retrieved), exit 1 (route 0) with and without the bank.
     from .bank import load_bank, start_images
 
-    bank = load_bank(cb["bank"], b["model"].backbone)
+    bank = load_bank(run_bank_path(bank_run), b["model"].backbone)
     cols = min(grid_columns, n)
     head = tuple(x[:cols] for x in b["inputs"])
     backbone_img, start = start_images(bank, b["model"].backbone, head)

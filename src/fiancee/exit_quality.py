@@ -58,6 +58,7 @@ def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool
     gives the same images.
     """
     from .evaluate import measure_exits
+    from .train.exits import run_bank_path
 
     m = measure_exits(run_dir, n=n, seed=seed, fid=False, device=device)
     task, images, macs = m["task"], m["images"], m["macs"]
@@ -80,7 +81,8 @@ def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool
                                 accuracy)
     rows.append(dict(cache[key]))
     config = m["config"]
-    return {"run": str(run_dir), "task": task.name, "bank": config.get("bank"), "seed": config.get("seed"),
+    bank = run_bank_path(run_dir)
+    return {"run": str(run_dir), "task": task.name, "bank": None if bank is None else str(bank), "seed": config.get("seed"),
             "config": {k: config.get(k) for k in SHARED_KEYS}, "fid_reference": None if real_feats is None else "real images",
             "rows": rows, "per_image_lpips": [e["lpips"] for e in m["exits"]]}
 

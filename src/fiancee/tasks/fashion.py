@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
 from ..backbones.oasis_discriminator import UNetDiscriminator
-from ..io import build_bounded, load_tensors, read_json
+from ..io import build_bounded, load_tensors, read_json, tensor_fingerprint
 from .base import InputSpec, Task, check_split, find_weights, weights_dir
 
 __all__ = [
@@ -396,7 +396,8 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
     real, classes = test.images[idx], test.classes[idx]
     fake = generate(model, label, z)  # [n, 3, 32, 32]
     result = {
-        "n": n, "seed": seed, "weights_fingerprint": read_json(folder / "config.json").get("fingerprint"),
+        # Of the weights evaluated, not re-read from the folder: a training run re-exports it meanwhile.
+        "n": n, "seed": seed, "weights_fingerprint": tensor_fingerprint(model.state_dict()),
         "classifier_fingerprint": read_json(clf_folder / "classifier.json").get("fingerprint")
         if (clf_folder / "classifier.json").is_file() else None,
         "label_accuracy": round(accuracy(clf, fake, classes), 4),

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
-from ..io import RunLock, check_replaceable, folder_kind, tensor_fingerprint
+from ..io import RunLock, check_replaceable, folder_kind, resolve_inside, tensor_fingerprint
 from ..tasks.base import declared_inputs
 from .critics import CRITIC_KINDS, Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
@@ -107,7 +107,7 @@ def make_config(task: str, *, scale: str | None = None, min_channels: int | None
     return cfg
 
 
-def build_exits(task, backbone, scale: str, min_channels: int | None, bank: str | None = None) -> ExitGenerator:
+def build_exits(task, backbone, scale: str, min_channels: int | None, bank: str | Path | None = None) -> ExitGenerator:
     """The task's exits around its backbone (guide channels reserved when a bank is used)."""
     guide = None
     if bank is not None:
@@ -134,6 +134,8 @@ class _Branches(nn.Module):
 
 # Inputs the inherited initialisation scores channels on (a fixed draw of the training split).
 INHERIT_INPUTS = 256
+# The folder inside a run that holds its copy of the bank it was trained with (run_bank_path).
+RUN_BANK = "bank"
 
 
 class _Critics(nn.Module):
@@ -254,16 +256,24 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         print(task.critic_note(), file=sys.stderr)
     if resume:
         saved = run.read_config()
+        _check_resume_bank(run, saved, config)
         if saved.get("critic_kind", kind) != kind:
             raise ValueError(f"cannot resume {run.path}: its critics are {saved.get('critic_kind')!r}, this command "
                              f"would build {kind!r} (the backbone folder gained or lost its discriminator?)")
         saved = {"init": "random", **saved}  # runs written before the option existed
         saved["recipe"] = Recipe.from_dict(saved["recipe"]).to_dict() if isinstance(saved.get("recipe"), dict) else saved.get("recipe")
-        for key in ("task", "scale", "min_channels", "recipe", "bank", "init"):
+        for key in ("task", "scale", "min_channels", "recipe", "init"):
             if saved.get(key) != config.to_dict()[key]:
                 raise ValueError(f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}")
     elif env.is_main:
-        run.write_config({**config.to_dict(), "kind": "exits", "exits": list(task.exits), "critic_kind": kind})
+        if config.bank is not None:
+            # The run keeps its own copy of the bank: a run folder (and the exits shipped from one) is
+            # complete by itself, and nothing it loads lies outside it (docs/errors.md).
+            from ..bank import load_bank
+
+            load_bank(config.bank, task.load_backbone("cpu")).save(run.path / RUN_BANK)
+        run.write_config({**config.to_dict(), "bank": None if config.bank is None else RUN_BANK, "kind": "exits",
+                          "exits": list(task.exits), "critic_kind": kind})
 
     torch.manual_seed(config.seed)
     backbone = task.load_backbone(env.device)
@@ -429,7 +439,7 @@ def load_exits(run_dir: str | Path, device: str | torch.device = "cpu"):
         raise ValueError(f"{run.path} was trained with exits after stages {config['exits']}, but task {config['task']!r} "
                          f"now declares {list(task.exits)}: the branches would not fit")
     backbone = task.load_backbone(device)
-    model = build_exits(task, backbone, config["scale"], config["min_channels"], config.get("bank")).to(device)
+    model = build_exits(task, backbone, config["scale"], config["min_channels"], run_bank_path(run.path)).to(device)
     ckpt = run.load_checkpoint(["branches"], device=device)
     if ckpt is None:
         raise ValueError(f"{run.path} has no checkpoint yet (latest.json missing): train first")
@@ -437,9 +447,37 @@ def load_exits(run_dir: str | Path, device: str | torch.device = "cpu"):
     return task, model.eval()
 
 
-def run_bank_path(run_dir: str | Path) -> str | None:
-    """The bank folder an exit run was trained with (its config's ``bank``), or None."""
-    return RunDir(run_dir).read_config().get("bank")
+def run_bank_path(run_dir: str | Path) -> Path | None:
+    """The run's copy of the bank it was trained with (``RUN/bank``, its config's ``bank``), or None.
+
+    The entry must name a folder inside the run: runs written before runs kept a copy named the user's
+    bank folder instead, and are refused with the way out."""
+    run = RunDir(run_dir)
+    entry = run.read_config().get("bank")
+    if entry is None:
+        return None
+    if entry != RUN_BANK:
+        raise ValueError(f"{run.config_path}: field 'bank' must be {RUN_BANK!r} (the run's own copy of its bank); got "
+                         f"{entry!r}: copy that bank there (`fiancee.bank.load_bank(...).save(RUN/{RUN_BANK})`) and set the "
+                         f"field to {RUN_BANK!r}")
+    return resolve_inside(run.path, entry, "config.json's 'bank' entry")
+
+
+def _check_resume_bank(run: RunDir, saved: dict, config: ExitTrainConfig) -> None:
+    """A resumed run keeps the bank it started with: the command must pass one exactly when the run has one,
+    and it must be the same bank (its manifest equals the run's copy's)."""
+    has = saved.get("bank") is not None
+    if has != (config.bank is not None):
+        raise ValueError(f"cannot resume {run.path}: it was trained {'with' if has else 'without'} a bank, this command "
+                         f"passes {'none' if config.bank is None else '--bank ' + str(config.bank)}")
+    if has:
+        from ..io import read_json
+
+        mine = read_json(run_bank_path(run.path) / "manifest.json")
+        given = read_json(Path(config.bank) / "manifest.json")
+        if mine != given:
+            raise ValueError(f"cannot resume {run.path}: --bank {config.bank} is not the bank the run was trained with "
+                             f"(its copy {run.path / RUN_BANK} has another manifest)")
 
 
 def run_guide(run_dir: str | Path, model: ExitGenerator):

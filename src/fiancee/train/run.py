@@ -143,8 +143,9 @@ class RunDir:
         return components, read_json(resolve_inside(folder, "state.json"))
 
     def export(self, out: str | os.PathLike, components: tuple[str, ...] = ("branches",)) -> Path:
-        """Copy config, stats and the last checkpoint's ``components`` into a slim run folder at ``out``
-        (what inference needs, without critics or optimizer state): small enough to commit."""
+        """Copy config, stats, the last checkpoint's ``components`` and the run's copy of its bank (the
+        config's ``bank`` folder, if any) into a slim run folder at ``out`` (what inference needs, without
+        critics or optimizer state): small enough to commit."""
         latest = self.latest()
         if latest is None:
             raise ValueError(f"{self.path} has no checkpoint to export")
@@ -158,6 +159,9 @@ class RunDir:
             for name in components:
                 save_tensors(dst / f"{name}.safetensors", load_tensors(resolve_inside(src, f"{name}.safetensors")))
             write_json(dst / "state.json", {"step": latest["step"]})
+            if config.get("bank") is not None:
+                bank = resolve_inside(self.path, config["bank"], "config.json's 'bank' entry")
+                shutil.copytree(bank, resolve_inside(tmp, config["bank"], "config.json's 'bank' entry"), symlinks=False)
             slim = RunDir(tmp)
             slim.write_config(config)
             atomic_write_text(slim.stats_path, "".join(json.dumps(r) + "\n" for r in self.read_stats()))
