@@ -139,3 +139,24 @@ def test_cli_sample_fashion(tmp_path, subset):
     assert main(["sample", "--task", "fashion", "--data", str(subset), "--out", str(tmp_path), "--n", "4"]) == 0
     assert len(list(tmp_path.glob("sample_*.png"))) == 4 and (tmp_path / "grid.png").is_file()
     assert main(["sample", "--task", "fashion", "--data", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+
+
+def test_the_shipped_exits_are_oasis_exits_of_the_shipped_backbone(task, one_thread):
+    """fiancee/weights/fashion/exits: trained with critics copied from the backbone's discriminator
+    (eq. 3), loadable by the recorded spec, and close to the backbone (docs/fashion.md has the
+    full measurement)."""
+    from fiancee.tables import per_image_lpips
+    from fiancee.train.exits import load_exits
+    from fiancee.train.run import RunDir
+
+    run = get_task("fashion").pretrained_exits()
+    config = RunDir(run).read_config()
+    assert config["task"] == "fashion" and config["critic_kind"] == "oasis" and config["bank"] is None
+    loaded_task, model = load_exits(run)
+    macs = model.route_macs()
+    assert macs == sorted(macs) and macs[0] < 0.45 * macs[-1]
+    inputs = task.sample_inputs(16, seed=0, split="test")
+    with torch.no_grad():
+        ref = model(*inputs, exit=model.num_routes - 1)
+        first = model(*inputs, exit=0)
+    assert per_image_lpips(first, ref, loaded_task.to_lpips_images).mean() < 0.1

@@ -76,13 +76,22 @@ def test_a_backbone_folder_without_a_discriminator_still_loads_and_falls_back_to
         load_fashion_discriminator(folder)
 
 
-def test_committed_backbone_has_no_discriminator_and_an_explicit_oasis_critic_is_refused_before_writing(tmp_path, monkeypatch):
+def test_the_committed_backbone_ships_its_discriminator_and_a_folder_without_one_refuses_oasis(tmp_path, monkeypatch):
+    from fiancee.tasks.base import weights_dir
+
     monkeypatch.delenv("FIANCEE_WEIGHTS", raising=False)
     task = FashionTask()
-    if task.load_discriminator() is not None:  # the committed folder gained its discriminator
-        assert task.critic_kind == "oasis"
-        return
-    assert task.critic_kind == "dcgan"
+    assert task.load_discriminator() is not None and task.critic_kind == "oasis"  # eq. 3 by default
+    # The same backbone without its discriminator: fresh critics by default, an explicit oasis refused.
+    shipped = weights_dir("fashion")
+    (tmp_path / "w" / "fashion").mkdir(parents=True)
+    for name in ("backbone.safetensors", "config.json", "classifier.safetensors", "classifier.json"):
+        shutil.copy(shipped / name, tmp_path / "w" / "fashion" / name)
+    config_json = json.loads((tmp_path / "w" / "fashion" / "config.json").read_text())
+    config_json.pop("discriminator", None)
+    (tmp_path / "w" / "fashion" / "config.json").write_text(json.dumps(config_json))
+    monkeypatch.setenv("FIANCEE_WEIGHTS", str(tmp_path / "w"))
+    assert FashionTask().critic_kind == "dcgan"
     config = make_config("fashion", preset="smoke", steps=1, batch_size=2, recipe_overrides={"critic": "oasis"})
     with pytest.raises(ValueError, match="oasis critic copies the backbone's own discriminator"):
         train_exits(config, tmp_path / "run", progress=False)
