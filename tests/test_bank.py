@@ -153,6 +153,11 @@ def test_fashion_patch_bank_searches_each_patch_in_its_class(fashion, tmp_path):
     bank = build_feature_bank(backbone, inputs, spec, label_channels=11, task="fashion", population=pop)
     counts = {int(c): n for c, n in bank.manifest["per_class_counts"].items()}
     assert counts[0] == 40 and all(n <= 40 for n in counts.values())
+    # The worst case a pipeline charges: every patch against the largest index it can reach; the whole-bank
+    # index only serves classes without their own, so it counts only when some class lacks one.
+    d = bank.keys.shape[1]
+    reach = max(counts.values()) if len(counts) == 11 else max(len(bank), max(counts.values()))
+    assert bank.search_macs_bound() == 16 * reach * d
     bank.save(tmp_path / "bank")
     assert (tmp_path / "bank" / "index_class_0.faiss").is_file()
     loaded = load_bank(tmp_path / "bank", backbone)

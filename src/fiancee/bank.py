@@ -510,7 +510,12 @@ class FeatureBank:
         index it may search (exact for a bank without classes). Approximate indexes: the same bound
         (they compute fewer distances; :meth:`search_with_macs` gives their measured count)."""
         q = self.grid[0] * self.grid[1] if self.mode == "patch" else 1
-        return q * max(int(i.ntotal) for i in self.indexes.values()) * int(self.keys.shape[1])
+        reachable = [i for k, i in self.indexes.items() if k != "all"] if self.label_channels is not None else []
+        # The whole-bank index serves only classes without their own index (or banks without classes).
+        if self.mode == "global" or self.label_channels is None or any(
+                c not in self.indexes for c in range(int(self.label_channels))):
+            reachable.append(self.indexes["all"])
+        return q * max(int(i.ntotal) for i in reachable) * int(self.keys.shape[1])
 
     def _values_on(self, device: torch.device) -> torch.Tensor:
         key = str(device)
