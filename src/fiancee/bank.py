@@ -510,7 +510,7 @@ class FeatureBank:
         index it may search (exact for a bank without classes). Approximate indexes: the same bound
         (they compute fewer distances; :meth:`search_with_macs` gives their measured count)."""
         q = self.grid[0] * self.grid[1] if self.mode == "patch" else 1
-        reachable = [i for k, i in self.indexes.items() if k != "all"] if self.label_channels is not None else []
+        reachable = [i for k, i in self.indexes.items() if k != "all"]
         # The whole-bank index serves only classes without their own index (or banks without classes).
         if self.mode == "global" or self.label_channels is None or any(
                 c not in self.indexes for c in range(int(self.label_channels))):

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
-from ..io import RunLock, check_replaceable, folder_kind, resolve_inside, tensor_fingerprint
+from ..io import RunLock, check_replaceable, folder_kind, read_json, resolve_inside, tensor_fingerprint
 from ..tasks.base import declared_inputs
 from .critics import CRITIC_KINDS, Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
@@ -107,13 +107,14 @@ def make_config(task: str, *, scale: str | None = None, min_channels: int | None
     return cfg
 
 
-def build_exits(task, backbone, scale: str, min_channels: int | None, bank: str | Path | None = None) -> ExitGenerator:
-    """The task's exits around its backbone (guide channels reserved when a bank is used)."""
+def build_exits(task, backbone, scale: str, min_channels: int | None, bank=None) -> ExitGenerator:
+    """The task's exits around its backbone (guide channels reserved when a bank is used: a bank folder,
+    or a :class:`fiancee.bank.FeatureBank` already loaded for this backbone)."""
     guide = None
     if bank is not None:
-        from ..bank import load_bank
+        from ..bank import FeatureBank, load_bank
 
-        guide = load_bank(bank, backbone).guide_spec
+        guide = (bank if isinstance(bank, FeatureBank) else load_bank(bank, backbone)).guide_spec
     mc = task.default_min_channels if min_channels is None else int(min_channels)
     return ExitGenerator(backbone, task.exits, scale, mc, guide=guide)
 
@@ -265,24 +266,24 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         for key in ("task", "scale", "min_channels", "recipe", "init"):
             if saved.get(key) != config.to_dict()[key]:
                 raise ValueError(f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}")
-    elif env.is_main:
-        if config.bank is not None:
-            # The run keeps its own copy of the bank: a run folder (and the exits shipped from one) is
-            # complete by itself, and nothing it loads lies outside it (docs/errors.md).
-            from ..bank import load_bank
-
-            load_bank(config.bank, task.load_backbone("cpu")).save(run.path / RUN_BANK)
-        run.write_config({**config.to_dict(), "bank": None if config.bank is None else RUN_BANK, "kind": "exits",
-                          "exits": list(task.exits), "critic_kind": kind})
 
     torch.manual_seed(config.seed)
     backbone = task.load_backbone(env.device)
-    model = build_exits(task, backbone, config.scale, config.min_channels, config.bank).to(env.device)
-    guide_fn = None
+    bank = None
     if config.bank is not None:
         from ..bank import load_bank
 
-        guide_fn = load_bank(config.bank, backbone).guide
+        bank = load_bank(config.bank, backbone)  # once: the branches' guide channels, the guide, the run's copy
+    if not resume and env.is_main:
+        if bank is not None:
+            # The run keeps its own copy of the bank, written before the config that names it: a run
+            # folder (and the exits shipped from one) is complete by itself, and nothing it loads lies
+            # outside it (docs/errors.md).
+            bank.save(run.path / RUN_BANK)
+        run.write_config({**config.to_dict(), "bank": None if bank is None else RUN_BANK, "kind": "exits",
+                          "exits": list(task.exits), "critic_kind": kind})
+    model = build_exits(task, backbone, config.scale, config.min_channels, bank).to(env.device)
+    guide_fn = None if bank is None else bank.guide
     backbone.eval().requires_grad_(False)
     if config.init == "inherit":
         # Before any checkpoint is loaded: a resumed run overwrites these weights, a fresh one starts here.
@@ -471,8 +472,6 @@ def _check_resume_bank(run: RunDir, saved: dict, config: ExitTrainConfig) -> Non
         raise ValueError(f"cannot resume {run.path}: it was trained {'with' if has else 'without'} a bank, this command "
                          f"passes {'none' if config.bank is None else '--bank ' + str(config.bank)}")
     if has:
-        from ..io import read_json
-
         mine = read_json(run_bank_path(run.path) / "manifest.json")
         given = read_json(Path(config.bank) / "manifest.json")
         if mine != given:
