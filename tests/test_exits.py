@@ -11,14 +11,14 @@ from fiancee.metrics.macs import count_macs
 from fiancee.staged import StagedSequential
 
 
-def tiny_dcgan() -> StagedSequential:
+def tiny_dcgan(**kwargs) -> StagedSequential:
     seq = nn.Sequential(
         nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=False), nn.BatchNorm2d(32), nn.ReLU(),  # 4x4
         nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),  # 8x8
         nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),  # 16x16
         nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False), nn.Tanh(),  # 32x32
     )
-    return StagedSequential(seq, [0, 3, 6, 9], example_input=torch.randn(1, 16, 1, 1))
+    return StagedSequential(seq, [0, 3, 6, 9], example_input=torch.randn(1, 16, 1, 1), **kwargs)
 
 
 def build(name: str, seed: int = 0, guide: GuideSpec | None = None) -> ExitGenerator:
@@ -124,7 +124,8 @@ def test_meta_count_equals_real_count():
 
 def test_guide_first_block_grows_by_half():
     model = build("oasis", guide=GuideSpec("first", channels=6))
-    for branch in model.branches:
+    assert model.guided[0]
+    for branch in (b for b, g in zip(model.branches, model.guided) if g):
         c_in = branch.block_channels[0][0]
         assert branch.guide_extra == [c_in // 2] + [0] * (len(branch.block_channels) - 1)
         first_conv = branch.blocks[0].block.norm_0.norm.num_features
@@ -299,3 +300,43 @@ def test_inherited_guide_channels_start_at_zero():
     reference = plain.backbone(*x)
     for r in range(guided.num_routes - 1):
         assert torch.allclose(guided.route(*x, exit=r, guide=g), reference, atol=1e-5)
+
+
+def test_a_guide_that_would_make_a_route_dearer_than_the_backbone_is_left_out():
+    # The tiny OASIS's last branch reads full-width features at the highest resolution: x1.5 input channels
+    # plus the adapter would cost more than the backbone's last stage, so that branch is built unguided.
+    plain = build("oasis")
+    model = build("oasis", guide=GuideSpec("first", channels=6))
+    costs = model.route_macs()
+    last = len(model.exits) - 1
+    assert model.guided == [True] * last + [False]
+    assert max(costs[:-1]) <= costs[-1]
+    assert costs[last] == plain.route_macs()[last]  # the capped route costs what it does without a bank
+    kept = model.branches[last]
+    model.branches[last] = type(kept)(model.backbone, model.exits[last], model.scale, model.min_channels,
+                                      GuideSpec("first", channels=6))
+    assert model.route_cost(last) > costs[-1]  # what the cap avoided
+    model.branches[last] = kept
+    # The unguided branch ignores whatever guide the others get.
+    inputs = model.backbone.example_inputs(2)
+    guide = _guide_for(model, 2)
+    torch.testing.assert_close(model(*inputs, exit=last, guide=guide), model(*inputs, exit=last, guide=guide + 1.0))
+
+
+def test_a_route_dearer_than_the_backbone_is_refused_before_training():
+    # A user's generator whose exit head is far wider than its own output layer.
+    def dear_head(piece: nn.Module, in_channels: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_channels, 512, 3, padding=1), nn.Conv2d(512, 3, 3, padding=1))
+
+    dear = tiny_dcgan(narrow_head=dear_head)
+    with pytest.raises(ValueError, match=r"exit after stage 1 would cost .* more than the backbone's"):
+        ExitGenerator(dear, [1, 2], "1/2", 4)
+
+
+def test_building_exits_leaves_the_backbone_in_its_mode():
+    # The cost check counts MACs in eval mode; it must not put a frozen (eval) backbone back into training
+    # mode, where a forward would update its BatchNorm statistics and change its fingerprint.
+    backbone = tiny_dcgan().eval()
+    model = ExitGenerator(backbone, [1, 2], "1/2", 4)
+    assert model.training and model.branches[0].training
+    assert not any(m.training for m in backbone.modules())

@@ -87,6 +87,13 @@ def test_noise_recipe_crosses_maps_with_fixed_noises():
     _, z_new = sample_table_inputs(task, 2, 0, "test", noises=4, noise_seed=6)
     assert torch.equal(z_same[:4], z[:4]) and not torch.equal(z_new[:4], z[:4])
     assert not torch.equal(held[0], label[0])  # held-out maps
+    # Table S3's set: every held-out map once, taking the training noises in turn (6 maps, K = 4).
+    paired_maps, z_paired = sample_table_inputs(task, 6, 0, "test", noises=4, noise_seed=5, pairing="pair")
+    plain_maps, z_own = sample_table_inputs(task, 6, 0, "test")
+    assert torch.equal(paired_maps, plain_maps) and z_paired.shape == z_own.shape
+    assert torch.equal(z_paired[:4], z[:4]) and torch.equal(z_paired[4:], z[:2])
+    with pytest.raises(ValueError, match="pairing must be"):
+        sample_table_inputs(task, 6, 0, "test", noises=4, pairing="zip")
     with pytest.raises(ValueError, match="no label map"):
         sample_table_inputs(get_task("faces"), 3, 0, "train", noises=4)
 
@@ -220,7 +227,8 @@ def test_error_report_sets(faces, tmp_path):
     lp = QualityPredictor("conv", 2, [[label_task.backbone.config.label_channels, 32, 32], [label_task.backbone.config.z_dim]],
                           width=8, hidden=(16,))
     rep = predictor_error(lp, lmodel, label_task, n=2, train_noises=3, cache=False)
-    assert list(rep["sets"]) == ["train_noises", "new_noises"] and rep["sets"]["new_noises"]["n"] == 6
+    assert list(rep["sets"]) == ["train_noises", "new_noises"]
+    assert rep["sets"]["train_noises"]["n"] == rep["sets"]["new_noises"]["n"] == 2  # n maps, one noise each
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -344,6 +344,28 @@ def _(ctx):
     ExitGenerator(ctx.oasis.backbone, (1, 4), "1/2", 4)
 
 
+@case("a branch whose route costs more than the backbone (a user's wide exit head)", "ExitGenerator",
+      "the exit after stage 1 would cost 8.4 MMACs per input, more than the backbone's 0.4: drop it from the exits "
+      "or narrow the branches (scale 1/2, min_channels 4)")
+def _(ctx):
+    from torch import nn
+
+    from fiancee.staged import StagedSequential
+
+    seq = nn.Sequential(
+        nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False), nn.Tanh(),
+    )
+
+    def dear_head(piece, in_channels):  # far wider than the backbone's own output layer
+        return nn.Sequential(nn.Conv2d(in_channels, 512, 3, padding=1), nn.Conv2d(512, 3, 3, padding=1))
+
+    dear = StagedSequential(seq, [0, 3, 6, 9], example_input=torch.randn(1, 16, 1, 1), narrow_head=dear_head)
+    ExitGenerator(dear, [1, 2], "1/2", 4)
+
+
 @case("threshold 0", "FianceePipeline.__call__ / Router.route", "threshold must lie in (0, 1] (LPIPS); got 0.0")
 def _(ctx):
     ThresholdRouter().route(torch.full((2, 3), 0.05), 0)

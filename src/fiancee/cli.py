@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("predictor", help="predictor folder of fiancee train-predictor")
     p.add_argument("--run", default=None, help="exit run (default: the run the predictor was trained on)")
-    p.add_argument("--n", type=int, default=500, help="held-out inputs in all (label-map tasks: n/K test maps x the K training noises, and x K new ones)")
+    p.add_argument("--n", type=int, default=500, help="held-out inputs (label-map tasks: n test maps, each with one of the K training noises and each with a new one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out inputs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")

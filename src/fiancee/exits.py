@@ -328,6 +328,41 @@ class ExitGenerator(nn.Module):
         self.min_channels = int(min_channels)
         self.guide_spec = guide
         self.branches = nn.ModuleList(Branch(backbone, k, self.scale, self.min_channels, guide) for k in exits)
+        self._cap_costs()
+
+    def _cap_costs(self) -> None:
+        """No route may cost more than the backbone: the router would never pick it.
+
+        The guide widens a branch's first block by half its input (S1.1.1) and adds the adapter conv;
+        after a deep stage, where the branch's first block reads the backbone's full-width features at a
+        high resolution, that can exceed what the backbone spends on the remaining stages (fashion's exit
+        3 with the patch bank: 142 vs 124 MMACs). Such a branch is built without the guide (the bank's
+        benefit is largest on the shallow exits anyway, Table S1); a route that costs more than the
+        backbone even so is refused here, before any training.
+        """
+        full = self.route_cost(self.num_routes - 1)
+        for i, k in enumerate(self.exits):
+            if self.branches[i].guide_spec is not None and self.route_cost(i) > full:
+                self.branches[i] = Branch(self.backbone, k, self.scale, self.min_channels, None)
+        for i, k in enumerate(self.exits):
+            cost = self.route_cost(i)
+            if cost > full:
+                raise ValueError(
+                    f"the exit after stage {k} would cost {cost / 1e6:.1f} MMACs per input, more than the backbone's "
+                    f"{full / 1e6:.1f}: drop it from the exits or narrow the branches (scale {self.scale}, "
+                    f"min_channels {self.min_channels})")
+
+    @property
+    def guided(self) -> list[bool]:
+        """Per exit, whether its branch reads the bank's guide (see :meth:`_cap_costs`)."""
+        return [b.guide_spec is not None for b in self.branches]
+
+    def route_cost(self, route: int, batch_size: int = 1) -> int:
+        """MACs of one route for ``batch_size`` inputs (the bank's search is counted by the bank)."""
+        from .metrics.macs import count_macs
+
+        return count_macs(self, *self.backbone.example_inputs(batch_size), exit=route,
+                          guide=self._meta_guide(batch_size))
 
     def inherit_(self, importance: Sequence[torch.Tensor]) -> dict:
         """Initialise every branch from the backbone's weights (:meth:`Branch.inherit_`)."""
@@ -473,10 +508,7 @@ class ExitGenerator(nn.Module):
 
     def route_macs(self, batch_size: int = 1) -> list[int]:
         """MACs of every route for ``batch_size`` inputs, shallowest first, the backbone last."""
-        from .metrics.macs import count_macs
-
-        return [count_macs(self, *self.backbone.example_inputs(batch_size), exit=r, guide=self._meta_guide(batch_size))
-                for r in range(self.num_routes)]
+        return [self.route_cost(r, batch_size) for r in range(self.num_routes)]
 
     def _meta_guide(self, batch_size: int) -> Guide:
         if self.guide_spec is None:

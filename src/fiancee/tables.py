@@ -20,7 +20,7 @@ import torch
 
 from .io import cache_dir, load_tensors, save_tensors, tensor_fingerprint
 from .predictor import QualityPredictor, error_summary, exits_fingerprints, predict
-from .tasks.base import cross_noises, declared_inputs
+from .tasks.base import cross_noises, declared_inputs, pair_noises
 
 __all__ = ["route_images", "per_image_lpips", "sample_table_inputs", "build_lpips_table", "predictor_error"]
 
@@ -50,19 +50,23 @@ def per_image_lpips(images: torch.Tensor, reference: torch.Tensor, to_metric, ne
 
 
 def sample_table_inputs(task, n: int, seed: int, split: str, noises: int | torch.Tensor | None = None,
-                        noise_seed: int = 0) -> tuple[torch.Tensor, ...]:
+                        noise_seed: int = 0, pairing: str = "cross") -> tuple[torch.Tensor, ...]:
     """Generator inputs of a table. Without ``noises``: ``task.sample_inputs(n, seed, split)``.
 
     With ``noises`` (tasks with a label map or conditions; paper S1.1.2): ``n`` draws of ``split``
     crossed with a fixed set of noise draws (``K`` drawn from ``noise_seed``, or the ``[K, ...]``
-    tensor(s)): ``n * K`` inputs, draw-major (:func:`fiancee.tasks.base.cross_noises`). Reusing the
-    training noises with held-out maps gives Table S3's set; new noises give Table S4's.
+    tensor(s)): ``n * K`` inputs, draw-major (:func:`fiancee.tasks.base.cross_noises`). With
+    ``pairing="pair"`` the ``n`` draws take the fixed noises in turn instead (``n`` inputs,
+    :func:`fiancee.tasks.base.pair_noises`): held-out maps with the training noises, Table S3's set.
     """
+    if pairing not in ("cross", "pair"):
+        raise ValueError(f"pairing must be 'cross' or 'pair'; got {pairing!r}")
     inputs = task.sample_inputs(n, seed, split)
     declared_inputs(task, inputs)
     if noises is None:
         return inputs
-    return cross_noises(task, inputs, noises, noise_seed + 7_777_777)
+    join = cross_noises if pairing == "cross" else pair_noises
+    return join(task, inputs, noises, noise_seed + 7_777_777)
 
 
 def _table_key(fps: dict, inputs: tuple[torch.Tensor, ...], guide_key: str | None, net: str) -> str:
@@ -74,7 +78,8 @@ def _table_key(fps: dict, inputs: tuple[torch.Tensor, ...], guide_key: str | Non
 
 @torch.no_grad()
 def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, cache: bool | str | Path = True, *,
-                      noises: int | torch.Tensor | None = None, noise_seed: int = 0, guide_key: str | None = None,
+                      noises: int | torch.Tensor | None = None, noise_seed: int = 0, pairing: str = "cross",
+                      guide_key: str | None = None,
                       batch_size: int = 128, net: str = "alex", progress: bool = False) -> dict:
     """Inputs x the true LPIPS of every exit vs the backbone (section 3.2's labels S).
 
@@ -84,7 +89,7 @@ def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, ca
     a callable ``guide`` (a bank) cannot be hashed, so pass ``guide_key`` (e.g. the bank's folder and
     fingerprint) or the table is not cached.
     """
-    inputs = tuple(x.cpu() for x in sample_table_inputs(task, n, seed, split, noises, noise_seed))
+    inputs = tuple(x.cpu() for x in sample_table_inputs(task, n, seed, split, noises, noise_seed, pairing))
     key = _table_key(exits_fingerprints(model), inputs, guide_key, net)
     use_cache = cache is not False and (guide is None or guide_key is not None)
     folder = Path(cache) if isinstance(cache, (str, Path)) else cache_dir("lpips_tables")
@@ -121,9 +126,10 @@ def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, s
     """Tables S3 / S4: mean relative error per exit on held-out (``test`` split) inputs.
 
     Label-map tasks (``train_noises`` = K, the training noise count, drawn from ``noise_seed``): ``n``
-    test maps x the K training noises (``"train_noises"``, Table S3) and the same ``n`` maps x K new
-    noises (``"new_noises"``, Table S4). Vector tasks: ``n`` held-out z (``"held_out"``, the only
-    input there is). Each entry also gives the MAE and the Spearman rank correlation per exit.
+    test maps, each with one of the K training noises in turn (``"train_noises"``, Table S3), and the
+    same ``n`` maps each with a new random noise (``"new_noises"``, Table S4: "joining random noises to
+    the 500 semantic maps"). Vector tasks: ``n`` held-out z (``"held_out"``, the only input there is).
+    Each entry also gives the MAE and the Spearman rank correlation per exit.
     """
     sets = {}
     if train_noises is None:
@@ -131,9 +137,8 @@ def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, s
         sets["held_out"] = table
     else:
         sets["train_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, noises=train_noises,
-                                                 noise_seed=noise_seed, guide_key=guide_key)
-        sets["new_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, noises=train_noises,
-                                               noise_seed=noise_seed + 1_000_003, guide_key=guide_key)
+                                                 noise_seed=noise_seed, pairing="pair", guide_key=guide_key)
+        sets["new_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, guide_key=guide_key)
     report = {"task": task.name, "arch": predictor.arch, "exits": list(model.exits), "sets": {}}
     for name, table in sets.items():
         pred = predict(predictor, model, table["inputs"])

@@ -34,18 +34,18 @@ def count_macs(module: nn.Module, *args: Any, meta: bool = True, **kwargs: Any) 
     exit of every sample), at the price of really running it.
     """
     if not meta:
-        was_training = module.training
+        modes = _modes(module)
         module.eval()
         try:
             counter = FlopCounterMode(display=False)
             with torch.no_grad(), counter:
                 module(*args, **kwargs)
         finally:
-            module.train(was_training)
+            _restore(modes)
         return counter.get_total_flops() // 2
     params = {name: _to_meta(p) for name, p in module.named_parameters(remove_duplicate=False)}
     buffers = {name: _to_meta(b) for name, b in module.named_buffers(remove_duplicate=False)}
-    was_training = module.training
+    modes = _modes(module)
     module.eval()
     try:
         counter = FlopCounterMode(display=False)
@@ -53,5 +53,16 @@ def count_macs(module: nn.Module, *args: Any, meta: bool = True, **kwargs: Any) 
             functional_call(module, {**params, **buffers}, _to_meta(args), {k: _to_meta(v) for k, v in kwargs.items()},
                             strict=False, tie_weights=False)
     finally:
-        module.train(was_training)
+        _restore(modes)
     return counter.get_total_flops() // 2
+
+
+def _modes(module: nn.Module) -> list[tuple[nn.Module, bool]]:
+    # Every submodule's own mode: ``module.train(flag)`` afterwards would set them all alike, e.g. put a
+    # frozen backbone shared with an exit model under construction back into training mode.
+    return [(m, m.training) for m in module.modules()]
+
+
+def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
+    for m, training in modes:
+        m.training = training

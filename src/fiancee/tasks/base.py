@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..staged import StagedGenerator
 
 __all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "WEIGHTS_ENV", "weights_dir", "find_weights", "check_split",
-           "declared_inputs", "cross_noises"]
+           "declared_inputs", "cross_noises", "pair_noises"]
 
 SPLITS = ("train", "test")
 INPUT_KINDS = ("label_map", "noise", "condition")
@@ -189,15 +189,9 @@ def declared_inputs(task: Task, inputs: tuple[torch.Tensor, ...] | None = None) 
     return specs
 
 
-def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
-                 seed: int) -> tuple[torch.Tensor, ...]:
-    """``n`` draws of the task's kept inputs (label map, conditions) crossed with ``K`` fixed draws of its
-    noise inputs: ``n * K`` inputs, draw-major (each kept input repeated ``K`` times in a row, the ``K``
-    noises tiled). The paper builds the predictor's table (S1.1.2) and the bank (4.1) this way.
-
-    ``noises`` is ``K`` (drawn with :meth:`Task.draw_noise`, the i-th noise input from ``seed + i``) or
-    the fixed draws themselves, one ``[K, ...]`` tensor per noise input.
-    """
+def _fixed_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
+                  seed: int) -> tuple[tuple[InputSpec, ...], list[torch.Tensor]]:
+    """The task's declared inputs and ``K`` fixed draws of each noise input (``[K, ...]`` each), checked."""
     specs = declared_inputs(task, inputs)
     have = ", ".join(f"{s.name} ({s.kind})" for s in specs)
     if all(s.kind == "noise" for s in specs):
@@ -221,6 +215,19 @@ def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | to
             or len({f.shape[0] for f in fixed}) != 1:
         want = ", ".join(f"[K, {', '.join(map(str, sh))}]" for sh in shapes)
         raise ValueError(f"noises must be {want} (one per noise input); got {[list(f.shape) for f in fixed]}")
+    return specs, fixed
+
+
+def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
+                 seed: int) -> tuple[torch.Tensor, ...]:
+    """``n`` draws of the task's kept inputs (label map, conditions) crossed with ``K`` fixed draws of its
+    noise inputs: ``n * K`` inputs, draw-major (each kept input repeated ``K`` times in a row, the ``K``
+    noises tiled). The paper builds the predictor's table (S1.1.2) and the bank (4.1) this way.
+
+    ``noises`` is ``K`` (drawn with :meth:`Task.draw_noise`, the i-th noise input from ``seed + i``) or
+    the fixed draws themselves, one ``[K, ...]`` tensor per noise input.
+    """
+    specs, fixed = _fixed_noises(task, inputs, noises, seed)
     k, n = fixed[0].shape[0], inputs[0].shape[0]
     draws = iter(fixed)
     out = []
@@ -231,3 +238,18 @@ def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | to
         else:
             out.append(x.repeat_interleave(k, dim=0))  # [n*K, ...]: every draw K times in a row
     return tuple(out)
+
+
+def pair_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
+                seed: int) -> tuple[torch.Tensor, ...]:
+    """The ``n`` draws with their noise inputs replaced by ``K`` fixed draws in turn (draw ``i`` gets fixed
+    draw ``i mod K``): ``n`` inputs. Table S3's set, held-out maps "joined" with the training noises, with
+    as many maps as inputs, whatever K (a full cross of 500 maps with K = 500 noises would be 250,000).
+    ``noises`` and ``seed`` as in :func:`cross_noises` (the same arguments give the same fixed draws).
+    """
+    specs, fixed = _fixed_noises(task, inputs, noises, seed)
+    k, n = fixed[0].shape[0], inputs[0].shape[0]
+    which = torch.arange(n) % k
+    draws = iter(fixed)
+    return tuple(next(draws).index_select(0, which).to(x.dtype) if spec.kind == "noise" else x
+                 for spec, x in zip(specs, inputs))

@@ -274,6 +274,14 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         from ..bank import load_bank
 
         bank = load_bank(config.bank, backbone)  # once: the branches' guide channels, the guide, the run's copy
+    # Built before anything is written: an exit dearer than the backbone is refused with the run folder untouched.
+    model = build_exits(task, backbone, config.scale, config.min_channels, bank).to(env.device)
+    unguided = [k for k, g in zip(model.exits, model.guided) if not g]
+    if bank is not None and unguided and env.is_main and not resume:
+        import sys
+
+        print(f"exits after stage(s) {unguided} are built without the bank's guide: with it they would cost more "
+              "than the backbone (docs/bank.md)", file=sys.stderr)
     if not resume and env.is_main:
         if bank is not None:
             # The run keeps its own copy of the bank, written before the config that names it: a run
@@ -281,8 +289,8 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
             # outside it (docs/errors.md).
             bank.save(run.path / RUN_BANK)
         run.write_config({**config.to_dict(), "bank": None if bank is None else RUN_BANK, "kind": "exits",
-                          "exits": list(task.exits), "critic_kind": kind})
-    model = build_exits(task, backbone, config.scale, config.min_channels, bank).to(env.device)
+                          "exits": list(task.exits), "critic_kind": kind,
+                          "guided_exits": [k for k, g in zip(model.exits, model.guided) if g] if bank is not None else []})
     guide_fn = None if bank is None else bank.guide
     backbone.eval().requires_grad_(False)
     if config.init == "inherit":

@@ -85,8 +85,7 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
     history = train_predictor(predictor, xs, table["lpips"], recipe=recipe, epochs=epochs, batch_size=batch_size,
                               seed=seed, progress=progress)
-    error = predictor_error(predictor, model, task, n=error_n if noises is None else max(1, error_n // noises),
-                            seed=seed, guide=guide, guide_key=guide_key, train_noises=noises, noise_seed=seed)
+    error = predictor_error(predictor, model, task, n=error_n, seed=seed, guide=guide, guide_key=guide_key, train_noises=noises, noise_seed=seed)
     error["command_seed"] = seed
     extra = {"task": task.spec or task.name, "run": str(run_dir), "recipe": recipe, "seed": seed, "noise_seed": seed,
              "epochs": epochs, "train_inputs": int(table["lpips"].shape[0]), "noises": noises,
@@ -98,8 +97,8 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
 
 def predictor_error_for_folder(predictor_dir: str | Path, *, run: str | Path | None = None, n: int = 500, seed: int = 0,
                                device: str = "cpu") -> dict:
-    """:func:`fiancee.tables.predictor_error` of a saved predictor on its exit run (``n`` held-out inputs in
-    all; with training noises, ``n // K`` test draws x the K training noises, and x K new noises)."""
+    """:func:`fiancee.tables.predictor_error` of a saved predictor on its exit run (``n`` held-out inputs; with
+    training noises, ``n`` test maps each with one of the K training noises, and each with a new noise)."""
     check_counts(n=n)
     config = read_json(Path(predictor_dir) / "config.json")
     run = run if run is not None else config.get("run")
@@ -112,7 +111,7 @@ def predictor_error_for_folder(predictor_dir: str | Path, *, run: str | Path | N
     noises = config.get("noises")
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
-    return predictor_error(predictor, model, task, n=n if noises is None else max(1, n // noises), seed=seed, guide=guide,
+    return predictor_error(predictor, model, task, n=n, seed=seed, guide=guide,
                            guide_key=None if bank is None else _bank_key(bank), train_noises=noises,
                            noise_seed=config.get("noise_seed", 0))
 
