@@ -181,7 +181,7 @@ def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Ten
 
 
 @torch.no_grad()
-def _converge_spectral_norms(module: nn.Module, iterations: int = 100) -> None:
+def _converge_spectral_norms(module: nn.Module, iterations: int = 100, max_rounds: int = 50) -> None:
     """Run spectral norm's power iteration to convergence on every spectrally normalised weight of
     ``module`` (``torch.nn.utils.parametrizations.spectral_norm``).
 
@@ -197,7 +197,16 @@ def _converge_spectral_norms(module: nn.Module, iterations: int = 100) -> None:
             continue
         for p in plist["weight"]:
             if hasattr(p, "_power_method") and hasattr(p, "_reshape_weight_to_matrix"):
-                p._power_method(p._reshape_weight_to_matrix(plist["weight"].original), iterations)
+                w = p._reshape_weight_to_matrix(plist["weight"].original)
+                # Until the estimate settles: with two close leading singular values 100 iterations left
+                # it 0.8 % off on a narrowed tiny OASIS block.
+                sigma = None
+                for _ in range(max_rounds):
+                    p._power_method(w, iterations)
+                    new = torch.dot(p._u, torch.mv(w, p._v)).item()
+                    if sigma is not None and abs(new - sigma) <= 1e-6 * abs(new):
+                        break
+                    sigma = new
 
 
 class Branch(nn.Module):
