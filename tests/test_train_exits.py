@@ -67,6 +67,10 @@ def test_resume_refuses_a_different_config(tmp_path):
     other = make_config("faces", preset="smoke", steps=2, batch_size=2, scale="1/4")  # the task default is 1/2
     with pytest.raises(ValueError, match="cannot resume .* scale"):
         train_exits(other, out, resume=True, device="cpu", progress=False)
+    assert RunDir(out).read_config()["steps"] == 1  # a refused resume writes nothing
+    # A run continued to a longer budget names that budget (exits exported from it say how long they trained).
+    train_exits(make_config("faces", preset="smoke", steps=2, batch_size=2), out, resume=True, device="cpu", progress=False)
+    assert RunDir(out).read_config()["steps"] == 2 and RunDir(out).latest()["step"] == 2
 
 
 def test_evaluate_exits_cli_json(tmp_path, capsys, one_thread):

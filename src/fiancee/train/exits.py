@@ -266,6 +266,15 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         for key in ("task", "scale", "min_channels", "recipe", "init"):
             if saved.get(key) != config.to_dict()[key]:
                 raise ValueError(f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}")
+        if saved.get("steps") != config.steps and env.is_main:
+            # A run continued to a new --steps must say so: its config (and the exits exported from it)
+            # would otherwise name the budget it started with. Recorded before any step is taken.
+            if recipe.schedule != "constant":
+                import sys
+
+                print(f"resuming with --steps {config.steps} (the run was set for {saved.get('steps')}): the "
+                      f"{recipe.schedule} learning-rate schedule is now spread over {config.steps} steps", file=sys.stderr)
+            run.write_config({**run.read_config(), "steps": config.steps})
 
     torch.manual_seed(config.seed)
     backbone = task.load_backbone(env.device)
