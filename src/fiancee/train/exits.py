@@ -256,7 +256,7 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
 
         print(task.critic_note(), file=sys.stderr)
     if resume:
-        saved = run.read_config()
+        written = saved = run.read_config()  # `saved` is normalised below; `written` stays as on disk
         _check_resume_bank(run, saved, config)
         if saved.get("critic_kind", kind) != kind:
             raise ValueError(f"cannot resume {run.path}: its critics are {saved.get('critic_kind')!r}, this command "
@@ -274,7 +274,7 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
 
                 print(f"resuming with --steps {config.steps} (the run was set for {saved.get('steps')}): the "
                       f"{recipe.schedule} learning-rate schedule is now spread over {config.steps} steps", file=sys.stderr)
-            run.write_config({**run.read_config(), "steps": config.steps})
+            run.write_config({**written, "steps": config.steps})
 
     torch.manual_seed(config.seed)
     backbone = task.load_backbone(env.device)
