@@ -4,6 +4,7 @@ Built-in tasks (any other is named ``package.module:attr`` or by an entry point,
 
 - ``faces``: the pretrained DCGAN of ``gan-face-generate==1.1.1``, unconditional, 64x64.
 - ``fashion``: OASIS semantic synthesis on Fashion-MNIST label maps, 32x32, trained here.
+- ``upscale``: Real-ESRGAN x4plus (RRDBNet) on 32x32 tiles of real photos, x4, official weights.
 """
 
 from __future__ import annotations

@@ -31,8 +31,15 @@ def _fashion(data: str | os.PathLike | None = None, weights: str | os.PathLike |
     return FashionTask(data=data, weights=weights)
 
 
+def _upscale(weights: str | os.PathLike | None = None, data: str | os.PathLike | None = None) -> Task:
+    from .upscale import UpscaleTask
+
+    return UpscaleTask(weights=weights)
+
+
 TASKS.register("faces", _faces)
 TASKS.register("fashion", _fashion)
+TASKS.register("upscale", _upscale)
 
 
 def register_task(name: str, factory) -> None:
