@@ -158,16 +158,38 @@ def test_every_folder_writing_command_has_overwrite():
         assert "--overwrite" in subs[command].format_help(), command
 
 
+def _parent_site_dirs() -> list[str]:
+    """The package folders of the interpreter running the tests, whichever environment that is (the
+    README's venv, a system Python, a user site): where torch and the other dependencies are."""
+    import site
+    import sysconfig
+
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
 @pytest.mark.slow
 def test_a_wheel_installed_in_a_fresh_venv_runs_outside_the_checkout(wheel, tmp_path):
-    """The acceptance check: pip install the wheel (torch etc. from the system), then from a folder
-    outside any checkout the packaged artifacts are found (no training, no checkout paths)."""
+    """The acceptance check: pip install the wheel (its dependencies from the environment running the
+    tests), then from a folder outside any checkout the packaged artifacts are found (no training, no
+    checkout paths)."""
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    # Not system_site_packages: inside a venv (the README's set-up) that is the bare base Python, without
+    # torch. A .pth file lists the running environment's package folders instead. Its lines only extend
+    # sys.path: the .pth files in those folders are not read, so an editable install of fiancee there
+    # (its path to the checkout's src/) stays invisible and fiancee can only come from the wheel.
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", WEIGHTS_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", WEIGHTS_ENV)}
     env["OMP_NUM_THREADS"] = "1"
-    # The system's pip installs into the venv's site-packages when run by the venv's interpreter.
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, env=env, check=True).stdout.strip()
+    parent = _parent_site_dirs()
+    assert parent and not any(Path(d).resolve() == Path(purelib).resolve() for d in parent)
+    (Path(purelib) / "_fiancee_test_parent_env.pth").write_text("".join(d + "\n" for d in parent))
+    # The parent's pip, run by the venv's interpreter, installs into the venv's site-packages.
     pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert pip.returncode == 0, pip.stderr[-3000:]
