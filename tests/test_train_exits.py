@@ -201,3 +201,26 @@ def test_inherit_and_feature_distillation_are_recorded_and_resume_checks_them(tm
     train_exits(make_config("faces", preset="smoke", steps=3, batch_size=2, checkpoint_every=1,
                             recipe_overrides={"features": 1.0}), out, resume=True, device="cpu", progress=False)
     assert [r["step"] for r in RunDir(out).read_stats()] == [1, 2, 3]
+
+
+def test_fixed_inputs_train_from_a_kept_trunk_and_resume_to_the_same_weights(tmp_path, one_thread):
+    # 4 fixed inputs, batches of 2: the trunk runs once per input; a run stopped after step 2 and resumed
+    # (its kept trunk lost with the process) ends with the weights of the straight run.
+    from fiancee.io import load_tensors
+
+    make = lambda steps: make_config("faces", preset="smoke", steps=steps, batch_size=2, checkpoint_every=1,  # noqa: E731
+                                     seed=1, fixed_inputs=4)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train_exits(make(4), straight, device="cpu", progress=False)
+    train_exits(make(4), stopped, device="cpu", progress=False, stop_after=2)
+    assert RunDir(stopped).read_config()["fixed_inputs"] == 4
+    with pytest.raises(ValueError, match="cannot resume .* fixed_inputs"):
+        train_exits(make_config("faces", preset="smoke", steps=4, batch_size=2, seed=1), stopped, resume=True,
+                    device="cpu", progress=False)
+    train_exits(make(4), stopped, resume=True, device="cpu", progress=False)
+    a = load_tensors(straight / RunDir(straight).latest()["dir"] / "branches.safetensors")
+    b = load_tensors(stopped / RunDir(stopped).latest()["dir"] / "branches.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fixed inputs must be an integer >= the batch size"):
+        make_config("faces", preset="smoke", batch_size=4, fixed_inputs=3)
