@@ -91,7 +91,7 @@ def _train_exits(args: argparse.Namespace) -> int:
     config = make_config(
         args.task, scale=args.scale, min_channels=args.min_channels, recipe=args.recipe, preset=args.preset,
         steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        bank=args.bank, init=args.init, recipe_overrides=overrides or None,
+        bank=args.bank, init=args.init, recipe_overrides=overrides or None, fixed_inputs=args.fixed_inputs,
     )
     run = train_exits(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
     print(run)
@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critic", choices=["task", "dcgan", "patch", "oasis"], default=None,
                    help="branch critics (default: the recipe's; oasis's is the task's kind): oasis = copies of the "
                         "backbone's own discriminator (eq. 3; fashion with a discriminator in its backbone folder)")
+    p.add_argument("--fixed-inputs", type=int, default=None, metavar="N",
+                   help="train on N fixed training inputs whose backbone outputs are computed once and kept in memory "
+                        "(for a backbone as costly as its branches' training, e.g. upscale; default: fresh inputs every step)")
     p.add_argument("--feature-distill", type=float, default=None, metavar="W",
                    help="weight of the intermediate-feature distillation term (default: the recipe's, 0)")
     p.add_argument("--out", required=True, help="run folder")
