@@ -187,6 +187,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upscale(args: argparse.Namespace) -> int:
+    from .pipeline import FianceePipeline
+    from .upscaling import upscale_images
+
+    pipe = FianceePipeline.from_pretrained(args.pipeline)
+    summary = upscale_images(pipe, args.images, args.out, max_lpips=args.max_lpips, tile=args.tile,
+                             overlap=args.overlap, batch_size=args.batch_size, write_route_map=args.route_map,
+                             max_pixels=args.max_pixels, progress=not args.no_progress)
+    for im in summary["images"]:
+        print(f"{im['name']}: {im['size'][0]}x{im['size'][1]}, {im['tiles']} tiles, MACs saved {im['macs_saved']:.1%} "
+              f"vs the backbone on the same tiles, exit shares {' / '.join(f'{s:.0%}' for s in im['route_shares'])} "
+              f"(backbone last), {im['seconds']:.1f} s")
+    print(args.out)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -364,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the backbone folder of a train-backbone run from its checkpoint.safetensors without "
                     "training: the EMA generator (BatchNorm statistics re-measured as training does) and the U-Net "
                     "discriminator (discriminator.safetensors), which the exits' oasis critics copy (paper eq. 3).",
-        epilog="example: fiancee export-backbone runs/fashion_backbone   (writes runs/fashion_backbone/backbone)",
+        epilog="example (after the train-backbone example, which writes runs/fashion_backbone):\n"
+               "  fiancee export-backbone runs/fashion_backbone   (writes runs/fashion_backbone/backbone)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder of fiancee train-backbone (config.json + checkpoint.safetensors)")
@@ -377,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train all exit branches against the frozen backbone (paper eq. 3 / eq. 4). "
                     "Runs alone or under `torchrun --nproc_per_node N -m fiancee train-exits ...` (DDP).",
         epilog="example: fiancee train-exits --task faces --scale 1/4 --min-channels 16 --recipe oasis --preset quick --out runs/faces\n"
-               "         PYTHONPATH=. fiancee train-exits --task mymodule:MyTask --out runs/mine   (your generator: "
-               "docs/own-generator.md)",
+               "         PYTHONPATH=. fiancee train-exits --task mymodule:MyTask --out runs/mine   (after writing your "
+               "generator's mymodule.py: docs/own-generator.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", required=True, type=_task_spec, help="a built-in task (faces, fashion), package.module:attr naming a Task, or an entry point of fiancee.tasks")
@@ -516,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="compute saved and compliance of a pipeline at quality thresholds",
         description="Routes held-out inputs at every threshold; writes report.json, report.html and PNG plots.",
         epilog="example: fiancee evaluate out/demo/pipeline --thresholds 0.05,0.1,0.2 --n 500 --out out/demo_eval   "
-               "(after fiancee demo)",
+               "(after `make demo` or the demo example, which write out/demo)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pipeline", help="a pipeline folder (FianceePipeline.save)")
@@ -526,6 +543,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "upscale", help="upscale photos tile by tile, each tile on the cheapest exit meeting --max-lpips",
+        description="Cuts each photo into overlapping tiles, routes every tile by its predicted LPIPS, runs the tiles "
+                    "as a mixed-exit tree in batches and blends the overlaps without seams; one row of tiles at a time "
+                    "(bounded memory). Writes NAME_x4.png, NAME_routes.png (--route-map) and summary.json. "
+                    "Greyscale is repeated to RGB, an alpha channel is dropped, 16-bit images are read at full "
+                    "precision; the output is 8-bit RGB.",
+        epilog="example: fiancee upscale out/demo_upscale/pipeline photo.png --max-lpips 0.1 --route-map --out out/upscaled\n"
+               "(a pipeline of the upscale task: fiancee demo --task upscale --out out/demo_upscale)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", help="a pipeline folder of a tile task (e.g. upscale)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, WebP, ...)")
+    p.add_argument("--max-lpips", type=float, required=True, help="per-tile LPIPS threshold vs the backbone, in (0, 1]")
+    p.add_argument("--out", required=True, help="output folder (written whole)")
+    p.add_argument("--tile", type=int, default=None, help="tile side in input pixels (default and only: the pipeline's)")
+    p.add_argument("--overlap", type=int, default=4, help="input pixels neighbouring tiles share, 0..tile/2 (default 4)")
+    p.add_argument("--batch-size", type=int, default=16, help="tiles per batch (default 16)")
+    p.add_argument("--route-map", action="store_true", help="also write NAME_routes.png: which exit each tile took")
+    p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest input accepted, in pixels (default 16M)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_upscale)
 
     p = sub.add_parser(
         "demo", help="the whole method end to end (exits, predictor, calibrated router, report)",
@@ -605,10 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bank-ablation", help="exits trained with vs without the bank: LPIPS/FID table, KDE plot, start images",
         description="Evaluates two train-exits runs of the same budget (one with --bank) on the same held-out "
                     "inputs; writes ablation.json, ablation.md, lpips_kde.png and start_images.png.",
-        epilog="example (the shipped faces exits against exits trained with a bank, same budget):\n"
+        epilog="example (exits trained without and with a bank, the same budget: only --bank differs):\n"
                "  fiancee build-bank --task faces --out runs/bank_faces\n"
+               "  fiancee train-exits --task faces --preset quick --out runs/faces_nobank\n"
                "  fiancee train-exits --task faces --preset quick --bank runs/bank_faces --out runs/faces_bank\n"
-               "  fiancee bank-ablation src/fiancee/weights/faces/exits runs/faces_bank --out out/faces_ablation --n 500",
+               "  fiancee bank-ablation runs/faces_nobank runs/faces_bank --out out/faces_ablation --n 500 --no-fid\n"
+               "(the shipped src/fiancee/weights/faces/exits trained 2500 steps: its bank arm needs --steps 2500)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("nobank_run", help="run folder trained without a bank")
@@ -628,8 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "prints mean +- sample std over its runs (seeds). With both arms, lpips_kde.png: per-exit KDE of "
                     "per-image LPIPS with vs without the bank (bandwidth 0.3, scipy's bw_method factor). Writes "
                     "exit_quality.json and exit_quality.md.",
-        epilog="example: fiancee exit-quality runs/fashion_s0 runs/fashion_s1 runs/fashion_s2 runs/fashion_bank_s0 "
-               "runs/fashion_bank_s1 runs/fashion_bank_s2 --n 500 --out out/fashion_table_s1",
+        epilog="example (two seeds per arm, all trained alike; more seeds give a tighter spread):\n"
+               "  fiancee build-bank --task fashion --out runs/bank_fashion   (skip it if the build-bank example wrote it)\n"
+               "  fiancee train-exits --task fashion --seed 0 --out runs/fashion_s0\n"
+               "  fiancee train-exits --task fashion --seed 1 --out runs/fashion_s1\n"
+               "  fiancee train-exits --task fashion --seed 0 --bank runs/bank_fashion --out runs/fashion_bank_s0\n"
+               "  fiancee train-exits --task fashion --seed 1 --bank runs/bank_fashion --out runs/fashion_bank_s1\n"
+               "  fiancee exit-quality runs/fashion_s0 runs/fashion_s1 runs/fashion_bank_s0 runs/fashion_bank_s1 "
+               "--n 500 --out out/fashion_table_s1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("runs", nargs="+", help="exit-training run folders of one task (with and/or without --bank)")
@@ -650,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(the distances of the pipeline's own search). Writes bank_distance.json and bank_distance.png "
                     "(per route, a KDE of the distances scaled by the inputs routed there; bandwidth 0.5 as Fig. 10).",
         epilog="example (a pipeline whose exits were trained with a bank; the demo writes it):\n"
-               "  fiancee build-bank --task fashion --out runs/bank_fashion\n"
+               "  fiancee build-bank --task fashion --out runs/bank_fashion   (skip it if the build-bank example wrote it)\n"
                "  fiancee train-exits --task fashion --bank runs/bank_fashion --out runs/fashion_bank\n"
                "  fiancee demo --task fashion --exits runs/fashion_bank --out out/fashion_demo\n"
                "  fiancee bank-distance out/fashion_demo/pipeline --threshold 0.1 --n 500 --out out/fashion_fig10",
@@ -671,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "bank cost as a fraction of the smallest route, and optional speed-ups (--opt) with their "
                     "output differences. Prints a table and writes the JSON report (BENCHMARKS.md).",
         epilog="example: fiancee bench --backbone oasis --size tiny --batch 1,8,32 --json out/bench/oasis_tiny_cpu.json\n"
-               "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json out/bench/oasis_gpu.json\n"
+               "         fiancee bench --backbone oasis --device cuda --opt channels_last,bf16,compile,cudagraphs --json out/bench/oasis_gpu.json"
+               "   (on a machine with a CUDA GPU)\n"
                "         fiancee bench --backbone faces --runtime onnx --json out/bench/faces_onnx_cpu.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -767,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _OUT_FOLDERS = {
     "sample": "out", "train-classifier": "out", "evaluate-backbone": "out", "evaluate-exits": "out",
     "train-predictor": "out", "evaluate": "out", "demo": "out", "bank-ablation": "out", "exit-quality": "out",
-    "bank-distance": "out",
+    "bank-distance": "out", "upscale": "out",
 }
 
 

@@ -1,0 +1,192 @@
+"""``fiancee upscale``: whole photos through a routed tile pipeline (per-tile conditional exits).
+
+Each photo is cut into overlapping tiles (:mod:`fiancee.tiles`); the pipeline's predictor reads every
+tile's key-stage features, the router picks each tile's exit for the threshold, the mixed-exit tree runs
+the tiles in batches, and overlapping outputs are blended without seams. Tile rows are processed one at a
+time, so memory is bounded by one row of tiles and the output image. Writes, per photo,
+``<name>_x<s>.png`` and with ``route_map`` ``<name>_routes.png`` (which exit each tile took), and
+``summary.json`` (tiles, route shares, MACs charged against the backbone tiled the same way). The
+folder is written whole (built aside and swapped in).
+
+Images are read as users expect: greyscale is repeated to RGB, an alpha channel is dropped, 16-bit
+images are scaled to [0, 1] from 65535; the output is 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .tiles import RowStitcher, check_tiling, tile_starts
+
+__all__ = ["read_image", "upscale_array", "upscale_images", "ROUTE_COLOURS", "MAX_PIXELS"]
+
+MAX_PIXELS = 16_000_000  # input pixels accepted by default (a 4000x4000 photo -> 16000x16000, 768 MB out)
+# exit 1, 2, 3, ..., backbone last (the route map's legend)
+ROUTE_COLOURS = np.array([[46, 160, 67], [160, 200, 40], [250, 190, 30], [240, 110, 30], [200, 40, 40],
+                          [120, 40, 160]], dtype=np.float32)
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The image at ``path`` as float32 ``[H, W, 3]`` RGB in [0, 1], or one line saying why not.
+
+    Refused: not an image, a truncated file, more than ``max_pixels`` pixels (checked from the header,
+    before decoding: a decompression bomb never gets decoded).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ValueError(f"{path} is {w}x{h} = {w * h:,} pixels, more than the {max_pixels:,} accepted "
+                                 "(--max-pixels raises the limit)")
+            im.load()  # a truncated file fails here
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                grey = np.asarray(im, dtype=np.float32) / 65535.0
+                arr = np.repeat(np.clip(grey, 0, 1)[:, :, None], 3, axis=2)
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # alpha dropped, grey repeated
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image PIL can read (expected PNG, JPEG, TIFF, WebP, ...)") from None
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} could not be decoded ({' '.join(str(e).split())}): a truncated or damaged file?") from None
+    return np.ascontiguousarray(arr)
+
+
+def _pipeline_tile(pipe) -> int:
+    """The tile side the pipeline's predictor was trained on (its key-stage features' size x the stride)."""
+    return int(pipe.model.backbone.example_inputs(1)[0].shape[-1])
+
+
+@torch.no_grad()
+def upscale_array(pipe, image: np.ndarray, *, max_lpips: float, tile: int, overlap: int, batch_size: int = 16,
+                  progress=None) -> dict:
+    """Upscale ``image`` (float ``[H, W, 3]`` in [0, 1]) tile by tile through ``pipe`` at ``max_lpips``.
+
+    Returns ``{"image": uint8 [sH, sW, 3], "routes": int [rows, cols], "starts": (ys, xs), "macs": float,
+    "backbone_macs": float}``; ``progress`` is called with the number of tiles done after each batch.
+    """
+    from .routing import check_threshold
+
+    threshold = check_threshold(max_lpips)
+    h, w = image.shape[:2]
+    check_tiling(h, w, tile, overlap)
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    probe = pipe.model.backbone.example_inputs(1)[0]
+    scale = None
+    routes = np.zeros((len(ys), len(xs)), dtype=np.int64)
+    macs = 0.0
+    stitcher = None
+    device = probe.device
+    for r, y0 in enumerate(ys):
+        row = np.stack([image[y0 : y0 + tile, x0 : x0 + tile] for x0 in xs])  # [cols, t, t, 3]
+        x = torch.from_numpy(row).permute(0, 3, 1, 2).to(device, probe.dtype) * 2 - 1  # [cols, 3, t, t]
+        for i in range(0, len(xs), batch_size):
+            out = pipe(x[i : i + batch_size], max_lpips=threshold)
+            imgs = ((out.images.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu().numpy()  # [b, st, st, 3]
+            if stitcher is None:
+                scale = imgs.shape[1] // tile
+                stitcher = RowStitcher(h, w, tile, overlap, scale)
+            for j, img in enumerate(imgs):
+                stitcher.add(xs[i + j], img)
+            routes[r, i : i + len(imgs)] = out.exits.numpy()
+            macs += float(out.macs.sum())
+            if progress is not None:
+                progress(len(imgs))
+        stitcher.finish_row(y0, ys[r + 1] if r + 1 < len(ys) else None)
+    backbone = float(pipe.route_macs[-1]) * routes.size
+    return {"image": stitcher.out, "routes": routes, "starts": (ys, xs), "macs": macs, "backbone_macs": backbone,
+            "scale": scale}
+
+
+def route_map(image: np.ndarray, routes: np.ndarray, starts: tuple[list[int], list[int]], tile: int,
+              overlap: int) -> np.ndarray:
+    """A picture of which exit each tile took: the photo in grey under each tile's colour (its own part of
+    the grid: the tile minus half the overlap on each side shared with a neighbour)."""
+    grey = image.mean(axis=2, keepdims=True)
+    colour = np.zeros_like(image)
+    ys, xs = starts
+    half = overlap // 2
+    for r, y0 in enumerate(ys):
+        for c, x0 in enumerate(xs):
+            a = y0 + (half if r else 0)
+            b = x0 + (half if c else 0)
+            colour[a : y0 + tile, b : x0 + tile] = ROUTE_COLOURS[min(routes[r, c], len(ROUTE_COLOURS) - 1)] / 255.0
+    return np.clip(np.rint((0.45 * grey + 0.55 * colour) * 255), 0, 255).astype(np.uint8)
+
+
+def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lpips: float, tile: int | None = None,
+                   overlap: int = 4, batch_size: int = 16, write_route_map: bool = False,
+                   max_pixels: int = MAX_PIXELS, progress: bool = True) -> dict:
+    """Upscale every image of ``paths`` through ``pipe`` into the folder ``out`` (written whole).
+
+    Every image is read and checked first (one line naming the file and what was expected), before any tile
+    is computed. ``tile`` defaults to the pipeline's own (its predictor reads that tile's features).
+    """
+    from PIL import Image
+
+    from .checks import check_counts
+    from .io import atomic_folder, write_json
+    from .routing import check_threshold
+
+    threshold = check_threshold(max_lpips)
+    check_counts(batch_size=batch_size)
+    own = _pipeline_tile(pipe)
+    tile = own if tile is None else tile
+    if tile != own:
+        raise ValueError(f"--tile must be {own}, the tile the pipeline's predictor was trained on; got {tile}")
+    if not paths:
+        raise ValueError("give at least one image")
+    images = []
+    names = set()
+    for p in paths:
+        arr = read_image(p, max_pixels)
+        check_tiling(arr.shape[0], arr.shape[1], tile, overlap)
+        name = Path(p).stem
+        if name in names:
+            raise ValueError(f"two images are named {name!r}: their outputs would collide in {out}")
+        names.add(name)
+        images.append((Path(p), arr.shape[:2]))
+        del arr  # read again below, one at a time: memory holds one photo
+    summary = {"kind": "fiancee-upscale", "format": 1, "max_lpips": threshold, "tile": tile, "overlap": overlap,
+               "route_macs": [float(m) for m in pipe.route_macs.tolist()], "images": []}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) for _, (h, w) in images)
+        bar = tqdm(total=total, desc="upscale", unit="tile", dynamic_ncols=True)
+    with atomic_folder(out, kind="fiancee-upscale", what="upscale output") as tmp:
+        for path, _ in images:
+            arr = read_image(path, max_pixels)
+            t0 = time.perf_counter()
+            res = upscale_array(pipe, arr, max_lpips=threshold, tile=tile, overlap=overlap, batch_size=batch_size,
+                                progress=None if bar is None else bar.update)
+            seconds = time.perf_counter() - t0
+            s = res["scale"]
+            Image.fromarray(res["image"]).save(tmp / f"{path.stem}_x{s}.png")
+            if write_route_map:
+                Image.fromarray(route_map(arr, res["routes"], res["starts"], tile, overlap)).save(tmp / f"{path.stem}_routes.png")
+            counts = np.bincount(res["routes"].ravel(), minlength=len(summary["route_macs"]))
+            summary["images"].append({
+                "name": path.name, "size": [int(arr.shape[1]), int(arr.shape[0])], "tiles": int(res["routes"].size),
+                "route_shares": [round(float(c) / res["routes"].size, 4) for c in counts],
+                "macs": res["macs"], "backbone_macs": res["backbone_macs"],
+                "macs_saved": 1.0 - res["macs"] / res["backbone_macs"], "seconds": round(seconds, 3),
+                "routes": res["routes"].tolist(),
+            })
+        write_json(tmp / "summary.json", summary)
+    if bar is not None:
+        bar.close()
+    return json.loads(json.dumps(summary))

@@ -1,0 +1,161 @@
+"""Whole photos through a routed tile pipeline: the tile grid, seamless blending, bounded-memory rows,
+what the images are read as, every refusal before work, and the command end to end on a tiny RRDBNet."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fiancee.backbones.rrdb import RRDBNet
+from fiancee.cli import main
+from fiancee.exits import ExitGenerator
+from fiancee.pipeline import FianceePipeline
+from fiancee.predictor import QualityPredictor
+from fiancee.routing import ThresholdRouter
+from fiancee.tasks import Task, register_task
+from fiancee.tasks.base import InputSpec
+from fiancee.tiles import RowStitcher, check_tiling, ramp, tile_starts
+from fiancee.upscaling import read_image, upscale_array
+
+TILE = 8
+
+
+class TinyUpscaleTask(Task):
+    """A 3-block RRDBNet x4 with seeded random weights on 8x8 tiles."""
+
+    name = "tiny-upscale"
+    description = "tiny RRDBNet for tests"
+    exits = (1,)
+    default_scale = "1"
+    default_min_channels = 8
+    image_size = (4 * TILE, 4 * TILE)
+    inputs = (InputSpec("x", "condition"),)
+
+    def load_backbone(self, device="cpu"):
+        torch.manual_seed(0)
+        net = RRDBNet(num_block=3, num_feat=8, num_grow=4, stage_blocks=(1, 1, 1), example_size=TILE)
+        return net.to(device).eval().requires_grad_(False)
+
+    def sample_inputs(self, n, seed, split="test"):
+        g = torch.Generator().manual_seed(seed + (0 if split == "train" else 99))
+        return (torch.rand(n, 3, TILE, TILE, generator=g) * 2 - 1,)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    register_task("tiny-upscale", TinyUpscaleTask)
+    task = TinyUpscaleTask()
+    task.spec = "tiny-upscale"
+    model = ExitGenerator(task.load_backbone(), task.exits, "1", 8).eval()
+    predictor = QualityPredictor("tiny", 1, [[8, TILE, TILE]], width=4, hidden=(8,)).eval()
+    return FianceePipeline(task, model, predictor, ThresholdRouter(model.route_macs()))
+
+
+def test_the_grid_covers_every_pixel_with_the_last_tile_flush():
+    assert tile_starts(20, 8, 2) == [0, 6, 12]
+    assert tile_starts(21, 8, 2) == [0, 6, 12, 13]
+    assert tile_starts(8, 8, 0) == [0]
+    w = ramp(16, 4)
+    assert w.min() > 0 and w.max() == 1 and np.allclose(w, w[::-1])
+    for bad, match in (((7, 20, 8, 2), "smaller than one 8x8 tile"), ((20, 20, 8, 5), "overlap must lie in 0..4"),
+                       ((20, 20, 3, 0), "tile must be at least 4"), ((20, 20, 8.0, 2), "tile must be an integer")):
+        with pytest.raises(ValueError, match=match):
+            check_tiling(*bad)
+
+
+@pytest.mark.parametrize("h,w,overlap", [(20, 27, 2), (8, 8, 0), (33, 17, 4)])
+def test_stitching_tiles_of_a_pointwise_upscaler_gives_the_whole_image_upscaled(h, w, overlap):
+    # nearest x2 is the same whether run on tiles or on the whole image: any seam would show as a difference
+    img = np.random.default_rng(0).random((h, w, 3)).astype(np.float32)
+    st = RowStitcher(h, w, TILE, overlap, 2)
+    ys, xs = tile_starts(h, TILE, overlap), tile_starts(w, TILE, overlap)
+    for r, y0 in enumerate(ys):
+        for x0 in xs:
+            st.add(x0, img[y0 : y0 + TILE, x0 : x0 + TILE].repeat(2, 0).repeat(2, 1))
+        st.finish_row(y0, ys[r + 1] if r + 1 < len(ys) else None)
+    want = np.rint(img.repeat(2, 0).repeat(2, 1) * 255).astype(np.uint8)
+    assert np.abs(st.out.astype(int) - want).max() <= 1
+    assert st.acc.shape[0] == TILE * 2  # the band holds one tile row, whatever the image's height
+
+
+def test_images_are_read_as_users_expect(tmp_path):
+    rgb = (np.arange(12 * 10 * 3) % 256).astype(np.uint8).reshape(12, 10, 3)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.dstack([rgb, np.full((12, 10), 7, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "grey.png")
+    Image.fromarray((np.arange(120).reshape(12, 10) * 500).astype(np.uint16)).save(tmp_path / "grey16.png")
+    a = read_image(tmp_path / "rgb.png")
+    assert a.shape == (12, 10, 3) and a.dtype == np.float32 and np.allclose(a * 255, rgb)
+    assert np.array_equal(read_image(tmp_path / "rgba.png"), a)  # alpha dropped
+    g = read_image(tmp_path / "grey.png")
+    assert np.array_equal(g[:, :, 0], g[:, :, 2]) and np.allclose(g[:, :, 1] * 255, rgb[:, :, 0])
+    g16 = read_image(tmp_path / "grey16.png")
+    assert g16.shape == (12, 10, 3) and abs(float(g16[11, 9, 0]) - 119 * 500 / 65535) < 1e-6  # full 16-bit precision
+
+
+def test_bad_images_are_refused_in_one_line(tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match="not an image PIL can read"):
+        read_image(tmp_path / "text.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 90).save(tmp_path / "full.jpg", quality=95)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        read_image(tmp_path / "cut.jpg")
+    with pytest.raises(ValueError, match="more than the 1,000 accepted"):
+        read_image(tmp_path / "full.jpg", max_pixels=1000)
+    with pytest.raises(FileNotFoundError, match="no image file"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_a_photo_upscales_through_the_routed_tiles(pipe):
+    img = np.random.default_rng(1).random((19, 30, 3)).astype(np.float32)
+    easy = upscale_array(pipe, img, max_lpips=1.0, tile=TILE, overlap=2, batch_size=3)
+    hard = upscale_array(pipe, img, max_lpips=1e-9, tile=TILE, overlap=2, batch_size=3)
+    assert easy["image"].shape == (76, 120, 3) and easy["scale"] == 4
+    ys, xs = tile_starts(19, TILE, 2), tile_starts(30, TILE, 2)
+    assert easy["routes"].shape == (len(ys), len(xs))
+    assert (hard["routes"] == 1).all()  # nothing predicted under 1e-9: every tile on the backbone
+    macs = pipe.route_macs.tolist()
+    n = easy["routes"].size
+    assert hard["backbone_macs"] == pytest.approx(macs[-1] * n)
+    assert hard["macs"] == pytest.approx((macs[-1] + pipe.predictor_macs()) * n)
+    # the backbone's tiles stitched: each tile equals the backbone run on that tile alone
+    with torch.no_grad():
+        one = pipe.model.backbone(torch.from_numpy(img[:TILE, :TILE]).permute(2, 0, 1)[None] * 2 - 1)
+    corner = np.rint((one[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+    inner = (TILE - 2) * 4  # up to where the next tile starts to blend in
+    assert np.abs(hard["image"][:inner, :inner].astype(int) - corner[:inner, :inner].astype(int)).max() <= 1
+
+
+def test_the_command_writes_images_route_maps_and_a_summary(pipe, tmp_path, capsys):
+    pipe.save(tmp_path / "pipeline")
+    Image.fromarray((np.random.default_rng(2).random((20, 26, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray((np.random.default_rng(3).random((12, 12)) * 255).astype(np.uint8)).save(tmp_path / "b.jpg")
+    out = tmp_path / "up"
+    args = ["upscale", str(tmp_path / "pipeline"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--max-lpips",
+            "0.1", "--route-map", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert Image.open(out / "a_x4.png").size == (104, 80) and Image.open(out / "b_x4.png").size == (48, 48)
+    assert Image.open(out / "a_routes.png").size == (26, 20)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [im["name"] for im in summary["images"]] == ["a.png", "b.jpg"]
+    assert all(abs(sum(im["route_shares"]) - 1) < 1e-3 for im in summary["images"])
+    capsys.readouterr()
+    # refusals: one line, exit 2, nothing written
+    before = sorted(p.name for p in out.iterdir())
+    for extra, match in ((["--overwrite", "--tile", "16"], "--tile must be 8"),
+                         (["--overwrite", "--overlap", "9"], "overlap must lie in 0..4"),
+                         ([], "already exists and is not empty")):
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err
+    (tmp_path / "tiny.png").write_bytes((tmp_path / "a.png").read_bytes())
+    Image.fromarray(np.zeros((5, 40, 3), np.uint8)).save(tmp_path / "tiny.png")
+    assert main(args[:3] + [str(tmp_path / "tiny.png")] + args[4:] + ["--overwrite"]) == 2
+    assert "smaller than one 8x8 tile" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
