@@ -551,8 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(bounded memory). Writes NAME_x4.png, NAME_routes.png (--route-map) and summary.json. "
                     "Greyscale is repeated to RGB, an alpha channel is dropped, 16-bit images are read at full "
                     "precision; the output is 8-bit RGB.",
-        epilog="example: fiancee upscale out/demo_upscale/pipeline photo.png --max-lpips 0.1 --route-map --out out/upscaled\n"
-               "(a pipeline of the upscale task: fiancee demo --task upscale --out out/demo_upscale)",
+        epilog="example (the demo writes a pipeline of the upscale task):\n"
+               "  fiancee demo --task upscale --out out/demo_upscale\n"
+               "  fiancee upscale out/demo_upscale/pipeline photo.png --max-lpips 0.1 --route-map --out out/upscaled"
+               "   (after saving any photo as photo.png)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pipeline", help="a pipeline folder of a tile task (e.g. upscale)")
