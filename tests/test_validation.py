@@ -718,7 +718,7 @@ def _(ctx):
     ctx.run_copy("run_elsewhere")
     run = ctx.run_copy("run_latest_up")
     (run / "latest.json").write_text(json.dumps({"step": 300, "dir": "../run_elsewhere/checkpoints/step_00000300"}))
-    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(run.parent / f"{run.name}_eval")]
 
 
 @case("exit run whose config `bank` names a folder outside the run", "fiancee evaluate-exits",
@@ -727,7 +727,7 @@ def _(ctx):
     run = ctx.run_copy("run_bank_outside")
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "bank": str(ctx.faces_bank)}))
-    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(run.parent / f"{run.name}_eval")]
 
 
 # Folders: manifests checked against what they describe; strict JSON
@@ -841,7 +841,7 @@ def _(ctx):
     config = json.loads((run / "config.json").read_text())
     config["min_channels"] = "32"
     (run / "config.json").write_text(json.dumps(config))
-    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(run.parent / f"{run.name}_eval")]
 
 
 @case("float64 noise for a float32 model", "ExitGenerator.route",
@@ -872,7 +872,7 @@ def _(ctx):
     text = (run / "config.json").read_text()
     config = json.loads(text)
     (run / "config.json").write_text(text.replace(json.dumps(config["scale"]), "Infinity", 1))
-    return ["evaluate-exits", str(run), "--n", "4", "--no-fid"]
+    return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(run.parent / f"{run.name}_eval")]
 
 
 @case("negative batch size", "fiancee build-bank", "batch size must be a positive integer; got -1", cli=True)
