@@ -162,9 +162,9 @@ class _Critics(nn.Module):
 class _Trunk:
     """Each step's inputs and the frozen backbone's outputs for them (``ExitGenerator.trunk``).
 
-    Fresh inputs every step by default. With ``config.fixed_inputs = N``: N training inputs drawn once;
-    step s takes a batch of them (drawn without replacement from the step's seed, so a resumed run takes
-    the same batches), and an input's trunk outputs are computed the first time a batch holds it and kept
+    Fresh inputs every step by default. With ``config.fixed_inputs = N``: N training inputs drawn once,
+    taken in epochs (:meth:`_indices`, so a resumed run takes the same batches), and an input's trunk
+    outputs are computed the first time a batch holds it (during the first epoch) and kept
     (the backbone is frozen and deterministic, so a resumed run recomputes exactly what it had).
     """
 
@@ -174,6 +174,7 @@ class _Trunk:
         self.guide_fn, self.all_stages, self.amp = guide_fn, all_stages, amp
         self.pool = None
         self.kept: dict[int, tuple] = {}
+        self._orders: dict[int, list[int]] = {}
         if config.fixed_inputs is not None:
             # Its own seed stream: never the per-step draws of a fresh-input run.
             self.pool = task.sample_inputs(config.fixed_inputs, seed=config.seed + 7_777_777, split="train")
@@ -182,14 +183,28 @@ class _Trunk:
         with torch.no_grad(), torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.model.trunk(*inputs, guide=self.guide_fn, all_stages=self.all_stages)
 
+    def _indices(self, step: int) -> list[int]:
+        """Epochs over the pool: every input once per epoch, in an order drawn from (seed, epoch); the
+        sample count so far (all ranks) says where a step's batch lies, so the first epoch computes each
+        trunk once and a resumed run continues the same order."""
+        n, b = self.pool[0].shape[0], self.config.batch_size
+        first = (step * self.env.world_size + self.env.rank) * b
+        out = []
+        for g in range(first, first + b):
+            epoch = g // n
+            if epoch not in self._orders:
+                self._orders = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(
+                    _step_seed(self.config.seed, epoch, 0, 1))).tolist()}
+            out.append(self._orders[epoch][g % n])
+        return out
+
     def batch(self, step: int):
         seed = _step_seed(self.config.seed, step, self.env.rank, self.env.world_size)
         if self.pool is None:
             inputs = tuple(x.to(self.env.device) for x in self.task.sample_inputs(self.config.batch_size, seed=seed,
                                                                                    split="train"))
             return inputs, self._run(inputs)
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(self.pool[0].shape[0], generator=gen)[: self.config.batch_size].tolist()
+        idx = self._indices(step)
         missing = [i for i in idx if i not in self.kept]
         if missing:
             feats, cond, g, real = self._run(tuple(x[missing].to(self.env.device) for x in self.pool))
