@@ -87,10 +87,15 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
                               seed=seed, progress=progress)
     error = predictor_error(predictor, model, task, n=error_n, seed=seed, guide=guide, guide_key=guide_key, train_noises=noises, noise_seed=seed)
     error["command_seed"] = seed
+    from ..metrics.macs import count_macs
+
+    # What every input pays for the head (on top of the shared trunk when it reads key-stage features).
+    predictor_macs = int(count_macs(predictor, *(torch.zeros(1, *s) for s in predictor.input_shapes)))
     extra = {"task": task.spec or task.name, "run": str(run_dir), "recipe": recipe, "seed": seed, "noise_seed": seed,
              "epochs": epochs, "train_inputs": int(table["lpips"].shape[0]), "noises": noises,
              "inputs": [{"name": s.name, "kind": s.kind} for s in specs], "final_loss": history[-1],
-             "exits": list(model.exits), "route_macs": [int(m) for m in model.route_macs()]}
+             "exits": list(model.exits), "route_macs": [int(m) for m in model.route_macs()],
+             "predictor_macs": predictor_macs}
     save_predictor(predictor, out, fingerprints=exits_fingerprints(model), extra=extra, files={"error.json": error})
     return {"out": str(out), **extra, "error": error}
 

