@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-data test demo clean
+.PHONY: install install-data test demo docs clean
 
 # Everything goes into the environment of $(PYTHON) (use a virtual environment: README).
 # torch first, pinned: left to itself pip would resolve a CUDA build of several GB.
@@ -36,6 +36,12 @@ test: install
 demo: install
 	$(PYTHON) -m fiancee demo --task faces --out out/demo --overwrite
 	@echo "The second task, OASIS on label maps, from its shipped exits: $(PYTHON) -m fiancee demo --task fashion --out out/demo_fashion"
+
+# Every table and figure of README.md, BENCHMARKS.md and docs/*.md, written from the committed result
+# files (results/*.json, benchmarks/*.json; tools/docs.py, checked by tests/test_docs_results.py).
+# Runs in the environment `make install` sets up (it imports fiancee to print the bench tables and the CLI).
+docs:
+	$(PYTHON) tools/docs.py
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .hypothesis
