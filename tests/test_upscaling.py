@@ -159,3 +159,25 @@ def test_the_command_writes_images_route_maps_and_a_summary(pipe, tmp_path, caps
     assert main(args[:3] + [str(tmp_path / "tiny.png")] + args[4:] + ["--overwrite"]) == 2
     assert "smaller than one 8x8 tile" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_the_seam_ratio_sees_a_hard_seam_and_not_a_blended_one():
+    from fiancee.upscaling import seam_ratio
+
+    rng = np.random.default_rng(4)
+    ys = xs = tile_starts(40, TILE, 2)
+    smooth = (rng.random((80, 80, 3)) * 20 + 100).astype(np.uint8)  # steps alike everywhere: no seam
+    assert 0.8 < seam_ratio(smooth, (ys, xs), TILE, 2, 2) < 1.2
+    seamy = smooth.astype(np.int32)
+    for k, x0 in enumerate(xs[1:], 1):  # every other tile column brighter from its hand-over line on
+        cut = int(round((xs[k - 1] + TILE + x0) / 2 * 2))
+        seamy[:, cut:] += 40 if k % 2 else -40
+    assert seam_ratio(np.clip(seamy, 0, 255).astype(np.uint8), (ys, xs), TILE, 2, 2) > 2
+
+
+def test_the_backbone_baseline_runs_every_tile_on_the_backbone_without_the_predictor(pipe):
+    img = np.random.default_rng(5).random((16, 20, 3)).astype(np.float32)
+    base = upscale_array(pipe, img, max_lpips=0.1, tile=TILE, overlap=2, backbone_only=True)
+    routed = upscale_array(pipe, img, max_lpips=1e-9, tile=TILE, overlap=2)  # every tile on the backbone too
+    assert (base["routes"] == 1).all() and base["macs"] == pytest.approx(base["backbone_macs"])
+    assert np.array_equal(base["image"], routed["image"])

@@ -24,7 +24,7 @@ import torch
 
 from .tiles import RowStitcher, check_tiling, tile_starts
 
-__all__ = ["read_image", "upscale_array", "upscale_images", "ROUTE_COLOURS", "MAX_PIXELS"]
+__all__ = ["read_image", "upscale_array", "upscale_images", "seam_ratio", "ROUTE_COLOURS", "MAX_PIXELS"]
 
 MAX_PIXELS = 16_000_000  # input pixels accepted by default (a 4000x4000 photo -> 16000x16000, 768 MB out)
 # exit 1, 2, 3, ..., backbone last (the route map's legend)
@@ -71,11 +71,13 @@ def _pipeline_tile(pipe) -> int:
 
 @torch.no_grad()
 def upscale_array(pipe, image: np.ndarray, *, max_lpips: float, tile: int, overlap: int, batch_size: int = 16,
-                  progress=None) -> dict:
+                  progress=None, backbone_only: bool = False) -> dict:
     """Upscale ``image`` (float ``[H, W, 3]`` in [0, 1]) tile by tile through ``pipe`` at ``max_lpips``.
 
     Returns ``{"image": uint8 [sH, sW, 3], "routes": int [rows, cols], "starts": (ys, xs), "macs": float,
     "backbone_macs": float}``; ``progress`` is called with the number of tiles done after each batch.
+    ``backbone_only``: every tile through the plain backbone (no predictor, no router): the baseline a
+    routed photo is compared with, tiled and blended the same way.
     """
     from .routing import check_threshold
 
@@ -93,21 +95,53 @@ def upscale_array(pipe, image: np.ndarray, *, max_lpips: float, tile: int, overl
         row = np.stack([image[y0 : y0 + tile, x0 : x0 + tile] for x0 in xs])  # [cols, t, t, 3]
         x = torch.from_numpy(row).permute(0, 3, 1, 2).to(device, probe.dtype) * 2 - 1  # [cols, 3, t, t]
         for i in range(0, len(xs), batch_size):
-            out = pipe(x[i : i + batch_size], max_lpips=threshold)
-            imgs = ((out.images.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu().numpy()  # [b, st, st, 3]
+            if backbone_only:
+                images = pipe.model.backbone(x[i : i + batch_size])
+                taken = torch.full((images.shape[0],), len(pipe.route_macs) - 1, dtype=torch.int64)
+                charged = pipe.route_macs[-1] * images.shape[0]
+            else:
+                out = pipe(x[i : i + batch_size], max_lpips=threshold)
+                images, taken, charged = out.images, out.exits, out.macs.sum()
+            imgs = ((images.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu().numpy()  # [b, st, st, 3]
             if stitcher is None:
                 scale = imgs.shape[1] // tile
                 stitcher = RowStitcher(h, w, tile, overlap, scale)
             for j, img in enumerate(imgs):
                 stitcher.add(xs[i + j], img)
-            routes[r, i : i + len(imgs)] = out.exits.numpy()
-            macs += float(out.macs.sum())
+            routes[r, i : i + len(imgs)] = taken.numpy()
+            macs += float(charged)
             if progress is not None:
                 progress(len(imgs))
         stitcher.finish_row(y0, ys[r + 1] if r + 1 < len(ys) else None)
     backbone = float(pipe.route_macs[-1]) * routes.size
     return {"image": stitcher.out, "routes": routes, "starts": (ys, xs), "macs": macs, "backbone_macs": backbone,
             "scale": scale}
+
+
+def seam_ratio(image: np.ndarray, starts: tuple[list[int], list[int]], tile: int, overlap: int, scale: int) -> float:
+    """How visible the tile borders are in a stitched ``image`` (uint8 ``[sH, sW, C]``): the mean absolute
+    step between neighbouring output pixels across the lines where one tile's blend hands over to the next
+    (the middle of every overlap), over the mean step across all other lines. About 1: no seam; a hard
+    seam raises it. Compared between a routed photo and the backbone's, tiled the same way."""
+    img = image.astype(np.float32)
+    dx = np.abs(np.diff(img, axis=1)).mean(axis=(0, 2))  # [sW - 1]: step between columns c and c + 1
+    dy = np.abs(np.diff(img, axis=0)).mean(axis=(1, 2))  # [sH - 1]
+    ys, xs = starts
+
+    def lines(starts_1d: list[int], steps: np.ndarray) -> tuple[float, float]:
+        # the hand-over line between tile k-1 and tile k: the middle of their overlap, in output pixels
+        cut = {int(round((a + tile + b) / 2 * scale)) - 1 for a, b in zip(starts_1d[:-1], starts_1d[1:])}
+        cut = {c for c in cut if 0 <= c < len(steps)}
+        on = steps[sorted(cut)] if cut else np.zeros(0)
+        off = np.delete(steps, sorted(cut))
+        return float(on.sum()), float(len(on)), float(off.mean()) if len(off) else 0.0
+
+    on_x, n_x, off_x = lines(xs, dx)
+    on_y, n_y, off_y = lines(ys, dy)
+    if n_x + n_y == 0:
+        return 1.0  # one tile: no border
+    base = (off_x + off_y) / 2
+    return float((on_x + on_y) / (n_x + n_y) / base) if base > 0 else 1.0
 
 
 def route_map(image: np.ndarray, routes: np.ndarray, starts: tuple[list[int], list[int]], tile: int,
