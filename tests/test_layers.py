@@ -24,7 +24,7 @@ LAYERS = [
     # the pipeline folder: its from_pretrained resolves the recorded task spec through the registry
     ("pipeline", ["pipeline"]),
     # workflows: read and write run folders, resolve names, train, measure, print
-    ("workflow", ["train", "tables", "evaluate", "exit_quality", "report", "bank_ablation", "paper", "demo", "bench", "export", "upscaling", "cli",
+    ("workflow", ["train", "tables", "evaluate", "exit_quality", "report", "bank_ablation", "paper", "demo", "bench", "export", "upscaling", "results", "cli",
                   "__main__", "__init__"]),
 ]
 TASK_NAMES = {"faces", "fashion", "upscale"}

