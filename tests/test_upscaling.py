@@ -47,12 +47,15 @@ class TinyUpscaleTask(Task):
 
 @pytest.fixture(scope="module")
 def pipe():
-    register_task("tiny-upscale", TinyUpscaleTask)
+    from fiancee.tasks.registry import TASKS
+
+    register_task("tiny-upscale", TinyUpscaleTask)  # the saved folder resolves it by name
     task = TinyUpscaleTask()
     task.spec = "tiny-upscale"
     model = ExitGenerator(task.load_backbone(), task.exits, "1", 8).eval()
     predictor = QualityPredictor("tiny", 1, [[8, TILE, TILE]], width=4, hidden=(8,)).eval()
-    return FianceePipeline(task, model, predictor, ThresholdRouter(model.route_macs()))
+    yield FianceePipeline(task, model, predictor, ThresholdRouter(model.route_macs()))
+    TASKS.unregister("tiny-upscale")  # other tests list the registered names
 
 
 def test_the_grid_covers_every_pixel_with_the_last_tile_flush():

@@ -399,7 +399,7 @@ def _(ctx):
     get_task("faces").sample_inputs(0, seed=0)
 
 
-@case("unknown task", "get_task", "unknown task 'cats'; expected a registered name (faces, fashion), "
+@case("unknown task", "get_task", "unknown task 'cats'; expected a registered name (faces, fashion, upscale), "
       "'package.module:attr' naming a Task subclass or a zero-argument callable returning a Task on sys.path, "
       "or an entry point of group 'fiancee.tasks'")
 def _(ctx):

@@ -200,7 +200,7 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
         from tqdm import tqdm
 
         total = sum(len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) for _, (h, w) in images)
-        bar = tqdm(total=total, desc="upscale", unit="tile", dynamic_ncols=True)
+        bar = tqdm(total=total, desc="tiles", unit="tile", dynamic_ncols=True)
     with atomic_folder(out, kind="fiancee-upscale", what="upscale output") as tmp:
         for path, _ in images:
             arr = read_image(path, max_pixels)
