@@ -18,13 +18,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fiancee"
 LAYERS = [
     # concept modules: take objects, return objects; never read run folders or resolve task names
     ("concept", ["checks", "extras", "io", "specs", "timing", "staged", "tiles", "metrics", "backbones", "exits", "bank", "predictor",
-                 "routing", "classifier", "plots", "runtime"]),
+                 "routing", "risk", "guarantee", "classifier", "plots", "runtime"]),
     # the task registry and the built-in tasks (each reads its own data and weights)
     ("tasks", ["tasks"]),
     # the pipeline folder: its from_pretrained resolves the recorded task spec through the registry
     ("pipeline", ["pipeline"]),
     # workflows: read and write run folders, resolve names, train, measure, print
-    ("workflow", ["train", "tables", "evaluate", "exit_quality", "report", "bank_ablation", "paper", "demo", "bench", "export", "upscaling", "results", "cli",
+    ("workflow", ["train", "tables", "evaluate", "exit_quality", "report", "bank_ablation", "paper", "demo", "bench", "export", "upscaling", "results", "guarantee_study", "cli",
                   "__main__", "__init__"]),
 ]
 TASK_NAMES = {"faces", "fashion", "upscale"}

@@ -25,7 +25,9 @@ runs more of the backbone). Ties go to the lower index.
   paper: the paper reports the predictor's mean relative error (5-14%, Tables S3/S4) but a router
   trusting it blindly meets T on only ~half of the borderline inputs. ``fit`` meets a compliance
   target on average; ``fit_guarantee`` gives the PAC statement "with probability >= 1 - delta the
-  miss rate is <= epsilon" (Learn-then-Test).
+  miss rate is <= epsilon" (Learn-then-Test); ``fit_crc`` the expected miss rate <= epsilon (Conformal Risk
+  Control); ``fit_ucb`` the PAC statement by an upper confidence bound. The rules that choose the margin,
+  and the study of them over many calibration splits, are in :mod:`fiancee.guarantee`.
 
 Routers hold no weights; :meth:`Router.to_config` / :func:`router_from_config` round-trip them
 through JSON.
@@ -42,7 +44,8 @@ from .runtime import margin_at  # torch-free: the exported runtime uses the same
 
 __all__ = [
     "Router", "ThresholdRouter", "OracleRouter", "StaticRouter", "CalibratedRouter",
-    "router_from_config", "check_threshold", "compliance", "mean_cost", "guarantee_min_inputs",
+    "router_from_config", "check_threshold", "compliance", "mean_cost", "guarantee_min_inputs", "margin_grid",
+    "margin_misses",
 ]
 
 
@@ -120,6 +123,38 @@ def mean_cost(routes: torch.Tensor, costs: Sequence[float]) -> float:
     """Mean cost (e.g. MACs) of the chosen routes."""
     c = torch.as_tensor([float(x) for x in costs], dtype=torch.float64)
     return float(c[routes.cpu()].mean())
+
+
+def margin_grid(predicted: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Learn-then-Test's margins for ``predicted [N, E]`` at ``threshold``, ascending ``[M]``: a grid in LPIPS
+    units (step 1e-3, off round numbers by ``_GRID_OFFSET``) from just below the smallest cut ``T - predicted``
+    to the largest, then one margin past every cut (no input qualifies for an exit: everyone on the backbone).
+    Fixed in advance up to the data's range (below the smallest cut and above the largest, routing no longer
+    changes), so the hypotheses tested from the top down do not depend on the calibration misses."""
+    cuts = threshold - predicted.double().flatten()
+    lo, hi = float(cuts.min()), float(cuts.max())
+    lo = math.floor(lo * 1000) / 1000
+    grid = torch.arange(round(lo * 1000), round(hi * 1000) + 1, dtype=torch.float64) / 1000 + _GRID_OFFSET
+    return torch.cat([grid, torch.tensor([hi + 1.0], dtype=torch.float64)])
+
+
+def margin_misses(predicted: torch.Tensor, true: torch.Tensor, threshold: float, margins: torch.Tensor,
+                  costs: Sequence[float] | None = None, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibrated rule at every margin of ``margins [M]``: which inputs miss ``threshold`` ``[M, N]`` (bool)
+    and the route each takes ``[M, N]`` (:meth:`CalibratedRouter.route` with that margin: the cheapest exit
+    whose ``predicted + margin <= T``, else the backbone)."""
+    predicted, true = predicted.double(), true.double()
+    b, e = predicted.shape
+    misses, routes = [], []
+    for s in range(0, margins.numel(), chunk):
+        m = margins[s : s + chunk].double()  # [Mc]
+        shifted = predicted.unsqueeze(0) + m.view(-1, 1, 1)  # [Mc, N, E]
+        mc = shifted.shape[0]
+        r = cheapest_meeting(shifted.reshape(mc * b, e), threshold + _EPS, costs).view(mc, b)
+        got = true_lpips_of(r.reshape(-1), true.repeat(mc, 1)).view(mc, b)
+        misses.append(got > threshold)
+        routes.append(r)
+    return torch.cat(misses), torch.cat(routes)
 
 
 class Router:
@@ -223,19 +258,27 @@ class CalibratedRouter(Router):
     (the split-conformal quantile), so that on new inputs from the same distribution the expected
     compliance is at least ``t`` rather than slightly below it.
 
+    With a guarantee instead (:mod:`fiancee.guarantee` states each): :meth:`fit_guarantee` (Learn-then-Test),
+    :meth:`fit_crc` (Conformal Risk Control, expected miss rate), :meth:`fit_ucb` (upper confidence bound).
+    ``method`` records which fit made the margins (``average`` for :meth:`fit`), ``calibration`` the range
+    of the calibration inputs' predicted LPIPS (:meth:`check_inputs` compares routed inputs with it).
+
     Across thresholds: the margin is fitted per threshold (a margin in LPIPS units at T = 0.1 is not
     the right one at T = 0.3: the predictor's error grows with the LPIPS it predicts). At a threshold
     between two fitted ones the larger of the two neighbouring margins is used (conservative); outside
     the fitted range the nearest end's margin is used, which is only as good as the error is flat
     there; fit on a grid that covers the thresholds you will ask for. Fitting one threshold gives a
-    router that uses that one margin everywhere.
+    router that uses that one margin everywhere. A guarantee covers the fitted thresholds only.
     """
 
     kind = "calibrated"
 
     def __init__(self, thresholds: Sequence[float] = (), margins: Sequence[float] = (), target: float | None = None,
                  costs: Sequence[float] | None = None, fit_size: int | None = None, epsilon: float | None = None,
-                 delta: float | None = None):
+                 delta: float | None = None, method: str | None = None, bound: str | None = None,
+                 familywise: bool = False, calibration: dict | None = None):
+        from .risk import check_bound, check_calibration_range, check_method
+
         super().__init__(costs)
         if len(thresholds) != len(margins):
             raise ValueError(f"thresholds and margins must pair up; got {len(thresholds)} and {len(margins)}")
@@ -244,14 +287,44 @@ class CalibratedRouter(Router):
         self.margins = [m for _, m in pairs]
         self.target = None if target is None else float(target)
         self.fit_size = fit_size
-        if (epsilon is None) != (delta is None):
-            raise ValueError("epsilon and delta of a guarantee come together; got one of them")
+        if method is None:  # a config written before methods were recorded: LTT with epsilon, else average
+            if (epsilon is None) != (delta is None):
+                raise ValueError("epsilon and delta of a guarantee come together; got one of them")
+            method = "average" if epsilon is None else "ltt"
+        self.method = check_method(method)
+        needs = {"average": (False, False), "crc": (True, False), "ltt": (True, True), "ucb": (True, True)}[method]
+        if (epsilon is not None, delta is not None) != needs:
+            raise ValueError(f"a {method} router takes " + {(False, False): "neither epsilon nor delta",
+                                                            (True, False): "epsilon and no delta",
+                                                            (True, True): "epsilon and delta"}[needs]
+                             + f"; got epsilon={epsilon!r}, delta={delta!r}")
         self.epsilon = None if epsilon is None else _check_unit(epsilon, "epsilon")
         self.delta = None if delta is None else _check_unit(delta, "delta")
+        if bound is not None and method != "ucb":
+            raise ValueError(f"bound applies to the ucb method only; got bound={bound!r} for {method}")
+        self.bound = check_bound(bound if bound is not None else "hoeffding-bentkus") if method == "ucb" else None
+        if not isinstance(familywise, bool) or (familywise and method not in ("ltt", "ucb")):
+            raise ValueError(f"familywise (Bonferroni over thresholds) applies to ltt and ucb; got {familywise!r} for {method}")
+        self.familywise = familywise
+        self.calibration = None if calibration is None else check_calibration_range(calibration)
 
     @property
     def fitted(self) -> bool:
         return bool(self.thresholds)
+
+    def _set(self, ts, margins, n: int, predicted: torch.Tensor, *, method: str, target: float | None,
+             epsilon: float | None = None, delta: float | None = None, bound: str | None = None,
+             familywise: bool = False) -> "CalibratedRouter":
+        from .risk import calibration_range
+
+        pairs = sorted(zip((float(t) for t in ts), margins))
+        self.thresholds = [t for t, _ in pairs]
+        self.margins = [m for _, m in pairs]
+        self.target = target
+        self.method, self.epsilon, self.delta, self.bound, self.familywise = method, epsilon, delta, bound, familywise
+        self.fit_size = n
+        self.calibration = calibration_range(predicted)
+        return self
 
     def fit(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
             target_compliance: float = 0.95, finite_sample: bool = True) -> "CalibratedRouter":
@@ -262,17 +335,11 @@ class CalibratedRouter(Router):
         goal = float(target_compliance)
         if finite_sample:
             goal = min(1.0, math.ceil((n + 1) * goal) / n)
-        margins = [self._fit_one(predicted, true, check_threshold(t), goal) for t in ts]
-        pairs = sorted(zip((float(t) for t in ts), margins))
-        self.thresholds = [t for t, _ in pairs]
-        self.margins = [m for _, m in pairs]
-        self.target = float(target_compliance)
-        self.epsilon = self.delta = None
-        self.fit_size = n
-        return self
+        margins = [self._fit_average(predicted, true, check_threshold(t), goal) for t in ts]
+        return self._set(ts, margins, n, predicted, method="average", target=float(target_compliance))
 
     def fit_guarantee(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
-                      epsilon: float = 0.05, delta: float = 0.1) -> "CalibratedRouter":
+                      epsilon: float = 0.05, delta: float = 0.1, familywise: bool = False) -> "CalibratedRouter":
         """Fit margins with a PAC guarantee (Learn-then-Test, Angelopoulos et al. 2021; as "Fast yet Safe"
         and CALM use it for early exits): with probability >= 1 - ``delta`` over the draw of the
         calibration inputs, the share of new inputs whose output misses the threshold is <= ``epsilon``.
@@ -283,22 +350,61 @@ class CalibratedRouter(Router):
         is <= ``delta``; the smallest accepted margin is kept. Inputs no exit can bring under T stay on
         the backbone (a miss is never spent on purpose). Needs ``n >= log(delta) / log(1 - epsilon)``
         calibration inputs (:func:`guarantee_min_inputs`); fewer is refused naming that number.
+
+        ``familywise=True``: every threshold is tested at ``delta / len(thresholds)`` (Bonferroni), so that
+        the statement holds at all fitted thresholds at once.
         """
+        return self._fit_risk("ltt", predicted, true, thresholds, epsilon, delta, familywise=familywise)
+
+    def fit_crc(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
+                epsilon: float = 0.05) -> "CalibratedRouter":
+        """Conformal Risk Control (Angelopoulos et al. 2022): the expected share of new inputs that miss the
+        threshold, over the draw of the calibration inputs, is <= ``epsilon``. The smallest margin from which
+        ``(monotonized misses + 1) / (n + 1) <= epsilon`` on the same grid as :meth:`fit_guarantee`; an input's
+        monotonized miss at ``m`` counts a miss at any margin >= ``m`` (the rule does not make misses
+        monotone in the margin, CRC's proof needs it). Needs ``n >= 1 / epsilon - 1``."""
+        return self._fit_risk("crc", predicted, true, thresholds, epsilon, None)
+
+    def fit_ucb(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
+                epsilon: float = 0.05, delta: float = 0.1, bound: str = "hoeffding-bentkus",
+                familywise: bool = False) -> "CalibratedRouter":
+        """Upper-confidence-bound calibration (RCPS, Bates et al. 2021; Fast yet Safe's UCB): the smallest
+        margin from which the ``1 - delta`` upper confidence bound of the miss rate stays below ``epsilon``
+        (``bound``: ``hoeffding-bentkus`` or ``clopper-pearson``, :mod:`fiancee.guarantee`). With probability
+        >= 1 - ``delta`` the miss rate is <= ``epsilon`` when the miss rate falls as the margin grows."""
+        from .risk import check_bound
+
+        return self._fit_risk("ucb", predicted, true, thresholds, epsilon, delta, bound=check_bound(bound),
+                              familywise=familywise)
+
+    def _fit_risk(self, method: str, predicted, true, thresholds, epsilon, delta, *, bound: str | None = None,
+                  familywise: bool = False) -> "CalibratedRouter":
+        from .risk import accepted_index, max_misses, min_calibration
+
         predicted, true, ts = self._check_fit(predicted, true, thresholds)
-        epsilon, delta = _check_unit(epsilon, "epsilon"), _check_unit(delta, "delta")
+        epsilon = _check_unit(epsilon, "epsilon")
+        delta = None if delta is None else _check_unit(delta, "delta")
+        if not isinstance(familywise, bool):
+            raise ValueError(f"familywise must be True or False; got {familywise!r}")
+        ts = [check_threshold(t) for t in ts]
+        each = None if delta is None else (delta / len(ts) if familywise else delta)
         n = predicted.shape[0]
-        need = guarantee_min_inputs(epsilon, delta)
+        need = min_calibration(method, epsilon, each, bound or "hoeffding-bentkus")
         if n < need:
-            raise ValueError(f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g} needs at least {need} "
-                             f"calibration inputs (even with no miss at all); got {n}")
-        margins = [self._fit_one(predicted, true, check_threshold(t), None, (epsilon, delta)) for t in ts]
-        pairs = sorted(zip((float(t) for t in ts), margins))
-        self.thresholds = [t for t, _ in pairs]
-        self.margins = [m for _, m in pairs]
-        self.target = 1.0 - epsilon
-        self.epsilon, self.delta = epsilon, delta
-        self.fit_size = n
-        return self
+            what = (f"an expected miss rate <= {epsilon:g}" if method == "crc" else
+                    f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g}"
+                    + (f" at {len(ts)} thresholds at once" if familywise and len(ts) > 1 else ""))
+            raise ValueError(f"{what} needs at least {need} calibration inputs (even with no miss at all); got {n}")
+        k_max = max_misses(method, n, epsilon, each, bound or "hoeffding-bentkus")
+        margins = []
+        for t in ts:
+            grid = margin_grid(predicted, t)
+            miss, _ = margin_misses(predicted, true, t, grid, self.costs)  # [M, N]
+            if method == "crc":
+                miss = miss.flip(0).cummax(dim=0).values.flip(0)  # monotonized: a miss here or at any larger margin
+            margins.append(float(grid[int(accepted_index(miss.sum(1), k_max))]))
+        return self._set(ts, margins, n, predicted, method=method, target=1.0 - epsilon, epsilon=epsilon,
+                         delta=delta, bound=bound, familywise=familywise)
 
     def _check_fit(self, predicted, true, thresholds):
         predicted = _check_lpips(predicted, "predicted LPIPS").double()
@@ -312,49 +418,32 @@ class CalibratedRouter(Router):
 
     def guarantee(self) -> str | None:
         """The guarantee this router was fitted for, in words (None when fitted on average compliance)."""
-        if self.epsilon is None:
-            return None
-        return (f"with probability >= {1 - self.delta:g} over the {self.fit_size} calibration inputs, at most "
-                f"{self.epsilon:.1%} of new inputs miss the threshold (Learn-then-Test, binomial p-values)")
+        from .risk import statement
 
-    def _fit_one(self, predicted: torch.Tensor, true: torch.Tensor, threshold: float, goal: float | None,
-                 pac: tuple[float, float] | None = None) -> float:
+        return statement(self.method, self.epsilon, self.delta, self.fit_size, bound=self.bound,
+                         thresholds=self.thresholds, familywise=self.familywise)
+
+    def check_inputs(self, predicted: torch.Tensor) -> dict | None:
+        """Whether routed inputs (their predicted LPIPS ``[B, E]``) look unlike the calibration inputs
+        (:func:`fiancee.guarantee.range_check`); None for a router saved without its calibration range."""
+        from .risk import range_check
+
+        return None if self.calibration is None else range_check(self.calibration, predicted)
+
+    def _fit_average(self, predicted: torch.Tensor, true: torch.Tensor, threshold: float, goal: float) -> float:
         # Input b qualifies for exit i iff predicted[b, i] + m <= T, i.e. m <= cut = T - predicted[b, i].
         # Routing (hence compliance) is constant on every interval (cut_k, cut_k+1]; evaluate it at each
         # cut (the value of the interval ending there) and once past the last cut (nobody qualifies
         # for any exit: everyone on the backbone, compliance 1).
         cuts = torch.unique(threshold - predicted.flatten())  # [K] ascending
-        if pac is not None:
-            # Learn-then-Test needs the sequence of hypotheses fixed before the data is seen: a grid of
-            # margins in LPIPS units (step 1e-3) instead of the calibration data's own cut points.
-            lo = math.floor(float(cuts[0]) * 1000) / 1000
-            cuts = torch.arange(round(lo * 1000), round(float(cuts[-1]) * 1000) + 1, dtype=torch.float64) / 1000 + _GRID_OFFSET
         candidates = torch.cat([cuts, cuts[-1:] + 1.0])  # [K+1]
-        ok = torch.empty(candidates.numel(), dtype=torch.float64)
-        for s in range(0, candidates.numel(), 256):
-            m = candidates[s : s + 256]  # [M]
-            shifted = predicted.unsqueeze(0) + m.view(-1, 1, 1)  # [M, B, E]
-            mb, b, e = shifted.shape
-            routes = cheapest_meeting(shifted.reshape(mb * b, e), threshold + _EPS, self.costs).view(mb, b)
-            got = true_lpips_of(routes.reshape(-1), true.repeat(mb, 1)).view(mb, b)
-            ok[s : s + mb] = (got <= threshold).double().mean(dim=1)
-        if pac is not None:
-            from scipy.stats import binom
-
-            epsilon, delta = pac
-            n = true.shape[0]
-            misses = torch.round((1 - ok) * n)
-            pvalues = torch.as_tensor(binom.cdf(misses.numpy(), n, epsilon))  # H0: miss rate > epsilon
-            # Fixed-sequence testing from the largest margin down: stop at the first H0 not rejected.
-            bad = (pvalues > delta).nonzero().flatten()
-        else:
-            # The smallest margin from which compliance never drops below the goal again.
-            bad = (ok < goal - 1e-12).nonzero().flatten()
+        miss, _ = margin_misses(predicted, true, threshold, candidates, self.costs)
+        ok = 1.0 - miss.double().mean(dim=1)
+        # The smallest margin from which compliance never drops below the goal again.
+        bad = (ok < goal - 1e-12).nonzero().flatten()
         if bad.numel() == 0:
             return float(candidates[0])  # any margin works; below the first cut routing no longer changes
         k = int(bad[-1])  # k < K: past the last cut compliance is 1
-        if pac is not None:
-            return float(candidates[k + 1])  # the smallest margin of the accepted sequence
         # Just past cut_k, inside the good interval (cut_k, cut_k+1]; the step stays far above _EPS.
         return float(cuts[k] + min(1e-6, float(candidates[k + 1] - cuts[k]) / 2))
 
@@ -373,7 +462,9 @@ class CalibratedRouter(Router):
 
     def to_config(self) -> dict:
         return {**super().to_config(), "thresholds": self.thresholds, "margins": self.margins,
-                "target": self.target, "fit_size": self.fit_size, "epsilon": self.epsilon, "delta": self.delta}
+                "target": self.target, "fit_size": self.fit_size, "epsilon": self.epsilon, "delta": self.delta,
+                "method": self.method, "bound": self.bound, "familywise": self.familywise,
+                "calibration": self.calibration}
 
 
 _ROUTERS = {"threshold": ThresholdRouter, "oracle": OracleRouter, "static": StaticRouter, "calibrated": CalibratedRouter}
@@ -386,11 +477,16 @@ def router_from_config(config: dict) -> Router:
     kwargs = {k: v for k, v in config.items() if k != "kind"}
     # Every number finite and of its type: a NaN margin or cost would compare false everywhere and
     # silently send every input to one route.
-    known = {"costs", "compliance", "exit", "thresholds", "margins", "target", "fit_size", "epsilon", "delta"}
+    known = {"costs", "compliance", "exit", "thresholds", "margins", "target", "fit_size", "epsilon", "delta",
+             "method", "bound", "familywise", "calibration"}
     for key, value in kwargs.items():
         if key not in known:
             raise ValueError(f"router config: unknown field {key!r}")
-        if key == "exit" or key == "fit_size":
+        if key in ("method", "bound", "calibration"):  # checked by the router itself (fiancee.guarantee)
+            continue
+        if key == "familywise":
+            ok = isinstance(value, bool)
+        elif key == "exit" or key == "fit_size":
             ok = value is None and key == "fit_size" or isinstance(value, int) and not isinstance(value, bool) and value >= 0
         elif key in ("costs", "thresholds", "margins"):
             ok = (value is None and key == "costs") or isinstance(value, list) and all(_finite(v) for v in value)
