@@ -50,8 +50,9 @@ def per_image_lpips(images: torch.Tensor, reference: torch.Tensor, to_metric, ne
 
 
 def sample_table_inputs(task, n: int, seed: int, split: str, noises: int | torch.Tensor | None = None,
-                        noise_seed: int = 0, pairing: str = "cross") -> tuple[torch.Tensor, ...]:
-    """Generator inputs of a table. Without ``noises``: ``task.sample_inputs(n, seed, split)``.
+                        noise_seed: int = 0, pairing: str = "cross", shift: str | None = None) -> tuple[torch.Tensor, ...]:
+    """Generator inputs of a table. Without ``noises``: ``task.sample_inputs(n, seed, split)``; with ``shift``
+    (a name the task declares, :attr:`fiancee.tasks.base.Task.shifts`): ``task.shifted_inputs(n, seed, split, shift)``.
 
     With ``noises`` (tasks with a label map or conditions; paper S1.1.2): ``n`` draws of ``split``
     crossed with a fixed set of noise draws (``K`` drawn from ``noise_seed``, or the ``[K, ...]``
@@ -61,7 +62,7 @@ def sample_table_inputs(task, n: int, seed: int, split: str, noises: int | torch
     """
     if pairing not in ("cross", "pair"):
         raise ValueError(f"pairing must be 'cross' or 'pair'; got {pairing!r}")
-    inputs = task.sample_inputs(n, seed, split)
+    inputs = task.sample_inputs(n, seed, split) if shift is None else task.shifted_inputs(n, seed, split, shift)
     declared_inputs(task, inputs)
     if noises is None:
         return inputs
@@ -79,7 +80,7 @@ def _table_key(fps: dict, inputs: tuple[torch.Tensor, ...], guide_key: str | Non
 @torch.no_grad()
 def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, cache: bool | str | Path = True, *,
                       noises: int | torch.Tensor | None = None, noise_seed: int = 0, pairing: str = "cross",
-                      guide_key: str | None = None,
+                      guide_key: str | None = None, shift: str | None = None,
                       batch_size: int = 128, net: str = "alex", progress: bool = False) -> dict:
     """Inputs x the true LPIPS of every exit vs the backbone (section 3.2's labels S).
 
@@ -87,9 +88,10 @@ def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, ca
     stores it under ``cache_dir("lpips_tables")``, a path puts it in that folder, ``False`` skips the
     cache. The key hashes the backbone and exit weights, the inputs, the LPIPS net and ``guide_key``;
     a callable ``guide`` (a bank) cannot be hashed, so pass ``guide_key`` (e.g. the bank's folder and
-    fingerprint) or the table is not cached.
+    fingerprint) or the table is not cached. ``shift``: inputs from a shifted distribution the task declares
+    (:func:`sample_table_inputs`); the key hashes the inputs, so a shifted table is cached apart.
     """
-    inputs = tuple(x.cpu() for x in sample_table_inputs(task, n, seed, split, noises, noise_seed, pairing))
+    inputs = tuple(x.cpu() for x in sample_table_inputs(task, n, seed, split, noises, noise_seed, pairing, shift))
     key = _table_key(exits_fingerprints(model), inputs, guide_key, net)
     use_cache = cache is not False and (guide is None or guide_key is not None)
     folder = Path(cache) if isinstance(cache, (str, Path)) else cache_dir("lpips_tables")
@@ -112,7 +114,8 @@ def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, ca
                                  for r in range(e)], dim=1))  # [b, E]
     lpips = torch.cat(rows).float()
     if use_cache:
-        save_tensors(path, {"lpips": lpips}, metadata={"task": task.name, "n": str(n), "seed": str(seed), "split": split})
+        save_tensors(path, {"lpips": lpips}, metadata={"task": task.name, "n": str(n), "seed": str(seed), "split": split,
+                                                          **({"shift": shift} if shift else {})})
     return {"inputs": inputs, "lpips": lpips, "key": key, "cached": False}
 
 

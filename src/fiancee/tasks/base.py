@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..staged import StagedGenerator
 
 __all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "WEIGHTS_ENV", "weights_dir", "find_weights", "check_split",
-           "declared_inputs", "cross_noises", "pair_noises"]
+           "declared_inputs", "cross_noises", "pair_noises", "parse_shift"]
 
 SPLITS = ("train", "test")
 INPUT_KINDS = ("label_map", "noise", "condition")
@@ -71,6 +71,19 @@ def find_weights(*parts: str) -> Path:
     return path
 
 
+def parse_shift(task, shift) -> tuple[str, str | None]:
+    """``"name"`` or ``"name:argument"`` -> (name, argument), the name one the task declares
+    (:attr:`Task.shifts`); anything else is refused naming the task's shifts."""
+    declared = getattr(task, "shifts", None) or {}
+    if not declared:
+        raise ValueError(f"task {task.name!r} declares no input shifts (Task.shifts)")
+    name, _, arg = shift.partition(":") if isinstance(shift, str) else ("", "", "")
+    if name not in declared:
+        known = "; ".join(f"{k}: {v}" for k, v in declared.items())
+        raise ValueError(f"task {task.name!r} has no input shift {shift!r}; it declares {known}")
+    return name, (arg or None)
+
+
 def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
@@ -110,6 +123,17 @@ class Task(ABC):
         ``split`` separates the inputs used to fit things (predictor, bank) from those used to
         evaluate them, so the two never overlap.
         """
+
+    # Named input shifts (:meth:`shifted_inputs`): name -> what it draws, for a user. A calibrated router's
+    # guarantee assumes routed inputs are like its calibration inputs; these draw inputs that are not
+    # (`fiancee guarantee --shift`). Empty: the task declares none.
+    shifts: dict = {}
+
+    def shifted_inputs(self, n: int, seed: int, split: str, shift: str) -> tuple[torch.Tensor, ...]:
+        """``n`` inputs like :meth:`sample_inputs` draws, from the shifted distribution ``shift``
+        (``"name"`` or ``"name:argument"``, a name of :attr:`shifts`). Tasks that declare shifts override it."""
+        parse_shift(self, shift)
+        raise NotImplementedError(f"task {self.name!r} declares the shift {shift!r} but does not draw it")
 
     def draw_noise(self, name: str, n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         """``n`` fresh draws ``[n, *shape]`` of the noise input ``name`` (default N(0, I))."""

@@ -153,3 +153,19 @@ class FacesTask(Task):
             raise ValueError(f"n must be positive; got {n}")
         g = torch.Generator().manual_seed(seed + _SPLIT_OFFSET[check_split(split)])
         return (torch.randn(n, Z_DIM, generator=g),)
+
+    shifts = {"norm": "z ~ N(0, s^2 I), noise of a larger norm than the generator was trained on "
+                      "(norm:1.5 scales the same draws by s = 1.5)"}
+
+    def shifted_inputs(self, n: int, seed: int, split: str, shift: str) -> tuple[torch.Tensor]:
+        """``norm:s``: the draws of :meth:`sample_inputs` scaled by ``s`` (default 1.5), i.e. z ~ N(0, s^2 I)."""
+        from .base import parse_shift
+
+        _, arg = parse_shift(self, shift)
+        try:
+            scale = 1.5 if arg is None else float(arg)
+        except ValueError:
+            raise ValueError(f"shift norm:S needs a number S > 0; got {shift!r}") from None
+        if not (0 < scale < float("inf")):
+            raise ValueError(f"shift norm:S needs a number S > 0; got {shift!r}")
+        return (self.sample_inputs(n, seed, split)[0] * scale,)

@@ -316,6 +316,29 @@ class FashionTask(Task):
         z = torch.randn(n, self.z_dim(), generator=torch.Generator().manual_seed(seed + 1))
         return label, z
 
+    shifts = {"classes": "label maps of some garment classes only (classes:0,2,4,6: T-shirt/top, Pullover, Coat, "
+                         "Shirt; 0..9 in Fashion-MNIST's order)"}
+
+    def shifted_inputs(self, n: int, seed: int, split: str, shift: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``classes:a,b,...``: ``n`` label maps drawn (seeded) from the split's items of those classes only,
+        with noise as :meth:`sample_inputs` draws it."""
+        from .base import parse_shift
+
+        _, arg = parse_shift(self, shift)
+        try:
+            wanted = sorted({int(c) for c in (arg or "").split(",") if c.strip()})
+        except ValueError:
+            wanted = []
+        if not wanted or not all(0 <= c < len(CLASS_NAMES) for c in wanted):
+            raise ValueError(f"shift classes:A,B,... needs class numbers in 0..{len(CLASS_NAMES) - 1}; got {shift!r}")
+        data = self.split(split)
+        pool = torch.nonzero(torch.isin(data.classes, torch.tensor(wanted))).flatten()
+        if not 0 < n <= pool.numel():
+            raise ValueError(f"n must lie in 1..{pool.numel()} (the {split} split's items of classes {wanted}); got {n}")
+        idx = pool[torch.randperm(pool.numel(), generator=torch.Generator().manual_seed(seed))[:n]]
+        z = torch.randn(n, self.z_dim(), generator=torch.Generator().manual_seed(seed + 1))
+        return one_hot(data.maps[idx]), z
+
 
 def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | None = None, seed: int = 0,
                            epochs: int = 2, train_limit: int | None = None, progress: bool = True) -> dict:
