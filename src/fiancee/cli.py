@@ -187,6 +187,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guarantee(args: argparse.Namespace) -> int:
+    from .guarantee_study import run_guarantee_study, summary_lines
+
+    result = run_guarantee_study(
+        args.pipeline, args.out, thresholds=_floats(args.thresholds, "--thresholds"),
+        epsilons=_floats(args.epsilons, "--epsilons"), delta=args.delta, n=args.n, n_cal=args.n_cal, n_test=args.n_test,
+        splits=args.splits, seed=args.seed, methods=[m for m in args.methods.split(",") if m.strip()],
+        bound=args.bound, shift=args.shift, shift_n=args.shift_n, progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "figures"}))
+        return 0
+    print("\n".join(summary_lines(result)))
+    print(f"json: {result['json']}; figures: {', '.join(result['figures'].values())}")
+    return 0
+
+
 def _upscale(args: argparse.Namespace) -> int:
     from .pipeline import FianceePipeline
     from .upscaling import upscale_images
@@ -208,7 +225,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(args.task, args.out, retrain=args.retrain, seed=args.seed, n_eval=args.n, n_predictor=args.n_predictor,
              n_calibrate=args.n_calibrate, preset=args.preset, exits=args.exits, progress=not args.no_progress,
-             epsilon=args.epsilon, delta=args.delta, target_compliance=args.target_compliance)
+             epsilon=args.epsilon, delta=args.delta, target_compliance=args.target_compliance, method=args.method)
     return 0
 
 
@@ -545,6 +562,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
+        "guarantee", help="a pipeline's calibration methods over many calibration / test splits, and under shift",
+        description="Measures the true LPIPS of every exit on --n held-out inputs (cached) and the predictor's "
+                    "estimates, then calibrates the router with every method (average compliance, Conformal Risk "
+                    "Control, Learn-then-Test, upper confidence bound) on --splits random calibration sets of --n-cal "
+                    "inputs and measures each on the rest: per threshold and epsilon the realized miss rate (mean, "
+                    "90th percentile, share of splits above epsilon), the net MACs saved and the calibration size "
+                    "each method needs; with several thresholds, the family-wise share (Bonferroni over thresholds). "
+                    "--shift tests every split's router on inputs the task draws from a shifted distribution. "
+                    "Writes guarantee.json, risk.png, saved.png (and shift.png) under --out (docs/guarantee.md).",
+        epilog="example:\n"
+               "  fiancee demo --task faces --out out/demo_faces\n"
+               "  fiancee guarantee out/demo_faces/pipeline --thresholds 0.05,0.1 --splits 500 --shift norm:1.5 "
+               "--out out/guarantee_faces",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", help="a pipeline folder (fiancee demo, FianceePipeline.save)")
+    p.add_argument("--out", required=True, help="folder for guarantee.json and the figures")
+    p.add_argument("--thresholds", default="0.05,0.1", help="comma-separated LPIPS thresholds (default 0.05,0.1)")
+    p.add_argument("--epsilons", default="0.02,0.05,0.1,0.15,0.2",
+                   help="requested miss rates, comma-separated (default 0.02,0.05,0.1,0.15,0.2)")
+    p.add_argument("--delta", type=float, default=0.1, help="high-probability methods: 1 - confidence (default 0.1)")
+    p.add_argument("--methods", default="average,crc,ltt,ucb", help="comma-separated, of average, crc, ltt, ucb (default all)")
+    p.add_argument("--bound", choices=["hoeffding-bentkus", "clopper-pearson"], default="hoeffding-bentkus",
+                   help="ucb's upper confidence bound (default hoeffding-bentkus; clopper-pearson accepts what ltt does)")
+    p.add_argument("--n", type=int, default=5000, help="held-out inputs in the table (default 5000)")
+    p.add_argument("--n-cal", type=int, default=1000, help="calibration inputs per split (default 1000)")
+    p.add_argument("--n-test", type=int, default=None, help="test inputs per split (default: all the others)")
+    p.add_argument("--splits", type=int, default=500, help="random calibration / test splits, at least 100 (default 500)")
+    p.add_argument("--shift", default=None, help="also test on shifted inputs the task declares (faces norm:1.5, "
+                                                 "fashion classes:0,2,4,6)")
+    p.add_argument("--shift-n", type=int, default=2000, help="shifted inputs (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bars)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
+    p.set_defaults(func=_guarantee)
+
+    p = sub.add_parser(
         "upscale", help="upscale photos tile by tile, each tile on the cheapest exit meeting --max-lpips",
         description="Cuts each photo into overlapping tiles, routes every tile by its predicted LPIPS, runs the tiles "
                     "as a mixed-exit tree in batches and blends the overlaps without seams; one row of tiles at a time "
@@ -588,6 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, default=0.1, help="guarantee: ... with probability >= 1 - delta over the calibration draw (default 0.1)")
     p.add_argument("--target-compliance", type=float, default=None,
                    help="fit the router for this average compliance instead of the guarantee (split-conformal margins)")
+    p.add_argument("--method", choices=["ltt", "ucb", "crc"], default="ltt",
+                   help="the guarantee's calibration: ltt (Learn-then-Test, default), ucb (upper confidence bound; both "
+                        "with probability >= 1 - delta), crc (Conformal Risk Control: expected miss rate <= epsilon); "
+                        "docs/guarantee.md")
     p.add_argument("--exits", default=None, help="a train-exits run of the task to use (default: the committed one, "
                                                   "else a fresh run)")
     p.add_argument("--preset", choices=["quick", "full", "smoke"], default="quick",
@@ -819,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _OUT_FOLDERS = {
     "sample": "out", "train-classifier": "out", "evaluate-backbone": "out", "evaluate-exits": "out",
     "train-predictor": "out", "evaluate": "out", "demo": "out", "bank-ablation": "out", "exit-quality": "out",
-    "bank-distance": "out", "upscale": "out",
+    "bank-distance": "out", "upscale": "out", "guarantee": "out",
 }
 
 

@@ -14,7 +14,7 @@ import torch
 from .io import atomic_path
 
 __all__ = ["save_grid", "to_uint8", "save_kde_panels", "save_image_strip", "save_saved_plot", "save_shares_plot",
-           "save_density_plot", "save_route_distance_plot"]
+           "save_density_plot", "save_route_distance_plot", "save_risk_plot", "save_risk_saved_plot", "save_shift_plot"]
 
 
 def _pyplot():
@@ -254,4 +254,141 @@ def save_route_distance_plot(routes: np.ndarray, distances: np.ndarray, num_rout
     what = f"routed at T = {threshold:g}" if threshold is not None else "routed"
     ax.set_title(f"Exit {what} vs distance to the bank (cf. paper Fig. 10; KDE bw {bandwidth})", fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The guarantee over many calibration splits (fiancee.guarantee.split_study's result)
+
+_METHOD_LABEL = {"average": "average compliance (no guarantee)", "crc": "CRC (expected miss rate)",
+                 "ltt": "LTT (prob. >= 1 - delta)", "ucb": "UCB (prob. >= 1 - delta)"}
+_METHOD_COLOR = {"average": "C7", "crc": "C2", "ltt": "C0", "ucb": "C3"}
+# average and CRC often choose the same margins (they differ only where an input's miss is not monotone in
+# the margin): average is drawn dashed with open marks so that the two stay visible on top of each other.
+_METHOD_STYLE = {"average": dict(ls="--", marker="o", mfc="none", ms=6), "crc": dict(ls="-", marker="o", ms=3),
+                 "ltt": dict(ls="-", marker="o", ms=3), "ucb": dict(ls="-", marker="o", ms=3)}
+
+
+def _study_series(study: dict, threshold: float, method: str, part: str | None = None):
+    rows = sorted((r for r in study["rows"] if r["threshold"] == threshold and r["method"] == method),
+                  key=lambda r: r["epsilon"])
+    pick = (lambda r: r) if part is None else (lambda r: r[part])
+    return np.array([r["epsilon"] for r in rows]), [pick(r) for r in rows]
+
+
+def _method_label(study: dict, m: str) -> str:
+    label = _METHOD_LABEL.get(m, m)
+    return label.replace("UCB", f"UCB, {study['bound']}") if m == "ucb" else label
+
+
+def _study_title(study: dict, what: str) -> str:
+    return (f"{what}: {study['splits']} random splits, {study['n_cal']} calibration / {study['n_test']} test inputs "
+            f"of {study['n_table']}, delta = {study['delta']:g}")
+
+
+def save_risk_plot(study: dict, path: str | Path, *, highlight: str | None = None, thresholds=None) -> Path:
+    """Top: the realized miss rate on the test inputs against the requested epsilon, per method (line: mean
+    over the splits, band: 10th-90th percentile) with the diagonal; bottom: the share of splits whose miss
+    rate exceeds epsilon, with delta (what the high-probability methods promise to stay under). One
+    column per threshold; ``highlight`` draws one method thicker (a pipeline's own)."""
+    plt = _pyplot()
+    ts = list(thresholds or study["thresholds"])
+    fig, axes = plt.subplots(2, len(ts), figsize=(4.6 * len(ts) + 0.6, 7.2), squeeze=False, sharex=True)
+    eps_max = max(study["epsilons"])
+    for j, t in enumerate(ts):
+        top, bottom = axes[0, j], axes[1, j]
+        top.plot([0, eps_max * 1.05], [0, eps_max * 1.05], color="k", lw=0.8, ls="--", label="requested = realized")
+        for m in study["methods"]:
+            x, rows = _study_series(study, t, m)
+            lw = 2.6 if m == highlight else 1.4
+            c = _METHOD_COLOR.get(m, None)
+            style = _METHOD_STYLE.get(m, {})
+            top.plot(x, [r["miss_mean"] for r in rows], color=c, lw=lw, label=_method_label(study, m), **style)
+            top.fill_between(x, [r["miss_p10"] for r in rows], [r["miss_p90"] for r in rows], color=c, alpha=0.12)
+            bottom.plot(x, [r["iid"]["share_above"] for r in rows], color=c, lw=lw, **style)
+            bottom.plot(x, [r["share_above"] for r in rows], color=c, lw=0.8, ls=":")
+        bottom.axhline(study["delta"], color="k", lw=0.8, ls="-.", label=f"delta = {study['delta']:g}")
+        bottom.plot([], [], color="k", lw=1.4, label="share of draws whose true miss rate > epsilon "
+                                                     "(calibration drawn i.i.d. from the table)")
+        bottom.plot([], [], color="k", lw=0.8, ls=":", label="share of splits whose test-input miss rate > epsilon "
+                                                           "(adds the test inputs' own noise)")
+        top.set_title(f"LPIPS <= {t:g}")
+        top.set_ylabel("miss rate on the test inputs")
+        bottom.set_ylabel("share above epsilon")
+        bottom.set_xlabel("requested epsilon (miss rate)")
+        bottom.set_ylim(-0.02, 1.02)
+        for ax in (top, bottom):
+            ax.set_xlim(0, eps_max * 1.05)
+            ax.grid(alpha=0.3)
+        top.set_ylim(bottom=0)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    h2, l2 = axes[1, 0].get_legend_handles_labels()
+    fig.suptitle(_study_title(study, "Requested vs realized miss rate"), fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.97))
+    fig.legend(handles + h2, labels + l2, fontsize=8, loc="lower center", ncol=2, frameon=False)
+    return _save(fig, path)
+
+
+def save_risk_saved_plot(study: dict, path: str | Path, *, highlight: str | None = None, thresholds=None) -> Path:
+    """Net MACs saved (routes + predictor and bank overhead) against the requested epsilon, per method (line:
+    mean over the splits, band: 10th-90th percentile), beside the strict oracle's saving (every output <= T)."""
+    plt = _pyplot()
+    ts = list(thresholds or study["thresholds"])
+    fig, axes = plt.subplots(1, len(ts), figsize=(4.6 * len(ts) + 0.6, 3.8), squeeze=False)
+    oracle = {o["threshold"]: o["saved"] for o in study["oracle"]}
+    for j, t in enumerate(ts):
+        ax = axes[0, j]
+        for m in study["methods"]:
+            x, rows = _study_series(study, t, m)
+            c = _METHOD_COLOR.get(m, None)
+            ax.plot(x, [100 * r["saved_mean"] for r in rows], color=c, lw=2.6 if m == highlight else 1.4,
+                    label=_method_label(study, m), **_METHOD_STYLE.get(m, {}))
+            ax.fill_between(x, [100 * r["saved_p10"] for r in rows], [100 * r["saved_p90"] for r in rows], color=c,
+                            alpha=0.12)
+        ax.axhline(100 * oracle[t], color="gray", ls=":", label="oracle, every output <= T (routes only)")
+        ax.set_title(f"LPIPS <= {t:g}")
+        ax.set_xlabel("requested epsilon (miss rate)")
+        ax.set_ylabel("net MACs saved vs the backbone (%)")
+        ax.set_xlim(0, max(study["epsilons"]) * 1.05)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle(_study_title(study, "Compute saved"), fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    return _save(fig, path)
+
+
+def save_shift_plot(study: dict, path: str | Path, *, shift: str = "shifted inputs", thresholds=None) -> Path:
+    """Mean miss rate against the requested epsilon on the calibration distribution's test inputs (solid) and
+    on the shifted inputs (dashed), per method, with the diagonal; the paper's rule (margin 0) as marks."""
+    plt = _pyplot()
+    ts = list(thresholds or study["thresholds"])
+    fig, axes = plt.subplots(1, len(ts), figsize=(4.6 * len(ts) + 0.6, 4.0), squeeze=False)
+    paper = {p["threshold"]: p for p in study["paper_rule"]}
+    eps_max = max(study["epsilons"])
+    for j, t in enumerate(ts):
+        ax = axes[0, j]
+        for m in study["methods"]:
+            x, rows = _study_series(study, t, m)
+            c = _METHOD_COLOR.get(m, None)
+            ax.plot(x, [r["miss_mean"] for r in rows], "o-", color=c, lw=1.4, ms=3, label=_method_label(study, m))
+            ax.plot(x, [r["shifted"]["miss_mean"] for r in rows], "s--", color=c, lw=1.4, ms=3)
+            # (average and CRC may coincide: the legend names both, the lines overlap)
+        top = max(eps_max, *(r["shifted"]["miss_p90"] for r in study["rows"] if r["threshold"] == t))
+        ax.plot([0, eps_max * 1.05], [0, eps_max * 1.05], color="k", lw=0.8, ls="--")
+        p = paper.get(t)
+        if p is not None:
+            ax.axhline(p["miss_mean"], color="C1", lw=0.9, label="paper's rule (no margin), calibration distribution")
+            ax.axhline(p["shifted"]["miss_mean"], color="C1", lw=0.9, ls="--", label=f"paper's rule, {shift}")
+            top = max(top, p["shifted"]["miss_mean"], p["miss_mean"])
+        ax.set_ylim(0, top * 1.08)
+        ax.set_xlim(0, eps_max * 1.05)
+        ax.set_title(f"LPIPS <= {t:g}")
+        ax.set_xlabel("requested epsilon (miss rate)")
+        ax.set_ylabel("mean miss rate")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle(f"Calibrated on one distribution, tested on it (solid) and on {shift} (dashed)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.13, 1, 0.95))
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
     return _save(fig, path)
