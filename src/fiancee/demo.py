@@ -6,12 +6,15 @@
 2. predictor: inputs x true LPIPS of every exit on training inputs, then the library's default recipe
    (MAE + AdamW, the paper's MegaPortraits recipe, S1.2.2);
 3. router: a calibrated threshold router, its margins fitted on held-out inputs the predictor never saw.
-   By default with a guarantee (Learn-then-Test, ``CalibratedRouter.fit_guarantee``): with probability
-   >= 1 - ``delta`` over the calibration draw, at most ``epsilon`` of new outputs miss the threshold
-   (defaults 0.05 and 0.1). With ``target_compliance`` given instead, the average-compliance fit
-   (``CalibratedRouter.fit``: split-conformal margins, expected compliance >= the target);
+   By default with a guarantee (``method="ltt"``, Learn-then-Test, ``CalibratedRouter.fit_guarantee``): with
+   probability >= 1 - ``delta`` over the calibration draw, at most ``epsilon`` of new outputs miss the
+   threshold (defaults 0.05 and 0.1); ``method="ucb"`` the same statement by an upper confidence bound,
+   ``method="crc"`` an expected miss rate <= ``epsilon`` (Conformal Risk Control; :mod:`fiancee.guarantee`).
+   With ``target_compliance`` given instead, the average-compliance fit (``CalibratedRouter.fit``:
+   split-conformal margins, no guarantee);
 4. the pipeline is saved as one folder and evaluated on test inputs: report.json + report.html, with the
-   guarantee checked on those test inputs.
+   guarantee checked on those test inputs and over 500 random calibration / test splits of the calibration
+   and test inputs together (the report's figure for its headline threshold).
 
 It ends by printing, for LPIPS <= 0.1, the net MACs saved (routes, predictor and bank search all
 charged), the routes-only saving, the compliance, the guarantee and the oracle's saving.
@@ -32,7 +35,7 @@ def _say(msg: str) -> None:
 
 def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed: int = 0,
              thresholds=DEFAULT_THRESHOLDS, epsilon: float = 0.05, delta: float = 0.1,
-             target_compliance: float | None = None, n_predictor: int = 2000,
+             target_compliance: float | None = None, method: str = "ltt", n_predictor: int = 2000,
              n_calibrate: int = 1000, n_eval: int = 1000, preset: str = "quick", exits: str | Path | None = None,
              progress: bool = True) -> dict:
     """The whole method on ``task`` (a spec: built-in name, ``module:attr`` or entry point; or a Task).
@@ -69,14 +72,20 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     for name, value in (("n_predictor", n_predictor), ("n_calibrate", n_calibrate), ("n_eval", n_eval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2; got {value!r}")
-    if target_compliance is None:
-        from .routing import guarantee_min_inputs
+    from .guarantee import check_method, min_calibration
 
-        need = guarantee_min_inputs(epsilon, delta)
+    if check_method(method) == "average" and target_compliance is None:
+        raise ValueError("the average-compliance fit takes its target: target_compliance= (--target-compliance)")
+    if target_compliance is not None and method not in ("ltt", "average"):
+        raise ValueError(f"target_compliance is the average-compliance fit; method {method!r} takes epsilon (and delta)")
+    if target_compliance is None:
+        need = min_calibration(method, epsilon, delta)
         if n_calibrate < need:
-            raise ValueError(f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g} needs at least {need} "
-                             f"calibration inputs; got n_calibrate={n_calibrate} (or fit for an average compliance "
-                             "instead: target_compliance=, --target-compliance)")
+            what = (f"an expected miss rate <= {epsilon:g}" if method == "crc" else
+                    f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g}")
+            raise ValueError(f"{what} needs at least {need} calibration inputs; got n_calibrate={n_calibrate} "
+                             "(or fit for an average compliance instead: target_compliance=, --target-compliance)")
+    method = "average" if target_compliance is not None else method
     if exits is not None:
         run = Path(exits)
         run_task = RunDir(run).read_config().get("task")
@@ -106,7 +115,9 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
          + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items()))
 
     goal = (f"target compliance {target_compliance}" if target_compliance is not None else
-            f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}")
+            f"expected miss rate <= {epsilon:g}, Conformal Risk Control" if method == "crc" else
+            f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}, "
+            + ("Learn-then-Test" if method == "ltt" else "upper confidence bound"))
     _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs ({goal})")
     task_obj, model = load_exits(run)
     # The run's bank (if it used one) is loaded once: its guide drives calibration, the bank goes
@@ -122,19 +133,26 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
                             progress=progress)
     costs = model.route_macs()
     cal_predicted = predict(predictor, model, cal["inputs"])
-    if target_compliance is not None:
-        router = CalibratedRouter(costs=costs).fit(cal_predicted, cal["lpips"], list(thresholds), target_compliance)
+    router = CalibratedRouter(costs=costs)
+    if method == "average":
+        router.fit(cal_predicted, cal["lpips"], list(thresholds), target_compliance)
+    elif method == "crc":
+        router.fit_crc(cal_predicted, cal["lpips"], list(thresholds), epsilon)
+    elif method == "ucb":
+        router.fit_ucb(cal_predicted, cal["lpips"], list(thresholds), epsilon, delta)
     else:
-        router = CalibratedRouter(costs=costs).fit_guarantee(cal_predicted, cal["lpips"], list(thresholds), epsilon, delta)
+        router.fit_guarantee(cal_predicted, cal["lpips"], list(thresholds), epsilon, delta)
     pipe = FianceePipeline(task_obj, model, predictor, router, bank=bank, bank_path=bank_path,
                            provenance={"exits_run": str(run), "seed": seed, "target_compliance": target_compliance,
+                                       "method": method,
                                        "epsilon": None if target_compliance is not None else epsilon,
-                                       "delta": None if target_compliance is not None else delta,
+                                       "delta": None if target_compliance is not None or method == "crc" else delta,
                                        "calibration_inputs": n_calibrate, "predictor_inputs": n_predictor})
     pipe_dir = pipe.save(out / "pipeline")
 
     _say(f"4/4 evaluating the pipeline on {n_eval} test inputs at thresholds {list(thresholds)}")
-    report = evaluate_pipeline(pipe, thresholds, n=n_eval, seed=seed, out=out / "report", progress=progress)
+    report = evaluate_pipeline(pipe, thresholds, n=n_eval, seed=seed, out=out / "report", progress=progress,
+                               calibration=(cal_predicted, cal["lpips"]))
     row = min(report["thresholds"], key=lambda r: abs(r["threshold"] - 0.1))
     _say(f"pipeline saved to {pipe_dir}")
     print(f"At LPIPS <= {row['threshold']:g} ({report['router']} router, {n_eval} test inputs of {task!r}):")
@@ -148,6 +166,16 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
         g = report["guarantee"]
         print(f"  guarantee: {g['statement']}; on the test inputs: miss rate {1 - row['compliance']:.1%} "
               f"vs epsilon {g['epsilon']:.1%}")
+    study = report.get("split_study")
+    if study:
+        own = [r for r in study["rows"] if r["method"] == study["own_method"]
+               and abs(r["epsilon"] - study["own_epsilon"]) < 1e-9]
+        if own:
+            r = own[0]
+            print(f"  over {study['splits']} random calibration / test splits ({study['n_cal']} / {study['n_test']} of "
+                  f"the {study['n_table']} held-out inputs) at LPIPS <= {r['threshold']:g}: miss rate {r['miss_mean']:.1%} "
+                  f"on average (90th percentile {r['miss_p90']:.1%}), above epsilon in {r['share_above']:.1%} of the splits; "
+                  f"net MACs saved {r['saved_mean']:.1%} +- {r['saved_sd']:.1%}")
     targets = report.get("targets")
     if targets and not targets["met"]:
         for note in targets["shortfalls"]:

@@ -121,11 +121,18 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
 
 
 def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, seed: int = 0,
-                      out: str | Path | None = None, progress: bool = True) -> dict:
+                      out: str | Path | None = None, progress: bool = True, calibration=None,
+                      splits: int = 500) -> dict:
     """Route ``n`` held-out inputs at every threshold and compare with the oracle (paper section 5).
 
     Writes ``report.json``, ``report.html`` and PNG plots under ``out`` (default ``PIPELINE/report``).
     True LPIPS of every exit is measured once for all inputs; each router then only chooses routes.
+
+    A calibrated router that recorded its calibration range checks the test inputs against it and the
+    report warns (without stopping) when they look unlike the calibration inputs. ``calibration``: the
+    (predicted, true) LPIPS ``[N, E]`` the router was fitted on; with it the report adds the guarantee over
+    ``splits`` random calibration / test splits of those and the test inputs together, at the headline
+    threshold (:func:`split_study_for_report`).
     """
     from .extras import require
     from .pipeline import FianceePipeline
@@ -172,6 +179,15 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     meta["targets"] = targets_check(rows)
     meta["overhead_macs"] = overhead
     meta["guarantee"] = guarantee_check(pipeline.router, rows)
+    check = pipeline.router.check_inputs(predicted) if hasattr(pipeline.router, "check_inputs") else None
+    meta["calibration_check"] = check
+    if check is not None and check["warn"]:
+        import sys
+
+        print(f"warning: {check['message']}", file=sys.stderr, flush=True)
+    if calibration is not None:
+        meta["split_study"] = split_study_for_report(pipeline.router, calibration, (predicted, true), macs, overhead,
+                                                     thresholds, splits=splits, seed=seed)
     out = Path(out) if out is not None else (folder or Path(".")) / "report"
     examples = example_rows(pipeline, table["inputs"], true, predicted, thresholds)
     html_path = write_report(out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta,
@@ -222,6 +238,35 @@ def example_rows(pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor,
     return rows
 
 
+def split_study_for_report(router, calibration, test, macs, overhead: float, thresholds, *, splits: int = 500,
+                           seed: int = 0) -> dict | None:
+    """The guarantee of ``router``'s own method over many splits, for its report: the calibration pairs and the
+    test pairs pooled (both held out from the predictor, from the same distribution), ``router.fit_size``
+    calibration inputs per split and the rest as test inputs, every method at the headline threshold (nearest
+    0.1) and at the requested miss rates 0.02..0.2 plus the router's own (:func:`fiancee.guarantee.split_study`).
+    None for a router that is not a fitted CalibratedRouter or a pool too small for a test input."""
+    from .guarantee import METHODS, min_calibration, split_study
+
+    if getattr(router, "kind", None) != "calibrated" or not router.fitted or not router.fit_size:
+        return None
+    predicted = torch.cat([torch.as_tensor(calibration[0]).double().cpu(), test[0].double().cpu()])
+    true = torch.cat([torch.as_tensor(calibration[1]).double().cpu(), test[1].double().cpu()])
+    n_cal = int(router.fit_size)
+    if predicted.shape[0] <= n_cal:
+        return None
+    own = router.epsilon if router.epsilon is not None else 1.0 - float(router.target)
+    delta = router.delta if router.delta is not None else 0.1
+    eps = sorted({0.02, 0.05, 0.1, 0.15, 0.2} | ({round(own, 6)} if 0 < own < 1 else set()))
+    # Only the miss rates every method can certify with the router's calibration size.
+    eps = [x for x in eps if all(min_calibration(m, x, delta) <= n_cal for m in METHODS)]
+    if not eps:
+        return None
+    head = min(thresholds, key=lambda v: abs(v - 0.1))
+    study = split_study(predicted, true, macs, [head], eps, n_cal=n_cal, splits=splits, seed=seed, delta=delta,
+                        bound=router.bound or "hoeffding-bentkus", overhead_macs=overhead)
+    return {**study, "own_method": router.method, "own_epsilon": own}
+
+
 def guarantee_check(router, rows: list[dict]) -> dict | None:
     """The router's stated guarantee (``CalibratedRouter.guarantee()``) checked on the report's test inputs:
     per threshold the miss rate (share of outputs with true LPIPS > T) against epsilon. One test set is one
@@ -232,7 +277,8 @@ def guarantee_check(router, rows: list[dict]) -> dict | None:
         return None
     checks = [{"threshold": r["threshold"], "miss_rate": 1 - r["compliance"], "epsilon": router.epsilon,
                "holds": 1 - r["compliance"] <= router.epsilon + 1e-12} for r in rows]
-    return {"statement": statement, "epsilon": router.epsilon, "delta": router.delta, "calibration_inputs": router.fit_size,
+    return {"statement": statement, "method": getattr(router, "method", "ltt"), "epsilon": router.epsilon,
+            "delta": router.delta, "calibration_inputs": router.fit_size,
             "test": checks, "holds_everywhere": all(c["holds"] for c in checks)}
 
 

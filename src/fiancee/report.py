@@ -99,9 +99,17 @@ def _headline_html(rows: list[dict], paper: list[dict], meta: dict, macs: np.nda
     guarantee = (f"calibrated so that at least {_pct(target, 0)} of outputs meet T (margins fitted on "
                  f"{cfg.get('fit_size')} held-out inputs the predictor never saw)") if target is not None else \
         f"{html.escape(str(meta.get('router')))} router: no calibrated guarantee"
-    if cfg.get("epsilon") is not None:  # CalibratedRouter.fit_guarantee (Learn-then-Test)
+    stated = meta.get("guarantee") or {}
+    if stated.get("statement"):  # the router's own words (fiancee.guarantee.statement), whichever method fitted it
+        guarantee = html.escape(stated["statement"]).replace("&gt;=", "&ge;")
+    elif cfg.get("epsilon") is not None and cfg.get("delta") is not None:  # a report written before methods
         guarantee = (f"with probability &ge; {_pct(1 - cfg['delta'], 0)} over the {cfg.get('fit_size')} calibration "
                      f"inputs, at most {_pct(cfg['epsilon'], 0)} of outputs miss T (Learn-then-Test)")
+    if cfg.get("kind") == "calibrated":
+        from .guarantee import method_name
+
+        method = cfg.get("method") or ("ltt" if cfg.get("epsilon") is not None else "average")
+        guarantee += f". Calibration method: <b>{html.escape(method_name(method, cfg.get('bound')))}</b>"
     what = ("net: the predictor's and bank's MACs subtracted" if net else
             "routes only: the predictor's and bank's MACs are not subtracted")
     lead = (f"<p class=lead>At LPIPS &le; {top['threshold']:g}: <b>{_pct(top['macs_saved'])}</b> of the backbone's MACs "
@@ -141,6 +149,32 @@ def _details_html(rows: list[dict], num_exits: int) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def _split_study_html(study: dict) -> str:
+    """The report's section on the guarantee over many calibration splits (fiancee.guarantee.split_study)."""
+    from .guarantee import method_name
+
+    own, t = study.get("own_method"), study["thresholds"][0]
+    body = []
+    for r in sorted(study["rows"], key=lambda r: (r["epsilon"], r["method"])):
+        cls = " class=hl" if r["method"] == own and abs(r["epsilon"] - study.get("own_epsilon", -1)) < 1e-9 else ""
+        body.append(f"<tr{cls}><td>{r['epsilon']:g}</td><td>{html.escape(r['method'])}</td><td>{_pct(r['miss_mean'], 2)}</td>"
+                    f"<td>{_pct(r['miss_p90'], 2)}</td><td>{_pct(r['iid']['share_above'])}</td><td>{_pct(r['share_above'])}</td>"
+                    f"<td>{_pct(r['saved_mean'])} &plusmn; {_pct(r['saved_sd'])}</td><td>{r['min_calibration']}</td></tr>")
+    head = ("<tr><th>epsilon</th><th>method</th><th>miss rate, mean</th><th>miss rate, 90th pct</th>"
+            "<th>true miss rate &gt; epsilon (i.i.d. draws)</th><th>test miss rate &gt; epsilon (splits)</th>"
+            "<th>net MACs saved</th><th>calibration inputs needed</th></tr>")
+    return (f"<h2>The guarantee over {study['splits']} calibration splits</h2>"
+            f"<p>One test set shows the guarantee held once. Here the router's method "
+            f"(<b>{html.escape(method_name(own, study.get('bound')))}</b>, highlighted) and the others are fitted again on "
+            f"{study['splits']} random sets of {study['n_cal']} inputs drawn from the calibration and test inputs together "
+            f"({study['n_table']}), each measured on the {study['n_test']} others, at LPIPS &le; {t:g}. A high-probability "
+            f"method promises that at most a share delta = {study['delta']:g} of calibration draws give a miss rate above "
+            f"epsilon (the i.i.d. column is that share exactly, the splits column adds the test inputs' own noise); CRC "
+            f"promises a mean miss rate &le; epsilon; average compliance promises nothing. See docs/guarantee.md.</p>"
+            f"<img src=\"guarantee.png\" alt=\"requested vs realized miss rate over many calibration splits\">"
+            f"<table>{head}{''.join(body)}</table>")
+
+
 def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, macs: np.ndarray,
                  density_routes: list[tuple[float, np.ndarray]], meta: dict, examples: list[dict] | None = None) -> Path:
     """Write ``report.json``, PNG figures and ``report.html`` under ``out``; returns the HTML path.
@@ -178,6 +212,20 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
     if targets:
         verdict = "met" if targets["met"] else "; ".join(targets["shortfalls"])
         notes += f"<li><b>targets at LPIPS &lt;= {targets['threshold']:g}</b>: {html.escape(verdict)}</li>"
+    warning = ""
+    check = meta.get("calibration_check")
+    if check and check.get("warn"):
+        warning = f"<p class=warn><b>Warning:</b> {html.escape(check['message'])}.</p>"
+    elif check:
+        notes += (f"<li>calibration range check: {_pct(check['outside_share'])} of the test inputs outside the calibration "
+                  f"inputs' range of predicted LPIPS (expected {_pct(check['expected_share'])}): no warning</li>")
+    study_html = ""
+    study = meta.get("split_study")
+    if study:
+        from .plots import save_risk_plot
+
+        save_risk_plot(study, out / "guarantee.png", highlight=study.get("own_method"))
+        study_html = _split_study_html(study)
     exit_means = meta.get("exit_lpips_mean") or []
     means = ", ".join(f"{route_name(r, num_exits)} {v:.3f}" for r, v in enumerate(exit_means))
     routes_text = ", ".join(f"{route_name(r, num_exits)} {m / 1e9:.4f}" for r, m in enumerate(macs))
@@ -188,15 +236,18 @@ body{{font-family:sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;co
 td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}} th{{background:#f4f4f4}} td{{white-space:nowrap}}
 table{{border-collapse:collapse;margin:0.5em 0 1em}} img{{max-width:100%}}
 .lead{{font-size:1.25em;line-height:1.5}} tr.hl td{{background:#fff6d5}} .small{{font-size:0.9em;color:#555}}
+.warn{{background:#fde8e8;border-left:4px solid #c0392b;padding:0.5em 0.8em}}
 </style>
 </head><body>
 <h1>fiancee: compute saved at a quality threshold</h1>
 <p class=small>Task <b>{html.escape(str(meta.get('task')))}</b>, {meta.get('n')} test inputs, {html.escape(str(meta.get('router')))} router.
 Quality is LPIPS ({html.escape(str(meta.get('lpips_net')))}) of each output against the backbone's image for the same input;
 a threshold T asks for LPIPS &le; T. MACs per route (GMACs): {routes_text}.</p>
+{warning}
 {_headline_html(rows, paper, meta, macs)}
 <img src="saved.png" alt="MACs saved and compliance per threshold">
 {strip}
+{study_html}
 <h2>Two rules for routing</h2>
 <p><b>The paper's rule</b> (section 3.2): send each input to the cheapest exit whose <i>predicted</i> LPIPS P is at most T,
 else to the backbone. The predictor errs both ways, so at a given T many outputs land above T.<br>
