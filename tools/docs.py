@@ -14,7 +14,8 @@ holds markers whose contents this script writes:
       <!-- /results:NAME -->
 
 - an inline figure inside prose, ``<!-- r:SPEC -->64.7%<!-- /r -->`` (never at the start of a line: Markdown
-  would read the line as raw HTML; ``render`` joins such a line to the one before), where SPEC is either
+  would read the line as raw HTML; ``render`` joins such a line to the one before; in a table row it writes
+  the spec's ``|`` as ``\\|``, or the cell would end there), where SPEC is either
   ``@NAME`` or ``@NAME:ARG`` (FIGURES[NAME], a value derived from several results) or ``SOURCE/PATH|FORMAT``:
 
   - SOURCE: a result file's name (``demo_faces``), or ``bench:faces_cpu`` for ``benchmarks/faces_cpu.json``;
@@ -230,7 +231,7 @@ def inline(R: Results, spec: str) -> str:
         if name not in FIGURES:
             raise KeyError(f"unknown figure {spec}")
         return FIGURES[name](R, arg) if arg else FIGURES[name](R)
-    path, *ops = spec.split("|")
+    path, *ops = spec.replace("\\|", "|").split("|")
     return fmt(R.get(path.strip()), [o.strip() for o in ops])
 
 
@@ -285,7 +286,10 @@ def render(text: str, R: Results) -> str:
     text = SPAN_RE.sub(lambda m: m.group(1) + inline(R, m.group("spec")) + m.group(4), text)
     # A line that starts with "<!--" is an HTML block to Markdown (CommonMark), which would cut the paragraph
     # and print the rest of the line raw: a span that begins a line joins the line before it.
-    return re.sub(r"(\S)[ \t]*\n[ \t]*(?=<!-- r:)", r"\1 ", text)
+    text = re.sub(r"(\S)[ \t]*\n[ \t]*(?=<!-- r:)", r"\1 ", text)
+    # In a table row a bare "|" ends the cell, even inside a comment: a span's "|FORMAT" is written "\|FORMAT".
+    return re.sub(r"(?m)^\|.*$", lambda row: re.sub(r"<!-- r:[^>]*? -->", lambda m: re.sub(r"(?<!\\)\|", r"\\|", m.group(0)),
+                                                   row.group(0)), text)
 
 
 def differences(R: Results, root: Path = ROOT) -> list[str]:
