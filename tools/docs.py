@@ -811,8 +811,8 @@ def _predictor_default_prose(R: Results) -> str:
     spread = max(max(_rho(x) for x in xs) - min(_rho(x) for x in xs) for xs in (all_a, all_b))
     return (f"The default ranks held-out inputs {'better' if _rho(after) > _rho(before) else 'no better'} than the one before "
             f"(Spearman {_rho(after):.3f} against {_rho(before):.3f}) with a {'lower' if after['mean_relative_error'] < before['mean_relative_error'] else 'higher'} "
-            f"relative error ({pct(after['mean_relative_error'])} against {pct(before['mean_relative_error'])}), at a "
-            f"{ratio:.0f}th of its MACs. What closed the gap was the recipe, not the head: both heads overfit 2000 inputs over "
+            f"relative error ({pct(after['mean_relative_error'])} against {pct(before['mean_relative_error'])}), with "
+            f"{ratio:.0f} times fewer MACs. What closed the gap was the recipe, not the head: both heads overfit 2000 inputs over "
             f"60 epochs of MSE + SGD (the `tiny` head's standardized training loss falls to {tiny_loss:.3f}), and 20 epochs of "
             f"MAE + AdamW with weight decay (the paper's MegaPortraits recipe, S1.2.2; faces is our MegaPortraits-like task, a "
             f"global bank mode) generalise better; under that recipe `features` and `tiny` rank about equally well "
