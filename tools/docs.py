@@ -408,19 +408,19 @@ ALLOWED = [
 ALLOWED_RE = re.compile("|".join(f"(?:{p})" for p, _ in ALLOWED))
 
 
-# Tables whose last column quotes program output verbatim (its numbers are the example's input).
+# Documents whose table rows are written from test cases (tests/test_validation.py prints docs/errors.md's rows
+# and checks them: bad input and the message it gets, quoted verbatim), so their numbers are inputs and output.
 QUOTED_OUTPUT = ("docs/errors.md",)
 
 
 def hand_typed(text: str, quoted_output: bool = False) -> list[tuple[int, str]]:
     """(line number, figure) of every percentage or decimal number outside generated parts, code and
-    ``ALLOWED`` patterns (``quoted_output``: table rows end with a column of quoted output, skipped)."""
+    ``ALLOWED`` patterns (``quoted_output``: table rows quote test cases and are skipped)."""
     clean = _strip_generated(text)
     clean = FENCE_RE.sub(lambda m: "\n" * m.group(0).count("\n"), clean)
     clean = CODE_SPAN_RE.sub("``", clean)
-    if quoted_output:  # the Message column quotes what the program prints
-        clean = "\n".join(line.rstrip(" |").rsplit("|", 1)[0] if line.startswith("|") else line
-                           for line in clean.split("\n"))
+    if quoted_output:  # table rows quote test cases: the input given and the message printed
+        clean = "\n".join("" if line.startswith("|") else line for line in clean.split("\n"))
     # Patterns may span a line break ("section\n4.1"): mask over the whole text, keep the line structure.
     masked = ALLOWED_RE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), clean)
     return [(masked.count("\n", 0, m.start()) + 1, m.group(0).strip()) for m in FIGURE_RE.finditer(masked)]
