@@ -1590,12 +1590,24 @@ def _readme_headline(R: Results) -> str:
 
 @block("readme-setup-times")
 def _readme_setup_times(R: Results) -> str:
-    d = R.data("setup_times")
-    s, f, fa = d["suite"], d["demo_faces"], d["demo_fashion"]
-    lines = [f"Measured on quiet 2-core machines with the packages already downloaded (`results/setup_times.json`): "
-             f"`bash .ci/run` (= `make test`) from a fresh clone, {s['tests']} tests in {s['minutes']} min {s['seconds']} s "
-             f"of pytest ({s['cpu']}) and no pip `ERROR` line; `make demo` {f['minutes']} min {f['seconds']} s (LPIPS "
-             f"tables not cached; {f['cpu']}); `fiancee demo --task fashion` {fa['minutes']} min {fa['seconds']} s ({fa['cpu']})."]
+    r = R.source("setup_times")
+    d = r["data"]
+
+    def took(seconds: float) -> str:
+        m, s = divmod(int(round(seconds)), 60)
+        return f"{m} min {s} s" if m else f"{s} s"
+
+    def line(prefix: str) -> str:
+        # per-line times: .ci/run prints them since the run after this block was first measured
+        t = [v for k, v in d["lines"].items() if k.startswith(prefix)]
+        return f", `{prefix}` {took(t[0])} in all" if t else ""
+
+    pip = "no" if d["pip_error_lines"] == 0 else str(d["pip_error_lines"])
+    lines = [f"Measured from a fresh clone on a quiet 2-core machine ({_cpu_name(r)}) with the packages already "
+             f"downloaded (`results/setup_times.json`): `bash .ci/run`, which runs the block above as a user copies "
+             f"it (the venv, `make test`, `make demo` with LPIPS tables not cached), passed {d['tests']} tests in "
+             f"{took(d['pytest_seconds'])} of pytest{line('make test')}{line('make demo')}; the whole block took "
+             f"{took(d['total_seconds'])}, with {pip} pip `ERROR` line."]
     for name in ("demo_faces", "demo_fashion"):
         r = R.source(name)
         load = r["machine"].get("load_average", {}).get("start")
