@@ -370,8 +370,9 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
                           "guided_exits": [k for k, g in zip(model.exits, model.guided) if g] if bank is not None else []})
     guide_fn = None if bank is None else bank.guide
     backbone.eval().requires_grad_(False)
-    if config.init == "inherit":
-        # Before any checkpoint is loaded: a resumed run overwrites these weights, a fresh one starts here.
+    if config.init == "inherit" and not (resume and run.latest() is not None):
+        # A fresh run starts here; a resumed one loads its checkpoint's weights instead (scoring the channels
+        # would cost a backbone pass over INHERIT_INPUTS for nothing: 4.7 TMACs on upscale).
         probe = task.sample_inputs(INHERIT_INPUTS, seed=config.seed, split="train")
         model.inherit_(channel_importance(backbone, tuple(x.to(env.device) for x in probe)))
     branches = _Branches(model).train()
