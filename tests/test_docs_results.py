@@ -264,3 +264,12 @@ def test_the_exception_list_is_short_and_documented(docs):
     assert len(docs.ALLOWED) <= 6
     assert all(why for _, why in docs.ALLOWED)
     assert docs.QUOTED_OUTPUT == ("docs/errors.md",)
+
+
+def test_no_result_file_names_where_the_checkout_lay(tmp_path):
+    from fiancee.results import checkout_relative
+
+    for name, r in load_results(ROOT / "results").items():
+        assert str(ROOT) not in json.dumps(r), f"{name} names the checkout's absolute path"
+    assert checkout_relative({"run": [str(tmp_path / "src" / "x")]}, tmp_path) == {"run": ["src/x"]}
+    assert checkout_relative("/elsewhere/x", tmp_path) == "/elsewhere/x"

@@ -346,11 +346,28 @@ def record(path: str | os.PathLike, argv: Sequence[str], *, name: str | None = N
                 data[key] = loads_strict(f.read_text())
         if len(data) > 1:  # what it printed is what it wrote (evaluate-exits --json): keep the files
             data.pop("printed", None)
-    result = stamp(name or Path(path).stem, "fiancee " + shlex.join(argv), _drop_per_item(data),
+    result = stamp(name or Path(path).stem, "fiancee " + shlex.join(argv), checkout_relative(_drop_per_item(data)),
                    artifacts=_measured_artifacts(argv) if artifacts is None else artifacts, note=note,
                    seconds=seconds, load={"start": load_start, "end": _load()})
     write_json(path, result)
     return result
+
+
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def checkout_relative(obj: Any, root: Path = _CHECKOUT) -> Any:
+    """``obj`` with every string naming a path under the checkout made relative to it: a committed result
+    never carries where the checkout lay on the machine that measured it (a demo's report records the run
+    it used, e.g. the shipped ``src/fiancee/weights/faces/exits``)."""
+    prefix = str(root).rstrip("/") + "/"
+    if isinstance(obj, str):
+        return obj[len(prefix):] if obj.startswith(prefix) else obj
+    if isinstance(obj, dict):
+        return {k: checkout_relative(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [checkout_relative(v, root) for v in obj]
+    return obj
 
 
 def _record_script(path, argv: Sequence[str], *, name: str | None, note: str | None, artifacts: Iterable[str]) -> dict:
