@@ -86,6 +86,7 @@ def test_evaluate_exits_cli_json(tmp_path, capsys, one_thread):
         for key in ("macs", "lpips_mean", "lpips_median", "lpips_p90", "fid"):
             assert isinstance(e[key], (int, float)), key
         assert 0 <= e["lpips_mean"] <= 1.5 and e["fid"] >= 0
+        assert 0 < e["psnr_mean"] < 100  # an untrained exit differs from the backbone's image
     assert [e["macs"] for e in exits] == sorted(e["macs"] for e in exits)
     assert exits[-1]["macs"] < report["backbone_macs"]
     # Users read exits 1..E; the API's 0-based route index rides along.

@@ -184,3 +184,14 @@ def test_the_backbone_baseline_runs_every_tile_on_the_backbone_without_the_predi
     routed = upscale_array(pipe, img, max_lpips=1e-9, tile=TILE, overlap=2)  # every tile on the backbone too
     assert (base["routes"] == 1).all() and base["macs"] == pytest.approx(base["backbone_macs"])
     assert np.array_equal(base["image"], routed["image"])
+
+
+def test_psnr_per_image_against_the_reference():
+    from fiancee.evaluate import per_image_psnr
+
+    ref = torch.zeros(3, 3, 4, 4)
+    img = ref.clone()
+    img[1] += 0.2  # MSE 0.04 on a peak-to-peak range of 2: 10 log10(4 / 0.04) = 20 dB
+    img[2] = 5.0  # clamped to 1 first: MSE 1, 10 log10(4) dB
+    got = per_image_psnr(img, ref)
+    assert got[0] == 100.0 and abs(got[1] - 20.0) < 1e-4 and abs(got[2] - 10 * np.log10(4)) < 1e-4

@@ -55,12 +55,21 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
         # "exit" is the 1-based number users read (exit 1..E, then the backbone); "route" the API's
         # 0-based index (model(..., exit=route), route_macs()[route]).
         entry = {"exit": r + 1, "route": r, "after_stage": model.exits[r], "macs": int(macs[r]),
-                 "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(), "fid": None}
+                 "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(),
+                 "psnr": per_image_psnr(images[r], reference), "fid": None}
         if backbone_feats is not None:
             entry["fid"] = float(fid_from_features(inception_features(images[r]), backbone_feats))
         exits.append(entry)
     return {"config": RunDir(run_dir).read_config(), "task": task, "model": model, "inputs": inputs,
             "images": images, "macs": macs, "exits": exits}
+
+
+def per_image_psnr(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """PSNR in dB of every image ``[N, C, H, W]`` against ``reference``, both in [-1, 1] (peak-to-peak 2),
+    clamped to that range first (what would be written out); identical images get 100 dB."""
+    a, b = images.float().clamp(-1, 1), reference.float().clamp(-1, 1)
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return torch.where(mse > 0, 10 * torch.log10(4.0 / mse.clamp_min(1e-20)), torch.full_like(mse, 100.0)).numpy()
 
 
 def oracle_savings(lpips: np.ndarray, macs, thresholds=DEFAULT_THRESHOLDS) -> list[dict]:
@@ -95,7 +104,8 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
             "exit": e["exit"], "route": e["route"], "after_stage": e["after_stage"], "macs": e["macs"],
             "macs_ratio": macs[e["route"]] / macs[-1],
             "lpips_mean": float(lp.mean()), "lpips_median": float(np.median(lp)), "lpips_p90": float(np.percentile(lp, 90)),
-            "fid": e["fid"],
+            # beside LPIPS only: the paper judges an exit by LPIPS against the backbone's image (section 4)
+            "psnr_mean": float(e["psnr"].mean()), "fid": e["fid"],
         })
     report = {
         "run": str(run_dir), "task": m["task"].name, "n": n, "seed": seed, "lpips_net": "alex",
