@@ -49,7 +49,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .timing import time_ms
+from .timing import cpu_name, load_average, time_ms
 
 __all__ = ["REFERENCE_BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "time_ms", "mix_exits", "skewed_shares",
            "run_bench", "format_table", "run_onnx_bench", "format_onnx_table"]
@@ -394,19 +394,8 @@ def _verdict(speedup: float, max_abs: float, mean_abs: float, tol: dict) -> tupl
     return within, "helped" if speedup >= FASTER else "no faster"
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _device_info(device: torch.device) -> dict:
-    info = {"type": device.type, "name": _cpu_name(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+    info = {"type": device.type, "name": cpu_name(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
             "platform": platform.platform(terse=True)}
@@ -419,13 +408,6 @@ def _device_info(device: torch.device) -> dict:
                     cudnn_benchmark=torch.backends.cudnn.benchmark, cudnn_tf32=torch.backends.cudnn.allow_tf32,
                     matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
     return info
-
-
-def _load() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,7 +488,7 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
     from .bank import retrieval_latency
     from .metrics.macs import count_macs
 
-    load_start = _load()
+    load_start = load_average()
     setup = (_reference_setup if name in REFERENCE_BACKBONES else _task_setup)(name, size, scale, min_channels, seed)
     model = setup.model.to(device).eval()
     num_routes = model.num_routes
@@ -695,7 +677,7 @@ def _run(name: str, size, scale, min_channels, device: torch.device, batches: li
             "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
         },
         "device": _device_info(device),
-        "load_average": {"start": load_start, "end": _load()},
+        "load_average": {"start": load_start, "end": load_average()},
         "routes": routes,
         "mixed": mixed,
         "overhead": overhead,
@@ -818,7 +800,7 @@ def run_onnx_bench(backbone: str, *, size: str | None = None, scale: str | float
     warmup = _positive(warmup, "warmup", minimum=0)
     seed = _positive(seed, "seed", minimum=0)
     cpu = torch.device("cpu")
-    load_start = _load()
+    load_start = load_average()
     setup = (_reference_setup if backbone in REFERENCE_BACKBONES else _task_setup)(backbone, size, scale, min_channels, seed)
     model = setup.model.to(cpu).eval()
     num_routes = model.num_routes
@@ -879,7 +861,7 @@ def run_onnx_bench(backbone: str, *, size: str | None = None, scale: str | float
                      "predictor_arch": pred.arch, "dtype": "float32", "timing": "time.perf_counter",
                      "mixes": {name: [round(s, 4) for s in shares] for name, shares in mixes}},
         "device": {**_device_info(cpu), "onnxruntime": onnxruntime.__version__},
-        "load_average": {"start": load_start, "end": _load()},
+        "load_average": {"start": load_start, "end": load_average()},
         "rows": rows,
         "notes": setup.notes + [
             "both runtimes time the whole pipeline call with the routes forced (trunk once, predictor, route or tree); "

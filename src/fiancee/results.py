@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .io import loads_strict, write_json
+from .timing import cpu_name, load_average
 
 __all__ = ["KIND", "FORMAT_VERSION", "ARTIFACTS", "artifact_fingerprint", "committed_fingerprints", "machine",
            "git_commit", "stamp", "record", "load_result", "load_results", "stale", "main"]
@@ -140,16 +141,6 @@ def committed_fingerprints(names: Iterable[str] | None = None) -> dict[str, str]
 # Provenance
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -160,16 +151,9 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _load() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def machine() -> dict:
     """The machine a measurement ran on: CPU model, cores, memory, platform, Python, torch, threads."""
-    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
+    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
                             "platform": platform.platform(), "python": platform.python_version()}
     try:
         import torch
@@ -324,7 +308,7 @@ def record(path: str | os.PathLike, argv: Sequence[str], *, name: str | None = N
         def flush(self) -> None:
             sys.__stdout__.flush()
 
-    load_start = _load()
+    load_start = load_average()
     start = time.perf_counter()
     with contextlib.redirect_stdout(_Tee()):
         code = run(argv)
@@ -348,7 +332,7 @@ def record(path: str | os.PathLike, argv: Sequence[str], *, name: str | None = N
             data.pop("printed", None)
     result = stamp(name or Path(path).stem, "fiancee " + shlex.join(argv), checkout_relative(_drop_per_item(data)),
                    artifacts=_measured_artifacts(argv) if artifacts is None else artifacts, note=note,
-                   seconds=seconds, load={"start": load_start, "end": _load()})
+                   seconds=seconds, load={"start": load_start, "end": load_average()})
     write_json(path, result)
     return result
 
@@ -372,7 +356,7 @@ def checkout_relative(obj: Any, root: Path = _CHECKOUT) -> Any:
 
 def _record_script(path, argv: Sequence[str], *, name: str | None, note: str | None, artifacts: Iterable[str]) -> dict:
     """Another command (``python -c ...`` measuring what no fiancee command prints): run it, keep the JSON it prints."""
-    load_start = _load()
+    load_start = load_average()
     start = time.perf_counter()
     proc = subprocess.run(list(argv), stdout=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
@@ -383,7 +367,7 @@ def _record_script(path, argv: Sequence[str], *, name: str | None, note: str | N
     if parsed is None:
         raise ValueError(f"{shlex.join(argv)} printed no JSON; a result needs it")
     result = stamp(name or Path(path).stem, shlex.join(argv), {"printed": parsed}, artifacts=artifacts, note=note,
-                   seconds=seconds, load={"start": load_start, "end": _load()})
+                   seconds=seconds, load={"start": load_start, "end": load_average()})
     write_json(path, result)
     return result
 

@@ -1,4 +1,5 @@
-"""One timing helper for every measurement of milliseconds (bench, the bank's retrieval latency).
+"""One timing helper for every measurement of milliseconds (bench, the bank's retrieval latency), and the
+machine facts every measurement records beside its numbers (CPU model, load average).
 
 A concept-level helper: it times a callable and returns numbers; what to time and how to report it
 is the workflows' business (:mod:`fiancee.bench`).
@@ -6,13 +7,35 @@ is the workflows' business (:mod:`fiancee.bench`).
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from typing import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["time_ms"]
+__all__ = ["time_ms", "cpu_name", "load_average"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (a timing on a loaded machine says so), None where unknown."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> dict:
