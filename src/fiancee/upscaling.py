@@ -14,7 +14,6 @@ images are scaled to [0, 1] from 65535; the output is 8-bit RGB.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -223,4 +222,4 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
         write_json(tmp / "summary.json", summary)
     if bar is not None:
         bar.close()
-    return json.loads(json.dumps(summary))
+    return summary
