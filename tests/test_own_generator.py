@@ -4,7 +4,8 @@ The module is the ``mymodule.py`` block of docs/own-generator.md, written into a
 PYTHONPATH: a two-input generator whose second input is an attribute vector (a condition, not a label
 map). Every command runs through the CLI's ``main`` with ``--task mymodule:MyTask`` (smoke sizes, in
 this process: a fresh interpreter per command cost 6 s of imports each), and the saved pipeline is loaded
-in a fresh process by its recorded spec and with ``backbone=``.
+in a fresh process by its recorded spec (trusted: a folder's module:attr runs only when the user chooses it)
+and with ``backbone=``.
 """
 
 from __future__ import annotations
@@ -94,11 +95,19 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
     config = json.loads((root / "exits" / "config.json").read_text())
     assert config["task"] == SPEC and config["exits"] == [1, 2]
 
-    report = json.loads(_fiancee(capsys, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json"))
-    assert [e["after_stage"] for e in report["exits"]] == [1, 2]
+    # A folder's module:attr runs only when the user names it (docs/errors.md, "Code a folder names"):
+    # refused in one line, then run inside allow_folder_code(SPEC), what these commands' --task SPEC does.
+    from fiancee.cli import main
+    from fiancee.specs import allow_folder_code
 
-    _fiancee(capsys, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2", "--error-n", "8",
-             "--no-progress")
+    capsys.readouterr()
+    assert main(["evaluate-exits", "exits", "--n", "4", "--no-fid", "--json"]) == 2
+    assert "loading a folder imports no module:attr code" in capsys.readouterr().err
+    with allow_folder_code(SPEC):
+        report = json.loads(_fiancee(capsys, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json"))
+        assert [e["after_stage"] for e in report["exits"]] == [1, 2]
+        _fiancee(capsys, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2",
+                 "--error-n", "8", "--no-progress")
     pconfig = json.loads((root / "predictor" / "config.json").read_text())
     assert pconfig["task"] == SPEC and pconfig["noises"] is None
     assert pconfig["inputs"] == [{"name": "z", "kind": "noise"}, {"name": "attrs", "kind": "condition"}]
@@ -108,7 +117,8 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
              "--n-calibrate", "8", "--target-compliance", "0.9", "--no-progress")  # too few for a guarantee
     pipe_config = json.loads((root / "demo" / "pipeline" / "config.json").read_text())
     assert pipe_config["task"] == SPEC
-    _fiancee(capsys, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report")
+    with allow_folder_code(SPEC):
+        _fiancee(capsys, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report")
     assert (root / "report" / "report.json").is_file()
 
     _fiancee(capsys, "bench", "--backbone", "mymodule:make_task", "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",
@@ -117,12 +127,17 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
     assert bench["settings"]["backbone"] == "mymodule:make_task" and len(bench["routes"]) == 3
     assert bench["overhead"]["bank_mode"] == "global" and bench["overhead"]["predictor_arch"] == "tiny"
 
-    # A fresh process: the recorded spec is resolved, and a backbone passed in is checked and used.
+    # A fresh process: the recorded spec is resolved when trusted, and a backbone passed in is checked and used.
     script = """
 import json, sys, torch
 import mymodule
 from fiancee.pipeline import FianceePipeline
-pipe = FianceePipeline.from_pretrained("demo/pipeline")
+try:
+    FianceePipeline.from_pretrained("demo/pipeline")
+    unasked = ""
+except ValueError as e:
+    unasked = str(e)
+pipe = FianceePipeline.from_pretrained("demo/pipeline", trust_task_code=True)
 z, attrs = mymodule.MyTask().sample_inputs(6, seed=1)
 a = pipe(z, attrs, max_lpips=0.1)
 mine = mymodule.load_weights(mymodule.AttrGenerator()).eval()
@@ -136,13 +151,14 @@ try:
 except ValueError as e:
     refused = str(e)
 print(json.dumps({"task": type(pipe.task).__name__, "shape": list(a.images.shape), "same": torch.equal(a.images, b.images),
-                  "exits": a.exits.tolist(), "refused": refused}))
+                  "exits": a.exits.tolist(), "refused": refused, "unasked": unasked}))
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["task"] == "MyTask" and out["shape"] == [6, 3, 32, 32] and out["same"]
     assert all(0 <= e <= 2 for e in out["exits"]) and "was built for backbone weights" in out["refused"]
+    assert "names task 'mymodule:MyTask': loading a folder imports no module:attr code" in out["unasked"]
 
 
 def test_an_unimportable_spec_is_one_line_and_exit_2(user):

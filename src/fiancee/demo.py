@@ -48,6 +48,7 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     from .pipeline import FianceePipeline
     from .predictor import load_predictor, predict
     from .routing import CalibratedRouter, check_threshold
+    from .specs import allow_folder_code
     from .tables import build_lpips_table
     from .tasks.registry import resolve_task, task_spec
     from .train.exits import PRESETS, load_exits, make_config, run_bank_path, train_exits
@@ -109,8 +110,9 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     _say("2/4 predictor: true LPIPS of every exit on training inputs, then MAE + AdamW (paper S1.2.2)")
     pred_dir = out / "predictor"
     # What the predictor reads and whether noises are crossed follow the task's declared inputs.
-    summary = train_predictor_for_run(run, pred_dir, n=n_predictor, seed=seed, progress=progress,
-                                      error_n=min(500, n_predictor))
+    with allow_folder_code(task):  # the run records the task the user named (checked above, or trained here)
+        summary = train_predictor_for_run(run, pred_dir, n=n_predictor, seed=seed, progress=progress,
+                                          error_n=min(500, n_predictor))
     _say("   predictor mean relative error (mean over exits): "
          + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items()))
 
@@ -119,7 +121,7 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
             f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}, "
             + ("Learn-then-Test" if method == "ltt" else "upper confidence bound"))
     _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs ({goal})")
-    task_obj, model = load_exits(run)
+    task_obj, model = load_exits(run, task=task)
     # The run's bank (if it used one) is loaded once: its guide drives calibration, the bank goes
     # into the pipeline folder.
     bank_cfg = run_bank_path(run)

@@ -19,9 +19,11 @@ The backbone itself is a reference: ``config.json`` stores the task's spec (a bu
 ``package.module:attr`` or an entry point of ``fiancee.tasks``, :mod:`fiancee.tasks.registry`), the task
 loads its weights (a package or a committed file), and their fingerprint must equal the one recorded
 here. ``from_pretrained(path, backbone=mine)`` uses a backbone you pass instead, after the same check
-(diffusers' component override). Nothing in the folder can run code when loaded: the spec names code
-the user installed or put on ``sys.path``, resolved the way the command that made the folder resolved it;
-nothing outside the folder is read. The folder is written whole and read whole (see docs/errors.md, "Folders").
+(diffusers' component override). Nothing in the folder can run code when loaded: its spec resolves only to
+registered names and entry points (code the user registered or installed); a recorded ``module:attr`` is
+imported only when the user names it (``task=``) or trusts the folder (``trust_task_code=True``, diffusers'
+``trust_remote_code``), see :func:`fiancee.tasks.registry.resolve_folder_task`. Nothing outside the folder
+is read. The folder is written whole and read whole (see docs/errors.md, "Folders").
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .exits import ExitGenerator
 from .io import (atomic_folder, config_int, config_int_list, config_str, load_tensors, read_manifest, read_whole_folder,
                  resolve_inside, save_tensors, tensor_fingerprint, write_json)
 from .routing import Router, check_threshold, router_from_config
+from .specs import allow_folder_code
 
 __all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
 
@@ -167,24 +170,28 @@ class FianceePipeline:
     @classmethod
     @read_whole_folder("config.json", path_index=1)  # a save swapping the folder mid-load makes it load again
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", *, backbone=None,
-                        task=None) -> "FianceePipeline":
+                        task=None, trust_task_code: bool = False) -> "FianceePipeline":
         """Load a pipeline folder.
 
         ``task``: a Task or a spec overriding the recorded one; by default the recorded spec is resolved
-        (:func:`fiancee.tasks.registry.resolve_task`). ``backbone``: a StagedGenerator to use instead of
-        the one the task loads; its weights' fingerprint must equal the recorded one. With ``backbone``
+        to registered names and entry points (:func:`fiancee.tasks.registry.resolve_folder_task`).
+        ``trust_task_code``: also import the ``module:attr`` code the folder names (its task, its bank's
+        key function); pass it only for a folder you trust. ``backbone``: a StagedGenerator to use instead
+        of the one the task loads; its weights' fingerprint must equal the recorded one. With ``backbone``
         and no ``task`` the task is not resolved (``pipeline.task`` is None; routing does not need it).
         """
         from .predictor import load_predictor
 
+        if not isinstance(trust_task_code, bool):
+            raise ValueError(f"trust_task_code must be True or False; got {trust_task_code!r}")
         path = Path(path)
         config = read_manifest(resolve_inside(path, "config.json"), kind="fiancee_pipeline", version_key="format", version=FORMAT,
                                what="fiancee pipeline config", required=CONFIG_KEYS)
         _check_config(config, path / "config.json")
         if task is not None or backbone is None:
-            from .tasks.registry import resolve_task
+            from .tasks.registry import resolve_folder_task
 
-            task = resolve_task(config["task"] if task is None else task)
+            task = resolve_folder_task(config["task"], path / "config.json", task=task, trust_task_code=trust_task_code)
         if backbone is None:
             backbone = task.load_backbone(device)
             source = f"task {config['task']!r} loads weights"
@@ -205,7 +212,8 @@ class FianceePipeline:
             from .bank import load_bank
 
             bank_path = resolve_inside(path, config["bank"], "config.json's 'bank' entry")
-            bank = load_bank(bank_path, backbone)
+            with allow_folder_code(every=trust_task_code):  # the bank's key function
+                bank = load_bank(bank_path, backbone)
             guide_spec = bank.guide_spec
         model = ExitGenerator(backbone, config["exits"], config["scale"], config["min_channels"], guide=guide_spec).to(device)
         branches = load_tensors(resolve_inside(path, "branches.safetensors"), device=device)

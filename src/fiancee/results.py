@@ -120,9 +120,10 @@ def _fingerprint(name: str) -> str:
     if (folder / f"{part}.safetensors").is_file():
         return tensor_fingerprint(load_tensors(folder / f"{part}.safetensors"))
     if part == "backbone":  # not committed here: the weights the task reads from its pinned package
-        from .tasks.registry import resolve_task
+        from .tasks.registry import resolve_folder_task
 
-        return tensor_fingerprint(resolve_task(task).load_backbone().state_dict())
+        # a folder's name: a registered task or an entry point, never code by module:attr
+        return tensor_fingerprint(resolve_folder_task(task, folder).load_backbone().state_dict())
     raise ValueError(f"no artifact {name!r}")
 
 

@@ -8,18 +8,26 @@ A spec names an object three ways (stylegan2-ada's ``class_name`` habit, timm's 
 - the name of an entry point in the registry's group (``fiancee.tasks``, ``fiancee.key_functions``),
   declared by an installed package.
 
-Folders store the spec string they were made with and loading resolves it the same way. Resolving
-imports user code: a spec comes from the user (a command line, or a folder the user made), never from
-data a folder merely holds.
+Folders store the spec string they were made with, and folders are shared and downloaded like
+checkpoints: a spec read from a folder (``lookup(spec, recorded_in=FILE)``) resolves only to registered
+names and entry points, code the user registered or installed. Its ``module:attr`` is refused before
+anything is imported, unless the user chose that code: by naming the spec themselves (a command's
+``--task``, a loader's ``task=``) or by trusting the folder (a loader's ``trust_task_code=True``,
+:func:`allow_folder_code`), as diffusers loads a repository's own code only with ``trust_remote_code=True``.
 """
 
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-__all__ = ["Registry", "SpecError"]
+__all__ = ["Registry", "SpecError", "allow_folder_code"]
+
+# The module:attr specs a folder may name in this context: (every one, these ones); see allow_folder_code.
+_ALLOWED: ContextVar[tuple[bool, frozenset]] = ContextVar("fiancee_folder_code", default=(False, frozenset()))
 
 
 class SpecError(ValueError):
@@ -29,11 +37,13 @@ class SpecError(ValueError):
 class Registry:
     """Name -> object, open to ``module:attr`` specs and to entry points of ``group``.
 
-    ``what`` names the kind of object in messages (``"task"``); ``expect`` says what ``attr`` must be.
+    ``what`` names the kind of object in messages (``"task"``); ``expect`` says what ``attr`` must be;
+    ``allow`` how a user runs the code a folder names (``{spec}`` is replaced by the spec).
     """
 
-    def __init__(self, what: str, group: str, expect: str):
-        self.what, self.group, self.expect = what, group, expect
+    def __init__(self, what: str, group: str, expect: str,
+                 allow: str = "pass trust_task_code=True to the loader (--trust-task-code)"):
+        self.what, self.group, self.expect, self.allow = what, group, expect, allow
         self._items: dict[str, Any] = {}
 
     def register(self, name: str, obj: Any) -> None:
@@ -42,6 +52,24 @@ class Registry:
                              f"got {name!r} -> {type(obj).__name__}")
         self._items[name] = obj
 
+    def add(self, name: str) -> Callable[[Any], Any]:
+        """Decorator form of :meth:`register` (timm's ``@register_model``): ``@REGISTRY.add("name")``."""
+
+        def decorate(obj: Any) -> Any:
+            self.register(name, obj)
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> Any:
+        """The object registered in-process under ``name`` (no import, no entry point)."""
+        if name not in self._items:
+            raise SpecError(f"unknown {self.what} {name!r}; expected one of {', '.join(self.names()) or 'none'}")
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
     def unregister(self, name: str) -> None:
         """Forget an in-process name (a no-op for names it does not hold)."""
         self._items.pop(name, None)
@@ -49,18 +77,32 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def in_order(self) -> list[str]:
+        """The in-process names in the order they were registered (built-ins first, as a command lists them)."""
+        return list(self._items)
+
     def expected(self) -> str:
         known = ", ".join(self.names()) or "none"
         return (f"a registered name ({known}), 'package.module:attr' naming {self.expect} on sys.path, "
                 f"or an entry point of group '{self.group}'")
 
-    def lookup(self, spec: str) -> Any:
-        """The object ``spec`` names (not called). Raises :class:`SpecError` naming the spec."""
+    def lookup(self, spec: str, *, recorded_in: Any = None) -> Any:
+        """The object ``spec`` names (not called). Raises :class:`SpecError` naming the spec.
+
+        ``recorded_in``: the folder file ``spec`` was read from (None: the user named it). A folder's
+        ``module:attr`` is refused before its module is imported unless :func:`allow_folder_code` allows it.
+        """
         if not isinstance(spec, str) or not spec.strip():
-            raise SpecError(f"a {self.what} spec must be a non-empty string; got {spec!r}; expected {self.expected()}")
+            where = "" if recorded_in is None else f"{recorded_in}: "
+            raise SpecError(f"{where}a {self.what} spec must be a non-empty string; got {spec!r}; "
+                            f"expected {self.expected()}")
         if spec in self._items:
             return self._items[spec]
         if ":" in spec:
+            if recorded_in is not None and not _folder_code_allowed(spec):
+                raise SpecError(f"{recorded_in} names {self.what} {spec!r}: loading a folder imports no module:attr "
+                                f"code, only registered {self.what}s and entry points of '{self.group}'; if you trust "
+                                f"this code, {self.allow.format(spec=spec)}")
             return self._import(spec)
         for ep in _entry_points(self.group):
             if ep.name == spec:
@@ -86,6 +128,28 @@ class Registry:
                                 f"expected {self.expect}")
             obj = getattr(obj, part)
         return obj
+
+
+@contextmanager
+def allow_folder_code(*specs: str, every: bool = False) -> Iterator[None]:
+    """Within the block, folders may name these ``module:attr`` specs (the user named them), or any with
+    ``every=True`` (the user trusts the folders: a loader's ``trust_task_code=True``). For a workflow that
+    loads folders itself (``with allow_folder_code("mymodule:MyTask"): evaluate_exits(run)``); blocks nest
+    and add up. A registered name or an entry point needs no allowing."""
+    if not isinstance(every, bool) or any(not isinstance(s, str) or not s for s in specs):
+        raise ValueError(f"allow_folder_code takes spec strings and every=True/False; got {list(specs)!r}, "
+                         f"every={every!r}")
+    was_every, named = _ALLOWED.get()
+    token = _ALLOWED.set((was_every or every, named | frozenset(specs)))
+    try:
+        yield
+    finally:
+        _ALLOWED.reset(token)
+
+
+def _folder_code_allowed(spec: str) -> bool:
+    every, named = _ALLOWED.get()
+    return every or spec in named
 
 
 def _entry_points(group: str) -> list:

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from .base import InputSpec, Task, declared_inputs
-from .registry import TASKS, check_task_spec, register_task, resolve_task, task_spec
+from .registry import (TASKS, allow_folder_code, check_task_spec, register_task, resolve_folder_task, resolve_task,
+                       task_spec)
 
-__all__ = ["Task", "InputSpec", "TASKS", "get_task", "resolve_task", "register_task", "check_task_spec", "task_spec",
-           "declared_inputs", "write_samples"]
+__all__ = ["Task", "InputSpec", "TASKS", "get_task", "resolve_task", "resolve_folder_task", "allow_folder_code",
+           "register_task", "check_task_spec", "task_spec", "declared_inputs", "write_samples"]
 
 
 def get_task(spec: "str | Task", *, data: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> Task:
