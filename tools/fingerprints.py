@@ -25,7 +25,7 @@ from pathlib import Path
 
 # Keys whose values change between two runs of the same code (timings, provenance, where it ran).
 VOLATILE = re.compile(r"(^|_)(time|times|date|seconds|elapsed|ms|commit|machine|cpu|load|host|duration|"
-                      r"started|finished|created|wall|threads|python|torch|version|platform)(_|$)")
+                      r"started|finished|created|wall|threads|python|torch|version|platform|sec|save_id)(_|$)")
 
 STEPS = [
     ("demo_faces", ["demo", "--task", "faces", "--n", "96", "--n-predictor", "96", "--n-calibrate", "96",
@@ -73,9 +73,11 @@ def fingerprint_file(path: Path, out: str) -> str:
             h.update(f"{name}|{arr.dtype}|{arr.shape}|".encode())
             h.update(arr.tobytes())
         return h.hexdigest()[:16]
-    if path.suffix == ".json":
+    if path.suffix in (".json", ".jsonl"):
         try:
-            return _digest(hashlib.sha256(), _clean(json.loads(path.read_text()), out))
+            text = path.read_text()
+            obj = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x]
+            return _digest(hashlib.sha256(), _clean(obj, out))
         except ValueError:
             pass
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -83,6 +85,12 @@ def fingerprint_file(path: Path, out: str) -> str:
 
 def _skip(rel: str) -> bool:
     return rel.endswith((".lock", ".log", ".png", ".pdf")) or "/cache" in rel
+
+
+def fingerprint_folder(out: Path) -> dict:
+    out = out.resolve()
+    return {p.relative_to(out).as_posix(): fingerprint_file(p, str(out)) for p in sorted(out.rglob("*"))
+            if p.is_file() and not _skip("/" + p.relative_to(out).as_posix())}
 
 
 def run(out: Path, only: set[str] | None = None) -> dict:
@@ -101,10 +109,7 @@ def run(out: Path, only: set[str] | None = None) -> dict:
             sys.exit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         if "--json" in argv and "--out" not in argv:
             prints[f"{name}/stdout"] = _digest(hashlib.sha256(), _clean(json.loads(proc.stdout), str(out)))
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        rel = path.relative_to(out).as_posix()
-        if not _skip("/" + rel):
-            prints[rel] = fingerprint_file(path, str(out))
+    prints.update(fingerprint_folder(out))
     return prints
 
 
@@ -124,12 +129,16 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="write the fingerprints here")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
     p.add_argument("--only", help="comma-separated step names: run these (OUT may exist) and fingerprint OUT")
+    p.add_argument("--refingerprint", action="store_true", help="only fingerprint an existing OUT (no runs)")
     args = p.parse_args()
     if args.compare:
         return compare(*(json.loads(f.read_text()) for f in args.compare))
     if args.out is None:
         p.error("OUT or --compare A B expected")
-    prints = run(args.out, set(args.only.split(",")) if args.only else None)
+    if args.refingerprint:
+        prints = fingerprint_folder(args.out)
+    else:
+        prints = run(args.out, set(args.only.split(",")) if args.only else None)
     text = json.dumps(prints, indent=1, sort_keys=True)
     (args.json.write_text(text + "\n") if args.json else print(text))
     print(f"[fingerprints] {len(prints)} files", file=sys.stderr)
