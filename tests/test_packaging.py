@@ -56,7 +56,7 @@ def test_the_wheel_holds_code_artifacts_licence_and_types(wheel):
     assert "fiancee/configs/fashion_backbone.json" in shipped
     missing = [n for n in shipped if n not in names]
     assert not missing, f"artifacts left out of the wheel: {missing}"
-    assert "fiancee/py.typed" in names and "fiancee/cli.py" in names and "fiancee/tasks/base.py" in names
+    assert "fiancee/py.typed" in names and "fiancee/cli/__init__.py" in names and "fiancee/tasks/base.py" in names
     licence = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
     assert licence and b"MIT License" in zipfile.ZipFile(wheel).read(licence[0])
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
@@ -122,7 +122,6 @@ def test_an_import_error_elsewhere_is_one_line_too(monkeypatch, capsys):
     def boom(args):
         import fiancee_not_a_module  # noqa: F401
 
-    monkeypatch.setattr(cli, "_macs", boom)
     parser = cli.build_parser
     monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), "macs", boom))
     assert cli.main(["macs", "--backbone", "oasis"]) == 2
@@ -151,10 +150,10 @@ def test_a_folder_writing_command_refuses_a_non_empty_folder(tmp_path, capsys):
 
 
 def test_every_folder_writing_command_has_overwrite():
-    from fiancee.cli import _OUT_FOLDERS
-
     subs = build_parser()._subparsers._group_actions[0].choices
-    for command in [*_OUT_FOLDERS, "build-bank"]:
+    refusing = [name for name, p in subs.items() if p.get_default("refuse_existing_out")]  # cli._args.out_option
+    assert len(refusing) == 12, refusing
+    for command in [*refusing, "build-bank"]:
         assert "--overwrite" in subs[command].format_help(), command
 
 

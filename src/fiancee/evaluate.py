@@ -18,7 +18,7 @@ from .tables import build_lpips_table, per_image_lpips, route_images
 from .train.exits import load_exits, run_guide
 
 __all__ = ["route_images", "per_image_lpips", "measure_exits", "evaluate_exits", "evaluate_pipeline", "targets_check", "guarantee_check",
-           "oracle_savings", "DEFAULT_THRESHOLDS"]
+           "oracle_savings", "DEFAULT_THRESHOLDS", "format_exits_table", "format_thresholds_table"]
 
 DEFAULT_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
 
@@ -128,6 +128,19 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
     return report
 
 
+def format_exits_table(report: dict) -> str:
+    """What ``fiancee evaluate-exits`` prints: an :func:`evaluate_exits` report as a table, one row per exit."""
+    lines = [f"{report['task']}: {report['n']} held-out inputs, LPIPS ({report['lpips_net']}) and FID vs the backbone",
+             f"{'':<9}{'after':>6}{'GMACs':>9}{'ratio':>7}{'mean':>8}{'median':>8}{'p90':>8}{'FID':>9}"]
+    for e in report["exits"]:
+        fid = f"{e['fid']:>9.2f}" if e["fid"] is not None else f"{'-':>9}"
+        lines.append(f"{'exit ' + str(e['exit']):<9}{'stage ' + str(e['after_stage']):>6}{e['macs'] / 1e9:>9.3f}"
+                     f"{e['macs_ratio']:>7.3f}{e['lpips_mean']:>8.4f}{e['lpips_median']:>8.4f}"
+                     f"{e['lpips_p90']:>8.4f}{fid}")
+    lines.append(f"{'backbone':<9}{'':>6}{report['backbone_macs'] / 1e9:>9.3f}{1:>7.3f}"
+                 f"{0:>8.4f}{0:>8.4f}{0:>8.4f}{'-':>9}")
+    lines.append(f"grid (rows: exit 1..{len(report['exits'])}, then the backbone): {report['grid']}")
+    return "\n".join(lines)
 
 
 def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, seed: int = 0,
@@ -205,6 +218,19 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     names = [route_name(r, len(macs) - 1) for r in range(len(macs))]
     return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "route_names": names,
             "html": str(html_path), "report": str(out / "report.json")}
+
+
+def format_thresholds_table(report: dict) -> str:
+    """What ``fiancee evaluate`` prints: an :func:`evaluate_pipeline` report, one row per threshold, and its
+    HTML path."""
+    names = " / ".join(report.get("route_names") or [])
+    lines = [f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  shares ({names})"]
+    for r in report["thresholds"]:
+        shares = " / ".join(f"{s:.0%}" for s in r["exit_shares"])
+        lines.append(f"{r['threshold']:>6.3f}{r['compliance']:>12.1%}{r['macs_saved']:>12.1%}"
+                     f"{r['oracle_macs_saved']:>9.1%}{r['oracle_macs_saved_at_compliance']:>10.1%}  {shares}")
+    lines.append(f"report: {report['html']}")
+    return "\n".join(lines)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from .backbones import build_backbone
 from .exits import ExitGenerator, parse_scale
 
-__all__ = ["PAPER_GMACS", "PAPER_MIN_CHANNELS", "macs_table"]
+__all__ = ["PAPER_GMACS", "PAPER_MIN_CHANNELS", "macs_table", "format_macs_table"]
 
 # The paper's GFLOPs (= GMACs) per route, shallowest exit first, the backbone last.
 # OASIS: Table 1 (min channels 64). MegaPortraits G2D: Table 2 (min channels 24).
@@ -50,3 +50,18 @@ def macs_table(backbone: str, scale: str, min_channels: int, size: str = "paper"
         "paper_backbone_gmacs": paper[-1] if paper else None,
         "paper_routes": paper[:-1] if paper else None,
     }
+
+
+def format_macs_table(table: dict) -> str:
+    """What ``fiancee macs`` prints: a :func:`macs_table` as text, one row per route, the paper's GMACs beside ours."""
+    paper_routes = table["paper_routes"] or [None] * len(table["routes"])
+    lines = [f"{table['backbone']} ({table['size']}), scale {table['scale']}, min channels {table['min_channels']}",
+             f"unit: {table['unit']}",
+             f"{'route':<22}{'GMACs':>10}{'paper':>10}{'vs backbone':>14}"]
+    rows = [(f"exit after stage {k}", g, p)
+            for k, g, p in zip(table["exits_after_stages"], table["routes"], paper_routes)]
+    rows.append(("backbone", table["backbone_gmacs"], table["paper_backbone_gmacs"]))
+    for name, g, p in rows:
+        paper = f"{p:>10.0f}" if p is not None else f"{'-':>10}"
+        lines.append(f"{name:<22}{g:>10.1f}{paper}{g / table['backbone_gmacs']:>14.3f}")
+    return "\n".join(lines)

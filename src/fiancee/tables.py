@@ -22,7 +22,8 @@ from .io import cache_dir, load_tensors, save_tensors, tensor_fingerprint
 from .predictor import QualityPredictor, error_summary, exits_fingerprints, predict
 from .tasks.base import cross_noises, declared_inputs, pair_noises
 
-__all__ = ["route_images", "per_image_lpips", "sample_table_inputs", "build_lpips_table", "predictor_error"]
+__all__ = ["route_images", "per_image_lpips", "sample_table_inputs", "build_lpips_table", "predictor_error",
+           "format_predictor_error"]
 
 TABLE_FORMAT = 1  # part of every cache key: bump it when a table's meaning changes
 
@@ -147,3 +148,18 @@ def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, s
         pred = predict(predictor, model, table["inputs"])
         report["sets"][name] = error_summary(pred, table["lpips"])
     return report
+
+
+def format_predictor_error(report: dict) -> str:
+    """A :func:`predictor_error` report as a table (what train-predictor and predictor-error print): per set of
+    inputs, the mean relative error of every exit, their mean and the mean Spearman rank correlation."""
+    exits = report["exits"]
+    lines = [f"{report['task']} predictor ({report['arch']}): mean relative error |P - S| / S per exit "
+             "(Tables S3 / S4)",
+             f"{'set':<14}{'n':>6}" + "".join(f"{'B' + str(i + 1):>8}" for i in range(len(exits)))
+             + f"{'mean':>8}{'rho':>7}"]
+    for name, e in report["sets"].items():
+        rho = sum(e["spearman"]) / len(e["spearman"])
+        lines.append(f"{name:<14}{e['n']:>6}" + "".join(f"{100 * v:>7.1f}%" for v in e["relative_error"])
+                     + f"{100 * e['mean_relative_error']:>7.1f}%{rho:>7.2f}")
+    return "\n".join(lines)

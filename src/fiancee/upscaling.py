@@ -23,7 +23,8 @@ import torch
 
 from .tiles import RowStitcher, check_tiling, tile_starts
 
-__all__ = ["read_image", "upscale_array", "upscale_images", "seam_ratio", "ROUTE_COLOURS", "MAX_PIXELS"]
+__all__ = ["read_image", "upscale_array", "upscale_images", "format_upscale_summary", "seam_ratio", "ROUTE_COLOURS",
+           "MAX_PIXELS"]
 
 MAX_PIXELS = 16_000_000  # input pixels accepted by default (a 4000x4000 photo -> 16000x16000, 768 MB out)
 # exit 1, 2, 3, ..., backbone last (the route map's legend)
@@ -223,3 +224,11 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
     if bar is not None:
         bar.close()
     return summary
+
+
+def format_upscale_summary(summary: dict) -> str:
+    """What ``fiancee upscale`` prints: one line per image of an :func:`upscale_images` summary."""
+    return "\n".join(
+        f"{im['name']}: {im['size'][0]}x{im['size'][1]}, {im['tiles']} tiles, MACs saved {im['macs_saved']:.1%} "
+        f"vs the backbone on the same tiles, exit shares {' / '.join(f'{s:.0%}' for s in im['route_shares'])} "
+        f"(backbone last), {im['seconds']:.1f} s" for im in summary["images"])
