@@ -96,18 +96,16 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
     assert config["task"] == SPEC and config["exits"] == [1, 2]
 
     # A folder's module:attr runs only when the user names it (docs/errors.md, "Code a folder names"):
-    # refused in one line, then run inside allow_folder_code(SPEC), what these commands' --task SPEC does.
+    # refused in one line, then run with --task SPEC or --trust-task-code.
     from fiancee.cli import main
-    from fiancee.specs import allow_folder_code
 
     capsys.readouterr()
     assert main(["evaluate-exits", "exits", "--n", "4", "--no-fid", "--json"]) == 2
     assert "loading a folder imports no module:attr code" in capsys.readouterr().err
-    with allow_folder_code(SPEC):
-        report = json.loads(_fiancee(capsys, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json"))
-        assert [e["after_stage"] for e in report["exits"]] == [1, 2]
-        _fiancee(capsys, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2",
-                 "--error-n", "8", "--no-progress")
+    report = json.loads(_fiancee(capsys, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json", "--task", SPEC))
+    assert [e["after_stage"] for e in report["exits"]] == [1, 2]
+    _fiancee(capsys, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2",
+             "--error-n", "8", "--no-progress", "--trust-task-code")
     pconfig = json.loads((root / "predictor" / "config.json").read_text())
     assert pconfig["task"] == SPEC and pconfig["noises"] is None
     assert pconfig["inputs"] == [{"name": "z", "kind": "noise"}, {"name": "attrs", "kind": "condition"}]
@@ -117,8 +115,7 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
              "--n-calibrate", "8", "--target-compliance", "0.9", "--no-progress")  # too few for a guarantee
     pipe_config = json.loads((root / "demo" / "pipeline" / "config.json").read_text())
     assert pipe_config["task"] == SPEC
-    with allow_folder_code(SPEC):
-        _fiancee(capsys, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report")
+    _fiancee(capsys, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report", "--task", SPEC)
     assert (root / "report" / "report.json").is_file()
 
     _fiancee(capsys, "bench", "--backbone", "mymodule:make_task", "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from . import backbone, bank, bench, exits, export, measure, pipeline, predictor, studies, task
-from ._args import refuse_existing_out
+from ._args import folder_code_allowed, refuse_existing_out
 
 __all__ = ["main", "build_parser"]
 
@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         refuse_existing_out(args)
-        return args.func(args)
+        with folder_code_allowed(args):
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"fiancee {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -197,6 +197,26 @@ def refuse_existing_out(args: argparse.Namespace) -> None:
                               "pass --overwrite to replace what this command writes there, or choose a new folder")
 
 
+def folder_code_option(parser: argparse.ArgumentParser, *, task: bool = True) -> None:
+    """--task / --trust-task-code for a command that loads folders: a folder may name a ``package.module:attr`` task
+    (or bank key function), which loading imports only if the user names it here (--task) or trusts the folders
+    (--trust-task-code); registered tasks and entry points need neither (docs/errors.md). ``task``: False where the
+    command already takes --task (it names the folder's task too)."""
+    if task:
+        parser.add_argument("--task", type=task_spec, default=None,
+                            help="the folder's task, if it names package.module:attr code (allows loading it)")
+    parser.add_argument("--trust-task-code", action="store_true",
+                        help="import whatever package.module:attr code the folders name (task, bank key function)")
+
+
+def folder_code_allowed(args: argparse.Namespace):
+    """The block :func:`main` runs a command in: the folder code the user named (--task) or trusted is allowed."""
+    from ..specs import allow_folder_code
+
+    named = [args.task] if isinstance(getattr(args, "task", None), str) else []
+    return allow_folder_code(*named, every=bool(getattr(args, "trust_task_code", False)))
+
+
 def overwrite_option(parser: argparse.ArgumentParser, help: str = WRITE_INTO) -> None:
     parser.add_argument("--overwrite", action="store_true", help=help)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import (bank_indexes, bank_modes, choice_option, data_option, device_option, n_option, out_option,
+from ._args import (folder_code_option, bank_indexes, bank_modes, choice_option, data_option, device_option, n_option, out_option,
                     overwrite_option, progress_option, seed_option, task_option, weights_option)
 
 
@@ -57,6 +57,7 @@ def register(sub) -> None:
     device_option(p)
     data_option(p)
     weights_option(p)
+    folder_code_option(p, task=False)
     p.set_defaults(func=run_bank_latency)
 
 
@@ -89,9 +90,12 @@ def run_build_bank(args: argparse.Namespace) -> int:
     )
     print(json.dumps({k: manifest[k] for k in ("task", "mode", "entries", "candidates", "per_class_counts",
                                                "key_dim", "value_shape", "backbone_fingerprint", "build_seconds")}))
-    if args.latency:
+    if args.latency:  # reads back the bank just built, whose key function the user named
+        from ..specs import allow_folder_code
+
         args.bank = args.out
-        return run_bank_latency(args)
+        with allow_folder_code(*([args.key_function] if args.key_function else [])):
+            return run_bank_latency(args)
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import (HELD_OUT, choice_option, critics, device_option, exit_inits, exit_recipes, json_option, n_option,
+from ._args import (folder_code_option, HELD_OUT, choice_option, critics, device_option, exit_inits, exit_recipes, json_option, n_option,
                     no_fid_option, out_option, overwrite_option, preset_option, progress_option, seed_option,
                     task_option)
 
@@ -48,6 +48,7 @@ def register(sub) -> None:
     device_option(p, default=None, help="cpu or cuda (default: cuda if available)")
     seed_option(p)
     progress_option(p)
+    folder_code_option(p, task=False)
     p.set_defaults(func=run_train_exits)
 
     p = sub.add_parser(
@@ -69,6 +70,7 @@ def register(sub) -> None:
     seed_option(p)
     json_option(p)
     overwrite_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_evaluate_exits)
 
 

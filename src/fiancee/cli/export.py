@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import out_option, overwrite_option
+from ._args import folder_code_option, out_option, overwrite_option
 
 
 def register(sub) -> None:
@@ -24,6 +24,7 @@ def register(sub) -> None:
     out_option(p, required=True, help="folder to write (must not exist unless --overwrite)", refuse_existing=False)
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (13..21, default 17)")
     overwrite_option(p, help="replace an existing export folder")
+    folder_code_option(p)
     p.set_defaults(func=run_export)
 
 

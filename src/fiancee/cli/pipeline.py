@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._args import (HELD_OUT, choice_option, floats, guarantee_methods, json_option, n_option, out_option,
+from ._args import (folder_code_option, HELD_OUT, choice_option, floats, guarantee_methods, json_option, n_option, out_option,
                     overwrite_option, preset_option, progress_option, risk_bounds, seed_option, task_option)
 
 
@@ -27,6 +27,7 @@ def register(sub) -> None:
                unset=lambda args: str(Path(args.pipeline) / "report"))
     seed_option(p)
     overwrite_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser(
@@ -67,6 +68,7 @@ def register(sub) -> None:
     seed_option(p)
     json_option(p, help="print the result as JSON (no progress bars)")
     overwrite_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_guarantee)
 
     p = sub.add_parser(
@@ -97,6 +99,7 @@ def register(sub) -> None:
                    help="largest input accepted, in pixels (default 16M)")
     overwrite_option(p, help="replace an existing --out folder")
     progress_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_upscale)
 
     p = sub.add_parser(
@@ -130,6 +133,7 @@ def register(sub) -> None:
     seed_option(p)
     progress_option(p)
     overwrite_option(p)
+    folder_code_option(p, task=False)
     p.set_defaults(func=run_demo)
 
 

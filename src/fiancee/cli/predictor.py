@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import (choice_option, device_option, head_option, json_option, n_option, out_option, overwrite_option,
+from ._args import (folder_code_option, choice_option, device_option, head_option, json_option, n_option, out_option, overwrite_option,
                     predictor_recipes, progress_option, seed_option)
 
 
@@ -35,6 +35,7 @@ def register(sub) -> None:
     seed_option(p)
     progress_option(p)
     overwrite_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_train_predictor)
 
     p = sub.add_parser(
@@ -52,6 +53,7 @@ def register(sub) -> None:
     seed_option(p, help="seed of the held-out inputs")
     device_option(p)
     json_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_predictor_error)
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._args import (HELD_OUT, device_option, json_option, n_option, no_fid_option, out_option, overwrite_option,
+from ._args import (folder_code_option, HELD_OUT, device_option, json_option, n_option, no_fid_option, out_option, overwrite_option,
                     seed_option)
 
 
@@ -32,6 +32,7 @@ def register(sub) -> None:
     no_fid_option(p)
     device_option(p)
     overwrite_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_bank_ablation)
 
     p = sub.add_parser(
@@ -64,6 +65,7 @@ def register(sub) -> None:
     device_option(p)
     json_option(p)
     overwrite_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_exit_quality)
 
     p = sub.add_parser(
@@ -86,6 +88,7 @@ def register(sub) -> None:
     n_option(p, 500, help=HELD_OUT)
     seed_option(p)
     overwrite_option(p)
+    folder_code_option(p)
     p.set_defaults(func=run_bank_distance)
 
 
