@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fiancee.classifier import accuracy, load_classifier
+from fiancee.tasks.fashion.classifier import accuracy, load_classifier
 from fiancee.cli import main
 from fiancee.exits import ExitGenerator
 from fiancee.tasks import get_task
