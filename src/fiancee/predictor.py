@@ -1,6 +1,7 @@
 """The quality predictor: inputs -> predicted LPIPS of every exit (paper section 3.2, S1.1.2, S1.2.2).
 
-Architectures (after Table S7), chosen with ``arch``:
+Architectures (after Table S7), chosen with ``arch``: the heads registered in
+:data:`fiancee.predictor_heads.HEADS` (a new head is one class there or in any module, with one decorator):
 
 - ``"mlp"``: vector inputs (faces' z): flatten, then Linear + LeakyReLU layers narrowing to one output
   per exit (Table S7, MegaPortraits column: 512 -> 256 -> 128 -> 64 -> E).
@@ -11,6 +12,8 @@ Architectures (after Table S7), chosen with ``arch``:
   stage before the first exit). Table S7's OASIS predictor reads 1024 channels, the width of OASIS's
   first module: this is that option. The bank computes these features anyway and every route runs
   them, so they cost the predictor nothing extra at inference.
+- ``"tiny"`` (the default): a 1x1 conv, average pooling to at most 4x4 and one hidden layer on the same
+  key-stage features, well under 1 % of a backbone.
 
 Targets and inputs are standardized with statistics of the training table kept as buffers (so the
 saved predictor needs nothing else); ``forward`` returns LPIPS in LPIPS units ``[B, E]``.
@@ -47,30 +50,19 @@ from torch import nn
 from .checks import check_counts, check_finite
 from .io import (atomic_folder, build_bounded, cache_dir, read_whole_folder, check_replaceable, config_int, config_int_list, config_str, load_tensors, read_json,
                  read_manifest, resolve_inside, save_tensors, tensor_fingerprint, write_json)
+from .predictor_heads import HEADS, TINY_GRID, TINY_HIDDEN, TINY_WIDTH, ResBlock, arch_names, get_head  # noqa: F401
 
 __all__ = [
     "ARCHS", "FEATURE_ARCHS", "RECIPES", "QualityPredictor", "FoldedPredictor", "ResBlock", "key_features", "predictor_features", "predict",
     "train_predictor", "save_predictor", "load_predictor", "exits_fingerprints", "relative_error", "error_summary",
 ]
 
-ARCHS = ("mlp", "conv", "features", "tiny")
-FEATURE_ARCHS = ("features", "tiny")  # read the key-stage features the pipeline computes anyway
-# ``tiny``'s defaults: a 1x1 conv to 32 channels, a grid of at most 4x4, one hidden layer of 64.
-TINY_WIDTH, TINY_HIDDEN, TINY_GRID = 32, (64,), 4
+# The built-in heads' names, for compatibility (the registry is the source: ``arch_names()`` includes heads
+# registered later, these tuples do not).
+ARCHS = arch_names()
+FEATURE_ARCHS = tuple(a for a in ARCHS if HEADS.get(a).reads_features)  # read the key-stage features
 RECIPES = ("mse-sgd", "mae-adamw")
 FORMAT = 1
-
-
-class ResBlock(nn.Module):
-    """Two 3x3 convs with a skip (Table S7's ResBlock, width kept)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
 
 
 class QualityPredictor(nn.Module):
@@ -84,53 +76,21 @@ class QualityPredictor(nn.Module):
     def __init__(self, arch: str, num_exits: int, input_shapes: Sequence[Sequence[int]], *,
                  width: int | None = None, hidden: Sequence[int] | None = None, max_grid: int | None = None):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
+        head = get_head(arch)
         if int(num_exits) < 1:
             raise ValueError(f"num_exits must be >= 1; got {num_exits}")
-        self.arch, self.num_exits = arch, int(num_exits)
+        self.arch, self.num_exits, self.head = arch, int(num_exits), head  # ``head`` holds no modules
         self.input_shapes = [list(int(d) for d in s) for s in input_shapes]
-        tiny = arch == "tiny"
-        width = (TINY_WIDTH if tiny else 64) if width is None else width
-        hidden = (TINY_HIDDEN if tiny else (512, 256, 128, 64)) if hidden is None else hidden
-        max_grid = (TINY_GRID if tiny else 8) if max_grid is None else max_grid
+        width = head.defaults["width"] if width is None else width
+        hidden = head.defaults["hidden"] if hidden is None else hidden
+        max_grid = head.defaults["max_grid"] if max_grid is None else max_grid
         self.width, self.hidden, self.max_grid = int(width), [int(h) for h in hidden], int(max_grid)
         shapes = self.input_shapes
-        if arch == "mlp":
-            if any(len(s) != 1 for s in shapes):
-                raise ValueError(f"arch 'mlp' reads vectors; got input shapes {shapes}")
-            flat = sum(s[0] for s in shapes)
-            self.body = None
-            act = lambda: nn.LeakyReLU(0.2)  # noqa: E731  Table S7: Linear + LeakyReLU
-        elif arch == "tiny":
-            # Not in the paper: a head that costs well under 1 % of a backbone on top of the key-stage
-            # features every route computes anyway. A 1x1 conv reduces the channels (the costly part of
-            # Table S7's head is its 3x3 convs at full width), average pooling bounds the grid, one hidden layer.
-            if len(shapes) != 1 or len(shapes[0]) != 3:
-                raise ValueError(f"arch 'tiny' reads key-stage features [C, h, w]; got input shapes {shapes}")
-            c, h0, w0 = shapes[0]
-            h, w = min(h0, self.max_grid), min(w0, self.max_grid)
-            # A fixed average pooling where the grid divides the map (the same numbers, and exportable to
-            # ONNX with a dynamic batch, which adaptive pooling to a smaller size is not); else adaptive.
-            pool = (nn.AvgPool2d((h0 // h, w0 // w)) if h0 % h == 0 and w0 % w == 0 else nn.AdaptiveAvgPool2d((h, w)))
-            self.body = nn.Sequential(nn.Conv2d(c, self.width, 1), nn.ReLU(), pool, nn.Flatten())
-            flat = self.width * h * w
-            act = nn.ReLU
-        else:
-            if arch == "conv" and (len(shapes) != 2 or len(shapes[0]) != 3 or len(shapes[1]) != 1):
-                raise ValueError(f"arch 'conv' reads (label map [C, H, W], noise [Z]); got input shapes {shapes}")
-            if arch == "features" and (len(shapes) != 1 or len(shapes[0]) != 3):
-                raise ValueError(f"arch 'features' reads key-stage features [C, h, w]; got input shapes {shapes}")
-            c, h, w = shapes[0]
-            c_in = c + (shapes[1][0] if arch == "conv" else 0)
-            layers: list[nn.Module] = [nn.Conv2d(c_in, self.width, 3, padding=1), nn.ReLU()]
-            while max(h, w) > self.max_grid:  # stride-2 convs keep the flattened size small
-                layers += [nn.Conv2d(self.width, self.width, 3, stride=2, padding=1), nn.ReLU()]
-                h, w = (h + 1) // 2, (w + 1) // 2
-            layers += [ResBlock(self.width), nn.Flatten()]
-            self.body = nn.Sequential(*layers)
-            flat = self.width * h * w
-            act = nn.ReLU  # Table S7 OASIS column: Linear + ReLU
+        if not head.fits(shapes):
+            raise ValueError(f"arch {arch!r} reads {head.reads}; got input shapes {shapes}")
+        # Parameters in this order: the head's body, then the MLP (the same initial weights for one seed).
+        self.body, flat = head.build(shapes, self.width, self.max_grid)
+        act = head.activation
         mlp: list[nn.Module] = []
         for size in self.hidden:
             mlp += [nn.Linear(flat, size), act()]
@@ -151,7 +111,7 @@ class QualityPredictor(nn.Module):
 
     @property
     def reads_features(self) -> bool:
-        return self.arch in FEATURE_ARCHS
+        return self.head.reads_features
 
     @torch.no_grad()
     def fit_statistics(self, xs: Sequence[torch.Tensor], lpips: torch.Tensor) -> None:
@@ -180,7 +140,7 @@ class QualityPredictor(nn.Module):
         for i, x in enumerate(xs):
             shape = [1, -1] + [1] * (x.dim() - 2)
             norm.append((x.float() - getattr(self, f"in{i}_mean").view(shape)) / getattr(self, f"in{i}_std").view(shape))
-        return _network(self.arch, self.body, self.mlp, norm)  # [B, E]
+        return self.mlp(self.head.run(self.body, norm))  # [B, E]
 
     def forward(self, *xs: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Predicted LPIPS ``[B, E]``.
@@ -208,40 +168,28 @@ class QualityPredictor(nn.Module):
         return cached[1]
 
 
-def _network(arch: str, body: nn.Module | None, mlp: nn.Module, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The layers after standardization, shared by :class:`QualityPredictor` and :class:`FoldedPredictor`."""
-    if arch == "mlp":
-        h = torch.cat([x.float().flatten(1) for x in xs], dim=1)  # [B, D]
-    elif arch == "conv":
-        label, z = xs  # [B, C, H, W], [B, Z]
-        noise = z[:, :, None, None].expand(-1, -1, *label.shape[-2:])  # OASIS-style 3D noise
-        h = body(torch.cat([label, noise], dim=1))  # [B, width * h * w]
-    else:
-        h = body(xs[0].float())
-    return mlp(h)  # [B, E]
-
-
 class FoldedPredictor(nn.Module):
     """Inference copy of a :class:`QualityPredictor`: ``(x - mean) / std`` folded into the first layer
-    where that is exact (a 1x1 conv for ``tiny``, the first Linear for ``mlp``; ahead of a zero-padded 3x3
-    conv it is not, so ``conv`` / ``features`` keep one fused multiply-add), and ``y * y_std + y_mean`` into
-    the last Linear. Built by :meth:`QualityPredictor.folded`."""
+    where that is exact (the head's :meth:`~fiancee.predictor_heads.Head.fold_layer`: a 1x1 conv for ``tiny``,
+    the first Linear for ``mlp``; ahead of a zero-padded 3x3 conv it is not, so ``conv`` / ``features`` keep
+    one fused multiply-add), and ``y * y_std + y_mean`` into the last Linear. Built by
+    :meth:`QualityPredictor.folded`."""
 
     @torch.no_grad()
     def __init__(self, p: QualityPredictor):
         super().__init__()
         import copy
 
-        self.arch = p.arch
+        self.arch, self.head = p.arch, p.head
         self.body = copy.deepcopy(p.body)
         self.mlp = copy.deepcopy(p.mlp)
         scales = [1.0 / getattr(p, f"in{i}_std") for i in range(len(p.input_shapes))]
         shifts = [-getattr(p, f"in{i}_mean") * s for i, s in enumerate(scales)]
         self.pre: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if p.arch in ("tiny", "mlp"):
+        first = p.head.fold_layer(self.body, self.mlp)
+        if first is not None:
             # The first layer's input columns: the 1x1 conv's channels, or the Linear's slices of the
             # concatenated vectors, one slice per input.
-            first = self.body[0] if p.arch == "tiny" else self.mlp[0]
             w, start = first.weight.view(first.weight.shape[0], -1), 0  # [out, in]
             for sc, sh in zip(scales, shifts):
                 part = w[:, start : start + sc.numel()]
@@ -259,7 +207,7 @@ class FoldedPredictor(nn.Module):
         if self.pre is not None:
             xs = tuple(torch.addcmul(sh.view(1, -1, *[1] * (x.dim() - 2)), x.float(), sc.view(1, -1, *[1] * (x.dim() - 2)))
                        for x, (sc, sh) in zip(xs, self.pre))
-        return _network(self.arch, self.body, self.mlp, xs)
+        return self.mlp(self.head.run(self.body, xs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +224,7 @@ def key_features(model, *inputs: torch.Tensor) -> torch.Tensor:
 def predictor_features(arch: str, model, inputs: tuple[torch.Tensor, ...], batch_size: int = 256) -> tuple[torch.Tensor, ...]:
     """The tensors a predictor of ``arch`` reads for ``inputs``: z for ``mlp``, (label, z) for ``conv``,
     key-stage features for ``features`` and ``tiny`` (computed in batches)."""
-    if arch not in FEATURE_ARCHS:
+    if not get_head(arch).reads_features:
         return tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)
     n = inputs[0].shape[0]
     return (torch.cat([key_features(model, *(x[s : s + batch_size] for x in inputs)).cpu() for s in range(0, n, batch_size)]),)

@@ -6,7 +6,8 @@ discriminator network with the loss it is trained with, behind one interface:
 - ``d_loss(real, fake, inputs)``: the discriminator's loss (real = the backbone's image);
 - ``g_loss(fake, inputs, real)``: ``(adversarial, feature_matching)`` for the branch.
 
-Kinds:
+Kinds, registered in :data:`CRITICS` (a new kind is one builder function with ``@CRITICS.add("name")``,
+here or in any module imported before training; a task names its kind in ``Task.critic_kind``):
 
 - ``dcgan``: the standard DCGAN discriminator (strided convs, BatchNorm, LeakyReLU 0.2) with the
   non-saturating BCE loss. Used for ``faces``, whose pretrained generator ships without its
@@ -29,10 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DCGANDiscriminator", "PatchDiscriminator", "MultiScalePatchDiscriminator", "Critic", "OASISCritic",
-           "CRITIC_KINDS", "build_critic"]
+from ..specs import Registry
 
-CRITIC_KINDS = ("dcgan", "patch", "oasis")
+__all__ = ["DCGANDiscriminator", "PatchDiscriminator", "MultiScalePatchDiscriminator", "Critic", "OASISCritic",
+           "CRITICS", "CRITIC_KINDS", "build_critic"]
+
+# A builder is called as ``builder(image_size, channels, width, discriminator=..., label_index=...,
+# lambda_labelmix=..., seed=...)`` (what :func:`build_critic` is given) and ignores what it does not use.
+CRITICS = Registry("critic", "fiancee.critics", "a critic builder (image_size, channels, width, **options) -> critic")
 
 
 class DCGANDiscriminator(nn.Module):
@@ -194,21 +199,43 @@ class OASISCritic(nn.Module):
         return balanced_cross_entropy(self.net(fake), self._label_map(inputs, fake)), fake.new_zeros(())
 
 
+@CRITICS.add("dcgan")
+def dcgan_critic(image_size: int, channels: int = 3, width: int = 64, **options) -> Critic:
+    """A fresh DCGAN discriminator with the non-saturating BCE loss."""
+    return Critic(DCGANDiscriminator(image_size, channels, width), "bce")
+
+
+@CRITICS.add("patch")
+def patch_critic(image_size: int, channels: int = 3, width: int = 64, **options) -> Critic:
+    """A fresh two-scale PatchGAN with the hinge loss (the MegaPortraits recipe)."""
+    layers = max(2, min(4, int(math.log2(image_size)) - 3))
+    return Critic(MultiScalePatchDiscriminator(channels, width, layers), "hinge")
+
+
+@CRITICS.add("oasis")
+def oasis_critic(image_size: int, channels: int = 3, width: int = 64, *, discriminator: nn.Module | None = None,
+                 label_index: int | None = None, lambda_labelmix: float = 10.0, seed: int = 0,
+                 **options) -> OASISCritic:
+    """A trainable copy of ``discriminator`` (the backbone's own, weights and all) with OASIS's loss, reading
+    the label map at ``label_index`` of the generator's inputs (paper eq. 3)."""
+    if discriminator is None or label_index is None:
+        raise ValueError("the oasis critic copies the backbone's discriminator and reads its label map: "
+                         "pass discriminator= and label_index=")
+    net = copy.deepcopy(discriminator).train().requires_grad_(True)
+    return OASISCritic(net, label_index, lambda_labelmix, seed)
+
+
+# The built-in kinds, for compatibility (the registry is the source: it also holds kinds registered later).
+CRITIC_KINDS = tuple(CRITICS.in_order())
+
+
 def build_critic(kind: str, image_size: int, channels: int = 3, width: int = 64, *,
                  discriminator: nn.Module | None = None, label_index: int | None = None,
                  lambda_labelmix: float = 10.0, seed: int = 0) -> "Critic | OASISCritic":
-    """A critic of ``kind`` for images of ``image_size`` px: ``dcgan`` and ``patch`` are fresh; ``oasis``
-    is a trainable copy of ``discriminator`` (the backbone's own, weights and all) reading the label map
-    at ``label_index`` of the generator's inputs."""
-    if kind == "dcgan":
-        return Critic(DCGANDiscriminator(image_size, channels, width), "bce")
-    if kind == "patch":
-        layers = max(2, min(4, int(math.log2(image_size)) - 3))
-        return Critic(MultiScalePatchDiscriminator(channels, width, layers), "hinge")
-    if kind == "oasis":
-        if discriminator is None or label_index is None:
-            raise ValueError("the oasis critic copies the backbone's discriminator and reads its label map: "
-                             "pass discriminator= and label_index=")
-        net = copy.deepcopy(discriminator).train().requires_grad_(True)
-        return OASISCritic(net, label_index, lambda_labelmix, seed)
-    raise ValueError(f"unknown critic kind {kind!r}; expected one of {CRITIC_KINDS}")
+    """A critic of the registered ``kind`` for images of ``image_size`` px: ``dcgan`` and ``patch`` are fresh;
+    ``oasis`` is a trainable copy of ``discriminator`` (the backbone's own, weights and all) reading the label
+    map at ``label_index`` of the generator's inputs."""
+    if not isinstance(kind, str) or kind not in CRITICS:
+        raise ValueError(f"unknown critic kind {kind!r}; expected one of {tuple(CRITICS.in_order())}")
+    return CRITICS.get(kind)(image_size, channels, width, discriminator=discriminator, label_index=label_index,
+                             lambda_labelmix=lambda_labelmix, seed=seed)

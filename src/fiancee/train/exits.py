@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
 from ..io import RunLock, check_replaceable, folder_kind, read_json, resolve_inside, tensor_fingerprint
 from ..tasks.base import declared_inputs
-from .critics import CRITIC_KINDS, Critic, build_critic
+from .critics import CRITICS, Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .losses import BranchLoss, FeatureAdapters, Recipe, get_recipe, lr_at, make_optimizer
 from .run import RunDir, load_optimizer_tensors, optimizer_tensors
@@ -229,8 +229,9 @@ def critic_kind(task, recipe: Recipe) -> str:
     ``dcgan`` / ``oasis`` asked for explicitly), else the kind the task declares (``recipe.critic == "task"``).
     ``oasis`` needs the backbone's discriminator (``Task.load_discriminator``) and a label-map input."""
     kind = task.critic_kind if recipe.critic == "task" else recipe.critic
-    if kind not in CRITIC_KINDS:
-        raise ValueError(f"unknown critic {recipe.critic!r}; expected 'task' or one of {CRITIC_KINDS}")
+    if not isinstance(kind, str) or kind not in CRITICS:
+        whose = f" (task {task.name!r} declares it)" if recipe.critic == "task" else ""
+        raise ValueError(f"unknown critic {kind!r}{whose}; expected 'task' or one of {tuple(CRITICS.in_order())}")
     if kind == "oasis":
         if not any(s.kind == "label_map" for s in declared_inputs(task)):
             raise ValueError(f"the oasis critic segments by the label map, and task {task.name!r} declares no label_map input")
@@ -507,24 +508,28 @@ def _checkpoint(run: RunDir, env: DistEnv, step: int, branches, critics, opt_g, 
     )
 
 
-def load_exits(run_dir: str | Path, device: str | torch.device = "cpu"):
+def load_exits(run_dir: str | Path, device: str | torch.device = "cpu", *, task=None, trust_task_code: bool = False):
     """``(task, model)`` of a finished (or interrupted) run: the backbone with its trained branches, eval mode.
 
-    The task is resolved from the spec the run config stores (a built-in name, ``module:attr`` or an
-    entry point); its exit stages must be the ones the run recorded.
+    The task is ``task`` (a Task or a spec the user names) or the spec the run config stores, resolved to
+    registered names and entry points; a recorded ``module:attr`` (and a bank's key function) only with
+    ``trust_task_code=True`` (:func:`fiancee.tasks.registry.resolve_folder_task`). Its exit stages must be
+    the ones the run recorded.
     """
-    from ..tasks.registry import resolve_task
+    from ..specs import allow_folder_code
+    from ..tasks.registry import resolve_folder_task
 
     run = RunDir(run_dir)
     config = run.read_config()
     if config.get("kind") != "exits":
         raise ValueError(f"{run.path} is not an exit-training run (config.json kind={config.get('kind')!r})")
-    task = resolve_task(config["task"])
+    task = resolve_folder_task(config["task"], run.config_path, task=task, trust_task_code=trust_task_code)
     if "exits" in config and list(config["exits"]) != list(task.exits):
         raise ValueError(f"{run.path} was trained with exits after stages {config['exits']}, but task {config['task']!r} "
                          f"now declares {list(task.exits)}: the branches would not fit")
     backbone = task.load_backbone(device)
-    model = build_exits(task, backbone, config["scale"], config["min_channels"], run_bank_path(run.path)).to(device)
+    with allow_folder_code(every=trust_task_code):  # the run's bank's key function
+        model = build_exits(task, backbone, config["scale"], config["min_channels"], run_bank_path(run.path)).to(device)
     ckpt = run.load_checkpoint(["branches"], device=device)
     if ckpt is None:
         raise ValueError(f"{run.path} has no checkpoint yet (latest.json missing): train first")

@@ -14,8 +14,9 @@ import torch
 
 from ..checks import check_counts
 from ..io import check_replaceable, read_json
-from ..predictor import (ARCHS, RECIPES, QualityPredictor, exits_fingerprints, load_predictor, predictor_features,
+from ..predictor import (RECIPES, QualityPredictor, exits_fingerprints, load_predictor, predictor_features,
                          save_predictor, train_predictor)
+from ..predictor_heads import arch_names, get_head
 from ..tables import build_lpips_table, predictor_error
 from ..tasks.base import declared_inputs
 from .exits import load_exits, run_bank_path, run_guide
@@ -39,11 +40,12 @@ def default_arch(kinds: list[str]) -> str:
 
 
 def check_arch(arch: str, kinds: list[str], what: str) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
-    if arch == "conv" and kinds != ["label_map", "noise"]:
-        raise ValueError(f"arch 'conv' reads a label map and a noise vector; {what} declares {kinds} "
-                         "(use 'mlp', 'features' or 'tiny')")
+    """Refuse a head that cannot read inputs of the declared ``kinds`` in one line naming those that can."""
+    why = get_head(arch).cannot_read(kinds)
+    if why is not None:
+        able = [f"{a!r}" for a in arch_names() if get_head(a).cannot_read(kinds) is None]
+        use = " or ".join([", ".join(able[:-1]), able[-1]] if len(able) > 1 else able) or "another head"
+        raise ValueError(f"arch {arch!r} {why}; {what} declares {kinds} (use {use})")
 
 
 def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str | None = None, recipe: str = DEFAULT_RECIPE,
@@ -60,8 +62,8 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     check_counts(n=n, noises=noises, epochs=epochs, batch_size=batch_size, error_n=error_n)
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}; got {recipe!r}")
-    if arch is not None and arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}; got {arch!r}")
+    if arch is not None:
+        get_head(arch)  # an unknown name: refused in one line
     check_replaceable(out, "quality_predictor", "quality predictor")
     task, model = load_exits(run_dir, device=device)
     specs = declared_inputs(task)
