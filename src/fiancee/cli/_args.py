@@ -53,18 +53,18 @@ def choice_option(parser: argparse.ArgumentParser, *flags: str, names: Callable[
 # Where the names live: the one place to change when an owner turns a tuple into a registry.
 
 
-def _registered(owner, registry: str, names: str) -> list[str]:
-    """The names of ``owner``'s registry in registration order (the built-ins first, then any added in this
-    process), else its tuple of names."""
-    found = getattr(owner, registry, None)
-    return list(found.in_order()) if found is not None else list(getattr(owner, names))
-
-
 def predictor_heads() -> list[str]:
     """Predictor heads (train-predictor --arch, bench --predictor)."""
-    from .. import predictor
+    from ..predictor_heads import HEADS
 
-    return _registered(predictor, "HEADS", "ARCHS")
+    return HEADS.in_order()  # registration order: the built-ins first, then any added in this process
+
+
+def export_targets() -> list[str]:
+    """Export targets (export --target), the built-in onnx first."""
+    from ..export_targets import EXPORT_TARGETS
+
+    return EXPORT_TARGETS.in_order()
 
 
 def predictor_recipes() -> list[str]:
@@ -96,7 +96,7 @@ def critics() -> list[str]:
     """``task`` (the task's own critic kind) and every critic kind."""
     from ..train import critics as owner
 
-    return ["task", *_registered(owner, "CRITICS", "CRITIC_KINDS")]
+    return ["task", *owner.CRITICS.in_order()]
 
 
 def reference_backbones() -> list[str]:

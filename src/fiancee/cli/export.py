@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import folder_code_option, out_option, overwrite_option
+from ._args import choice_option, export_targets, folder_code_option, out_option, overwrite_option
 
 
 def register(sub) -> None:
@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("pipeline", help="pipeline folder (fiancee demo, FianceePipeline.save)")
     # export_pipeline checks its own folder (and writes it whole)
     out_option(p, required=True, help="folder to write (must not exist unless --overwrite)", refuse_existing=False)
+    choice_option(p, "--target", names=export_targets, default="onnx",
+                  help="export target (default onnx: ONNX segments that fiancee.runtime runs without PyTorch)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (13..21, default 17)")
     overwrite_option(p, help="replace an existing export folder")
     folder_code_option(p)
@@ -29,9 +31,9 @@ def register(sub) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import export_pipeline
+    from ..export_targets import export
 
-    manifest = export_pipeline(args.pipeline, args.out, opset=args.opset, overwrite=args.overwrite)
+    manifest = export(args.pipeline, args.out, target=args.target, opset=args.opset, overwrite=args.overwrite)
     print(json.dumps({"out": str(args.out), "segments": [s["file"] for s in manifest["segments"]],
                       "route_macs": manifest["route_macs"], "router": manifest["router"]["kind"],
                       "bank": manifest["bank"] is not None}))
