@@ -11,7 +11,8 @@
    threshold (defaults 0.05 and 0.1); ``method="ucb"`` the same statement by an upper confidence bound,
    ``method="crc"`` an expected miss rate <= ``epsilon`` (Conformal Risk Control; :mod:`fiancee.guarantee`).
    With ``target_compliance`` given instead, the average-compliance fit (``CalibratedRouter.fit``:
-   split-conformal margins, no guarantee);
+   split-conformal margins, no guarantee). This step and the save below are
+   :func:`fiancee.assemble.assemble_pipeline` (``fiancee assemble-pipeline``);
 4. the pipeline is saved as one folder and evaluated on test inputs: report.json + report.html, with the
    guarantee checked on those test inputs and over 500 random calibration / test splits of the calibration
    and test inputs together (the report's figure for its headline threshold).
@@ -42,18 +43,13 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
 
     ``exits``: a train-exits run of this task to use instead of the committed or a fresh one.
     """
-    from .bank import load_bank
+    from .assemble import assemble_pipeline, check_calibration_args, check_exits_run
     from .evaluate import evaluate_pipeline
     from .extras import require
-    from .pipeline import FianceePipeline
-    from .predictor import load_predictor, predict
-    from .routing import CalibratedRouter, check_threshold
     from .specs import allow_folder_code
-    from .tables import build_lpips_table
     from .tasks.registry import resolve_task, task_spec
-    from .train.exits import PRESETS, load_exits, make_config, run_bank_path, train_exits
+    from .train.exits import PRESETS, make_config, train_exits
     from .train.predictor import train_predictor_for_run
-    from .train.run import RunDir
 
     # Arguments first, before minutes of work: a bad one should fail now, not at step 4.
     # The report's plots need matplotlib (fiancee[plots]); without it the demo would train a predictor
@@ -62,36 +58,13 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     task = task_spec(resolve_task(task))
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    thresholds = [check_threshold(t) for t in thresholds]
-    if not thresholds:
-        raise ValueError("give at least one threshold in (0, 1]")
-    if target_compliance is not None and not 0 < target_compliance <= 1:
-        raise ValueError(f"target compliance must lie in (0, 1]; got {target_compliance}")
-    for name, value in (("epsilon", epsilon), ("delta", delta)):
-        if not 0 < value < 1:
-            raise ValueError(f"{name} must lie in (0, 1); got {value}")
-    for name, value in (("n_predictor", n_predictor), ("n_calibrate", n_calibrate), ("n_eval", n_eval)):
+    for name, value in (("n_predictor", n_predictor), ("n_eval", n_eval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2; got {value!r}")
-    from .guarantee import check_method, min_calibration
-
-    if check_method(method) == "average" and target_compliance is None:
-        raise ValueError("the average-compliance fit takes its target: target_compliance= (--target-compliance)")
-    if target_compliance is not None and method not in ("ltt", "average"):
-        raise ValueError(f"target_compliance is the average-compliance fit; method {method!r} takes epsilon (and delta)")
-    if target_compliance is None:
-        need = min_calibration(method, epsilon, delta)
-        if n_calibrate < need:
-            what = (f"an expected miss rate <= {epsilon:g}" if method == "crc" else
-                    f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g}")
-            raise ValueError(f"{what} needs at least {need} calibration inputs; got n_calibrate={n_calibrate} "
-                             "(or fit for an average compliance instead: target_compliance=, --target-compliance)")
-    method = "average" if target_compliance is not None else method
+    method, thresholds = check_calibration_args(method, epsilon, delta, target_compliance, n_calibrate, thresholds)
     if exits is not None:
         run = Path(exits)
-        run_task = RunDir(run).read_config().get("task")
-        if run_task != task:
-            raise ValueError(f"{run} holds exits of task {run_task!r}, not of {task!r}")
+        check_exits_run(run, task)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if exits is not None:
@@ -121,40 +94,16 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
             f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}, "
             + ("Learn-then-Test" if method == "ltt" else "upper confidence bound"))
     _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs ({goal})")
-    task_obj, model = load_exits(run, task=task)
-    # The run's bank (if it used one) is loaded once: its guide drives calibration, the bank goes
-    # into the pipeline folder.
-    bank_cfg = run_bank_path(run)
-    bank_path = None if bank_cfg is None else Path(bank_cfg)
-    bank = None if bank_path is None else load_bank(bank_path, model.backbone)
-    guide = None if bank is None else bank.guide
-    predictor, _ = load_predictor(pred_dir, model)
-    # Held-out for the predictor: the training split under another seed (new z; for fashion new
-    # noise vectors with training maps), never the test inputs the report is measured on.
-    cal = build_lpips_table(model, task_obj, n_calibrate, seed + 7919, "train", guide, cache=guide is None,
-                            progress=progress)
-    costs = model.route_macs()
-    cal_predicted = predict(predictor, model, cal["inputs"])
-    router = CalibratedRouter(costs=costs)
-    if method == "average":
-        router.fit(cal_predicted, cal["lpips"], list(thresholds), target_compliance)
-    elif method == "crc":
-        router.fit_crc(cal_predicted, cal["lpips"], list(thresholds), epsilon)
-    elif method == "ucb":
-        router.fit_ucb(cal_predicted, cal["lpips"], list(thresholds), epsilon, delta)
-    else:
-        router.fit_guarantee(cal_predicted, cal["lpips"], list(thresholds), epsilon, delta)
-    pipe = FianceePipeline(task_obj, model, predictor, router, bank=bank, bank_path=bank_path,
-                           provenance={"exits_run": str(run), "seed": seed, "target_compliance": target_compliance,
-                                       "method": method,
-                                       "epsilon": None if target_compliance is not None else epsilon,
-                                       "delta": None if target_compliance is not None or method == "crc" else delta,
-                                       "calibration_inputs": n_calibrate, "predictor_inputs": n_predictor})
-    pipe_dir = pipe.save(out / "pipeline")
+    # The step `fiancee assemble-pipeline` runs: the run's exits (and bank) with this predictor, the router
+    # fitted on held-out inputs, the folder written whole; its calibration table goes into the report.
+    pipe_dir, pipe, (cal_predicted, cal_lpips) = assemble_pipeline(
+        run, pred_dir, out / "pipeline", thresholds=thresholds, method=method, epsilon=epsilon, delta=delta,
+        target_compliance=target_compliance, n_calibrate=n_calibrate, seed=seed, task=task,
+        predictor_inputs=n_predictor, progress=progress, overwrite=True)
 
     _say(f"4/4 evaluating the pipeline on {n_eval} test inputs at thresholds {list(thresholds)}")
     report = evaluate_pipeline(pipe, thresholds, n=n_eval, seed=seed, out=out / "report", progress=progress,
-                               calibration=(cal_predicted, cal["lpips"]))
+                               calibration=(cal_predicted, cal_lpips))
     row = min(report["thresholds"], key=lambda r: abs(r["threshold"] - 0.1))
     _say(f"pipeline saved to {pipe_dir}")
     print(f"At LPIPS <= {row['threshold']:g} ({report['router']} router, {n_eval} test inputs of {task!r}):")

@@ -1,5 +1,6 @@
-"""``fiancee evaluate``, ``guarantee``, ``upscale`` and ``demo``: a pipeline folder measured, its calibrations
-studied, photos upscaled through it, and the whole method end to end."""
+"""``fiancee assemble-pipeline``, ``evaluate``, ``guarantee``, ``upscale`` and ``demo``: a pipeline folder assembled
+from an exit run and a predictor, measured, its calibrations studied, photos upscaled through it, and the whole
+method end to end."""
 
 from __future__ import annotations
 
@@ -7,11 +8,48 @@ import argparse
 import json
 from pathlib import Path
 
-from ._args import (folder_code_option, HELD_OUT, choice_option, floats, guarantee_methods, json_option, n_option, out_option,
+from ._args import (HELD_OUT, folder_code_option, choice_option, floats, guarantee_methods, json_option, n_option, out_option,
                     overwrite_option, preset_option, progress_option, risk_bounds, seed_option, task_option)
 
 
 def register(sub) -> None:
+    p = sub.add_parser(
+        "assemble-pipeline", help="calibrate a router for an exit run and its predictor; write a pipeline folder",
+        description="Measures the true LPIPS of every exit on --n-calibrate held-out inputs (the training split "
+                    "under seed + 7919: never the predictor's training inputs, nor a report's test inputs), fits "
+                    "the router's margins on them and writes the pipeline folder whole (branches, predictor, "
+                    "router, the run's bank): the demo's step 3. By default with a guarantee (--method ltt: with "
+                    "probability >= 1 - delta at most epsilon of new outputs miss the threshold); "
+                    "--target-compliance fits for an average compliance instead (docs/pipeline.md).",
+        epilog="example:\n"
+               "  fiancee train-predictor src/fiancee/weights/faces/exits --out out/faces_predictor\n"
+               "  fiancee assemble-pipeline src/fiancee/weights/faces/exits --predictor out/faces_predictor "
+               "--out out/faces_pipeline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", metavar="EXITS_RUN", help="run folder of fiancee train-exits")
+    p.add_argument("--predictor", required=True, help="predictor folder of fiancee train-predictor for that run")
+    out_option(p, required=True, help="pipeline folder (written whole)", refuse_existing=False)
+    p.add_argument("--thresholds", default="0.05,0.075,0.1,0.125,0.15,0.2,0.25,0.3",
+                   help="comma-separated LPIPS thresholds the router is fitted at (default: the demo's, 0.05 to 0.3)")
+    p.add_argument("--n-calibrate", type=int, default=1000,
+                   help="held-out inputs the router is calibrated on (default 1000)")
+    p.add_argument("--epsilon", type=float, default=0.05,
+                   help="guarantee: at most this share of outputs miss the threshold (default 0.05)")
+    p.add_argument("--delta", type=float, default=0.1,
+                   help="guarantee: ... with probability >= 1 - delta over the calibration draw (default 0.1)")
+    p.add_argument("--target-compliance", type=float, default=None,
+                   help="fit the router for this average compliance instead of the guarantee (split-conformal margins)")
+    choice_option(p, "--method", names=guarantee_methods, default="ltt",
+                  help="the guarantee's calibration: ltt (Learn-then-Test, default), ucb (upper confidence bound; "
+                       "both with probability >= 1 - delta), crc (Conformal Risk Control: expected miss rate <= "
+                       "epsilon); docs/guarantee.md")
+    seed_option(p, help="the predictor's --seed: calibration inputs are drawn with seed + 7919 (default 0)")
+    progress_option(p)
+    overwrite_option(p, help="replace an existing --out pipeline folder")
+    folder_code_option(p)
+    p.set_defaults(func=run_assemble_pipeline)
+
     p = sub.add_parser(
         "evaluate", help="compute saved and compliance of a pipeline at quality thresholds",
         description="Routes held-out inputs at every threshold; writes report.json, report.html and PNG plots.",
@@ -135,6 +173,18 @@ def register(sub) -> None:
     overwrite_option(p)
     folder_code_option(p, task=False)
     p.set_defaults(func=run_demo)
+
+
+def run_assemble_pipeline(args: argparse.Namespace) -> int:
+    from ..assemble import assemble_pipeline, summary_lines
+
+    assembled = assemble_pipeline(
+        args.run, args.predictor, args.out, thresholds=floats(args.thresholds, "--thresholds"), method=args.method,
+        epsilon=args.epsilon, delta=args.delta, target_compliance=args.target_compliance,
+        n_calibrate=args.n_calibrate, seed=args.seed, task=args.task, progress=not args.no_progress,
+        overwrite=args.overwrite)
+    print("\n".join(summary_lines(assembled)))
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
