@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import device_option, head_option, progress_option, seed_option, size_option, task_spec
+from ._args import choice_option, device_option, head_option, progress_option, seed_option, size_option, task_spec
 
 
 def backbone_spec(text: str) -> str:
@@ -13,6 +13,18 @@ def backbone_spec(text: str) -> str:
     from ..bench import REFERENCE_BACKBONES
 
     return text if text in REFERENCE_BACKBONES else task_spec(text)
+
+
+def runtimes() -> list[str]:
+    from ..bench import RUNTIMES
+
+    return list(RUNTIMES)
+
+
+def bank_modes() -> list[str]:
+    from ..bench import BANK_MODES
+
+    return list(BANK_MODES)
 
 
 def register(sub) -> None:
@@ -43,18 +55,17 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before each measurement (default 5)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch / FAISS CPU threads (default: leave torch's; --runtime onnx: 1 and 2, each in turn)")
-    # --runtime and --bank list their choices here: fiancee.bench names no constant for them
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="onnx: the pipeline under PyTorch and under ONNX Runtime side by side, per route and mixed "
-                        "batch (fiancee.runtime; BENCHMARKS.md)")
+    choice_option(p, "--runtime", names=runtimes, default="torch",
+                  help="onnx: the pipeline under PyTorch and under ONNX Runtime side by side, per route and mixed "
+                       "batch (fiancee.runtime; BENCHMARKS.md)")
     p.add_argument("--opt", default=None,
                    help="speed options to try, comma-separated: channels_last, bf16, fp16, compile, cudagraphs")
     p.add_argument("--bank-inputs", type=int, default=None,
                    help="bank population: inputs (fashion: label maps x 8 noises); default faces 1024, fashion 250, "
                         "oasis / g2d 16")
-    p.add_argument("--bank", dest="bank_choice", choices=["auto", "on", "off"], default="auto",
-                   help="time a bank retrieval: auto = when the pipeline this backbone ships with has a bank "
-                        "(faces' shipped exits have none; fashion, oasis, g2d: their default bank); on / off force it")
+    choice_option(p, "--bank", names=bank_modes, dest="bank_choice", default="auto",
+                  help="time a bank retrieval: auto = when the pipeline this backbone ships with has a bank "
+                       "(faces' shipped exits have none; fashion, oasis, g2d: their default bank); on / off force it")
     head_option(p, "--predictor", help="predictor arch (default: tiny, what train-predictor trains)")
     p.add_argument("--json", required=True, help="where to write the JSON report")
     seed_option(p)

@@ -1,0 +1,103 @@
+"""``run_bench``: the arguments checked, then one function per phase (:mod:`.routes`, :mod:`.mixed`,
+:mod:`.overhead`, :mod:`.options`) on one setup (:mod:`.setup`), and the report laid out (:mod:`.report`)."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from typing import Sequence
+
+import torch
+
+from ..timing import load_average
+from .args import check_backbone, check_bank, parse_batches, parse_device, parse_options, positive
+from .measure import Clock, Steps, cpu_threads
+from .mixed import demo_mixes, time_mixes
+from .options import time_options, variants
+from .overhead import build_bank, make_predictor, time_overhead
+from .report import bench_report
+from .routes import time_routes
+from .setup import make_setup
+
+__all__ = ["run_bench"]
+
+
+@torch.no_grad()
+def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fraction | None = None,
+              min_channels: int | None = None, device: str | torch.device = "cpu",
+              batches: str | Sequence[int] = (1, 8, 32), reps: int = 20, warmup: int = 5, threads: int | None = None,
+              options: str | Sequence[str] | None = None, seed: int = 0, bank_inputs: int | None = None,
+              predictor: str | None = None, progress: bool = True, bank: str = "auto") -> dict:
+    """Measure the routes, the mixed-exit tree, the predictor + bank and the speed options of
+    ``backbone`` (a reference architecture of :data:`REFERENCE_BACKBONES`, or a task spec); returns the JSON-ready
+    report (see the package docstring and BENCHMARKS.md for every field).
+
+    ``size`` / ``scale`` / ``min_channels`` default to :data:`GEOMETRY` (oasis, g2d) or the task's
+    defaults (faces, fashion). ``batches`` and ``options`` take lists or comma-separated text.
+    ``threads`` fixes torch's and FAISS's CPU threads for the run (None: leave them).
+    ``bank_inputs`` is the bank's population (default: faces 1024 inputs, fashion 250 label maps x 8
+    noises, 16 random inputs for the reference backbones); ``predictor`` the predictor's arch
+    (default: what the library trains for these inputs). ``bank``: ``auto`` measures a retrieval only
+    when the pipeline this backbone ships with searches a bank (a task whose shipped exits were trained
+    without one: no; the reference backbones and tasks without shipped exits: their default bank),
+    ``on`` / ``off`` force it.
+    Bad arguments raise ``ValueError`` naming what was expected and what came.
+    """
+    from ..exits import parse_scale
+
+    t_start = time.perf_counter()
+    check_backbone(backbone)
+    dev = parse_device(device)
+    batch_list = parse_batches(batches)
+    reps = positive(reps, "reps")
+    warmup = positive(warmup, "warmup", minimum=0)
+    seed = positive(seed, "seed", minimum=0)
+    if threads is not None:
+        threads = positive(threads, "threads")
+    if bank_inputs is not None:
+        bank_inputs = positive(bank_inputs, "bank inputs")
+    if scale is not None:
+        parse_scale(scale)
+    if min_channels is not None:
+        min_channels = positive(min_channels, "min channels")
+    opts = parse_options(options, dev)
+    check_bank(bank, bank_inputs)
+
+    with cpu_threads(threads):
+        report = _run(backbone, size, scale, min_channels, Clock(dev, reps, warmup), batch_list, opts, seed,
+                      bank_inputs, predictor, progress, bank)
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    return report
+
+
+def _run(name: str, size, scale, min_channels, clock: Clock, batches: list[int], opts: list[str], seed: int,
+         bank_n: int | None, predictor_arch: str | None, progress: bool, bank_choice: str) -> dict:
+    """The setup, the predictor and the bank, then the phases in order: routes, mixed, overhead, options."""
+    device = clock.device
+    load_start = load_average()
+    setup = make_setup(name, size, scale, min_channels, seed)
+    model = setup.model.to(device).eval()
+    inputs_on = {b: tuple(x.to(device) for x in setup.inputs(b)) for b in batches}
+    ratio_batch = 1 if 1 in batches else batches[0]
+    mixes = demo_mixes(model.num_routes)
+    groups = variants(opts)
+    # Predictor and bank first: a predictor arch that cannot read these inputs fails before any timing.
+    predictor, xs = make_predictor(model, predictor_arch, inputs_on[ratio_batch], seed, setup.input_kinds,
+                                   f"backbone {name!r}")
+    with_bank = setup.ships_bank if bank_choice == "auto" else bank_choice == "on"
+    bank_n = (setup.default_bank_inputs if bank_n is None else bank_n) if with_bank else None
+    bank, spec = build_bank(setup, bank_n, device, progress) if with_bank else (None, None)
+
+    mix_steps = len(mixes) * sum(b >= 2 for b in batches)
+    total = len(batches) * model.num_routes * (1 + len(groups)) + mix_steps + 1
+    with Steps(total, f"bench {name}", progress) as step:
+        routes, route_ms = time_routes(model, batches, ratio_batch, inputs_on, clock, step)
+        mixed = time_mixes(model, mixes, batches, inputs_on, route_ms, seed, clock, step)
+        overhead, overhead_fraction = time_overhead(model, predictor, xs, bank, spec, setup, batches, ratio_batch,
+                                                    inputs_on, route_ms, bank_choice, clock)
+        step("predictor + bank")
+        options = time_options(model, groups, batches, inputs_on, route_ms, clock, step)
+    phases = {"routes": routes, "mixed": mixed, "overhead": overhead, "overhead_fraction": overhead_fraction,
+              "options": options}
+    return bench_report(name, setup, model, device, batches, clock.reps, clock.warmup, seed, opts, ratio_batch,
+                        predictor, bank, bank_n, bank_choice, load_start, phases)
