@@ -36,7 +36,6 @@ Loading checks the fingerprint of the backbone's weights: a bank built from othe
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from .exits import GuideSpec
 from .checks import check_counts
 from .io import (atomic_folder, check_replaceable, read_whole_folder, config_int, config_int_list, config_str, load_tensors, read_manifest,
                  resolve_inside, save_tensors, tensor_fingerprint, write_json)
+from .core.search import read_index, search_classes
 from .specs import Registry, SpecError
 
 __all__ = [
@@ -209,26 +209,6 @@ def _make_index(keys: np.ndarray, kind: str):
     return index
 
 
-def _search_counted(index, queries: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest entry of every query, the MACs of the distances computed per query (see
-    :meth:`FeatureBank.search_with_macs`), and the squared L2 distance to the entry found (FAISS's own,
-    from the same search)."""
-    faiss = _faiss()
-    n = queries.shape[0]
-    inner = index if type(index) in (faiss.IndexFlatL2, faiss.IndexFlat) else faiss.downcast_index(index)  # flat: no per-call downcast
-    if isinstance(inner, faiss.IndexIVF):
-        faiss.cvar.indexIVF_stats.reset()
-        dist, ids = index.search(queries, 1)
-        distances = faiss.cvar.indexIVF_stats.ndis + n * inner.nlist  # probed lists + coarse centroids
-        return ids[:, 0], np.full(n, distances * d / max(n, 1), dtype=np.float64), dist[:, 0]
-    if isinstance(inner, faiss.IndexHNSW):
-        faiss.cvar.hnsw_stats.reset()
-        dist, ids = index.search(queries, 1)
-        return ids[:, 0], np.full(n, faiss.cvar.hnsw_stats.ndis * d / max(n, 1), dtype=np.float64), dist[:, 0]
-    dist, ids = index.search(queries, 1)
-    return ids[:, 0], np.full(n, float(index.ntotal) * d, dtype=np.float64), dist[:, 0]  # flat: every key once
-
-
 def _to_gpu(index):
     """Move an index to the GPU when CUDA and a GPU build of FAISS are both present."""
     faiss = _faiss()
@@ -253,40 +233,9 @@ def _write_index(index, path: Path) -> None:
 
 
 def _read_index(path: Path, ntotal: int, d: int):
-    """Read a FAISS index holding ``ntotal`` keys of dimension ``d`` (what the manifest and the entries say).
-
-    The header (every index type starts with fourcc, d: int32, ntotal: int64) is checked against that,
-    and the file must be large enough to hold the keys, before FAISS reads it: FAISS allocates what the
-    header claims, so a corrupt header claiming 64 GiB would otherwise be allocated first.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"bank index file missing: {path}")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(45)
-    if len(head) < 16:
-        raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): {size} bytes")
-    claim_d, claim_n = struct.unpack_from("<iq", head, 4)
-    if (claim_d, claim_n) != (d, ntotal):
-        raise ValueError(f"{path} claims {claim_n} keys of dimension {claim_d}; the bank's manifest and entries hold "
-                         f"{ntotal} of dimension {d} (a corrupt or mismatched file)")
-    stored = 4 * ntotal * d
-    # Flat indexes: after the header (2 dummies, is_trained: 1 byte, metric: int32 at 33; L2 / inner product
-    # have no metric argument) comes the length of the key table, which is what FAISS allocates.
-    if head[:4] in (b"IxF2", b"IxFI") and len(head) >= 45 and struct.unpack_from("<i", head, 33)[0] in (0, 1):
-        (codes,) = struct.unpack_from("<Q", head, 37)
-        if codes != ntotal * d:
-            raise ValueError(f"{path} claims a key table of {codes} floats; expected {ntotal * d} (a corrupt file)")
-    if size < stored:
-        raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): it holds {size} bytes, "
-                         f"less than the {stored} its {ntotal} keys need")
-    try:
-        index = _faiss().read_index(str(path))
-    except (RuntimeError, MemoryError) as e:
-        raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): {e}") from None
-    if index.ntotal != ntotal or index.d != d:
-        raise ValueError(f"{path} holds {index.ntotal} keys of dimension {index.d}; expected {ntotal} of dimension {d}")
-    return index
+    """Read a FAISS index holding ``ntotal`` keys of dimension ``d`` (what the manifest and the entries say),
+    its header checked before FAISS allocates what it claims (:func:`fiancee.core.search.read_index`)."""
+    return read_index(_faiss(), path, ntotal, d, claimed_by="the bank's manifest and entries hold")
 
 
 def _check_manifest(manifest: dict, source: Path) -> dict[int, int]:
@@ -482,28 +431,14 @@ class FeatureBank:
         queries = self.query_keys(h).detach().to("cpu", torch.float32)  # [B, Q, D]
         b, q, d = queries.shape
         flat = queries.reshape(b * q, d).numpy()
-        found = np.empty(b * q, dtype=np.int64)
-        macs = np.zeros(b * q, dtype=np.float64)  # per query
-        dist = np.zeros(b * q, dtype=np.float32)  # squared L2, as FAISS reports it
-
-        def out():
-            return (torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1),
-                    torch.from_numpy(np.sqrt(np.maximum(dist, 0))).view(b, q))
-
-        if self.mode == "global" or self.label_channels is None:
-            found[:], macs[:], dist[:] = _search_counted(self.indexes["all"], flat, d)
-            return out()
-        cls = self.query_classes(cond, b).reshape(-1).numpy()
-        spans = self.offsets()
-        for c in np.unique(cls):
-            rows = np.nonzero(cls == c)[0]
-            if int(c) in spans and int(c) in self.indexes:
-                start, _ = spans[int(c)]
-                ids, cost, dd = _search_counted(self.indexes[int(c)], np.ascontiguousarray(flat[rows]), d)
-                found[rows], macs[rows], dist[rows] = ids + start, cost, dd
-            else:  # a class the bank never saw: nearest key of any class (documented in docs/bank.md)
-                found[rows], macs[rows], dist[rows] = _search_counted(self.indexes["all"], np.ascontiguousarray(flat[rows]), d)
-        return out()
+        classes, starts = None, {}
+        if not (self.mode == "global" or self.label_channels is None):
+            classes = self.query_classes(cond, b).reshape(-1).numpy()
+            starts = {c: start for c, (start, _) in self.offsets().items()}
+        # A class the bank never saw searches every key (documented in docs/bank.md).
+        found, macs, dist = search_classes(_faiss(), self.indexes, starts, flat, classes, d)  # per query
+        return (torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1),
+                torch.from_numpy(np.sqrt(np.maximum(dist, 0))).view(b, q))
 
     def search_macs_bound(self) -> int:
         """MACs of one input's search with flat indexes in the worst case: every query against the largest
@@ -595,6 +530,8 @@ def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | No
             "would not match this backbone's features; rebuild it with `fiancee build-bank`"
         )
     counts = _check_manifest(manifest, path / "manifest.json")
+    if manifest["mode"] == "global":  # a folder's module:attr is code the user must allow (fiancee.specs)
+        KEY_FUNCTIONS.lookup(manifest["key_function"], recorded_in=path / "manifest.json")
     t = load_tensors(resolve_inside(path, "entries.safetensors"))
     missing = {"keys", "values", "classes", "source", "cell", "rgb"} - set(t)
     if missing:

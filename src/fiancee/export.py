@@ -29,12 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .core.manifest import FORMAT, KIND  # the manifest fiancee.runtime reads
 from .io import atomic_folder, check_replaceable, file_sha256, tensor_fingerprint, write_json
 
 __all__ = ["FORMAT", "KIND", "DEFAULT_OPSET", "export_pipeline"]
 
-FORMAT = 1
-KIND = "fiancee_onnx"
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # the legacy exporter's Resize / ArgMax forms used here need 13 or later
 

@@ -10,6 +10,9 @@ has one), so a reader finds the old folder or the new one. A reader that reads a
 could still straddle a swap; :func:`read_whole_folder` re-reads the folder's stamp file (unique per
 save) after loading and loads again when it changed. Everything a folder names resolves inside it
 (:func:`resolve_inside`), and a run folder has one writer at a time (:class:`RunLock`).
+
+Strict JSON reading, path confinement and file digests are torch-free (:mod:`fiancee.core`, which the
+exported runtime uses too) and re-exported here.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from .checks import check_state_finite
+from .core.files import file_sha256, resolve_inside
+from .core.jsonio import loads_strict, read_json, require_keys
 
 __all__ = [
-    "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json",
+    "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "loads_strict",
     "read_manifest", "require_keys", "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
     "resolve_inside", "folder_kind", "check_replaceable", "atomic_folder", "read_whole_folder", "RunLock",
     "config_int", "config_int_list", "config_str", "config_number", "build_bounded",
@@ -83,37 +88,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, text + "\n")
 
 
-def _not_json(token: str):
-    raise ValueError(f"{token} is not JSON (only finite numbers are)")
-
-
-def _finite_float(token: str) -> float:
-    value = float(token)
-    if not math.isfinite(value):  # 1e999 parses to inf
-        raise ValueError(f"{token} overflows to infinity")
-    return value
-
-
-def loads_strict(text: str) -> Any:
-    """``json.loads`` refusing NaN, Infinity and numbers that overflow to infinity."""
-    return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
-
-
-def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:
-    """Parse a JSON file; with ``required`` it must be an object holding those keys (a clear error
-    instead of a KeyError deep in the reader when a file was hand-edited or written by another tool)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"expected a JSON file at {path}")
-    try:
-        obj = loads_strict(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {e}") from None
-    except (ValueError, RecursionError) as e:  # NaN / Infinity / overflow, or absurd nesting
-        raise ValueError(f"{path} is not strict JSON: {e}") from None
-    return require_keys(obj, required, path) if required else obj
-
-
 def read_manifest(path: str | os.PathLike, *, kind: str, version_key: str, version: int, what: str,
                   required: tuple[str, ...] = (), hint: str = "") -> dict:
     """The JSON object that identifies a folder (pipeline config, predictor config, bank manifest):
@@ -127,16 +101,6 @@ def read_manifest(path: str | os.PathLike, *, kind: str, version_key: str, versi
     if obj.get(version_key) != version:
         raise ValueError(f"{path}: {what} format {obj.get(version_key)!r}; this fiancee reads format {version}{hint}")
     return require_keys(obj, required, path)
-
-
-def require_keys(obj: Any, keys: tuple[str, ...], source: str | os.PathLike) -> dict:
-    """``obj`` is a dict holding ``keys``, else a ValueError naming ``source`` and what it lacks."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"{source} must hold a JSON object with {list(keys)}; got a {type(obj).__name__}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise ValueError(f"{source} lacks {missing} (expected keys {list(keys)})")
-    return obj
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
@@ -198,41 +162,6 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# Confinement: nothing a folder loads lies outside it.
-
-
-def resolve_inside(folder: str | os.PathLike, entry: Any, what: str = "entry") -> Path:
-    """``folder / entry`` with every symlink followed, refused unless it stays inside ``folder``.
-
-    ``entry`` comes from a file the user may not have written (a config's ``bank``, latest.json's
-    ``dir``) or is a fixed component name (``branches.safetensors``, which may be a symlink): an
-    absolute path, a ``..`` or a symlink leading out of the folder is one ValueError naming it.
-    """
-    folder = Path(folder)
-    if not isinstance(entry, (str, os.PathLike)) or not str(entry):
-        raise ValueError(f"{folder}: {what} must be a relative path inside the folder; got {entry!r}")
-    rel = Path(entry)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"{folder}: {what} {str(entry)!r} leaves the folder (absolute paths and '..' are refused); "
-                         "everything a folder loads must lie inside it")
-    root = folder.resolve()
-    target = (folder / rel).resolve()
-    if target != root and root not in target.parents:
-        raise ValueError(f"{folder}: {what} {str(entry)!r} is a symlink leading out of the folder (to {target}); "
-                         "everything a folder loads must lie inside it")
-    return target
 
 
 # ----------------------------------------------------------------------------------------------

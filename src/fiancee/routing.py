@@ -30,7 +30,11 @@ runs more of the backbone). Ties go to the lower index.
   and the study of them over many calibration splits, are in :mod:`fiancee.guarantee`.
 
 Routers hold no weights; :meth:`Router.to_config` / :func:`router_from_config` round-trip them
-through JSON.
+through JSON. Every kind is registered in :data:`ROUTERS` (``@ROUTERS.add("kind")``) and points by its
+``kind`` to its numpy rule in :mod:`fiancee.core.routers`, which declares the kind's config fields and checks
+and which the torch-free runtime runs: the config fields, their checks, the margins, the route costs and the
+oracle's misses are written once there. The built-in kinds compare in torch (tables may be bfloat16 or on
+a GPU) with the same rule and ties; a new kind may leave :meth:`Router.route` to its numpy rule.
 """
 
 from __future__ import annotations
@@ -40,18 +44,19 @@ from typing import Sequence
 
 import torch
 
-from .runtime import margin_at  # torch-free: the exported runtime uses the same rule
+from .core.routers import RoutingRule, check_compliance, check_exit, check_margins, check_router_config, rule_for
+from .core.rules import EPS as _EPS  # the calibrated rule's tolerance (fiancee.core.rules)
+from .core.rules import check_threshold, margin_at, oracle_misses, route_costs, spend_misses
+from .specs import Registry
 
 __all__ = [
-    "Router", "ThresholdRouter", "OracleRouter", "StaticRouter", "CalibratedRouter",
+    "ROUTERS", "Router", "ThresholdRouter", "OracleRouter", "StaticRouter", "CalibratedRouter",
     "router_from_config", "check_threshold", "compliance", "mean_cost", "guarantee_min_inputs", "margin_grid",
     "margin_misses",
 ]
 
-
-# Margins are fitted where predicted + m == T exactly; this tolerance keeps float rounding of that sum
-# from flipping the comparison between fit and route.
-_EPS = 1e-9
+# Router kind -> Router subclass; a config's kind resolves only to a router registered here (no import).
+ROUTERS = Registry("router", "fiancee.routers", "a Router subclass")
 # The guarantee's margin grid sits off round numbers so that no LPIPS value lands exactly on a grid point.
 _GRID_OFFSET = 0.5e-3 / 7
 
@@ -69,16 +74,6 @@ def guarantee_min_inputs(epsilon: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log1p(-epsilon))
 
 
-def check_threshold(threshold) -> float:
-    """A threshold is an LPIPS value in (0, 1]; anything else is refused."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ValueError(f"threshold must be a number in (0, 1] (an LPIPS value); got {threshold!r}")
-    t = float(threshold)
-    if not (0.0 < t <= 1.0) or math.isnan(t):
-        raise ValueError(f"threshold must lie in (0, 1] (LPIPS); got {t}")
-    return t
-
-
 def _check_lpips(lpips: torch.Tensor, name: str = "lpips") -> torch.Tensor:
     if not isinstance(lpips, torch.Tensor) or lpips.dim() != 2 or lpips.shape[1] < 1:
         shape = list(lpips.shape) if isinstance(lpips, torch.Tensor) else type(lpips).__name__
@@ -91,16 +86,15 @@ def _check_lpips(lpips: torch.Tensor, name: str = "lpips") -> torch.Tensor:
 
 
 def _route_costs(costs: Sequence[float] | None, num_routes: int, device) -> torch.Tensor:
-    if costs is None:
-        return torch.arange(num_routes, dtype=torch.float64, device=device)
-    c = torch.as_tensor([float(x) for x in costs], dtype=torch.float64, device=device)
-    if c.numel() != num_routes:
-        raise ValueError(f"costs must have one entry per route ({num_routes}: the exits then the backbone); got {c.numel()}")
-    return c
+    """:func:`fiancee.core.rules.route_costs` as a float64 tensor on ``device``."""
+    return torch.as_tensor(route_costs(costs, num_routes), device=device)
 
 
 def cheapest_meeting(lpips: torch.Tensor, threshold: float, costs: Sequence[float] | None = None) -> torch.Tensor:
-    """Route ``[B]``: the cheapest route whose LPIPS <= ``threshold`` (the backbone always qualifies)."""
+    """Route ``[B]``: the cheapest route whose LPIPS <= ``threshold`` (the backbone always qualifies).
+
+    :func:`fiancee.core.rules.cheapest_meeting` in torch: ``lpips <= threshold`` compares in the table's dtype
+    (float32, bfloat16, float64), on its device, as every router and the margin scans need."""
     b, e = lpips.shape
     ok = torch.cat([lpips <= threshold, torch.ones(b, 1, dtype=torch.bool, device=lpips.device)], dim=1)  # [B, E+1]
     c = _route_costs(costs, e + 1, lpips.device)
@@ -158,23 +152,44 @@ def margin_misses(predicted: torch.Tensor, true: torch.Tensor, threshold: float,
 
 
 class Router:
-    """The interface: ``route(lpips [B, E], threshold) -> routes [B]`` (int64, backbone = E)."""
+    """The interface: ``route(lpips [B, E], threshold) -> routes [B]`` (int64, backbone = E).
+
+    A subclass names its ``kind``, is registered in :data:`ROUTERS` under it, and takes its kind's config
+    fields (:meth:`rule`'s ``fields``) as constructor arguments, keeping each as an attribute of that name:
+    :meth:`to_config` writes them and :func:`router_from_config` passes them back.
+    """
 
     kind: str = "router"
 
     def __init__(self, costs: Sequence[float] | None = None):
         self.costs = None if costs is None else [float(c) for c in costs]
 
+    @classmethod
+    def rule(cls) -> RoutingRule:
+        """This kind's numpy rule, config fields and checks (:mod:`fiancee.core.routers`)."""
+        return rule_for(cls.kind)
+
     def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
-        raise NotImplementedError
+        """By default the kind's numpy rule, on the table moved to the CPU (a dtype numpy holds); the routes
+        come back on the table's device."""
+        table = _check_lpips(lpips)
+        routes = self.rule().route(self.to_config(), table.detach().cpu().numpy(), check_threshold(threshold))
+        return torch.from_numpy(routes).to(table.device)
 
     def __call__(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
         return self.route(lpips, threshold)
 
     def to_config(self) -> dict:
-        return {"kind": self.kind, "costs": self.costs}
+        return {"kind": self.kind, **{name: getattr(self, name) for name in self.rule().fields}}
+
+    @classmethod
+    def example(cls, predicted: torch.Tensor, true: torch.Tensor, costs: Sequence[float]) -> "Router":
+        """A router of this kind for tables like ``predicted`` / ``true`` ``[N, E]`` (fitted on them if it
+        fits): what the tests parametrized over :data:`ROUTERS` route with."""
+        return cls(costs=costs)
 
 
+@ROUTERS.add("threshold")
 class ThresholdRouter(Router):
     """Paper section 3.2: the cheapest exit whose *predicted* LPIPS <= T, else the backbone."""
 
@@ -184,6 +199,7 @@ class ThresholdRouter(Router):
         return cheapest_meeting(_check_lpips(lpips, "predicted LPIPS"), check_threshold(threshold), self.costs)
 
 
+@ROUTERS.add("oracle")
 class OracleRouter(Router):
     """The threshold rule on the *true* LPIPS (pass the true table, not predictions).
 
@@ -198,30 +214,23 @@ class OracleRouter(Router):
 
     def __init__(self, costs: Sequence[float] | None = None, compliance: float = 1.0):
         super().__init__(costs)
-        # 0 is allowed: the oracle "at equal compliance" with a router that missed every input.
-        if not (0.0 <= float(compliance) <= 1.0):
-            raise ValueError(f"compliance must lie in [0, 1]; got {compliance}")
-        if compliance < 1.0 and costs is None:
-            raise ValueError("an oracle with compliance < 1 needs costs (route MACs) to know which misses save most")
-        self.compliance = float(compliance)
+        self.compliance = check_compliance(compliance, costs)
+
+    @classmethod
+    def example(cls, predicted, true, costs):
+        return cls(costs, compliance=0.9)
 
     def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:
         true = _check_lpips(lpips, "true LPIPS")
         routes = cheapest_meeting(true, check_threshold(threshold), self.costs)
-        misses = int(math.floor((1.0 - self.compliance) * true.shape[0] + 1e-9))
-        if misses > 0:
-            c = _route_costs(self.costs, true.shape[1] + 1, true.device)
-            cheapest = int(c.argmin())
-            saving = c[routes] - c[cheapest]  # [B] what sending each input to the cheapest route saves
-            top = saving.argsort(descending=True, stable=True)[:misses]
-            routes = routes.clone()
-            routes[top[saving[top] > 0]] = cheapest
+        misses = oracle_misses(self.compliance, true.shape[0])
+        if misses > 0:  # which inputs miss: integers and costs only, so the numpy rule decides for both sides
+            spent = spend_misses(routes.cpu().numpy(), route_costs(self.costs, true.shape[1] + 1), misses)
+            routes = torch.from_numpy(spent).to(routes.device)
         return routes
 
-    def to_config(self) -> dict:
-        return {**super().to_config(), "compliance": self.compliance}
 
-
+@ROUTERS.add("static")
 class StaticRouter(Router):
     """Every input on one fixed route (``exit`` in 0..E, E = backbone); the threshold is ignored."""
 
@@ -229,22 +238,21 @@ class StaticRouter(Router):
 
     def __init__(self, exit: int, costs: Sequence[float] | None = None):
         super().__init__(costs)
-        if isinstance(exit, bool) or not isinstance(exit, int) or exit < 0:
-            raise ValueError(f"exit must be a route index >= 0 (E = the backbone); got {exit!r}")
-        self.exit = exit
+        self.exit = check_exit(exit)
+
+    @classmethod
+    def example(cls, predicted, true, costs):
+        return cls(predicted.shape[1] // 2, costs)
 
     def route(self, lpips: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
         lpips = _check_lpips(lpips)
         if threshold is not None:
             check_threshold(threshold)
-        if self.exit > lpips.shape[1]:
-            raise ValueError(f"static exit {self.exit} does not exist: routes are 0..{lpips.shape[1]} ({lpips.shape[1]} = backbone)")
+        check_exit(self.exit, lpips.shape[1] + 1)
         return torch.full((lpips.shape[0],), self.exit, dtype=torch.int64, device=lpips.device)
 
-    def to_config(self) -> dict:
-        return {**super().to_config(), "exit": self.exit}
 
-
+@ROUTERS.add("calibrated")
 class CalibratedRouter(Router):
     """The threshold rule on ``predicted + margin(T)``; margins fitted so that a share of outputs truly meets T.
 
@@ -280,9 +288,7 @@ class CalibratedRouter(Router):
         from .risk import check_bound, check_calibration_range, check_method
 
         super().__init__(costs)
-        if len(thresholds) != len(margins):
-            raise ValueError(f"thresholds and margins must pair up; got {len(thresholds)} and {len(margins)}")
-        pairs = sorted((check_threshold(t), float(m)) for t, m in zip(thresholds, margins))
+        pairs = check_margins(thresholds, margins)
         self.thresholds = [t for t, _ in pairs]
         self.margins = [m for _, m in pairs]
         self.target = None if target is None else float(target)
@@ -311,6 +317,10 @@ class CalibratedRouter(Router):
     @property
     def fitted(self) -> bool:
         return bool(self.thresholds)
+
+    @classmethod
+    def example(cls, predicted, true, costs):
+        return cls(costs=costs).fit(predicted, true, [0.1, 0.2], target_compliance=0.9)
 
     def _set(self, ts, margins, n: int, predicted: torch.Tensor, *, method: str, target: float | None,
              epsilon: float | None = None, delta: float | None = None, bound: str | None = None,
@@ -460,47 +470,17 @@ class CalibratedRouter(Router):
         m = self.margin(t)
         return cheapest_meeting(predicted.double() + m, t + _EPS, self.costs)
 
-    def to_config(self) -> dict:
-        return {**super().to_config(), "thresholds": self.thresholds, "margins": self.margins,
-                "target": self.target, "fit_size": self.fit_size, "epsilon": self.epsilon, "delta": self.delta,
-                "method": self.method, "bound": self.bound, "familywise": self.familywise,
-                "calibration": self.calibration}
-
-
-_ROUTERS = {"threshold": ThresholdRouter, "oracle": OracleRouter, "static": StaticRouter, "calibrated": CalibratedRouter}
-
 
 def router_from_config(config: dict) -> Router:
-    """Rebuild a router from :meth:`Router.to_config` (JSON-safe dict)."""
-    if not isinstance(config, dict) or config.get("kind") not in _ROUTERS:
-        raise ValueError(f"router config must be a dict with kind in {sorted(_ROUTERS)}; got {config!r}")
+    """Rebuild a router from :meth:`Router.to_config` (JSON-safe dict). Its kind resolves only to a router
+    registered in :data:`ROUTERS`; its fields are checked by the kind's rule before anything is built
+    (:func:`fiancee.core.routers.check_router_config`: every number finite and of its type, since a NaN margin
+    or cost would compare false everywhere and silently send every input to one route)."""
+    if not isinstance(config, dict) or config.get("kind") not in ROUTERS:
+        raise ValueError(f"router config must be a dict with kind in {ROUTERS.names()}; got {config!r}")
+    check_router_config(config)
     kwargs = {k: v for k, v in config.items() if k != "kind"}
-    # Every number finite and of its type: a NaN margin or cost would compare false everywhere and
-    # silently send every input to one route.
-    known = {"costs", "compliance", "exit", "thresholds", "margins", "target", "fit_size", "epsilon", "delta",
-             "method", "bound", "familywise", "calibration"}
-    for key, value in kwargs.items():
-        if key not in known:
-            raise ValueError(f"router config: unknown field {key!r}")
-        if key in ("method", "bound", "calibration"):  # checked by the router itself (fiancee.guarantee)
-            continue
-        if key == "familywise":
-            ok = isinstance(value, bool)
-        elif key == "exit" or key == "fit_size":
-            ok = value is None and key == "fit_size" or isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        elif key in ("costs", "thresholds", "margins"):
-            ok = (value is None and key == "costs") or isinstance(value, list) and all(_finite(v) for v in value)
-        else:
-            ok = value is None and key in ("target", "epsilon", "delta") or _finite(value)
-        if not ok:
-            raise ValueError(f"router config: field {key!r} must hold finite numbers of the right type; got {value!r}")
-    if kwargs.get("costs") is not None and any(c < 0 for c in kwargs["costs"]):
-        raise ValueError(f"router config: costs must be >= 0; got {kwargs['costs']!r}")
     try:
-        return _ROUTERS[config["kind"]](**kwargs)
-    except TypeError as e:  # a field this router kind does not take, or one it needs missing
+        return ROUTERS.get(config["kind"])(**kwargs)
+    except TypeError as e:  # a router whose constructor does not take its rule's fields
         raise ValueError(f"router config for kind {config['kind']!r}: {e}") from None
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -11,9 +11,12 @@ check below), and faiss when the pipeline has a bank. This module imports nothin
 
 ``__call__`` does what :meth:`fiancee.pipeline.FianceePipeline.__call__` does (docs/pipeline.md): the trunk
 once (stem, stages up to the key stage, the predictor, the bank's queries), the bank search and the guide,
-the router (reimplemented here in numpy from the manifest's router config, same rule and ties as
-:mod:`fiancee.routing`), then the mixed batch as a tree exactly as :meth:`fiancee.exits.ExitGenerator.mixed`:
-a stage runs only on the inputs still on the backbone past it, a branch only on its own inputs.
+the router (the manifest's router config run by its kind's numpy rule, :mod:`fiancee.core.routers`: the rule
+:mod:`fiancee.routing` runs in torch, same ties), then the mixed batch as a tree exactly as
+:meth:`fiancee.exits.ExitGenerator.mixed`: a stage runs only on the inputs still on the backbone past it, a
+branch only on its own inputs. The rules this shares with the PyTorch side (routing, config checks, the FAISS
+search and its cost, index checks, path confinement, strict JSON, the manifest's constants) are
+:mod:`fiancee.core`'s, imported here, never copied.
 
 Loading reads only files inside the folder (every name in the manifest is checked to stay inside it),
 checks every file's sha256 against the manifest (a folder mixed from two exports is refused), and refuses
@@ -22,21 +25,21 @@ ONNX graphs with external data (they would read files the manifest does not name
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMAT", "KIND", "OnnxPipeline", "OnnxOutput", "route_numpy"]
+from .core.files import file_sha256, resolve_inside
+from .core.jsonio import read_json
+from .core.manifest import FIELDS, FORMAT, KIND
+from .core.numbers import finite
+from .core.routers import check_router_config, route_numpy
+from .core.rules import check_threshold
+from .core.search import read_index, search_classes
 
-FORMAT = 1
-KIND = "fiancee_onnx"
-_EPS = 1e-9  # fiancee.routing._EPS: the calibrated rule compares predicted + margin with T + _EPS
+__all__ = ["FORMAT", "KIND", "OnnxPipeline", "OnnxOutput", "route_numpy"]
 
 
 @dataclass
@@ -57,141 +60,19 @@ def _require(module: str, purpose: str):
     return require(module, purpose)
 
 
-def _inside(folder: Path, entry, what: str) -> Path:
-    """``folder / entry``, symlinks followed, refused unless it stays inside ``folder`` (fiancee.io.resolve_inside)."""
-    if not isinstance(entry, str) or not entry:
-        raise ValueError(f"{folder}: {what} must be a relative path inside the folder; got {entry!r}")
-    rel = Path(entry)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"{folder}: {what} {entry!r} leaves the folder (absolute paths and '..' are refused)")
-    root, target = folder.resolve(), (folder / rel).resolve()
-    if target != root and root not in target.parents:
-        raise ValueError(f"{folder}: {what} {entry!r} is a symlink leading out of the folder (to {target})")
+def _file_inside(folder: Path, entry, what: str) -> Path:
+    """``folder / entry``, confined to the folder (:func:`fiancee.core.files.resolve_inside`) and present."""
+    target = resolve_inside(folder, entry, what)
     if not target.is_file():
         raise FileNotFoundError(f"{folder}: {what} {entry!r} is missing (an incomplete export?)")
     return target
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _strict_json(path: Path):
-    def bad(token):
-        raise ValueError(f"{path}: {token} is not JSON")
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=bad)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# ----------------------------------------------------------------------------------------------
-# Routers (fiancee.routing in numpy: same rules, same ties)
-
-
-def _check_threshold(t) -> float:
-    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)):
-        raise ValueError(f"max_lpips must be a number in (0, 1] (an LPIPS value); got {t!r}")
-    t = float(t)
-    if not 0.0 < t <= 1.0 or math.isnan(t):
-        raise ValueError(f"max_lpips must lie in (0, 1] (LPIPS); got {t}")
-    return t
-
-
-def _costs(costs, num_routes: int) -> np.ndarray:
-    if costs is None:
-        return np.arange(num_routes, dtype=np.float64)
-    return np.asarray([float(c) for c in costs], dtype=np.float64)
-
-
-def _cheapest_meeting(ok: np.ndarray, costs) -> np.ndarray:
-    """``ok [B, E]`` (exit meets T) -> cheapest qualifying route, the backbone always qualifies; ties to the lower index."""
-    b, e = ok.shape
-    ok = np.concatenate([ok, np.ones((b, 1), dtype=bool)], axis=1)  # [B, E+1]
-    c = _costs(costs, e + 1)
-    return np.where(ok, c[None, :], np.inf).argmin(axis=1).astype(np.int64)  # argmin: the first minimum
-
-
-def margin_at(ts, ms, t: float) -> float:
-    """The calibrated router's margin at threshold ``t`` from its fitted ``thresholds`` / ``margins`` (sorted):
-    the nearest end outside them, the larger neighbour between two. Pure Python, so that this torch-free
-    runtime and :meth:`fiancee.routing.CalibratedRouter.margin` use the one rule."""
-    if t <= ts[0]:
-        return ms[0]
-    if t >= ts[-1]:
-        return ms[-1]
-    for i in range(len(ts) - 1):
-        if ts[i] <= t <= ts[i + 1]:
-            if t == ts[i]:
-                return ms[i]
-            if t == ts[i + 1]:
-                return ms[i + 1]
-            return max(ms[i], ms[i + 1])
-    raise AssertionError("unreachable")
-
-
-def _margin(config: dict, t: float) -> float:
-    if not config["thresholds"]:
-        raise ValueError("the manifest's calibrated router is not fitted (no thresholds)")
-    return margin_at(config["thresholds"], config["margins"], t)
-
-
-def route_numpy(config: dict, predicted: np.ndarray, threshold: float) -> np.ndarray:
-    """Routes ``[B]`` for ``predicted [B, E]`` (float32) at ``threshold``, by the router ``config``
-    (:meth:`fiancee.routing.Router.to_config`): threshold, calibrated, static or oracle."""
-    t = _check_threshold(threshold)
-    kind, costs = config["kind"], config.get("costs")
-    if kind == "threshold":
-        # torch compares a float32 tensor with a Python float in float32: so does this.
-        return _cheapest_meeting(predicted <= np.float32(t), costs)
-    if kind == "calibrated":
-        m = _margin(config, t)
-        return _cheapest_meeting(predicted.astype(np.float64) + m <= t + _EPS, costs)
-    if kind == "static":
-        if config["exit"] > predicted.shape[1]:
-            raise ValueError(f"static exit {config['exit']} does not exist: routes are 0..{predicted.shape[1]}")
-        return np.full(predicted.shape[0], config["exit"], dtype=np.int64)
-    if kind == "oracle":  # the rule on whatever it is given (as fiancee.routing.OracleRouter)
-        routes = _cheapest_meeting(predicted <= np.float32(t), costs)
-        compliance = float(config.get("compliance", 1.0))
-        misses = int(math.floor((1.0 - compliance) * predicted.shape[0] + 1e-9))
-        if misses > 0:
-            c = _costs(costs, predicted.shape[1] + 1)
-            cheapest = int(c.argmin())
-            saving = c[routes] - c[cheapest]
-            top = np.argsort(-saving, kind="stable")[:misses]
-            routes = routes.copy()
-            routes[top[saving[top] > 0]] = cheapest
-        return routes
-    raise ValueError(f"unknown router kind {kind!r}")
-
-
 def _check_router(config, num_routes: int, source: Path) -> dict:
-    kinds = ("threshold", "calibrated", "static", "oracle")
-    if not isinstance(config, dict) or config.get("kind") not in kinds:
-        raise ValueError(f"{source}: field 'router' must be a router config with kind in {kinds}; got {config!r}")
-    costs = config.get("costs")
-    if costs is not None and (not isinstance(costs, list) or len(costs) != num_routes or not all(_finite(c) and c >= 0 for c in costs)):
-        raise ValueError(f"{source}: router costs must be {num_routes} finite numbers >= 0; got {costs!r}")
-    if config["kind"] == "calibrated":
-        ts, ms = config.get("thresholds"), config.get("margins")
-        if not isinstance(ts, list) or not isinstance(ms, list) or len(ts) != len(ms) or not ts \
-                or not all(_finite(v) for v in ts + ms) or ts != sorted(ts):
-            raise ValueError(f"{source}: a calibrated router needs sorted thresholds and margins of equal, non-zero length")
-    if config["kind"] == "static" and not (isinstance(config.get("exit"), int) and 0 <= config["exit"] < num_routes):
-        raise ValueError(f"{source}: a static router needs an exit in 0..{num_routes - 1}; got {config.get('exit')!r}")
-    if config["kind"] == "oracle" and not (_finite(config.get("compliance", 1.0)) and 0 <= config.get("compliance", 1.0) <= 1):
-        raise ValueError(f"{source}: an oracle router's compliance must lie in [0, 1]")
-    return config
+    try:
+        return check_router_config(config, num_routes)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,14 +92,14 @@ class OnnxPipeline:
         source = folder / "manifest.json"
         if not source.is_file():
             raise FileNotFoundError(f"{folder} has no manifest.json: not a fiancee ONNX export (`fiancee export`)")
-        m = _strict_json(_inside(folder, "manifest.json", "manifest"))
+        m = read_json(_file_inside(folder, "manifest.json", "manifest"))
         if not isinstance(m, dict) or m.get("kind") != KIND:
             raise ValueError(f"{source}: not a fiancee ONNX export (kind {m.get('kind') if isinstance(m, dict) else None!r}, "
                              f"expected {KIND!r})")
         if m.get("format") != FORMAT:
             raise ValueError(f"{source}: format {m.get('format')!r}; this fiancee reads format {FORMAT} "
                              "(export it again with this version's `fiancee export`)")
-        for key in ("inputs", "exits", "key_stage", "num_stages", "segments", "route_macs", "predictor_macs", "router", "files"):
+        for key in FIELDS:
             if key not in m:
                 raise ValueError(f"{source}: missing field {key!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -227,7 +108,7 @@ class OnnxPipeline:
         self.exits = [int(e) for e in m["exits"]]
         self.num_routes = len(self.exits) + 1
         self.key_stage, self.num_stages = int(m["key_stage"]), int(m["num_stages"])
-        if len(m["route_macs"]) != self.num_routes or not all(_finite(v) for v in m["route_macs"]):
+        if len(m["route_macs"]) != self.num_routes or not all(finite(v) for v in m["route_macs"]):
             raise ValueError(f"{source}: route_macs must hold {self.num_routes} numbers (the exits, then the backbone)")
         self.route_macs = np.asarray(m["route_macs"], dtype=np.float64)
         self.predictor_macs = float(m["predictor_macs"])
@@ -240,7 +121,7 @@ class OnnxPipeline:
         if not isinstance(files, dict):
             raise ValueError(f"{source}: field 'files' must map file names to sha256")
         for name, digest in files.items():  # every file the export wrote, unchanged: nothing mixed from two exports
-            if _sha256(_inside(folder, name, "file")) != digest:
+            if file_sha256(_file_inside(folder, name, "file")) != digest:
                 raise ValueError(f"{folder}/{name} is not the file this manifest was written with (a folder mixed from "
                                  "two exports, or a modified file); export again")
 
@@ -257,7 +138,7 @@ class OnnxPipeline:
         def session(file: str):
             if file not in files:
                 raise ValueError(f"{source}: segment file {file!r} is not among the files the manifest lists")
-            path = _inside(folder, file, "segment file")
+            path = _file_inside(folder, file, "segment file")
             data = path.read_bytes()
             _refuse_external_data(data, path)
             sess = ort.InferenceSession(data, sess_options=options, providers=providers)
@@ -288,8 +169,9 @@ class OnnxPipeline:
                 self._faiss.omp_set_num_threads(threads)
             d = int(self.bank["key_dim"])
             for key, entry in self.bank["indexes"].items():
-                path = _inside(folder, entry["file"], "bank index")
-                self._indexes[key if key == "all" else int(key)] = _read_index(self._faiss, path, int(entry["ntotal"]), d)
+                path = _file_inside(folder, entry["file"], "bank index")
+                index = read_index(self._faiss, path, int(entry["ntotal"]), d)
+                self._indexes[key if key == "all" else int(key)] = index
             self._offsets, start = {}, 0
             for c, n in sorted((int(c), int(n)) for c, n in self.bank["per_class_counts"].items()):
                 self._offsets[c] = start
@@ -321,7 +203,7 @@ class OnnxPipeline:
     def __call__(self, *inputs: np.ndarray, max_lpips: float, exits: np.ndarray | None = None) -> OnnxOutput:
         """Images for ``inputs`` at quality ``max_lpips`` (as :meth:`fiancee.pipeline.FianceePipeline.__call__`);
         ``exits`` overrides the router (one route per input), the predictor still runs and is charged."""
-        threshold = _check_threshold(max_lpips)
+        threshold = check_threshold(max_lpips, "max_lpips")
         batch = self._check_inputs(inputs)
         if exits is not None:
             exits = np.asarray(exits)
@@ -382,39 +264,13 @@ class OnnxPipeline:
 
     def _search(self, queries: np.ndarray, classes: np.ndarray | None):
         """Nearest bank entry of every query ``[B, Q]`` and the MACs of each input's search
-        (:meth:`fiancee.bank.FeatureBank.search_with_macs`: per class index, the whole index for a class it never saw)."""
+        (:meth:`fiancee.bank.FeatureBank.search_with_macs`: per class index, the whole index for a class it
+        never saw)."""
         b, q, d = queries.shape
         flat = np.ascontiguousarray(queries.reshape(b * q, d), dtype=np.float32)
-        found = np.empty(b * q, dtype=np.int64)
-        macs = np.zeros(b * q, dtype=np.float64)
-        if classes is None:
-            found[:], macs[:] = self._search_counted(self._indexes["all"], flat, d)
-        else:
-            cls = classes.reshape(-1)
-            for c in np.unique(cls):
-                rows = np.nonzero(cls == c)[0]
-                part = np.ascontiguousarray(flat[rows])
-                if int(c) in self._offsets and int(c) in self._indexes:
-                    ids, cost = self._search_counted(self._indexes[int(c)], part, d)
-                    found[rows], macs[rows] = ids + self._offsets[int(c)], cost
-                else:
-                    found[rows], macs[rows] = self._search_counted(self._indexes["all"], part, d)
+        found, macs, _ = search_classes(self._faiss, self._indexes, self._offsets, flat,
+                                        None if classes is None else classes.reshape(-1), d)
         return found.reshape(b, q), macs.reshape(b, q).sum(axis=1)
-
-    def _search_counted(self, index, queries: np.ndarray, d: int):
-        faiss, n = self._faiss, queries.shape[0]
-        inner = faiss.downcast_index(index)
-        if isinstance(inner, faiss.IndexIVF):
-            faiss.cvar.indexIVF_stats.reset()
-            ids = index.search(queries, 1)[1][:, 0]
-            distances = faiss.cvar.indexIVF_stats.ndis + n * inner.nlist
-            return ids, np.full(n, distances * d / max(n, 1), dtype=np.float64)
-        if isinstance(inner, faiss.IndexHNSW):
-            faiss.cvar.hnsw_stats.reset()
-            ids = index.search(queries, 1)[1][:, 0]
-            return ids, np.full(n, faiss.cvar.hnsw_stats.ndis * d / max(n, 1), dtype=np.float64)
-        ids = index.search(queries, 1)[1][:, 0]
-        return ids, np.full(n, float(index.ntotal) * d, dtype=np.float64)
 
 
 def _refuse_external_data(data: bytes, path: Path) -> None:
@@ -429,20 +285,3 @@ def _refuse_external_data(data: bytes, path: Path) -> None:
 
     if any(uses_external_data(t) for t in _get_all_tensors(model)):
         raise ValueError(f"{path} keeps tensors in external files; refusing to load it (export again with `fiancee export`)")
-
-
-def _read_index(faiss, path: Path, ntotal: int, d: int):
-    """A FAISS index holding ``ntotal`` keys of dimension ``d``; the header is checked first, since FAISS
-    allocates what the header claims (as :func:`fiancee.bank._read_index`)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) < 16:
-        raise ValueError(f"{path} is not a readable FAISS index (truncated)")
-    claim_d, claim_n = struct.unpack_from("<iq", head, 4)
-    if (claim_d, claim_n) != (d, ntotal) or path.stat().st_size < 4 * ntotal * d:
-        raise ValueError(f"{path} claims {claim_n} keys of dimension {claim_d} in {path.stat().st_size} bytes; the "
-                         f"manifest says {ntotal} of dimension {d} (a corrupt or mismatched file)")
-    try:
-        return faiss.read_index(str(path))
-    except (RuntimeError, MemoryError) as e:
-        raise ValueError(f"{path} is not a readable FAISS index: {e}") from None
