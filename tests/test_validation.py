@@ -935,11 +935,12 @@ def test_cli_error_is_one_line_exit_2(c: Case, ctx, capsys, one_thread):
 
 def test_cli_last_resort_for_a_missing_key_is_one_line(monkeypatch, capsys):
     import fiancee.cli as cli
+    from fiancee.cli import measure
 
     def reads_an_old_file(args):
         return {}["router"]
 
-    monkeypatch.setattr(cli, "_macs", reads_an_old_file)
+    monkeypatch.setattr(measure, "run_macs", reads_an_old_file)
     assert cli.main(["macs", "--backbone", "oasis"]) == 2
     err = capsys.readouterr().err
     assert err == "fiancee macs: error: missing key 'router' in a config or checkpoint\n"
@@ -1017,11 +1018,12 @@ def test_evaluate_reports_compliance_0_for_a_router_that_misses_every_input(ctx,
                          ids=["MemoryError", "OverflowError", "ENOSPC"])
 def test_cli_resource_errors_are_one_line(monkeypatch, capsys, error):
     import fiancee.cli as cli
+    from fiancee.cli import measure
 
     def fails(args):
         raise error
 
-    monkeypatch.setattr(cli, "_macs", fails)
+    monkeypatch.setattr(measure, "run_macs", fails)
     assert cli.main(["macs", "--backbone", "oasis"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fiancee macs: error: ") and "Traceback" not in err, err
