@@ -13,10 +13,10 @@ from typing import Sequence
 import torch
 
 from ..bank import KIND, BankSpec, build_feature_bank, load_bank, retrieval_latency
+from ..bank import key_function as resolve_key_function
 from ..checks import check_counts
 from ..extras import require
 from ..io import check_replaceable
-from ..bank import key_function as resolve_key_function
 from ..exits import ExitGenerator
 from ..tasks.base import Task, cross_noises, declared_inputs
 from ..tasks.registry import resolve_task, task_spec
@@ -122,5 +122,5 @@ def bank_latency(bank_path: str | os.PathLike, task: "str | Task", *, threads: i
     finally:
         torch.set_num_threads(old_torch)
         faiss.omp_set_num_threads(old_faiss)
-    return {"task": task_spec(task), "bank": str(bank_path), "mode": bank.mode, "entries": len(bank), "threads": threads,
-            "scale": task.default_scale, "min_channels": task.default_min_channels, "results": rows}
+    return {"task": task_spec(task), "bank": str(bank_path), "mode": bank.mode, "entries": len(bank),
+            "threads": threads, "scale": task.default_scale, "min_channels": task.default_min_channels, "results": rows}
