@@ -16,7 +16,7 @@ import torch
 from fiancee.backbones.oasis_discriminator import UNetDiscriminator
 from fiancee.export_targets import EXPORT_TARGETS, ExportTarget, export, get_target, load_exported
 from fiancee.predictor import ARCHS, FEATURE_ARCHS, FoldedPredictor, QualityPredictor, load_predictor, save_predictor
-from fiancee.predictor_heads import HEADS, arch_names, get_head
+from fiancee.predictor.heads import HEADS, arch_names, get_head
 from fiancee.train.critics import CRITIC_KINDS, CRITICS, build_critic
 from fiancee.train.exits import build_critics, critic_kind
 from fiancee.train.losses import Recipe

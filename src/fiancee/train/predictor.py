@@ -16,7 +16,7 @@ from ..checks import check_counts
 from ..io import check_replaceable, read_json
 from ..predictor import (RECIPES, QualityPredictor, exits_fingerprints, load_predictor, predictor_features,
                          save_predictor, train_predictor)
-from ..predictor_heads import arch_names, get_head
+from ..predictor.heads import arch_names, get_head
 from ..tables import build_lpips_table, predictor_error
 from ..tasks.base import declared_inputs
 from .exits import load_exits, run_bank_path, run_guide

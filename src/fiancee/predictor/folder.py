@@ -1,0 +1,85 @@
+"""A quality predictor's folder: ``config.json`` (constructor arguments, fingerprints, provenance) and
+``weights.safetensors``, and the fingerprints that tie it to the exact weights whose LPIPS it learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import (atomic_folder, build_bounded, config_int, config_int_list, config_str, load_tensors,
+                  read_manifest, read_whole_folder, resolve_inside, save_tensors, tensor_fingerprint, write_json)
+from .model import QualityPredictor
+
+__all__ = ["FORMAT", "exits_fingerprints", "save_predictor", "load_predictor"]
+
+FORMAT = 1
+
+
+def exits_fingerprints(model) -> dict[str, str]:
+    """Fingerprints of the backbone's weights and of the exits' weights (a table / predictor is only
+    valid for the exact weights that produced its LPIPS)."""
+    return {"backbone": tensor_fingerprint(model.backbone.state_dict()),
+            "exits": tensor_fingerprint(model.branches.state_dict())}
+
+
+def save_predictor(predictor: QualityPredictor, out: str | Path, *, fingerprints: dict[str, str],
+                   extra: dict | None = None, files: dict[str, Any] | None = None) -> Path:
+    """Write ``out/config.json`` (constructor arguments, fingerprints, provenance) + ``out/weights.safetensors``
+    (+ ``files``: name -> JSON object, e.g. the error report), the folder replaced whole
+    (:func:`fiancee.io.atomic_folder`); refused when ``out`` holds something other than a predictor."""
+    out = Path(out)
+    with atomic_folder(out, kind="quality_predictor", what="quality predictor") as tmp:
+        save_tensors(tmp / "weights.safetensors", predictor.state_dict())
+        for name, obj in (files or {}).items():
+            write_json(tmp / name, obj)
+        write_json(tmp / "config.json", {"kind": "quality_predictor", "format": FORMAT, "predictor": predictor.config(),
+                                         "fingerprints": dict(fingerprints), **(extra or {})})
+    return out
+
+
+def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
+    """The constructor arguments of a saved predictor, type-checked (the size is bounded by
+    :func:`fiancee.io.build_bounded` where it is built)."""
+    if not isinstance(args, dict):
+        raise ValueError(f"{source}: field 'predictor' must be a JSON object; got {args!r}")
+    known = {"arch", "num_exits", "input_shapes", "width", "hidden", "max_grid"}
+    if set(args) - known:
+        raise ValueError(f"{source}: field 'predictor' has unknown keys {sorted(set(args) - known)}")
+    config_str(args, "arch", source)
+    config_int(args, "num_exits", source, minimum=1)
+    config_int(args, "width", source, minimum=1, optional=True)
+    config_int_list(args, "hidden", source, minimum=1, nonempty=False, optional=True)
+    config_int(args, "max_grid", source, minimum=1, optional=True)
+    shapes = args.get("input_shapes")
+    if not isinstance(shapes, list) or not shapes or not all(
+            isinstance(s, list) and config_int_list({"s": s}, "s", source, minimum=1) for s in shapes):
+        raise ValueError(f"{source}: field 'input_shapes' must be a non-empty list of shapes (lists of positive "
+                         f"integers); got {shapes!r}")
+    return args
+
+
+@read_whole_folder("config.json")  # a save swapping the folder mid-load makes it load again
+def load_predictor(path: str | Path, model=None,
+                   device: str | torch.device = "cpu") -> tuple[QualityPredictor, dict]:
+    """``(predictor, config)`` from a folder; with ``model`` the backbone and exit fingerprints must match."""
+    path = Path(path)
+    config = read_manifest(resolve_inside(path, "config.json"), kind="quality_predictor", version_key="format",
+                           version=FORMAT, what="quality predictor config", required=("predictor", "fingerprints"))
+    weights = resolve_inside(path, "weights.safetensors")
+    if not isinstance(config["fingerprints"], dict):
+        raise ValueError(f"{path / 'config.json'}: field 'fingerprints' must be a JSON object; "
+                         f"got {config['fingerprints']!r}")
+    if model is not None:
+        want = config.get("fingerprints", {})
+        have = exits_fingerprints(model)
+        for part in ("backbone", "exits"):
+            if want.get(part) != have[part]:
+                raise ValueError(f"{path} was trained for {part} weights {want.get(part)}, but these {part} have "
+                                 f"{have[part]}: its predicted LPIPS would describe other images; retrain it for "
+                                 "these exits")
+    args = _check_predictor_config(config["predictor"], weights, path / "config.json")
+    predictor = build_bounded(lambda: QualityPredictor(**args), weights, path / "config.json")
+    predictor.load_state_dict(load_tensors(weights))
+    return predictor.to(device).eval(), config
