@@ -38,7 +38,7 @@ def predictor_inputs(model, arch: str, inputs: tuple[torch.Tensor, ...]) -> tupl
     """What a predictor of ``arch`` reads for ``inputs``, on the model's device (computed, not timed: the
     trunk's key-stage features ``[B, C, h, w]``, or the inputs with 1x1 maps flattened)."""
     from ..predictor import key_features
-    from ..predictor_heads import get_head
+    from ..predictor.heads import get_head
 
     if get_head(arch).reads_features:
         return (key_features(model, *inputs),)

@@ -55,7 +55,7 @@ def choice_option(parser: argparse.ArgumentParser, *flags: str, names: Callable[
 
 def predictor_heads() -> list[str]:
     """Predictor heads (train-predictor --arch, bench --predictor)."""
-    from ..predictor_heads import HEADS
+    from ..predictor.heads import HEADS
 
     return HEADS.in_order()  # registration order: the built-ins first, then any added in this process
 
