@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fiancee"
 # Lowest first. A module may import from its own layer or a lower one; the graph must be acyclic.
 LAYERS = [
     # concept modules: take objects, return objects; never read run folders or resolve task names
-    ("concept", ["core", "checks", "extras", "io", "specs", "timing", "staged", "tiles", "metrics", "backbones", "exits", "bank", "predictor", "predictor_heads",
+    ("concept", ["core", "checks", "extras", "io", "specs", "timing", "staged", "tiles", "metrics", "backbones", "exits", "bank", "predictor",
                  "routing", "risk", "guarantee", "plots", "runtime"]),
     # the task registry and the built-in tasks (each reads its own data and weights); classifier: the old
     # path of tasks.fashion.classifier, re-exported

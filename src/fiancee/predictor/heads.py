@@ -30,7 +30,6 @@ from ..specs import Registry
 __all__ = ["HEADS", "Head", "ResBlock", "arch_names", "get_head", "TINY_WIDTH", "TINY_HIDDEN", "TINY_GRID"]
 
 # The entry-point group keeps the module's old name (installed plugins register under it);
-# ``fiancee.predictor_heads`` re-exports this module.
 HEADS = Registry("predictor head", "fiancee.predictor_heads", "a predictor head class (a fiancee.predictor_heads.Head)")
 
 # ``tiny``'s defaults: a 1x1 conv to 32 channels, a grid of at most 4x4, one hidden layer of 64.
