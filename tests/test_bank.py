@@ -195,18 +195,27 @@ def test_build_bank_cli_and_errors(tmp_path):
 
 def test_ablation_refuses_arms_of_different_budgets(tmp_path):
     from fiancee.bank_ablation import bank_ablation
+    from fiancee.exit_quality import exit_quality
     from fiancee.train.exits import make_config
     from fiancee.train.run import RunDir
 
     base = make_config("faces", preset="quick", steps=10).to_dict()
     RunDir(tmp_path / "a").write_config({**base, "kind": "exits"})
+    RunDir(tmp_path / "a2").write_config({**base, "kind": "exits"})
     RunDir(tmp_path / "b").write_config({**base, "kind": "exits", "bank": "somewhere", "steps": 20})
+    RunDir(tmp_path / "b2").write_config({**base, "kind": "exits", "bank": "somewhere", "steps": 20})
     with pytest.raises(ValueError, match=r"share the training budget; they differ in steps \(10 vs 20\)"):
         bank_ablation(tmp_path / "a", tmp_path / "b", tmp_path / "out", n=4)
     with pytest.raises(ValueError, match="trained without a bank"):
-        bank_ablation(tmp_path / "a", tmp_path / "a", tmp_path / "out", n=4)
+        bank_ablation(tmp_path / "a", tmp_path / "a2", tmp_path / "out", n=4)
     with pytest.raises(ValueError, match="the first run must be the one without"):
-        bank_ablation(tmp_path / "b", tmp_path / "b", tmp_path / "out", n=4)
+        bank_ablation(tmp_path / "b", tmp_path / "b2", tmp_path / "out", n=4)
+    # The one study refuses the same, before any work: the old command is exit-quality --bank-ablation.
+    with pytest.raises(ValueError, match="exactly two runs"):
+        exit_quality([tmp_path / "a", tmp_path / "a2", tmp_path / "b"], n=4, bank_ablation=True)
+    with pytest.raises(ValueError, match=r"differ in steps \(10 vs 20\)"):
+        exit_quality([tmp_path / "a", tmp_path / "b"], n=4, bank_ablation=True)
+    assert not (tmp_path / "out").exists()
 
 
 _TINY = {}
@@ -254,7 +263,8 @@ def test_property_patch_retrieval_answers_every_patch_from_its_own_class(seed, p
 
 def test_a_key_function_named_module_attr_is_recorded_and_resolved_again(tmp_path, monkeypatch):
     # Key functions are named like tasks: a bank built with "module:attr" stores that spec, and
-    # loading it imports the function again (a fresh process only needs the module on sys.path).
+    # loading it imports the function again when the user allows that code (a folder's module:attr is
+    # refused otherwise: tests/test_folder_specs.py); a fresh process only needs the module on sys.path.
     (tmp_path / "mykeys.py").write_text("def corners(h):\n    return h[:, :, ::2, ::2].float().flatten(1)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from fiancee.backbones import build_backbone
@@ -267,7 +277,10 @@ def test_a_key_function_named_module_attr_is_recorded_and_resolved_again(tmp_pat
                     key_function="mykeys:corners")
     bank = build_feature_bank(backbone, inputs, spec)
     bank.save(tmp_path / "bank")
-    loaded = load_bank(tmp_path / "bank", backbone)
+    from fiancee.specs import allow_folder_code
+
+    with allow_folder_code("mykeys:corners"):
+        loaded = load_bank(tmp_path / "bank", backbone)
     assert loaded.manifest["key_function"] == "mykeys:corners"
     h = backbone.features(*inputs, taps=(key_stage,)).taps[key_stage]
     assert loaded.query_keys(h).shape[-1] == h[:, :, ::2, ::2].flatten(1).shape[1]

@@ -9,9 +9,10 @@ must run as written from a fresh clone or say what it needs first:
   earlier line of the same example writes it, or the line or the example's header says what comes
   first (``after ...``);
 - ``--device cuda`` says it needs a CUDA GPU, and a task of a module of the user's names that module;
-- the runs that ``bank-ablation`` and ``exit-quality`` compare share the budget these commands check
-  (the configs the example's own train-exits lines would write, or a committed run's config.json), so
-  the example is not refused for mismatched runs.
+- the runs that ``exit-quality`` compares share the budget it checks (with ``--bank-ablation``: every
+  budget key, the first run without a bank and the second with one), read from the configs the example's
+  own train-exits lines would write, or a committed run's config.json, so the example is not refused for
+  mismatched runs.
 
 test_examples.py runs the cheap examples and checks where they write.
 """
@@ -27,9 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from fiancee.bank_ablation import BUDGET_KEYS
 from fiancee.cli import build_parser
-from fiancee.exit_quality import SHARED_KEYS
+from fiancee.exit_quality import BUDGET_KEYS, SHARED_KEYS
 from fiancee.train.exits import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +38,7 @@ HEADER = re.compile(r"^example(?:\s*\((?P<note>.*)\))?:\s*(?P<rest>.*)$")
 TRAILING_NOTE = re.compile(r"\s{2,}\((?P<note>.*)\)\s*$")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Arguments naming a folder or file the command reads (dest names across the subcommands).
-READS = ("a", "b", "run", "runs", "predictor", "pipeline", "bank", "nobank_run", "bank_run", "exits", "weights",
-         "classifier", "images")
+READS = ("a", "b", "run", "runs", "predictor", "pipeline", "bank", "exits", "weights", "classifier", "images")
 NOT_IN_A_FRESH_CLONE = ("runs", "out")
 
 
@@ -167,13 +166,12 @@ def _check(name: str, epilog: str) -> None:
                 recipe_overrides={k: v for k, v in (("features", args.feature_distill), ("critic", args.critic))
                                   if v is not None} or None,
             ).to_dict()
-        if args.command in ("bank-ablation", "exit-quality"):
-            runs = [args.nobank_run, args.bank_run] if args.command == "bank-ablation" else args.runs
-            _check_comparable(name, line, args.command, runs, trained)
+        if args.command == "exit-quality":
+            _check_comparable(name, line, args.runs, trained, ablation=args.bank_ablation)
         written += _writes(args)
 
 
-def _check_comparable(name: str, line: str, command: str, runs: list[str], trained: dict[str, dict]) -> None:
+def _check_comparable(name: str, line: str, runs: list[str], trained: dict[str, dict], ablation: bool) -> None:
     configs = []
     for run in runs:
         if run in trained:
@@ -182,10 +180,11 @@ def _check_comparable(name: str, line: str, command: str, runs: list[str], train
             configs.append(json.loads((ROOT / run / "config.json").read_text()))
         else:
             return  # a run the example does not make: the line says what comes first (checked above)
-    keys = BUDGET_KEYS if command == "bank-ablation" else SHARED_KEYS
+    keys = BUDGET_KEYS if ablation else SHARED_KEYS
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
-    assert not differ, f"{name} --help: `{line}` compares runs that differ in {differ}; {command} refuses them"
-    if command == "bank-ablation":
+    assert not differ, f"{name} --help: `{line}` compares runs that differ in {differ}; exit-quality refuses them"
+    if ablation:
+        assert len(configs) == 2, f"{name} --help: `{line}`: --bank-ablation compares exactly two runs"
         assert configs[0].get("bank") is None and configs[1].get("bank") is not None, \
             f"{name} --help: `{line}`: the first run must be trained without a bank, the second with one"
 
@@ -200,9 +199,10 @@ def test_the_checks_catch_a_broken_example():
     bad = ("example (the shipped exits against a bank run):\n"
            "  fiancee build-bank --task faces --out runs/bank_faces\n"
            "  fiancee train-exits --task faces --preset quick --bank runs/bank_faces --out runs/faces_bank\n"
-           "  fiancee bank-ablation src/fiancee/weights/faces/exits runs/faces_bank --out out/ablation --n 500")
+           "  fiancee exit-quality src/fiancee/weights/faces/exits runs/faces_bank --bank-ablation --out out/ablation "
+           "--n 500")
     with pytest.raises(AssertionError, match="differ in .*steps"):
-        _check("bank-ablation", bad)
+        _check("exit-quality", bad)
     missing = "example: fiancee exit-quality runs/fashion_s0 runs/fashion_s1 --n 500 --out out/t"
     with pytest.raises(AssertionError, match="reads runs/fashion_s0, which a fresh clone lacks"):
         _check("exit-quality", missing)

@@ -197,17 +197,17 @@ def test_every_command_in_the_docs_parses(docs, user_module):
 
 
 def test_the_command_check_catches_what_argparse_refuses(docs):
-    text = ("Run `fiancee bank-ablation A B --n 500 --no-fid --out` (a mention of --out) or `fiancee train-exits "
+    text = ("Run `fiancee exit-quality A B --n 500 --no-fid --out` (a mention of --out) or `fiancee train-exits "
             "--critic oasis` (a mention), then\n\n```bash\nfiancee evaluate-exits RUN --n 1000 \\\n    --no-fid --json   # fine\n"
-            "fiancee macs --backbone oasis [--json]\nfiancee bank-ablation A B --n 500 --no-fid\n```\n")
+            "fiancee macs --backbone oasis [--json]\nfiancee exit-quality A B --n 500 --no-fid\n```\n")
     found = docs.commands(text)
     assert found == [("evaluate-exits RUN --n 1000 --no-fid --json", True), ("macs --backbone oasis [--json]", True),
-                     ("bank-ablation A B --n 500 --no-fid", True), ("bank-ablation A B --n 500 --no-fid --out", False),
+                     ("exit-quality A B --n 500 --no-fid", True), ("exit-quality A B --n 500 --no-fid --out", False),
                      ("train-exits --critic oasis", False)]
     errors = [_parse_error(docs.shell_words(c), complete) for c, complete in found]
     assert errors[0] is None and errors[3] is None and errors[4] is None
     assert "unrecognized arguments: [--json]" in errors[1]
-    assert "the following arguments are required: --out" in errors[2]  # the README's old bank-ablation line
+    assert "the following arguments are required: --out" in errors[2]  # a line without its required --out
     assert "unrecognized arguments: --critc" in _parse_error(["train-exits", "--critc", "oasis"], complete=False)
 
 

@@ -1,6 +1,7 @@
-"""Table S1 / Fig. 8 tooling (exit quality against real data, with vs without the bank, over seeds) and
-Fig. 10 tooling (routed exit vs the distance of the key patches to their retrieved bank entries), on the
-committed fashion backbone with tiny runs."""
+"""Table S1 / Fig. 8 tooling (exit quality against real data, with vs without the bank, over seeds; the bank
+ablation: one run per arm against the backbone, Fig. S12's start images) and Fig. 10 tooling (routed exit vs
+the distance of the key patches to their retrieved bank entries), on the committed fashion backbone with tiny
+runs."""
 
 import json
 
@@ -140,6 +141,43 @@ def test_exit_quality_cli_and_refusals(runs, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err and not (tmp_path / "b").exists()
     with pytest.raises(ValueError, match="listed twice"):
         exit_quality([runs[0], runs[0]], n=3)
+
+
+def test_the_bank_ablation_is_the_study_with_one_run_per_arm_against_the_backbone(runs, tmp_path, capsys):
+    from fiancee.bank_ablation import bank_ablation
+    from fiancee.evaluate import measure_exits
+
+    # runs[0] and runs[2]: seed 0, one budget, without and with the bank (what `bank-ablation` compared).
+    out = tmp_path / "a"
+    assert main(["exit-quality", runs[0], runs[2], "--bank-ablation", "--n", "4", "--no-fid", "--no-accuracy",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "LPIPS median w/o" in printed and "start images:" in printed
+    saved = json.loads((out / "ablation.json").read_text())
+    assert list(saved) == ["task", "n", "seed", "lpips_net", "fid_reference", "runs", "bank", "budget", "exits",
+                           "per_image_lpips", "plots"]
+    assert saved["runs"] == {"without": runs[0], "with": runs[2]} and saved["budget"]["seed"] == 0
+    # The numbers are evaluate-exits' own measurement of each run against the backbone's images.
+    for arm, run in (("without", runs[0]), ("with", runs[2])):
+        m = measure_exits(run, n=4, seed=0, fid=False)
+        for row, e in zip(saved["exits"], m["exits"], strict=True):
+            lp = e["lpips"]
+            assert row[f"lpips_{arm}"] == {"mean": float(lp.mean()), "median": float(np.median(lp)),
+                                           "p90": float(np.percentile(lp, 90))}
+            assert row[f"macs_{arm}"] == e["macs"] and row[f"fid_{arm}"] is None and row["exit"] == e["exit"]
+        assert saved["per_image_lpips"][arm] == [e["lpips"].round(5).tolist() for e in m["exits"]]
+    for name in ("ablation.md", "lpips_kde.png", "start_images.png", "exit_quality.json", "exit_quality.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "exit_quality.json").read_text())["fid_reference"] is None  # --no-fid
+    # The old library function is a thin wrapper over the study.
+    old = bank_ablation(runs[0], runs[2], tmp_path / "b", n=4, fid=False)
+    assert {k: v for k, v in old.items() if k != "plots"} == {k: v for k, v in saved.items() if k != "plots"}
+    assert (tmp_path / "b" / "ablation.md").read_text() == (out / "ablation.md").read_text()
+    # One run per arm, of one budget, without the bank first: refused before any work.
+    assert main(["exit-quality", runs[1], runs[2], "--bank-ablation", "--n", "4", "--out", str(tmp_path / "c")]) == 2
+    assert "differ in seed (1 vs 0)" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert main(["exit-quality", runs[0], runs[1], "--bank-ablation", "--n", "4", "--out", str(tmp_path / "c")]) == 2
+    assert "the second run must use --bank" in capsys.readouterr().err
 
 
 def test_a_backbone_folder_without_a_classifier_is_judged_by_the_shipped_one(tmp_path):

@@ -1,14 +1,19 @@
-"""Exit quality against real data (paper Table S1, Fig. 8) and routing vs bank distance (Fig. 10).
+"""Exit quality against real data (paper Table S1, Fig. 8), the bank ablation (Table S1, Fig. 8, Fig. S12)
+and routing vs bank distance (Fig. 10).
 
 - :func:`exit_quality`: for one or more ``fiancee train-exits`` runs of one task (with and without the
   bank, several seeds), per exit and for the backbone: FID against the real images whose conditions
   the inputs use (``Task.real_images``; Table S1's FID), the label accuracy of a classifier trained on
   real data on the generated images (``Task.label_accuracy``; our analogue of Table S1's mIoU), and
-  mean / p90 LPIPS against the backbone's image. Runs are grouped into arms (without / with a bank);
-  each arm reports the mean and the spread (sample standard deviation, min, max) over its runs. With
-  both arms, per-exit KDE curves of per-image LPIPS (Fig. 8: Gaussian kernels, bandwidth 0.3 as
+  mean / median / p90 LPIPS against the backbone's image. Runs are grouped into arms (without / with a
+  bank); each arm reports the mean and the spread (sample standard deviation, min, max) over its runs.
+  With both arms, per-exit KDE curves of per-image LPIPS (Fig. 8: Gaussian kernels, bandwidth 0.3 as
   scipy's ``bw_method`` factor, i.e. a kernel standard deviation of 0.3 x the sample's, seaborn's
   convention), pooled over the arm's runs.
+- the same study with ``bank_ablation=True``: exactly one run without and one with the bank, of one
+  training budget (seed included), FID against the backbone's images of the same inputs instead of real
+  ones; adds the side-by-side table (``ablation.json``, ``ablation.md``: :func:`ablation_table`) and a grid
+  of the bank's "start images" (``start_images.png``, Fig. S12).
 - :func:`routes_vs_bank_distance`: for a pipeline with a patch bank, the exit each held-out input is
   routed to at a threshold against the L2 distance of its key patches to the bank entries they
   retrieved (the distances of the pipeline's own search, :attr:`fiancee.pipeline.PipelineOutput.bank_distances`);
@@ -24,20 +29,38 @@ import torch
 
 from .io import atomic_write_text, tensor_fingerprint, write_json
 
-__all__ = ["measure_run_quality", "exit_quality", "markdown_table", "routes_vs_bank_distance", "ARMS"]
+__all__ = [
+    "ARMS",
+    "BUDGET_KEYS",
+    "FID_REFERENCES",
+    "ablation_table",
+    "exit_quality",
+    "markdown_table",
+    "measure_run_quality",
+    "routes_vs_bank_distance",
+]
 
 ARMS = ("without bank", "with bank")
 METRICS = ("fid", "label_accuracy", "lpips_mean", "lpips_p90")
 # What the runs of one comparison must share (the bank and the seed are what varies).
 SHARED_KEYS = ("task", "scale", "min_channels", "recipe", "preset", "steps", "batch_size", "init")
+# What the two runs of the bank ablation must share to count as "the same training budget": one run per arm, so
+# the seed too; the ablation refuses runs that differ.
+BUDGET_KEYS = ("task", "scale", "min_channels", "recipe", "preset", "steps", "batch_size", "seed")
+# What an exit's FID is measured against: the real images whose conditions the inputs use (Table S1), or the
+# backbone's images of the same inputs (the bank ablation, as evaluate-exits).
+FID_REFERENCES = {"real": "real images", "backbone": "backbone images of the same inputs"}
+START_IMAGE_ROWS = ("backbone", "start image (retrieved)", "exit 1 with bank", "exit 1 without bank")
 
 
-def _route_row(name: str, route: int, after_stage: int | None, macs: int, lpips: np.ndarray | None, images: torch.Tensor,
-               task, n: int, seed: int, real_feats, fid: bool, accuracy: bool) -> dict:
+def _route_row(name: str, route: int, after_stage: int | None, macs: int, lpips: np.ndarray | None,
+               images: torch.Tensor, task, n: int, seed: int, real_feats, fid: bool, accuracy: bool,
+               measured_fid: float | None = None) -> dict:
     row = {"name": name, "route": route, "after_stage": after_stage, "macs": int(macs),
            "lpips_mean": 0.0 if lpips is None else float(lpips.mean()),
+           "lpips_median": 0.0 if lpips is None else float(np.median(lpips)),
            "lpips_p90": 0.0 if lpips is None else float(np.percentile(lpips, 90)),
-           "fid": None, "label_accuracy": None}
+           "fid": measured_fid, "label_accuracy": None}
     if fid and real_feats is not None:
         from .metrics.fid import fid_from_features, inception_features
 
@@ -49,22 +72,42 @@ def _route_row(name: str, route: int, after_stage: int | None, macs: int, lpips:
     return row
 
 
+def _check_fid_reference(fid_reference: str) -> None:
+    if fid_reference not in FID_REFERENCES:
+        raise ValueError(f"fid_reference must be one of {sorted(FID_REFERENCES)}; got {fid_reference!r}")
+
+
+def _measure(run_dir: str | Path, *, n: int, seed: int, fid: bool, fid_reference: str, device: str) -> dict:
+    from .evaluate import measure_exits
+
+    # Against the backbone, measure_exits computes each exit's FID itself (what evaluate-exits reports).
+    return measure_exits(run_dir, n=n, seed=seed, fid=fid and fid_reference == "backbone", device=device)
+
+
 def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = True, accuracy: bool = True,
-                        device: str = "cpu", backbone_rows: dict | None = None) -> dict:
+                        device: str = "cpu", backbone_rows: dict | None = None, fid_reference: str = "real") -> dict:
     """One run: a row per exit and one for the backbone, plus the per-image LPIPS arrays (``[E][n]``).
 
-    ``backbone_rows`` caches the backbone's row by (backbone weights, n, seed, fid, accuracy), and the real
-    images' Inception features, across the runs of one comparison: the same backbone on the same inputs
-    gives the same images.
+    ``fid_reference``: ``"real"`` measures FID against the real images whose conditions the inputs use (none for a
+    task without a data set of its own), ``"backbone"`` against the backbone's images of the same inputs (the
+    backbone's own row then has none). ``backbone_rows`` caches the backbone's row by (backbone weights, n, seed,
+    fid, accuracy, reference), and the real images' Inception features, across the runs of one comparison: the same
+    backbone on the same inputs gives the same images.
     """
-    from .evaluate import measure_exits
+    _check_fid_reference(fid_reference)
+    m = _measure(run_dir, n=n, seed=seed, fid=fid, fid_reference=fid_reference, device=device)
+    return _run_quality(run_dir, m, n=n, seed=seed, fid=fid, accuracy=accuracy, fid_reference=fid_reference,
+                        cache=backbone_rows if backbone_rows is not None else {})
+
+
+def _run_quality(run_dir: str | Path, m: dict, *, n: int, seed: int, fid: bool, accuracy: bool, fid_reference: str,
+                 cache: dict) -> dict:
+    """:func:`measure_run_quality`'s rows from one :func:`fiancee.evaluate.measure_exits` measurement ``m``."""
     from .train.exits import run_bank_path
 
-    m = measure_exits(run_dir, n=n, seed=seed, fid=False, device=device)
     task, images, macs = m["task"], m["images"], m["macs"]
-    cache = backbone_rows if backbone_rows is not None else {}
     real_feats = None
-    if fid:
+    if fid and fid_reference == "real":
         if ("real", n, seed) not in cache:  # the same real images for every run of the comparison
             real = task.real_images(n, seed, "test")
             if real is not None:
@@ -74,16 +117,20 @@ def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool
             cache[("real", n, seed)] = real
         real_feats = cache[("real", n, seed)]
     rows = [_route_row(f"exit {e['exit']}", e["route"], e["after_stage"], e["macs"], e["lpips"], images[e["route"]],
-                       task, n, seed, real_feats, fid, accuracy) for e in m["exits"]]
-    key = (tensor_fingerprint(m["model"].backbone.state_dict()), n, seed, fid, accuracy)
+                       task, n, seed, real_feats, fid, accuracy, e["fid"]) for e in m["exits"]]
+    key = (tensor_fingerprint(m["model"].backbone.state_dict()), n, seed, fid, accuracy, fid_reference)
     if key not in cache:
         cache[key] = _route_row("backbone", len(rows), None, macs[-1], None, images[-1], task, n, seed, real_feats, fid,
                                 accuracy)
     rows.append(dict(cache[key]))
     config = m["config"]
     bank = run_bank_path(run_dir)
+    if fid_reference == "real":
+        reference = None if real_feats is None else FID_REFERENCES["real"]
+    else:
+        reference = FID_REFERENCES["backbone"] if fid else None
     return {"run": str(run_dir), "task": task.name, "bank": None if bank is None else str(bank), "seed": config.get("seed"),
-            "config": {k: config.get(k) for k in SHARED_KEYS}, "fid_reference": None if real_feats is None else "real images",
+            "config": {k: config.get(k) for k in SHARED_KEYS}, "fid_reference": reference,
             "rows": rows, "per_image_lpips": [e["lpips"] for e in m["exits"]]}
 
 
@@ -96,13 +143,37 @@ def _spread(values: list) -> dict | None:
             "min": float(a.min()), "max": float(a.max()), "runs": int(a.size)}
 
 
+def _check_ablation_pair(runs: list[str], configs: list[dict]) -> None:
+    """The bank ablation: one run without the bank, then one with it, of one training budget."""
+    if len(runs) != 2:
+        raise ValueError("the bank ablation compares exactly two runs, the first trained without a bank and the "
+                         f"second with one; got {len(runs)}")
+    (a, b), (ca, cb) = runs, configs
+    if ca.get("bank") is not None:
+        raise ValueError(f"{a} was trained with a bank ({ca['bank']}); the first run must be the one without")
+    if cb.get("bank") is None:
+        raise ValueError(f"{b} was trained without a bank; the second run must use --bank")
+    differ = [k for k in BUDGET_KEYS if ca.get(k) != cb.get(k)]
+    if differ:
+        raise ValueError("the two runs must share the training budget; they differ in "
+                         + ", ".join(f"{k} ({ca.get(k)!r} vs {cb.get(k)!r})" for k in differ))
+
+
 def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accuracy: bool = True, device: str = "cpu",
-                 out: str | Path | None = None, bandwidth: float = 0.3, progress: bool = False) -> dict:
+                 out: str | Path | None = None, bandwidth: float = 0.3, progress: bool = False,
+                 bank_ablation: bool = False, grid_columns: int = 8) -> dict:
     """Table S1 (and, with runs of both arms, Fig. 8) for ``runs``: a list of exit-run folders of one task.
 
     All runs are measured on the same ``n`` held-out inputs (``seed``). Under ``out``: ``exit_quality.json``
     and ``exit_quality.md`` (atomic writes), and ``lpips_kde.png`` when both arms are present.
+
+    ``bank_ablation``: ``runs`` are one run trained without the bank and one with it, of one training budget
+    (:data:`BUDGET_KEYS`; refused otherwise); FID is measured against the backbone's images of the same inputs, and
+    ``report["ablation"]`` holds the side-by-side report (Table S1 analogue, :func:`ablation_table`). Under ``out``
+    also ``ablation.json``, ``ablation.md`` and ``start_images.png`` (Fig. S12: backbone image, start image,
+    exit 1 with and without the bank, for the first ``grid_columns`` inputs).
     """
+    from .checks import check_counts
     from .train.run import RunDir
 
     runs = [str(r) for r in runs]
@@ -114,6 +185,7 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
         raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
     if not 0 < bandwidth:
         raise ValueError(f"bandwidth must be positive; got {bandwidth}")
+    check_counts(grid_columns=grid_columns)
     # Read every config first: a wrong folder or a mixed comparison is refused before any measuring.
     configs = [RunDir(r).read_config() for r in runs]
     if any(c.get("kind") != "exits" for c in configs):
@@ -122,22 +194,31 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
     tasks = {c["task"] for c in configs}
     if len(tasks) != 1:
         raise ValueError(f"all runs must be of one task; got {sorted(tasks)}")
+    if bank_ablation:
+        _check_ablation_pair(runs, configs)
     differ = sorted(k for k in SHARED_KEYS if len({repr(c.get(k)) for c in configs}) > 1)
     if out is not None and any(c.get("bank") for c in configs) and not all(c.get("bank") for c in configs):
         from .extras import require
 
         require("matplotlib", "the Fig. 8 KDE plot")
 
+    fid_reference = "backbone" if bank_ablation else "real"
+    columns = min(grid_columns, n)
     cache: dict = {}
-    measured = []
+    measured, heads = [], []
     iterator = runs
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(runs, desc="exit-quality", unit="run")
     for r in iterator:
-        measured.append(measure_run_quality(r, n=n, seed=seed, fid=fid, accuracy=accuracy, device=device,
-                                            backbone_rows=cache))
+        m = _measure(r, n=n, seed=seed, fid=fid, fid_reference=fid_reference, device=device)
+        measured.append(_run_quality(r, m, n=n, seed=seed, fid=fid, accuracy=accuracy, fid_reference=fid_reference,
+                                     cache=cache))
+        if bank_ablation and out is not None:  # the start-image grid's inputs and exit-1 images, not all n
+            heads.append((m["model"].backbone, tuple(x[:columns].clone() for x in m["inputs"]),
+                          m["images"][0][:columns].clone()))
+        del m
     num_rows = {len(m["rows"]) for m in measured}
     if len(num_rows) != 1:
         raise ValueError(f"the runs have different numbers of exits: {sorted(num_rows)}")
@@ -164,6 +245,7 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
         "runs": [{k: m[k] for k in ("run", "bank", "seed", "rows")} for m in measured],
         "per_image_lpips": {m["run"]: [np.round(v, 5).tolist() for v in m["per_image_lpips"]] for m in measured},
         "kde": None,
+        "ablation": _ablation_report(measured, configs, n=n, seed=seed) if bank_ablation else None,
     }
     if out is None:
         return report
@@ -186,9 +268,49 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
                               f"(n={n} per run, KDE bw_method {bandwidth})")
         report["kde"] = {"path": str(out / "lpips_kde.png"), "bw_method": bandwidth, "series": kde,
                          "pooled": "per-image LPIPS of every run of the arm"}
+    if bank_ablation:
+        _save_start_images(measured[1]["bank"], heads, out / "start_images.png", columns)
+        report["ablation"]["plots"] = {"kde": str(out / "lpips_kde.png"), "start_images": str(out / "start_images.png"),
+                                       "start_images_rows": list(START_IMAGE_ROWS)}
+        write_json(out / "ablation.json", report["ablation"])
+        atomic_write_text(out / "ablation.md", ablation_table(report["ablation"]))
     write_json(out / "exit_quality.json", report)
     atomic_write_text(out / "exit_quality.md", markdown_table(report))
     return report
+
+
+def _ablation_report(measured: list[dict], configs: list[dict], *, n: int, seed: int) -> dict:
+    """The bank ablation's side by side (``ablation.json``): per exit, MACs, LPIPS mean / median / p90 and FID
+    against the backbone's images, without and with the bank; every per-image LPIPS. ``plots`` is filled in once
+    they are written."""
+    a, b = measured
+
+    def lpips(row: dict) -> dict:
+        return {"mean": row["lpips_mean"], "median": row["lpips_median"], "p90": row["lpips_p90"]}
+
+    rows = [{"exit": ra["route"] + 1, "route": ra["route"], "after_stage": ra["after_stage"],
+             "macs_without": ra["macs"], "macs_with": rb["macs"], "lpips_without": lpips(ra), "lpips_with": lpips(rb),
+             "fid_without": ra["fid"], "fid_with": rb["fid"]}
+            for ra, rb in zip(a["rows"][:-1], b["rows"][:-1])]  # the exits; the backbone row is the last
+    return {
+        "task": configs[0]["task"], "n": n, "seed": seed, "lpips_net": "alex",
+        "fid_reference": FID_REFERENCES["backbone"], "runs": {"without": a["run"], "with": b["run"]}, "bank": b["bank"],
+        "budget": {k: configs[0].get(k) for k in BUDGET_KEYS}, "exits": rows,
+        "per_image_lpips": {"without": [v.round(5).tolist() for v in a["per_image_lpips"]],
+                            "with": [v.round(5).tolist() for v in b["per_image_lpips"]]},
+        "plots": None,
+    }
+
+
+def _save_start_images(bank_path: str, heads: list, path: Path, columns: int) -> Path:
+    """Fig. S12 analogue, one row each: backbone image, start image (retrieved), exit 1 with the bank, without."""
+    from .bank import load_bank, start_images
+    from .plots import save_grid
+
+    (_, _, without), (backbone, inputs, with_bank) = heads
+    bank = load_bank(bank_path, backbone)
+    backbone_img, start = start_images(bank, backbone, inputs)
+    return save_grid(torch.cat([backbone_img.cpu(), start.cpu(), with_bank, without]), path, ncol=columns)
 
 
 def _fmt(cell: dict | None, digits: int, scale: float = 1.0) -> str:
@@ -224,6 +346,31 @@ def markdown_table(report: dict) -> str:
                      f"{_fmt(backbone['label_accuracy'], 1, 100)} | 0 | 0 |")
     if report.get("differing_settings"):
         lines += ["", "Note: the runs differ in " + ", ".join(report["differing_settings"]) + " (not only bank and seed)."]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_table(ablation: dict) -> str:
+    """The bank ablation's side-by-side table (Table S1 analogue) as markdown, from ``report["ablation"]``."""
+    lines = [
+        (f"Task `{ablation['task']}`, n = {ablation['n']} held-out inputs (seed {ablation['seed']}); LPIPS "
+         f"({ablation['lpips_net']}) and FID vs the backbone's images; budget: "
+         + ", ".join(f"{k}={v}" for k, v in ablation["budget"].items() if k not in ("recipe",))),
+        "",
+        ("| exit | after stage | GMACs w/o | GMACs with | LPIPS mean w/o | LPIPS mean with | LPIPS median w/o | "
+         "LPIPS median with | LPIPS p90 w/o | LPIPS p90 with | FID w/o | FID with |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(x, d=4):
+        return "-" if x is None else f"{x:.{d}f}"
+
+    for r in ablation["exits"]:
+        lines.append(
+            f"| {r['exit']} | {r['after_stage']} | {r['macs_without'] / 1e9:.4f} | {r['macs_with'] / 1e9:.4f} | "
+            f"{f(r['lpips_without']['mean'])} | {f(r['lpips_with']['mean'])} | {f(r['lpips_without']['median'])} | "
+            f"{f(r['lpips_with']['median'])} | {f(r['lpips_without']['p90'])} | {f(r['lpips_with']['p90'])} | "
+            f"{f(r['fid_without'], 2)} | {f(r['fid_with'], 2)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
