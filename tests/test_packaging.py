@@ -152,7 +152,7 @@ def test_a_folder_writing_command_refuses_a_non_empty_folder(tmp_path, capsys):
 def test_every_folder_writing_command_has_overwrite():
     subs = build_parser()._subparsers._group_actions[0].choices
     refusing = [name for name, p in subs.items() if p.get_default("refuse_existing_out")]  # cli._args.out_option
-    assert len(refusing) == 12, refusing
+    assert len(refusing) == 11, refusing
     for command in [*refusing, "build-bank"]:
         assert "--overwrite" in subs[command].format_help(), command
 

@@ -223,8 +223,7 @@ _OUT_FILES = {
     "evaluate-exits": {"exits": "exits.json"},
     "evaluate": {"report": "report.json"},
     "train-predictor": {"predictor_error": "error.json", "predictor_config": "config.json"},
-    "bank-ablation": {"ablation": "ablation.json"},
-    "exit-quality": {"exit_quality": "exit_quality.json"},
+    "exit-quality": {"exit_quality": "exit_quality.json", "ablation": "ablation.json"},  # ablation: --bank-ablation
     "bank-distance": {"bank_distance": "bank_distance.json"},
 }
 
