@@ -19,19 +19,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
-def faces():
-    task = get_task("faces")
-    return task, task.load_backbone()
+def faces(faces_task, faces_backbone):
+    return faces_task, faces_backbone
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    task = get_task("fashion")
-    try:
-        backbone = task.load_backbone()
-    except FileNotFoundError as e:
-        pytest.skip(f"fashion backbone weights are not in the checkout: {e}")
-    return task, backbone
+def fashion(fashion_backbone):
+    return get_task("fashion"), fashion_backbone
 
 
 def _faces_bank(faces, mode="global", n=48, k=32, index="flat"):

@@ -9,18 +9,17 @@ from PIL import Image
 
 from fiancee.cli import main
 from fiancee.exits import ExitGenerator
-from fiancee.tasks import get_task
 from fiancee.tasks.faces import DCGANFaceGenerator, FacesTask, load_face_state_dict
 
 
 @pytest.fixture(scope="module")
-def task():
-    return get_task("faces")
+def task(faces_task):
+    return faces_task
 
 
 @pytest.fixture(scope="module")
-def backbone(task):
-    return task.load_backbone()
+def backbone(faces_backbone):
+    return faces_backbone
 
 
 def test_same_image_as_the_packages_own_generator(backbone):

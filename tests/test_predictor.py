@@ -17,12 +17,11 @@ from fiancee.tasks.base import InputSpec, Task, check_split
 
 
 @pytest.fixture(scope="module")
-def faces():
+def faces(faces_task, faces_backbone):
     """The real faces backbone (pretrained DCGAN) with untrained 1/4-width exits: real LPIPS, real spread."""
-    task = get_task("faces")
     torch.manual_seed(0)
-    model = ExitGenerator(task.load_backbone(), task.exits, "1/4", 16).eval()
-    return task, model
+    model = ExitGenerator(faces_backbone, faces_task.exits, "1/4", 16).eval()
+    return faces_task, model
 
 
 class TinyLabelTask(Task):

@@ -14,18 +14,17 @@ import torch
 from fiancee.backbones.ncnn import FP16_TAG, MAGIC, read_convolutions, read_param
 from fiancee.backbones.rrdb import RRDBNet
 from fiancee.exits import ExitGenerator, channel_importance
-from fiancee.tasks import get_task
 from fiancee.tasks.upscale import PARAMETERS, PHOTOS, find_realesrgan_files, load_photo
 
 
 @pytest.fixture(scope="module")
-def task():
-    return get_task("upscale")
+def task(upscale_task):
+    return upscale_task
 
 
 @pytest.fixture(scope="module")
-def backbone(task):
-    return task.load_backbone()
+def backbone(upscale_backbone):
+    return upscale_backbone
 
 
 def test_the_official_weights_load_strictly_with_the_published_parameter_count(backbone):
