@@ -18,7 +18,6 @@ from ..core.search import read_index
 
 __all__ = ["INDEX_KINDS"]
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
 
 _FAISS = None
 
@@ -32,22 +31,35 @@ def _faiss():
     return _FAISS
 
 
-def _make_index(keys: np.ndarray, kind: str):
-    """An exact flat L2 index by default; IVF or HNSW (approximate) for large banks."""
-    faiss = _faiss()
+def _flat(faiss, keys: np.ndarray):
+    return faiss.IndexFlatL2(keys.shape[1])
+
+
+def _ivf(faiss, keys: np.ndarray):
     n, d = keys.shape
-    if kind == "flat":
-        index = faiss.IndexFlatL2(d)
-    elif kind == "ivf":
-        nlist = max(1, int(np.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-        index.train(keys)
-        index.nprobe = min(nlist, 8)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, 32)
-        index.hnsw.efSearch = 64
-    else:
+    nlist = max(1, int(np.sqrt(n)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+    index.train(keys)
+    index.nprobe = min(nlist, 8)
+    return index
+
+
+def _hnsw(faiss, keys: np.ndarray):
+    index = faiss.IndexHNSWFlat(keys.shape[1], 32)
+    index.hnsw.efSearch = 64
+    return index
+
+
+# An exact flat L2 index by default; IVF or HNSW (approximate) for large banks.
+_INDEX_BUILDERS = {"flat": _flat, "ivf": _ivf, "hnsw": _hnsw}
+INDEX_KINDS = tuple(_INDEX_BUILDERS)
+
+
+def _make_index(keys: np.ndarray, kind: str):
+    """The index of ``kind`` (:data:`INDEX_KINDS`) holding ``keys`` [N, D] (float32)."""
+    if kind not in _INDEX_BUILDERS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+    index = _INDEX_BUILDERS[kind](_faiss(), keys)
     index.add(keys)
     return index
 
