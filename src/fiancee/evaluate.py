@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .core.args import check_counts, check_int
 from .io import write_json
 from .tables import build_lpips_table, per_image_lpips, route_images
 from .train.exits import load_exits, run_guide
@@ -30,8 +31,7 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
     (arrays) and FID vs the backbone's images; what ``evaluate_exits`` and the bank ablation summarise."""
     from .train.run import RunDir
 
-    if n < 2:
-        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    check_int(n, "n", minimum=2)
     task, model = load_exits(run_dir, device=device)
     guide = run_guide(run_dir, model)
     inputs = tuple(x.to(device) for x in task.sample_inputs(n, seed=seed, split="test"))
@@ -53,8 +53,8 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
         iterator = tqdm(iterator, desc="evaluate-exits", unit="exit")
     for r in iterator:
         # "exit" is the 1-based number users read (exit 1..E, then the backbone); "route" the API's
-        # 0-based index (model(..., exit=route), route_macs()[route]).
-        entry = {"exit": r + 1, "route": r, "after_stage": model.exits[r], "macs": int(macs[r]),
+        # 0-based index (model(..., route=route), route_macs()[route]).
+        entry = {"exit": r + 1, "route": r, "after_stage": model.attach_after[r], "macs": int(macs[r]),
                  "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(),
                  "psnr": per_image_psnr(images[r], reference), "fid": None}
         if backbone_feats is not None:
@@ -93,8 +93,7 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
     ``exits.json`` and ``exits_grid.png`` under ``out`` (nothing when ``out`` is None: a run folder,
     possibly one shipped with the package, is never written into). Exits are numbered 1..E, each
     entry also carries its 0-based ``route`` index."""
-    if isinstance(grid_columns, bool) or not isinstance(grid_columns, int) or grid_columns <= 0:
-        raise ValueError(f"grid columns must be a positive integer; got {grid_columns!r}")
+    check_counts(grid_columns=grid_columns)
     m = measure_exits(run_dir, n=n, seed=seed, fid=fid, device=device, progress=progress)
     macs = m["macs"]
     exits = []
@@ -159,16 +158,15 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     """
     from .extras import require
     from .pipeline import FianceePipeline
-    from .report import route_name, threshold_row, write_report
-    from .routing import ThresholdRouter, check_threshold, true_lpips_of
+    from .report import route_name, write_report
+    from .routing import check_threshold
 
     # Arguments first: a typo (or a missing plotting package) should not cost the pipeline's loading time.
     require("matplotlib", "the report's plots")
     thresholds = sorted(check_threshold(t) for t in thresholds)
     if not thresholds:
         raise ValueError("give at least one threshold in (0, 1]")
-    if n < 2:
-        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    check_int(n, "n", minimum=2)
     folder = None
     if not isinstance(pipeline, FianceePipeline):
         folder = Path(pipeline)
@@ -184,30 +182,9 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     # Every input also pays the predictor and the bank's search (the trunk is shared, inside its route):
     # macs_saved is net of it, route_macs_saved is the routes-only figure.
     overhead = pipeline.overhead_macs()
-    rows = [threshold_row(true, pipeline.router.route(predicted, t), macs, t, overhead) for t in thresholds]
-    paper = ThresholdRouter(macs)  # the paper's rule, no calibration: shown for comparison
-    paper_rows = [threshold_row(true, paper.route(predicted, t), macs, t, overhead) for t in thresholds]
-    density = []
-    for r in range(true.shape[1]):
-        t = float(true[:, r].mean())
-        if 0 < t <= 1:
-            routes = pipeline.router.route(predicted, t)
-            density.append((t, true_lpips_of(routes, true).numpy()))
-    meta = {
-        "task": pipeline.task.name, "n": n, "seed": seed, "router": pipeline.router.kind,
-        "router_config": pipeline.router.to_config(), "lpips_net": "alex",
-        "exit_lpips_mean": [float(v) for v in true.mean(0)],
-        "paper_threshold_router": paper_rows,
-    }
-    meta["targets"] = targets_check(rows)
-    meta["overhead_macs"] = overhead
-    meta["guarantee"] = guarantee_check(pipeline.router, rows)
-    check = pipeline.router.check_inputs(predicted) if hasattr(pipeline.router, "check_inputs") else None
-    meta["calibration_check"] = check
-    if check is not None and check["warn"]:
-        import sys
-
-        print(f"warning: {check['message']}", file=sys.stderr, flush=True)
+    rows, paper_rows = _threshold_rows(pipeline.router, true, predicted, macs, thresholds, overhead)
+    density = _density_routes(pipeline.router, true, predicted)
+    meta = _report_meta(pipeline, n, seed, true, predicted, rows, paper_rows, overhead)
     if calibration is not None:
         meta["split_study"] = split_study_for_report(pipeline.router, calibration, (predicted, true), macs, overhead,
                                                      thresholds, splits=splits, seed=seed)
@@ -218,6 +195,56 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     names = [route_name(r, len(macs) - 1) for r in range(len(macs))]
     return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "route_names": names,
             "html": str(html_path), "report": str(out / "report.json")}
+
+
+def _threshold_rows(router, true: torch.Tensor, predicted: torch.Tensor, macs: list, thresholds: list,
+                   overhead: float) -> tuple[list[dict], list[dict]]:
+    """The report's rows for ``router`` and for the paper's rule (no calibration, shown for comparison), one per
+    threshold, on the same inputs."""
+    from .report import threshold_row
+    from .routing import ThresholdRouter
+
+    rows = [threshold_row(true, router.route(predicted, t), macs, t, overhead) for t in thresholds]
+    paper = ThresholdRouter(macs)  # the paper's rule, no calibration: shown for comparison
+    paper_rows = [threshold_row(true, paper.route(predicted, t), macs, t, overhead) for t in thresholds]
+    return rows, paper_rows
+
+
+def _density_routes(router, true: torch.Tensor, predicted: torch.Tensor) -> list[tuple[float, np.ndarray]]:
+    """Per exit whose mean true LPIPS is a threshold in (0, 1]: that threshold and the true LPIPS of the routed
+    outputs at it (the report's densities, paper Fig. 9)."""
+    from .routing import true_lpips_of
+
+    density = []
+    for r in range(true.shape[1]):
+        t = float(true[:, r].mean())
+        if 0 < t <= 1:
+            routes = router.route(predicted, t)
+            density.append((t, true_lpips_of(routes, true).numpy()))
+    return density
+
+
+def _report_meta(pipeline, n: int, seed: int, true: torch.Tensor, predicted: torch.Tensor, rows: list[dict],
+                 paper_rows: list[dict], overhead: float) -> dict:
+    """The report's run details: the router, the targets, its guarantee checked, and its calibration range check
+    on these inputs (a warning printed when they look unlike the calibration inputs)."""
+    router = pipeline.router
+    meta = {
+        "task": pipeline.task.name, "n": n, "seed": seed, "router": router.kind,
+        "router_config": router.to_config(), "lpips_net": "alex",
+        "exit_lpips_mean": [float(v) for v in true.mean(0)],
+        "paper_threshold_router": paper_rows,
+    }
+    meta["targets"] = targets_check(rows)
+    meta["overhead_macs"] = overhead
+    meta["guarantee"] = guarantee_check(router, rows)
+    check = router.check_inputs(predicted) if hasattr(router, "check_inputs") else None
+    meta["calibration_check"] = check
+    if check is not None and check["warn"]:
+        import sys
+
+        print(f"warning: {check['message']}", file=sys.stderr, flush=True)
+    return meta
 
 
 def format_thresholds_table(report: dict) -> str:

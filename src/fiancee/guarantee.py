@@ -48,6 +48,7 @@ which :class:`~fiancee.routing.CalibratedRouter` fits with; they are re-exported
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -117,17 +118,58 @@ def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[fl
     (:func:`fiancee.routing.margin_grid` of the whole table): what each would choose on its own
     calibration set, to the grid's step.
     """
-    from .routing import (_route_costs, check_threshold, cheapest_meeting, margin_grid, margin_misses,
-                          true_lpips_of)
+    from .routing import _route_costs, cheapest_meeting
 
     # Arguments first: every refusal before any work.
+    predicted, true, c = _check_tables(predicted, true, costs)
+    n, e = predicted.shape
+    ts, eps, delta, methods, bound = _check_choices(thresholds, epsilons, delta, methods, bound)
+    splits, n_cal, n_test, overhead = _check_sizes(n, splits, n_cal, n_test, seed, overhead_macs)
+    need = _calibration_needs(methods, eps, delta, bound, n_cal)
+    shift = _check_shifted(shifted, e)
+    fam_k = _family_needs(methods, eps, delta, bound, n_cal, len(ts))
+
+    w_cal, w_test, w_iid = _draw_splits(seed, splits, n, n_cal, n_test)
+    deltas = {m: [delta] + ([delta / len(ts)] if len(ts) > 1 and m in HIGH_PROBABILITY else []) for m in methods}
+    s = _Study(costs=c, route_cost=_route_costs(c, e + 1, "cpu") / c[-1], over=overhead / c[-1], w_cal=w_cal,
+               w_test=w_test, w_iid=w_iid, n_test=n_test, methods=methods, eps=eps, delta=delta, deltas=deltas,
+               ks={(m, x, d): max_misses(m, n_cal, x, d, bound) for m in methods for x in eps for d in deltas[m]},
+               need=need, fam_k=fam_k, shift=shift, keep_splits=keep_splits)
+
+    rows, paper, oracle = [], [], []
+    realized: dict = {}  # (part, method, epsilon, delta) -> [T][S], for the family-wise shares
+    for t in ts:
+        rows += _threshold_rows(s, _margins(s, predicted, true, t), t, realized)
+        paper.append(_paper_rule(s, predicted, true, t))
+        ro = cheapest_meeting(true, t, c)  # the strict oracle on the whole table, for reference
+        oracle.append({"threshold": t, "saved": float(1 - s.route_cost[ro].mean())})
+    family = _family(s, realized, len(ts)) if len(ts) > 1 else []
+
+    return {"n_table": n, "n_cal": n_cal, "n_test": n_test, "splits": splits, "seed": seed, "delta": delta,
+            "bound": bound, "methods": methods, "thresholds": ts, "epsilons": eps, "grid_step": 1e-3,
+            "backbone_macs": c[-1], "overhead_macs": overhead, "route_macs": c,
+            "min_calibration": need, "rows": rows, "paper_rule": paper, "oracle": oracle, "family": family,
+            "shifted_inputs": None if shift is None else int(shift[0].shape[0])}
+
+
+# -- the study's arguments, checked in this order (the first wrong one is the one reported)
+
+
+def _check_tables(predicted, true, costs) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     predicted, true = _as_table(predicted, "predicted LPIPS"), _as_table(true, "true LPIPS")
     if predicted.shape != true.shape:
-        raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape")
-    n, e = predicted.shape
+        raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same "
+                         "shape")
+    e = predicted.shape[1]
     c = [float(x) for x in costs]
     if len(c) != e + 1 or not all(math.isfinite(x) and x >= 0 for x in c) or c[-1] <= 0:
         raise ValueError(f"costs must be {e + 1} finite MACs >= 0 (the exits, then the backbone > 0); got {costs!r}")
+    return predicted, true, c
+
+
+def _check_choices(thresholds, epsilons, delta, methods, bound) -> tuple[list, list, float, list, str]:
+    from .routing import check_threshold
+
     ts = sorted({check_threshold(t) for t in thresholds})
     if not ts:
         raise ValueError("give at least one threshold in (0, 1]")
@@ -138,7 +180,10 @@ def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[fl
     methods = list(dict.fromkeys(check_method(m) for m in methods))
     if not methods:
         raise ValueError(f"give at least one method of {', '.join(METHODS)}")
-    bound = check_bound(bound)
+    return ts, eps, delta, methods, check_bound(bound)
+
+
+def _check_sizes(n: int, splits, n_cal, n_test, seed, overhead_macs) -> tuple[int, int, int, float]:
     splits = _count(splits, "splits", 100)
     n_cal = _count(n_cal, "n_cal", 1)
     n_test = n - n_cal if n_test is None else _count(n_test, "n_test", 1)
@@ -149,30 +194,56 @@ def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[fl
     overhead = float(overhead_macs)
     if not math.isfinite(overhead) or overhead < 0:
         raise ValueError(f"overhead_macs must be a finite number >= 0; got {overhead_macs!r}")
+    return splits, n_cal, n_test, overhead
+
+
+def _calibration_needs(methods: list, eps: list, delta: float, bound: str, n_cal: int) -> dict:
+    """``min_calibration`` per method and epsilon (``{method: {"0.1": k}}``); refused when ``n_cal`` is short of
+    any, naming the largest need."""
     need = {m: {f"{x:g}": min_calibration(m, x, delta, bound) for x in eps} for m in methods}
     short = [(m, x, k) for m in methods for x, k in need[m].items() if k > n_cal]
     if short:
         m, x, k = max(short, key=lambda s: s[2])
         raise ValueError(f"{m} at epsilon {x} needs at least {k} calibration inputs (even with no miss at all); "
                          f"got n_cal={n_cal}")
-    shift = None
-    if shifted is not None:
-        if not isinstance(shifted, (tuple, list)) or len(shifted) != 2:
-            raise ValueError("shifted must be a pair (predicted, true) of [N', E] tables")
-        shift = (_as_table(shifted[0], "shifted predicted LPIPS"), _as_table(shifted[1], "shifted true LPIPS"))
-        if shift[0].shape != shift[1].shape or shift[0].shape[1] != e:
-            raise ValueError(f"the shifted tables must both be [N', {e}]; got {list(shift[0].shape)}, {list(shift[1].shape)}")
-    fam = len(ts) > 1
-    fam_k = {}  # the Bonferroni fits need their own sizes
-    for m in HIGH_PROBABILITY:
-        if fam and m in methods:
-            for x in eps:
-                k = min_calibration(m, x, delta / len(ts), bound)
-                if k > n_cal:
-                    raise ValueError(f"{m} at epsilon {x:g} for {len(ts)} thresholds at once (delta / {len(ts)} each) "
-                                     f"needs at least {k} calibration inputs; got n_cal={n_cal}")
-                fam_k[(m, x)] = k
+    return need
 
+
+def _check_shifted(shifted, e: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if shifted is None:
+        return None
+    if not isinstance(shifted, (tuple, list)) or len(shifted) != 2:
+        raise ValueError("shifted must be a pair (predicted, true) of [N', E] tables")
+    shift = (_as_table(shifted[0], "shifted predicted LPIPS"), _as_table(shifted[1], "shifted true LPIPS"))
+    if shift[0].shape != shift[1].shape or shift[0].shape[1] != e:
+        raise ValueError(f"the shifted tables must both be [N', {e}]; got {list(shift[0].shape)}, "
+                         f"{list(shift[1].shape)}")
+    return shift
+
+
+def _family_needs(methods: list, eps: list, delta: float, bound: str, n_cal: int, n_thresholds: int) -> dict:
+    """With several thresholds, the Bonferroni fits' own sizes ``{(method, epsilon): k}`` (delta / thresholds
+    each), per high-probability method; refused when ``n_cal`` is short of one."""
+    fam_k = {}
+    if n_thresholds < 2:
+        return fam_k
+    for m in HIGH_PROBABILITY:
+        if m not in methods:
+            continue
+        for x in eps:
+            k = min_calibration(m, x, delta / n_thresholds, bound)
+            if k > n_cal:
+                raise ValueError(f"{m} at epsilon {x:g} for {n_thresholds} thresholds at once (delta / {n_thresholds} "
+                                 f"each) needs at least {k} calibration inputs; got n_cal={n_cal}")
+            fam_k[(m, x)] = k
+    return fam_k
+
+
+# -- the study itself
+
+
+def _draw_splits(seed: int, splits: int, n: int, n_cal: int, n_test: int) -> tuple[torch.Tensor, ...]:
+    """The memberships ``[S, N]`` of every split's calibration and test inputs, and of the i.i.d. draws."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.rand(splits, n, generator=g).argsort(dim=1)  # [S, N]: one random order of the table per split
     w_cal = _membership(perm, 0, n_cal, n)  # [S, N]
@@ -181,90 +252,144 @@ def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[fl
     # table, whose miss rate over the whole table is then the fitted router's true miss rate.
     draws = torch.randint(n, (splits, n_cal), generator=g)
     w_iid = torch.zeros(splits, n, dtype=torch.float32).scatter_add_(1, draws, torch.ones(splits, n_cal))
-    route_cost = _route_costs(c, e + 1, "cpu") / c[-1]  # [E + 1] as a share of the backbone
-    over = overhead / c[-1]
-    deltas = {m: [delta] + ([delta / len(ts)] if fam and m in HIGH_PROBABILITY else []) for m in methods}
-    ks = {(m, x, d): max_misses(m, n_cal, x, d, bound) for m in methods for x in eps for d in deltas[m]}
+    return w_cal, w_test, w_iid
 
-    rows, paper, oracle = [], [], []
-    realized: dict = {}  # (part, method, epsilon, delta) -> [T][S], for the family-wise shares
-    for t in ts:
-        grid = margin_grid(predicted, t)  # [M]
-        miss, routes = margin_misses(predicted, true, t, grid, c)  # [M, N] bool, [M, N]
-        cost = route_cost[routes].float()  # [M, N]
-        mono = miss.flip(0).cummax(dim=0).values.flip(0)  # [M, N]: misses at this margin or any larger one
-        miss_t, mono_t = miss.T.float(), mono.T.float()  # [N, M]
-        # Calibration misses per split and margin [S, M] (exact: sums of 0/1 in float32).
-        counts = {"split": (w_cal @ miss_t, w_cal @ mono_t if "crc" in methods else None),
-                  "iid": (w_iid @ miss_t, w_iid @ mono_t if "crc" in methods else None)}
-        test_miss = (w_test @ miss_t) / n_test  # [S, M]
-        test_cost = (w_test @ cost.T) / n_test  # [S, M]
-        pop_miss, pop_cost = miss.double().mean(1), cost.double().mean(1)  # [M]: the table as the population
-        if shift is not None:
-            s_miss, s_routes = margin_misses(shift[0], shift[1], t, grid, c)
-            s_rate, s_cost = s_miss.double().mean(1), route_cost[s_routes].mean(1)  # [M]
-        for x in eps:
-            for m in methods:
-                for d in deltas[m]:
-                    raw, mon = counts["split"]
-                    idx = accepted_index(mon if m == "crc" else raw, ks[(m, x, d)])  # [S]
-                    r = test_miss.gather(1, idx[:, None]).squeeze(1).double()
-                    saved = 1 - test_cost.gather(1, idx[:, None]).squeeze(1).double() - over
-                    raw, mon = counts["iid"]
-                    idx_iid = accepted_index(mon if m == "crc" else raw, ks[(m, x, d)])
-                    realized.setdefault(("split", m, x, d), []).append(r)
-                    realized.setdefault(("iid", m, x, d), []).append(pop_miss[idx_iid])
-                    if d != delta:
-                        realized.setdefault(("saved", m, x, d), []).append(saved)
-                        continue
-                    margins = grid[idx]
-                    mq = _quantiles(margins)
-                    row = {"id": f"T{t:g}_e{x:g}_{m}", "threshold": t, "epsilon": x, "method": m, **_summary(r, saved, x),
-                           "margin_mean": float(margins.mean()), "margin_p10": mq["p10"], "margin_p90": mq["p90"],
-                           "min_calibration": need[m][f"{x:g}"],
-                           "iid": _summary(pop_miss[idx_iid], 1 - pop_cost[idx_iid] - over, x)}
-                    if shift is not None:
-                        row["shifted"] = _summary(s_rate[idx], 1 - s_cost[idx] - over, x)
-                    if keep_splits:
-                        row["per_split"] = {"miss": r.tolist(), "saved": saved.tolist()}
-                    rows.append(row)
-        # The paper's rule (margin 0) and the strict oracle, on the same splits / table, for reference.
-        r0 = cheapest_meeting(predicted, t, c)
-        miss0 = (true_lpips_of(r0, true) > t).float()
-        p_miss = ((w_test @ miss0) / n_test).double()
-        p_saved = 1 - (w_test @ route_cost[r0].float()) / n_test - over
-        entry = {"threshold": t, "miss_mean": float(p_miss.mean()),
-                 **{f"miss_{k}": v for k, v in _quantiles(p_miss).items()}, "saved_mean": float(p_saved.mean())}
-        if shift is not None:
-            rs = cheapest_meeting(shift[0], t, c)
-            entry["shifted"] = {"miss_mean": float((true_lpips_of(rs, shift[1]) > t).double().mean()),
-                                "saved_mean": float(1 - route_cost[rs].mean() - over)}
-        paper.append(entry)
-        ro = cheapest_meeting(true, t, c)
-        oracle.append({"threshold": t, "saved": float(1 - route_cost[ro].mean())})
+
+@dataclass
+class _Study:
+    """What every threshold of :func:`split_study` shares: the checked arguments and the drawn splits."""
+
+    costs: list  # MACs per route, the backbone last
+    route_cost: torch.Tensor  # [E + 1] as a share of the backbone
+    over: float  # the overhead as a share of the backbone
+    w_cal: torch.Tensor  # [S, N] 1 where the input calibrates the split
+    w_test: torch.Tensor  # [S, N] 1 where it tests it
+    w_iid: torch.Tensor  # [S, N] how often the split's i.i.d. draw took it
+    n_test: int
+    methods: list
+    eps: list
+    delta: float
+    deltas: dict  # method -> the deltas it is fitted at: its own, then (several thresholds) the Bonferroni one
+    ks: dict  # (method, epsilon, delta) -> the most calibration misses accepted
+    need: dict  # min_calibration per method and epsilon
+    fam_k: dict  # (method, epsilon) -> the Bonferroni fit's min_calibration
+    shift: tuple | None  # the shifted (predicted, true) tables
+    keep_splits: bool
+
+
+@dataclass
+class _Margins:
+    """One threshold's misses and costs at every margin of the grid, per split and over the whole table."""
+
+    grid: torch.Tensor  # [M]
+    counts: dict  # "split" / "iid" -> (calibration misses [S, M], monotonized misses [S, M] or None)
+    test_miss: torch.Tensor  # [S, M]
+    test_cost: torch.Tensor  # [S, M]
+    pop_miss: torch.Tensor  # [M]: the table as the population
+    pop_cost: torch.Tensor  # [M]
+    shifted: tuple | None  # (miss rate [M], cost [M]) on the shifted table
+
+
+def _margins(s: _Study, predicted: torch.Tensor, true: torch.Tensor, t: float) -> _Margins:
+    from .routing import margin_grid, margin_misses
+
+    grid = margin_grid(predicted, t)  # [M]
+    miss, routes = margin_misses(predicted, true, t, grid, s.costs)  # [M, N] bool, [M, N]
+    cost = s.route_cost[routes].float()  # [M, N]
+    mono = miss.flip(0).cummax(dim=0).values.flip(0)  # [M, N]: misses at this margin or any larger one
+    miss_t, mono_t = miss.T.float(), mono.T.float()  # [N, M]
+    # Calibration misses per split and margin [S, M] (exact: sums of 0/1 in float32).
+    counts = {"split": (s.w_cal @ miss_t, s.w_cal @ mono_t if "crc" in s.methods else None),
+              "iid": (s.w_iid @ miss_t, s.w_iid @ mono_t if "crc" in s.methods else None)}
+    test_miss = (s.w_test @ miss_t) / s.n_test  # [S, M]
+    test_cost = (s.w_test @ cost.T) / s.n_test  # [S, M]
+    pop_miss, pop_cost = miss.double().mean(1), cost.double().mean(1)  # [M]: the table as the population
+    shifted = None
+    if s.shift is not None:
+        s_miss, s_routes = margin_misses(s.shift[0], s.shift[1], t, grid, s.costs)
+        shifted = (s_miss.double().mean(1), s.route_cost[s_routes].mean(1))  # [M]
+    return _Margins(grid, counts, test_miss, test_cost, pop_miss, pop_cost, shifted)
+
+
+def _accepted(counts: tuple, method: str, k) -> torch.Tensor:
+    """Per split, the index of the accepted margin ``[S]``: CRC tests the monotonized misses, the others the raw."""
+    raw, mono = counts
+    return accepted_index(mono if method == "crc" else raw, k)
+
+
+def _threshold_rows(s: _Study, tab: _Margins, t: float, realized: dict) -> list[dict]:
+    """Every epsilon and method at threshold ``t``, fitted on every split; each delta's realized miss rates (and
+    the Bonferroni fits' savings) also go to ``realized`` for the family-wise shares."""
+    rows = []
+    for x in s.eps:
+        for m in s.methods:
+            for d in s.deltas[m]:
+                idx = _accepted(tab.counts["split"], m, s.ks[(m, x, d)])  # [S]
+                r = tab.test_miss.gather(1, idx[:, None]).squeeze(1).double()
+                saved = 1 - tab.test_cost.gather(1, idx[:, None]).squeeze(1).double() - s.over
+                idx_iid = _accepted(tab.counts["iid"], m, s.ks[(m, x, d)])
+                realized.setdefault(("split", m, x, d), []).append(r)
+                realized.setdefault(("iid", m, x, d), []).append(tab.pop_miss[idx_iid])
+                if d != s.delta:
+                    realized.setdefault(("saved", m, x, d), []).append(saved)
+                    continue
+                rows.append(_row(s, tab, t, x, m, idx, idx_iid, r, saved))
+    return rows
+
+
+def _row(s: _Study, tab: _Margins, t: float, x: float, m: str, idx: torch.Tensor, idx_iid: torch.Tensor,
+         r: torch.Tensor, saved: torch.Tensor) -> dict:
+    """One row of the study: method ``m`` at threshold ``t`` and epsilon ``x`` (its own delta)."""
+    margins = tab.grid[idx]
+    mq = _quantiles(margins)
+    row = {"id": f"T{t:g}_e{x:g}_{m}", "threshold": t, "epsilon": x, "method": m, **_summary(r, saved, x),
+           "margin_mean": float(margins.mean()), "margin_p10": mq["p10"], "margin_p90": mq["p90"],
+           "min_calibration": s.need[m][f"{x:g}"],
+           "iid": _summary(tab.pop_miss[idx_iid], 1 - tab.pop_cost[idx_iid] - s.over, x)}
+    if tab.shifted is not None:
+        row["shifted"] = _summary(tab.shifted[0][idx], 1 - tab.shifted[1][idx] - s.over, x)
+    if s.keep_splits:
+        row["per_split"] = {"miss": r.tolist(), "saved": saved.tolist()}
+    return row
+
+
+def _paper_rule(s: _Study, predicted: torch.Tensor, true: torch.Tensor, t: float) -> dict:
+    """The paper's rule (margin 0) on the same splits (and the shifted table), for reference."""
+    from .routing import cheapest_meeting, true_lpips_of
+
+    r0 = cheapest_meeting(predicted, t, s.costs)
+    miss0 = (true_lpips_of(r0, true) > t).float()
+    p_miss = ((s.w_test @ miss0) / s.n_test).double()
+    p_saved = 1 - (s.w_test @ s.route_cost[r0].float()) / s.n_test - s.over
+    entry = {"threshold": t, "miss_mean": float(p_miss.mean()),
+             **{f"miss_{k}": v for k, v in _quantiles(p_miss).items()}, "saved_mean": float(p_saved.mean())}
+    if s.shift is not None:
+        rs = cheapest_meeting(s.shift[0], t, s.costs)
+        entry["shifted"] = {"miss_mean": float((true_lpips_of(rs, s.shift[1]) > t).double().mean()),
+                            "saved_mean": float(1 - s.route_cost[rs].mean() - s.over)}
+    return entry
+
+
+def _family(s: _Study, realized: dict, n_thresholds: int) -> list[dict]:
+    """Per method and epsilon, the share of splits whose miss rate exceeds epsilon at *some* threshold: each
+    threshold fitted at delta, and (high-probability methods) the Bonferroni fit at delta / thresholds."""
+    def share(part, m, x, d):
+        per = torch.stack(realized[(part, m, x, d)])  # [T, S]
+        return float((per > x + 1e-12).any(0).double().mean())
 
     family = []
-    if fam:
-        def share(part, m, x, d):
-            per = torch.stack(realized[(part, m, x, d)])  # [T, S]
-            return float((per > x + 1e-12).any(0).double().mean())
-
-        for m in methods:
-            for x in eps:
-                item = {"id": f"e{x:g}_{m}", "method": m, "epsilon": x, "share_any_above": share("split", m, x, delta),
-                        "iid_share_any_above": share("iid", m, x, delta)}
-                if m in HIGH_PROBABILITY:
-                    d = delta / len(ts)
-                    sv = torch.stack(realized[("saved", m, x, d)])
-                    item["bonferroni"] = {"delta_each": d, "min_calibration": fam_k[(m, x)],
-                                          "share_any_above": share("split", m, x, d),
-                                          "iid_share_any_above": share("iid", m, x, d),
-                                          "saved_mean": [float(v) for v in sv.mean(1)],
-                                          "miss_mean": [float(v) for v in torch.stack(realized[("split", m, x, d)]).mean(1)]}
-                family.append(item)
-
-    return {"n_table": n, "n_cal": n_cal, "n_test": n_test, "splits": splits, "seed": seed, "delta": delta,
-            "bound": bound, "methods": methods, "thresholds": ts, "epsilons": eps, "grid_step": 1e-3,
-            "backbone_macs": c[-1], "overhead_macs": overhead, "route_macs": c,
-            "min_calibration": need, "rows": rows, "paper_rule": paper, "oracle": oracle, "family": family,
-            "shifted_inputs": None if shift is None else int(shift[0].shape[0])}
+    for m in s.methods:
+        for x in s.eps:
+            item = {"id": f"e{x:g}_{m}", "method": m, "epsilon": x, "share_any_above": share("split", m, x, s.delta),
+                    "iid_share_any_above": share("iid", m, x, s.delta)}
+            if m in HIGH_PROBABILITY:
+                d = s.delta / n_thresholds
+                sv = torch.stack(realized[("saved", m, x, d)])
+                miss = torch.stack(realized[("split", m, x, d)])
+                item["bonferroni"] = {"delta_each": d, "min_calibration": s.fam_k[(m, x)],
+                                      "share_any_above": share("split", m, x, d),
+                                      "iid_share_any_above": share("iid", m, x, d),
+                                      "saved_mean": [float(v) for v in sv.mean(1)],
+                                      "miss_mean": [float(v) for v in miss.mean(1)]}
+            family.append(item)
+    return family

@@ -26,51 +26,25 @@ def run_guarantee_study(pipeline, out: str | Path, *, thresholds: Sequence[float
                         n_cal: int = 1000, n_test: int | None = None, splits: int = 500, seed: int = 0,
                         methods: Sequence[str] | None = None, bound: str = "hoeffding-bentkus",
                         shift: str | None = None, shift_n: int = 2000, progress: bool = True) -> dict:
+    """The study of the pipeline folder ``pipeline`` (module docstring): writes ``guarantee.json`` and the figures
+    under ``out``; returns the result with the figures' and the JSON's paths."""
     from .extras import require
-    from .guarantee import (METHODS, _count, _unit, calibration_range, check_bound, check_method, min_calibration,
-                            range_check, split_study)
-    from .io import tensor_fingerprint, write_json
+    from .guarantee import _count, calibration_range, range_check, split_study
+    from .io import write_json
     from .pipeline import FianceePipeline
-    from .routing import check_threshold
-    from .tables import build_lpips_table
 
     # Arguments first, before loading anything or minutes of LPIPS.
     require("matplotlib", "the guarantee figures")
-    ts = sorted({check_threshold(t) for t in thresholds})
-    eps = sorted({_unit(x, "epsilon") for x in epsilons})
-    if not ts or not eps:
-        raise ValueError("give at least one threshold and one epsilon")
-    delta = _unit(delta, "delta")
-    methods = list(dict.fromkeys(check_method(m) for m in (methods or METHODS)))
-    bound = check_bound(bound)
-    n, n_cal, splits = _count(n, "n", 2), _count(n_cal, "n_cal", 1), _count(splits, "splits", 100)
-    n_test = n - n_cal if n_test is None else _count(n_test, "n_test", 1)
-    if n_cal + n_test > n:
-        raise ValueError(f"calibration ({n_cal}) + test ({n_test}) inputs exceed the table's {n} inputs (--n)")
-    for m in methods:
-        for x in eps:
-            need = min_calibration(m, x, delta / (len(ts) if m in ("ltt", "ucb") else 1), bound)
-            if need > n_cal:
-                raise ValueError(f"{m} at epsilon {x:g}" + (f" for {len(ts)} thresholds at once" if len(ts) > 1 and m in ("ltt", "ucb") else "")
-                                 + f" needs at least {need} calibration inputs; got n_cal={n_cal}")
+    ts, eps, delta, methods, bound = _check_choices(thresholds, epsilons, delta, methods, bound)
+    n, n_cal, splits, n_test = _check_sizes(n, n_cal, n_test, splits)
+    _check_calibration(methods, eps, delta, bound, n_cal, len(ts))
     if shift is not None:
         shift_n = _count(shift_n, "shift_n", 1)
     out = Path(out)
 
     folder = Path(pipeline)
     pipe = FianceePipeline.from_pretrained(folder)
-    task = pipe.task
-    if shift is not None:
-        from .tasks.base import parse_shift
-
-        parse_shift(task, shift)  # a shift the task does not declare is refused before the tables
-    table = build_lpips_table(pipe.model, task, n, seed, "test", pipe.guide, cache=pipe.guide is None, progress=progress)
-    predicted = pipe.predict(*table["inputs"])  # [N, E]
-    shifted = None
-    if shift is not None:
-        s_table = build_lpips_table(pipe.model, task, shift_n, seed, "test", pipe.guide, cache=pipe.guide is None,
-                                    shift=shift, progress=progress)
-        shifted = (pipe.predict(*s_table["inputs"]), s_table["lpips"])
+    table, predicted, s_table, shifted = _measure(pipe, n, seed, shift, shift_n, progress)
     costs = pipe.route_macs.tolist()
     study = split_study(predicted, table["lpips"], costs, ts, eps, n_cal=n_cal, n_test=n_test, splits=splits,
                         seed=seed, delta=delta, methods=methods, bound=bound, overhead_macs=pipe.overhead_macs(),
@@ -81,16 +55,11 @@ def run_guarantee_study(pipeline, out: str | Path, *, thresholds: Sequence[float
     checks = {"calibration_inputs": n_cal, "same_distribution": range_check(cal, predicted[n_cal:])}
     if shifted is not None:
         checks["shifted"] = range_check(cal, shifted[0])
-    config = pipe.router.to_config()
     result = {
-        "task": task.name, "pipeline": str(folder),
-        "fingerprints": {"backbone": tensor_fingerprint(pipe.model.backbone.state_dict()),
-                         "branches": tensor_fingerprint(pipe.model.branches.state_dict()),
-                         "predictor": tensor_fingerprint(pipe.predictor.state_dict())},
-        "pipeline_router": {k: config.get(k) for k in ("method", "epsilon", "delta", "fit_size", "thresholds", "margins")},
+        "task": pipe.task.name, "pipeline": str(folder), **_provenance(pipe),
         "table": {"n": n, "seed": seed, "split": "test", "key": table["key"], "lpips_net": "alex",
                   "exit_lpips_mean": [float(v) for v in table["lpips"].mean(0)]},
-        "shift": None if shift is None else {"spec": shift, "description": task.shifts[shift.partition(":")[0]],
+        "shift": None if shift is None else {"spec": shift, "description": pipe.task.shifts[shift.partition(":")[0]],
                                              "n": shift_n, "key": s_table["key"],
                                              "exit_lpips_mean": [float(v) for v in s_table["lpips"].mean(0)]},
         "range_check": checks,
@@ -99,6 +68,78 @@ def run_guarantee_study(pipeline, out: str | Path, *, thresholds: Sequence[float
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "guarantee.json", result)
     return {**result, "figures": write_figures(result, out), "json": str(out / "guarantee.json")}
+
+
+def _check_choices(thresholds, epsilons, delta, methods, bound) -> tuple[list, list, float, list, str]:
+    from .guarantee import METHODS, _unit, check_bound, check_method
+    from .routing import check_threshold
+
+    ts = sorted({check_threshold(t) for t in thresholds})
+    eps = sorted({_unit(x, "epsilon") for x in epsilons})
+    if not ts or not eps:
+        raise ValueError("give at least one threshold and one epsilon")
+    delta = _unit(delta, "delta")
+    methods = list(dict.fromkeys(check_method(m) for m in (methods or METHODS)))
+    return ts, eps, delta, methods, check_bound(bound)
+
+
+def _check_sizes(n, n_cal, n_test, splits) -> tuple[int, int, int, int]:
+    from .guarantee import _count
+
+    n, n_cal, splits = _count(n, "n", 2), _count(n_cal, "n_cal", 1), _count(splits, "splits", 100)
+    n_test = n - n_cal if n_test is None else _count(n_test, "n_test", 1)
+    if n_cal + n_test > n:
+        raise ValueError(f"calibration ({n_cal}) + test ({n_test}) inputs exceed the table's {n} inputs (--n)")
+    return n, n_cal, splits, n_test
+
+
+def _check_calibration(methods: list, eps: list, delta: float, bound: str, n_cal: int, n_thresholds: int) -> None:
+    """Refused when ``n_cal`` is short of what a method needs at an epsilon (the high-probability methods at
+    delta / thresholds, the study's Bonferroni fit), before any table is measured."""
+    from .guarantee import HIGH_PROBABILITY, min_calibration
+
+    for m in methods:
+        for x in eps:
+            need = min_calibration(m, x, delta / (n_thresholds if m in HIGH_PROBABILITY else 1), bound)
+            if need > n_cal:
+                several = n_thresholds > 1 and m in HIGH_PROBABILITY
+                at_once = f" for {n_thresholds} thresholds at once" if several else ""
+                raise ValueError(f"{m} at epsilon {x:g}{at_once} needs at least {need} calibration inputs; "
+                                 f"got n_cal={n_cal}")
+
+
+def _measure(pipe, n: int, seed: int, shift: str | None, shift_n: int, progress: bool) -> tuple:
+    """``(table, predicted, shifted table, (shifted predicted, shifted true))``: the true LPIPS of every exit on
+    ``n`` held-out inputs and the predictor's estimates, and the same on ``shift_n`` shifted inputs (None, None
+    without a shift)."""
+    from .tables import build_lpips_table
+
+    task = pipe.task
+    if shift is not None:
+        from .tasks.base import parse_shift
+
+        parse_shift(task, shift)  # a shift the task does not declare is refused before the tables
+    table = build_lpips_table(pipe.model, task, n, seed, "test", pipe.guide, cache=pipe.guide is None,
+                              progress=progress)
+    predicted = pipe.predict(*table["inputs"])  # [N, E]
+    s_table = shifted = None
+    if shift is not None:
+        s_table = build_lpips_table(pipe.model, task, shift_n, seed, "test", pipe.guide, cache=pipe.guide is None,
+                                    shift=shift, progress=progress)
+        shifted = (pipe.predict(*s_table["inputs"]), s_table["lpips"])
+    return table, predicted, s_table, shifted
+
+
+def _provenance(pipe) -> dict:
+    """The result's ``fingerprints`` of the weights studied and the ``pipeline_router`` they ship with."""
+    from .io import tensor_fingerprint
+
+    config = pipe.router.to_config()
+    return {"fingerprints": {"backbone": tensor_fingerprint(pipe.model.backbone.state_dict()),
+                             "branches": tensor_fingerprint(pipe.model.branches.state_dict()),
+                             "predictor": tensor_fingerprint(pipe.predictor.state_dict())},
+            "pipeline_router": {k: config.get(k) for k in ("method", "epsilon", "delta", "fit_size", "thresholds",
+                                                           "margins")}}
 
 
 def write_figures(result: dict, folder: str | Path, prefix: str = "") -> dict:

@@ -183,7 +183,7 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
     "captions" [K]}`` (the same K inputs in every row); omitted when None.
     """
     from .extras import require
-    from .plots import save_image_strip, save_saved_plot, save_shares_plot, save_density_plot
+    from .plots import save_density_plot, save_saved_plot, save_shares_plot
 
     require("matplotlib", "the report's plots")
     out = Path(out)
@@ -199,13 +199,30 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
     save_saved_plot(rows, paper, out / "saved.png", router=str(meta.get("router", "router")))
     save_shares_plot(rows, macs, out / "shares.png")
     save_density_plot(true_lpips, density_routes, out / "densities.png")
-    strip = ""
-    if examples:
-        save_image_strip([(e["label"], e["images"], e["captions"]) for e in examples], out / "examples.png")
-        strip = ("<h2>What the numbers look like</h2><p>The same test inputs (columns) at every exit and the "
-                 "backbone, each with its LPIPS against the backbone's image, then as the router sends them at two "
-                 "thresholds (the caption names the route taken and its LPIPS, and marks an output above T).</p>"
-                 "<img src=\"examples.png\" alt=\"the same inputs at every exit, the backbone and two thresholds\">")
+    strip = _examples_section(out, examples)
+    notes, warning = _notes_and_warning(meta)
+    study_html = _study_section(out, meta)
+    page = _page(rows, paper, macs, meta, warning=warning, strip=strip, study_html=study_html, notes=notes)
+    atomic_write_text(out / "report.html", page)
+    return out / "report.html"
+
+
+def _examples_section(out: Path, examples: list[dict] | None) -> str:
+    """The image strip (``examples.png``) and its section of the page; nothing without examples."""
+    if not examples:
+        return ""
+    from .plots import save_image_strip
+
+    save_image_strip([(e["label"], e["images"], e["captions"]) for e in examples], out / "examples.png")
+    return ("<h2>What the numbers look like</h2><p>The same test inputs (columns) at every exit and the "
+            "backbone, each with its LPIPS against the backbone's image, then as the router sends them at two "
+            "thresholds (the caption names the route taken and its LPIPS, and marks an output above T).</p>"
+            "<img src=\"examples.png\" alt=\"the same inputs at every exit, the backbone and two thresholds\">")
+
+
+def _notes_and_warning(meta: dict) -> tuple[str, str]:
+    """The run details' list items, and the warning shown at the top when the test inputs look unlike the
+    calibration inputs (:func:`fiancee.guarantee.range_check`)."""
     notes = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in meta.items()
                     if not isinstance(v, (list, dict)))
     targets = meta.get("targets")
@@ -217,30 +234,46 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
     if check and check.get("warn"):
         warning = f"<p class=warn><b>Warning:</b> {html.escape(check['message'])}.</p>"
     elif check:
-        notes += (f"<li>calibration range check: {_pct(check['outside_share'])} of the test inputs outside the calibration "
-                  f"inputs' range of predicted LPIPS (expected {_pct(check['expected_share'])}): no warning</li>")
-    study_html = ""
-    study = meta.get("split_study")
-    if study:
-        from .plots import save_risk_plot
+        notes += (f"<li>calibration range check: {_pct(check['outside_share'])} of the test inputs outside the "
+                  f"calibration inputs' range of predicted LPIPS (expected {_pct(check['expected_share'])}): no "
+                  "warning</li>")
+    return notes, warning
 
-        save_risk_plot(study, out / "guarantee.png", highlight=study.get("own_method"))
-        study_html = _split_study_html(study)
+
+def _study_section(out: Path, meta: dict) -> str:
+    """The guarantee over many calibration splits (``guarantee.png`` and its table), when the meta holds one."""
+    study = meta.get("split_study")
+    if not study:
+        return ""
+    from .plots import save_risk_plot
+
+    save_risk_plot(study, out / "guarantee.png", highlight=study.get("own_method"))
+    return _split_study_html(study)
+
+
+_STYLE = """<style>
+body{font-family:sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;color:#222}
+td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right} th{background:#f4f4f4} td{white-space:nowrap}
+table{border-collapse:collapse;margin:0.5em 0 1em} img{max-width:100%}
+.lead{font-size:1.25em;line-height:1.5} tr.hl td{background:#fff6d5} .small{font-size:0.9em;color:#555}
+.warn{background:#fde8e8;border-left:4px solid #c0392b;padding:0.5em 0.8em}
+</style>"""
+
+
+def _page(rows: list[dict], paper: list[dict], macs: np.ndarray, meta: dict, *, warning: str, strip: str,
+          study_html: str, notes: str) -> str:
+    """The whole ``report.html``: the headline, the figures, the sections given, the details."""
+    num_exits = len(macs) - 1
     exit_means = meta.get("exit_lpips_mean") or []
     means = ", ".join(f"{route_name(r, num_exits)} {v:.3f}" for r, v in enumerate(exit_means))
     routes_text = ", ".join(f"{route_name(r, num_exits)} {m / 1e9:.4f}" for r, m in enumerate(macs))
-    page = f"""<!doctype html>
+    router = html.escape(str(meta.get('router')))
+    return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>fiancee report: {html.escape(str(meta.get('task', '')))}</title>
-<style>
-body{{font-family:sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;color:#222}}
-td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}} th{{background:#f4f4f4}} td{{white-space:nowrap}}
-table{{border-collapse:collapse;margin:0.5em 0 1em}} img{{max-width:100%}}
-.lead{{font-size:1.25em;line-height:1.5}} tr.hl td{{background:#fff6d5}} .small{{font-size:0.9em;color:#555}}
-.warn{{background:#fde8e8;border-left:4px solid #c0392b;padding:0.5em 0.8em}}
-</style>
+{_STYLE}
 </head><body>
 <h1>fiancee: compute saved at a quality threshold</h1>
-<p class=small>Task <b>{html.escape(str(meta.get('task')))}</b>, {meta.get('n')} test inputs, {html.escape(str(meta.get('router')))} router.
+<p class=small>Task <b>{html.escape(str(meta.get('task')))}</b>, {meta.get('n')} test inputs, {router} router.
 Quality is LPIPS ({html.escape(str(meta.get('lpips_net')))}) of each output against the backbone's image for the same input;
 a threshold T asks for LPIPS &le; T. MACs per route (GMACs): {routes_text}.</p>
 {warning}
@@ -251,7 +284,7 @@ a threshold T asks for LPIPS &le; T. MACs per route (GMACs): {routes_text}.</p>
 <h2>Two rules for routing</h2>
 <p><b>The paper's rule</b> (section 3.2): send each input to the cheapest exit whose <i>predicted</i> LPIPS P is at most T,
 else to the backbone. The predictor errs both ways, so at a given T many outputs land above T.<br>
-<b>Ours</b> ({html.escape(str(meta.get('router')))}): the same rule on P plus a margin per threshold, fitted on held-out
+<b>Ours</b> ({router}): the same rule on P plus a margin per threshold, fitted on held-out
 inputs so that the requested share of outputs truly meets T; it trades some of the saving for that guarantee.
 The headline table shows both, measured on the same test inputs.</p>
 <h2>Where the inputs go, and the mean cost</h2>
@@ -266,5 +299,3 @@ outputs when the threshold T is set to that exit's mean LPIPS; the routing uses 
 <ul class=small>{notes}</ul>
 </body></html>
 """
-    atomic_write_text(out / "report.html", page)
-    return out / "report.html"

@@ -75,6 +75,64 @@ def _check_router(config, num_routes: int, source: Path) -> dict:
         raise ValueError(f"{source}: {e}") from None
 
 
+def _read_manifest(folder: Path) -> tuple[dict, Path]:
+    """The export's manifest and its path, refused unless it is a fiancee ONNX export of this format with every
+    field :mod:`fiancee.core.manifest` lists."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no exported pipeline at {folder} (make one with `fiancee export PIPELINE --out "
+                                f"{folder}`)")
+    source = folder / "manifest.json"
+    if not source.is_file():
+        raise FileNotFoundError(f"{folder} has no manifest.json: not a fiancee ONNX export (`fiancee export`)")
+    m = read_json(_file_inside(folder, "manifest.json", "manifest"))
+    if not isinstance(m, dict) or m.get("kind") != KIND:
+        kind = m.get("kind") if isinstance(m, dict) else None
+        raise ValueError(f"{source}: not a fiancee ONNX export (kind {kind!r}, expected {KIND!r})")
+    if m.get("format") != FORMAT:
+        raise ValueError(f"{source}: format {m.get('format')!r}; this fiancee reads format {FORMAT} "
+                         "(export it again with this version's `fiancee export`)")
+    for key in FIELDS:
+        if key not in m:
+            raise ValueError(f"{source}: missing field {key!r}")
+    return m, source
+
+
+def _checked_files(folder: Path, files, source: Path) -> dict:
+    """The manifest's ``files`` (name -> sha256), every one present inside the folder and unchanged."""
+    if not isinstance(files, dict):
+        raise ValueError(f"{source}: field 'files' must map file names to sha256")
+    for name, digest in files.items():  # every file the export wrote, unchanged: nothing mixed from two exports
+        if file_sha256(_file_inside(folder, name, "file")) != digest:
+            raise ValueError(f"{folder}/{name} is not the file this manifest was written with (a folder mixed from "
+                             "two exports, or a modified file); export again")
+    return files
+
+
+class _Sessions:
+    """Opens the export's segments as ONNX Runtime sessions: only files the manifest lists, none with external
+    data; ``takes`` records the inputs each session reads (the tracer drops the ones a segment never reads)."""
+
+    def __init__(self, ort, folder: Path, source: Path, files: dict, threads: int | None,
+                 providers: list[str] | None):
+        self.ort, self.folder, self.source, self.files = ort, folder, source, files
+        self.options = ort.SessionOptions()
+        if threads is not None:
+            self.options.intra_op_num_threads = threads
+            self.options.inter_op_num_threads = 1
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.takes: dict[int, list[str]] = {}
+
+    def __call__(self, file: str):
+        if file not in self.files:
+            raise ValueError(f"{self.source}: segment file {file!r} is not among the files the manifest lists")
+        path = _file_inside(self.folder, file, "segment file")
+        data = path.read_bytes()
+        _refuse_external_data(data, path)
+        sess = self.ort.InferenceSession(data, sess_options=self.options, providers=self.providers)
+        self.takes[id(sess)] = [i.name for i in sess.get_inputs()]
+        return sess
+
+
 # ----------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -87,24 +145,27 @@ class OnnxPipeline:
 
     def __init__(self, folder: str | os.PathLike, *, threads: int | None = None, providers: list[str] | None = None):
         self.folder = folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no exported pipeline at {folder} (make one with `fiancee export PIPELINE --out {folder}`)")
-        source = folder / "manifest.json"
-        if not source.is_file():
-            raise FileNotFoundError(f"{folder} has no manifest.json: not a fiancee ONNX export (`fiancee export`)")
-        m = read_json(_file_inside(folder, "manifest.json", "manifest"))
-        if not isinstance(m, dict) or m.get("kind") != KIND:
-            raise ValueError(f"{source}: not a fiancee ONNX export (kind {m.get('kind') if isinstance(m, dict) else None!r}, "
-                             f"expected {KIND!r})")
-        if m.get("format") != FORMAT:
-            raise ValueError(f"{source}: format {m.get('format')!r}; this fiancee reads format {FORMAT} "
-                             "(export it again with this version's `fiancee export`)")
-        for key in FIELDS:
-            if key not in m:
-                raise ValueError(f"{source}: missing field {key!r}")
+        m, source = _read_manifest(folder)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
         self.manifest = m
+        self._read_routes(m, source)
+        files = _checked_files(folder, m["files"], source)
+
+        ort = _require("onnxruntime", "fiancee.runtime")
+        self._threads = threads
+        session = _Sessions(ort, folder, source, files, threads, providers)
+        self._takes: dict[int, list[str]] = session.takes
+        seg = {s.get("name"): s for s in m["segments"] if isinstance(s, dict)}
+        self._open_segments(seg, source, session)
+        self.bank = m.get("bank")
+        self._guide = None
+        self._indexes = {}
+        if self.bank is not None:
+            self._open_bank(seg, source, session, threads)
+
+    def _read_routes(self, m: dict, source: Path) -> None:
+        """The routes (exits, stages, MACs), the router and the input declarations, checked."""
         self.exits = [int(e) for e in m["exits"]]
         self.num_routes = len(self.exits) + 1
         self.key_stage, self.num_stages = int(m["key_stage"]), int(m["num_stages"])
@@ -117,35 +178,9 @@ class OnnxPipeline:
         if not isinstance(self.inputs, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
                                                         and isinstance(d.get("shape"), list) for d in self.inputs):
             raise ValueError(f"{source}: field 'inputs' must list the task's inputs with name and shape")
-        files = m["files"]
-        if not isinstance(files, dict):
-            raise ValueError(f"{source}: field 'files' must map file names to sha256")
-        for name, digest in files.items():  # every file the export wrote, unchanged: nothing mixed from two exports
-            if file_sha256(_file_inside(folder, name, "file")) != digest:
-                raise ValueError(f"{folder}/{name} is not the file this manifest was written with (a folder mixed from "
-                                 "two exports, or a modified file); export again")
 
-        ort = _require("onnxruntime", "fiancee.runtime")
-        self._threads = threads
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        providers = providers or ["CPUExecutionProvider"]
-
-        self._takes: dict[int, list[str]] = {}
-
-        def session(file: str):
-            if file not in files:
-                raise ValueError(f"{source}: segment file {file!r} is not among the files the manifest lists")
-            path = _file_inside(folder, file, "segment file")
-            data = path.read_bytes()
-            _refuse_external_data(data, path)
-            sess = ort.InferenceSession(data, sess_options=options, providers=providers)
-            self._takes[id(sess)] = [i.name for i in sess.get_inputs()]
-            return sess
-
-        seg = {s.get("name"): s for s in m["segments"] if isinstance(s, dict)}
+    def _open_segments(self, seg: dict, source: Path, session) -> None:
+        """The trunk, the stages past the key stage, every branch and the head: each must be in 'segments'."""
         need = ["trunk", "head"] + [f"stage {s}" for s in range(self.key_stage + 1, self.num_stages + 1)] + \
                [f"branch {r}" for r in range(len(self.exits))]
         for name in need:
@@ -157,25 +192,25 @@ class OnnxPipeline:
         self._branches = [session(seg[f"branch {r}"]["file"]) for r in range(len(self.exits))]
         self._head = session(seg["head"]["file"])
         self.has_cond = "cond" in self._trunk_outputs
-        self.bank = m.get("bank")
-        self._guide = None
-        self._indexes = {}
-        if self.bank is not None:
-            if "guide" not in seg:
-                raise ValueError(f"{source}: the bank's 'guide' segment is missing")
-            self._guide = session(seg["guide"]["file"])
-            self._faiss = _require("faiss", "an exported pipeline with a feature bank")
-            if threads is not None:
-                self._faiss.omp_set_num_threads(threads)
-            d = int(self.bank["key_dim"])
-            for key, entry in self.bank["indexes"].items():
-                path = _file_inside(folder, entry["file"], "bank index")
-                index = read_index(self._faiss, path, int(entry["ntotal"]), d)
-                self._indexes[key if key == "all" else int(key)] = index
-            self._offsets, start = {}, 0
-            for c, n in sorted((int(c), int(n)) for c, n in self.bank["per_class_counts"].items()):
-                self._offsets[c] = start
-                start += n
+
+    def _open_bank(self, seg: dict, source: Path, session, threads: int | None) -> None:
+        """The bank's guide segment, its FAISS indexes (checked as :func:`fiancee.core.search.read_index` does)
+        and where each class's entries start in the bank."""
+        if "guide" not in seg:
+            raise ValueError(f"{source}: the bank's 'guide' segment is missing")
+        self._guide = session(seg["guide"]["file"])
+        self._faiss = _require("faiss", "an exported pipeline with a feature bank")
+        if threads is not None:
+            self._faiss.omp_set_num_threads(threads)
+        d = int(self.bank["key_dim"])
+        for key, entry in self.bank["indexes"].items():
+            path = _file_inside(self.folder, entry["file"], "bank index")
+            index = read_index(self._faiss, path, int(entry["ntotal"]), d)
+            self._indexes[key if key == "all" else int(key)] = index
+        self._offsets, start = {}, 0
+        for c, n in sorted((int(c), int(n)) for c, n in self.bank["per_class_counts"].items()):
+            self._offsets[c] = start
+            start += n
 
     # -- inputs -------------------------------------------------------------------------------
     def _check_inputs(self, inputs) -> int:

@@ -168,8 +168,6 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
     Every image is read and checked first (one line naming the file and what was expected), before any tile
     is computed. ``tile`` defaults to the pipeline's own (its predictor reads that tile's features).
     """
-    from PIL import Image
-
     from .checks import check_counts
     from .io import atomic_folder, write_json
     from .routing import check_threshold
@@ -182,6 +180,31 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
         raise ValueError(f"--tile must be {own}, the tile the pipeline's predictor was trained on; got {tile}")
     if not paths:
         raise ValueError("give at least one image")
+    images = _check_images(paths, out, tile, overlap, max_pixels)
+    summary = {"kind": "fiancee-upscale", "format": 1, "max_lpips": threshold, "tile": tile, "overlap": overlap,
+               "route_macs": [float(m) for m in pipe.route_macs.tolist()], "images": []}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) for _, (h, w) in images)
+        bar = tqdm(total=total, desc="tiles", unit="tile", dynamic_ncols=True)
+    with atomic_folder(out, kind="fiancee-upscale", what="upscale output") as tmp:
+        for path, _ in images:
+            summary["images"].append(_upscale_file(
+                pipe, path, tmp, max_lpips=threshold, tile=tile, overlap=overlap, batch_size=batch_size,
+                max_pixels=max_pixels, write_route_map=write_route_map, num_routes=len(summary["route_macs"]),
+                progress=None if bar is None else bar.update))
+        write_json(tmp / "summary.json", summary)
+    if bar is not None:
+        bar.close()
+    return summary
+
+
+def _check_images(paths: Sequence[str | Path], out: str | Path, tile: int, overlap: int,
+                  max_pixels: int) -> list[tuple[Path, tuple[int, int]]]:
+    """``(path, (height, width))`` of every image, each read and checked (readable, small enough, tileable, a
+    name of its own in ``out``) before any tile is computed; no photo is kept in memory."""
     images = []
     names = set()
     for p in paths:
@@ -193,37 +216,33 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
         names.add(name)
         images.append((Path(p), arr.shape[:2]))
         del arr  # read again below, one at a time: memory holds one photo
-    summary = {"kind": "fiancee-upscale", "format": 1, "max_lpips": threshold, "tile": tile, "overlap": overlap,
-               "route_macs": [float(m) for m in pipe.route_macs.tolist()], "images": []}
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    return images
 
-        total = sum(len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) for _, (h, w) in images)
-        bar = tqdm(total=total, desc="tiles", unit="tile", dynamic_ncols=True)
-    with atomic_folder(out, kind="fiancee-upscale", what="upscale output") as tmp:
-        for path, _ in images:
-            arr = read_image(path, max_pixels)
-            t0 = time.perf_counter()
-            res = upscale_array(pipe, arr, max_lpips=threshold, tile=tile, overlap=overlap, batch_size=batch_size,
-                                progress=None if bar is None else bar.update)
-            seconds = time.perf_counter() - t0
-            s = res["scale"]
-            Image.fromarray(res["image"]).save(tmp / f"{path.stem}_x{s}.png")
-            if write_route_map:
-                Image.fromarray(route_map(arr, res["routes"], res["starts"], tile, overlap)).save(tmp / f"{path.stem}_routes.png")
-            counts = np.bincount(res["routes"].ravel(), minlength=len(summary["route_macs"]))
-            summary["images"].append({
-                "name": path.name, "size": [int(arr.shape[1]), int(arr.shape[0])], "tiles": int(res["routes"].size),
-                "route_shares": [round(float(c) / res["routes"].size, 4) for c in counts],
-                "macs": res["macs"], "backbone_macs": res["backbone_macs"],
-                "macs_saved": 1.0 - res["macs"] / res["backbone_macs"], "seconds": round(seconds, 3),
-                "routes": res["routes"].tolist(),
-            })
-        write_json(tmp / "summary.json", summary)
-    if bar is not None:
-        bar.close()
-    return summary
+
+def _upscale_file(pipe, path: Path, folder: Path, *, max_lpips: float, tile: int, overlap: int, batch_size: int,
+                  max_pixels: int, write_route_map: bool, num_routes: int, progress) -> dict:
+    """One photo upscaled into ``folder`` (``NAME_x<s>.png``, and ``NAME_routes.png`` with ``write_route_map``);
+    returns its entry of the summary."""
+    from PIL import Image
+
+    arr = read_image(path, max_pixels)
+    t0 = time.perf_counter()
+    res = upscale_array(pipe, arr, max_lpips=max_lpips, tile=tile, overlap=overlap, batch_size=batch_size,
+                        progress=progress)
+    seconds = time.perf_counter() - t0
+    s = res["scale"]
+    Image.fromarray(res["image"]).save(folder / f"{path.stem}_x{s}.png")
+    if write_route_map:
+        routes_png = route_map(arr, res["routes"], res["starts"], tile, overlap)
+        Image.fromarray(routes_png).save(folder / f"{path.stem}_routes.png")
+    counts = np.bincount(res["routes"].ravel(), minlength=num_routes)
+    return {
+        "name": path.name, "size": [int(arr.shape[1]), int(arr.shape[0])], "tiles": int(res["routes"].size),
+        "route_shares": [round(float(c) / res["routes"].size, 4) for c in counts],
+        "macs": res["macs"], "backbone_macs": res["backbone_macs"],
+        "macs_saved": 1.0 - res["macs"] / res["backbone_macs"], "seconds": round(seconds, 3),
+        "routes": res["routes"].tolist(),
+    }
 
 
 def format_upscale_summary(summary: dict) -> str:

@@ -12,6 +12,11 @@ from ._args import (folder_code_option, HELD_OUT, choice_option, critics, device
 
 
 def register(sub) -> None:
+    _add_train_exits(sub)
+    _add_evaluate_exits(sub)
+
+
+def _add_train_exits(sub) -> None:
     p = sub.add_parser(
         "train-exits", help="train every exit branch of a task by distillation",
         description="Train all exit branches against the frozen backbone (paper eq. 3 / eq. 4). "
@@ -51,6 +56,8 @@ def register(sub) -> None:
     folder_code_option(p, task=False)
     p.set_defaults(func=run_train_exits)
 
+
+def _add_evaluate_exits(sub) -> None:
     p = sub.add_parser(
         "evaluate-exits", help="MACs, LPIPS and FID of every exit of a trained run",
         description="Per exit: MACs, mean / median / p90 LPIPS vs the backbone on held-out inputs, FID; "

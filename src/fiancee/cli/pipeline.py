@@ -13,6 +13,14 @@ from ._args import (HELD_OUT, folder_code_option, choice_option, floats, guarant
 
 
 def register(sub) -> None:
+    _add_assemble_pipeline(sub)
+    _add_evaluate(sub)
+    _add_guarantee(sub)
+    _add_upscale(sub)
+    _add_demo(sub)
+
+
+def _add_assemble_pipeline(sub) -> None:
     p = sub.add_parser(
         "assemble-pipeline", help="calibrate a router for an exit run and its predictor; write a pipeline folder",
         description="Measures the true LPIPS of every exit on --n-calibrate held-out inputs (the training split "
@@ -50,6 +58,8 @@ def register(sub) -> None:
     folder_code_option(p)
     p.set_defaults(func=run_assemble_pipeline)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="compute saved and compliance of a pipeline at quality thresholds",
         description="Routes held-out inputs at every threshold; writes report.json, report.html and PNG plots.",
@@ -68,6 +78,8 @@ def register(sub) -> None:
     folder_code_option(p)
     p.set_defaults(func=run_evaluate)
 
+
+def _add_guarantee(sub) -> None:
     p = sub.add_parser(
         "guarantee", help="a pipeline's calibration methods over many calibration / test splits, and under shift",
         description="Measures the true LPIPS of every exit on --n held-out inputs (cached) and the predictor's "
@@ -109,6 +121,8 @@ def register(sub) -> None:
     folder_code_option(p)
     p.set_defaults(func=run_guarantee)
 
+
+def _add_upscale(sub) -> None:
     p = sub.add_parser(
         "upscale", help="upscale photos tile by tile, each tile on the cheapest exit meeting --max-lpips",
         description="Cuts each photo into overlapping tiles, routes every tile by its predicted LPIPS, runs the tiles "
@@ -140,6 +154,8 @@ def register(sub) -> None:
     folder_code_option(p)
     p.set_defaults(func=run_upscale)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo", help="the whole method end to end (exits, predictor, calibrated router, report)",
         description="Exits (committed quick run, or --retrain), predictor, calibrated router, evaluation; "
