@@ -106,9 +106,9 @@ def no_work(monkeypatch):
     ({"method": "bogus"}, "method must be one of"),
     ({"n_calibrate": 20}, "needs at least 45 calibration inputs; got n_calibrate=20"),
     ({"method": "crc", "n_calibrate": 10}, "expected miss rate <= 0.05 needs at least 19"),
-    ({"epsilon": float("nan")}, "epsilon must lie in"),
-    ({"delta": "0.1"}, "delta must lie in"),
-    ({"target_compliance": 1.5}, "target compliance must lie in"),
+    ({"epsilon": float("nan")}, "epsilon must be a number in"),
+    ({"delta": "0.1"}, "delta must be a number in"),
+    ({"target_compliance": 1.5}, r"target_compliance must be a number in \(0, 1\]"),
     ({"thresholds": []}, "at least one threshold"),
     ({"thresholds": [0.1, 2]}, r"threshold must lie in \(0, 1\]"),
     ({"n_calibrate": 48.0}, "n_calibrate must be an integer"),
@@ -126,8 +126,8 @@ def test_bad_arguments_are_refused_in_one_line_before_work(tmp_path, no_work, kw
 def test_folders_that_do_not_fit_are_refused_before_work(demo, assembled, tmp_path, no_work):
     predictor = demo / "demo" / "predictor"
     cases = [
-        ((EXITS, EXITS, tmp_path / "a"), "holds a folder of kind 'exits', not a quality predictor"),
-        ((predictor, predictor, tmp_path / "b"), "kind 'quality_predictor', not an exit-training run"),
+        ((EXITS, EXITS, tmp_path / "a"), "holds a folder of kind 'fiancee-exits-run', not a quality predictor"),
+        ((predictor, predictor, tmp_path / "b"), "kind 'fiancee-predictor', not an exit-training run"),
         ((EXITS, predictor, predictor), "refusing to replace it with a pipeline"),  # out holds the predictor
         ((EXITS, predictor, assembled.path), "already exists; pass overwrite=True"),
     ]

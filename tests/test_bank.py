@@ -99,11 +99,11 @@ def test_global_bank_save_load_same_guide_and_feeds_every_branch(faces, tmp_path
     with pytest.raises(ValueError, match="already exists"):
         bank.save(tmp_path / "bank")
 
-    model = ExitGenerator(backbone, task.exits, "1/4", 16, guide=loaded.guide_spec).eval()
+    model = ExitGenerator(backbone, task.attach_after, "1/4", 16, guide=loaded.guide_spec).eval()
     for r in range(model.num_routes):
-        assert model(z, exit=r, guide=loaded.guide).shape == (5, 3, 64, 64)
-    mixed = model(z, exit=torch.tensor([0, 1, 2, 3, 0]), guide=loaded.guide)
-    assert torch.allclose(mixed[1], model(z[1:2], exit=1, guide=loaded.guide)[0], atol=1e-5)
+        assert model(z, route=r, guide=loaded.guide).shape == (5, 3, 64, 64)
+    mixed = model(z, route=torch.tensor([0, 1, 2, 3, 0]), guide=loaded.guide)
+    assert torch.allclose(mixed[1], model(z[1:2], route=1, guide=loaded.guide)[0], atol=1e-5)
 
 
 def test_wrong_fingerprint_is_refused(faces, tmp_path):
@@ -132,8 +132,8 @@ def test_patch_bank_approximate_indexes(faces, tmp_path, index):
     assert g.shape == (3, 256, 8, 8)  # value stage 2 of the DCGAN: 256 x 8 x 8, glued from a 4x4 grid
     bank.save(tmp_path / index)
     assert torch.equal(load_bank(tmp_path / index, backbone).guide(h, None), g)
-    model = ExitGenerator(backbone, task.exits, "1/4", 16, guide=bank.guide_spec).eval()
-    assert model(z, exit=0, guide=bank.guide).shape == (3, 3, 64, 64)
+    model = ExitGenerator(backbone, task.attach_after, "1/4", 16, guide=bank.guide_spec).eval()
+    assert model(z, route=0, guide=bank.guide).shape == (3, 3, 64, 64)
 
 
 def test_fashion_patch_bank_searches_each_patch_in_its_class(fashion, tmp_path):
@@ -165,8 +165,8 @@ def test_fashion_patch_bank_searches_each_patch_in_its_class(fashion, tmp_path):
     assert known.any() and torch.equal(have[known], want[known])  # every patch answered from its own class
     g = loaded.guide(h, cond)
     assert g.shape == (6, 48, 16, 16) and torch.equal(g, bank.guide(h, cond))
-    model = ExitGenerator(backbone, task.exits, "1/4", 8, guide=loaded.guide_spec).eval()
-    assert model(label, z, exit=0, guide=loaded.guide).shape == (6, 3, 32, 32)
+    model = ExitGenerator(backbone, task.attach_after, "1/4", 8, guide=loaded.guide_spec).eval()
+    assert model(label, z, route=0, guide=loaded.guide).shape == (6, 3, 32, 32)
     with pytest.raises(ValueError, match="label map"):
         loaded.guide(h, None)
 
@@ -313,7 +313,7 @@ def test_an_exit_run_keeps_its_own_copy_of_the_bank(faces, tmp_path, one_thread)
     task, model = load_exits(tmp_path / "moved")
     assert run_bank_path(tmp_path / "moved") == (tmp_path / "moved" / "bank").resolve()
     z, = task.sample_inputs(2, seed=0, split="test")
-    assert model(z, exit=0, guide=run_guide(tmp_path / "moved", model)).shape == (2, 3, 64, 64)
+    assert model(z, route=0, guide=run_guide(tmp_path / "moved", model)).shape == (2, 3, 64, 64)
     slim = RunDir(tmp_path / "moved").export(tmp_path / "slim")
     assert (slim / "bank" / "manifest.json").is_file() and load_exits(slim)[1].guide_spec is not None
 

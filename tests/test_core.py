@@ -147,9 +147,10 @@ def test_every_router_routes_round_trips_and_matches_its_numpy_rule(case):
         cls = ROUTERS.get(kind)
         rule = cls.rule()
         assert cls.kind == kind and rule is RULES[kind]
-        # Its constructor takes exactly its rule's fields: to_config writes them, router_from_config passes them.
+        # Its constructor takes exactly its rule's fields (and the old names of renamed ones, deprecated):
+        # to_config writes them, router_from_config passes them.
         assert list(inspect.signature(cls.__init__).parameters)[1:] and \
-            set(list(inspect.signature(cls.__init__).parameters)[1:]) == set(rule.fields)
+            set(list(inspect.signature(cls.__init__).parameters)[1:]) - set(rule.renamed) == set(rule.fields)
         predicted, true = _tables()
         costs = [10.0, 25.0, 30.0, 40.0]
         router = cls.example(predicted, true, costs)
@@ -194,9 +195,11 @@ def test_every_router_config_refuses_a_bad_field_in_one_line(case):
 def test_router_configs_refuse_what_routing_cannot_use():
     with pytest.raises(ValueError, match=r"router config must be a dict with kind in \['calibrated', 'oracle'"):
         router_from_config({"kind": "magic"})
-    with pytest.raises(ValueError, match="router config for kind 'static': field 'exit' is missing"):
+    with pytest.raises(ValueError, match="router config for kind 'static': field 'route' is missing"):
         router_from_config({"kind": "static"})
-    with pytest.raises(ValueError, match="static exit 4 does not exist: routes are 0..3"):
+    with pytest.raises(ValueError, match="static route 4 does not exist: routes are 0..3"):
+        check_router_config({"kind": "static", "route": 4}, num_routes=4)
+    with pytest.raises(ValueError, match="static route 4 does not exist: routes are 0..3"):  # the old field name
         check_router_config({"kind": "static", "exit": 4}, num_routes=4)
     with pytest.raises(ValueError, match="compliance must lie in"):
         router_from_config({"kind": "oracle", "compliance": 1.5, "costs": [1, 2]})

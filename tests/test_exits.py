@@ -36,7 +36,7 @@ def build(name: str, seed: int = 0, guide: GuideSpec | None = None) -> ExitGener
     model.train()
     with torch.no_grad():
         for r in range(model.num_routes):
-            model(*backbone.example_inputs(4), exit=r, guide=_guide_for(model, 4))
+            model(*backbone.example_inputs(4), route=r, guide=_guide_for(model, 4))
     return model.eval()
 
 
@@ -58,11 +58,11 @@ def test_route_shapes(name):
     full = model.backbone(*inputs)
     assert full.shape[0] == 3 and full.shape[1] == 3
     for r in range(model.num_routes):
-        out = model(*inputs, exit=r)
+        out = model(*inputs, route=r)
         assert out.shape == full.shape
         assert torch.isfinite(out).all() and out.abs().max() <= 1
     # The last route is the backbone itself.
-    torch.testing.assert_close(model(*inputs, exit=model.num_routes - 1), full)
+    torch.testing.assert_close(model(*inputs, route=model.num_routes - 1), full)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -72,9 +72,9 @@ def test_mixed_tree_equals_per_sample_routes(name):
     inputs = model.backbone.example_inputs(7)
     exits = torch.tensor([0, model.num_routes - 1, 1, 0, model.num_routes - 1, 1, 0])
     with torch.no_grad():
-        mixed = model(*inputs, exit=exits)
+        mixed = model(*inputs, route=exits)
         for i, r in enumerate(exits.tolist()):
-            alone = model(*(x[i : i + 1] for x in inputs), exit=r)
+            alone = model(*(x[i : i + 1] for x in inputs), route=r)
             assert (mixed[i : i + 1] - alone).abs().max().item() <= 1e-5
 
 
@@ -87,8 +87,8 @@ def test_mixed_tree_property(data):
     torch.manual_seed(data.draw(st.integers(0, 1000)))
     inputs = model.backbone.example_inputs(batch)
     with torch.no_grad():
-        mixed = model(*inputs, exit=exits)
-        per_route = {r: model(*inputs, exit=r) for r in set(exits.tolist())}
+        mixed = model(*inputs, route=exits)
+        per_route = {r: model(*inputs, route=r) for r in set(exits.tolist())}
     for i, r in enumerate(exits.tolist()):
         assert (mixed[i] - per_route[r][i]).abs().max().item() <= 1e-5
 
@@ -108,7 +108,7 @@ def test_no_sample_pays_for_a_route_it_does_not_take(name):
     per_route = model.route_macs(batch_size=1)
     exits = torch.tensor([0, 0, 1, model.num_routes - 1])
     inputs = model.backbone.example_inputs(len(exits))
-    mixed = count_macs(model, *inputs, exit=exits, meta=False)
+    mixed = count_macs(model, *inputs, route=exits, meta=False)
     # The tree costs exactly the sum of each sample's own route.
     assert mixed == sum(per_route[r] for r in exits.tolist())
     # Running everyone to the deepest exit needed costs more.
@@ -119,7 +119,7 @@ def test_meta_count_equals_real_count():
     model = build("oasis")
     inputs = model.backbone.example_inputs(1)
     for r in range(model.num_routes):
-        assert count_macs(model, *inputs, exit=r) == count_macs(model, *inputs, exit=r, meta=False)
+        assert count_macs(model, *inputs, route=r) == count_macs(model, *inputs, route=r, meta=False)
 
 
 def test_guide_first_block_grows_by_half():
@@ -132,7 +132,7 @@ def test_guide_first_block_grows_by_half():
         assert first_conv == c_in + c_in // 2
     inputs = model.backbone.example_inputs(2)
     guide = _guide_for(model, 2)
-    out = model(*inputs, exit=0, guide=guide)
+    out = model(*inputs, route=0, guide=guide)
     assert out.shape == model.backbone(*inputs).shape
     # A callable guide is applied to the key-stage features.
     seen = {}
@@ -142,12 +142,12 @@ def test_guide_first_block_grows_by_half():
         seen["cond"] = cond
         return guide
 
-    torch.testing.assert_close(model(*inputs, exit=0, guide=guide_fn), out)
+    torch.testing.assert_close(model(*inputs, route=0, guide=guide_fn), out)
     c_key = model.backbone.stage_channels[model.key_stage - 1][1]
     assert seen["shape"][:2] == (2, c_key)
     assert seen["cond"].shape[1] == model.backbone.config.cond_channels  # the label map travels with it
     with pytest.raises(ValueError, match="guide"):
-        model(*inputs, exit=0)
+        model(*inputs, route=0)
 
 
 def test_guide_every_block_gets_three_channels():
@@ -160,9 +160,9 @@ def test_guide_every_block_gets_three_channels():
     guide = torch.rand(5, 3, 8, 8) * 2 - 1
     exits = torch.tensor([0, 2, 1, 1, 0])
     with torch.no_grad():
-        mixed = model(*inputs, exit=exits, guide=guide)
+        mixed = model(*inputs, route=exits, guide=guide)
         for i, r in enumerate(exits.tolist()):
-            alone = model(*(x[i : i + 1] for x in inputs), exit=r, guide=guide[i : i + 1])
+            alone = model(*(x[i : i + 1] for x in inputs), route=r, guide=guide[i : i + 1])
             assert (mixed[i : i + 1] - alone).abs().max().item() <= 1e-5
 
 
@@ -178,13 +178,13 @@ def test_guide_every_block_gets_three_channels():
 def test_bad_exit_assignments_are_refused(exits, match):
     model = MODELS["oasis"]
     with pytest.raises(ValueError, match=match):
-        model(*model.backbone.example_inputs(2), exit=exits)
+        model(*model.backbone.example_inputs(2), route=exits)
 
 
 def test_bad_route_and_exit_lists_are_refused():
     model = MODELS["oasis"]
     with pytest.raises(ValueError, match="int in 0..3"):
-        model(*model.backbone.example_inputs(1), exit=4)
+        model(*model.backbone.example_inputs(1), route=4)
     with pytest.raises(ValueError, match="strictly increasing"):
         ExitGenerator(model.backbone, [2, 1], "1/2", 4)
     with pytest.raises(ValueError, match="1..3"):
@@ -222,7 +222,7 @@ def test_mixed_from_continues_the_tree_from_computed_features(name):
     exits = torch.tensor([0, model.num_routes - 1, 1, 0, 1])
     g = _guide_for(model, 5)
     with torch.no_grad():
-        whole = model.mixed(*inputs, exits=exits, guide=g)
+        whole = model.mixed(*inputs, routes=exits, guide=g)
         k = model.key_stage
         f = model.backbone.features(*inputs, taps=(0, k))
         for start in (0, k):
@@ -246,13 +246,13 @@ def test_inherited_branches_at_full_width_are_the_backbone(name):
 
     trained = build(name)  # non-trivial BatchNorm statistics
     backbone = trained.backbone
-    model = ExitGenerator(backbone, trained.exits, 1, 1).eval()
+    model = ExitGenerator(backbone, trained.attach_after, 1, 1).eval()
     x = backbone.example_inputs(4)
     counts = model.inherit_(channel_importance(backbone, x))
     assert counts["copied"] > 0 and counts["fresh"] == 0
     reference = backbone(*x)
     for r in range(model.num_routes - 1):
-        assert torch.allclose(model.route(*x, exit=r), reference, atol=1e-5)
+        assert torch.allclose(model.route(*x, route=r), reference, atol=1e-5)
 
 
 def test_inherited_narrow_branches_keep_the_most_active_channels():
@@ -293,13 +293,13 @@ def test_inherited_guide_channels_start_at_zero():
     from fiancee.exits import channel_importance
 
     plain = build("oasis")  # every branch's first block mirrors a stage that changes width (learned shortcut)
-    guided = ExitGenerator(plain.backbone, plain.exits, 1, 1, guide=GuideSpec("first", 5)).eval()
+    guided = ExitGenerator(plain.backbone, plain.attach_after, 1, 1, guide=GuideSpec("first", 5)).eval()
     x = plain.backbone.example_inputs(2)
     assert guided.inherit_(channel_importance(plain.backbone, x))["fresh"] == 0
     g = torch.randn(2, 5, 8, 8)
     reference = plain.backbone(*x)
     for r in range(guided.num_routes - 1):
-        assert torch.allclose(guided.route(*x, exit=r, guide=g), reference, atol=1e-5)
+        assert torch.allclose(guided.route(*x, route=r, guide=g), reference, atol=1e-5)
 
 
 def test_a_guide_that_would_make_a_route_dearer_than_the_backbone_is_left_out():
@@ -308,19 +308,19 @@ def test_a_guide_that_would_make_a_route_dearer_than_the_backbone_is_left_out():
     plain = build("oasis")
     model = build("oasis", guide=GuideSpec("first", channels=6))
     costs = model.route_macs()
-    last = len(model.exits) - 1
+    last = len(model.attach_after) - 1
     assert model.guided == [True] * last + [False]
     assert max(costs[:-1]) <= costs[-1]
     assert costs[last] == plain.route_macs()[last]  # the capped route costs what it does without a bank
     kept = model.branches[last]
-    model.branches[last] = type(kept)(model.backbone, model.exits[last], model.scale, model.min_channels,
+    model.branches[last] = type(kept)(model.backbone, model.attach_after[last], model.scale, model.min_channels,
                                       GuideSpec("first", channels=6))
     assert model.route_cost(last) > costs[-1]  # what the cap avoided
     model.branches[last] = kept
     # The unguided branch ignores whatever guide the others get.
     inputs = model.backbone.example_inputs(2)
     guide = _guide_for(model, 2)
-    torch.testing.assert_close(model(*inputs, exit=last, guide=guide), model(*inputs, exit=last, guide=guide + 1.0))
+    torch.testing.assert_close(model(*inputs, route=last, guide=guide), model(*inputs, route=last, guide=guide + 1.0))
 
 
 def test_a_route_dearer_than_the_backbone_is_refused_before_training():

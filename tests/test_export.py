@@ -35,7 +35,7 @@ def faces(tmp_path_factory):
     table = build_lpips_table(model, task, 48, 5, "train", cache=False)
     xs = predictor_features("tiny", model, table["inputs"])
     torch.manual_seed(0)
-    predictor = QualityPredictor("tiny", len(model.exits), [list(xs[0].shape[1:])])
+    predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])])
     train_predictor(predictor, xs, table["lpips"], epochs=5, batch_size=16)
     router = CalibratedRouter(costs=model.route_macs()).fit(predictor(*xs).detach(), table["lpips"], [0.1, 0.2], 0.8)
     FianceePipeline(task, model, predictor, router).save(root / "pipeline")
@@ -64,10 +64,12 @@ def fashion(tmp_path_factory):
     torch.manual_seed(0)
     # Random init (the paper's): an untrained *inherited* branch keeps the spectral-norm vectors of its random
     # init, so its weights are not normalised and it amplifies 1e-6 float differences to 1e-2 (not an export matter).
-    model = ExitGenerator(backbone, task.exits, task.default_scale, task.default_min_channels, guide=bank.guide_spec).eval()
+    model = ExitGenerator(backbone, task.attach_after, task.default_scale, task.default_min_channels,
+                          guide=bank.guide_spec).eval()
     table = build_lpips_table(model, task, 16, 5, "train", guide=bank.guide, cache=False)
     xs = predictor_features("conv", model, table["inputs"])
-    predictor = QualityPredictor("conv", len(model.exits), [list(x.shape[1:]) for x in xs], width=8, hidden=(16,))
+    predictor = QualityPredictor("conv", len(model.attach_after), [list(x.shape[1:]) for x in xs], width=8,
+                                 hidden=(16,))
     train_predictor(predictor, xs, table["lpips"], epochs=3, batch_size=16)
     pipe = FianceePipeline(task, model, predictor, ThresholdRouter(model.route_macs()), bank=bank, task_spec="fashion")
     manifest = export_pipeline(pipe, root / "onnx")
@@ -75,7 +77,7 @@ def fashion(tmp_path_factory):
 
 
 def _compare(ref, got, what: str) -> float:
-    assert np.array_equal(got.exits, ref.exits.numpy()), f"{what}: routes differ"
+    assert np.array_equal(got.routes, ref.routes.numpy()), f"{what}: routes differ"
     assert np.array_equal(got.macs, ref.macs.numpy()), f"{what}: MACs differ"
     np.testing.assert_allclose(got.predicted_lpips, ref.predicted_lpips.numpy(), rtol=0, atol=1e-4)
     diff = float(np.abs(got.images - ref.images.numpy()).max())
@@ -102,10 +104,10 @@ def test_faces_export_equals_pytorch(faces):
         ref = pipe(z, max_lpips=t)
         got = onnx(z.numpy(), max_lpips=t)
         _compare(ref, got, f"faces T={t}")
-        seen |= set(got.exits.tolist())
+        seen |= set(got.routes.tolist())
     assert len(seen) >= 2, f"the thresholds should mix routes; got only {seen}"
     forced = np.arange(N) % pipe.model.num_routes  # every route, interleaved: the tree splits at every exit
-    _compare(pipe(z, max_lpips=0.1, exits=torch.from_numpy(forced)), onnx(z.numpy(), max_lpips=0.1, exits=forced),
+    _compare(pipe(z, max_lpips=0.1, routes=torch.from_numpy(forced)), onnx(z.numpy(), max_lpips=0.1, routes=forced),
              "faces forced")
     # Batch size 1 goes through the same graphs (dynamic batch dimension).
     one = onnx(z[:1].numpy(), max_lpips=0.1)
@@ -115,7 +117,7 @@ def test_faces_export_equals_pytorch(faces):
 def test_faces_manifest_describes_the_pipeline(faces):
     pipe = FianceePipeline.from_pretrained(faces / "pipeline")
     m = json.loads((faces / "onnx" / "manifest.json").read_text())
-    assert (m["kind"], m["format"], m["opset"]) == ("fiancee_onnx", 1, 17)
+    assert (m["kind"], m["format"], m["opset"]) == ("fiancee-onnx", 1, 17)
     assert m["inputs"] == [{"name": "z", "kind": "noise", "shape": [100], "dtype": "float32"}]
     assert [s["file"] for s in m["segments"]] == ["trunk.onnx", "stage_2.onnx", "stage_3.onnx", "stage_4.onnx",
                                                   "branch_0.onnx", "branch_1.onnx", "branch_2.onnx", "head.onnx"]
@@ -141,11 +143,11 @@ def test_fashion_export_with_a_bank_equals_pytorch(fashion):
     ref = pipe(*inputs, max_lpips=t)
     got = onnx(*(x.numpy() for x in inputs), max_lpips=t)
     _compare(ref, got, "fashion")
-    assert len(set(got.exits.tolist())) >= 2
-    assert (got.macs > pipe.route_macs.numpy()[got.exits] + pipe.predictor_macs()).all()  # the FAISS search is charged
+    assert len(set(got.routes.tolist())) >= 2
+    assert (got.macs > pipe.route_macs.numpy()[got.routes] + pipe.predictor_macs()).all()  # the FAISS search is charged
     forced = np.arange(N) % pipe.model.num_routes
-    _compare(pipe(*inputs, max_lpips=t, exits=torch.from_numpy(forced)),
-             onnx(*(x.numpy() for x in inputs), max_lpips=t, exits=forced), "fashion forced")
+    _compare(pipe(*inputs, max_lpips=t, routes=torch.from_numpy(forced)),
+             onnx(*(x.numpy() for x in inputs), max_lpips=t, routes=forced), "fashion forced")
 
 
 def test_the_runtime_imports_and_runs_without_torch(faces, tmp_path):
@@ -167,7 +169,7 @@ def test_the_runtime_imports_and_runs_without_torch(faces, tmp_path):
         out = OnnxPipeline({str(faces / 'onnx')!r}, threads=1)(z, max_lpips=0.2)
         assert "torch" not in sys.modules, "torch was imported"
         np.save({str(tmp_path / 'images.npy')!r}, out.images)
-        np.save({str(tmp_path / 'routes.npy')!r}, out.exits)
+        np.save({str(tmp_path / 'routes.npy')!r}, out.routes)
     """)
     pipe = FianceePipeline.from_pretrained(faces / "pipeline")
     (z,) = pipe.task.sample_inputs(16, seed=3, split="test")
@@ -175,7 +177,7 @@ def test_the_runtime_imports_and_runs_without_torch(faces, tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env())
     assert run.returncode == 0, run.stderr
     ref = pipe(z, max_lpips=0.2)
-    assert np.array_equal(np.load(tmp_path / "routes.npy"), ref.exits.numpy())
+    assert np.array_equal(np.load(tmp_path / "routes.npy"), ref.routes.numpy())
     assert np.abs(np.load(tmp_path / "images.npy") - ref.images.numpy()).max() <= 1e-4
 
 
@@ -236,15 +238,38 @@ def test_bad_folders_and_inputs_are_one_clear_line(faces, tmp_path):
         onnx(np.full((2, 100), np.nan, dtype=np.float32), max_lpips=0.1)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         onnx(z, max_lpips=0)
-    with pytest.raises(ValueError, match="exits must be 2 integers"):
-        onnx(z, max_lpips=0.1, exits=np.array([0, 7]))
+    with pytest.raises(ValueError, match="routes must be 2 integers"):
+        onnx(z, max_lpips=0.1, routes=np.array([0, 7]))
+
+
+def test_an_export_with_the_old_manifest_header_still_loads(faces, tmp_path):
+    """An export written before the one folder header (kind "fiancee_onnx", field "exits") loads as it did."""
+    from fiancee.export_targets import load_exported
+    from fiancee.io import folder_kind
+
+    old = tmp_path / "old"
+    shutil.copytree(faces / "onnx", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert "exits" not in manifest and manifest["attach_after"] == [1, 2, 3]
+    manifest = {("exits" if k == "attach_after" else k): v for k, v in manifest.items()}
+    (old / "manifest.json").write_text(json.dumps({**manifest, "kind": "fiancee_onnx"}))
+    assert folder_kind(old) == "fiancee-onnx"
+    z = np.random.default_rng(0).standard_normal((8, 100)).astype(np.float32)
+    want = OnnxPipeline(faces / "onnx", threads=1)(z, max_lpips=0.1)
+    runtime = load_exported(old, threads=1)
+    got = runtime(z, max_lpips=0.1)
+    assert runtime.attach_after == [1, 2, 3]
+    assert np.array_equal(got.images, want.images) and np.array_equal(got.routes, want.routes)
+    with pytest.warns(DeprecationWarning, match="'exits' is renamed 'routes'"):
+        assert got.exits is got.routes
 
 
 def test_export_command_refuses_before_any_work(faces, capsys):
     out = faces / "onnx"
     for argv, message in [
         (["export", str(faces / "pipeline"), "--out", str(out)], "already exists; pass --overwrite"),
-        (["export", str(faces / "pipeline"), "--out", str(faces / "pipeline"), "--overwrite"], "holds a folder of kind 'fiancee_pipeline'"),
+        (["export", str(faces / "pipeline"), "--out", str(faces / "pipeline"), "--overwrite"],
+         "holds a folder of kind 'fiancee-pipeline'"),
         (["export", str(faces / "pipeline"), "--out", str(faces / "x"), "--opset", "5"], "--opset must be an integer in 13..21"),
         (["export", str(faces / "nowhere"), "--out", str(faces / "y")], "no pipeline folder at"),
     ]:

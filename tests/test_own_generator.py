@@ -93,7 +93,7 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
     _fiancee(capsys, "train-exits", "--task", SPEC, "--bank", "bank", "--preset", "smoke", "--out", "exits",
              "--no-progress")
     config = json.loads((root / "exits" / "config.json").read_text())
-    assert config["task"] == SPEC and config["exits"] == [1, 2]
+    assert config["task"] == SPEC and config["attach_after"] == [1, 2]
 
     # A folder's module:attr runs only when the user names it (docs/errors.md, "Code a folder names"):
     # refused in one line, then run with --task SPEC or --trust-task-code.
@@ -148,7 +148,7 @@ try:
 except ValueError as e:
     refused = str(e)
 print(json.dumps({"task": type(pipe.task).__name__, "shape": list(a.images.shape), "same": torch.equal(a.images, b.images),
-                  "exits": a.exits.tolist(), "refused": refused, "unasked": unasked}))
+                  "exits": a.routes.tolist(), "refused": refused, "unasked": unasked}))
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -36,16 +36,16 @@ def test_pipeline_round_trip_and_tree_execution(pipeline_dir):
     (z,) = pipe.task.sample_inputs(6, seed=1, split="test")
     out = pipe(z, max_lpips=0.3)
     assert out.images.shape == (6, 3, 64, 64)
-    assert out.predicted_lpips.shape == (6, 3) and out.exits.shape == (6,)
+    assert out.predicted_lpips.shape == (6, 3) and out.routes.shape == (6,)
     # The batch ran once through the tree: every image equals its own route run alone.
-    for i, r in enumerate(out.exits.tolist()):
-        alone = pipe.model(z[i : i + 1], exit=r)
+    for i, r in enumerate(out.routes.tolist()):
+        alone = pipe.model(z[i : i + 1], route=r)
         assert (out.images[i : i + 1] - alone).abs().max().item() <= 1e-5
     # Every input is charged its route and the predictor (no bank here).
     assert 0 < pipe.predictor_macs() == pipe.overhead_macs()
-    assert torch.equal(out.macs, pipe.route_macs[out.exits] + pipe.predictor_macs())
+    assert torch.equal(out.macs, pipe.route_macs[out.routes] + pipe.predictor_macs())
     # Forced routes bypass the router but still run as one tree.
-    forced = pipe(z, max_lpips=0.3, exits=torch.full((6,), 3))
+    forced = pipe(z, max_lpips=0.3, routes=torch.full((6,), 3))
     torch.testing.assert_close(forced.images, pipe.model.backbone(z))
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         pipe(z, max_lpips=0)
@@ -62,9 +62,9 @@ def test_one_pass_through_the_trunk_gives_the_same_images_and_counts_every_mac(p
     routes = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
     counter = FlopCounterMode(display=False)
     with counter:
-        out = pipe(z, max_lpips=0.3, exits=routes)
+        out = pipe(z, max_lpips=0.3, routes=routes)
     assert counter.get_total_flops() / 2 == pytest.approx(float(out.macs.sum()), rel=1e-12)
-    separate = pipe.model.mixed(z, exits=routes)
+    separate = pipe.model.mixed(z, routes=routes)
     assert (out.images - separate).abs().max().item() <= 1e-5
     torch.testing.assert_close(out.predicted_lpips, pipe.predict(z), rtol=1e-5, atol=1e-6)
     with counter:  # routed by the router: still every MAC accounted for
@@ -215,14 +215,14 @@ def test_a_pipeline_with_a_bank_charges_its_faiss_search_and_shares_the_trunk():
     routes = torch.tensor([0, 1, 2, 0])
     counter = FlopCounterMode(display=False)
     with counter:
-        out = pipe(*query, max_lpips=0.2, exits=routes)
+        out = pipe(*query, max_lpips=0.2, routes=routes)
     counts = {int(c): int(n) for c, n in bank.manifest["per_class_counts"].items()}
     d = bank.keys.shape[1]
     faiss = sum(counts.get(int(c), 0) * d if counts.get(int(c), 0) else len(bank) * d
                 for c in majority_labels(query[0], (2, 2)).flatten())
     assert counter.get_total_flops() / 2 + faiss == pytest.approx(float(out.macs.sum()), rel=1e-12)
     assert pipe.overhead_macs() == pipe.predictor_macs() + 4 * len(bank) * d  # the bound: the whole index
-    same = model.mixed(*query, exits=routes, guide=bank.guide)
+    same = model.mixed(*query, routes=routes, guide=bank.guide)
     assert (out.images - same).abs().max().item() <= 1e-5
 
 

@@ -20,7 +20,7 @@ from fiancee.tasks.base import InputSpec, Task, check_split
 def faces(faces_task, faces_backbone):
     """The real faces backbone (pretrained DCGAN) with untrained 1/4-width exits: real LPIPS, real spread."""
     torch.manual_seed(0)
-    model = ExitGenerator(faces_backbone, faces_task.exits, "1/4", 16).eval()
+    model = ExitGenerator(faces_backbone, faces_task.attach_after, "1/4", 16).eval()
     return faces_task, model
 
 
@@ -61,7 +61,7 @@ def test_lpips_table_is_the_true_lpips_and_is_cached(faces, tmp_path):
     z = table["inputs"][0]
     assert torch.equal(z, task.sample_inputs(12, 0, "train")[0])
     with torch.no_grad():
-        direct = per_image_lpips(model(z[:4], exit=1), model(z[:4], exit=3), task.to_lpips_images)
+        direct = per_image_lpips(model(z[:4], route=1), model(z[:4], route=3), task.to_lpips_images)
     assert torch.allclose(direct, lp[:4, 1], atol=1e-5)
     again = build_lpips_table(model, task, 12, 0, "train", cache=tmp_path)
     assert again["cached"] and torch.equal(again["lpips"], lp) and again["key"] == table["key"]
@@ -101,7 +101,7 @@ def test_noise_recipe_crosses_maps_with_fixed_noises():
 def test_architectures_read_their_inputs(arch):
     task = TinyLabelTask()
     torch.manual_seed(0)
-    model = ExitGenerator(task.backbone, task.exits, "1/2", 4).eval()
+    model = ExitGenerator(task.backbone, task.attach_after, "1/2", 4).eval()
     inputs = task.sample_inputs(5, 0, "train")
     if arch == "mlp":
         xs = (inputs[1],)
@@ -207,7 +207,7 @@ def test_folder_round_trip_and_refusal_for_other_exits(faces, tmp_path):
     assert torch.equal(predict(back, model, z), predict(p, model, z))
     assert config["task"] == "faces" and config["predictor"]["arch"] == "features"
     torch.manual_seed(1)
-    other = ExitGenerator(task.load_backbone(), task.exits, "1/4", 16).eval()
+    other = ExitGenerator(task.load_backbone(), task.attach_after, "1/4", 16).eval()
     with pytest.raises(ValueError, match="trained for exits weights"):
         load_predictor(tmp_path / "pred", model=other)
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -222,7 +222,7 @@ def test_error_report_sets(faces, tmp_path):
     entry = report["sets"]["held_out"]
     assert entry["n"] == 8 and len(entry["relative_error"]) == 3 and entry["mean_relative_error"] > 0
     label_task = TinyLabelTask()
-    lmodel = ExitGenerator(label_task.backbone, label_task.exits, "1/2", 4).eval()
+    lmodel = ExitGenerator(label_task.backbone, label_task.attach_after, "1/2", 4).eval()
     lp = QualityPredictor("conv", 2, [[label_task.backbone.config.label_channels, 32, 32], [label_task.backbone.config.z_dim]],
                           width=8, hidden=(16,))
     rep = predictor_error(lp, lmodel, label_task, n=2, train_noises=3, cache=False)

@@ -42,7 +42,7 @@ def test_a_short_run_is_a_complete_folder(tmp_path, recipe):
     train_exits(config, out, device="cpu", progress=False)
     run = RunDir(out)
     cfg = run.read_config()
-    assert cfg["task"] == "faces" and cfg["recipe"]["name"] == recipe and cfg["kind"] == "exits"
+    assert cfg["task"] == "faces" and cfg["recipe"]["name"] == recipe and cfg["kind"] == "fiancee-exits-run"
     stats = run.read_stats()
     assert [r["step"] for r in stats] == [1, 2]
     for i in range(3):  # per-exit losses logged separately

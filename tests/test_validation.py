@@ -273,12 +273,12 @@ def _(ctx):
     ExitGenerator(bb, bb.config.exits, "1/2", 4).eval().route(torch.randn(1, 12, 16, 16), exit=0)
 
 
-@case("route list of the wrong length", "ExitGenerator.mixed", "exits has 3 entries for a batch of 2")
+@case("route list of the wrong length", "ExitGenerator.mixed", "routes has 3 entries for a batch of 2")
 def _(ctx):
     ctx.oasis.mixed(*ctx.oasis_inputs(), exits=torch.tensor([0, 1, 2]))
 
 
-@case("route index past the backbone", "ExitGenerator.mixed", "exit indices must lie in 0..3")
+@case("route index past the backbone", "ExitGenerator.mixed", "route indices must lie in 0..3")
 def _(ctx):
     ctx.oasis.mixed(*ctx.oasis_inputs(), exits=torch.tensor([0, 4]))
 
@@ -339,7 +339,7 @@ def _(ctx):
     scale_channels(64, "1/2", 0)
 
 
-@case("exit after the last stage", "ExitGenerator", "exits must lie in 1..3 for a 4-stage backbone; got [1, 4]")
+@case("exit after the last stage", "ExitGenerator", "attach_after must lie in 1..3 for a 4-stage backbone; got [1, 4]")
 def _(ctx):
     ExitGenerator(ctx.oasis.backbone, (1, 4), "1/2", 4)
 
@@ -530,7 +530,7 @@ def _(ctx):
 
 
 @case("pipeline config.json without its exits", "FianceePipeline.from_pretrained",
-      "config.json lacks ['exits', 'router'] (expected keys")
+      "config.json lacks ['attach_after', 'router'] (expected keys")
 def _(ctx):
     folder = ctx.tmp / "pipeline_keys"
     folder.mkdir(exist_ok=True)
@@ -553,7 +553,7 @@ def _(ctx):
 
 
 @case("pipeline config.json that is not an object", "FianceePipeline.from_pretrained",
-      "is not a fiancee pipeline config (kind='a JSON list'; expected 'fiancee_pipeline')")
+      "is not a fiancee pipeline config (kind='a JSON list'; expected 'fiancee-pipeline')")
 def _(ctx):
     folder = ctx.tmp / "pipeline_list"
     folder.mkdir(exist_ok=True)
@@ -652,7 +652,7 @@ def _(ctx):
 
 
 @case("predictor written over its own exit run (`--out RUN`)", "fiancee train-predictor",
-      "holds a folder of kind 'exits'; refusing to replace it with a quality predictor folder", cli=True)
+      "holds a folder of kind 'fiancee-exits-run'; refusing to replace it with a quality predictor folder", cli=True)
 def _(ctx):
     run = ctx.run_copy("run_as_predictor_out")  # even with --overwrite: a folder of another kind is never replaced
     return ["train-predictor", str(run), "--out", str(run), "--overwrite", "--n", "4", "--epochs", "1", "--error-n", "2",
@@ -666,7 +666,7 @@ def _(ctx):
 
 
 @case("bank written over a pipeline (`--overwrite`)", "fiancee build-bank",
-      "holds a folder of kind 'fiancee_pipeline'; refusing to replace it with a feature bank folder", cli=True)
+      "holds a folder of kind 'fiancee-pipeline'; refusing to replace it with a feature bank folder", cli=True)
 def _(ctx):
     return ["build-bank", "--task", "faces", "--n", "8", "--out", str(ctx.pipeline_copy("pipeline_as_bank_out")),
             "--overwrite", "--no-progress"]
@@ -775,7 +775,8 @@ def _(ctx):
     router_from_config({"kind": "calibrated", "thresholds": [0.1], "margins": [float("inf")], "costs": None})
 
 
-@case("pipeline config with NaN in its router", "FianceePipeline.from_pretrained", "is not strict JSON: NaN is not JSON")
+@case("pipeline config with NaN in its router", "FianceePipeline.from_pretrained",
+      "is not strict JSON: NaN is not JSON (only finite numbers are), in field 'router.costs[0]'")
 def _(ctx):
     folder = ctx.pipeline_copy("pipeline_nan_router")
     text = (folder / "config.json").read_text()
@@ -784,7 +785,7 @@ def _(ctx):
 
 
 @case("config with a number that overflows to infinity (`1e999`)", "read_json (every config)",
-      "is not strict JSON: 1e999 overflows to infinity")
+      "is not strict JSON: 1e999 overflows to infinity, in field 'scale'")
 def _(ctx):
     read_json(ctx.file("overflow.json", b'{"scale": 1e999}'))
 
@@ -801,15 +802,16 @@ def _(ctx):
 
 
 @case("pipeline config whose exits are a string", "FianceePipeline.from_pretrained",
-      "field 'exits' must be a non-empty list of integers >= 1; got '123'")
+      "field 'attach_after' must be a non-empty list of integers >= 1; got '123'")
 def _(ctx):
-    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_str", lambda c: c.update(exits="123")))
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_str", lambda c: c.update(attach_after="123")))
 
 
 @case("pipeline config with fractional exits", "FianceePipeline.from_pretrained",
-      "field 'exits' must be a non-empty list of integers >= 1; got [1.5, 2, 3]")
+      "field 'attach_after' must be a non-empty list of integers >= 1; got [1.5, 2, 3]")
 def _(ctx):
-    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_frac", lambda c: c.update(exits=[1.5, 2, 3])))
+    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_frac",
+                                                      lambda c: c.update(attach_after=[1.5, 2, 3])))
 
 
 @case("pipeline config whose min_channels is null", "FianceePipeline.from_pretrained",
@@ -866,7 +868,8 @@ def _(ctx):
     return ["lpips", str(_bomb_png(ctx.tmp / "bomb.png")), str(_bomb_png(ctx.tmp / "bomb2.png"))]
 
 
-@case("run config with `\"scale\": Infinity`", "fiancee evaluate-exits", "is not strict JSON: Infinity is not JSON", cli=True)
+@case("run config with `\"scale\": Infinity`", "fiancee evaluate-exits",
+      "is not strict JSON: Infinity is not JSON (only finite numbers are), in field 'scale'", cli=True)
 def _(ctx):
     run = ctx.run_copy("run_scale_inf")
     text = (run / "config.json").read_text()
@@ -875,12 +878,12 @@ def _(ctx):
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(run.parent / f"{run.name}_eval")]
 
 
-@case("negative batch size", "fiancee build-bank", "batch size must be a positive integer; got -1", cli=True)
+@case("negative batch size", "fiancee build-bank", "batch size must be an integer >= 1; got -1", cli=True)
 def _(ctx):
     return ["build-bank", "--task", "faces", "--batch-size", "-1", "--out", str(ctx.tmp / "bank_negative_batch")]
 
 
-@case("zero timed repetitions", "fiancee bank-latency", "reps must be a positive integer; got 0", cli=True)
+@case("zero timed repetitions", "fiancee bank-latency", "reps must be an integer >= 1; got 0", cli=True)
 def _(ctx):
     return ["bank-latency", str(ctx.faces_bank), "--task", "faces", "--reps", "0"]
 
@@ -889,7 +892,7 @@ def _(ctx):
 
 
 @case("zero predictor epochs (refused before the LPIPS table is built)", "fiancee train-predictor",
-      "epochs must be a positive integer; got 0", cli=True)
+      "epochs must be an integer >= 1; got 0", cli=True)
 def _(ctx):
     run = ctx.run_copy("run_epochs_0")
     return ["train-predictor", str(run), "--out", str(ctx.tmp / "predictor_epochs_0"), "--n", "4", "--epochs", "0",
@@ -1171,7 +1174,7 @@ def test_an_exported_run_replaces_only_a_run(ctx, tmp_path):
     assert run.export(out) == out  # a run over a run: replaced whole
     assert RunDir(out).latest() == run.latest() and RunDir(out).read_config() == run.read_config()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slim"]
-    with pytest.raises(ValueError, match="holds a folder of kind 'fiancee_pipeline'"):
+    with pytest.raises(ValueError, match="holds a folder of kind 'fiancee-pipeline'"):
         run.export(ctx.pipeline_copy("pipeline_not_a_run"))
 
 
@@ -1245,7 +1248,7 @@ def test_check_false_skips_the_checks_and_nothing_else(ctx):
     with pytest.raises(ValueError, match="one-hot"):
         ctx.oasis.mixed(soft, z, exits=torch.tensor([0, 1]))
     assert ctx.oasis.mixed(soft, z, exits=torch.tensor([0, 1]), check=False).shape == out.shape
-    with pytest.raises(ValueError, match="exits has 3 entries"):  # the route list is still checked
+    with pytest.raises(ValueError, match="routes has 3 entries"):  # the route list is still checked
         ctx.oasis.mixed(label, z, exits=torch.tensor([0, 1, 2]), check=False)
 
 

@@ -10,6 +10,11 @@ tensor file is fingerprinted by its tensors (names, dtypes, shapes, bytes), ever
 without what a second run legitimately changes (times, dates, the machine, the commit, the output folder),
 every other file by its bytes. One thread and a private cache, so the figures depend only on the code.
 About 10 minutes on 2 cores.
+
+Renamed keys are not a difference: before hashing, every JSON object is read with today's names
+(:func:`_renamed`: old folder kinds and header keys, and the fields issue 30 renamed), on both sides, so a run
+of code from before a rename and a run from after compare by their numbers. Fingerprints written by a version
+of this script without a rename must be recomputed from their folder (``--refingerprint OLD_OUT``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,18 @@ from pathlib import Path
 # Keys whose values change between two runs of the same code (timings, provenance, where it ran).
 VOLATILE = re.compile(r"(^|_)(time|times|date|seconds|elapsed|ms|commit|machine|cpu|load|host|duration|"
                       r"started|finished|created|wall|threads|python|torch|version|platform|sec|save_id)(_|$)")
+
+# Old name -> new name, applied to both sides before hashing (one vocabulary, one folder header: issue 30, item 5).
+# Folder kinds (the value of "kind"):
+RENAMED_KINDS = {"fiancee_pipeline": "fiancee-pipeline", "quality_predictor": "fiancee-predictor",
+                 "exits": "fiancee-exits-run", "fiancee_onnx": "fiancee-onnx",
+                 "fashion_backbone": "fiancee-fashion-backbone"}
+# Keys renamed wherever they appear:
+RENAMED_KEYS = {"format_version": "format", "guided_exits": "guided_attach_after"}
+# Kinds whose old folders had no version at all (now "format": 1):
+UNVERSIONED = {"fiancee-exits-run": 1}
+# And two renamed by what they hold: "exits" holding stage numbers (a list of integers: the stages branches attach
+# after) is "attach_after" ("exits" holding per-exit records keeps its name); a static router's "exit" is "route".
 
 STEPS = [
     ("demo_faces", ["demo", "--task", "faces", "--n", "96", "--n-predictor", "96", "--n-calibrate", "96",
@@ -54,6 +71,30 @@ def _digest(h: "hashlib._Hash", obj) -> str:
     return h.hexdigest()[:16]
 
 
+def _renamed(obj):
+    """``obj`` with every old key and kind spelled the new way (``RENAMED_KINDS``, ``RENAMED_KEYS``)."""
+    if isinstance(obj, list):
+        return [_renamed(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for key, value in obj.items():
+        if key in RENAMED_KEYS:
+            key = RENAMED_KEYS[key]
+        elif key == "exits" and isinstance(value, list) and value and all(type(v) is int for v in value):
+            key = "attach_after"
+        elif key == "exit" and obj.get("kind") == "static":
+            key = "route"
+        if key == "kind" and isinstance(value, str):
+            value = RENAMED_KINDS.get(value, value)
+        out[key] = _renamed(value)
+    if "kind" not in out and "generator" in out and "format" in out:  # the fashion backbone before it had a kind
+        out = {"kind": "fiancee-fashion-backbone", **out}
+    if out.get("kind") in UNVERSIONED and "format" not in out:
+        out["format"] = UNVERSIONED[out["kind"]]
+    return out
+
+
 def _clean(obj, out: str):
     if isinstance(obj, dict):
         return {k: _clean(v, out) for k, v in obj.items() if not VOLATILE.search(str(k).lower())}
@@ -77,7 +118,7 @@ def fingerprint_file(path: Path, out: str) -> str:
         try:
             text = path.read_text()
             obj = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x]
-            return _digest(hashlib.sha256(), _clean(obj, out))
+            return _digest(hashlib.sha256(), _clean(_renamed(obj), out))
         except ValueError:
             pass
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -108,7 +149,7 @@ def run(out: Path, only: set[str] | None = None) -> dict:
         if proc.returncode:
             sys.exit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         if "--json" in argv and "--out" not in argv:
-            prints[f"{name}/stdout"] = _digest(hashlib.sha256(), _clean(json.loads(proc.stdout), str(out)))
+            prints[f"{name}/stdout"] = _digest(hashlib.sha256(), _clean(_renamed(json.loads(proc.stdout)), str(out)))
     prints.update(fingerprint_folder(out))
     return prints
 

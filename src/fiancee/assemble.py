@@ -12,7 +12,7 @@ The step between ``fiancee train-predictor`` and ``fiancee evaluate`` (and the d
    outputs miss the threshold), ``ucb`` the same by an upper confidence bound, ``crc`` an expected miss rate
    <= ``epsilon`` (:mod:`fiancee.guarantee`); with ``target_compliance`` the average-compliance fit
    (split-conformal margins, no guarantee; the router is not in the paper, whose rule has no margin);
-4. a :class:`fiancee.pipeline.FianceePipeline` with its provenance, written whole (``FianceePipeline.save``).
+4. a :class:`fiancee.pipeline.FianceePipeline` with its provenance, written whole (``FianceePipeline.save_pretrained``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from .core.args import check_bool, check_int, check_optional_int, check_unit
+from .core.folders import EXITS_RUN, PIPELINE, PREDICTOR
 from .evaluate import DEFAULT_THRESHOLDS
 
 __all__ = ["CALIBRATION_SEED_OFFSET", "FITS", "Assembled", "check_calibration_args", "check_exits_run",
@@ -77,13 +79,11 @@ def _check_calibration(method, epsilon, delta, target_compliance, n, thresholds,
     thresholds = [check_threshold(t) for t in thresholds]
     if not thresholds:
         raise ValueError("give at least one threshold in (0, 1]")
-    if target_compliance is not None and not _real(target_compliance, 0, 1, upper_closed=True):
-        raise ValueError(f"target compliance must lie in (0, 1]; got {target_compliance}")
-    for name, value in (("epsilon", epsilon), ("delta", delta)):
-        if not _real(value, 0, 1):
-            raise ValueError(f"{name} must lie in (0, 1); got {value}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"{n_name} must be an integer >= 2; got {n!r}")
+    if target_compliance is not None:
+        check_unit(target_compliance, "target_compliance", open_high=False)
+    check_unit(epsilon, "epsilon")
+    check_unit(delta, "delta")
+    check_int(n, n_name, minimum=2)
     if check_method(method) == "average" and target_compliance is None:
         raise ValueError("the average-compliance fit takes its target: target_compliance= (--target-compliance)")
     if target_compliance is not None and method not in ("ltt", "average"):
@@ -97,19 +97,6 @@ def _check_calibration(method, epsilon, delta, target_compliance, n, thresholds,
             raise ValueError(f"{what} needs at least {need} calibration inputs; got {n_name}={n} "
                              "(or fit for an average compliance instead: target_compliance=, --target-compliance)")
     return ("average" if target_compliance is not None else method), thresholds
-
-
-def _real(value, low: float, high: float, *, upper_closed: bool = False) -> bool:
-    """``value`` is a number in (low, high) (or (low, high]); NaN, None and strings are not."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    return low < value <= high if upper_closed else low < value < high
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
-    return seed
 
 
 def _held(kind: str | None) -> str:
@@ -126,7 +113,7 @@ def check_exits_run(exits_run: str | Path, task=None) -> dict:
 
     run = Path(exits_run)
     held = folder_kind(run)
-    if held != "exits":
+    if held != EXITS_RUN:
         raise ValueError(f"{run} holds {_held(held)}, not an exit-training run (fiancee train-exits writes one)")
     config = RunDir(run).read_config()
     if task is not None:
@@ -155,7 +142,7 @@ def calibrate_router(model, task, predictor, *, n: int, seed: int,
     from .tables import build_lpips_table
 
     method, thresholds = _check_calibration(method, epsilon, delta, target_compliance, n, thresholds, "n")
-    seed = _check_seed(seed)
+    check_int(seed, "seed")
     # Held-out for the predictor: the training split under another seed (new z; for fashion new
     # noise vectors with training maps), never the test inputs a report is measured on.
     cal = build_lpips_table(model, task, n, seed + CALIBRATION_SEED_OFFSET, "train", guide, cache=guide is None,
@@ -195,12 +182,10 @@ def assemble_pipeline(exits_run: str | Path, predictor_dir: str | Path, out: str
 
     # Everything a user can get wrong first: the LPIPS table below takes minutes at the default size.
     method, thresholds = check_calibration_args(method, epsilon, delta, target_compliance, n_calibrate, thresholds)
-    seed = _check_seed(seed)
-    if not isinstance(overwrite, bool):
-        raise ValueError(f"overwrite must be True or False; got {overwrite!r}")
-    if predictor_inputs is not None and (isinstance(predictor_inputs, bool) or not isinstance(predictor_inputs, int)):
-        raise ValueError(f"predictor_inputs must be an integer or None; got {predictor_inputs!r}")
-    out = check_replaceable(out, "fiancee_pipeline", "pipeline")
+    check_int(seed, "seed")
+    check_bool(overwrite, "overwrite")
+    check_optional_int(predictor_inputs, "predictor_inputs")
+    out = check_replaceable(out, PIPELINE, "pipeline")
     if not overwrite and folder_kind(out) is not None:
         raise ValueError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it, "
                          "or choose another --out")
@@ -208,7 +193,7 @@ def assemble_pipeline(exits_run: str | Path, predictor_dir: str | Path, out: str
     check_exits_run(run, task)
     predictor_dir = Path(predictor_dir)
     held = folder_kind(predictor_dir)
-    if held != "quality_predictor":
+    if held != PREDICTOR:
         raise ValueError(f"{predictor_dir} holds {_held(held)}, not a quality predictor (fiancee train-predictor "
                          f"{run} --out DIR writes one)")
 
@@ -234,7 +219,7 @@ def assemble_pipeline(exits_run: str | Path, predictor_dir: str | Path, out: str
                                        "epsilon": epsilon if guaranteed else None,
                                        "delta": delta if guaranteed and method != "crc" else None,
                                        "calibration_inputs": n_calibrate, "predictor_inputs": predictor_inputs})
-    return Assembled(pipe.save(out), pipe, calibration)
+    return Assembled(pipe.save_pretrained(out), pipe, calibration)
 
 
 def summary_lines(assembled: Assembled) -> list[str]:

@@ -7,6 +7,8 @@ expected and what came, instead of deep inside a convolution (or, worse, silentl
 vector or a label map of class indices broadcasts into a plausible-looking but wrong image).
 
 Every function raises ``ValueError`` (``TypeError`` for a non-tensor), which the CLI prints as one line.
+The scalar checks (counts, numbers in a range, integer lists, choices, flags) live in the torch-free
+:mod:`fiancee.core.args`, which the exported runtime shares; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,8 +17,20 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .core.args import (
+    check_bool,
+    check_choice,
+    check_counts,
+    check_float,
+    check_int,
+    check_int_list,
+    check_optional_int,
+    check_unit,
+)
+
 __all__ = ["check_tensor", "check_finite", "check_batch", "check_one_hot", "check_spatial", "check_state_finite",
-           "check_counts"]
+           "check_counts", "check_int", "check_optional_int", "check_float", "check_unit", "check_int_list",
+           "check_choice", "check_bool"]
 
 
 def _describe(x: torch.Tensor) -> str:
@@ -113,13 +127,3 @@ def check_state_finite(tensors: Mapping[str, torch.Tensor], source: str) -> Mapp
             raise ValueError(f"{source}: tensor {name!r} holds NaN or Inf; expected finite weights "
                              "(a diverged run or a corrupted file)")
     return tensors
-
-
-def check_counts(**counts) -> None:
-    """Each named count is a positive integer (None = "use the default", passes): checked before any work,
-    so ``--epochs 0`` or ``--batch-size -1`` fails at once instead of after building a table."""
-    for name, value in counts.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name.replace('_', ' ')} must be a positive integer; got {value!r}")

@@ -44,6 +44,7 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     ``exits``: a train-exits run of this task to use instead of the committed or a fresh one.
     """
     from .assemble import assemble_pipeline, check_calibration_args, check_exits_run
+    from .core.args import check_choice, check_int
     from .evaluate import evaluate_pipeline
     from .extras import require
     from .specs import allow_folder_code
@@ -56,11 +57,9 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     # and leave a half-written folder before saying so.
     require("matplotlib", "the demo's report")
     task = task_spec(resolve_task(task))
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    for name, value in (("n_predictor", n_predictor), ("n_eval", n_eval)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an integer >= 2; got {value!r}")
+    check_choice(preset, "preset", sorted(PRESETS))
+    check_int(n_predictor, "n_predictor", minimum=2)
+    check_int(n_eval, "n_eval", minimum=2)
     method, thresholds = check_calibration_args(method, epsilon, delta, target_compliance, n_calibrate, thresholds)
     if exits is not None:
         run = Path(exits)

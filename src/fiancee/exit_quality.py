@@ -173,7 +173,8 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
     also ``ablation.json``, ``ablation.md`` and ``start_images.png`` (Fig. S12: backbone image, start image,
     exit 1 with and without the bank, for the first ``grid_columns`` inputs).
     """
-    from .checks import check_counts
+    from .checks import check_counts, check_int
+    from .train.exits import read_run_config
     from .train.run import RunDir
 
     runs = [str(r) for r in runs]
@@ -181,16 +182,12 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
         raise ValueError("give at least one exit-training run folder")
     if len(set(runs)) != len(runs):
         raise ValueError(f"a run is listed twice: {runs}")
-    if n < 2:
-        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    check_int(n, "n", minimum=2)
     if not 0 < bandwidth:
         raise ValueError(f"bandwidth must be positive; got {bandwidth}")
     check_counts(grid_columns=grid_columns)
     # Read every config first: a wrong folder or a mixed comparison is refused before any measuring.
-    configs = [RunDir(r).read_config() for r in runs]
-    if any(c.get("kind") != "exits" for c in configs):
-        bad = next(r for r, c in zip(runs, configs) if c.get("kind") != "exits")
-        raise ValueError(f"{bad} is not an exit-training run (config.json kind is not 'exits')")
+    configs = [read_run_config(RunDir(r)) for r in runs]  # refuses a folder that is not an exit-training run
     tasks = {c["task"] for c in configs}
     if len(tasks) != 1:
         raise ValueError(f"all runs must be of one task; got {sorted(tasks)}")
@@ -386,11 +383,11 @@ def routes_vs_bank_distance(pipeline, *, threshold: float, n: int = 500, seed: i
     """
     from .pipeline import FianceePipeline
     from .report import route_name
+    from .checks import check_int
     from .routing import check_threshold
 
     threshold = check_threshold(threshold)
-    if n < 2:
-        raise ValueError(f"n must be at least 2 held-out inputs; got {n}")
+    check_int(n, "n", minimum=2)
     if not isinstance(pipeline, FianceePipeline):
         pipeline = FianceePipeline.from_pretrained(pipeline)
     if pipeline.bank is None:
@@ -402,7 +399,7 @@ def routes_vs_bank_distance(pipeline, *, threshold: float, n: int = 500, seed: i
     routes, distances = [], []
     for s in range(0, n, batch_size):
         res = pipeline(*(x[s : s + batch_size] for x in inputs), max_lpips=threshold)
-        routes.append(res.exits)
+        routes.append(res.routes)
         distances.append(res.bank_distances.mean(1))  # [b]: mean over the input's key patches
     routes_t, dist_t = torch.cat(routes).numpy(), torch.cat(distances).double().numpy()
     num_routes = pipeline.model.num_routes

@@ -5,8 +5,9 @@ backbone stages k+1 .. N, every channel count multiplied by a scale factor SF an
 minimum channel count (a count already at or below the minimum is kept), followed by a copy of the
 head. The first branch block takes the backbone's full-width features (Tables S8 and S9).
 
-Routes are numbered shallowest first: route ``i < E`` is the exit after ``exits[i]``, and route
-``E == len(exits)`` is the backbone itself (the last exit).
+The vocabulary: ``attach_after`` are the stages (1-based counts) branches attach after; ``routes`` are
+route indices (0-based), numbered shallowest first: route ``i < E`` is the exit after stage
+``attach_after[i]``, and route ``E == len(attach_after)`` is the backbone itself (the last exit).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core.args import check_choice, check_int, check_int_list, is_integer
+from .core.renames import UNSET, renamed, warn_renamed
 from .staged import StagedGenerator
 
 __all__ = ["parse_scale", "scale_channels", "branch_channels", "GuideSpec", "Branch", "ExitGenerator",
@@ -35,7 +38,12 @@ Guide = Union[torch.Tensor, Callable[[torch.Tensor, Union[torch.Tensor, None]], 
 def parse_scale(scale: float | str | Fraction) -> Fraction:
     """``"1/4"``, ``0.25`` or ``Fraction(1, 4)`` -> ``Fraction(1, 4)``; must lie in (0, 1]."""
     try:
+        if isinstance(scale, bool):  # Fraction(True) is 1: a flag is not a scale
+            raise TypeError
         value = Fraction(scale).limit_denominator(1000) if not isinstance(scale, Fraction) else scale
+    except OverflowError:  # Fraction(inf)
+        raise ValueError(f"scale factor must be a finite number in (0, 1] or a fraction like '1/4'; got {scale!r}") \
+            from None
     except (ValueError, ZeroDivisionError, TypeError):
         raise ValueError(f"scale factor must be a number or a fraction like '1/4'; got {scale!r}") from None
     if not 0 < value <= 1:
@@ -51,8 +59,10 @@ def scale_channels(channels: int, scale: float | str | Fraction, min_channels: i
     With ``unit > 1`` and ``c`` a multiple of it, the base width is scaled instead of ``c``
     (OASIS: 1024 = 16 x 64 -> 16 x int(64/3) = 336, as in Table S8); otherwise ``int(c * SF)``.
     """
-    if channels <= 0 or min_channels <= 0 or unit <= 0:
-        raise ValueError(f"channel counts must be positive; got channels={channels}, min={min_channels}, unit={unit}")
+    for value, name in ((channels, "channels"), (min_channels, "min_channels"), (unit, "channel unit")):
+        if not is_integer(value) or value <= 0:
+            raise ValueError(f"channel counts must be positive integers; got {name}={value!r} "
+                             f"(channels={channels!r}, min_channels={min_channels!r}, unit={unit!r})")
     sf = parse_scale(scale)
     if channels <= min_channels:
         return channels
@@ -71,7 +81,7 @@ def branch_channels(
     The first block takes the backbone's full-width features; the others chain scaled widths.
     """
     n = len(stage_channels)
-    if not 1 <= after < n:
+    if not is_integer(after) or not 1 <= after < n:
         raise ValueError(f"an exit can follow stages 1..{n - 1} of a {n}-stage backbone; got {after}")
     out: list[tuple[int, int]] = []
     c_in = stage_channels[after - 1][1]
@@ -96,10 +106,8 @@ class GuideSpec:
     channels: int
 
     def __post_init__(self):
-        if self.mode not in ("first", "every"):
-            raise ValueError(f"guide mode must be 'first' or 'every'; got {self.mode!r}")
-        if self.channels <= 0:
-            raise ValueError(f"guide channels must be positive; got {self.channels}")
+        check_choice(self.mode, "guide mode", ("first", "every"))
+        check_int(self.channels, "guide channels", minimum=1)
 
 
 def _structural_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -305,39 +313,55 @@ def _take(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if x is None else x.index_select(0, index)
 
 
+def _required(value, name: str, expected: str):
+    if value is UNSET:
+        raise ValueError(f"pass {name}= ({expected})")
+    return value
+
+
 class ExitGenerator(nn.Module):
     """A staged backbone with exit branches after the chosen stages.
 
-    ``exits`` lists the stages (1-based counts) after which a branch is attached, e.g. ``(1, 2, 3, 4)``
-    for OASIS. Call it with ``exit=`` an int (one route for the whole batch) or a ``[B]`` integer
-    tensor (a mixed batch, run as a tree: :meth:`mixed`).
+    ``attach_after`` lists the stages (1-based counts) after which a branch is attached, e.g.
+    ``(1, 2, 3, 4)`` for OASIS. Call it with ``route=`` an int (one route for the whole batch: 0-based,
+    ``len(attach_after)`` = the backbone) or a ``[B]`` integer tensor of routes (a mixed batch, run as a
+    tree: :meth:`mixed`).
 
     A guide (from the feature bank) is either a tensor ``[B, C, h, w]`` or a callable
-    ``guide(h, cond)`` that maps the features after the key stage (``exits[0]``, the stage before the
-    first exit) and the condition (e.g. the label map, or None) to that tensor.
+    ``guide(h, cond)`` that maps the features after the key stage (``attach_after[0]``, the stage before
+    the first exit) and the condition (e.g. the label map, or None) to that tensor.
+
+    Old names, kept for one release with a DeprecationWarning: the attribute ``exits`` (now
+    ``attach_after``), the keywords ``exit=`` (now ``route=``) and ``exits=`` of :meth:`mixed` /
+    :meth:`mixed_from` (now ``routes=``).
     """
 
     def __init__(
         self,
         backbone: StagedGenerator,
-        exits: Sequence[int],
+        attach_after: Sequence[int],
         scale: float | str | Fraction,
         min_channels: int,
         guide: GuideSpec | None = None,
     ):
         super().__init__()
-        exits = [int(e) for e in exits]
-        if not exits or exits != sorted(set(exits)):
-            raise ValueError(f"exits must be a non-empty, strictly increasing list of stage numbers; got {exits}")
-        if exits[0] < 1 or exits[-1] >= backbone.num_stages:
-            raise ValueError(f"exits must lie in 1..{backbone.num_stages - 1} for a {backbone.num_stages}-stage backbone; got {exits}")
+        attach_after = check_int_list(attach_after, "attach_after", increasing=True)
+        if attach_after[0] < 1 or attach_after[-1] >= backbone.num_stages:
+            raise ValueError(f"attach_after must lie in 1..{backbone.num_stages - 1} for a {backbone.num_stages}-stage "
+                             f"backbone; got {attach_after}")
         self.backbone = backbone
-        self.exits = exits
+        self.attach_after = attach_after
         self.scale = parse_scale(scale)
-        self.min_channels = int(min_channels)
+        self.min_channels = check_int(min_channels, "min_channels", minimum=1)
         self.guide_spec = guide
-        self.branches = nn.ModuleList(Branch(backbone, k, self.scale, self.min_channels, guide) for k in exits)
+        self.branches = nn.ModuleList(Branch(backbone, k, self.scale, self.min_channels, guide) for k in attach_after)
         self._cap_costs()
+
+    @property
+    def exits(self) -> list[int]:
+        """Deprecated name of :attr:`attach_after` (removed in the next release)."""
+        warn_renamed("ExitGenerator", "exits", "attach_after")
+        return self.attach_after
 
     def _cap_costs(self) -> None:
         """No route may cost more than the backbone: the router would never pick it.
@@ -350,10 +374,10 @@ class ExitGenerator(nn.Module):
         backbone even so is refused here, before any training.
         """
         full = self.route_cost(self.num_routes - 1)
-        for i, k in enumerate(self.exits):
+        for i, k in enumerate(self.attach_after):
             if self.branches[i].guide_spec is not None and self.route_cost(i) > full:
                 self.branches[i] = Branch(self.backbone, k, self.scale, self.min_channels, None)
-        for i, k in enumerate(self.exits):
+        for i, k in enumerate(self.attach_after):
             cost = self.route_cost(i)
             if cost > full:
                 raise ValueError(
@@ -370,7 +394,7 @@ class ExitGenerator(nn.Module):
         """MACs of one route for ``batch_size`` inputs (the bank's search is counted by the bank)."""
         from .metrics.macs import count_macs
 
-        return count_macs(self, *self.backbone.example_inputs(batch_size), exit=route,
+        return count_macs(self, *self.backbone.example_inputs(batch_size), route=route,
                           guide=self._meta_guide(batch_size))
 
     def inherit_(self, importance: Sequence[torch.Tensor]) -> dict:
@@ -381,15 +405,16 @@ class ExitGenerator(nn.Module):
     @property
     def num_routes(self) -> int:
         """Branches plus the backbone."""
-        return len(self.exits) + 1
+        return len(self.attach_after) + 1
 
     @property
     def key_stage(self) -> int:
-        return self.exits[0]
+        return self.attach_after[0]
 
     def _check_route(self, route: int) -> int:
         if isinstance(route, bool) or not isinstance(route, int) or not 0 <= route < self.num_routes:
-            raise ValueError(f"exit must be an int in 0..{self.num_routes - 1} (the last is the backbone); got {route!r}")
+            raise ValueError(f"route must be an int in 0..{self.num_routes - 1} (the last is the backbone); "
+                             f"got {route!r}")
         return route
 
     def _resolve_guide(self, guide: Guide, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor | None:
@@ -403,78 +428,93 @@ class ExitGenerator(nn.Module):
             raise ValueError(f"guide must be a tensor [B={h.shape[0]}, C, h, w]; got {got}")
         return g
 
-    def forward(self, *inputs: torch.Tensor, exit: int | torch.Tensor, guide: Guide = None) -> torch.Tensor:
-        if isinstance(exit, torch.Tensor):
-            return self.mixed(*inputs, exits=exit, guide=guide)
-        return self.route(*inputs, exit=exit, guide=guide)
+    def forward(self, *inputs: torch.Tensor, route: int | torch.Tensor = UNSET, guide: Guide = None,
+                exit: int | torch.Tensor = UNSET) -> torch.Tensor:
+        """``route`` an int: the whole batch on that route (:meth:`route`); a ``[B]`` integer tensor: one route
+        per input (:meth:`mixed`). ``exit=`` is the deprecated name of ``route=``."""
+        route = _required(renamed("ExitGenerator", "exit", exit, "route", route), "route",
+                          "an int route or a [B] tensor of routes")
+        if isinstance(route, torch.Tensor):
+            return self.mixed(*inputs, routes=route, guide=guide)
+        return self.route(*inputs, route=route, guide=guide)
 
-    def route(self, *inputs: torch.Tensor, exit: int, guide: Guide = None, check: bool = True) -> torch.Tensor:
-        """Run the whole batch through one route.
+    def route(self, *inputs: torch.Tensor, route: int = UNSET, guide: Guide = None, check: bool = True,
+              exit: int = UNSET) -> torch.Tensor:
+        """Run the whole batch through one route (0-based; ``len(attach_after)`` = the backbone).
 
         ``check=False`` skips the backbone's input checks (a host sync each): for inputs already
-        checked, and for CUDA graph capture, which cannot contain a sync.
+        checked, and for CUDA graph capture, which cannot contain a sync. ``exit=`` is the deprecated
+        name of ``route=``.
         """
-        route = self._check_route(exit)
+        route = self._check_route(_required(renamed("ExitGenerator.route", "exit", exit, "route", route), "route",
+                                            "an int route"))
         if check:
             self.backbone.check_inputs(*inputs)
-        if route == len(self.exits):
+        if route == len(self.attach_after):
             return self.backbone.features(*inputs, image=True).image
-        after = self.exits[route]
+        after = self.attach_after[route]
         f = self.backbone.features(*inputs, taps=(self.key_stage, after))
         g = self._resolve_guide(guide, f.taps[self.key_stage], f.cond)
         return self.branches[route](f.taps[after], f.cond, g)
 
-    def mixed(self, *inputs: torch.Tensor, exits: torch.Tensor, guide: Guide = None, check: bool = True) -> torch.Tensor:
-        """Run a batch where every sample has its own route, as a tree.
+    def mixed(self, *inputs: torch.Tensor, routes: torch.Tensor = UNSET, guide: Guide = None, check: bool = True,
+              exits: torch.Tensor = UNSET) -> torch.Tensor:
+        """Run a batch where every sample has its own route (``routes [B]``, 0-based), as a tree.
 
         Each backbone stage only processes the samples still on the backbone past it, and each
         branch only its own samples, so no sample pays for a route it does not take. Outputs come
         back in input order. In eval mode the result equals running every sample alone on its route.
         (In train mode BatchNorm statistics depend on who shares a sub-batch: train one route at a time.)
-        ``check=False`` skips the backbone's input checks, as in :meth:`route`.
+        ``check=False`` skips the backbone's input checks, as in :meth:`route`. ``exits=`` is the deprecated
+        name of ``routes=``.
         """
+        routes = _required(renamed("ExitGenerator.mixed", "exits", exits, "routes", routes), "routes",
+                           "a [B] tensor of routes")
         batch = self.backbone.check_inputs(*inputs) if check else inputs[0].shape[0]
-        exits = self._check_exits(exits, batch, inputs[0].device)
+        routes = self._check_routes(routes, batch, inputs[0].device)
         h, cond = self.backbone.stem(*inputs)
-        return self._tree(h, cond, 0, exits, guide)
+        return self._tree(h, cond, 0, routes, guide)
 
-    def mixed_from(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, exits: torch.Tensor,
-                   guide: Guide = None) -> torch.Tensor:
+    def mixed_from(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, routes: torch.Tensor = UNSET,
+                   guide: Guide = None, *, exits: torch.Tensor = UNSET) -> torch.Tensor:
         """:meth:`mixed` continued from features already computed: ``h [B, C, h, w]`` is the output of
         stage ``start`` (a stage count, 0 = the stem's output) for the whole batch, ``cond`` the stem's
         condition. The pipeline runs the trunk up to the key stage once, lets the predictor and the bank
         read it, and continues here, so no stage runs twice. ``start`` may not lie past the first exit
         (its branch starts from there); with ``start == key_stage`` a callable ``guide`` is applied to ``h``.
-        The result equals ``mixed`` on the inputs that gave ``h`` (eval mode).
+        The result equals ``mixed`` on the inputs that gave ``h`` (eval mode). ``exits=`` is the deprecated
+        name of ``routes=``.
         """
+        routes = _required(renamed("ExitGenerator.mixed_from", "exits", exits, "routes", routes), "routes",
+                           "a [B] tensor of routes")
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= self.key_stage:
             raise ValueError(f"start must be a stage count in 0..{self.key_stage} (the key stage); got {start!r}")
         if not isinstance(h, torch.Tensor) or h.dim() < 2:
             raise ValueError(f"h must be the features [B, ...] after stage {start}; got "
                              f"{list(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
-        exits = self._check_exits(exits, h.shape[0], h.device)
-        return self._tree(h, cond, start, exits, guide)
+        routes = self._check_routes(routes, h.shape[0], h.device)
+        return self._tree(h, cond, start, routes, guide)
 
-    def _check_exits(self, exits: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-        if not isinstance(exits, torch.Tensor) or exits.dim() != 1 or exits.dtype not in (
+    def _check_routes(self, routes: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        if not isinstance(routes, torch.Tensor) or routes.dim() != 1 or routes.dtype not in (
                 torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            got = f"{exits.dtype} {list(exits.shape)}" if isinstance(exits, torch.Tensor) else type(exits).__name__
-            raise ValueError(f"exits must be a 1-D integer tensor with one route per sample; got {got}")
-        if exits.numel() != batch:
-            raise ValueError(f"exits has {exits.numel()} entries for a batch of {batch}")
-        exits = exits.to(device, torch.int64)
-        if int(exits.min()) < 0 or int(exits.max()) >= self.num_routes:
-            raise ValueError(f"exit indices must lie in 0..{self.num_routes - 1}; got {exits.tolist()}")
-        return exits
+            got = f"{routes.dtype} {list(routes.shape)}" if isinstance(routes, torch.Tensor) else type(routes).__name__
+            raise ValueError(f"routes must be a 1-D integer tensor with one route per sample; got {got}")
+        if routes.numel() != batch:
+            raise ValueError(f"routes has {routes.numel()} entries for a batch of {batch}")
+        routes = routes.to(device, torch.int64)
+        if int(routes.min()) < 0 or int(routes.max()) >= self.num_routes:
+            raise ValueError(f"route indices must lie in 0..{self.num_routes - 1}; got {routes.tolist()}")
+        return routes
 
-    def _tree(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, exits: torch.Tensor,
+    def _tree(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, routes: torch.Tensor,
               guide: Guide) -> torch.Tensor:
         """The mixed-exit tree from ``h``, the output of stage ``start`` (0 = the stem) for every sample."""
         batch = h.shape[0]
-        alive = torch.arange(batch, device=exits.device)  # input positions of the rows of h
+        alive = torch.arange(batch, device=routes.device)  # input positions of the rows of h
         out: torch.Tensor | None = None
         g: torch.Tensor | None = None
-        branch_at = {k: i for i, k in enumerate(self.exits)}
+        branch_at = {k: i for i, k in enumerate(self.attach_after)}
 
         def emit(rows: torch.Tensor, images: torch.Tensor) -> None:
             nonlocal out
@@ -490,7 +530,7 @@ class ExitGenerator(nn.Module):
             route = branch_at.get(done)
             if route is None:
                 continue
-            here = exits.index_select(0, alive) == route
+            here = routes.index_select(0, alive) == route
             if bool(here.any()):
                 sel = here.nonzero().squeeze(1)
                 emit(alive.index_select(0, sel), self.branches[route](h.index_select(0, sel), _take(cond, sel), _take(g, sel)))
@@ -505,12 +545,12 @@ class ExitGenerator(nn.Module):
     def trunk(self, *inputs: torch.Tensor, guide: Guide = None, all_stages: bool = False):
         """Run the backbone once and keep what every branch needs (used to train all exits at once).
 
-        Returns ``(features, cond, guide, image)``: ``features[i]`` is ``h`` after stage ``exits[i]``
+        Returns ``(features, cond, guide, image)``: ``features[i]`` is ``h`` after stage ``attach_after[i]``
         (with ``all_stages``: after stage ``i + 1``, every stage, for feature distillation),
         ``image`` the backbone's output (the distillation target).
         """
         self.backbone.check_inputs(*inputs)
-        taps = range(1, self.backbone.num_stages + 1) if all_stages else self.exits
+        taps = range(1, self.backbone.num_stages + 1) if all_stages else self.attach_after
         f = self.backbone.features(*inputs, taps=taps, image=True)
         g = self._resolve_guide(guide, f.taps[self.key_stage], f.cond)
         return [f.taps[k] for k in taps], f.cond, g, f.image

@@ -260,7 +260,7 @@ def _export_backbone(model, h: torch.Tensor, cond: torch.Tensor | None, guide: t
         taps[s] = x
     head = _Piece(backbone.head, has_cond).eval()
     head_takes = _export(head, (x, *cond_args), tmp / "head.onnx", pieces, ["image"], opset)
-    for r, after in enumerate(model.exits):
+    for r, after in enumerate(model.attach_after):
         branch = _Piece(model.branches[r], has_cond, guide is not None).eval()
         names = pieces + (["guide"] if guide is not None else [])
         file = f"branch_{r}.onnx"
@@ -302,16 +302,16 @@ def _manifest(pipe, source: Path | None, examples: tuple, declarations: list[dic
               segments: list[dict], bank_info: dict | None, opset: int, tmp: Path) -> dict:
     """The manifest :mod:`fiancee.runtime` reads, with the sha256 of every file already in ``tmp``."""
     model = pipe.model
-    k, n_stages, n_exits = model.key_stage, model.backbone.num_stages, len(model.exits)
+    k, n_stages, n_exits = model.key_stage, model.backbone.num_stages, len(model.attach_after)
     fingerprints = _fingerprints(pipe, source)
     route_macs = [int(m) for m in pipe.route_macs.tolist()]
-    routes = _route_table(model.exits, k, n_stages, route_macs)
+    routes = _route_table(model.attach_after, k, n_stages, route_macs)
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     return {
         "kind": KIND, "format": FORMAT, "opset": opset, "exporter": f"torch {torch.__version__} (TorchScript)",
         "task": pipe.task_spec, "inputs": declarations, "has_cond": has_cond,
-        "exits": list(model.exits), "key_stage": k, "num_stages": n_stages,
-        "image_shape": [int(d) for d in model.route(*examples, exit=n_exits).shape[1:]],
+        "attach_after": list(model.attach_after), "key_stage": k, "num_stages": n_stages,
+        "image_shape": [int(d) for d in model.route(*examples, route=n_exits).shape[1:]],
         "segments": segments, "routes": routes, "route_macs": route_macs,
         "predictor_macs": int(pipe.predictor_macs()),
         "predictor": {"arch": pipe.predictor.arch, "reads_features": bool(pipe.predictor.reads_features),
@@ -337,12 +337,12 @@ def _fingerprints(pipe, source: Path | None) -> dict:
     return fingerprints
 
 
-def _route_table(exits, k: int, n_stages: int, route_macs: list[int]) -> list[dict]:
+def _route_table(attach_after, k: int, n_stages: int, route_macs: list[int]) -> list[dict]:
     """Per route, the segments it runs in order and its MACs: every exit, then the backbone."""
     routes = [{"route": r, "name": f"exit {r + 1}", "after_stage": a, "segments": ["trunk"] +
                [f"stage {s}" for s in range(k + 1, a + 1)] + [f"branch {r}"], "macs": route_macs[r]}
-              for r, a in enumerate(exits)]
-    routes.append({"route": len(exits), "name": "backbone", "after_stage": n_stages,
+              for r, a in enumerate(attach_after)]
+    routes.append({"route": len(attach_after), "name": "backbone", "after_stage": n_stages,
                    "segments": ["trunk"] + [f"stage {s}" for s in range(k + 1, n_stages + 1)] + ["head"],
                    "macs": route_macs[-1]})
     return routes

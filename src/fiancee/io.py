@@ -22,8 +22,8 @@ import errno
 import functools
 import hashlib
 import json
-import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,14 +32,17 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from .checks import check_state_finite
+from .core.args import int_expected
 from .core.files import file_sha256, resolve_inside
+from .core.folders import canonical_kind, check_header, header
 from .core.jsonio import loads_strict, read_json, require_keys
+from .core.numbers import finite, is_int
 
 __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "loads_strict",
     "read_manifest", "require_keys", "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
     "resolve_inside", "folder_kind", "check_replaceable", "atomic_folder", "read_whole_folder", "RunLock",
-    "config_int", "config_int_list", "config_str", "config_number", "build_bounded",
+    "config_int", "config_int_list", "config_str", "config_number", "config_object", "build_bounded",
 ]
 
 
@@ -88,28 +91,37 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, text + "\n")
 
 
-def read_manifest(path: str | os.PathLike, *, kind: str, version_key: str, version: int, what: str,
+def read_manifest(path: str | os.PathLike, *, kind: str, version: int, what: str,
                   required: tuple[str, ...] = (), hint: str = "") -> dict:
-    """The JSON object that identifies a folder (pipeline config, predictor config, bank manifest):
-    its ``kind`` must match, its ``version_key`` must equal ``version``, and it must hold ``required``.
+    """The JSON object that identifies a folder (pipeline config, predictor config, bank manifest, ...): its
+    header (``kind``, ``format``: :mod:`fiancee.core.folders`) must name ``kind`` and ``version``, and it must
+    hold ``required``. Old headers (old kind spellings, ``format_version``) and old field names are read
+    through the compatibility table; the object comes back as this release writes it
+    (:func:`fiancee.core.folders.upgrade`).
     Anything else (another file, another format version, a hand-edited file) is one ValueError."""
     path = Path(path)
-    obj = read_json(path)
-    if not isinstance(obj, dict) or obj.get("kind") != kind:
-        got = obj.get("kind") if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
-        raise ValueError(f"{path} is not a {what} (kind={got!r}; expected {kind!r})")
-    if obj.get(version_key) != version:
-        raise ValueError(f"{path}: {what} format {obj.get(version_key)!r}; this fiancee reads format {version}{hint}")
+    obj = check_header(read_json(path), kind=kind, version=version, what=what, source=path, hint=hint)
     return require_keys(obj, required, path)
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (tensors made contiguous and moved to CPU)."""
+    """Write a safetensors file atomically (tensors made contiguous and moved to CPU).
+
+    safetensors reports a failed write (a full disk, a lost mount) as its own ``SafetensorError``, not as an
+    ``OSError``: it is raised again as the ``OSError`` it wraps (its errno, the target named), which the CLI
+    prints as one line ("no space left on the device writing ...")."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+        try:
+            save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+        except SafetensorError as e:
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -171,8 +183,9 @@ _MANIFESTS = ("config.json", "manifest.json")
 
 
 def folder_kind(path: str | os.PathLike) -> str | None:
-    """What a folder holds: None (missing or empty), the ``kind`` of its config.json / manifest.json,
-    ``"fashion_backbone"`` / ``"backbone_run"`` for the two kindless formats, else ``"unrecognised"``."""
+    """What a folder holds: None (missing or empty), the ``kind`` of its config.json / manifest.json spelled
+    the one way (old spellings and the two kindless layouts read by :func:`fiancee.core.folders.header`:
+    ``"fiancee-exits-run"`` for a run written as ``"exits"``), else ``"unrecognised"``."""
     path = Path(path)
     if not path.exists():
         return None
@@ -187,23 +200,18 @@ def folder_kind(path: str | os.PathLike) -> str | None:
                 obj = read_json(path / name)
             except (ValueError, OSError):
                 return "unrecognised"
-            if isinstance(obj, dict):
-                if isinstance(obj.get("kind"), str):
-                    return obj["kind"]
-                if "generator" in obj and "format_version" in obj:
-                    return "fashion_backbone"
-                if "generator" in obj and "disc_channels" in obj:
-                    return "backbone_run"
-            return "unrecognised"
+            kind, _ = header(obj)
+            return kind if kind is not None else "unrecognised"
     return "unrecognised"
 
 
 def check_replaceable(target: str | os.PathLike, kind: str, what: str | None = None) -> Path:
     """Refuse to write a ``kind`` folder over a folder of another kind (or a file, or unrelated files):
-    replacing it would lose what it holds. Call it before any work; :func:`atomic_folder` calls it again."""
+    replacing it would lose what it holds. Call it before any work; :func:`atomic_folder` calls it again.
+    ``kind`` may be spelled the old way (:data:`fiancee.core.folders.OLD_KINDS`)."""
     target = Path(target)
     have = folder_kind(target)
-    if have is not None and have != kind:
+    if have is not None and have != canonical_kind(kind):
         held = {"file": "a file", "unrecognised": "files that are not a fiancee folder"}.get(have, f"a folder of kind {have!r}")
         raise ValueError(f"{target} holds {held}; refusing to replace it with a {what or repr(kind)} folder "
                          "(choose another --out)")
@@ -398,7 +406,8 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------------------------
-# Config fields, type-checked where they are read (the file and the field named).
+# Config fields, type-checked where they are read (the file and the field named), in the words of the argument
+# checks (fiancee.core.args).
 
 
 def _field(config: Mapping, key: str, source: Any, expected: str, ok: Callable[[Any], bool], optional: bool) -> Any:
@@ -410,17 +419,11 @@ def _field(config: Mapping, key: str, source: Any, expected: str, ok: Callable[[
     return value
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def config_int(config: Mapping, key: str, source: Any, *, minimum: int | None = None, maximum: int | None = None,
                optional: bool = False) -> int | None:
     """An integer field (bools and fractional numbers refused), within ``[minimum, maximum]``."""
-    lo = "" if minimum is None else f" >= {minimum}"
-    hi = "" if maximum is None else f" <= {maximum}"
-    return _field(config, key, source, f"an integer{lo}{' and' if lo and hi else ''}{hi}",
-                  lambda v: _is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum),
+    return _field(config, key, source, int_expected(minimum, maximum),
+                  lambda v: is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum),
                   optional)
 
 
@@ -430,7 +433,7 @@ def config_int_list(config: Mapping, key: str, source: Any, *, minimum: int | No
     lo = "" if minimum is None else f" >= {minimum}"
     return _field(config, key, source, f"a {'non-empty ' if nonempty else ''}list of integers{lo}",
                   lambda v: isinstance(v, list) and (bool(v) or not nonempty)
-                  and all(_is_int(x) and (minimum is None or x >= minimum) for x in v), optional)
+                  and all(is_int(x) and (minimum is None or x >= minimum) for x in v), optional)
 
 
 def config_str(config: Mapping, key: str, source: Any, *, optional: bool = False) -> str | None:
@@ -439,8 +442,12 @@ def config_str(config: Mapping, key: str, source: Any, *, optional: bool = False
 
 def config_number(config: Mapping, key: str, source: Any, *, optional: bool = False) -> float | None:
     """A finite number (bools refused)."""
-    return _field(config, key, source, "a finite number",
-                  lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), optional)
+    return _field(config, key, source, "a finite number", finite, optional)
+
+
+def config_object(config: Mapping, key: str, source: Any, *, optional: bool = False) -> dict | None:
+    """A JSON object (a dict)."""
+    return _field(config, key, source, "a JSON object", lambda v: isinstance(v, dict), optional)
 
 
 def build_bounded(build: Callable[[], "torch.nn.Module"], weights: str | os.PathLike, source: Any,

@@ -43,7 +43,7 @@ def macs_table(backbone: str, scale: str, min_channels: int, size: str = "paper"
         "scale": key,
         "min_channels": min_channels,
         "unit": "GMACs (multiply-accumulates = FLOPs / 2; the paper's 'GFLOPs')",
-        "exits_after_stages": list(exits.exits),
+        "exits_after_stages": list(exits.attach_after),
         "backbone_gmacs": gmacs[-1],
         "routes": gmacs[:-1],
         "branch_channels": [[list(c) for c in b.block_channels] for b in exits.branches],

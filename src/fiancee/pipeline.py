@@ -6,11 +6,13 @@ threshold, and continues the whole batch from the trunk's features through the m
 :class:`fiancee.exits.ExitGenerator`. Every input is charged what it cost: its route, the predictor and
 the bank's search.
 
-A pipeline is one folder (diffusers' habit)::
+A pipeline is one folder (diffusers' habit), written by :meth:`FianceePipeline.save_pretrained` and read by
+:meth:`FianceePipeline.from_pretrained`::
 
     PIPELINE/
-      config.json            format, task, exit geometry, backbone and branches fingerprints, router config,
-                             provenance, a save id (unique per save)
+      config.json            kind "fiancee-pipeline", format, task, exit geometry (attach_after, scale,
+                             min_channels), backbone and branches fingerprints, router config, provenance,
+                             a save id (unique per save)
       branches.safetensors   the trained exit branches
       predictor/             config.json + weights.safetensors (fiancee.predictor)
       bank/                  the feature bank, when the exits use one (fiancee.bank)
@@ -34,32 +36,40 @@ from pathlib import Path
 
 import torch
 
+from .core.folders import PIPELINE, make_header
+from .core.renames import UNSET, renamed, warn_renamed
 from .exits import ExitGenerator
-from .io import (atomic_folder, config_int, config_int_list, config_str, load_tensors, read_manifest, read_whole_folder,
-                 resolve_inside, save_tensors, tensor_fingerprint, write_json)
+from .io import (atomic_folder, config_int, config_int_list, config_object, config_str, load_tensors, read_manifest,
+                 read_whole_folder, resolve_inside, save_tensors, tensor_fingerprint, write_json)
 from .routing import Router, check_threshold, router_from_config
 from .specs import allow_folder_code
 
 __all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
 
 FORMAT = 1
-CONFIG_KEYS = ("kind", "format", "task", "exits", "scale", "min_channels", "backbone_fingerprint", "router")
+CONFIG_KEYS = ("kind", "format", "task", "attach_after", "scale", "min_channels", "backbone_fingerprint", "router")
 
 
 @dataclass
 class PipelineOutput:
     images: torch.Tensor  # [B, C, H, W] in [-1, 1]
-    exits: torch.Tensor  # [B] route per input (E = the backbone)
+    routes: torch.Tensor  # [B] route per input (0-based; E = the backbone)
     predicted_lpips: torch.Tensor  # [B, E] predicted LPIPS of every exit branch
     macs: torch.Tensor  # [B] MACs each input cost: its route + the predictor + its bank search (float64)
     # [B, Q] L2 distance of each of the input's Q key patches to the bank entry it retrieved (the search's
     # own distances, paper Fig. 10); None without a bank
     bank_distances: torch.Tensor | None = None
 
+    @property
+    def exits(self) -> torch.Tensor:
+        """Deprecated name of :attr:`routes` (removed in the next release)."""
+        warn_renamed("PipelineOutput", "exits", "routes", stacklevel=3)
+        return self.routes
+
 
 class FianceePipeline:
     """``task`` may be None (a pipeline loaded with ``backbone=`` only): routing needs no task, evaluating
-    does (it draws inputs from it). ``task_spec`` is what ``save`` records (default: the task's)."""
+    does (it draws inputs from it). ``task_spec`` is what :meth:`save_pretrained` records (default: the task's)."""
 
     def __init__(self, task, model: ExitGenerator, predictor, router: Router, *, bank=None, bank_path: str | Path | None = None,
                  provenance: dict | None = None, task_spec: str | None = None):
@@ -99,7 +109,8 @@ class FianceePipeline:
         return self.predictor_macs() + (0 if self.bank is None else self.bank.search_macs_bound())
 
     @torch.no_grad()
-    def __call__(self, *inputs: torch.Tensor, max_lpips: float, exits: torch.Tensor | None = None) -> PipelineOutput:
+    def __call__(self, *inputs: torch.Tensor, max_lpips: float, routes: torch.Tensor | None = None,
+                 exits: torch.Tensor | None = UNSET) -> PipelineOutput:
         """Images for ``inputs`` at quality ``max_lpips`` (LPIPS vs the backbone, in (0, 1]).
 
         One pass through the trunk: the stem and the stages up to the key stage (``model.key_stage``, the
@@ -107,13 +118,16 @@ class FianceePipeline:
         predictor reading key-stage features reads them, the router decides, and the mixed-exit tree
         continues from them (:meth:`fiancee.exits.ExitGenerator.mixed_from`). ``macs`` per input = its route
         + the predictor + its bank search (the trunk counted once, inside the route).
-        ``exits`` overrides the router (e.g. an oracle's choice) while keeping one tree execution; the
-        predictor still runs (its output is returned) and is still charged.
+        ``routes`` (one route per input, 0-based, E = the backbone) overrides the router (e.g. an oracle's
+        choice) while keeping one tree execution; the predictor still runs (its output is returned) and is
+        still charged. ``exits=`` is the deprecated name of ``routes=``.
         """
+        routes = renamed("FianceePipeline.__call__", "exits", exits, "routes", routes, default=None)
         threshold = check_threshold(max_lpips)
         batch = self.model.backbone.check_inputs(*inputs)
-        if exits is not None and not isinstance(exits, torch.Tensor):
-            raise ValueError(f"exits must be a 1-D integer tensor with one route per input; got {type(exits).__name__}")
+        if routes is not None and not isinstance(routes, torch.Tensor):
+            raise ValueError(f"routes must be a 1-D integer tensor with one route per input; "
+                             f"got {type(routes).__name__}")
         k = self.model.key_stage
         f = self.model.backbone.features(*inputs, taps=(k,))
         h, cond = f.taps[k], f.cond  # [B, C, h, w] after the key stage
@@ -128,34 +142,34 @@ class FianceePipeline:
             from .predictor import predictor_features
 
             predicted = self.predictor(*predictor_features(self.predictor.arch, self.model, inputs), check=False)
-        routes = self.router.route(predicted, threshold) if exits is None else exits
+        routes = self.router.route(predicted, threshold) if routes is None else routes
         images = self.model.mixed_from(h, cond, k, routes.to(h.device), guide=guide)
         routes = routes.cpu().long()  # checked integers by mixed_from; a uint8 tensor would index as a mask
         macs = self.route_macs[routes] + float(self.predictor_macs()) + bank_macs
-        return PipelineOutput(images=images, exits=routes, predicted_lpips=predicted.cpu(), macs=macs,
+        return PipelineOutput(images=images, routes=routes, predicted_lpips=predicted.cpu(), macs=macs,
                               bank_distances=distances)
 
     # ------------------------------------------------------------------------------------------
     # Folders
 
-    def save(self, out: str | Path) -> Path:
+    def save_pretrained(self, out: str | Path) -> Path:
         """Write the pipeline folder whole: it is built in a hidden sibling of ``out`` and swapped in
         (:func:`fiancee.io.atomic_folder`), so a reader or a kill mid-save never meets a mix of two saves.
-        Refused when ``out`` holds something other than a pipeline."""
+        Refused when ``out`` holds something other than a pipeline. :meth:`from_pretrained` reads it."""
         import uuid
 
         from .predictor import exits_fingerprints, save_predictor
 
         out = Path(out)
-        with atomic_folder(out, kind="fiancee_pipeline", what="pipeline") as tmp:
+        with atomic_folder(out, kind=PIPELINE, what="pipeline") as tmp:
             branches = self.model.branches.state_dict()
             save_tensors(tmp / "branches.safetensors", branches)
             save_predictor(self.predictor, tmp / "predictor", fingerprints=exits_fingerprints(self.model))
             if self.bank_path is not None:
                 shutil.copytree(self.bank_path, tmp / "bank")  # symlinks followed: the copy holds files only
             write_json(tmp / "config.json", {
-                "kind": "fiancee_pipeline", "format": FORMAT, "task": self.task_spec,
-                "exits": list(self.model.exits), "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
+                **make_header(PIPELINE, FORMAT), "task": self.task_spec, "attach_after": list(self.model.attach_after),
+                "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
                 "min_channels": self.model.min_channels,
                 "backbone_fingerprint": tensor_fingerprint(self.model.backbone.state_dict()),
                 # which branches this config belongs with, and a stamp unique to this save (read_whole_folder)
@@ -167,11 +181,14 @@ class FianceePipeline:
             })
         return out
 
+    save = save_pretrained  # the name before save_pretrained / from_pretrained became the pair of every object
+
     @classmethod
     @read_whole_folder("config.json", path_index=1)  # a save swapping the folder mid-load makes it load again
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", *, backbone=None,
                         task=None, trust_task_code: bool = False) -> "FianceePipeline":
-        """Load a pipeline folder.
+        """Load a pipeline folder (:meth:`save_pretrained` writes one; folders with the old header
+        ``fiancee_pipeline`` and the old field ``exits`` load too, :mod:`fiancee.core.folders`).
 
         ``task``: a Task or a spec overriding the recorded one; by default the recorded spec is resolved
         to registered names and entry points (:func:`fiancee.tasks.registry.resolve_folder_task`).
@@ -185,7 +202,7 @@ class FianceePipeline:
         if not isinstance(trust_task_code, bool):
             raise ValueError(f"trust_task_code must be True or False; got {trust_task_code!r}")
         path = Path(path)
-        config = read_manifest(resolve_inside(path, "config.json"), kind="fiancee_pipeline", version_key="format", version=FORMAT,
+        config = read_manifest(resolve_inside(path, "config.json"), kind=PIPELINE, version=FORMAT,
                                what="fiancee pipeline config", required=CONFIG_KEYS)
         _check_config(config, path / "config.json")
         if task is not None or backbone is None:
@@ -215,7 +232,8 @@ class FianceePipeline:
             with allow_folder_code(every=trust_task_code):  # the bank's key function
                 bank = load_bank(bank_path, backbone)
             guide_spec = bank.guide_spec
-        model = ExitGenerator(backbone, config["exits"], config["scale"], config["min_channels"], guide=guide_spec).to(device)
+        model = ExitGenerator(backbone, config["attach_after"], config["scale"], config["min_channels"],
+                              guide=guide_spec).to(device)
         branches = load_tensors(resolve_inside(path, "branches.safetensors"), device=device)
         if config.get("branches_fingerprint") not in (None, tensor_fingerprint(branches)):
             raise ValueError(f"{path}: branches.safetensors is not the one config.json was saved with "
@@ -230,7 +248,7 @@ class FianceePipeline:
 def _check_config(config: dict, source: Path) -> None:
     """Every field of a pipeline config has the type its reader needs (the field named, not a TypeError later)."""
     config_str(config, "task", source)
-    config_int_list(config, "exits", source, minimum=1)
+    config_int_list(config, "attach_after", source, minimum=1)
     config_int(config, "min_channels", source, minimum=1)
     config_str(config, "backbone_fingerprint", source)
     config_str(config, "bank", source, optional=True)
@@ -238,3 +256,4 @@ def _check_config(config: dict, source: Path) -> None:
         raise ValueError(f"{source}: field 'scale' must be a fraction like '1/4' or a number; got {config['scale']!r}")
     if not isinstance(config["router"], dict):
         raise ValueError(f"{source}: field 'router' must be a JSON object; got {config['router']!r}")
+    config_object(config, "provenance", source, optional=True)

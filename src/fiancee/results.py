@@ -6,7 +6,8 @@ and inline figures from them, and ``tests/test_docs_results.py`` keeps the two i
 
 A result file::
 
-    kind "fiancee-result", format_version 1, name
+    kind "fiancee-result", format 1, name   (the header of every fiancee folder and report; results written
+                 before say format_version 1 and are read as they are, fiancee.core.folders)
     source       "measured" (made by ``record`` below) or "transcribed" (copied once from a document,
                  for runs no longer present; ``note`` says why it cannot be regenerated here)
     command      the fiancee command that made it (a list for a sweep of several)
@@ -42,14 +43,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .core.folders import RESULT, header, make_header
 from .io import loads_strict, write_json
 from .timing import cpu_name, load_average
 
-__all__ = ["KIND", "FORMAT_VERSION", "ARTIFACTS", "artifact_fingerprint", "committed_fingerprints", "machine",
+__all__ = ["KIND", "FORMAT", "FORMAT_VERSION", "ARTIFACTS", "artifact_fingerprint", "committed_fingerprints", "machine",
            "git_commit", "stamp", "record", "load_result", "load_results", "stale", "main"]
 
-KIND = "fiancee-result"
-FORMAT_VERSION = 1
+KIND = RESULT
+FORMAT = 1
+FORMAT_VERSION = FORMAT  # the name before every file's version was its header's "format"
 
 # The committed artifacts a result can measure, named "<task>/<part>" after the folders of fiancee/weights:
 # "<task>/exits" (an exit run: the fingerprint of its latest checkpoint's branches), "<task>/<file>" for a
@@ -192,7 +195,7 @@ def stamp(name: str, command: str | list[str], data: Any, *, artifacts: Iterable
     the committed ``artifacts`` it measured."""
     if source not in ("measured", "transcribed"):
         raise ValueError(f"source must be 'measured' or 'transcribed'; got {source!r}")
-    result = {"kind": KIND, "format_version": FORMAT_VERSION, "name": name, "source": source, "command": command,
+    result = {**make_header(KIND, FORMAT), "name": name, "source": source, "command": command,
               **git_commit(), "machine": {**machine(), **({"load_average": load} if load else {})},
               "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
               "seconds": None if seconds is None else round(seconds, 1),
@@ -378,8 +381,11 @@ def _record_script(path, argv: Sequence[str], *, name: str | None, note: str | N
 
 def load_result(path: str | os.PathLike) -> dict:
     obj = loads_strict(Path(path).read_text())
-    if not isinstance(obj, dict) or obj.get("kind") != KIND:
+    kind, version = header(obj)  # the committed results keep their old header (format_version): read as they are
+    if kind != KIND:
         raise ValueError(f"{path}: not a fiancee result file (kind {obj.get('kind') if isinstance(obj, dict) else None!r})")
+    if version != FORMAT:
+        raise ValueError(f"{path}: result format {version!r}; this fiancee reads format {FORMAT}")
     missing = [k for k in ("name", "source", "command", "commit", "machine", "date", "artifacts", "data") if k not in obj]
     if missing:
         raise ValueError(f"{path}: a result file needs {', '.join(missing)}")

@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .core.args import check_int, check_unit
+
 __all__ = ["METHODS", "BOUNDS", "GUARANTEED", "HIGH_PROBABILITY", "check_method", "check_bound", "max_misses",
            "min_calibration", "accepted_index", "hb_pvalue", "statement", "method_name", "calibration_range",
            "check_calibration_range", "range_check"]
@@ -44,15 +46,11 @@ def check_bound(bound) -> str:
 
 
 def _unit(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
-    return float(value)
+    return check_unit(value, name)
 
 
 def _count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=minimum)
 
 
 # ----------------------------------------------------------------------------------------------

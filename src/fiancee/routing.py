@@ -8,7 +8,7 @@ achieve it performing the least possible calculations". Every router here shares
 ``lpips`` is ``[B, E]``: one column per exit branch, shallowest first (the backbone's LPIPS against
 itself is 0 by definition, so it has no column). The answer holds route indices as
 :class:`fiancee.exits.ExitGenerator` numbers them: ``0..E-1`` for the branches, ``E`` for the
-backbone, ready for ``model(*inputs, exit=routes)``.
+backbone, ready for ``model(*inputs, route=routes)``.
 
 "Cheapest" follows ``costs`` (the MACs of every route, backbone last, e.g. ``model.route_macs()``);
 without costs the route index is the cost (routes are numbered shallowest first, and a deeper exit
@@ -44,7 +44,9 @@ from typing import Sequence
 
 import torch
 
-from .core.routers import RoutingRule, check_compliance, check_exit, check_margins, check_router_config, rule_for
+from .core.args import check_bool, check_unit
+from .core.renames import UNSET, renamed, warn_renamed
+from .core.routers import RoutingRule, check_compliance, check_margins, check_route, check_router_config, rule_for
 from .core.rules import EPS as _EPS  # the calibrated rule's tolerance (fiancee.core.rules)
 from .core.rules import check_threshold, margin_at, oracle_misses, route_costs, spend_misses
 from .specs import Registry
@@ -61,16 +63,10 @@ ROUTERS = Registry("router", "fiancee.routers", "a Router subclass")
 _GRID_OFFSET = 0.5e-3 / 7
 
 
-def _check_unit(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
-    return float(value)
-
-
 def guarantee_min_inputs(epsilon: float, delta: float) -> int:
     """The fewest calibration inputs that can certify a miss rate <= ``epsilon`` with probability
     >= 1 - ``delta``: even with no miss, the binomial p-value ``(1 - epsilon)^n`` must reach ``delta``."""
-    epsilon, delta = _check_unit(epsilon, "epsilon"), _check_unit(delta, "delta")
+    epsilon, delta = check_unit(epsilon, "epsilon"), check_unit(delta, "delta")
     return math.ceil(math.log(delta) / math.log1p(-epsilon))
 
 
@@ -155,7 +151,8 @@ class Router:
     """The interface: ``route(lpips [B, E], threshold) -> routes [B]`` (int64, backbone = E).
 
     A subclass names its ``kind``, is registered in :data:`ROUTERS` under it, and takes its kind's config
-    fields (:meth:`rule`'s ``fields``) as constructor arguments, keeping each as an attribute of that name:
+    fields (:meth:`rule`'s ``fields``) as constructor arguments, keeping each as an attribute of that name
+    (or overriding :meth:`to_config`, as :class:`StaticRouter` does for a field named like a method):
     :meth:`to_config` writes them and :func:`router_from_config` passes them back.
     """
 
@@ -232,13 +229,29 @@ class OracleRouter(Router):
 
 @ROUTERS.add("static")
 class StaticRouter(Router):
-    """Every input on one fixed route (``exit`` in 0..E, E = backbone); the threshold is ignored."""
+    """Every input on one fixed route (``route`` in 0..E, E = backbone); the threshold is ignored.
+
+    The route is kept as :attr:`fixed_route` (``route`` is the method every router has). ``exit=`` is the
+    deprecated name of ``route=`` (it shadowed a builtin), and a config's old field ``"exit"`` still loads.
+    """
 
     kind = "static"
 
-    def __init__(self, exit: int, costs: Sequence[float] | None = None):
+    def __init__(self, route: int = UNSET, costs: Sequence[float] | None = None, *, exit: int = UNSET):
         super().__init__(costs)
-        self.exit = check_exit(exit)
+        route = renamed("StaticRouter", "exit", exit, "route", route)
+        if route is UNSET:
+            raise ValueError("StaticRouter needs route= (a route index >= 0, E = the backbone)")
+        self.fixed_route = check_route(route)
+
+    @property
+    def exit(self) -> int:
+        """Deprecated name of :attr:`fixed_route` (removed in the next release)."""
+        warn_renamed("StaticRouter", "exit", "fixed_route")
+        return self.fixed_route
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "costs": self.costs, "route": self.fixed_route}
 
     @classmethod
     def example(cls, predicted, true, costs):
@@ -248,8 +261,8 @@ class StaticRouter(Router):
         lpips = _check_lpips(lpips)
         if threshold is not None:
             check_threshold(threshold)
-        check_exit(self.exit, lpips.shape[1] + 1)
-        return torch.full((lpips.shape[0],), self.exit, dtype=torch.int64, device=lpips.device)
+        check_route(self.fixed_route, lpips.shape[1] + 1)
+        return torch.full((lpips.shape[0],), self.fixed_route, dtype=torch.int64, device=lpips.device)
 
 
 @ROUTERS.add("calibrated")
@@ -304,8 +317,8 @@ class CalibratedRouter(Router):
                                                             (True, False): "epsilon and no delta",
                                                             (True, True): "epsilon and delta"}[needs]
                              + f"; got epsilon={epsilon!r}, delta={delta!r}")
-        self.epsilon = None if epsilon is None else _check_unit(epsilon, "epsilon")
-        self.delta = None if delta is None else _check_unit(delta, "delta")
+        self.epsilon = None if epsilon is None else check_unit(epsilon, "epsilon")
+        self.delta = None if delta is None else check_unit(delta, "delta")
         if bound is not None and method != "ucb":
             raise ValueError(f"bound applies to the ucb method only; got bound={bound!r} for {method}")
         self.bound = check_bound(bound if bound is not None else "hoeffding-bentkus") if method == "ucb" else None
@@ -338,14 +351,13 @@ class CalibratedRouter(Router):
 
     def fit(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
             target_compliance: float = 0.95, finite_sample: bool = True) -> "CalibratedRouter":
+        goal = check_unit(target_compliance, "target_compliance", open_high=False)
+        check_bool(finite_sample, "finite_sample")
         predicted, true, ts = self._check_fit(predicted, true, thresholds)
-        if not (0.0 < float(target_compliance) <= 1.0):
-            raise ValueError(f"target_compliance must lie in (0, 1]; got {target_compliance}")
         n = predicted.shape[0]
-        goal = float(target_compliance)
         if finite_sample:
             goal = min(1.0, math.ceil((n + 1) * goal) / n)
-        margins = [self._fit_average(predicted, true, check_threshold(t), goal) for t in ts]
+        margins = [self._fit_average(predicted, true, t, goal) for t in ts]
         return self._set(ts, margins, n, predicted, method="average", target=float(target_compliance))
 
     def fit_guarantee(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
@@ -391,12 +403,10 @@ class CalibratedRouter(Router):
                   familywise: bool = False) -> "CalibratedRouter":
         from .risk import accepted_index, max_misses, min_calibration
 
+        epsilon = check_unit(epsilon, "epsilon")
+        delta = None if delta is None else check_unit(delta, "delta")
+        check_bool(familywise, "familywise")
         predicted, true, ts = self._check_fit(predicted, true, thresholds)
-        epsilon = _check_unit(epsilon, "epsilon")
-        delta = None if delta is None else _check_unit(delta, "delta")
-        if not isinstance(familywise, bool):
-            raise ValueError(f"familywise must be True or False; got {familywise!r}")
-        ts = [check_threshold(t) for t in ts]
         each = None if delta is None else (delta / len(ts) if familywise else delta)
         n = predicted.shape[0]
         need = min_calibration(method, epsilon, each, bound or "hoeffding-bentkus")
@@ -421,10 +431,13 @@ class CalibratedRouter(Router):
         true = _check_lpips(true, "true LPIPS").double()
         if predicted.shape != true.shape:
             raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape")
+        if predicted.shape[0] == 0:
+            raise ValueError("the calibration table is empty (0 inputs): fit needs predicted and true LPIPS of at "
+                             "least one calibration input")
         ts = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
         if not ts:
             raise ValueError("fit needs at least one threshold")
-        return predicted, true, ts
+        return predicted, true, [check_threshold(t) for t in ts]
 
     def guarantee(self) -> str | None:
         """The guarantee this router was fitted for, in words (None when fitted on average compliance)."""
@@ -476,9 +489,9 @@ def router_from_config(config: dict) -> Router:
     registered in :data:`ROUTERS`; its fields are checked by the kind's rule before anything is built
     (:func:`fiancee.core.routers.check_router_config`: every number finite and of its type, since a NaN margin
     or cost would compare false everywhere and silently send every input to one route)."""
-    if not isinstance(config, dict) or config.get("kind") not in ROUTERS:
+    if not isinstance(config, dict) or not isinstance(config.get("kind"), str) or config["kind"] not in ROUTERS:
         raise ValueError(f"router config must be a dict with kind in {ROUTERS.names()}; got {config!r}")
-    check_router_config(config)
+    config = check_router_config(config)  # renamed fields (a static router's old "exit") under their new names
     kwargs = {k: v for k, v in config.items() if k != "kind"}
     try:
         return ROUTERS.get(config["kind"])(**kwargs)

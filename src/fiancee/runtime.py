@@ -7,7 +7,7 @@ check below), and faiss when the pipeline has a bank. This module imports nothin
 
     pipe = OnnxPipeline("out/demo/onnx")
     out = pipe(z, max_lpips=0.1)      # z: numpy float32 [B, 100]
-    out.images, out.exits, out.predicted_lpips, out.macs
+    out.images, out.routes, out.predicted_lpips, out.macs
 
 ``__call__`` does what :meth:`fiancee.pipeline.FianceePipeline.__call__` does (docs/pipeline.md): the trunk
 once (stem, stages up to the key stage, the predictor, the bank's queries), the bank search and the guide,
@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from .core.files import file_sha256, resolve_inside
+from .core.folders import check_header
 from .core.jsonio import read_json
 from .core.manifest import FIELDS, FORMAT, KIND
 from .core.numbers import finite
+from .core.renames import UNSET, renamed, warn_renamed
 from .core.routers import check_router_config, route_numpy
 from .core.rules import check_threshold
 from .core.search import read_index, search_classes
@@ -45,13 +47,15 @@ __all__ = ["FORMAT", "KIND", "OnnxPipeline", "OnnxOutput", "route_numpy"]
 @dataclass
 class OnnxOutput:
     images: np.ndarray  # [B, C, H, W] float32 in [-1, 1]
-    exits: np.ndarray  # [B] int64 route per input (E = the backbone)
+    routes: np.ndarray  # [B] int64 route per input (0-based; E = the backbone)
     predicted_lpips: np.ndarray  # [B, E] float32
     macs: np.ndarray  # [B] float64: route + predictor + bank search
 
     @property
-    def routes(self) -> np.ndarray:
-        return self.exits
+    def exits(self) -> np.ndarray:
+        """Deprecated name of :attr:`routes` (removed in the next release)."""
+        warn_renamed("OnnxOutput", "exits", "routes")
+        return self.routes
 
 
 def _require(module: str, purpose: str):
@@ -84,13 +88,10 @@ def _read_manifest(folder: Path) -> tuple[dict, Path]:
     source = folder / "manifest.json"
     if not source.is_file():
         raise FileNotFoundError(f"{folder} has no manifest.json: not a fiancee ONNX export (`fiancee export`)")
-    m = read_json(_file_inside(folder, "manifest.json", "manifest"))
-    if not isinstance(m, dict) or m.get("kind") != KIND:
-        kind = m.get("kind") if isinstance(m, dict) else None
-        raise ValueError(f"{source}: not a fiancee ONNX export (kind {kind!r}, expected {KIND!r})")
-    if m.get("format") != FORMAT:
-        raise ValueError(f"{source}: format {m.get('format')!r}; this fiancee reads format {FORMAT} "
-                         "(export it again with this version's `fiancee export`)")
+    # An export written before the one folder header (kind "fiancee_onnx", field "exits") reads as this format.
+    m = check_header(read_json(_file_inside(folder, "manifest.json", "manifest")), kind=KIND, version=FORMAT,
+                     what="fiancee ONNX export", source=source,
+                     hint=" (export it again with this version's `fiancee export`)")
     for key in FIELDS:
         if key not in m:
             raise ValueError(f"{source}: missing field {key!r}")
@@ -164,10 +165,17 @@ class OnnxPipeline:
         if self.bank is not None:
             self._open_bank(seg, source, session, threads)
 
+    @property
+    def exits(self) -> list[int]:
+        """Deprecated name of :attr:`attach_after` (removed in the next release)."""
+        warn_renamed("OnnxPipeline", "exits", "attach_after")
+        return self.attach_after
+
     def _read_routes(self, m: dict, source: Path) -> None:
-        """The routes (exits, stages, MACs), the router and the input declarations, checked."""
-        self.exits = [int(e) for e in m["exits"]]
-        self.num_routes = len(self.exits) + 1
+        """The routes (the stages exits attach after, stages, MACs), the router and the input declarations,
+        checked."""
+        self.attach_after = [int(e) for e in m["attach_after"]]
+        self.num_routes = len(self.attach_after) + 1
         self.key_stage, self.num_stages = int(m["key_stage"]), int(m["num_stages"])
         if len(m["route_macs"]) != self.num_routes or not all(finite(v) for v in m["route_macs"]):
             raise ValueError(f"{source}: route_macs must hold {self.num_routes} numbers (the exits, then the backbone)")
@@ -182,14 +190,14 @@ class OnnxPipeline:
     def _open_segments(self, seg: dict, source: Path, session) -> None:
         """The trunk, the stages past the key stage, every branch and the head: each must be in 'segments'."""
         need = ["trunk", "head"] + [f"stage {s}" for s in range(self.key_stage + 1, self.num_stages + 1)] + \
-               [f"branch {r}" for r in range(len(self.exits))]
+               [f"branch {r}" for r in range(len(self.attach_after))]
         for name in need:
             if name not in seg:
                 raise ValueError(f"{source}: segment {name!r} is missing from 'segments'")
         self._trunk = session(seg["trunk"]["file"])
         self._trunk_outputs = [o.name for o in self._trunk.get_outputs()]
         self._stages = {s: session(seg[f"stage {s}"]["file"]) for s in range(self.key_stage + 1, self.num_stages + 1)}
-        self._branches = [session(seg[f"branch {r}"]["file"]) for r in range(len(self.exits))]
+        self._branches = [session(seg[f"branch {r}"]["file"]) for r in range(len(self.attach_after))]
         self._head = session(seg["head"]["file"])
         self.has_cond = "cond" in self._trunk_outputs
 
@@ -235,17 +243,20 @@ class OnnxPipeline:
         return batch
 
     # -- the call -------------------------------------------------------------------------------
-    def __call__(self, *inputs: np.ndarray, max_lpips: float, exits: np.ndarray | None = None) -> OnnxOutput:
+    def __call__(self, *inputs: np.ndarray, max_lpips: float, routes: np.ndarray | None = None,
+                 exits: np.ndarray | None = UNSET) -> OnnxOutput:
         """Images for ``inputs`` at quality ``max_lpips`` (as :meth:`fiancee.pipeline.FianceePipeline.__call__`);
-        ``exits`` overrides the router (one route per input), the predictor still runs and is charged."""
+        ``routes`` (one per input, 0-based) overrides the router, the predictor still runs and is charged.
+        ``exits=`` is the deprecated name of ``routes=``."""
+        forced = renamed("OnnxPipeline.__call__", "exits", exits, "routes", routes, default=None)
         threshold = check_threshold(max_lpips, "max_lpips")
         batch = self._check_inputs(inputs)
-        if exits is not None:
-            exits = np.asarray(exits)
-            if exits.ndim != 1 or exits.shape[0] != batch or not np.issubdtype(exits.dtype, np.integer) \
-                    or exits.min() < 0 or exits.max() >= self.num_routes:
-                raise ValueError(f"exits must be {batch} integers in 0..{self.num_routes - 1}; got {exits!r}")
-            exits = exits.astype(np.int64)
+        if forced is not None:
+            forced = np.asarray(forced)
+            if forced.ndim != 1 or forced.shape[0] != batch or not np.issubdtype(forced.dtype, np.integer) \
+                    or forced.min() < 0 or forced.max() >= self.num_routes:
+                raise ValueError(f"routes must be {batch} integers in 0..{self.num_routes - 1}; got {forced!r}")
+            forced = forced.astype(np.int64)
         feeds = {f"input{i}": x for i, x in enumerate(inputs)}
         out = dict(zip(self._trunk_outputs, self._trunk.run(None, feeds)))
         h, cond, predicted = out["h"], out.get("cond"), out["predicted_lpips"]
@@ -254,10 +265,10 @@ class OnnxPipeline:
         if self.bank is not None:
             ids, bank_macs = self._search(out["query_keys"], out.get("query_classes"))
             guide = self._guide.run(None, {"ids": ids})[0]
-        routes = route_numpy(self.router, predicted, threshold) if exits is None else exits
+        routes = route_numpy(self.router, predicted, threshold) if forced is None else forced
         images = self._tree(h, cond, routes, guide)
         macs = self.route_macs[routes] + self.predictor_macs + bank_macs
-        return OnnxOutput(images=images, exits=routes, predicted_lpips=predicted, macs=macs)
+        return OnnxOutput(images=images, routes=routes, predicted_lpips=predicted, macs=macs)
 
     def _run(self, sess, h, cond, guide=None) -> np.ndarray:
         # A segment that never reads the condition (an OASIS head) was exported without that input.
@@ -269,7 +280,7 @@ class OnnxPipeline:
         batch = h.shape[0]
         alive = np.arange(batch)  # input positions of the rows of h
         out = None
-        branch_at = {k: i for i, k in enumerate(self.exits)}
+        branch_at = {k: i for i, k in enumerate(self.attach_after)}
         for done in range(self.key_stage, self.num_stages):
             if done > self.key_stage:
                 h = self._run(self._stages[done], h, cond)

@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .checks import check_batch
+from .checks import check_batch, check_int_list
 
 __all__ = ["StagedGenerator", "StagedSequential", "Features", "narrow_sequential"]
 
@@ -200,8 +200,8 @@ class StagedSequential(StagedGenerator):
         narrow_head: Callable[[nn.Module, int], nn.Module] | None = None,
     ):
         super().__init__()
-        bounds = list(boundaries)
-        if len(bounds) < 2 or bounds != sorted(set(bounds)) or bounds[0] < 0 or bounds[-1] >= len(seq):
+        bounds = check_int_list(boundaries, "boundaries", minimum=0, maximum=len(seq) - 1, increasing=True)
+        if len(bounds) < 2:
             raise ValueError(
                 f"boundaries must be strictly increasing indices into the Sequential (length {len(seq)}), "
                 f"at least two (one stage and the head); got {bounds}"

@@ -36,7 +36,7 @@ def route_images(model, inputs: tuple[torch.Tensor, ...], batch_size: int = 64, 
     for s in range(0, n, batch_size):
         batch = tuple(x[s : s + batch_size] for x in inputs)
         for r in range(model.num_routes):
-            out[r].append(model(*batch, exit=r, guide=guide).cpu())
+            out[r].append(model(*batch, route=r, guide=guide).cpu())
     return [torch.cat(o) for o in out]
 
 
@@ -143,7 +143,7 @@ def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, s
         sets["train_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, noises=train_noises,
                                                  noise_seed=noise_seed, pairing="pair", guide_key=guide_key)
         sets["new_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, guide_key=guide_key)
-    report = {"task": task.name, "arch": predictor.arch, "exits": list(model.exits), "sets": {}}
+    report = {"task": task.name, "arch": predictor.arch, "attach_after": list(model.attach_after), "sets": {}}
     for name, table in sets.items():
         pred = predict(predictor, model, table["inputs"])
         report["sets"][name] = error_summary(pred, table["lpips"])
@@ -153,7 +153,7 @@ def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, s
 def format_predictor_error(report: dict) -> str:
     """A :func:`predictor_error` report as a table (what train-predictor and predictor-error print): per set of
     inputs, the mean relative error of every exit, their mean and the mean Spearman rank correlation."""
-    exits = report["exits"]
+    exits = report["attach_after"] if "attach_after" in report else report["exits"]  # "exits": reports before
     lines = [f"{report['task']} predictor ({report['arch']}): mean relative error |P - S| / S per exit "
              "(Tables S3 / S4)",
              f"{'set':<14}{'n':>6}" + "".join(f"{'B' + str(i + 1):>8}" for i in range(len(exits)))

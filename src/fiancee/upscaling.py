@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .core.folders import UPSCALE, make_header
 from .tiles import RowStitcher, check_tiling, tile_starts
 
 __all__ = ["read_image", "upscale_array", "upscale_images", "format_upscale_summary", "seam_ratio", "ROUTE_COLOURS",
@@ -101,7 +102,7 @@ def upscale_array(pipe, image: np.ndarray, *, max_lpips: float, tile: int, overl
                 charged = pipe.route_macs[-1] * images.shape[0]
             else:
                 out = pipe(x[i : i + batch_size], max_lpips=threshold)
-                images, taken, charged = out.images, out.exits, out.macs.sum()
+                images, taken, charged = out.images, out.routes, out.macs.sum()
             imgs = ((images.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu().numpy()  # [b, st, st, 3]
             if stitcher is None:
                 scale = imgs.shape[1] // tile
@@ -181,7 +182,7 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
     if not paths:
         raise ValueError("give at least one image")
     images = _check_images(paths, out, tile, overlap, max_pixels)
-    summary = {"kind": "fiancee-upscale", "format": 1, "max_lpips": threshold, "tile": tile, "overlap": overlap,
+    summary = {**make_header(UPSCALE, 1), "max_lpips": threshold, "tile": tile, "overlap": overlap,
                "route_macs": [float(m) for m in pipe.route_macs.tolist()], "images": []}
     bar = None
     if progress:
@@ -189,7 +190,7 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
 
         total = sum(len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) for _, (h, w) in images)
         bar = tqdm(total=total, desc="tiles", unit="tile", dynamic_ncols=True)
-    with atomic_folder(out, kind="fiancee-upscale", what="upscale output") as tmp:
+    with atomic_folder(out, kind=UPSCALE, what="upscale output") as tmp:
         for path, _ in images:
             summary["images"].append(_upscale_file(
                 pipe, path, tmp, max_lpips=threshold, tile=tile, overlap=overlap, batch_size=batch_size,

@@ -31,7 +31,8 @@ One module per concept:
 - ``index``: FAISS indexes (make, move to the GPU, write, read checked)
 - ``manifest``: the folder's kind, format version and modes; the manifest and entry checks
 - ``folder``: the bank folder written whole and read checked (its layout is documented there)
-- ``feature_bank``: :class:`FeatureBank` (search with its cost, guide tensor, save) and :func:`load_bank`
+- ``feature_bank``: :class:`FeatureBank` (search with its cost, guide tensor, ``save_pretrained`` /
+  ``from_pretrained``) and :func:`load_bank`
 - ``build``: :class:`BankSpec`, :func:`collect_features`, :func:`build_feature_bank`
 - ``latency``: :func:`retrieval_latency`
 
@@ -48,12 +49,12 @@ from .feature_bank import FeatureBank, load_bank, start_images
 from .index import INDEX_KINDS
 from .keys import KEY_FUNCTIONS, key_function, register_key_function
 from .latency import retrieval_latency
-from .manifest import FORMAT_VERSION, KIND, MODES
+from .manifest import FORMAT, FORMAT_VERSION, KIND, MODES
 from .patches import cut_patches, glue_patches, majority_labels
 from .sampling import farthest_point_sampling
 
 __all__ = [
-    "FORMAT_VERSION", "KEY_FUNCTIONS", "register_key_function", "farthest_point_sampling", "cut_patches",
+    "FORMAT", "FORMAT_VERSION", "KEY_FUNCTIONS", "register_key_function", "farthest_point_sampling", "cut_patches",
     "glue_patches", "majority_labels", "BankSpec", "FeatureBank", "collect_features", "build_feature_bank",
     "load_bank", "retrieval_latency", "start_images", "key_function", "KIND", "MODES", "INDEX_KINDS",
 ]

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.folders import make_header
 from .feature_bank import FeatureBank
 from .index import INDEX_KINDS, _make_index
 from .keys import key_function
-from .manifest import FORMAT_VERSION, KIND, MODES, _backbone_fingerprint
+from .manifest import FORMAT, KIND, MODES, _backbone_fingerprint
 from .patches import cut_patches, majority_labels
 from .sampling import farthest_point_sampling
 
@@ -127,7 +128,7 @@ def build_feature_bank(backbone, inputs: tuple[torch.Tensor, ...], spec: BankSpe
             start += m
 
     manifest = {
-        "kind": KIND, "format_version": FORMAT_VERSION, "task": task, "mode": spec.mode,
+        **make_header(KIND, FORMAT), "task": task, "mode": spec.mode,
         "key_stage": spec.key_stage, "value_stage": spec.value_stage,
         "grid": list(spec.grid) if spec.mode == "patch" else None,
         "key_function": spec.key_function if spec.mode == "global" else None,

@@ -123,6 +123,11 @@ class FeatureBank:
         queries = self.query_keys(h).detach().to("cpu", torch.float32)  # [B, Q, D]
         b, q, d = queries.shape
         flat = queries.reshape(b * q, d).numpy()
+        finite = np.isfinite(flat)
+        if not finite.all():  # FAISS would return id -1 for them, an IndexError further on
+            raise ValueError(f"the key-stage features (stage {self.manifest['key_stage']}) given to the bank search "
+                             f"hold NaN or Inf ({int((~finite).sum())} of {finite.size} query-key values); "
+                             "expected finite numbers")
         classes, starts = None, {}
         if not (self.mode == "global" or self.label_channels is None):
             classes = self.query_classes(cond, b).reshape(-1).numpy()
@@ -181,14 +186,22 @@ class FeatureBank:
         return self
 
     # -- files ------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the bank folder whole (:func:`fiancee.bank.folder.write_folder`): built in a hidden sibling
         and swapped in once complete, so a killed build never leaves half a bank; a folder of another kind
-        is never replaced."""
+        is never replaced. :meth:`from_pretrained` reads it."""
         return write_folder(path, self.manifest, {
             "keys": self.keys, "values": self.values, "classes": self.classes, "source": self.source,
             "cell": self.cell, "rgb": self.rgb,
         }, self.indexes, overwrite=overwrite)
+
+    save = save_pretrained  # the name before save_pretrained / from_pretrained became the pair of every object
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, backbone, device: str | torch.device | None = None
+                        ) -> "FeatureBank":
+        """Read a bank folder and check it was built from ``backbone``'s weights (:func:`load_bank`)."""
+        return load_bank(path, backbone, device)
 
 
 def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | None = None) -> FeatureBank:

@@ -2,13 +2,16 @@
 
 ::
 
-    manifest.json          format version, mode, stages, grid, per-class counts, backbone fingerprint
+    manifest.json          kind "fiancee-feature-bank", format, mode, stages, grid, per-class counts,
+                           backbone fingerprint
     entries.safetensors    keys [N, D], values, classes [N], source input [N], grid cell [N], RGB patches
     index_all.faiss        FAISS index over all entries (global mode; the fallback in patch mode)
     index_class_<c>.faiss  one FAISS index per class with entries (patch mode with label maps)
 
 Reading checks the fingerprint of the backbone's weights: a bank built from other weights is refused.
-:meth:`fiancee.bank.FeatureBank.save` and :func:`fiancee.bank.load_bank` are the object's side of these two.
+:meth:`fiancee.bank.FeatureBank.save_pretrained` and :meth:`fiancee.bank.FeatureBank.from_pretrained` (the old
+names :meth:`~fiancee.bank.FeatureBank.save` and :func:`fiancee.bank.load_bank` still work) are the object's side
+of these two. A manifest with the old version key ``format_version`` still loads (:mod:`fiancee.core.folders`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from ..io import atomic_folder, load_tensors, read_manifest, read_whole_folder, resolve_inside, save_tensors, write_json
 from .index import _faiss, _read_index, _write_index
 from .keys import KEY_FUNCTIONS
-from .manifest import FORMAT_VERSION, KIND, _backbone_fingerprint, _check_entries, _check_manifest
+from .manifest import FORMAT, KIND, _backbone_fingerprint, _check_entries, _check_manifest
 
 __all__ = ["write_folder", "read_folder"]
 
@@ -49,8 +52,8 @@ def read_folder(path: str | os.PathLike, backbone) -> tuple[dict, dict, dict]:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no feature bank at {path} (build one with `fiancee build-bank`)")
-    manifest = read_manifest(resolve_inside(path, "manifest.json"), kind=KIND, version_key="format_version",
-                             version=FORMAT_VERSION, what="feature bank manifest",
+    manifest = read_manifest(resolve_inside(path, "manifest.json"), kind=KIND, version=FORMAT,
+                             what="feature bank manifest",
                              required=("backbone_fingerprint", "mode", "per_class_counts"),
                              hint="; rebuild it with `fiancee build-bank`")
     mine = _backbone_fingerprint(backbone)

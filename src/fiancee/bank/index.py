@@ -7,6 +7,7 @@ FAISS is optional (``fiancee[bank]``): it is imported on first use, with one lin
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -80,7 +81,12 @@ def _write_index(index, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        faiss.write_index(index, tmp)
+        try:
+            faiss.write_index(index, tmp)
+        except RuntimeError as e:  # FAISS reports a failed fwrite with strerror(errno) in its text
+            if os.strerror(errno.ENOSPC) in str(e):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+            raise
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

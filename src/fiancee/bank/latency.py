@@ -36,7 +36,7 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
 
         warmup = min(warmup, reps)
         r_ms = time_ms(lambda: bank.guide(h, cond), device, reps, warmup)["median_ms"]
-        s_ms = time_ms(lambda: model(*inputs, exit=0, guide=g), device, reps, warmup)["median_ms"]
+        s_ms = time_ms(lambda: model(*inputs, route=0, guide=g), device, reps, warmup)["median_ms"]
         out.append({"batch_size": bs, "retrieval_ms": round(r_ms, 4), "smallest_route_ms": round(s_ms, 4),
                     "fraction": round(r_ms / s_ms, 4), "device": str(device), "entries": len(bank)})
     return out

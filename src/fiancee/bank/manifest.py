@@ -1,16 +1,19 @@
-"""A bank folder's manifest: its kind and format version, the bank's modes, the backbone fingerprint it
-records, and the checks a loader runs on the manifest and on the entries against it."""
+"""A bank folder's manifest: its header (kind ``fiancee-feature-bank``, ``format``; banks written before kept
+the version under ``format_version`` and still load, :mod:`fiancee.core.folders`), the bank's modes, the backbone
+fingerprint it records, and the checks a loader runs on the manifest and on the entries against it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.folders import FEATURE_BANK
 from ..io import config_int, config_int_list, config_str, tensor_fingerprint
 
-__all__ = ["FORMAT_VERSION", "KIND", "MODES"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "KIND", "MODES"]
 
-FORMAT_VERSION = 1
-KIND = "fiancee-feature-bank"
+FORMAT = 1
+FORMAT_VERSION = FORMAT  # the name before every folder's version was its header's "format"
+KIND = FEATURE_BANK
 MODES = ("patch", "global")
 
 

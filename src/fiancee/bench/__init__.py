@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ..timing import time_ms
 from .args import BANK_MODES, REFERENCE_BACKBONES, RUNTIMES
-from .mixed import DEMO_SHARES, mix_exits, skewed_shares
+from .mixed import DEMO_SHARES, mix_exits, mix_routes, skewed_shares
 from .onnx import run_onnx_bench
 from .options import FASTER, OPTIONS, TOLERANCES
 from .report import FORMAT_VERSION, format_onnx_table, format_table
@@ -31,5 +31,5 @@ from .run import run_bench
 from .setup import GEOMETRY
 
 __all__ = ["REFERENCE_BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "FORMAT_VERSION",
-           "RUNTIMES", "BANK_MODES", "time_ms", "mix_exits", "skewed_shares", "run_bench", "format_table",
+           "RUNTIMES", "BANK_MODES", "time_ms", "mix_routes", "mix_exits", "skewed_shares", "run_bench", "format_table",
            "run_onnx_bench", "format_onnx_table"]

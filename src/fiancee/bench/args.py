@@ -8,10 +8,10 @@ import os
 import shutil
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ..backbones import SIZES
+from ..core.args import check_int
 from .options import CUDA_ONLY, OPTIONS
 
 __all__ = ["REFERENCE_BACKBONES", "RUNTIMES", "BANK_MODES", "positive", "parse_batches", "parse_options",
@@ -27,10 +27,9 @@ BANK_MODES = ("auto", "on", "off")
 
 
 def positive(value, what: str, minimum: int = 1) -> int:
-    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
+    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``
+    (:func:`fiancee.core.args.check_int`)."""
+    return check_int(value, what, minimum=minimum)
 
 
 def parse_batches(batches: str | Sequence[int]) -> list[int]:

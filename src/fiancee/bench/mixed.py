@@ -16,7 +16,7 @@ import torch
 
 from .measure import Clock
 
-__all__ = ["DEMO_SHARES", "skewed_shares", "mix_exits", "demo_mixes", "time_mixes"]
+__all__ = ["DEMO_SHARES", "skewed_shares", "mix_routes", "mix_exits", "demo_mixes", "time_mixes"]
 
 # Exit shares of the faces demo's calibrated router at LPIPS <= 0.1 (README), shallowest exit
 # first, the backbone last: the skewed mix (resampled for other route counts, :func:`skewed_shares`).
@@ -33,8 +33,8 @@ def skewed_shares(num_routes: int) -> tuple[float, ...]:
     return tuple(float(s) for s in np.diff(cdf))
 
 
-def mix_exits(shares: Sequence[float], batch: int, seed: int) -> torch.Tensor:
-    """``[batch]`` route indices holding the shares as closely as whole samples allow (largest
+def mix_routes(shares: Sequence[float], batch: int, seed: int) -> torch.Tensor:
+    """``[batch]`` route indices (0-based) holding the shares as closely as whole samples allow (largest
     remainders), in a seeded random order."""
     if batch < 1 or not shares or min(shares) < 0 or sum(shares) <= 0:
         raise ValueError(f"a mix needs a positive batch and non-negative shares; got batch={batch}, shares={shares}")
@@ -42,8 +42,11 @@ def mix_exits(shares: Sequence[float], batch: int, seed: int) -> torch.Tensor:
     raw = p * batch
     counts = np.floor(raw).astype(np.int64)
     counts[np.argsort(-(raw - counts), kind="stable")[: batch - int(counts.sum())]] += 1
-    exits = torch.repeat_interleave(torch.arange(len(p)), torch.from_numpy(counts))
-    return exits[torch.randperm(batch, generator=torch.Generator().manual_seed(seed))]
+    routes = torch.repeat_interleave(torch.arange(len(p)), torch.from_numpy(counts))
+    return routes[torch.randperm(batch, generator=torch.Generator().manual_seed(seed))]
+
+
+mix_exits = mix_routes  # the name before routes were called routes (kept for one release)
 
 
 def demo_mixes(num_routes: int) -> list[tuple[str, tuple[float, ...]]]:
@@ -51,16 +54,16 @@ def demo_mixes(num_routes: int) -> list[tuple[str, tuple[float, ...]]]:
     return [("uniform", tuple([1.0 / num_routes] * num_routes)), ("skewed", skewed_shares(num_routes))]
 
 
-def _grouped(model, inputs: tuple[torch.Tensor, ...], exits: torch.Tensor) -> torch.Tensor:
+def _grouped(model, inputs: tuple[torch.Tensor, ...], routes: torch.Tensor) -> torch.Tensor:
     """The alternative to the tree: every route's samples as their own batch through ``route``."""
     out = None
     for r in range(model.num_routes):
-        rows = (exits == r).nonzero().squeeze(1)
+        rows = (routes == r).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        images = model.route(*(x.index_select(0, rows) for x in inputs), exit=r)
+        images = model.route(*(x.index_select(0, rows) for x in inputs), route=r)
         if out is None:
-            out = images.new_empty((exits.numel(), *images.shape[1:]))
+            out = images.new_empty((routes.numel(), *images.shape[1:]))
         out.index_copy_(0, rows, images)
     return out
 
@@ -76,8 +79,8 @@ def time_mixes(model, mixes: list[tuple[str, tuple[float, ...]]], batches: list[
     for mix_name, shares in mixes:
         per_batch = {}
         for b in mix_batches:
-            exits = mix_exits(shares, b, seed).to(clock.device)
-            per_batch[str(b)] = _mix_row(model, inputs_on[b], exits, route_ms[b], clock)
+            routes = mix_routes(shares, b, seed).to(clock.device)
+            per_batch[str(b)] = _mix_row(model, inputs_on[b], routes, route_ms[b], clock)
             step(f"mix {mix_name} batch {b}")
         entries.append({"name": mix_name, "shares": [round(s, 4) for s in shares], "per_batch": per_batch})
     mixed = {"batch": None, "mix": None, "tree_vs_ideal": None, "tree_vs_deepest": None, "tree_vs_grouped": None,
@@ -91,15 +94,15 @@ def time_mixes(model, mixes: list[tuple[str, tuple[float, ...]]], batches: list[
     return mixed
 
 
-def _mix_row(model, inputs: tuple[torch.Tensor, ...], exits: torch.Tensor, route_ms: list[dict], clock: Clock) -> dict:
+def _mix_row(model, inputs: tuple[torch.Tensor, ...], routes: torch.Tensor, route_ms: list[dict], clock: Clock) -> dict:
     """One mix at one batch: ``route_ms`` are the routes' times at this batch size."""
-    b = exits.numel()
-    counts = torch.bincount(exits.cpu(), minlength=model.num_routes).tolist()
-    tree = clock(lambda: model.mixed(*inputs, exits=exits))["median_ms"]
-    grouped = clock(lambda: _grouped(model, inputs, exits))["median_ms"]
+    b = routes.numel()
+    counts = torch.bincount(routes.cpu(), minlength=model.num_routes).tolist()
+    tree = clock(lambda: model.mixed(*inputs, routes=routes))["median_ms"]
+    grouped = clock(lambda: _grouped(model, inputs, routes))["median_ms"]
     ideal = sum(n * route_ms[r]["median_ms"] / b for r, n in enumerate(counts))
-    deepest = route_ms[int(exits.max())]["median_ms"]
-    diff = (model.mixed(*inputs, exits=exits) - _grouped(model, inputs, exits)).abs().max()
+    deepest = route_ms[int(routes.max())]["median_ms"]
+    diff = (model.mixed(*inputs, routes=routes) - _grouped(model, inputs, routes)).abs().max()
     return {
         "counts": counts, "tree_ms": round(tree, 4), "ideal_ms": round(ideal, 4),
         "deepest_ms": round(deepest, 4), "grouped_ms": round(grouped, 4),

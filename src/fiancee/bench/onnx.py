@@ -14,7 +14,7 @@ import torch
 from ..timing import load_average
 from .args import check_backbone, parse_batches, positive
 from .measure import Clock, Steps
-from .mixed import demo_mixes, mix_exits
+from .mixed import demo_mixes, mix_routes
 from .overhead import make_predictor
 from .report import onnx_report
 from .setup import make_setup
@@ -82,8 +82,8 @@ def _time_runtimes(pipe, folder: Path, threads: list[int], batches: list[int],
             torch.set_num_threads(t)
             runtime = OnnxPipeline(folder, threads=t)
             for b in batches:
-                for key, label, exits in _cases(pipe.model, b, mixes, seed):
-                    rows.append(_compare(pipe, runtime, inputs_on[b], exits, key, label, t, clock))
+                for key, label, routes in _cases(pipe.model, b, mixes, seed):
+                    rows.append(_compare(pipe, runtime, inputs_on[b], routes, key, label, t, clock))
                     step(f"{key} batch {b} threads {t}")
     finally:
         torch.set_num_threads(old_threads)
@@ -93,27 +93,27 @@ def _time_runtimes(pipe, folder: Path, threads: list[int], batches: list[int],
 def _cases(model, b: int, mixes: list[tuple[str, tuple[float, ...]]], seed: int) -> list[tuple[str, str, torch.Tensor]]:
     """``(key, label, routes)`` at batch ``b``: every route forced on all inputs, then every mix as the tree."""
     num_routes = model.num_routes
-    cases = [(f"route {r}", "backbone" if r == num_routes - 1 else f"exit after stage {model.exits[r]}",
+    cases = [(f"route {r}", "backbone" if r == num_routes - 1 else f"exit after stage {model.attach_after[r]}",
               torch.full((b,), r, dtype=torch.int64)) for r in range(num_routes)]
-    cases += [(f"mixed {name}", f"mixed-exit tree, {name} mix", mix_exits(shares, b, seed)) for name, shares in mixes]
+    cases += [(f"mixed {name}", f"mixed-exit tree, {name} mix", mix_routes(shares, b, seed)) for name, shares in mixes]
     return cases
 
 
-def _compare(pipe, runtime, xs: tuple[torch.Tensor, ...], exits: torch.Tensor, key: str, label: str, threads: int,
+def _compare(pipe, runtime, xs: tuple[torch.Tensor, ...], routes: torch.Tensor, key: str, label: str, threads: int,
              clock: Clock) -> dict:
     """One case under both runtimes: images and routes compared once, then each side timed."""
     arrays = tuple(x.numpy() for x in xs)
-    ex = exits.numpy()
-    ref = pipe(*xs, max_lpips=0.1, exits=exits)
-    got = runtime(*arrays, max_lpips=0.1, exits=ex)
-    torch_t = clock(lambda: pipe(*xs, max_lpips=0.1, exits=exits))
-    onnx_t = clock(lambda: runtime(*arrays, max_lpips=0.1, exits=ex))
+    ex = routes.numpy()
+    ref = pipe(*xs, max_lpips=0.1, routes=routes)
+    got = runtime(*arrays, max_lpips=0.1, routes=ex)
+    torch_t = clock(lambda: pipe(*xs, max_lpips=0.1, routes=routes))
+    onnx_t = clock(lambda: runtime(*arrays, max_lpips=0.1, routes=ex))
     return {
-        "case": key, "name": label, "batch": int(exits.numel()), "threads": threads,
+        "case": key, "name": label, "batch": int(routes.numel()), "threads": threads,
         "counts": np.bincount(ex, minlength=pipe.model.num_routes).tolist(),
         "torch_ms": round(torch_t["median_ms"], 4), "onnx_ms": round(onnx_t["median_ms"], 4),
         "torch_iqr_ms": round(torch_t["iqr_ms"], 4), "onnx_iqr_ms": round(onnx_t["iqr_ms"], 4),
         "speedup": round(torch_t["median_ms"] / onnx_t["median_ms"], 4),
         "max_abs_diff": float(np.abs(got.images - ref.images.numpy()).max()),
-        "routes_equal": bool(np.array_equal(got.exits, ref.exits.numpy())),
+        "routes_equal": bool(np.array_equal(got.routes, ref.routes.numpy())),
     }

@@ -57,7 +57,7 @@ def _time_variant(model, label: str, group: tuple[str, ...], batches: list[int],
             variant_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         for b in batches:
             for r in range(model.num_routes):
-                ref = model.route(*inputs_on[b], exit=r).float()
+                ref = model.route(*inputs_on[b], route=r).float()
                 fn, prepare_s = _option_runner(variant_model, r, inputs_on[b], group, clock.device)
                 entry["results"].append(_result(fn, ref, b, r, route_ms[b][r]["median_ms"], prepare_s, tol, clock))
                 step(f"{label} route {r} batch {b}")
@@ -130,7 +130,7 @@ def _option_runner(model, route: int, inputs: tuple[torch.Tensor, ...], opts: Se
 
     def call(*xs):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache):
-            return model.route(*xs, exit=route, check=check)
+            return model.route(*xs, route=route, check=check)
 
     fn = call
     if "compile" in opts:

@@ -1,6 +1,8 @@
-"""The reports: the JSON layout of :func:`run_bench` and :func:`run_onnx_bench` (``kind``, ``format_version``,
-``settings``, the phases' results, ``notes``), and their tables (aligned text, or Markdown: BENCHMARKS.md is
-rendered from the committed reports with :func:`format_table` / :func:`format_onnx_table`)."""
+"""The reports: the JSON layout of :func:`run_bench` and :func:`run_onnx_bench` (the header ``kind``
+``fiancee-bench`` / ``fiancee-bench-onnx`` and ``format``: reports written before say ``format_version``,
+:mod:`fiancee.core.folders`; ``settings``, the phases' results, ``notes``), and their tables (aligned text, or
+Markdown: BENCHMARKS.md is rendered from the committed reports with :func:`format_table` /
+:func:`format_onnx_table`)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ import time
 
 import torch
 
+from ..core.folders import BENCH, BENCH_ONNX, make_header
 from ..timing import load_average
 from .measure import device_info
 from .options import FASTER, TOLERANCES
 
-__all__ = ["FORMAT_VERSION", "bench_report", "onnx_report", "format_table", "format_onnx_table"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "bench_report", "onnx_report", "format_table", "format_onnx_table"]
 
-FORMAT_VERSION = 1
+FORMAT = 1
+FORMAT_VERSION = FORMAT  # the name before every report's version was its header's "format"
 
 
 def bench_report(name: str, setup, model, device: torch.device, batches: list[int], reps: int, warmup: int,
@@ -25,10 +29,10 @@ def bench_report(name: str, setup, model, device: torch.device, batches: list[in
     average are read now, inside the run."""
     exits_scale = model.scale
     return {
-        "kind": "fiancee-bench", "format_version": FORMAT_VERSION,
+        **make_header(BENCH, FORMAT),
         "settings": {
             "backbone": name, **setup.settings, "scale": f"{exits_scale.numerator}/{exits_scale.denominator}",
-            "min_channels": model.min_channels, "exits_after_stages": list(model.exits), "device": str(device),
+            "min_channels": model.min_channels, "exits_after_stages": list(model.attach_after), "device": str(device),
             "batches": batches, "reps": reps, "warmup": warmup, "threads": torch.get_num_threads(), "seed": seed,
             "dtype": "float32", "options": opts, "ratio_batch": ratio_batch,
             "mixes": {m["name"]: m["shares"] for m in phases["mixed"]["mixes"]}, "bank_inputs": bank_n,
@@ -73,10 +77,11 @@ def onnx_report(backbone: str, setup, model, batches: list[int], threads: list[i
     import onnxruntime
 
     return {
-        "kind": "fiancee-bench-onnx", "format_version": FORMAT_VERSION,
+        **make_header(BENCH_ONNX, FORMAT),
         "settings": {"backbone": backbone, **setup.settings,
                      "scale": f"{model.scale.numerator}/{model.scale.denominator}",
-                     "min_channels": model.min_channels, "exits_after_stages": list(model.exits), "batches": batches,
+                     "min_channels": model.min_channels, "exits_after_stages": list(model.attach_after),
+                     "batches": batches,
                      "threads": threads, "reps": reps, "warmup": warmup, "seed": seed, "opset": opset,
                      "predictor_arch": predictor.arch, "dtype": "float32", "timing": "time.perf_counter",
                      "mixes": {name: [round(s, 4) for s in shares] for name, shares in mixes}},

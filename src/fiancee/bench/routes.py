@@ -1,6 +1,6 @@
 """Routes: milliseconds of every route beside its MACs.
 
-Median wall time of ``ExitGenerator.route(*inputs, exit=r)`` for every route (shallowest exit first, the
+Median wall time of ``ExitGenerator.route(*inputs, route=r)`` for every route (shallowest exit first, the
 backbone last) at every batch size, over ``reps`` timed calls after ``warmup`` untimed ones
 (:func:`fiancee.timing.time_ms`), next to its MACs (:meth:`ExitGenerator.route_macs`).
 ``latency_ratio = latency(route) / latency(backbone)`` sits beside ``macs_ratio = MACs(route) / MACs(backbone)``:
@@ -31,7 +31,7 @@ def time_routes(model, batches: list[int], ratio_batch: int, inputs_on: dict[int
     for b in batches:
         route_ms[b] = []
         for r in range(model.num_routes):
-            route_ms[b].append(clock(lambda: model.route(*inputs_on[b], exit=r)))
+            route_ms[b].append(clock(lambda: model.route(*inputs_on[b], route=r)))
             step(f"route {r} batch {b}")
     routes = [_route_entry(model, r, macs, batches, ratio_batch, route_ms) for r in range(model.num_routes)]
     return routes, route_ms
@@ -47,8 +47,8 @@ def _route_entry(model, r: int, macs: list[int], batches: list[int], ratio_batch
                              "latency_ratio": round(t["median_ms"] / route_ms[b][-1]["median_ms"], 4)}
     backbone_route = r == model.num_routes - 1
     return {
-        "route": r, "name": "backbone" if backbone_route else f"exit after stage {model.exits[r]}",
-        "after_stage": None if backbone_route else model.exits[r], "macs": macs[r],
+        "route": r, "name": "backbone" if backbone_route else f"exit after stage {model.attach_after[r]}",
+        "after_stage": None if backbone_route else model.attach_after[r], "macs": macs[r],
         "macs_ratio": round(macs[r] / macs[-1], 4),
         "latency_ms": per_batch[str(ratio_batch)]["median_ms"],
         "latency_ratio": per_batch[str(ratio_batch)]["latency_ratio"], "per_batch": per_batch,

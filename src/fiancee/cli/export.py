@@ -16,7 +16,8 @@ def register(sub) -> None:
                     "manifest.json (route table, MACs, router, inputs, fingerprints). Written whole (docs/deploy.md).",
         epilog="example: fiancee export out/demo/pipeline --out out/demo/onnx   (after `make demo`)\n"
                "         python -c \"from fiancee.runtime import OnnxPipeline; import numpy as np; "
-               "print(OnnxPipeline('out/demo/onnx')(np.random.randn(4, 100).astype('float32'), max_lpips=0.1).exits)\"",
+               "print(OnnxPipeline('out/demo/onnx')(np.random.randn(4, 100).astype('float32'), "
+               "max_lpips=0.1).routes)\"",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pipeline", help="pipeline folder (fiancee demo, FianceePipeline.save)")

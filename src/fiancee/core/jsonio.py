@@ -11,20 +11,56 @@ from typing import Any
 __all__ = ["loads_strict", "read_json", "require_keys"]
 
 
-def _not_json(token: str):
-    raise ValueError(f"{token} is not JSON (only finite numbers are)")
+class _NonFinite:
+    """What NaN, Infinity or an overflowing number parses to, until the walk that names its field."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
 
 
-def _finite_float(token: str) -> float:
-    value = float(token)
-    if not math.isfinite(value):  # 1e999 parses to inf
-        raise ValueError(f"{token} overflows to infinity")
-    return value
+def _path(obj: Any, where: str = "") -> tuple[str, str] | None:
+    """(problem, field) of the first non-finite number in ``obj``, in document order; None when there is none."""
+    if isinstance(obj, _NonFinite):
+        return obj.problem, where
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        found = _path(value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found:
+            return found
+    return None
+
+
+def _keep_bad(pairs: list) -> dict:
+    # A key written twice keeps its last value in JSON; a non-finite first one must still be refused.
+    obj = dict(pairs)
+    for key, value in pairs:
+        if isinstance(value, _NonFinite) or (isinstance(value, (dict, list)) and _path(value)):
+            obj[key] = value
+    return obj
 
 
 def loads_strict(text: str) -> Any:
-    """``json.loads`` refusing NaN, Infinity and numbers that overflow to infinity."""
-    return json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    """``json.loads`` refusing NaN, Infinity and numbers that overflow to infinity, naming the field that holds
+    one (``router.costs[0]``)."""
+    bad = []
+
+    def constant(token: str) -> _NonFinite:
+        bad.append(token)
+        return _NonFinite(f"{token} is not JSON (only finite numbers are)")
+
+    def finite_float(token: str) -> float | _NonFinite:
+        value = float(token)
+        if math.isfinite(value):
+            return value
+        bad.append(token)  # 1e999 parses to inf
+        return _NonFinite(f"{token} overflows to infinity")
+
+    obj = json.loads(text, parse_constant=constant, parse_float=finite_float)
+    if bad:  # parsed again keeping every bad value (a valid file is parsed once, with no hook)
+        problem, where = _path(json.loads(text, parse_constant=constant, parse_float=finite_float,
+                                          object_pairs_hook=_keep_bad))
+        raise ValueError(problem + (f", in field {where!r}" if where else ""))
+    return obj
 
 
 def read_json(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Any:

@@ -20,7 +20,8 @@ from .rules import EPS, cheapest_meeting, check_threshold, margin_at, oracle_mis
 
 __all__ = ["Field", "RoutingRule", "RULES", "register_rule", "unregister_rule", "rule_for", "check_router_config",
            "route_numpy", "numbers", "number", "count", "FLAG", "checked_by_router", "ThresholdRule", "OracleRule",
-           "StaticRule", "CalibratedRule", "check_compliance", "check_exit", "check_margins"]
+           "StaticRule", "CalibratedRule", "check_compliance", "check_route", "check_exit", "check_margins",
+           "upgrade_config"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class RoutingRule:
 
     kind: ClassVar[str] = ""
     fields: ClassVar[dict[str, Field]] = {"costs": numbers(optional=True)}
+    # Fields this kind renamed, old name -> new name: configs written before are read with the new names
+    # (:func:`upgrade_config`), and the router's constructor may take the old name as a deprecated keyword.
+    renamed: ClassVar[dict[str, str]] = {}
 
     def check(self, config: dict, num_routes: int | None = None) -> None:
         """Refuse a config whose fields have their types but not this kind's sense; with ``num_routes`` (the
@@ -97,16 +101,30 @@ def unregister_rule(kind: str) -> None:
 
 
 def rule_for(kind: Any) -> RoutingRule:
-    if kind not in RULES:
+    if not isinstance(kind, str) or kind not in RULES:  # a list or a dict kind is unhashable: refused, not a TypeError
         raise ValueError(f"router config must be a dict with kind in {sorted(RULES)}; got kind {kind!r}")
     return RULES[kind]
 
 
+def upgrade_config(config: Any) -> Any:
+    """``config`` with the fields its kind renamed (:attr:`RoutingRule.renamed`) under their new names: a copy
+    when one is renamed, else ``config`` itself (anything that is not a known kind's config too)."""
+    if not isinstance(config, dict) or not isinstance(config.get("kind"), str) or config["kind"] not in RULES:
+        return config
+    renames = RULES[config["kind"]].renamed
+    if not any(key in config for key in renames):
+        return config
+    # both spellings present: the new one wins
+    return {renames.get(k, k): v for k, v in config.items() if not (k in renames and renames[k] in config)}
+
+
 def check_router_config(config: Any, num_routes: int | None = None) -> dict:
     """``config`` checked: a known kind, every field one the kind takes and of its type, costs >= 0, the kind's
-    own checks; with ``num_routes``, fit to route a model of that many routes (one cost per route). Returns it."""
-    if not isinstance(config, dict) or config.get("kind") not in RULES:
+    own checks; with ``num_routes``, fit to route a model of that many routes (one cost per route). Returns it,
+    with renamed fields under their new names (:func:`upgrade_config`: a config written before still loads)."""
+    if not isinstance(config, dict) or not isinstance(config.get("kind"), str) or config["kind"] not in RULES:
         raise ValueError(f"router config must be a dict with kind in {sorted(RULES)}; got {config!r}")
+    config = upgrade_config(config)
     kind = config["kind"]
     rule = RULES[kind]
     for key, value in config.items():
@@ -138,6 +156,7 @@ def route_numpy(config: dict, predicted: np.ndarray, threshold: float) -> np.nda
     """Routes ``[B]`` (int64) for ``predicted [B, E]`` at ``threshold``, by the router ``config``
     (:meth:`fiancee.routing.Router.to_config`): the same rule and ties as that router in torch."""
     rule = rule_for(config.get("kind") if isinstance(config, dict) else None)
+    config = upgrade_config(config)
     t = check_threshold(threshold)
     if not isinstance(predicted, np.ndarray) or predicted.ndim != 2 or predicted.shape[1] < 1 \
             or not np.issubdtype(predicted.dtype, np.floating):
@@ -196,29 +215,33 @@ class OracleRule(RoutingRule):
         return routes
 
 
-def check_exit(exit: Any, num_routes: int | None = None) -> int:
+def check_route(route: Any, num_routes: int | None = None) -> int:
     """A static router's route index: an integer >= 0, and one of the model's ``num_routes`` routes."""
-    if not is_int(exit) or exit < 0:
-        raise ValueError(f"exit must be a route index >= 0 (E = the backbone); got {exit!r}")
-    if num_routes is not None and exit >= num_routes:
-        raise ValueError(f"static exit {exit} does not exist: routes are 0..{num_routes - 1} "
+    if not is_int(route) or route < 0:
+        raise ValueError(f"route must be a route index >= 0 (E = the backbone); got {route!r}")
+    if num_routes is not None and route >= num_routes:
+        raise ValueError(f"static route {route} does not exist: routes are 0..{num_routes - 1} "
                          f"({num_routes - 1} = backbone)")
-    return exit
+    return route
+
+
+check_exit = check_route  # the name before the field was called route (kept for one release)
 
 
 @register_rule
 class StaticRule(RoutingRule):
-    """Every input on one fixed route; the threshold is ignored."""
+    """Every input on one fixed route; the threshold is ignored. The field was called ``exit`` before."""
 
     kind = "static"
-    fields = {**RoutingRule.fields, "exit": count(required=True)}
+    fields = {**RoutingRule.fields, "route": count(required=True)}
+    renamed = {"exit": "route"}
 
     def check(self, config, num_routes=None):
-        check_exit(config["exit"], num_routes)
+        check_route(config["route"], num_routes)
 
     def route(self, config, predicted, threshold):
-        exit = check_exit(config["exit"], predicted.shape[1] + 1)
-        return np.full(predicted.shape[0], exit, dtype=np.int64)
+        route = check_route(config["route"], predicted.shape[1] + 1)
+        return np.full(predicted.shape[0], route, dtype=np.int64)
 
 
 def check_margins(thresholds: Sequence[float], margins: Sequence[float]) -> list[tuple[float, float]]:

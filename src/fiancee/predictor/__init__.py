@@ -6,12 +6,13 @@ One module per concept; every name is importable from ``fiancee.predictor`` as b
 - :mod:`~fiancee.predictor.model`: :class:`QualityPredictor` (a head, then an MLP; inputs and targets
   standardized with statistics of the training table kept as buffers, so the saved predictor needs nothing
   else; ``forward`` returns LPIPS in LPIPS units ``[B, E]``) and its folded inference copy
-  :class:`FoldedPredictor`.
+  :class:`FoldedPredictor`; its folder: :meth:`QualityPredictor.save_pretrained` /
+  :meth:`QualityPredictor.from_pretrained` (and :func:`load_predictor`, which also returns the folder's config).
 - :mod:`~fiancee.predictor.features`: what a predictor reads (:func:`key_features`, :func:`predictor_features`)
   and :func:`predict`.
 - :mod:`~fiancee.predictor.training`: the training loop :func:`train_predictor` and its :data:`RECIPES`.
-- :mod:`~fiancee.predictor.folder`: :func:`save_predictor` / :func:`load_predictor` and
-  :func:`exits_fingerprints`.
+- :mod:`~fiancee.predictor.folder`: :func:`save_predictor` / :func:`read_predictor` (header kind
+  ``fiancee-predictor``) and :func:`exits_fingerprints`.
 - :mod:`~fiancee.predictor.errors`: :func:`relative_error`, :func:`error_summary` (Tables S3, S4).
 
 Architectures (after Table S7), chosen with ``arch``, are the registered heads:
@@ -36,9 +37,9 @@ from __future__ import annotations
 
 from .errors import error_summary, relative_error
 from .features import key_features, predict, predictor_features
-from .folder import FORMAT, _check_predictor_config, exits_fingerprints, load_predictor, save_predictor  # noqa: F401
+from .folder import FORMAT, _check_predictor_config, exits_fingerprints, read_predictor, save_predictor  # noqa: F401
 from .heads import HEADS, TINY_GRID, TINY_HIDDEN, TINY_WIDTH, ResBlock, arch_names, get_head  # noqa: F401
-from .model import ARCHS, FEATURE_ARCHS, FoldedPredictor, QualityPredictor
+from .model import ARCHS, FEATURE_ARCHS, FoldedPredictor, QualityPredictor, load_predictor
 from .training import RECIPES, train_predictor
 
 __all__ = [

@@ -17,7 +17,7 @@ __all__ = ["key_features", "predictor_features", "predict"]
 
 @torch.no_grad()
 def key_features(model, *inputs: torch.Tensor) -> torch.Tensor:
-    """Backbone features after the key stage (``model.exits[0]``) ``[B, C, h, w]``: what the bank
+    """Backbone features after the key stage (``model.attach_after[0]``) ``[B, C, h, w]``: what the bank
     searches with and what every route computes first."""
     return model.backbone.features(*inputs, taps=(model.key_stage,)).taps[model.key_stage]
 

@@ -1,5 +1,9 @@
-"""A quality predictor's folder: ``config.json`` (constructor arguments, fingerprints, provenance) and
-``weights.safetensors``, and the fingerprints that tie it to the exact weights whose LPIPS it learned."""
+"""A quality predictor's folder: ``config.json`` (header kind ``fiancee-predictor``, constructor arguments,
+fingerprints, provenance) and ``weights.safetensors``, and the fingerprints that tie it to the exact weights whose
+LPIPS it learned. :meth:`QualityPredictor.save_pretrained` / :meth:`QualityPredictor.from_pretrained` (and the
+older :func:`load_predictor`, :mod:`fiancee.predictor.model`) wrap the functions here, which take the class to
+build rather than import it (the model module imports this one); folders with the old header
+``quality_predictor`` still load (:mod:`fiancee.core.folders`)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ from typing import Any
 
 import torch
 
+from ..core.folders import PREDICTOR, make_header
 from ..io import (atomic_folder, build_bounded, config_int, config_int_list, config_str, load_tensors,
                   read_manifest, read_whole_folder, resolve_inside, save_tensors, tensor_fingerprint, write_json)
-from .model import QualityPredictor
 
-__all__ = ["FORMAT", "exits_fingerprints", "save_predictor", "load_predictor"]
+__all__ = ["FORMAT", "exits_fingerprints", "save_predictor", "read_predictor"]
 
 FORMAT = 1
 
@@ -24,17 +28,17 @@ def exits_fingerprints(model) -> dict[str, str]:
             "exits": tensor_fingerprint(model.branches.state_dict())}
 
 
-def save_predictor(predictor: QualityPredictor, out: str | Path, *, fingerprints: dict[str, str],
+def save_predictor(predictor, out: str | Path, *, fingerprints: dict[str, str],
                    extra: dict | None = None, files: dict[str, Any] | None = None) -> Path:
     """Write ``out/config.json`` (constructor arguments, fingerprints, provenance) + ``out/weights.safetensors``
     (+ ``files``: name -> JSON object, e.g. the error report), the folder replaced whole
     (:func:`fiancee.io.atomic_folder`); refused when ``out`` holds something other than a predictor."""
     out = Path(out)
-    with atomic_folder(out, kind="quality_predictor", what="quality predictor") as tmp:
+    with atomic_folder(out, kind=PREDICTOR, what="quality predictor") as tmp:
         save_tensors(tmp / "weights.safetensors", predictor.state_dict())
         for name, obj in (files or {}).items():
             write_json(tmp / name, obj)
-        write_json(tmp / "config.json", {"kind": "quality_predictor", "format": FORMAT, "predictor": predictor.config(),
+        write_json(tmp / "config.json", {**make_header(PREDICTOR, FORMAT), "predictor": predictor.config(),
                                          "fingerprints": dict(fingerprints), **(extra or {})})
     return out
 
@@ -61,12 +65,12 @@ def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
 
 
 @read_whole_folder("config.json")  # a save swapping the folder mid-load makes it load again
-def load_predictor(path: str | Path, model=None,
-                   device: str | torch.device = "cpu") -> tuple[QualityPredictor, dict]:
-    """``(predictor, config)`` from a folder; with ``model`` the backbone and exit fingerprints must match."""
+def read_predictor(path: str | Path, cls, model=None, device: str | torch.device = "cpu") -> tuple[Any, dict]:
+    """``(predictor, config)`` from a folder, the predictor built as ``cls(**recorded arguments)`` (a
+    :class:`fiancee.predictor.QualityPredictor`); with ``model`` the backbone and exit fingerprints must match."""
     path = Path(path)
-    config = read_manifest(resolve_inside(path, "config.json"), kind="quality_predictor", version_key="format",
-                           version=FORMAT, what="quality predictor config", required=("predictor", "fingerprints"))
+    config = read_manifest(resolve_inside(path, "config.json"), kind=PREDICTOR, version=FORMAT,
+                           what="quality predictor config", required=("predictor", "fingerprints"))
     weights = resolve_inside(path, "weights.safetensors")
     if not isinstance(config["fingerprints"], dict):
         raise ValueError(f"{path / 'config.json'}: field 'fingerprints' must be a JSON object; "
@@ -80,6 +84,11 @@ def load_predictor(path: str | Path, model=None,
                                  f"{have[part]}: its predicted LPIPS would describe other images; retrain it for "
                                  "these exits")
     args = _check_predictor_config(config["predictor"], weights, path / "config.json")
-    predictor = build_bounded(lambda: QualityPredictor(**args), weights, path / "config.json")
-    predictor.load_state_dict(load_tensors(weights))
+    predictor = build_bounded(lambda: cls(**args), weights, path / "config.json")
+    try:
+        predictor.load_state_dict(load_tensors(weights))
+    except RuntimeError as e:  # torch's many-line "Error(s) in loading state_dict": the config names another model
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(f"{path / 'config.json'}: field 'predictor' describes a model its weights "
+                         f"({weights.name}) do not fit: {first}") from None
     return predictor.to(device).eval(), config

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from ..checks import check_finite
+from .folder import read_predictor, save_predictor
 from .heads import HEADS, arch_names, get_head
 
-__all__ = ["ARCHS", "FEATURE_ARCHS", "QualityPredictor", "FoldedPredictor"]
+__all__ = ["ARCHS", "FEATURE_ARCHS", "QualityPredictor", "FoldedPredictor", "load_predictor"]
 
 # The built-in heads' names, for compatibility (the registry is the source: ``arch_names()`` includes heads
 # registered later, these tuples do not).
@@ -68,6 +69,20 @@ class QualityPredictor(nn.Module):
     def config(self) -> dict:
         return {"arch": self.arch, "num_exits": self.num_exits, "input_shapes": self.input_shapes,
                 "width": self.width, "hidden": self.hidden, "max_grid": self.max_grid}
+
+    def save_pretrained(self, out, *, fingerprints: dict[str, str], extra: dict | None = None,
+                        files: dict | None = None):
+        """Write the predictor's folder (:func:`fiancee.predictor.folder.save_predictor`: ``config.json`` with
+        the header ``fiancee-predictor``, ``weights.safetensors``); ``fingerprints`` ties it to the backbone and
+        exit weights whose LPIPS it learned (:func:`fiancee.predictor.folder.exits_fingerprints`)."""
+        return save_predictor(self, out, fingerprints=fingerprints, extra=extra, files=files)
+
+    @classmethod
+    def from_pretrained(cls, path, model=None, device: str | torch.device = "cpu") -> "QualityPredictor":
+        """The predictor of a folder :meth:`save_pretrained` wrote (eval mode); with ``model`` (an
+        :class:`fiancee.exits.ExitGenerator`) its backbone and exit fingerprints must be the recorded ones.
+        :func:`load_predictor` also returns the folder's config."""
+        return read_predictor(path, cls, model, device)[0]
 
     @property
     def reads_features(self) -> bool:
@@ -168,3 +183,9 @@ class FoldedPredictor(nn.Module):
                                      sc.view(1, -1, *[1] * (x.dim() - 2)))
                        for x, (sc, sh) in zip(xs, self.pre))
         return self.mlp(self.head.run(self.body, xs))
+
+
+def load_predictor(path, model=None, device: str | torch.device = "cpu") -> tuple[QualityPredictor, dict]:
+    """``(predictor, config)`` from a folder :meth:`QualityPredictor.save_pretrained` wrote; with ``model`` the
+    backbone and exit fingerprints must match (:func:`fiancee.predictor.folder.read_predictor`)."""
+    return read_predictor(path, QualityPredictor, model, device)

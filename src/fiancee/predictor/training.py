@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_choice, check_counts, check_finite, check_float, check_int, check_tensor
 from .model import QualityPredictor
 
 __all__ = ["RECIPES", "train_predictor"]
@@ -38,15 +39,23 @@ def train_predictor(predictor: QualityPredictor, xs: Sequence[torch.Tensor], lpi
 
     Returns the mean training loss per epoch. Recipes: see the module notes (paper S1.1.2, S1.2.2).
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {RECIPES}; got {recipe!r}")
+    # Everything checked before any work: a NaN target would only show as "training diverged" after the epochs.
+    check_choice(recipe, "recipe", RECIPES)
+    check_counts(epochs=epochs, batch_size=batch_size)
+    if lr is not None:
+        check_float(lr, "lr", low=0.0, open_low=True)
+    check_int(seed, "seed")
+    check_tensor(lpips, "lpips")
     if lpips.dim() != 2 or lpips.shape[1] != predictor.num_exits:
         raise ValueError(f"lpips must be [N, {predictor.num_exits}]; got {list(lpips.shape)}")
     n = lpips.shape[0]
-    if any(x.shape[0] != n for x in xs):
+    if n == 0:
+        raise ValueError("the training table is empty (0 inputs): the predictor needs the LPIPS of at least one input")
+    if any(check_tensor(x, "predictor input").shape[0] != n for x in xs):
         raise ValueError(f"inputs and lpips disagree on N: {[x.shape[0] for x in xs]} vs {n}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1; got {epochs}, {batch_size}")
+    check_finite(lpips, "lpips (the training targets)")
+    for i, x in enumerate(xs):
+        check_finite(x, f"predictor input {i}")
     torch.manual_seed(seed)
     if fit_statistics:
         predictor.fit_statistics(xs, lpips)

@@ -1,8 +1,9 @@
 """The Task interface: everything the pipeline needs to know about one generator and its data.
 
-A task names a pretrained staged generator, says where its exits go and how wide their branches
-start, draws inputs for it, and says what "comparing two images" means for it (the paper measures
-an exit's quality as LPIPS between the exit's image and the backbone's image for the same input).
+A task names a pretrained staged generator, says where its exits go (``attach_after``: the stages, 1-based,
+branches attach after) and how wide their branches start, draws inputs for it, and says what "comparing two
+images" means for it (the paper measures an exit's quality as LPIPS between the exit's image and the
+backbone's image for the same input).
 """
 
 from __future__ import annotations
@@ -90,11 +91,16 @@ def check_split(split: str) -> str:
 
 
 class Task(ABC):
-    """One generator + its inputs. Subclasses fill the class attributes and the abstract methods."""
+    """One generator + its inputs. Subclasses fill the class attributes and the abstract methods.
+
+    ``attach_after`` was called ``exits`` before: a task that declares only ``exits = (...)`` still works (it is
+    read as ``attach_after``), and ``task.exits`` still reads ``attach_after``; both old spellings go in the next
+    release.
+    """
 
     name: str
     description: str
-    exits: tuple[int, ...]  # exits attach after these stages (1-based)
+    attach_after: tuple[int, ...]  # exit branches attach after these stages (1-based)
     default_scale: str  # branch width scale factor SF (paper S1.1.1)
     default_min_channels: int  # channel floor of the scale rule
     image_size: tuple[int, int]  # (H, W) of the backbone's output
@@ -110,6 +116,25 @@ class Task(ABC):
     # label map or condition). Default: one key per input (MegaPortraits, S1.2.1).
     bank_defaults: dict = {"mode": "global", "grid": (4, 4), "max_per_class": 1024, "n": 4096, "noises": 1}
     spec: str | None = None  # the spec this task was resolved from (set by the registry)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A task written before the rename declares `exits = (...)`: that is its attach_after, and `task.exits`
+        # (read or set) is the property below from then on.
+        old = cls.__dict__.get("exits")
+        if old is not None and not isinstance(old, property):
+            if "attach_after" not in cls.__dict__:
+                cls.attach_after = old
+            del cls.exits
+
+    @property
+    def exits(self) -> tuple[int, ...]:
+        """The old name of :attr:`attach_after` (kept for one release)."""
+        return self.attach_after
+
+    @exits.setter
+    def exits(self, value: tuple[int, ...]) -> None:  # a task that sets `self.exits` in its __init__
+        self.attach_after = value
 
     @abstractmethod
     def load_backbone(self, device: str | torch.device = "cpu") -> StagedGenerator:
@@ -188,7 +213,7 @@ class Task(ABC):
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "description": self.description, "exits": list(self.exits),
+            "name": self.name, "description": self.description, "attach_after": list(self.attach_after),
             "default_scale": self.default_scale, "default_min_channels": self.default_min_channels,
             "image_size": list(self.image_size), "image_channels": self.image_channels,
             "inputs": [{"name": i.name, "kind": i.kind} for i in declared_inputs(self)], "critic_kind": self.critic_kind,

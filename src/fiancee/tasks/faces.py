@@ -124,7 +124,7 @@ def load_face_state_dict(path: str | os.PathLike | None = None) -> dict[str, tor
 class FacesTask(Task):
     name = "faces"
     description = "pretrained DCGAN faces (gan-face-generate 1.1.1): z ~ N(0, I) -> 64x64 RGB"
-    exits = (1, 2, 3)
+    attach_after = (1, 2, 3)
     # SF 1/2 with a floor of 32 channels: at 1/4 and 16 the deepest branch (128 -> 16 -> RGB) is too
     # narrow to distil the 64-channel last stage below LPIPS 0.1 within the quick CPU budget.
     default_scale = "1/2"

@@ -129,7 +129,7 @@ class UpscaleTask(Task):
                    "-> 128x128")
     # Stages are groups of RRDB blocks (4, 4, 4, 4, 5, 2); exits after blocks 4, 8 and 12. Every branch is
     # the backbone's last two blocks and its tail, inherited (docs/upscale.md: why shallower, not narrower).
-    exits = (1, 2, 3)
+    attach_after = (1, 2, 3)
     default_scale = "1"
     default_min_channels = 64
     image_size = (4 * TILE, 4 * TILE)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
+from ..core.folders import BACKBONE_RUN, FASHION_BACKBONE, make_header
 from ..io import RunLock, atomic_folder, check_replaceable, folder_kind, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
 from ..tasks.fashion import FashionTask, load_split
 from ..backbones.oasis_discriminator import FAKE, UNetDiscriminator
@@ -177,20 +178,22 @@ def _load_module(prefix: str, module: nn.Module, tensors: dict[str, torch.Tensor
 
 def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra: dict | None = None,
                     discriminator: UNetDiscriminator | None = None) -> Path:
-    """Write ``config.json`` + ``backbone.safetensors`` (the folder :func:`load_fashion_backbone` reads),
+    """Write ``config.json`` (header kind ``fiancee-fashion-backbone``, format 1; the committed folder was written
+    before the header and has ``format_version`` only: both load) + ``backbone.safetensors`` (the folder
+    :func:`load_fashion_backbone` reads),
     and with ``discriminator`` also ``discriminator.safetensors`` + its constructor arguments under
     ``config.json``'s ``discriminator`` (what :func:`fiancee.tasks.fashion.load_fashion_discriminator`
     reads; the ``oasis`` critic copies it, paper eq. 3). safetensors and JSON only: nothing loaded runs code."""
     folder = Path(folder)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     fingerprint = tensor_fingerprint(state)
-    config = {"format_version": 1, "task": FashionTask.name, "generator": generator.config.to_dict(),
+    config = {**make_header(FASHION_BACKBONE, 1), "task": FashionTask.name, "generator": generator.config.to_dict(),
               "fingerprint": fingerprint}
     d_state = None
     if discriminator is not None:
         d_state = {k: v.detach().cpu() for k, v in discriminator.state_dict().items()}
         config["discriminator"] = {**discriminator.config(), "fingerprint": tensor_fingerprint(d_state)}
-    with atomic_folder(folder, kind="fashion_backbone", what="backbone") as tmp:  # replaced whole
+    with atomic_folder(folder, kind=FASHION_BACKBONE, what="backbone") as tmp:  # replaced whole
         save_tensors(tmp / "backbone.safetensors", state, metadata={"fingerprint": fingerprint})
         if d_state is not None:
             save_tensors(tmp / "discriminator.safetensors", d_state,
@@ -295,7 +298,7 @@ def train_backbone(
     """Train (or resume) a run; returns a summary (steps done, seconds, final losses, export folder)."""
     run_dir = Path(run_dir)
     # Everything that can be refused is refused before --out is touched (then one writer at a time).
-    check_replaceable(run_dir, "backbone_run", "backbone training run")
+    check_replaceable(run_dir, BACKBONE_RUN, "backbone training run")
     gcfg = OASISConfig(**config.generator)
     if gcfg.label_channels != 11 or gcfg.out_size != (32, 32):
         raise ValueError(f"the fashion generator needs label_channels=11 and out_size=(32, 32); got {gcfg.label_channels}, {gcfg.out_size}")

@@ -79,7 +79,8 @@ def build_bank(task: "str | Task", out: str | os.PathLike, *, mode: str | None =
         return default if value is None else value
 
     spec = BankSpec(
-        mode=given(mode, d["mode"]), key_stage=task.exits[0], value_stage=max(task.exits[0], backbone.num_stages // 2),
+        mode=given(mode, d["mode"]), key_stage=task.attach_after[0],
+        value_stage=max(task.attach_after[0], backbone.num_stages // 2),
         grid=tuple(given(grid, d["grid"])), max_per_class=given(max_per_class, d["max_per_class"]),
         key_function=key_function, index=index, fps_seed=seed,
     )
@@ -87,7 +88,7 @@ def build_bank(task: "str | Task", out: str | os.PathLike, *, mode: str | None =
     bank = build_feature_bank(backbone, inputs, spec, label_channels=label_channels(task, inputs), task=task_spec(task),
                               population=population,
                               batch_size=batch_size, progress=progress, device=device)
-    bank.save(out, overwrite=overwrite)
+    bank.save_pretrained(out, overwrite=overwrite)
     return bank.manifest
 
 
@@ -106,7 +107,8 @@ def bank_latency(bank_path: str | os.PathLike, task: "str | Task", *, threads: i
     task = resolve_task(task, data=data, weights=weights)
     backbone = task.load_backbone(device)
     bank = load_bank(bank_path, backbone, device=device)
-    model = ExitGenerator(backbone, task.exits, task.default_scale, task.default_min_channels, guide=bank.guide_spec)
+    model = ExitGenerator(backbone, task.attach_after, task.default_scale, task.default_min_channels,
+                          guide=bank.guide_spec)
     model = model.to(device).eval()
     import faiss
 

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..core.folders import EXITS_RUN, header, make_header, upgrade
 from ..exits import INITS, ExitGenerator, channel_importance, parse_scale
-from ..io import RunLock, check_replaceable, folder_kind, read_json, resolve_inside, tensor_fingerprint
+from ..io import RunLock, check_replaceable, config_int_list, folder_kind, read_json, resolve_inside, tensor_fingerprint
 from ..tasks.base import declared_inputs
 from .critics import CRITICS, Critic, build_critic
 from .distributed import DistEnv, init_distributed, shutdown_distributed
@@ -31,7 +32,7 @@ from .losses import BranchLoss, FeatureAdapters, Recipe, get_recipe, lr_at, make
 from .run import RunDir, load_optimizer_tensors, optimizer_tensors
 
 __all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits", "run_bank_path", "run_guide",
-           "critic_kind", "build_critics"]
+           "critic_kind", "build_critics", "read_run_config", "RUN_FORMAT"]
 
 # Presets: quick fits a 2-core CPU in minutes, full is for a GPU.
 # quick distils with the reconstruction terms only: on 2 CPU cores VGG16 at 64 px costs about 5 s per
@@ -125,7 +126,7 @@ def build_exits(task, backbone, scale: str, min_channels: int | None, bank=None)
 
         guide = (bank if isinstance(bank, FeatureBank) else load_bank(bank, backbone)).guide_spec
     mc = task.default_min_channels if min_channels is None else int(min_channels)
-    return ExitGenerator(backbone, task.exits, scale, mc, guide=guide)
+    return ExitGenerator(backbone, task.attach_after, scale, mc, guide=guide)
 
 
 class _Branches(nn.Module):
@@ -146,6 +147,9 @@ class _Branches(nn.Module):
 INHERIT_INPUTS = 256
 # The folder inside a run that holds its copy of the bank it was trained with (run_bank_path).
 RUN_BANK = "bank"
+# The layout of an exit-training run's config.json (header kind "fiancee-exits-run"; runs written before the
+# header had kind "exits" and no format: format 1, read through fiancee.core.folders).
+RUN_FORMAT = 1
 
 
 class _Critics(nn.Module):
@@ -274,7 +278,7 @@ def train_exits(config: ExitTrainConfig, out: str | Path, *, resume: bool = Fals
 def _check_before_writing(config: ExitTrainConfig, run: RunDir, task) -> None:
     """What can be refused is refused before ``--out`` is touched: a folder of another kind, a task whose
     weights do not load, a bank built for another backbone."""
-    check_replaceable(run.path, "exits", "exit-training run")
+    check_replaceable(run.path, EXITS_RUN, "exit-training run")
     backbone = task.load_backbone("cpu")
     if config.bank is not None:
         from ..bank import load_bank
@@ -354,7 +358,7 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         bank = load_bank(config.bank, backbone)  # once: the branches' guide channels, the guide, the run's copy
     # Built before anything is written: an exit dearer than the backbone is refused with the run folder untouched.
     model = build_exits(task, backbone, config.scale, config.min_channels, bank).to(env.device)
-    unguided = [k for k, g in zip(model.exits, model.guided) if not g]
+    unguided = [k for k, g in zip(model.attach_after, model.guided) if not g]
     if bank is not None and unguided and env.is_main and not resume:
         import sys
 
@@ -365,10 +369,11 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
             # The run keeps its own copy of the bank, written before the config that names it: a run
             # folder (and the exits shipped from one) is complete by itself, and nothing it loads lies
             # outside it (docs/errors.md).
-            bank.save(run.path / RUN_BANK)
-        run.write_config({**config.to_dict(), "bank": None if bank is None else RUN_BANK, "kind": "exits",
-                          "exits": list(task.exits), "critic_kind": kind,
-                          "guided_exits": [k for k, g in zip(model.exits, model.guided) if g] if bank is not None else []})
+            bank.save_pretrained(run.path / RUN_BANK)
+        run.write_config({**make_header(EXITS_RUN, RUN_FORMAT), **config.to_dict(),
+                          "bank": None if bank is None else RUN_BANK, "attach_after": list(task.attach_after),
+                          "critic_kind": kind, "guided_attach_after":
+                          [k for k, g in zip(model.attach_after, model.guided) if g] if bank is not None else []})
     guide_fn = None if bank is None else bank.guide
     backbone.eval().requires_grad_(False)
     if config.init == "inherit" and not (resume and run.latest() is not None):
@@ -423,7 +428,7 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
             for group in opt.param_groups:
                 group["lr"] = lr
         inputs, (feats, cond, g, real) = trunk.batch(step)
-        exit_feats = [feats[k - 1] for k in model.exits] if use_feat else feats
+        exit_feats = [feats[k - 1] for k in model.attach_after] if use_feat else feats
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
             outs = ddp_g(exit_feats, cond, g, return_features=use_feat)
         fakes = [(o[0] if use_feat else o).float() for o in outs]
@@ -520,13 +525,11 @@ def load_exits(run_dir: str | Path, device: str | torch.device = "cpu", *, task=
     from ..tasks.registry import resolve_folder_task
 
     run = RunDir(run_dir)
-    config = run.read_config()
-    if config.get("kind") != "exits":
-        raise ValueError(f"{run.path} is not an exit-training run (config.json kind={config.get('kind')!r})")
+    config = read_run_config(run)
     task = resolve_folder_task(config["task"], run.config_path, task=task, trust_task_code=trust_task_code)
-    if "exits" in config and list(config["exits"]) != list(task.exits):
-        raise ValueError(f"{run.path} was trained with exits after stages {config['exits']}, but task {config['task']!r} "
-                         f"now declares {list(task.exits)}: the branches would not fit")
+    if "attach_after" in config and list(config["attach_after"]) != list(task.attach_after):
+        raise ValueError(f"{run.path} was trained with exits after stages {config['attach_after']}, but task "
+                         f"{config['task']!r} now declares {list(task.attach_after)}: the branches would not fit")
     backbone = task.load_backbone(device)
     with allow_folder_code(every=trust_task_code):  # the run's bank's key function
         model = build_exits(task, backbone, config["scale"], config["min_channels"], run_bank_path(run.path)).to(device)
@@ -535,6 +538,24 @@ def load_exits(run_dir: str | Path, device: str | torch.device = "cpu", *, task=
         raise ValueError(f"{run.path} has no checkpoint yet (latest.json missing): train first")
     _Branches(model).load_state_dict(ckpt[0]["branches"])
     return task, model.eval()
+
+
+def read_run_config(run: RunDir) -> dict:
+    """The config of an exit-training run as this release writes it (header ``fiancee-exits-run``, field
+    ``attach_after``); a run written before (kind ``exits``, field ``exits``) is read through
+    :func:`fiancee.core.folders.upgrade`. Anything else is refused in one line."""
+    config = run.read_config()
+    kind, version = header(config)
+    if kind != EXITS_RUN:
+        got = config.get("kind") if isinstance(config, dict) else None
+        raise ValueError(f"{run.path} is not an exit-training run (config.json kind={got!r})")
+    if version != RUN_FORMAT:
+        raise ValueError(f"{run.config_path}: exit-training run format {version!r}; "
+                         f"this fiancee reads format {RUN_FORMAT}")
+    config = upgrade(config)
+    if "attach_after" in config:  # its type named here, not a TypeError where it is compared with the task's
+        config_int_list(config, "attach_after", run.config_path, minimum=1)
+    return config
 
 
 def run_bank_path(run_dir: str | Path) -> Path | None:
@@ -548,8 +569,8 @@ def run_bank_path(run_dir: str | Path) -> Path | None:
         return None
     if entry != RUN_BANK:
         raise ValueError(f"{run.config_path}: field 'bank' must be {RUN_BANK!r} (the run's own copy of its bank); got "
-                         f"{entry!r}: copy that bank there (`fiancee.bank.load_bank(...).save(RUN/{RUN_BANK})`) and set the "
-                         f"field to {RUN_BANK!r}")
+                         f"{entry!r}: copy that bank there (`FeatureBank.from_pretrained(...)"
+                         f".save_pretrained(RUN/{RUN_BANK})`) and set the field to {RUN_BANK!r}")
     return resolve_inside(run.path, entry, "config.json's 'bank' entry")
 
 
@@ -561,8 +582,9 @@ def _check_resume_bank(run: RunDir, saved: dict, config: ExitTrainConfig) -> Non
         raise ValueError(f"cannot resume {run.path}: it was trained {'with' if has else 'without'} a bank, this command "
                          f"passes {'none' if config.bank is None else '--bank ' + str(config.bank)}")
     if has:
-        mine = read_json(run_bank_path(run.path) / "manifest.json")
-        given = read_json(Path(config.bank) / "manifest.json")
+        # Compared as this release writes them: a run's copy may carry the old header (format_version).
+        mine = upgrade(read_json(run_bank_path(run.path) / "manifest.json"))
+        given = upgrade(read_json(Path(config.bank) / "manifest.json"))
         if mine != given:
             raise ValueError(f"cannot resume {run.path}: --bank {config.bank} is not the bank the run was trained with "
                              f"(its copy {run.path / RUN_BANK} has another manifest)")

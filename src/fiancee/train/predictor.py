@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_counts
+from ..checks import check_choice, check_counts
+from ..core.folders import PREDICTOR
 from ..io import check_replaceable, read_json
 from ..predictor import (RECIPES, QualityPredictor, exits_fingerprints, load_predictor, predictor_features,
                          save_predictor, train_predictor)
@@ -60,11 +61,10 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     """
     # Arguments and the output folder first: a typo must not cost an LPIPS table.
     check_counts(n=n, noises=noises, epochs=epochs, batch_size=batch_size, error_n=error_n)
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {RECIPES}; got {recipe!r}")
+    check_choice(recipe, "recipe", RECIPES)
     if arch is not None:
         get_head(arch)  # an unknown name: refused in one line
-    check_replaceable(out, "quality_predictor", "quality predictor")
+    check_replaceable(out, PREDICTOR, "quality predictor")
     task, model = load_exits(run_dir, device=device)
     specs = declared_inputs(task)
     kinds = [s.kind for s in specs]
@@ -96,7 +96,7 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     extra = {"task": task.spec or task.name, "run": str(run_dir), "recipe": recipe, "seed": seed, "noise_seed": seed,
              "epochs": epochs, "train_inputs": int(table["lpips"].shape[0]), "noises": noises,
              "inputs": [{"name": s.name, "kind": s.kind} for s in specs], "final_loss": history[-1],
-             "exits": list(model.exits), "route_macs": [int(m) for m in model.route_macs()],
+             "attach_after": list(model.attach_after), "route_macs": [int(m) for m in model.route_macs()],
              "predictor_macs": predictor_macs}
     save_predictor(predictor, out, fingerprints=exits_fingerprints(model), extra=extra, files={"error.json": error})
     return {"out": str(out), **extra, "error": error}

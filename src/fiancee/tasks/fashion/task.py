@@ -25,7 +25,7 @@ __all__ = ["FashionTask"]
 class FashionTask(Task):
     name = "fashion"
     description = "OASIS semantic image synthesis on Fashion-MNIST label maps (32x32, 11 classes)"
-    exits = (1, 2, 3)
+    attach_after = (1, 2, 3)
     default_scale = "1/4"
     default_min_channels = 8
     image_size = (SIZE, SIZE)
