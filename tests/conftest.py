@@ -80,6 +80,7 @@ def upscale_backbone(_loaded_backbones):
 # - with CI set (.ci/run, where nothing else writes), also the checkout's ignored files before and after
 #   the session: this catches subprocesses and native libraries too.
 
+
 def pytest_configure(config):
     try:
         from hypothesis.configuration import set_hypothesis_home_dir
@@ -100,10 +101,20 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # argument (a path relative to a folder descriptor cannot be placed: shutil.rmtree's inner calls; its
 # own event names the top folder).
 _CHANGING = {
-    "os.mkdir": ((0,), 2), "os.rename": ((0, 1), 2), "os.remove": ((0,), 1), "os.rmdir": ((0,), 1),
-    "os.symlink": ((1,), 2), "os.link": ((1,), 2), "os.truncate": ((0,), None), "os.chmod": ((0,), 2),
-    "os.chown": ((0,), 3), "os.utime": ((0,), 3), "shutil.rmtree": ((0,), None), "shutil.copyfile": ((1,), None),
-    "shutil.copytree": ((1,), None), "shutil.move": ((0, 1), None),
+    "os.mkdir": ((0,), 2),
+    "os.rename": ((0, 1), 2),
+    "os.remove": ((0,), 1),
+    "os.rmdir": ((0,), 1),
+    "os.symlink": ((1,), 2),
+    "os.link": ((1,), 2),
+    "os.truncate": ((0,), None),
+    "os.chmod": ((0,), 2),
+    "os.chown": ((0,), 3),
+    "os.utime": ((0,), 3),
+    "shutil.rmtree": ((0,), None),
+    "shutil.copyfile": ((1,), None),
+    "shutil.copytree": ((1,), None),
+    "shutil.move": ((0, 1), None),
 }
 _ROOT_PREFIX = str(ROOT) + os.sep
 _guard = {"on": False, "test": "(session set-up)", "writes": []}
@@ -156,8 +167,11 @@ def _checkout_outputs() -> dict[str, tuple[int, int]] | None:
         return None
     skip = [f":(exclude){p.name}" for p in ROOT.iterdir() if (p / "pyvenv.cfg").is_file()]
     skip += [":(exclude,glob)**/__pycache__/**", ":(exclude).pytest_cache"]
-    proc = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--others", "--ignored", "--exclude-standard",
-                           "--", ".", *skip], capture_output=True, timeout=120)
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", ".", *skip],
+        capture_output=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         return None
     files = {}
@@ -172,9 +186,11 @@ def _checkout_outputs() -> dict[str, tuple[int, int]] | None:
 
 
 def _changes(before: dict, after: dict) -> list[str]:
-    return ([f"new: {p}" for p in sorted(after.keys() - before.keys())]
-            + [f"removed: {p}" for p in sorted(before.keys() - after.keys())]
-            + [f"changed: {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]])
+    return (
+        [f"new: {p}" for p in sorted(after.keys() - before.keys())]
+        + [f"removed: {p}" for p in sorted(before.keys() - after.keys())]
+        + [f"changed: {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    )
 
 
 def _listed(items: list[str], limit: int = 20) -> str:
@@ -197,7 +213,9 @@ def _checkout_untouched(tmp_path_factory):
     if after is not None:
         changed = _changes(before, after)
         if changed:
-            pytest.fail(f"the checkout's ignored files changed during the tests (CI): {_listed(changed)}", pytrace=False)
+            pytest.fail(
+                f"the checkout's ignored files changed during the tests (CI): {_listed(changed)}", pytrace=False
+            )
 
 
 @pytest.fixture(autouse=True)

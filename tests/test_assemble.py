@@ -39,8 +39,9 @@ def demo(tmp_path_factory, one_thread):
 def assembled(demo):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FIANCEE_CACHE", str(demo / "cache_step"))  # the calibration table computed again, not reused
-        return assemble_pipeline(EXITS, demo / "demo" / "predictor", demo / "pipeline", n_calibrate=N, seed=0,
-                                 progress=False)
+        return assemble_pipeline(
+            EXITS, demo / "demo" / "predictor", demo / "pipeline", n_calibrate=N, seed=0, progress=False
+        )
 
 
 def _sha(path: Path) -> str:
@@ -58,8 +59,16 @@ def test_the_folder_loads_and_routes(assembled):
     assert out.images.shape[0] == 4 and out.exits.shape == (4,)
     assert torch.equal(out.exits, pipe(z, max_lpips=0.1).exits)
     assert loaded.router.to_config() == pipe.router.to_config()
-    assert loaded.provenance == {"exits_run": str(EXITS), "seed": 0, "target_compliance": None, "method": "ltt",
-                                 "epsilon": 0.05, "delta": 0.1, "calibration_inputs": N, "predictor_inputs": N}
+    assert loaded.provenance == {
+        "exits_run": str(EXITS),
+        "seed": 0,
+        "target_compliance": None,
+        "method": "ltt",
+        "epsilon": 0.05,
+        "delta": 0.1,
+        "calibration_inputs": N,
+        "predictor_inputs": N,
+    }
     lines = summary_lines(assembled)
     assert "Learn-then-Test" in lines[0] and str(path) in lines[-1]
 
@@ -93,6 +102,7 @@ def test_every_calibration_method_has_its_fit():
 @pytest.fixture
 def no_work(monkeypatch):
     """Loading the exits or building an LPIPS table fails the test: a refusal must come before them."""
+
     def fail(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
@@ -100,20 +110,23 @@ def no_work(monkeypatch):
     monkeypatch.setattr(fiancee.tables, "build_lpips_table", fail)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"method": "crc", "target_compliance": 0.9}, "method 'crc' takes epsilon"),
-    ({"method": "average"}, "takes its target"),
-    ({"method": "bogus"}, "method must be one of"),
-    ({"n_calibrate": 20}, "needs at least 45 calibration inputs; got n_calibrate=20"),
-    ({"method": "crc", "n_calibrate": 10}, "expected miss rate <= 0.05 needs at least 19"),
-    ({"epsilon": float("nan")}, "epsilon must be a number in"),
-    ({"delta": "0.1"}, "delta must be a number in"),
-    ({"target_compliance": 1.5}, r"target_compliance must be a number in \(0, 1\]"),
-    ({"thresholds": []}, "at least one threshold"),
-    ({"thresholds": [0.1, 2]}, r"threshold must lie in \(0, 1\]"),
-    ({"n_calibrate": 48.0}, "n_calibrate must be an integer"),
-    ({"seed": "0"}, "seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"method": "crc", "target_compliance": 0.9}, "method 'crc' takes epsilon"),
+        ({"method": "average"}, "takes its target"),
+        ({"method": "bogus"}, "method must be one of"),
+        ({"n_calibrate": 20}, "needs at least 45 calibration inputs; got n_calibrate=20"),
+        ({"method": "crc", "n_calibrate": 10}, "expected miss rate <= 0.05 needs at least 19"),
+        ({"epsilon": float("nan")}, "epsilon must be a number in"),
+        ({"delta": "0.1"}, "delta must be a number in"),
+        ({"target_compliance": 1.5}, r"target_compliance must be a number in \(0, 1\]"),
+        ({"thresholds": []}, "at least one threshold"),
+        ({"thresholds": [0.1, 2]}, r"threshold must lie in \(0, 1\]"),
+        ({"n_calibrate": 48.0}, "n_calibrate must be an integer"),
+        ({"seed": "0"}, "seed must be an integer"),
+    ],
+)
 def test_bad_arguments_are_refused_in_one_line_before_work(tmp_path, no_work, kwargs, match):
     args = {"n_calibrate": N, "seed": 0, "progress": False, **kwargs}
     with pytest.raises(ValueError, match=match) as e:

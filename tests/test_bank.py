@@ -7,10 +7,18 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fiancee.bank import (BankSpec, build_feature_bank, cut_patches, farthest_point_sampling, glue_patches, load_bank,
-                          majority_labels)
+from fiancee.bank import (
+    BankSpec,
+    build_feature_bank,
+    cut_patches,
+    farthest_point_sampling,
+    glue_patches,
+    load_bank,
+    majority_labels,
+)
 from fiancee.exits import ExitGenerator
 from fiancee.tasks import get_task
 from fiancee.train.bank import bank_inputs
@@ -81,7 +89,7 @@ def test_global_bank_save_load_same_guide_and_feeds_every_branch(faces, tmp_path
     bank = _faces_bank(faces)
     assert len(bank) == 32 and bank.manifest["candidates"] == 48
     assert bank.guide_spec.mode == "every" and bank.guide_spec.channels == 3
-    z, = task.sample_inputs(5, seed=0, split="test")
+    (z,) = task.sample_inputs(5, seed=0, split="test")
     h, _ = _key_features(backbone, (z,))
     g = bank.guide(h, None)  # [5, 3, 64, 64]: retrieved backbone images
     assert g.shape == (5, 3, 64, 64)
@@ -92,7 +100,11 @@ def test_global_bank_save_load_same_guide_and_feeds_every_branch(faces, tmp_path
     assert torch.equal(g, bank.values[ids])
 
     bank.save(tmp_path / "bank")
-    assert {p.name for p in (tmp_path / "bank").iterdir()} == {"manifest.json", "entries.safetensors", "index_all.faiss"}
+    assert {p.name for p in (tmp_path / "bank").iterdir()} == {
+        "manifest.json",
+        "entries.safetensors",
+        "index_all.faiss",
+    }
     assert not list(tmp_path.glob(".*"))  # the temporary folder was renamed, nothing left behind
     loaded = load_bank(tmp_path / "bank", backbone)
     assert torch.equal(loaded.guide(h, None), g)
@@ -126,7 +138,7 @@ def test_patch_bank_approximate_indexes(faces, tmp_path, index):
     task, backbone = faces
     bank = _faces_bank(faces, mode="patch", n=24, k=200, index=index)
     assert bank.guide_spec.mode == "first" and bank.guide_spec.channels == 256
-    z, = task.sample_inputs(3, seed=1, split="test")
+    (z,) = task.sample_inputs(3, seed=1, split="test")
     h, _ = _key_features(backbone, (z,))
     g = bank.guide(h, None)
     assert g.shape == (3, 256, 8, 8)  # value stage 2 of the DCGAN: 256 x 8 x 8, glued from a 4x4 grid
@@ -173,8 +185,24 @@ def test_fashion_patch_bank_searches_each_patch_in_its_class(fashion, tmp_path):
 
 def test_build_bank_cli_and_errors(tmp_path):
     out = tmp_path / "bank"
-    cmd = [sys.executable, "-m", "fiancee", "build-bank", "--task", "faces", "--out", str(out), "--n", "40",
-           "--max-per-class", "16", "--no-progress", "--latency", "--reps", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fiancee",
+        "build-bank",
+        "--task",
+        "faces",
+        "--out",
+        str(out),
+        "--n",
+        "40",
+        "--max-per-class",
+        "16",
+        "--no-progress",
+        "--latency",
+        "--reps",
+        "3",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.strip().splitlines()]
@@ -183,7 +211,9 @@ def test_build_bank_cli_and_errors(tmp_path):
     assert all(row["retrieval_ms"] > 0 and row["smallest_route_ms"] > 0 for row in lines[1]["results"])
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 2 and "already exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run(cmd[:-6] + ["--out", str(tmp_path / "b2"), "--grid", "4y"], capture_output=True, text=True, env=ENV)
+    r = subprocess.run(
+        cmd[:-6] + ["--out", str(tmp_path / "b2"), "--grid", "4y"], capture_output=True, text=True, env=ENV
+    )
     assert r.returncode == 2 and "--grid" in r.stderr
 
 
@@ -233,8 +263,13 @@ def _blocky_maps(n: int, classes: list[int], block: int, g: torch.Generator, num
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), present=st.integers(1, 5), k=st.integers(1, 10),
-       grid=st.sampled_from([(2, 2), (4, 4), (2, 4)]), block=st.sampled_from([4, 8, 16]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    present=st.integers(1, 5),
+    k=st.integers(1, 10),
+    grid=st.sampled_from([(2, 2), (4, 4), (2, 4)]),
+    block=st.sampled_from([4, 8, 16]),
+)
 def test_property_patch_retrieval_answers_every_patch_from_its_own_class(seed, present, k, grid, block):
     backbone = _tiny_oasis()
     g = torch.Generator().manual_seed(seed)
@@ -267,8 +302,13 @@ def test_a_key_function_named_module_attr_is_recorded_and_resolved_again(tmp_pat
     backbone = build_backbone("g2d", "tiny").eval()
     inputs = backbone.example_inputs(6)
     key_stage = backbone.config.exits[0]
-    spec = BankSpec(mode="global", key_stage=key_stage, value_stage=backbone.num_stages // 2, max_per_class=8,
-                    key_function="mykeys:corners")
+    spec = BankSpec(
+        mode="global",
+        key_stage=key_stage,
+        value_stage=backbone.num_stages // 2,
+        max_per_class=8,
+        key_function="mykeys:corners",
+    )
     bank = build_feature_bank(backbone, inputs, spec)
     bank.save(tmp_path / "bank")
     from fiancee.specs import allow_folder_code
@@ -292,7 +332,9 @@ def test_an_exit_run_keeps_its_own_copy_of_the_bank(faces, tmp_path, one_thread)
     from fiancee.train.run import RunDir
 
     _faces_bank(faces, k=8).save(tmp_path / "user_bank")
-    config = make_config("faces", preset="smoke", steps=1, batch_size=2, checkpoint_every=1, bank=str(tmp_path / "user_bank"))
+    config = make_config(
+        "faces", preset="smoke", steps=1, batch_size=2, checkpoint_every=1, bank=str(tmp_path / "user_bank")
+    )
     train_exits(config, tmp_path / "run", device="cpu", progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["bank"] == "bank" and str(tmp_path) not in json.dumps(saved)  # no path of the machine in the run
@@ -301,7 +343,9 @@ def test_an_exit_run_keeps_its_own_copy_of_the_bank(faces, tmp_path, one_thread)
 
     # Another bank (same backbone, another size) or none: a resume is refused before any step.
     _faces_bank(faces, k=12).save(tmp_path / "other_bank")
-    later = make_config("faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1, bank=str(tmp_path / "other_bank"))
+    later = make_config(
+        "faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1, bank=str(tmp_path / "other_bank")
+    )
     with pytest.raises(ValueError, match="not the bank the run was trained with"):
         train_exits(later, tmp_path / "run", resume=True, device="cpu", progress=False)
     none = make_config("faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1)
@@ -312,7 +356,7 @@ def test_an_exit_run_keeps_its_own_copy_of_the_bank(faces, tmp_path, one_thread)
     shutil.move(tmp_path / "run", tmp_path / "moved")
     task, model = load_exits(tmp_path / "moved")
     assert run_bank_path(tmp_path / "moved") == (tmp_path / "moved" / "bank").resolve()
-    z, = task.sample_inputs(2, seed=0, split="test")
+    (z,) = task.sample_inputs(2, seed=0, split="test")
     assert model(z, route=0, guide=run_guide(tmp_path / "moved", model)).shape == (2, 3, 64, 64)
     slim = RunDir(tmp_path / "moved").export(tmp_path / "slim")
     assert (slim / "bank" / "manifest.json").is_file() and load_exits(slim)[1].guide_spec is not None

@@ -45,12 +45,18 @@ def _check_structure(report: dict, num_routes: int) -> None:
     assert report["overhead_fraction"] > 0
     o = report["overhead"]
     assert o["predictor_ms"] > 0
-    assert (o["bank_ms"] > 0 and o["bank_entries"] > 0) if o["bank"] == "on" else (o["bank_ms"] == 0 and o["bank_entries"] == 0)
+    assert (
+        (o["bank_ms"] > 0 and o["bank_entries"] > 0)
+        if o["bank"] == "on"
+        else (o["bank_ms"] == 0 and o["bank_entries"] == 0)
+    )
     batches = report["settings"]["batches"]
     assert o["batches"] == sorted({batches[0], batches[-1]})  # the smallest and the largest batch
     assert report["overhead_fraction"] == max(row["fraction"] for row in o["per_batch"].values())
     for b, row in o["per_batch"].items():
-        assert row["fraction"] == pytest.approx((row["predictor_ms"] + row["bank_ms"]) / row["smallest_route_ms"], rel=1e-2)
+        assert row["fraction"] == pytest.approx(
+            (row["predictor_ms"] + row["bank_ms"]) / row["smallest_route_ms"], rel=1e-2
+        )
     assert report["device"]["torch"] == torch.__version__ and report["device"]["threads"] >= 1
     for key in ("backbone", "scale", "min_channels", "batches", "reps", "warmup", "dtype", "options", "seed"):
         assert key in report["settings"]
@@ -138,8 +144,24 @@ def test_tree_equals_each_sample_alone_on_its_route(one_thread):
 
 def test_cli_writes_the_json(tmp_path, capsys, one_thread):
     out = tmp_path / "bench" / "g2d.json"
-    rc = main(["bench", "--backbone", "g2d", "--size", "tiny", "--batch", "1,2", "--reps", "1", "--warmup", "0",
-               "--json", str(out), "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "--backbone",
+            "g2d",
+            "--size",
+            "tiny",
+            "--batch",
+            "1,2",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["kind"] == "fiancee-bench" and report["routes"][-1]["name"] == "backbone"
@@ -193,7 +215,19 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
 
 
 def test_a_predictor_that_cannot_read_the_inputs_fails_before_timing(tmp_path, capsys):
-    rc = _cli(["bench", "--backbone", "g2d", "--size", "tiny", "--predictor", "conv", "--json", str(tmp_path / "x.json"),
-               "--no-progress"])
+    rc = _cli(
+        [
+            "bench",
+            "--backbone",
+            "g2d",
+            "--size",
+            "tiny",
+            "--predictor",
+            "conv",
+            "--json",
+            str(tmp_path / "x.json"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "reads a label map" in err and len(err.strip().splitlines()) == 1

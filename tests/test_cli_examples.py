@@ -72,7 +72,9 @@ def _argv(command: str) -> list[str] | None:
     if tokens[:2] == ["python", "-c"] and len(tokens) == 3:
         compile(tokens[2], "<example>", "exec")
         return None
-    assert tokens and tokens[0] == "fiancee", f"an example line that is neither a fiancee nor a python -c command: {command!r}"
+    assert tokens and tokens[0] == "fiancee", (
+        f"an example line that is neither a fiancee nor a python -c command: {command!r}"
+    )
     return tokens[1:]
 
 
@@ -154,17 +156,29 @@ def _check(name: str, epilog: str) -> None:
             args = _parse(argv, line)
         for path in _reads(args):
             ok = _committed(path) or any(_inside(path, w) for w in written) or _says_after(note, header)
-            assert ok, (f"{name} --help: `{line}` reads {path}, which a fresh clone lacks, no earlier line writes "
-                        "and no note says what comes first ('after ...')")
+            assert ok, (
+                f"{name} --help: `{line}` reads {path}, which a fresh clone lacks, no earlier line writes "
+                "and no note says what comes first ('after ...')"
+            )
         if str(getattr(args, "device", None) or "").startswith("cuda"):
             assert re.search(r"CUDA|GPU", note + header), f"{name} --help: `{line}` needs a GPU and does not say so"
         if args.command == "train-exits" and ":" not in args.task:
             trained[args.out] = make_config(
-                args.task, scale=args.scale, min_channels=args.min_channels, recipe=args.recipe, preset=args.preset,
-                steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                bank=args.bank, init=args.init,
-                recipe_overrides={k: v for k, v in (("features", args.feature_distill), ("critic", args.critic))
-                                  if v is not None} or None,
+                args.task,
+                scale=args.scale,
+                min_channels=args.min_channels,
+                recipe=args.recipe,
+                preset=args.preset,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                checkpoint_every=args.checkpoint_every,
+                seed=args.seed,
+                bank=args.bank,
+                init=args.init,
+                recipe_overrides={
+                    k: v for k, v in (("features", args.feature_distill), ("critic", args.critic)) if v is not None
+                }
+                or None,
             ).to_dict()
         if args.command == "exit-quality":
             _check_comparable(name, line, args.runs, trained, ablation=args.bank_ablation)
@@ -185,8 +199,9 @@ def _check_comparable(name: str, line: str, runs: list[str], trained: dict[str, 
     assert not differ, f"{name} --help: `{line}` compares runs that differ in {differ}; exit-quality refuses them"
     if ablation:
         assert len(configs) == 2, f"{name} --help: `{line}`: --bank-ablation compares exactly two runs"
-        assert configs[0].get("bank") is None and configs[1].get("bank") is not None, \
+        assert configs[0].get("bank") is None and configs[1].get("bank") is not None, (
             f"{name} --help: `{line}`: the first run must be trained without a bank, the second with one"
+        )
 
 
 def test_the_checks_catch_a_broken_example():
@@ -196,11 +211,13 @@ def test_the_checks_catch_a_broken_example():
         _parse(_argv("fiancee exit-quality runs/a runs/b --n 500"), "exit-quality without --out")
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         _parse(_argv("fiancee macs --backbone oasis --no-such-flag"), "unknown flag")
-    bad = ("example (the shipped exits against a bank run):\n"
-           "  fiancee build-bank --task faces --out runs/bank_faces\n"
-           "  fiancee train-exits --task faces --preset quick --bank runs/bank_faces --out runs/faces_bank\n"
-           "  fiancee exit-quality src/fiancee/weights/faces/exits runs/faces_bank --bank-ablation --out out/ablation "
-           "--n 500")
+    bad = (
+        "example (the shipped exits against a bank run):\n"
+        "  fiancee build-bank --task faces --out runs/bank_faces\n"
+        "  fiancee train-exits --task faces --preset quick --bank runs/bank_faces --out runs/faces_bank\n"
+        "  fiancee exit-quality src/fiancee/weights/faces/exits runs/faces_bank --bank-ablation --out out/ablation "
+        "--n 500"
+    )
     with pytest.raises(AssertionError, match="differ in .*steps"):
         _check("exit-quality", bad)
     missing = "example: fiancee exit-quality runs/fashion_s0 runs/fashion_s1 --n 500 --out out/t"

@@ -50,10 +50,17 @@ def test_the_runtime_and_the_pytorch_side_use_the_core_itself():
 
 
 def test_the_core_and_the_runtime_import_without_torch():
-    script = ("import sys, fiancee.core, fiancee.runtime; "
-              "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(SRC), "PATH": ""}, cwd=SRC)
+    script = (
+        "import sys, fiancee.core, fiancee.runtime; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": ""},
+        cwd=SRC,
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -64,13 +71,17 @@ def test_the_core_imports_nothing_else_of_fiancee():
                 where = f"{path.name}: {ast.unparse(node)}"
                 assert node.level <= 1 and not (node.module or "").startswith("fiancee"), where
             elif isinstance(node, ast.Import):
-                assert all(a.name.split(".")[0] in ("numpy",) or a.name in sys.stdlib_module_names
-                           for a in node.names), f"{path.name}: {ast.unparse(node)}"
+                assert all(
+                    a.name.split(".")[0] in ("numpy",) or a.name in sys.stdlib_module_names for a in node.names
+                ), f"{path.name}: {ast.unparse(node)}"
 
 
 def test_strict_json_refuses_nan_infinity_and_overflow(tmp_path):
-    for text, message in [('{"a": NaN}', "NaN is not JSON"), ('{"a": -Infinity}', "-Infinity is not JSON"),
-                          ('{"a": 1e999}', "1e999 overflows to infinity")]:
+    for text, message in [
+        ('{"a": NaN}', "NaN is not JSON"),
+        ('{"a": -Infinity}', "-Infinity is not JSON"),
+        ('{"a": 1e999}', "1e999 overflows to infinity"),
+    ]:
         with pytest.raises(ValueError, match=message):
             core.loads_strict(text)
         (tmp_path / "x.json").write_text(text)
@@ -101,8 +112,12 @@ def test_path_confinement_refuses_leaving_the_folder(tmp_path):
     (tmp_path / "inner").mkdir()
     (tmp_path / "inner" / "link").symlink_to(tmp_path)
     assert core.resolve_inside(tmp_path / "inner", "a.json") == (tmp_path / "inner" / "a.json").resolve()
-    for entry, message in [("../a.json", "leaves the folder"), ("/etc/passwd", "leaves the folder"),
-                           ("link/x", "symlink leading out"), ("", "must be a relative path")]:
+    for entry, message in [
+        ("../a.json", "leaves the folder"),
+        ("/etc/passwd", "leaves the folder"),
+        ("link/x", "symlink leading out"),
+        ("", "must be a relative path"),
+    ]:
         with pytest.raises(ValueError, match=message):
             core.resolve_inside(tmp_path / "inner", entry, "file")
 
@@ -149,8 +164,9 @@ def test_every_router_routes_round_trips_and_matches_its_numpy_rule(case):
         assert cls.kind == kind and rule is RULES[kind]
         # Its constructor takes exactly its rule's fields (and the old names of renamed ones, deprecated):
         # to_config writes them, router_from_config passes them.
-        assert list(inspect.signature(cls.__init__).parameters)[1:] and \
-            set(list(inspect.signature(cls.__init__).parameters)[1:]) - set(rule.renamed) == set(rule.fields)
+        assert list(inspect.signature(cls.__init__).parameters)[1:] and set(
+            list(inspect.signature(cls.__init__).parameters)[1:]
+        ) - set(rule.renamed) == set(rule.fields)
         predicted, true = _tables()
         costs = [10.0, 25.0, 30.0, 40.0]
         router = cls.example(predicted, true, costs)

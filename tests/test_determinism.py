@@ -27,13 +27,21 @@ def _branches(out):
 def test_exit_training_is_bitwise_reproducible(tmp_path, one_thread):
     weights = []
     for name in ("a", "b"):
-        train_exits(make_config("faces", preset="smoke", steps=3, batch_size=2, seed=3), tmp_path / name,
-                    device="cpu", progress=False)
+        train_exits(
+            make_config("faces", preset="smoke", steps=3, batch_size=2, seed=3),
+            tmp_path / name,
+            device="cpu",
+            progress=False,
+        )
         weights.append(_branches(tmp_path / name))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    train_exits(make_config("faces", preset="smoke", steps=3, batch_size=2, seed=4), tmp_path / "c",
-                device="cpu", progress=False)
+    train_exits(
+        make_config("faces", preset="smoke", steps=3, batch_size=2, seed=4),
+        tmp_path / "c",
+        device="cpu",
+        progress=False,
+    )
     other = _branches(tmp_path / "c")
     assert any(not torch.equal(weights[0][k], other[k]) for k in other)
 

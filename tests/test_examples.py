@@ -61,8 +61,11 @@ def test_examples_write_only_under_runs_or_out_and_read_what_exists():
         for path in _written(argv):
             assert path.split("/")[0] in ("runs", "out"), f"{name}: writes {path} outside runs/ and out/"
         # Positional folders/files an example reads: in the checkout, or written by an earlier example.
-        reads = [getattr(args, k) for k in ("a", "b", "run", "predictor", "pipeline", "bank", "nobank_run", "bank_run")
-                 if isinstance(getattr(args, k, None), str)]
+        reads = [
+            getattr(args, k)
+            for k in ("a", "b", "run", "predictor", "pipeline", "bank", "nobank_run", "bank_run")
+            if isinstance(getattr(args, k, None), str)
+        ]
         for path in reads:
             # (The checkout's runs/ and out/ do not count: a fresh clone has neither.)
             committed = path.split("/")[0] not in ("runs", "out") and (ROOT / path).exists()
@@ -70,7 +73,9 @@ def test_examples_write_only_under_runs_or_out_and_read_what_exists():
             assert ok, f"{name}: example reads {path}, which neither the checkout nor another example provides"
 
 
-@pytest.mark.parametrize("name,argv", [e for e in EXAMPLES if e[0] in CHEAP], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name,argv", [e for e in EXAMPLES if e[0] in CHEAP], ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_cheap_examples_run_as_written(name, argv, tmp_path, monkeypatch, one_thread):
     # A fresh clone: the checkout's tracked folders, and an empty working area for what examples write.
     for folder in ("src", "tests"):

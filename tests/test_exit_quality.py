@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_fashion import _write_idx
 
 from fiancee.bank import BankSpec, build_feature_bank
 from fiancee.cli import main
@@ -16,11 +17,14 @@ from fiancee.exits import ExitGenerator
 from fiancee.pipeline import FianceePipeline
 from fiancee.predictor import QualityPredictor
 from fiancee.routing import ThresholdRouter
-from fiancee.tasks.fashion import FashionTask, evaluate_fashion_backbone, fid_reference_sets
-from fiancee.tasks.fashion import IDX_FILES, load_fashion_mnist
+from fiancee.tasks.fashion import (
+    IDX_FILES,
+    FashionTask,
+    evaluate_fashion_backbone,
+    fid_reference_sets,
+    load_fashion_mnist,
+)
 from fiancee.train.exits import make_config, train_exits
-
-from test_fashion import _write_idx
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,14 @@ def fashion_bank(small_data, tmp_path_factory):
     noises = torch.randn(2, backbone.config.z_dim, generator=torch.Generator().manual_seed(0))
     inputs = (label.repeat_interleave(2, 0), noises.repeat(24, 1))
     spec = BankSpec(mode="patch", key_stage=1, value_stage=2, grid=(4, 4), max_per_class=40)
-    bank = build_feature_bank(backbone, inputs, spec, label_channels=11, task="fashion",
-                              population={"inputs": 48, "label_maps": 24, "noises": 2})
+    bank = build_feature_bank(
+        backbone,
+        inputs,
+        spec,
+        label_channels=11,
+        task="fashion",
+        population={"inputs": 48, "label_maps": 24, "noises": 2},
+    )
     path = tmp_path_factory.mktemp("bank") / "bank"
     bank.save(path)
     return task, backbone, bank, path
@@ -74,8 +84,9 @@ def test_the_pipeline_exposes_its_own_search_distances_and_fig10_relates_them_to
     assert len(report["per_input"]["distance"]) == 10 and min(report["per_input"]["distance"]) > 0
     assert (tmp_path / "fig10" / "bank_distance.png").stat().st_size > 1000
     assert json.loads((tmp_path / "fig10" / "bank_distance.json").read_text())["threshold"] == 0.2
-    no_bank = FianceePipeline(task, ExitGenerator(backbone, task.exits, "1/4", 8).eval(),
-                              predictor, ThresholdRouter(model.route_macs()))
+    no_bank = FianceePipeline(
+        task, ExitGenerator(backbone, task.exits, "1/4", 8).eval(), predictor, ThresholdRouter(model.route_macs())
+    )
     with pytest.raises(ValueError, match="no bank"):
         routes_vs_bank_distance(no_bank, threshold=0.2, n=4)
 
@@ -87,8 +98,12 @@ def runs(fashion_bank, tmp_path_factory):
     out = []
     for seed, b in ((0, None), (1, None), (0, str(bank))):
         run = root / f"s{seed}{'_bank' if b else ''}"
-        train_exits(make_config("fashion", preset="smoke", steps=1, batch_size=2, checkpoint_every=1, seed=seed, bank=b),
-                    run, device="cpu", progress=False)
+        train_exits(
+            make_config("fashion", preset="smoke", steps=1, batch_size=2, checkpoint_every=1, seed=seed, bank=b),
+            run,
+            device="cpu",
+            progress=False,
+        )
         out.append(str(run))
     return out
 
@@ -149,21 +164,50 @@ def test_the_bank_ablation_is_the_study_with_one_run_per_arm_against_the_backbon
 
     # runs[0] and runs[2]: seed 0, one budget, without and with the bank (what `bank-ablation` compared).
     out = tmp_path / "a"
-    assert main(["exit-quality", runs[0], runs[2], "--bank-ablation", "--n", "4", "--no-fid", "--no-accuracy",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "exit-quality",
+                runs[0],
+                runs[2],
+                "--bank-ablation",
+                "--n",
+                "4",
+                "--no-fid",
+                "--no-accuracy",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "LPIPS median w/o" in printed and "start images:" in printed
     saved = json.loads((out / "ablation.json").read_text())
-    assert list(saved) == ["task", "n", "seed", "lpips_net", "fid_reference", "runs", "bank", "budget", "exits",
-                           "per_image_lpips", "plots"]
+    assert list(saved) == [
+        "task",
+        "n",
+        "seed",
+        "lpips_net",
+        "fid_reference",
+        "runs",
+        "bank",
+        "budget",
+        "exits",
+        "per_image_lpips",
+        "plots",
+    ]
     assert saved["runs"] == {"without": runs[0], "with": runs[2]} and saved["budget"]["seed"] == 0
     # The numbers are evaluate-exits' own measurement of each run against the backbone's images.
     for arm, run in (("without", runs[0]), ("with", runs[2])):
         m = measure_exits(run, n=4, seed=0, fid=False)
         for row, e in zip(saved["exits"], m["exits"], strict=True):
             lp = e["lpips"]
-            assert row[f"lpips_{arm}"] == {"mean": float(lp.mean()), "median": float(np.median(lp)),
-                                           "p90": float(np.percentile(lp, 90))}
+            assert row[f"lpips_{arm}"] == {
+                "mean": float(lp.mean()),
+                "median": float(np.median(lp)),
+                "p90": float(np.percentile(lp, 90)),
+            }
             assert row[f"macs_{arm}"] == e["macs"] and row[f"fid_{arm}"] is None and row["exit"] == e["exit"]
         assert saved["per_image_lpips"][arm] == [e["lpips"].round(5).tolist() for e in m["exits"]]
     for name in ("ablation.md", "lpips_kde.png", "start_images.png", "exit_quality.json", "exit_quality.md"):
@@ -192,7 +236,10 @@ def test_a_backbone_folder_without_a_classifier_is_judged_by_the_shipped_one(tmp
         shutil.copy(shipped / name, run_backbone / name)
     ref = evaluate_fashion_backbone(n=6, seed=0, fid=False)
     got = evaluate_fashion_backbone(weights=run_backbone, n=6, seed=0, fid=False)
-    assert got["label_accuracy"] == ref["label_accuracy"] and got["classifier_fingerprint"] == ref["classifier_fingerprint"]
+    assert (
+        got["label_accuracy"] == ref["label_accuracy"]
+        and got["classifier_fingerprint"] == ref["classifier_fingerprint"]
+    )
     assert got["classifier_fingerprint"] == json.loads((shipped / "classifier.json").read_text())["fingerprint"]
     assert FashionTask(weights=run_backbone).label_accuracy(torch.zeros(6, 3, 32, 32), 6, 0) is not None
     with pytest.raises(FileNotFoundError, match="no label classifier in .*empty"):

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from fiancee.backbones import G2DConfig, G2DGenerator, OASISConfig, OASISGenerator
@@ -13,10 +14,17 @@ from fiancee.staged import StagedSequential
 
 def tiny_dcgan(**kwargs) -> StagedSequential:
     seq = nn.Sequential(
-        nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=False), nn.BatchNorm2d(32), nn.ReLU(),  # 4x4
-        nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),  # 8x8
-        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),  # 16x16
-        nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False), nn.Tanh(),  # 32x32
+        nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),  # 4x4
+        nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),  # 8x8
+        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),  # 16x16
+        nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False),
+        nn.Tanh(),  # 32x32
     )
     return StagedSequential(seq, [0, 3, 6, 9], example_input=torch.randn(1, 16, 1, 1), **kwargs)
 
@@ -239,6 +247,7 @@ def test_mixed_from_continues_the_tree_from_computed_features(name):
 
 # --- Branches that inherit the backbone's weights (exits.Branch.inherit_) ------------------------
 
+
 @pytest.mark.parametrize("name", ["oasis", "g2d", "dcgan"])
 def test_inherited_branches_at_full_width_are_the_backbone(name):
     """At SF 1 every channel is kept, so an inherited branch is an exact copy of the rest of the backbone."""
@@ -282,8 +291,11 @@ def test_inherited_narrow_spectral_norms_are_converged():
     model = ExitGenerator(backbone, backbone.config.exits, "1/2", 4)
     model.inherit_(channel_importance(backbone, backbone.example_inputs(8)))
     model.eval()
-    norms = [torch.linalg.matrix_norm(sub.weight.flatten(1), 2).item() for sub in model.branches.modules()
-             if getattr(sub, "parametrizations", None) is not None and "weight" in sub.parametrizations]
+    norms = [
+        torch.linalg.matrix_norm(sub.weight.flatten(1), 2).item()
+        for sub in model.branches.modules()
+        if getattr(sub, "parametrizations", None) is not None and "weight" in sub.parametrizations
+    ]
     assert norms and max(norms) < 1 + 1e-3 and min(norms) > 1 - 1e-3
 
 
@@ -313,8 +325,9 @@ def test_a_guide_that_would_make_a_route_dearer_than_the_backbone_is_left_out():
     assert max(costs[:-1]) <= costs[-1]
     assert costs[last] == plain.route_macs()[last]  # the capped route costs what it does without a bank
     kept = model.branches[last]
-    model.branches[last] = type(kept)(model.backbone, model.attach_after[last], model.scale, model.min_channels,
-                                      GuideSpec("first", channels=6))
+    model.branches[last] = type(kept)(
+        model.backbone, model.attach_after[last], model.scale, model.min_channels, GuideSpec("first", channels=6)
+    )
     assert model.route_cost(last) > costs[-1]  # what the cap avoided
     model.branches[last] = kept
     # The unguided branch ignores whatever guide the others get.

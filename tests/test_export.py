@@ -39,7 +39,7 @@ def faces(tmp_path_factory):
     train_predictor(predictor, xs, table["lpips"], epochs=5, batch_size=16)
     router = CalibratedRouter(costs=model.route_macs()).fit(predictor(*xs).detach(), table["lpips"], [0.1, 0.2], 0.8)
     FianceePipeline(task, model, predictor, router).save(root / "pipeline")
-    assert main([ "export", str(root / "pipeline"), "--out", str(root / "onnx")]) == 0
+    assert main(["export", str(root / "pipeline"), "--out", str(root / "onnx")]) == 0
     return root
 
 
@@ -59,17 +59,24 @@ def fashion(tmp_path_factory):
     task = get_task("fashion")
     backbone = task.load_backbone()
     population = task.sample_inputs(32, seed=1, split="train")
-    bank = build_feature_bank(backbone, population, BankSpec(mode="patch", key_stage=1, value_stage=2, grid=(4, 4),
-                                                             max_per_class=16), label_channels=11, task="fashion")
+    bank = build_feature_bank(
+        backbone,
+        population,
+        BankSpec(mode="patch", key_stage=1, value_stage=2, grid=(4, 4), max_per_class=16),
+        label_channels=11,
+        task="fashion",
+    )
     torch.manual_seed(0)
     # Random init (the paper's): an untrained *inherited* branch keeps the spectral-norm vectors of its random
     # init, so its weights are not normalised and it amplifies 1e-6 float differences to 1e-2 (not an export matter).
-    model = ExitGenerator(backbone, task.attach_after, task.default_scale, task.default_min_channels,
-                          guide=bank.guide_spec).eval()
+    model = ExitGenerator(
+        backbone, task.attach_after, task.default_scale, task.default_min_channels, guide=bank.guide_spec
+    ).eval()
     table = build_lpips_table(model, task, 16, 5, "train", guide=bank.guide, cache=False)
     xs = predictor_features("conv", model, table["inputs"])
-    predictor = QualityPredictor("conv", len(model.attach_after), [list(x.shape[1:]) for x in xs], width=8,
-                                 hidden=(16,))
+    predictor = QualityPredictor(
+        "conv", len(model.attach_after), [list(x.shape[1:]) for x in xs], width=8, hidden=(16,)
+    )
     train_predictor(predictor, xs, table["lpips"], epochs=3, batch_size=16)
     pipe = FianceePipeline(task, model, predictor, ThresholdRouter(model.route_macs()), bank=bank, task_spec="fashion")
     manifest = export_pipeline(pipe, root / "onnx")
@@ -107,8 +114,11 @@ def test_faces_export_equals_pytorch(faces):
         seen |= set(got.routes.tolist())
     assert len(seen) >= 2, f"the thresholds should mix routes; got only {seen}"
     forced = np.arange(N) % pipe.model.num_routes  # every route, interleaved: the tree splits at every exit
-    _compare(pipe(z, max_lpips=0.1, routes=torch.from_numpy(forced)), onnx(z.numpy(), max_lpips=0.1, routes=forced),
-             "faces forced")
+    _compare(
+        pipe(z, max_lpips=0.1, routes=torch.from_numpy(forced)),
+        onnx(z.numpy(), max_lpips=0.1, routes=forced),
+        "faces forced",
+    )
     # Batch size 1 goes through the same graphs (dynamic batch dimension).
     one = onnx(z[:1].numpy(), max_lpips=0.1)
     assert one.images.shape == (1, 3, 64, 64)
@@ -119,8 +129,16 @@ def test_faces_manifest_describes_the_pipeline(faces):
     m = json.loads((faces / "onnx" / "manifest.json").read_text())
     assert (m["kind"], m["format"], m["opset"]) == ("fiancee-onnx", 1, 17)
     assert m["inputs"] == [{"name": "z", "kind": "noise", "shape": [100], "dtype": "float32"}]
-    assert [s["file"] for s in m["segments"]] == ["trunk.onnx", "stage_2.onnx", "stage_3.onnx", "stage_4.onnx",
-                                                  "branch_0.onnx", "branch_1.onnx", "branch_2.onnx", "head.onnx"]
+    assert [s["file"] for s in m["segments"]] == [
+        "trunk.onnx",
+        "stage_2.onnx",
+        "stage_3.onnx",
+        "stage_4.onnx",
+        "branch_0.onnx",
+        "branch_1.onnx",
+        "branch_2.onnx",
+        "head.onnx",
+    ]
     assert m["route_macs"] == [int(v) for v in pipe.route_macs.tolist()] == [r["macs"] for r in m["routes"]]
     assert m["routes"][0]["segments"] == ["trunk", "branch 0"]
     assert m["routes"][-1]["segments"] == ["trunk", "stage 2", "stage 3", "stage 4", "head"]
@@ -146,8 +164,11 @@ def test_fashion_export_with_a_bank_equals_pytorch(fashion):
     assert len(set(got.routes.tolist())) >= 2
     assert (got.macs > pipe.route_macs.numpy()[got.routes] + pipe.predictor_macs()).all()  # the FAISS search is charged
     forced = np.arange(N) % pipe.model.num_routes
-    _compare(pipe(*inputs, max_lpips=t, routes=torch.from_numpy(forced)),
-             onnx(*(x.numpy() for x in inputs), max_lpips=t, routes=forced), "fashion forced")
+    _compare(
+        pipe(*inputs, max_lpips=t, routes=torch.from_numpy(forced)),
+        onnx(*(x.numpy() for x in inputs), max_lpips=t, routes=forced),
+        "fashion forced",
+    )
 
 
 def test_the_runtime_imports_and_runs_without_torch(faces, tmp_path):
@@ -165,11 +186,11 @@ def test_the_runtime_imports_and_runs_without_torch(faces, tmp_path):
         import numpy as np
         from fiancee.runtime import OnnxPipeline
 
-        z = np.load({str(tmp_path / 'z.npy')!r})
-        out = OnnxPipeline({str(faces / 'onnx')!r}, threads=1)(z, max_lpips=0.2)
+        z = np.load({str(tmp_path / "z.npy")!r})
+        out = OnnxPipeline({str(faces / "onnx")!r}, threads=1)(z, max_lpips=0.2)
         assert "torch" not in sys.modules, "torch was imported"
-        np.save({str(tmp_path / 'images.npy')!r}, out.images)
-        np.save({str(tmp_path / 'routes.npy')!r}, out.routes)
+        np.save({str(tmp_path / "images.npy")!r}, out.images)
+        np.save({str(tmp_path / "routes.npy")!r}, out.routes)
     """)
     pipe = FianceePipeline.from_pretrained(faces / "pipeline")
     (z,) = pipe.task.sample_inputs(16, seed=3, split="test")
@@ -198,9 +219,14 @@ def test_routers_in_numpy_match_fiancee_routing():
     predicted[:5] = 0.1  # exactly on the threshold: compared in float32 by both
     true = (predicted + 0.05 * torch.randn(500, 3, generator=g)).clamp_min(0)
     costs = [10.0, 20.0, 30.0, 40.0]
-    routers = [ThresholdRouter(), ThresholdRouter(costs), StaticRouter(1, costs), OracleRouter(costs, compliance=0.9),
-               CalibratedRouter(costs=costs).fit(predicted, true, [0.1, 0.2], 0.9),
-               CalibratedRouter(costs=[40.0, 10.0, 30.0, 20.0]).fit(predicted, true, [0.15], 0.8)]
+    routers = [
+        ThresholdRouter(),
+        ThresholdRouter(costs),
+        StaticRouter(1, costs),
+        OracleRouter(costs, compliance=0.9),
+        CalibratedRouter(costs=costs).fit(predicted, true, [0.1, 0.2], 0.9),
+        CalibratedRouter(costs=[40.0, 10.0, 30.0, 20.0]).fit(predicted, true, [0.15], 0.8),
+    ]
     for router in routers:
         for t in (0.05, 0.1, 0.15, 0.3):
             want = router.route(predicted, t).numpy()
@@ -217,7 +243,9 @@ def test_bad_folders_and_inputs_are_one_clear_line(faces, tmp_path):
     (bad / "manifest.json").write_text(json.dumps({**manifest, "format": 99}))
     with pytest.raises(ValueError, match="format 99; this fiancee reads format 1"):
         OnnxPipeline(bad)
-    (bad / "manifest.json").write_text(json.dumps({**manifest, "files": {**manifest["files"], "../pipeline/config.json": "0"}}))
+    (bad / "manifest.json").write_text(
+        json.dumps({**manifest, "files": {**manifest["files"], "../pipeline/config.json": "0"}})
+    )
     with pytest.raises(ValueError, match="leaves the folder"):
         OnnxPipeline(bad)
     (bad / "manifest.json").write_text(json.dumps(manifest))
@@ -268,9 +296,14 @@ def test_export_command_refuses_before_any_work(faces, capsys):
     out = faces / "onnx"
     for argv, message in [
         (["export", str(faces / "pipeline"), "--out", str(out)], "already exists; pass --overwrite"),
-        (["export", str(faces / "pipeline"), "--out", str(faces / "pipeline"), "--overwrite"],
-         "holds a folder of kind 'fiancee-pipeline'"),
-        (["export", str(faces / "pipeline"), "--out", str(faces / "x"), "--opset", "5"], "--opset must be an integer in 13..21"),
+        (
+            ["export", str(faces / "pipeline"), "--out", str(faces / "pipeline"), "--overwrite"],
+            "holds a folder of kind 'fiancee-pipeline'",
+        ),
+        (
+            ["export", str(faces / "pipeline"), "--out", str(faces / "x"), "--opset", "5"],
+            "--opset must be an integer in 13..21",
+        ),
         (["export", str(faces / "nowhere"), "--out", str(faces / "y")], "no pipeline folder at"),
     ]:
         assert main(argv) == 2
@@ -281,8 +314,31 @@ def test_export_command_refuses_before_any_work(faces, capsys):
 
 def test_onnx_bench_reports_both_runtimes_per_case(tmp_path, capsys):
     """Structure only (reps=1 on the tiny reference OASIS): no timing is asserted; BENCHMARKS.md holds the numbers."""
-    assert main(["bench", "--backbone", "oasis", "--size", "tiny", "--runtime", "onnx", "--batch", "1,3", "--threads", "1",
-                 "--reps", "1", "--warmup", "0", "--json", str(tmp_path / "onnx.json"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--backbone",
+                "oasis",
+                "--size",
+                "tiny",
+                "--runtime",
+                "onnx",
+                "--batch",
+                "1,3",
+                "--threads",
+                "1",
+                "--reps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                str(tmp_path / "onnx.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "onnx.json").read_text())
     assert report["kind"] == "fiancee-bench-onnx" and report["settings"]["threads"] == [1]
     num_routes = len(report["settings"]["exits_after_stages"]) + 1
@@ -290,9 +346,29 @@ def test_onnx_bench_reports_both_runtimes_per_case(tmp_path, capsys):
     assert cases == [f"route {r}" for r in range(num_routes)] + ["mixed uniform", "mixed skewed"]
     assert len(report["rows"]) == 2 * (num_routes + 2)
     for row in report["rows"]:
-        assert row["torch_ms"] > 0 and row["onnx_ms"] > 0 and row["speedup"] == pytest.approx(row["torch_ms"] / row["onnx_ms"], rel=1e-3)
+        assert (
+            row["torch_ms"] > 0
+            and row["onnx_ms"] > 0
+            and row["speedup"] == pytest.approx(row["torch_ms"] / row["onnx_ms"], rel=1e-3)
+        )
         assert row["routes_equal"] and row["max_abs_diff"] <= 1e-4 and sum(row["counts"]) == row["batch"]
     assert "torch / onnx" in capsys.readouterr().out
-    assert main(["bench", "--backbone", "oasis", "--size", "tiny", "--runtime", "onnx", "--opt", "bf16",
-                 "--json", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--backbone",
+                "oasis",
+                "--size",
+                "tiny",
+                "--runtime",
+                "onnx",
+                "--opt",
+                "bf16",
+                "--json",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
     assert "--opt and --device do not apply" in capsys.readouterr().err

@@ -44,7 +44,8 @@ def test_parameter_names_are_the_pretrained_files(backbone):
     assert set(backbone.state_dict()) == set(load_face_state_dict())
     # stages and head are views onto main: no weight is stored twice
     assert sum(p.numel() for p in backbone.parameters()) == sum(
-        v.numel() for k, v in load_face_state_dict().items() if "running" not in k and "num_batches" not in k)
+        v.numel() for k, v in load_face_state_dict().items() if "running" not in k and "num_batches" not in k
+    )
     assert not any(p.requires_grad for p in backbone.parameters()) and not backbone.training
 
 

@@ -7,12 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from fiancee.tasks.fashion.classifier import accuracy, load_classifier
 from fiancee.cli import main
 from fiancee.exits import ExitGenerator
 from fiancee.tasks import get_task
-from fiancee.tasks.fashion import (IDX_FILES, NUM_LABELS, clean_specks, default_weights_dir, find_data_dir, generate,
-                                   label_maps, load_fashion_backbone, load_fashion_mnist, one_hot, read_idx)
+from fiancee.tasks.fashion import (
+    IDX_FILES,
+    NUM_LABELS,
+    clean_specks,
+    default_weights_dir,
+    find_data_dir,
+    generate,
+    label_maps,
+    load_fashion_backbone,
+    load_fashion_mnist,
+    one_hot,
+    read_idx,
+)
+from fiancee.tasks.fashion.classifier import accuracy, load_classifier
 
 
 def _write_idx(path, array: np.ndarray) -> None:

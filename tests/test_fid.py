@@ -6,8 +6,8 @@ Inception-v3 at 299 px costs about a second per image on a small CPU, so the tes
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -17,7 +17,13 @@ import torch.nn.functional as F
 
 from fiancee.metrics import fid as fid_mod
 from fiancee.metrics.fid import (
-    FEATURE_DIM, InceptionFeatures, _tf1_resize_axis, compute_stats, fid, fid_from_features, frechet_distance,
+    FEATURE_DIM,
+    InceptionFeatures,
+    _tf1_resize_axis,
+    compute_stats,
+    fid,
+    fid_from_features,
+    frechet_distance,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +83,9 @@ def test_low_rank_route_equals_covariance_route(n1, n2):
     expected = frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
     assert fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-9)
     assert abs(fid_from_features(f1, f1)) < 1e-10
-    assert fid_from_features(torch.from_numpy(f1).float(), torch.from_numpy(f2).float()) == pytest.approx(expected, rel=1e-5)
+    assert fid_from_features(torch.from_numpy(f1).float(), torch.from_numpy(f2).float()) == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_tf1_resize_samples_at_i_times_in_over_out():
@@ -116,7 +124,9 @@ def test_inception_features_and_self_fid(inception):
     assert abs(fid(imgs[:2], imgs[:2])) < 1e-3
     # [0, 1] inputs with normalize=True give the same features.
     with torch.no_grad():
-        torch.testing.assert_close(InceptionFeatures(normalize=True)((imgs[:1] + 1) / 2), feats[:1], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            InceptionFeatures(normalize=True)((imgs[:1] + 1) / 2), feats[:1], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_real_stats_are_cached_under_what_produced_them(inception, tmp_path, monkeypatch):

@@ -19,36 +19,55 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_own_generator import SPEC, _module_source
 
 from fiancee.pipeline import FianceePipeline
 from fiancee.specs import SpecError, allow_folder_code
 from fiancee.train.exits import load_exits
-
-from test_own_generator import SPEC, _module_source
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TRUST = "pass task='{spec}' (--task {spec}) or trust_task_code=True (--trust-task-code)"
 # docs/errors.md's rows (bad input, entry point, message), each tried below.
 ROWS = [
-    ("pipeline folder whose config.json names `os:abort` as its task", "FianceePipeline.from_pretrained",
-     "names task 'os:abort': loading a folder imports no module:attr code, only registered tasks and entry points "
-     "of 'fiancee.tasks'; if you trust this code, pass task='os:abort' (--task os:abort) or trust_task_code=True "
-     "(--trust-task-code)"),
-    ("run folder whose config.json names `tempfile:mkdtemp` as its task", "load_exits",
-     "names task 'tempfile:mkdtemp': loading a folder imports no module:attr code"),
-    ("bank manifest naming its key function by `module:attr`", "load_bank",
-     "loading a folder imports no module:attr code, only registered key functions and entry points of "
-     "'fiancee.key_functions'; if you trust this code, pass trust_task_code=True to the loader (--trust-task-code)"),
+    (
+        "pipeline folder whose config.json names `os:abort` as its task",
+        "FianceePipeline.from_pretrained",
+        "names task 'os:abort': loading a folder imports no module:attr code, only registered tasks and entry points "
+        "of 'fiancee.tasks'; if you trust this code, pass task='os:abort' (--task os:abort) or trust_task_code=True "
+        "(--trust-task-code)",
+    ),
+    (
+        "run folder whose config.json names `tempfile:mkdtemp` as its task",
+        "load_exits",
+        "names task 'tempfile:mkdtemp': loading a folder imports no module:attr code",
+    ),
+    (
+        "bank manifest naming its key function by `module:attr`",
+        "load_bank",
+        "loading a folder imports no module:attr code, only registered key functions and entry points of "
+        "'fiancee.key_functions'; if you trust this code, pass trust_task_code=True to the loader (--trust-task-code)",
+    ),
 ]
 
 
 def _pipeline_folder(path: Path, spec: str) -> Path:
     """A pipeline config.json whose fields all have the right type: loading reads it, then resolves the spec."""
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({
-        "kind": "fiancee_pipeline", "format": 1, "task": spec, "exits": [1, 2], "scale": "1/2", "min_channels": 4,
-        "backbone_fingerprint": "0" * 16, "router": {"kind": "static", "exit": 0}}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "kind": "fiancee_pipeline",
+                "format": 1,
+                "task": spec,
+                "exits": [1, 2],
+                "scale": "1/2",
+                "min_channels": 4,
+                "backbone_fingerprint": "0" * 16,
+                "router": {"kind": "static", "exit": 0},
+            }
+        )
+    )
     return path
 
 
@@ -69,8 +88,10 @@ def side_effects(tmp_path, monkeypatch):
     """A module on sys.path that writes a marker file when imported; yields (spec, marker)."""
     marker = tmp_path / "imported.marker"
     name = f"fiancee_sidefx_{os.getpid()}"
-    (tmp_path / f"{name}.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-                                         "def keys(h):\n    return h.float().flatten(1)\n")
+    (tmp_path / f"{name}.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "def keys(h):\n    return h.float().flatten(1)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, name, raising=False)
     yield name, marker
@@ -116,11 +137,14 @@ def test_os_abort_in_a_folder_is_one_line_and_exit_2_not_an_abort(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     pipe = _pipeline_folder(tmp_path / "pipeline", "os:abort")
     run = _run_folder(tmp_path / "run", "os:abort")
-    commands = ((["evaluate", str(pipe), "--thresholds", "0.1", "--n", "2", "--out", str(tmp_path / "r1")], pipe),
-                (["evaluate-exits", str(run), "--n", "2", "--no-fid", "--out", str(tmp_path / "r2")], run))
+    commands = (
+        (["evaluate", str(pipe), "--thresholds", "0.1", "--n", "2", "--out", str(tmp_path / "r1")], pipe),
+        (["evaluate-exits", str(run), "--n", "2", "--no-fid", "--out", str(tmp_path / "r2")], run),
+    )
     for argv, folder in commands:
-        r = subprocess.run([sys.executable, "-m", "fiancee", *argv], capture_output=True, text=True, env=env,
-                           cwd=tmp_path, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "fiancee", *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
         assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and str(folder / "config.json") in lines[0] and ROWS[0][2] in lines[0], r.stderr
@@ -135,8 +159,13 @@ def test_a_bank_naming_its_key_function_by_module_attr_is_refused_before_importi
     name, marker = side_effects
     torch.manual_seed(0)
     backbone = build_backbone("g2d", "tiny").eval()
-    spec = BankSpec(mode="global", key_stage=backbone.config.exits[0], value_stage=backbone.num_stages // 2,
-                    max_per_class=8, key_function="flatten")
+    spec = BankSpec(
+        mode="global",
+        key_stage=backbone.config.exits[0],
+        value_stage=backbone.num_stages // 2,
+        max_per_class=8,
+        key_function="flatten",
+    )
     build_feature_bank(backbone, backbone.example_inputs(6), spec).save(tmp_path / "bank")
     manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
     manifest["key_function"] = f"{name}:keys"  # the same function, named by a module that runs code on import
@@ -229,4 +258,3 @@ def test_a_spec_the_user_names_keeps_working():
 @pytest.mark.parametrize("bad,entry,message", ROWS)
 def test_docs_table_has_the_row(bad, entry, message):
     assert f"| {bad} | `{entry}` | {message} |" in DOCS.read_text(encoding="utf-8")
-

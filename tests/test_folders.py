@@ -47,8 +47,9 @@ def _header(obj: dict) -> dict:
     return {"kind": obj["kind"], "format": obj["format"]}
 
 
-def _to_old(path: Path, kind: str | None, *, renames: dict | None = None, version_key: str | None = "format",
-            change=None) -> None:
+def _to_old(
+    path: Path, kind: str | None, *, renames: dict | None = None, version_key: str | None = "format", change=None
+) -> None:
     """Rewrite a folder file the way the release before wrote it: its kind spelled ``kind`` (None: no kind),
     its version under ``version_key`` (None: no version) and fields renamed back (``renames``: new -> old)."""
     obj = json.loads(path.read_text())
@@ -89,8 +90,9 @@ def tiny(tmp_path_factory):
     spec = BankSpec(mode="global", key_stage=model.key_stage, value_stage=model.key_stage, max_per_class=4)
     bank = build_feature_bank(backbone, inputs, spec)
     bank.save_pretrained(root / "bank")
-    return SimpleNamespace(root=root, backbone=backbone, model=model, predictor=predictor, pipe=pipe, bank=bank,
-                           inputs=inputs)
+    return SimpleNamespace(
+        root=root, backbone=backbone, model=model, predictor=predictor, pipe=pipe, bank=bank, inputs=inputs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +127,11 @@ def test_every_folder_writer_writes_kind_and_format(tiny, run, tmp_path):
         assert "format_version" not in obj and "exits" not in obj and "guided_exits" not in obj, path
         assert folder_kind(path.parent) == kind
     assert json.loads(written[PIPELINE].read_text())["attach_after"] == tiny.model.attach_after
-    assert json.loads(written[PIPELINE].read_text())["router"] == {"kind": "static", "costs": tiny.pipe.router.costs,
-                                                                  "route": 1}
+    assert json.loads(written[PIPELINE].read_text())["router"] == {
+        "kind": "static",
+        "costs": tiny.pipe.router.costs,
+        "route": 1,
+    }
     assert json.loads(written[EXITS_RUN].read_text())["attach_after"] == [1, 2, 3]
 
 
@@ -138,8 +143,9 @@ def test_every_report_writer_writes_kind_and_format():
     setup = SimpleNamespace(settings={}, notes=[])
     predictor = SimpleNamespace(arch="tiny")
     phases = {"routes": [], "mixed": {"mixes": []}, "overhead": {}, "overhead_fraction": 0.0, "options": {}}
-    bench = bench_report("g2d", setup, model, torch.device("cpu"), [1], 1, 0, 0, [], 1, predictor, None, None, "off",
-                         None, phases)
+    bench = bench_report(
+        "g2d", setup, model, torch.device("cpu"), [1], 1, 0, 0, [], 1, predictor, None, None, "off", None, phases
+    )
     onnx = onnx_report("g2d", setup, model, [1], [1], 1, 0, 0, 17, predictor, [], None, [], 0.0)
     result = stamp("x", "fiancee macs", {"a": 1})
     for kind, obj in ((BENCH, bench), (BENCH_ONNX, onnx), (RESULT, result)):
@@ -169,7 +175,7 @@ def test_no_writer_spells_a_kind_the_old_way():
             if name not in ("atomic_folder", "check_replaceable", "make_header", "read_manifest", "check_header"):
                 continue
             at = {"check_replaceable": 1, "make_header": 0}.get(name)  # the kind given by position
-            kinds = [k.value for k in call.keywords if k.arg == "kind"] + ([] if at is None else call.args[at:at + 1])
+            kinds = [k.value for k in call.keywords if k.arg == "kind"] + ([] if at is None else call.args[at : at + 1])
             for kind in kinds:
                 if isinstance(kind, ast.Constant):
                     assert kind.value in KINDS, f"{path.relative_to(PACKAGE)}:{call.lineno}: kind {kind.value!r}"
@@ -250,8 +256,10 @@ def test_an_old_predictor_and_an_old_bank_load(tiny, tmp_path):
     shutil.copytree(tiny.root / "bank", tmp_path / "bank")
     _to_old(tmp_path / "bank" / "manifest.json", FEATURE_BANK, version_key="format_version")
     assert "format_version" in json.loads((tmp_path / "bank" / "manifest.json").read_text())
-    for bank in (FeatureBank.from_pretrained(tmp_path / "bank", tiny.backbone),
-                 load_bank(tmp_path / "bank", tiny.backbone)):
+    for bank in (
+        FeatureBank.from_pretrained(tmp_path / "bank", tiny.backbone),
+        load_bank(tmp_path / "bank", tiny.backbone),
+    ):
         assert torch.equal(bank.keys, tiny.bank.keys) and bank.manifest == tiny.bank.manifest
 
 
@@ -260,8 +268,12 @@ def test_an_old_run_loads(run, tmp_path):
 
     old = tmp_path / "old"
     shutil.copytree(run, old)
-    _to_old(old / "config.json", "exits", renames={"attach_after": "exits", "guided_attach_after": "guided_exits"},
-            version_key=None)
+    _to_old(
+        old / "config.json",
+        "exits",
+        renames={"attach_after": "exits", "guided_attach_after": "guided_exits"},
+        version_key=None,
+    )
     assert folder_kind(old) == EXITS_RUN
     _, new_model = load_exits(run)
     _, old_model = load_exits(old)
@@ -283,25 +295,34 @@ def test_the_header_table():
     assert header({"kind": "exits", "task": "faces"}) == (EXITS_RUN, 1)  # runs had no version
     assert header({"generator": {}, "format_version": 1}) == (FASHION_BACKBONE, 1)
     assert header({"kind": "demo"}) == ("demo", None) and header([1]) == (None, None) and header({}) == (None, None)
-    assert upgrade({"kind": "fiancee_onnx", "format": 1, "exits": [1], "x": 2}) == \
-        {"kind": "fiancee-onnx", "format": 1, "attach_after": [1], "x": 2}
+    assert upgrade({"kind": "fiancee_onnx", "format": 1, "exits": [1], "x": 2}) == {
+        "kind": "fiancee-onnx",
+        "format": 1,
+        "attach_after": [1],
+        "x": 2,
+    }
     assert upgrade({"kind": "exits", "exits": [1], "attach_after": [2]})["attach_after"] == [2]  # the new name wins
     assert folders.make_header(PIPELINE, 1) == {"kind": PIPELINE, "format": 1}
     with pytest.raises(ValueError, match="kind must be one of"):
         folders.make_header("fiancee_pipeline", 1)
     with pytest.raises(ValueError, match=r"x is not a quality predictor config \(kind='fiancee-pipeline'"):
-        check_header({"kind": PIPELINE, "format": 1}, kind=PREDICTOR, version=1, what="quality predictor config",
-                     source="x")
+        check_header(
+            {"kind": PIPELINE, "format": 1}, kind=PREDICTOR, version=1, what="quality predictor config", source="x"
+        )
     with pytest.raises(ValueError, match="x: bank format 2; this fiancee reads format 1; rebuild"):
-        check_header({"kind": FEATURE_BANK, "format": 2}, kind=FEATURE_BANK, version=1, what="bank", source="x",
-                     hint="; rebuild")
+        check_header(
+            {"kind": FEATURE_BANK, "format": 2}, kind=FEATURE_BANK, version=1, what="bank", source="x", hint="; rebuild"
+        )
 
 
 def test_read_manifest_returns_the_new_spelling(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"kind": "fiancee_pipeline", "format": 1, "exits": [1, 2]}))
-    assert read_manifest(path, kind=PIPELINE, version=1, what="pipeline config", required=("attach_after",)) == \
-        {"kind": PIPELINE, "format": 1, "attach_after": [1, 2]}
+    assert read_manifest(path, kind=PIPELINE, version=1, what="pipeline config", required=("attach_after",)) == {
+        "kind": PIPELINE,
+        "format": 1,
+        "attach_after": [1, 2],
+    }
 
 
 # ----------------------------------------------------------------------------------------------

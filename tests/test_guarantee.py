@@ -3,12 +3,18 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from fiancee.guarantee import (METHODS, accepted_index, calibration_range, max_misses, min_calibration, range_check,
-                               split_study)
+from fiancee.guarantee import (
+    METHODS,
+    accepted_index,
+    calibration_range,
+    max_misses,
+    min_calibration,
+    range_check,
+    split_study,
+)
 from fiancee.routing import CalibratedRouter, margin_grid, margin_misses, router_from_config
 
 COSTS = [1.0, 2.0, 3.0, 10.0]  # three exits, then the backbone
@@ -70,8 +76,9 @@ def test_the_methods_order_as_their_promises_do(study):
 
 def test_familywise_over_thresholds_holds_with_bonferroni():
     pred, true = _table(6000, 1)
-    s = split_study(pred, true, COSTS, [0.05, 0.1, 0.15], [0.05], n_cal=400, splits=300, seed=1, delta=0.1,
-                    methods=["ltt", "ucb"])
+    s = split_study(
+        pred, true, COSTS, [0.05, 0.1, 0.15], [0.05], n_cal=400, splits=300, seed=1, delta=0.1, methods=["ltt", "ucb"]
+    )
     for f in s["family"]:
         bon = f["bonferroni"]
         assert bon["delta_each"] == pytest.approx(0.1 / 3)
@@ -98,9 +105,11 @@ def test_the_router_fit_and_the_study_choose_by_one_rule(method):
     """What the study computes for a calibration set is the margin CalibratedRouter fits on it."""
     pred, true = _table(2000, 3)
     cal = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:400]
-    fit = {"crc": lambda r: r.fit_crc(pred[cal], true[cal], 0.1, 0.05),
-           "ltt": lambda r: r.fit_guarantee(pred[cal], true[cal], 0.1, 0.05, 0.1),
-           "ucb": lambda r: r.fit_ucb(pred[cal], true[cal], 0.1, 0.05, 0.1)}[method](CalibratedRouter(costs=COSTS))
+    fit = {
+        "crc": lambda r: r.fit_crc(pred[cal], true[cal], 0.1, 0.05),
+        "ltt": lambda r: r.fit_guarantee(pred[cal], true[cal], 0.1, 0.05, 0.1),
+        "ucb": lambda r: r.fit_ucb(pred[cal], true[cal], 0.1, 0.05, 0.1),
+    }[method](CalibratedRouter(costs=COSTS))
     grid = margin_grid(pred, 0.1)  # the whole table's grid, as the study uses
     miss, _ = margin_misses(pred[cal], true[cal], 0.1, grid, COSTS)
     if method == "crc":
@@ -126,25 +135,44 @@ def test_rules_and_sizes():
     assert accepted_index(counts, 3).tolist() == [3, 0]  # the scan from the top stops at the 4 misses
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [0.05], n_cal=30, splits=100), "needs at least 45 calibration"),
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [0.0], n_cal=300, splits=100), "epsilon must be a number in"),
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [1.0], n_cal=300, splits=100), "epsilon must be a number in"),
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=100, delta=1.5), "delta must be a number in"),
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, n_test=800, splits=100), "exceed the table's 1000"),
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=20), "splits must be an integer >= 100"),
-    (lambda p, t: split_study(p, t[:, :2], COSTS, [0.1], [0.1], n_cal=300, splits=100), "same shape"),
-    (lambda p, t: split_study(p, t, COSTS[:3], [0.1], [0.1], n_cal=300, splits=100), "costs must be 4"),
-    (lambda p, t: split_study(p, t, COSTS, [1.5], [0.1], n_cal=300, splits=100), "threshold must lie in"),
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=100, methods=["magic"]), "method must be one of"),
-    (lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=100, bound="chernoff"), "bound must be one of"),
-    (lambda p, t: split_study(p, t, COSTS, [0.05, 0.1], [0.05], n_cal=50, splits=100, methods=["ltt"]),
-     "for 2 thresholds at once"),
-    (lambda p, t: CalibratedRouter().fit_crc(p[:10], t[:10], 0.1, 0.05), "needs at least 19 calibration"),
-    (lambda p, t: CalibratedRouter().fit_ucb(p[:44], t[:44], 0.1, 0.05, 0.1), "needs at least 45 calibration"),
-    (lambda p, t: CalibratedRouter().fit_guarantee(p[:50], t[:50], [0.05, 0.1], 0.05, 0.1, familywise=True),
-     "at 2 thresholds at once needs at least 59"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda p, t: split_study(p, t, COSTS, [0.1], [0.05], n_cal=30, splits=100), "needs at least 45 calibration"),
+        (lambda p, t: split_study(p, t, COSTS, [0.1], [0.0], n_cal=300, splits=100), "epsilon must be a number in"),
+        (lambda p, t: split_study(p, t, COSTS, [0.1], [1.0], n_cal=300, splits=100), "epsilon must be a number in"),
+        (
+            lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=100, delta=1.5),
+            "delta must be a number in",
+        ),
+        (
+            lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, n_test=800, splits=100),
+            "exceed the table's 1000",
+        ),
+        (lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=20), "splits must be an integer >= 100"),
+        (lambda p, t: split_study(p, t[:, :2], COSTS, [0.1], [0.1], n_cal=300, splits=100), "same shape"),
+        (lambda p, t: split_study(p, t, COSTS[:3], [0.1], [0.1], n_cal=300, splits=100), "costs must be 4"),
+        (lambda p, t: split_study(p, t, COSTS, [1.5], [0.1], n_cal=300, splits=100), "threshold must lie in"),
+        (
+            lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=100, methods=["magic"]),
+            "method must be one of",
+        ),
+        (
+            lambda p, t: split_study(p, t, COSTS, [0.1], [0.1], n_cal=300, splits=100, bound="chernoff"),
+            "bound must be one of",
+        ),
+        (
+            lambda p, t: split_study(p, t, COSTS, [0.05, 0.1], [0.05], n_cal=50, splits=100, methods=["ltt"]),
+            "for 2 thresholds at once",
+        ),
+        (lambda p, t: CalibratedRouter().fit_crc(p[:10], t[:10], 0.1, 0.05), "needs at least 19 calibration"),
+        (lambda p, t: CalibratedRouter().fit_ucb(p[:44], t[:44], 0.1, 0.05, 0.1), "needs at least 45 calibration"),
+        (
+            lambda p, t: CalibratedRouter().fit_guarantee(p[:50], t[:50], [0.05, 0.1], 0.05, 0.1, familywise=True),
+            "at 2 thresholds at once needs at least 59",
+        ),
+    ],
+)
 def test_bad_arguments_are_refused_in_one_line_before_any_work(call, match, monkeypatch):
     import fiancee.routing
 
@@ -160,10 +188,12 @@ def test_bad_arguments_are_refused_in_one_line_before_any_work(call, match, monk
 
 def test_router_configs_round_trip_and_old_ones_load():
     pred, true = _table(400, 5)
-    routers = [CalibratedRouter(costs=COSTS).fit_crc(pred, true, [0.05, 0.1], 0.05),
-               CalibratedRouter(costs=COSTS).fit_ucb(pred, true, [0.05, 0.1], 0.05, 0.1, bound="clopper-pearson"),
-               CalibratedRouter(costs=COSTS).fit_guarantee(pred, true, [0.05, 0.1], 0.05, 0.1, familywise=True),
-               CalibratedRouter(costs=COSTS).fit(pred, true, [0.05, 0.1], 0.9)]
+    routers = [
+        CalibratedRouter(costs=COSTS).fit_crc(pred, true, [0.05, 0.1], 0.05),
+        CalibratedRouter(costs=COSTS).fit_ucb(pred, true, [0.05, 0.1], 0.05, 0.1, bound="clopper-pearson"),
+        CalibratedRouter(costs=COSTS).fit_guarantee(pred, true, [0.05, 0.1], 0.05, 0.1, familywise=True),
+        CalibratedRouter(costs=COSTS).fit(pred, true, [0.05, 0.1], 0.9),
+    ]
     for r in routers:
         back = router_from_config(json.loads(json.dumps(r.to_config())))
         assert back.to_config() == r.to_config() and back.guarantee() == r.guarantee()
@@ -175,10 +205,17 @@ def test_router_configs_round_trip_and_old_ones_load():
     old = {k: v for k, v in routers[2].to_config().items() if k not in ("method", "bound", "familywise", "calibration")}
     back = router_from_config(old)
     assert back.method == "ltt" and back.calibration is None and back.check_inputs(pred) is None
-    old_avg = {k: v for k, v in routers[3].to_config().items() if k not in ("method", "bound", "familywise", "calibration")}
+    old_avg = {
+        k: v for k, v in routers[3].to_config().items() if k not in ("method", "bound", "familywise", "calibration")
+    }
     assert router_from_config(old_avg).method == "average"
-    for bad in ({"method": "crc", "delta": 0.1}, {"method": "magic"}, {"familywise": 1},
-                {"calibration": {"n": 3}}, {"method": "average", "bound": "clopper-pearson", "epsilon": None, "delta": None}):
+    for bad in (
+        {"method": "crc", "delta": 0.1},
+        {"method": "magic"},
+        {"familywise": 1},
+        {"calibration": {"n": 3}},
+        {"method": "average", "bound": "clopper-pearson", "epsilon": None, "delta": None},
+    ):
         with pytest.raises(ValueError):
             router_from_config({**routers[2].to_config(), **bad})
 
@@ -208,15 +245,20 @@ def test_shifted_study_reports_the_shifted_miss_rate():
 
 
 def test_task_shift_hook():
-    from fiancee.tasks.faces import FacesTask
     from fiancee.tasks.base import parse_shift
+    from fiancee.tasks.faces import FacesTask
 
     task = FacesTask()
     (z,) = task.sample_inputs(8, 3, "test")
     (zs,) = task.shifted_inputs(8, 3, "test", "norm:2")
     assert torch.allclose(zs, 2 * z)
     assert torch.allclose(task.shifted_inputs(8, 3, "test", "norm")[0], 1.5 * z)
-    for bad, match in (("size:2", "has no input shift"), ("norm:-1", "S > 0"), ("norm:x", "S > 0"), (3, "has no input shift")):
+    for bad, match in (
+        ("size:2", "has no input shift"),
+        ("norm:-1", "S > 0"),
+        ("norm:x", "S > 0"),
+        (3, "has no input shift"),
+    ):
         with pytest.raises(ValueError, match=match):
             task.shifted_inputs(8, 3, "test", bad)
 
@@ -251,13 +293,16 @@ def test_report_section_and_figure(tmp_path):
 
     pred, true = _table(1200, 10)
     router = CalibratedRouter(costs=COSTS).fit_guarantee(pred[:500], true[:500], [0.05, 0.1], 0.05, 0.1)
-    study = split_study_for_report(router, (pred[:500], true[:500]), (pred[500:], true[500:]), COSTS, 0.0,
-                                   [0.05, 0.1], splits=100)
+    study = split_study_for_report(
+        router, (pred[:500], true[:500]), (pred[500:], true[500:]), COSTS, 0.0, [0.05, 0.1], splits=100
+    )
     assert study["thresholds"] == [0.1] and study["own_method"] == "ltt" and study["n_cal"] == 500
     page = _split_study_html(study)
     assert "guarantee.png" in page and "Learn-then-Test" in page and "class=hl" in page
     assert save_risk_plot(study, tmp_path / "r.png", highlight="ltt").stat().st_size > 0
-    s = split_study(pred, true, COSTS, [0.05, 0.1], [0.05, 0.1], n_cal=300, splits=100, shifted=(pred[:200], true[:200]))
+    s = split_study(
+        pred, true, COSTS, [0.05, 0.1], [0.05, 0.1], n_cal=300, splits=100, shifted=(pred[:200], true[:200])
+    )
     assert save_risk_saved_plot(s, tmp_path / "s.png").stat().st_size > 0
     assert save_shift_plot(s, tmp_path / "h.png").stat().st_size > 0
 
@@ -266,11 +311,13 @@ def test_cli_refuses_bad_arguments_before_loading(tmp_path, capsys):
     from fiancee.cli import main
 
     missing = str(tmp_path / "no_pipeline")
-    for argv, match in ((["--epsilons", "0,0.1"], "epsilon must be a number in"),
-                        (["--splits", "10"], "splits must be an integer >= 100"),
-                        (["--n", "500", "--n-cal", "400", "--n-test", "200"], "exceed the table's 500"),
-                        (["--n-cal", "30"], "needs at least"),
-                        (["--methods", "ltt,magic"], "method must be one of")):
+    for argv, match in (
+        (["--epsilons", "0,0.1"], "epsilon must be a number in"),
+        (["--splits", "10"], "splits must be an integer >= 100"),
+        (["--n", "500", "--n-cal", "400", "--n-test", "200"], "exceed the table's 500"),
+        (["--n-cal", "30"], "needs at least"),
+        (["--methods", "ltt,magic"], "method must be one of"),
+    ):
         code = main(["guarantee", missing, "--out", str(tmp_path / "o"), *argv])
         err = capsys.readouterr().err
         assert code == 2 and match in err and err.count("\n") == 1, err

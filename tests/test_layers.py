@@ -17,16 +17,58 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fiancee"
 # Lowest first. A module may import from its own layer or a lower one; the graph must be acyclic.
 LAYERS = [
     # concept modules: take objects, return objects; never read run folders or resolve task names
-    ("concept", ["core", "checks", "extras", "io", "specs", "timing", "staged", "tiles", "metrics", "backbones", "exits", "bank", "predictor",
-                 "routing", "risk", "guarantee", "plots", "runtime"]),
+    (
+        "concept",
+        [
+            "core",
+            "checks",
+            "extras",
+            "io",
+            "specs",
+            "timing",
+            "staged",
+            "tiles",
+            "metrics",
+            "backbones",
+            "exits",
+            "bank",
+            "predictor",
+            "routing",
+            "risk",
+            "guarantee",
+            "plots",
+            "runtime",
+        ],
+    ),
     # the task registry and the built-in tasks (each reads its own data and weights); classifier: the old
     # path of tasks.fashion.classifier, re-exported
     ("tasks", ["tasks", "classifier"]),
     # the pipeline folder: its from_pretrained resolves the recorded task spec through the registry
     ("pipeline", ["pipeline"]),
     # workflows: read and write run folders, resolve names, train, measure, print
-    ("workflow", ["train", "tables", "evaluate", "exit_quality", "report", "bank_ablation", "paper", "assemble", "demo", "bench", "export", "export_targets", "upscaling", "results", "guarantee_study", "cli",
-                  "__main__", "__init__"]),
+    (
+        "workflow",
+        [
+            "train",
+            "tables",
+            "evaluate",
+            "exit_quality",
+            "report",
+            "bank_ablation",
+            "paper",
+            "assemble",
+            "demo",
+            "bench",
+            "export",
+            "export_targets",
+            "upscaling",
+            "results",
+            "guarantee_study",
+            "cli",
+            "__main__",
+            "__init__",
+        ],
+    ),
 ]
 TASK_NAMES = {"faces", "fashion", "upscale"}
 
@@ -81,7 +123,9 @@ def _layer(name: str) -> int:
     for rank, (_, tops) in enumerate(LAYERS):
         if top in tops:
             return rank
-    raise AssertionError(f"module fiancee.{name} is in no layer of this test: add it to LAYERS (and docs/architecture.md)")
+    raise AssertionError(
+        f"module fiancee.{name} is in no layer of this test: add it to LAYERS (and docs/architecture.md)"
+    )
 
 
 def test_the_graph_sees_function_level_imports():
@@ -96,8 +140,12 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_only_run_downwards():
-    upward = [f"fiancee.{a} ({LAYERS[_layer(a)][0]}) imports fiancee.{b} ({LAYERS[_layer(b)][0]})"
-              for a, deps in _graph().items() for b in deps if _layer(b) > _layer(a)]
+    upward = [
+        f"fiancee.{a} ({LAYERS[_layer(a)][0]}) imports fiancee.{b} ({LAYERS[_layer(b)][0]})"
+        for a, deps in _graph().items()
+        for b in deps
+        if _layer(b) > _layer(a)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -111,7 +159,7 @@ def test_no_import_circles():
         stack.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                cycle = stack[stack.index(dep):] + [dep]
+                cycle = stack[stack.index(dep) :] + [dep]
                 pytest.fail("import circle: " + " -> ".join(f"fiancee.{m}" for m in cycle))
             if dep not in state:
                 visit(dep)
@@ -130,8 +178,11 @@ def _string_constants(tree: ast.AST) -> list[ast.Constant]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docstrings]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
 
 
 def test_no_built_in_task_name_outside_tasks_and_cli():
@@ -149,7 +200,11 @@ def test_the_cli_names_tasks_only_in_help_text():
     """The cli package may mention the built-in tasks in help text and defaults; it never offers them as choices."""
     for path in sorted((SRC / "cli").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.keyword) and node.arg == "choices" and isinstance(node.value, (ast.List, ast.Tuple)):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "choices"
+                and isinstance(node.value, (ast.List, ast.Tuple))
+            ):
                 values = {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
                 # train-backbone / train-classifier / evaluate-backbone are the fashion task's own commands
                 assert values & TASK_NAMES <= {"fashion"} and values != {"faces", "fashion"}, values

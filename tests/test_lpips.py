@@ -84,7 +84,7 @@ def test_gradients_flow_to_images_not_weights():
 def test_batched_pairs_match_single_pairs():
     a, b = _smooth_images(3, 64, seed=2), _smooth_images(3, 64, seed=3)
     batched = lpips(a, b)
-    single = torch.stack([lpips(a[i:i + 1], b[i:i + 1])[0] for i in range(3)])
+    single = torch.stack([lpips(a[i : i + 1], b[i : i + 1])[0] for i in range(3)])
     assert batched.shape == (3,)
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
     assert (batched > 0.05).all()

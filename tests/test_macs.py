@@ -43,11 +43,14 @@ def test_cli_json_keys_and_text_output(capsys):
     assert "multiply-accumulates" in text and "backbone" in text and "213" in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["macs", "--backbone", "oasis", "--scale", "2"], "scale factor must lie in (0, 1]"),
-    (["macs", "--backbone", "resnet"], "invalid choice"),
-    (["macs", "--backbone", "oasis", "--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["macs", "--backbone", "oasis", "--scale", "2"], "scale factor must lie in (0, 1]"),
+        (["macs", "--backbone", "resnet"], "invalid choice"),
+        (["macs", "--backbone", "oasis", "--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_cli_bad_input_one_line_exit_2(argv, message):
     proc = subprocess.run([sys.executable, "-m", "fiancee", *argv], capture_output=True, text=True)
     assert proc.returncode == 2

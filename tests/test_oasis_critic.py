@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 import torch
+from test_exit_quality import small_data  # noqa: F401 (a fixture: $FIANCEE_DATA = 300 real images per split)
+from test_train_backbone import tiny_config
 
 from fiancee.cli import main
 from fiancee.io import load_tensors
@@ -15,9 +17,6 @@ from fiancee.train.critics import OASISCritic
 from fiancee.train.exits import build_critics, critic_kind, make_config, train_exits
 from fiancee.train.losses import Recipe
 from fiancee.train.run import RunDir
-
-from test_exit_quality import small_data  # noqa: F401 (a fixture: $FIANCEE_DATA = 300 real images per split)
-from test_train_backbone import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -136,5 +135,17 @@ def test_oasis_critics_start_as_exact_copies_and_train(small_data, tiny_weights,
     del cfg["discriminator"]
     (tiny_weights / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="critics are 'oasis'"):
-        train_exits(make_config("fashion", preset="smoke", steps=3, batch_size=2, checkpoint_every=2, seed=1,
-                                recipe_overrides={"adversarial": 1.0}), out, resume=True, progress=False)
+        train_exits(
+            make_config(
+                "fashion",
+                preset="smoke",
+                steps=3,
+                batch_size=2,
+                checkpoint_every=2,
+                seed=1,
+                recipe_overrides={"adversarial": 1.0},
+            ),
+            out,
+            resume=True,
+            progress=False,
+        )

@@ -35,8 +35,13 @@ def user(tmp_path_factory):
     root = tmp_path_factory.mktemp("own_generator")
     (root / "mymodule.py").write_text(_module_source(), encoding="utf-8")
     src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), src]), "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1", "FIANCEE_CACHE": str(root / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), src]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "FIANCEE_CACHE": str(root / "cache"),
+    }
     sys.path.insert(0, str(root))
     try:
         import mymodule
@@ -74,7 +79,9 @@ def test_the_bank_and_the_predictor_read_the_declared_inputs(user):
     assert population == {"inputs": 12, "conditions": 6, "noises": 2, "split": "train", "seed": 3}
     # The predictor's table: without noises, n draws of both inputs; with noises, the same crossing.
     tz, tattrs = sample_table_inputs(task, 5, 0, "train")
-    assert torch.equal(tattrs, task.sample_inputs(5, 0, "train")[1]) and torch.equal(tz, task.sample_inputs(5, 0, "train")[0])
+    assert torch.equal(tattrs, task.sample_inputs(5, 0, "train")[1]) and torch.equal(
+        tz, task.sample_inputs(5, 0, "train")[0]
+    )
     cz, cattrs = sample_table_inputs(task, 5, 0, "train", noises=3)
     assert torch.equal(cattrs, tattrs.repeat_interleave(3, 0)) and torch.equal(cz[:3], cz[3:6])
 
@@ -84,14 +91,28 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
     root, env, mymodule = user
     monkeypatch.chdir(root)
     monkeypatch.setenv("FIANCEE_CACHE", env["FIANCEE_CACHE"])
-    _fiancee(capsys, "build-bank", "--task", SPEC, "--out", "bank", "--n", "24", "--noises", "2", "--max-per-class", "32",
-             "--no-progress")
+    _fiancee(
+        capsys,
+        "build-bank",
+        "--task",
+        SPEC,
+        "--out",
+        "bank",
+        "--n",
+        "24",
+        "--noises",
+        "2",
+        "--max-per-class",
+        "32",
+        "--no-progress",
+    )
     manifest = json.loads((root / "bank" / "manifest.json").read_text())
     assert manifest["task"] == SPEC and manifest["mode"] == "global" and manifest["label_channels"] is None
     assert manifest["population"] == {"inputs": 48, "conditions": 24, "noises": 2, "split": "train", "seed": 0}
 
-    _fiancee(capsys, "train-exits", "--task", SPEC, "--bank", "bank", "--preset", "smoke", "--out", "exits",
-             "--no-progress")
+    _fiancee(
+        capsys, "train-exits", "--task", SPEC, "--bank", "bank", "--preset", "smoke", "--out", "exits", "--no-progress"
+    )
     config = json.loads((root / "exits" / "config.json").read_text())
     assert config["task"] == SPEC and config["attach_after"] == [1, 2]
 
@@ -104,22 +125,69 @@ def test_every_command_and_from_pretrained_in_a_fresh_process(user, capsys, monk
     assert "loading a folder imports no module:attr code" in capsys.readouterr().err
     report = json.loads(_fiancee(capsys, "evaluate-exits", "exits", "--n", "4", "--no-fid", "--json", "--task", SPEC))
     assert [e["after_stage"] for e in report["exits"]] == [1, 2]
-    _fiancee(capsys, "train-predictor", "exits", "--out", "predictor", "--n", "16", "--epochs", "2",
-             "--error-n", "8", "--no-progress", "--trust-task-code")
+    _fiancee(
+        capsys,
+        "train-predictor",
+        "exits",
+        "--out",
+        "predictor",
+        "--n",
+        "16",
+        "--epochs",
+        "2",
+        "--error-n",
+        "8",
+        "--no-progress",
+        "--trust-task-code",
+    )
     pconfig = json.loads((root / "predictor" / "config.json").read_text())
     assert pconfig["task"] == SPEC and pconfig["noises"] is None
     assert pconfig["inputs"] == [{"name": "z", "kind": "noise"}, {"name": "attrs", "kind": "condition"}]
     assert pconfig["predictor"]["arch"] == "tiny"  # not conv: the task has no label map
 
-    _fiancee(capsys, "demo", "--task", SPEC, "--exits", "exits", "--out", "demo", "--n", "8", "--n-predictor", "16",
-             "--n-calibrate", "8", "--target-compliance", "0.9", "--no-progress")  # too few for a guarantee
+    _fiancee(
+        capsys,
+        "demo",
+        "--task",
+        SPEC,
+        "--exits",
+        "exits",
+        "--out",
+        "demo",
+        "--n",
+        "8",
+        "--n-predictor",
+        "16",
+        "--n-calibrate",
+        "8",
+        "--target-compliance",
+        "0.9",
+        "--no-progress",
+    )  # too few for a guarantee
     pipe_config = json.loads((root / "demo" / "pipeline" / "config.json").read_text())
     assert pipe_config["task"] == SPEC
-    _fiancee(capsys, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report", "--task", SPEC)
+    _fiancee(
+        capsys, "evaluate", "demo/pipeline", "--thresholds", "0.1,0.2", "--n", "8", "--out", "report", "--task", SPEC
+    )
     assert (root / "report" / "report.json").is_file()
 
-    _fiancee(capsys, "bench", "--backbone", "mymodule:make_task", "--batch", "1,2", "--reps", "2", "--warmup", "0", "--bank-inputs", "8",
-             "--json", "bench.json", "--no-progress")
+    _fiancee(
+        capsys,
+        "bench",
+        "--backbone",
+        "mymodule:make_task",
+        "--batch",
+        "1,2",
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+        "--bank-inputs",
+        "8",
+        "--json",
+        "bench.json",
+        "--no-progress",
+    )
     bench = json.loads((root / "bench.json").read_text())
     assert bench["settings"]["backbone"] == "mymodule:make_task" and len(bench["routes"]) == 3
     assert bench["overhead"]["bank_mode"] == "global" and bench["overhead"]["predictor_arch"] == "tiny"
@@ -160,10 +228,18 @@ print(json.dumps({"task": type(pipe.task).__name__, "shape": list(a.images.shape
 
 def test_an_unimportable_spec_is_one_line_and_exit_2(user):
     root, env, _ = user
-    for spec, expected in (("mymodule:Nope", "module 'mymodule' has no attribute 'Nope'"),
-                           ("missing_module_xyz:MyTask", "cannot import module 'missing_module_xyz'")):
-        r = subprocess.run([sys.executable, "-m", "fiancee", "train-exits", "--task", spec, "--out", "never"],
-                           capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    for spec, expected in (
+        ("mymodule:Nope", "module 'mymodule' has no attribute 'Nope'"),
+        ("missing_module_xyz:MyTask", "cannot import module 'missing_module_xyz'"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "fiancee", "train-exits", "--task", spec, "--out", "never"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=root,
+            timeout=120,
+        )
         assert r.returncode == 2 and expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert spec in r.stderr and not (root / "never").exists()
 
@@ -180,8 +256,14 @@ def test_an_entry_point_and_a_registered_name_resolve_too(user):
     (dist / "entry_points.txt").write_text("[fiancee.tasks]\nattr-gan = mymodule:MyTask\n")
     task = get_task("attr-gan")
     assert isinstance(task, mymodule.MyTask) and task.spec == "attr-gan"
-    r = subprocess.run([sys.executable, "-m", "fiancee", "sample", "--task", "attr-gan", "--out", "samples", "--n", "2"],
-                       capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fiancee", "sample", "--task", "attr-gan", "--out", "samples", "--n", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+    )
     assert r.returncode == 0 and (root / "samples" / "grid.png").is_file(), r.stderr
     # In one process, a name registered by hand (a class or a zero-argument factory).
     register_task("my-gan", lambda: mymodule.MyTask())

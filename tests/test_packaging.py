@@ -39,8 +39,23 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (built,) = (tmp / "dist").glob("fiancee-*.whl")
     return built
@@ -183,14 +198,24 @@ def test_a_wheel_installed_in_a_fresh_venv_runs_outside_the_checkout(wheel, tmp_
     py = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", WEIGHTS_ENV)}
     env["OMP_NUM_THREADS"] = "1"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, env=env, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.strip()
     parent = _parent_site_dirs()
     assert parent and not any(Path(d).resolve() == Path(purelib).resolve() for d in parent)
     (Path(purelib) / "_fiancee_test_parent_env.pth").write_text("".join(d + "\n" for d in parent))
     # The parent's pip, run by the venv's interpreter, installs into the venv's site-packages.
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    pip = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert pip.returncode == 0, pip.stderr[-3000:]
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -199,8 +224,17 @@ def test_a_wheel_installed_in_a_fresh_venv_runs_outside_the_checkout(wheel, tmp_
     def run(*args):
         return subprocess.run([str(cli), *args], cwd=work, capture_output=True, text=True, env=env, timeout=600)
 
-    where = subprocess.run([str(py), "-c", "import fiancee, fiancee.tasks.base as b; print(fiancee.__file__); "
-                            "print(b.find_weights('faces', 'exits'))"], cwd=work, capture_output=True, text=True, env=env)
+    where = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import fiancee, fiancee.tasks.base as b; print(fiancee.__file__); print(b.find_weights('faces', 'exits'))",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert where.returncode == 0, where.stderr
     module, exits = where.stdout.split()
     assert str(env_dir) in module and str(env_dir) in exits and str(ROOT) not in where.stdout

@@ -10,11 +10,11 @@ import torch
 from fiancee.evaluate import evaluate_pipeline
 from fiancee.pipeline import FianceePipeline
 from fiancee.predictor import load_predictor, predict
-from fiancee.tables import build_lpips_table
-from fiancee.train.predictor import train_predictor_for_run
 from fiancee.report import threshold_row
 from fiancee.routing import CalibratedRouter, OracleRouter, StaticRouter
+from fiancee.tables import build_lpips_table
 from fiancee.train.exits import load_exits, make_config, train_exits
+from fiancee.train.predictor import train_predictor_for_run
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,9 @@ def pipeline_dir(tmp_path_factory):
     task, model = load_exits(run)
     predictor, _ = load_predictor(root / "predictor", model)
     cal = build_lpips_table(model, task, 32, 99, "train", cache=False)
-    router = CalibratedRouter(costs=model.route_macs()).fit(predict(predictor, model, cal["inputs"]), cal["lpips"], [0.1, 0.3], 0.9)
+    router = CalibratedRouter(costs=model.route_macs()).fit(
+        predict(predictor, model, cal["inputs"]), cal["lpips"], [0.1, 0.3], 0.9
+    )
     FianceePipeline(task, model, predictor, router).save(root / "pipeline")
     return root / "pipeline"
 
@@ -89,19 +91,34 @@ def test_report_holds_the_required_keys(pipeline_dir, tmp_path):
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [r["threshold"] for r in saved["thresholds"]] == [0.1, 0.3]
     for row in saved["thresholds"]:
-        for key in ("threshold", "compliance", "macs_saved", "route_macs_saved", "overhead_macs", "oracle_macs_saved",
-                    "exit_shares"):
+        for key in (
+            "threshold",
+            "compliance",
+            "macs_saved",
+            "route_macs_saved",
+            "overhead_macs",
+            "oracle_macs_saved",
+            "exit_shares",
+        ):
             assert key in row
         assert row["overhead_macs"] > 0
-        assert row["macs_saved"] == pytest.approx(row["route_macs_saved"] - row["overhead_macs"] / saved["route_gmacs"][-1] / 1e9)
+        assert row["macs_saved"] == pytest.approx(
+            row["route_macs_saved"] - row["overhead_macs"] / saved["route_gmacs"][-1] / 1e9
+        )
         assert abs(sum(row["exit_shares"]) - 1) < 1e-9
         assert row["oracle_macs_saved"] >= row["oracle_macs_saved_at_compliance"] - 1e-12 or row["compliance"] < 1
     for name in ("report.html", "shares.png", "densities.png", "saved.png", "examples.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     assert report["html"].endswith("report.html")
     # The image strip: every exit (1-based), the backbone, then the routed outputs at two thresholds.
-    assert [e["label"] for e in saved["examples"]] == ["exit 1", "exit 2", "exit 3", "backbone",
-                                                       "routed, T = 0.1", "routed, T = 0.3"]
+    assert [e["label"] for e in saved["examples"]] == [
+        "exit 1",
+        "exit 2",
+        "exit 3",
+        "backbone",
+        "routed, T = 0.1",
+        "routed, T = 0.3",
+    ]
     assert saved["route_names"] == ["exit 1", "exit 2", "exit 3", "backbone"]
     for row, t in zip(saved["examples"][-2:], (0.1, 0.3)):  # a routed output above T is marked as a miss
         for caption in row["captions"]:
@@ -132,12 +149,24 @@ def test_report_shows_net_accounting_when_the_rows_carry_it(tmp_path):
     rows = [threshold_row(true, torch.tensor([0, 1, 2, 1]), macs, 0.1)]
     for key in ("route_macs_saved", "overhead_macs"):  # a report written before the net accounting
         rows[0].pop(key)
-    html = write_report(tmp_path / "plain", rows=rows, true_lpips=true.numpy(), macs=np.array(macs), density_routes=[],
-                        meta={"task": "t", "router": "calibrated"}).read_text()
+    html = write_report(
+        tmp_path / "plain",
+        rows=rows,
+        true_lpips=true.numpy(),
+        macs=np.array(macs),
+        density_routes=[],
+        meta={"task": "t", "router": "calibrated"},
+    ).read_text()
     assert "routes only" in html and "overhead per input" not in html
     rows[0].update(route_macs_saved=0.5, overhead_macs=2.0)
-    html = write_report(tmp_path / "net", rows=rows, true_lpips=true.numpy(), macs=np.array(macs), density_routes=[],
-                        meta={"task": "t", "router": "calibrated"}).read_text()
+    html = write_report(
+        tmp_path / "net",
+        rows=rows,
+        true_lpips=true.numpy(),
+        macs=np.array(macs),
+        density_routes=[],
+        meta={"task": "t", "router": "calibrated"},
+    ).read_text()
     assert "net MACs saved" in html and "overhead per input" in html and "5.00%" in html  # 2 of 40 MACs
 
 
@@ -161,12 +190,18 @@ def test_threshold_row_against_hand_computed_numbers():
     net = threshold_row(true, routes, macs, 0.1, overhead_macs=2.0)
     assert net["route_macs_saved"] == pytest.approx(row["macs_saved"]) and net["overhead_macs"] == 2.0
     assert net["macs_saved"] == pytest.approx(1 - ((10 + 20 + 40) / 3 + 2) / 40)
-    assert net["oracle_macs_saved"] == pytest.approx(row["oracle_macs_saved"]) and "routes only" in net["oracle_accounting"]
+    assert (
+        net["oracle_macs_saved"] == pytest.approx(row["oracle_macs_saved"])
+        and "routes only" in net["oracle_accounting"]
+    )
 
 
 def test_evaluate_cli_bad_threshold_one_line(pipeline_dir):
-    proc = subprocess.run([sys.executable, "-m", "fiancee", "evaluate", str(pipeline_dir), "--thresholds", "1.5", "--n", "4"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fiancee", "evaluate", str(pipeline_dir), "--thresholds", "1.5", "--n", "4"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "(0, 1]" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -174,8 +209,14 @@ def test_evaluate_cli_bad_threshold_one_line(pipeline_dir):
 def test_targets_check_names_the_shortfall_and_its_cause():
     from fiancee.evaluate import targets_check
 
-    row = {"threshold": 0.1, "compliance": 0.96, "macs_saved": 0.12, "oracle_macs_saved": 0.3,
-           "oracle_macs_saved_at_compliance": 0.35, "saving_vs_oracle_at_compliance": 0.12 / 0.35}
+    row = {
+        "threshold": 0.1,
+        "compliance": 0.96,
+        "macs_saved": 0.12,
+        "oracle_macs_saved": 0.3,
+        "oracle_macs_saved_at_compliance": 0.35,
+        "saving_vs_oracle_at_compliance": 0.12 / 0.35,
+    }
     check = targets_check([{**row, "threshold": 0.2}, row])
     assert check["threshold"] == 0.1 and not check["met"]
     assert any("the exits cap it" in n and "0.380 short" in n for n in check["shortfalls"])
@@ -203,23 +244,34 @@ def test_a_pipeline_with_a_bank_charges_its_faiss_search_and_shares_the_trunk():
     maps = torch.nn.functional.one_hot(torch.randint(0, 3, (12, 4, 4), generator=g), 5).permute(0, 3, 1, 2).float()
     maps = maps.repeat_interleave(8, 2).repeat_interleave(8, 3)  # [12, 5, 32, 32], classes 0..2 only
     inputs = (maps, torch.randn(12, 8, generator=g))
-    bank = build_feature_bank(backbone, tuple(x[:8] for x in inputs), BankSpec(mode="patch", key_stage=1, value_stage=2,
-                              grid=(2, 2), max_per_class=3), label_channels=5, task="tiny")
+    bank = build_feature_bank(
+        backbone,
+        tuple(x[:8] for x in inputs),
+        BankSpec(mode="patch", key_stage=1, value_stage=2, grid=(2, 2), max_per_class=3),
+        label_channels=5,
+        task="tiny",
+    )
     model = ExitGenerator(backbone, [1, 2], "1/2", 4, guide=bank.guide_spec).eval()
     h = backbone.features(*inputs, taps=(1,)).taps[1]
     predictor = QualityPredictor("tiny", 2, [list(h.shape[1:])], width=4, hidden=(8,)).eval()
     pipe = FianceePipeline(None, model, predictor, ThresholdRouter(model.route_macs()), bank=bank, task_spec="tiny")
     query = tuple(x[8:] for x in inputs)
-    query = (torch.cat([query[0][:3], torch.nn.functional.one_hot(torch.full((1, 32, 32), 4), 5).permute(0, 3, 1, 2).float()]),
-             query[1])  # the last input's class 4 is not in the bank: searched in the whole index
+    query = (
+        torch.cat(
+            [query[0][:3], torch.nn.functional.one_hot(torch.full((1, 32, 32), 4), 5).permute(0, 3, 1, 2).float()]
+        ),
+        query[1],
+    )  # the last input's class 4 is not in the bank: searched in the whole index
     routes = torch.tensor([0, 1, 2, 0])
     counter = FlopCounterMode(display=False)
     with counter:
         out = pipe(*query, max_lpips=0.2, routes=routes)
     counts = {int(c): int(n) for c, n in bank.manifest["per_class_counts"].items()}
     d = bank.keys.shape[1]
-    faiss = sum(counts.get(int(c), 0) * d if counts.get(int(c), 0) else len(bank) * d
-                for c in majority_labels(query[0], (2, 2)).flatten())
+    faiss = sum(
+        counts.get(int(c), 0) * d if counts.get(int(c), 0) else len(bank) * d
+        for c in majority_labels(query[0], (2, 2)).flatten()
+    )
     assert counter.get_total_flops() / 2 + faiss == pytest.approx(float(out.macs.sum()), rel=1e-12)
     assert pipe.overhead_macs() == pipe.predictor_macs() + 4 * len(bank) * d  # the bound: the whole index
     same = model.mixed(*query, routes=routes, guide=bank.guide)
@@ -233,8 +285,9 @@ def test_a_guarantee_router_is_stated_and_checked_in_the_report(pipeline_dir, tm
     pipe = FianceePipeline.from_pretrained(pipeline_dir)
     n = guarantee_min_inputs(0.1, 0.2)
     cal = build_lpips_table(pipe.model, pipe.task, n, 98, "train", cache=False)
-    pipe.router = CalibratedRouter(costs=pipe.model.route_macs()).fit_guarantee(pipe.predict(*cal["inputs"]), cal["lpips"],
-                                                                                [0.1, 0.3], 0.1, 0.2)
+    pipe.router = CalibratedRouter(costs=pipe.model.route_macs()).fit_guarantee(
+        pipe.predict(*cal["inputs"]), cal["lpips"], [0.1, 0.3], 0.1, 0.2
+    )
     report = evaluate_pipeline(pipe, [0.1, 0.3], n=16, out=tmp_path / "rep", progress=False)
     g = report["guarantee"]
     assert g["statement"] == pipe.router.guarantee() and (g["epsilon"], g["delta"]) == (0.1, 0.2)

@@ -8,8 +8,15 @@ from fiancee.cli import main
 from fiancee.evaluate import per_image_lpips
 from fiancee.exits import ExitGenerator
 from fiancee.predictor import (
-    QualityPredictor, exits_fingerprints, key_features, load_predictor, predict, predictor_features, relative_error,
-    save_predictor, train_predictor,
+    QualityPredictor,
+    exits_fingerprints,
+    key_features,
+    load_predictor,
+    predict,
+    predictor_features,
+    relative_error,
+    save_predictor,
+    train_predictor,
 )
 from fiancee.tables import build_lpips_table, predictor_error, sample_table_inputs
 from fiancee.tasks import get_task
@@ -117,8 +124,9 @@ def test_architectures_read_their_inputs(arch):
         QualityPredictor("transformer", 2, [[4]])
 
 
-@pytest.mark.parametrize("arch,shapes", [("tiny", [[32, 4, 4]]), ("features", [[8, 6, 6]]),
-                                          ("conv", [[5, 8, 8], [3]]), ("mlp", [[6], [4]])])
+@pytest.mark.parametrize(
+    "arch,shapes", [("tiny", [[32, 4, 4]]), ("features", [[8, 6, 6]]), ("conv", [[5, 8, 8], [3]]), ("mlp", [[6], [4]])]
+)
 def test_folded_inference_is_the_standardized_network(arch, shapes):
     """Eval mode without autograd runs the folded copy; it computes the same function, follows weight edits,
     and never enters the state dict."""
@@ -156,7 +164,9 @@ def test_the_tiny_head_costs_under_one_percent_of_the_faces_backbone():
     assert tiny <= 0.01 * 104_628_224 and tiny < count_macs(QualityPredictor("features", 3, [[512, 4, 4]]), x) / 10
     from fiancee.predictor import TINY_WIDTH
 
-    assert QualityPredictor("tiny", 3, [[512, 4, 4]]).config()["width"] == TINY_WIDTH  # defaults resolved into the config
+    assert (
+        QualityPredictor("tiny", 3, [[512, 4, 4]]).config()["width"] == TINY_WIDTH
+    )  # defaults resolved into the config
 
 
 @pytest.mark.parametrize("recipe", ["mse-sgd", "mae-adamw"])
@@ -167,8 +177,16 @@ def test_both_recipes_learn_a_learnable_quality(recipe):
     base = 0.2 + 0.05 * torch.tanh(z[:, :2].sum(1, keepdim=True))
     lpips = base + torch.tensor([[0.08, 0.04, 0.0]])  # [N, 3]
     p = QualityPredictor("mlp", 3, [[10]], hidden=(64, 32))
-    hist = train_predictor(p, (z[:512],), lpips[:512], recipe=recipe, epochs=25, batch_size=32,
-                           lr=None if recipe == "mse-sgd" else 3e-3, seed=0)
+    hist = train_predictor(
+        p,
+        (z[:512],),
+        lpips[:512],
+        recipe=recipe,
+        epochs=25,
+        batch_size=32,
+        lr=None if recipe == "mse-sgd" else 3e-3,
+        seed=0,
+    )
     assert hist[-1] < 0.3 * hist[0]
     held = relative_error(p(z[512:]).detach(), lpips[512:])
     constant = relative_error(lpips[:512].mean(0).expand(128, 3), lpips[512:])  # predicting the mean
@@ -223,8 +241,13 @@ def test_error_report_sets(faces, tmp_path):
     assert entry["n"] == 8 and len(entry["relative_error"]) == 3 and entry["mean_relative_error"] > 0
     label_task = TinyLabelTask()
     lmodel = ExitGenerator(label_task.backbone, label_task.attach_after, "1/2", 4).eval()
-    lp = QualityPredictor("conv", 2, [[label_task.backbone.config.label_channels, 32, 32], [label_task.backbone.config.z_dim]],
-                          width=8, hidden=(16,))
+    lp = QualityPredictor(
+        "conv",
+        2,
+        [[label_task.backbone.config.label_channels, 32, 32], [label_task.backbone.config.z_dim]],
+        width=8,
+        hidden=(16,),
+    )
     rep = predictor_error(lp, lmodel, label_task, n=2, train_noises=3, cache=False)
     assert list(rep["sets"]) == ["train_noises", "new_noises"]
     assert rep["sets"]["train_noises"]["n"] == rep["sets"]["new_noises"]["n"] == 2  # n maps, one noise each

@@ -4,10 +4,17 @@ import json
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fiancee.routing import (
-    CalibratedRouter, OracleRouter, StaticRouter, ThresholdRouter, compliance, mean_cost, router_from_config,
+    CalibratedRouter,
+    OracleRouter,
+    StaticRouter,
+    ThresholdRouter,
+    compliance,
+    mean_cost,
+    router_from_config,
     true_lpips_of,
 )
 
@@ -131,8 +138,9 @@ def test_calibration_generalises_to_held_out_inputs_and_beats_the_raw_threshold(
     # threshold rule misses T often; the margin fitted on one half holds on the other half.
     g = torch.Generator().manual_seed(0)
     n, e, t = 1200, 3, 0.2
-    true = (torch.rand(n, 1, generator=g) * 0.3 + torch.tensor([[0.15, 0.08, 0.04]])
-            + 0.03 * torch.randn(n, e, generator=g)).clamp(0.001, 1)
+    true = (
+        torch.rand(n, 1, generator=g) * 0.3 + torch.tensor([[0.15, 0.08, 0.04]]) + 0.03 * torch.randn(n, e, generator=g)
+    ).clamp(0.001, 1)
     predicted = 0.8 * true + 0.02 * torch.randn(n, e, generator=g)
     fit, held = slice(0, n // 2), slice(n // 2, n)
     raw = compliance(ThresholdRouter().route(predicted[held], t), true[held], t)
@@ -147,8 +155,12 @@ def test_calibration_generalises_to_held_out_inputs_and_beats_the_raw_threshold(
 
 def test_routers_round_trip_through_json():
     true = torch.rand(50, 3, generator=torch.Generator().manual_seed(1))
-    routers = [ThresholdRouter(costs=[1, 2, 3, 4]), OracleRouter(costs=[1, 2, 3, 4], compliance=0.9), StaticRouter(1),
-               CalibratedRouter(costs=[1, 2, 3, 4]).fit(true * 0.9, true, [0.2, 0.5], 0.9)]
+    routers = [
+        ThresholdRouter(costs=[1, 2, 3, 4]),
+        OracleRouter(costs=[1, 2, 3, 4], compliance=0.9),
+        StaticRouter(1),
+        CalibratedRouter(costs=[1, 2, 3, 4]).fit(true * 0.9, true, [0.2, 0.5], 0.9),
+    ]
     for r in routers:
         back = router_from_config(json.loads(json.dumps(r.to_config())))
         assert type(back) is type(r) and back.to_config() == r.to_config()
@@ -158,6 +170,7 @@ def test_routers_round_trip_through_json():
 
 
 # --- The PAC guarantee (Learn-then-Test) -------------------------------------------------------
+
 
 def _synthetic_table(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Three exits of decreasing true LPIPS and a predictor with Gaussian error (sd 0.03)."""

@@ -12,15 +12,18 @@ from fiancee.metrics.perceptual import VGG_LAYER_WEIGHTS, VGGPerceptualLoss
 from fiancee.metrics.ssim import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, ssim
 from fiancee.metrics.weights import lpips_weights
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(n: int, size: int, seed: int, noise: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
     """A structured image batch in [0, 1] and a noisy copy, [n, 3, size, size] each."""
     g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(n, 3, max(size // 8, 2), max(size // 8, 2), generator=g), size=(size, size),
-                      mode="bilinear", align_corners=False)
+    x = F.interpolate(
+        torch.rand(n, 3, max(size // 8, 2), max(size // 8, 2), generator=g),
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+    )
     y = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
     return x, y
 
@@ -72,7 +75,9 @@ def test_value_range_sets_the_constants():
     # The same picture in [0, 1] or in [-1, 1] gives the same SSIM when the range is stated.
     x, y = _pair(2, 64, seed=4)
     torch.testing.assert_close(ssim(x, y, value_range=(0.0, 1.0)), ssim(2 * x - 1, 2 * y - 1), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ms_ssim(x, y, value_range=(0.0, 1.0)), ms_ssim(2 * x - 1, 2 * y - 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ms_ssim(x, y, value_range=(0.0, 1.0)), ms_ssim(2 * x - 1, 2 * y - 1), rtol=1e-5, atol=1e-6
+    )
     # The wrong range changes the answer: the range is not a formality.
     assert not torch.allclose(ssim(x, y, value_range=(0.0, 255.0)), ssim(x, y, value_range=(0.0, 1.0)), atol=1e-3)
 
@@ -132,8 +137,12 @@ def test_vgg_loss_is_the_weighted_sum_of_layer_l1s(vgg_loss):
         only_last = VGGPerceptualLoss((0, 0, 0, 0, 1))
         torch.testing.assert_close(only_last(x, y), per_layer[-1], rtol=1e-5, atol=1e-7)
         # [0, 1] inputs with normalize=True, and gray inputs, follow the same conventions as LPIPS.
-        torch.testing.assert_close(VGGPerceptualLoss(normalize=True)((x + 1) / 2, (y + 1) / 2), expected, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(vgg_loss(x[:, :1], y[:, :1]), vgg_loss(x[:, :1].repeat(1, 3, 1, 1), y[:, :1].repeat(1, 3, 1, 1)))
+        torch.testing.assert_close(
+            VGGPerceptualLoss(normalize=True)((x + 1) / 2, (y + 1) / 2), expected, rtol=1e-5, atol=1e-7
+        )
+        torch.testing.assert_close(
+            vgg_loss(x[:, :1], y[:, :1]), vgg_loss(x[:, :1].repeat(1, 3, 1, 1), y[:, :1].repeat(1, 3, 1, 1))
+        )
     assert VGG_LAYER_WEIGHTS == (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 
 

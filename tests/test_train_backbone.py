@@ -8,16 +8,37 @@ import torch
 from fiancee.cli import main
 from fiancee.io import load_tensors, write_json
 from fiancee.tasks.fashion import load_fashion_backbone
-from fiancee.train.backbone import (BackboneTrainConfig, balanced_cross_entropy, class_balance_weights, labelmix_mask,
-                                    train_backbone)
+from fiancee.train.backbone import (
+    BackboneTrainConfig,
+    balanced_cross_entropy,
+    class_balance_weights,
+    labelmix_mask,
+    train_backbone,
+)
 from fiancee.train.discriminators import UNetDiscriminator
 
 
 def tiny_config(**kw) -> BackboneTrainConfig:
-    gen = dict(label_channels=11, z_dim=4, channels=(16, 16, 8, 8, 8), out_size=(32, 32), spade_hidden=8,
-               channel_unit=8, spectral=True, exits=(1, 2, 3))
-    base = dict(generator=gen, disc_channels=(8, 8, 16), batch_size=4, steps=4, train_limit=64,
-                checkpoint_every=2, log_every=1, seed=3)
+    gen = dict(
+        label_channels=11,
+        z_dim=4,
+        channels=(16, 16, 8, 8, 8),
+        out_size=(32, 32),
+        spade_hidden=8,
+        channel_unit=8,
+        spectral=True,
+        exits=(1, 2, 3),
+    )
+    base = dict(
+        generator=gen,
+        disc_channels=(8, 8, 16),
+        batch_size=4,
+        steps=4,
+        train_limit=64,
+        checkpoint_every=2,
+        log_every=1,
+        seed=3,
+    )
     base.update(kw)
     return BackboneTrainConfig(**base)
 
@@ -66,13 +87,17 @@ def test_resume_continues_exactly_where_a_straight_run_would_be(tmp_path):
     train_backbone(tiny_config(steps=2), tmp_path / "b", progress=False)
     resumed = train_backbone(tiny_config(), tmp_path / "b", resume=True, progress=False)
     assert resumed["resumed_from"] == 2
-    a, b = load_tensors(tmp_path / "a" / "checkpoint.safetensors"), load_tensors(tmp_path / "b" / "checkpoint.safetensors")
+    a, b = (
+        load_tensors(tmp_path / "a" / "checkpoint.safetensors"),
+        load_tensors(tmp_path / "b" / "checkpoint.safetensors"),
+    )
     assert set(a) == set(b) and any(k.startswith("opt_d.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # training moved the weights away from their initialisation
     torch.manual_seed(3)
     from fiancee.backbones.oasis import OASISConfig, OASISGenerator
+
     fresh = OASISGenerator(OASISConfig(**tiny_config().generator)).state_dict()
     assert not torch.equal(fresh["fc.weight"], a["G.fc.weight"])
     # run folder: config first, one stats line per step, an exported EMA backbone that loads
@@ -101,12 +126,37 @@ def test_run_folder_guards(tmp_path):
 def test_cli_train_backbone(tmp_path, capsys):
     cfg = tmp_path / "tiny.json"
     write_json(cfg, tiny_config().to_dict())
-    rc = main(["train-backbone", "--task", "fashion", "--config", str(cfg), "--out", str(tmp_path / "run"),
-               "--steps", "1", "--seed", "4"])
+    rc = main(
+        [
+            "train-backbone",
+            "--task",
+            "fashion",
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+            "--seed",
+            "4",
+        ]
+    )
     assert rc == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 4
-    assert main(["train-backbone", "--task", "fashion", "--config", str(tmp_path / "nope.json"),
-                 "--out", str(tmp_path / "run2")]) == 2
+    assert (
+        main(
+            [
+                "train-backbone",
+                "--task",
+                "fashion",
+                "--config",
+                str(tmp_path / "nope.json"),
+                "--out",
+                str(tmp_path / "run2"),
+            ]
+        )
+        == 2
+    )
     assert "expected a JSON file" in capsys.readouterr().err
 
 
@@ -125,8 +175,19 @@ def test_killed_backbone_run_resumes_to_the_weights_of_a_straight_run(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def cli(out, *extra):
-        return [sys.executable, "-m", "fiancee", "train-backbone", "--task", "fashion", "--config", str(cfg),
-                "--out", str(out), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "fiancee",
+            "train-backbone",
+            "--task",
+            "fashion",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     def checkpoint_step(out) -> int:
         with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:

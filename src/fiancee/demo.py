@@ -34,11 +34,24 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed: int = 0,
-             thresholds=DEFAULT_THRESHOLDS, epsilon: float = 0.05, delta: float = 0.1,
-             target_compliance: float | None = None, method: str = "ltt", n_predictor: int = 2000,
-             n_calibrate: int = 1000, n_eval: int = 1000, preset: str = "quick", exits: str | Path | None = None,
-             progress: bool = True) -> dict:
+def run_demo(
+    task,
+    out: str | Path = "out/demo",
+    *,
+    retrain: bool = False,
+    seed: int = 0,
+    thresholds=DEFAULT_THRESHOLDS,
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    target_compliance: float | None = None,
+    method: str = "ltt",
+    n_predictor: int = 2000,
+    n_calibrate: int = 1000,
+    n_eval: int = 1000,
+    preset: str = "quick",
+    exits: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """The whole method on ``task`` (a spec: built-in name, ``module:attr`` or entry point; or a Task).
 
     ``exits``: a train-exits run of this task to use instead of the committed or a fresh one.
@@ -83,53 +96,92 @@ def run_demo(task, out: str | Path = "out/demo", *, retrain: bool = False, seed:
     pred_dir = out / "predictor"
     # What the predictor reads and whether noises are crossed follow the task's declared inputs.
     with allow_folder_code(task):  # the run records the task the user named (checked above, or trained here)
-        summary = train_predictor_for_run(run, pred_dir, n=n_predictor, seed=seed, progress=progress,
-                                          error_n=min(500, n_predictor))
-    _say("   predictor mean relative error (mean over exits): "
-         + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items()))
+        summary = train_predictor_for_run(
+            run, pred_dir, n=n_predictor, seed=seed, progress=progress, error_n=min(500, n_predictor)
+        )
+    _say(
+        "   predictor mean relative error (mean over exits): "
+        + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items())
+    )
 
-    goal = (f"target compliance {target_compliance}" if target_compliance is not None else
-            f"expected miss rate <= {epsilon:g}, Conformal Risk Control" if method == "crc" else
-            f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}, "
-            + ("Learn-then-Test" if method == "ltt" else "upper confidence bound"))
+    goal = (
+        f"target compliance {target_compliance}"
+        if target_compliance is not None
+        else f"expected miss rate <= {epsilon:g}, Conformal Risk Control"
+        if method == "crc"
+        else f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}, "
+        + ("Learn-then-Test" if method == "ltt" else "upper confidence bound")
+    )
     _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs ({goal})")
     # The step `fiancee assemble-pipeline` runs: the run's exits (and bank) with this predictor, the router
     # fitted on held-out inputs, the folder written whole; its calibration table goes into the report.
     pipe_dir, pipe, (cal_predicted, cal_lpips) = assemble_pipeline(
-        run, pred_dir, out / "pipeline", thresholds=thresholds, method=method, epsilon=epsilon, delta=delta,
-        target_compliance=target_compliance, n_calibrate=n_calibrate, seed=seed, task=task,
-        predictor_inputs=n_predictor, progress=progress, overwrite=True)
+        run,
+        pred_dir,
+        out / "pipeline",
+        thresholds=thresholds,
+        method=method,
+        epsilon=epsilon,
+        delta=delta,
+        target_compliance=target_compliance,
+        n_calibrate=n_calibrate,
+        seed=seed,
+        task=task,
+        predictor_inputs=n_predictor,
+        progress=progress,
+        overwrite=True,
+    )
 
     _say(f"4/4 evaluating the pipeline on {n_eval} test inputs at thresholds {list(thresholds)}")
-    report = evaluate_pipeline(pipe, thresholds, n=n_eval, seed=seed, out=out / "report", progress=progress,
-                               calibration=(cal_predicted, cal_lpips))
+    report = evaluate_pipeline(
+        pipe,
+        thresholds,
+        n=n_eval,
+        seed=seed,
+        out=out / "report",
+        progress=progress,
+        calibration=(cal_predicted, cal_lpips),
+    )
     row = min(report["thresholds"], key=lambda r: abs(r["threshold"] - 0.1))
     _say(f"pipeline saved to {pipe_dir}")
     print(f"At LPIPS <= {row['threshold']:g} ({report['router']} router, {n_eval} test inputs of {task!r}):")
-    print(f"  MACs saved vs the backbone, net of the predictor and bank search: {row['macs_saved']:.1%} "
-          f"(routes only: {row['route_macs_saved']:.1%}; overhead {row['overhead_macs'] / 1e6:.2f} MMACs per input)")
+    print(
+        f"  MACs saved vs the backbone, net of the predictor and bank search: {row['macs_saved']:.1%} "
+        f"(routes only: {row['route_macs_saved']:.1%}; overhead {row['overhead_macs'] / 1e6:.2f} MMACs per input)"
+    )
     print(f"  compliance (true LPIPS <= threshold): {row['compliance']:.1%}")
-    print(f"  oracle's saving: {row['oracle_macs_saved']:.1%} (strict), "
-          f"{row['oracle_macs_saved_at_compliance']:.1%} at the same compliance")
+    print(
+        f"  oracle's saving: {row['oracle_macs_saved']:.1%} (strict), "
+        f"{row['oracle_macs_saved_at_compliance']:.1%} at the same compliance"
+    )
     print(f"  exit shares: {' / '.join(f'{s:.2f}' for s in row['exit_shares'])} (backbone last)")
     if report.get("guarantee"):
         g = report["guarantee"]
-        print(f"  guarantee: {g['statement']}; on the test inputs: miss rate {1 - row['compliance']:.1%} "
-              f"vs epsilon {g['epsilon']:.1%}")
+        print(
+            f"  guarantee: {g['statement']}; on the test inputs: miss rate {1 - row['compliance']:.1%} "
+            f"vs epsilon {g['epsilon']:.1%}"
+        )
     study = report.get("split_study")
     if study:
-        own = [r for r in study["rows"] if r["method"] == study["own_method"]
-               and abs(r["epsilon"] - study["own_epsilon"]) < 1e-9]
+        own = [
+            r
+            for r in study["rows"]
+            if r["method"] == study["own_method"] and abs(r["epsilon"] - study["own_epsilon"]) < 1e-9
+        ]
         if own:
             r = own[0]
-            print(f"  over {study['splits']} random calibration / test splits ({study['n_cal']} / {study['n_test']} of "
-                  f"the {study['n_table']} held-out inputs) at LPIPS <= {r['threshold']:g}: miss rate {r['miss_mean']:.1%} "
-                  f"on average (90th percentile {r['miss_p90']:.1%}); net MACs saved {r['saved_mean']:.1%} "
-                  f"+- {r['saved_sd']:.1%}")
+            print(
+                f"  over {study['splits']} random calibration / test splits ({study['n_cal']} / {study['n_test']} of "
+                f"the {study['n_table']} held-out inputs) at LPIPS <= {r['threshold']:g}: miss rate {r['miss_mean']:.1%} "
+                f"on average (90th percentile {r['miss_p90']:.1%}); net MACs saved {r['saved_mean']:.1%} "
+                f"+- {r['saved_sd']:.1%}"
+            )
             if study["own_method"] in ("ltt", "ucb"):
-                print(f"  true miss rate above epsilon in {r['iid']['share_above']:.1%} of {study['splits']} i.i.d. "
-                      f"calibration draws (the guarantee allows delta = {study['delta']:.0%}); the test inputs' miss rate "
-                      f"in {r['share_above']:.1%} of the splits (that adds the {study['n_test']} test inputs' own noise)")
+                print(
+                    f"  true miss rate above epsilon in {r['iid']['share_above']:.1%} of {study['splits']} i.i.d. "
+                    f"calibration draws (the guarantee allows delta = {study['delta']:.0%}); the test inputs' miss rate "
+                    f"in {r['share_above']:.1%} of the splits (that adds the {study['n_test']} test inputs' own noise)"
+                )
     targets = report.get("targets")
     if targets and not targets["met"]:
         for note in targets["shortfalls"]:

@@ -18,15 +18,27 @@ from .io import write_json
 from .tables import build_lpips_table, per_image_lpips, route_images
 from .train.exits import load_exits, run_guide
 
-__all__ = ["route_images", "per_image_lpips", "measure_exits", "evaluate_exits", "evaluate_pipeline", "targets_check", "guarantee_check",
-           "oracle_savings", "DEFAULT_THRESHOLDS", "format_exits_table", "format_thresholds_table"]
+__all__ = [
+    "route_images",
+    "per_image_lpips",
+    "measure_exits",
+    "evaluate_exits",
+    "evaluate_pipeline",
+    "targets_check",
+    "guarantee_check",
+    "oracle_savings",
+    "DEFAULT_THRESHOLDS",
+    "format_exits_table",
+    "format_thresholds_table",
+]
 
 DEFAULT_THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3)
 
 
 @torch.no_grad()
-def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = True, device: str = "cpu",
-                  progress: bool = False) -> dict:
+def measure_exits(
+    run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = True, device: str = "cpu", progress: bool = False
+) -> dict:
     """Images of every route for ``n`` held-out inputs, per-image LPIPS of every exit vs the backbone
     (arrays) and FID vs the backbone's images; what ``evaluate_exits`` and the bank ablation summarise."""
     from .train.run import RunDir
@@ -54,14 +66,27 @@ def measure_exits(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = Tru
     for r in iterator:
         # "exit" is the 1-based number users read (exit 1..E, then the backbone); "route" the API's
         # 0-based index (model(..., route=route), route_macs()[route]).
-        entry = {"exit": r + 1, "route": r, "after_stage": model.attach_after[r], "macs": int(macs[r]),
-                 "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(),
-                 "psnr": per_image_psnr(images[r], reference), "fid": None}
+        entry = {
+            "exit": r + 1,
+            "route": r,
+            "after_stage": model.attach_after[r],
+            "macs": int(macs[r]),
+            "lpips": per_image_lpips(images[r], reference, task.to_lpips_images).numpy(),
+            "psnr": per_image_psnr(images[r], reference),
+            "fid": None,
+        }
         if backbone_feats is not None:
             entry["fid"] = float(fid_from_features(inception_features(images[r]), backbone_feats))
         exits.append(entry)
-    return {"config": RunDir(run_dir).read_config(), "task": task, "model": model, "inputs": inputs,
-            "images": images, "macs": macs, "exits": exits}
+    return {
+        "config": RunDir(run_dir).read_config(),
+        "task": task,
+        "model": model,
+        "inputs": inputs,
+        "images": images,
+        "macs": macs,
+        "exits": exits,
+    }
 
 
 def per_image_psnr(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
@@ -83,12 +108,23 @@ def oracle_savings(lpips: np.ndarray, macs, thresholds=DEFAULT_THRESHOLDS) -> li
     oracle = OracleRouter(list(macs))
     # The report's own strict-oracle row, so evaluate-exits and the pipeline report can never disagree.
     rows = [threshold_row(true, oracle.route(true, t), macs, t) for t in thresholds]
-    return [{"threshold": r["threshold"], "macs_saved": r["oracle_macs_saved"], "shares": r["oracle_exit_shares"]}
-            for r in rows]
+    return [
+        {"threshold": r["threshold"], "macs_saved": r["oracle_macs_saved"], "shares": r["oracle_exit_shares"]}
+        for r in rows
+    ]
 
 
-def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: bool = True, grid_columns: int = 8,
-                   out: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+def evaluate_exits(
+    run_dir: str | Path,
+    *,
+    n: int = 500,
+    seed: int = 0,
+    fid: bool = True,
+    grid_columns: int = 8,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Per-exit MACs, LPIPS (mean / median / p90) and FID on ``n`` held-out inputs; writes
     ``exits.json`` and ``exits_grid.png`` under ``out`` (nothing when ``out`` is None: a run folder,
     possibly one shipped with the package, is never written into). Exits are numbered 1..E, each
@@ -99,17 +135,30 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
     exits = []
     for e in m["exits"]:
         lp = e["lpips"]
-        exits.append({
-            "exit": e["exit"], "route": e["route"], "after_stage": e["after_stage"], "macs": e["macs"],
-            "macs_ratio": macs[e["route"]] / macs[-1],
-            "lpips_mean": float(lp.mean()), "lpips_median": float(np.median(lp)), "lpips_p90": float(np.percentile(lp, 90)),
-            # beside LPIPS only: the paper judges an exit by LPIPS against the backbone's image (section 4)
-            "psnr_mean": float(e["psnr"].mean()), "fid": e["fid"],
-        })
+        exits.append(
+            {
+                "exit": e["exit"],
+                "route": e["route"],
+                "after_stage": e["after_stage"],
+                "macs": e["macs"],
+                "macs_ratio": macs[e["route"]] / macs[-1],
+                "lpips_mean": float(lp.mean()),
+                "lpips_median": float(np.median(lp)),
+                "lpips_p90": float(np.percentile(lp, 90)),
+                # beside LPIPS only: the paper judges an exit by LPIPS against the backbone's image (section 4)
+                "psnr_mean": float(e["psnr"].mean()),
+                "fid": e["fid"],
+            }
+        )
     report = {
-        "run": str(run_dir), "task": m["task"].name, "n": n, "seed": seed, "lpips_net": "alex",
+        "run": str(run_dir),
+        "task": m["task"].name,
+        "n": n,
+        "seed": seed,
+        "lpips_net": "alex",
         "fid_reference": "backbone images of the same inputs",
-        "backbone_macs": int(macs[-1]), "exits": exits,
+        "backbone_macs": int(macs[-1]),
+        "exits": exits,
         "oracle": oracle_savings(np.stack([e["lpips"] for e in m["exits"]], axis=1), macs),
     }
     if out is None:
@@ -129,22 +178,35 @@ def evaluate_exits(run_dir: str | Path, *, n: int = 500, seed: int = 0, fid: boo
 
 def format_exits_table(report: dict) -> str:
     """What ``fiancee evaluate-exits`` prints: an :func:`evaluate_exits` report as a table, one row per exit."""
-    lines = [f"{report['task']}: {report['n']} held-out inputs, LPIPS ({report['lpips_net']}) and FID vs the backbone",
-             f"{'':<9}{'after':>6}{'GMACs':>9}{'ratio':>7}{'mean':>8}{'median':>8}{'p90':>8}{'FID':>9}"]
+    lines = [
+        f"{report['task']}: {report['n']} held-out inputs, LPIPS ({report['lpips_net']}) and FID vs the backbone",
+        f"{'':<9}{'after':>6}{'GMACs':>9}{'ratio':>7}{'mean':>8}{'median':>8}{'p90':>8}{'FID':>9}",
+    ]
     for e in report["exits"]:
         fid = f"{e['fid']:>9.2f}" if e["fid"] is not None else f"{'-':>9}"
-        lines.append(f"{'exit ' + str(e['exit']):<9}{'stage ' + str(e['after_stage']):>6}{e['macs'] / 1e9:>9.3f}"
-                     f"{e['macs_ratio']:>7.3f}{e['lpips_mean']:>8.4f}{e['lpips_median']:>8.4f}"
-                     f"{e['lpips_p90']:>8.4f}{fid}")
-    lines.append(f"{'backbone':<9}{'':>6}{report['backbone_macs'] / 1e9:>9.3f}{1:>7.3f}"
-                 f"{0:>8.4f}{0:>8.4f}{0:>8.4f}{'-':>9}")
+        lines.append(
+            f"{'exit ' + str(e['exit']):<9}{'stage ' + str(e['after_stage']):>6}{e['macs'] / 1e9:>9.3f}"
+            f"{e['macs_ratio']:>7.3f}{e['lpips_mean']:>8.4f}{e['lpips_median']:>8.4f}"
+            f"{e['lpips_p90']:>8.4f}{fid}"
+        )
+    lines.append(
+        f"{'backbone':<9}{'':>6}{report['backbone_macs'] / 1e9:>9.3f}{1:>7.3f}{0:>8.4f}{0:>8.4f}{0:>8.4f}{'-':>9}"
+    )
     lines.append(f"grid (rows: exit 1..{len(report['exits'])}, then the backbone): {report['grid']}")
     return "\n".join(lines)
 
 
-def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, seed: int = 0,
-                      out: str | Path | None = None, progress: bool = True, calibration=None,
-                      splits: int = 500) -> dict:
+def evaluate_pipeline(
+    pipeline,
+    thresholds=DEFAULT_THRESHOLDS,
+    *,
+    n: int = 500,
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = True,
+    calibration=None,
+    splits: int = 500,
+) -> dict:
     """Route ``n`` held-out inputs at every threshold and compare with the oracle (paper section 5).
 
     Writes ``report.json``, ``report.html`` and PNG plots under ``out`` (default ``PIPELINE/report``).
@@ -172,10 +234,13 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
         folder = Path(pipeline)
         pipeline = FianceePipeline.from_pretrained(folder)
     if pipeline.task is None:
-        raise ValueError(f"this pipeline holds no task (loaded with backbone= for task {pipeline.task_spec!r}): pass "
-                         "task= to FianceePipeline.from_pretrained, the inputs are drawn from it")
-    table = build_lpips_table(pipeline.model, pipeline.task, n, seed, "test", pipeline.guide,
-                              cache=pipeline.guide is None, progress=progress)
+        raise ValueError(
+            f"this pipeline holds no task (loaded with backbone= for task {pipeline.task_spec!r}): pass "
+            "task= to FianceePipeline.from_pretrained, the inputs are drawn from it"
+        )
+    table = build_lpips_table(
+        pipeline.model, pipeline.task, n, seed, "test", pipeline.guide, cache=pipeline.guide is None, progress=progress
+    )
     true = table["lpips"]  # [N, E]
     predicted = pipeline.predict(*table["inputs"])  # [N, E]
     macs = pipeline.route_macs.tolist()
@@ -186,19 +251,28 @@ def evaluate_pipeline(pipeline, thresholds=DEFAULT_THRESHOLDS, *, n: int = 500, 
     density = _density_routes(pipeline.router, true, predicted)
     meta = _report_meta(pipeline, n, seed, true, predicted, rows, paper_rows, overhead)
     if calibration is not None:
-        meta["split_study"] = split_study_for_report(pipeline.router, calibration, (predicted, true), macs, overhead,
-                                                     thresholds, splits=splits, seed=seed)
+        meta["split_study"] = split_study_for_report(
+            pipeline.router, calibration, (predicted, true), macs, overhead, thresholds, splits=splits, seed=seed
+        )
     out = Path(out) if out is not None else (folder or Path(".")) / "report"
     examples = example_rows(pipeline, table["inputs"], true, predicted, thresholds)
-    html_path = write_report(out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta,
-                             examples=examples)
+    html_path = write_report(
+        out, rows=rows, true_lpips=true.numpy(), macs=macs, density_routes=density, meta=meta, examples=examples
+    )
     names = [route_name(r, len(macs) - 1) for r in range(len(macs))]
-    return {**meta, "thresholds": rows, "route_gmacs": [m / 1e9 for m in macs], "route_names": names,
-            "html": str(html_path), "report": str(out / "report.json")}
+    return {
+        **meta,
+        "thresholds": rows,
+        "route_gmacs": [m / 1e9 for m in macs],
+        "route_names": names,
+        "html": str(html_path),
+        "report": str(out / "report.json"),
+    }
 
 
-def _threshold_rows(router, true: torch.Tensor, predicted: torch.Tensor, macs: list, thresholds: list,
-                   overhead: float) -> tuple[list[dict], list[dict]]:
+def _threshold_rows(
+    router, true: torch.Tensor, predicted: torch.Tensor, macs: list, thresholds: list, overhead: float
+) -> tuple[list[dict], list[dict]]:
     """The report's rows for ``router`` and for the paper's rule (no calibration, shown for comparison), one per
     threshold, on the same inputs."""
     from .report import threshold_row
@@ -224,14 +298,26 @@ def _density_routes(router, true: torch.Tensor, predicted: torch.Tensor) -> list
     return density
 
 
-def _report_meta(pipeline, n: int, seed: int, true: torch.Tensor, predicted: torch.Tensor, rows: list[dict],
-                 paper_rows: list[dict], overhead: float) -> dict:
+def _report_meta(
+    pipeline,
+    n: int,
+    seed: int,
+    true: torch.Tensor,
+    predicted: torch.Tensor,
+    rows: list[dict],
+    paper_rows: list[dict],
+    overhead: float,
+) -> dict:
     """The report's run details: the router, the targets, its guarantee checked, and its calibration range check
     on these inputs (a warning printed when they look unlike the calibration inputs)."""
     router = pipeline.router
     meta = {
-        "task": pipeline.task.name, "n": n, "seed": seed, "router": router.kind,
-        "router_config": router.to_config(), "lpips_net": "alex",
+        "task": pipeline.task.name,
+        "n": n,
+        "seed": seed,
+        "router": router.kind,
+        "router_config": router.to_config(),
+        "lpips_net": "alex",
         "exit_lpips_mean": [float(v) for v in true.mean(0)],
         "paper_threshold_router": paper_rows,
     }
@@ -254,8 +340,10 @@ def format_thresholds_table(report: dict) -> str:
     lines = [f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  shares ({names})"]
     for r in report["thresholds"]:
         shares = " / ".join(f"{s:.0%}" for s in r["exit_shares"])
-        lines.append(f"{r['threshold']:>6.3f}{r['compliance']:>12.1%}{r['macs_saved']:>12.1%}"
-                     f"{r['oracle_macs_saved']:>9.1%}{r['oracle_macs_saved_at_compliance']:>10.1%}  {shares}")
+        lines.append(
+            f"{r['threshold']:>6.3f}{r['compliance']:>12.1%}{r['macs_saved']:>12.1%}"
+            f"{r['oracle_macs_saved']:>9.1%}{r['oracle_macs_saved_at_compliance']:>10.1%}  {shares}"
+        )
     lines.append(f"report: {report['html']}")
     return "\n".join(lines)
 
@@ -273,8 +361,9 @@ def strip_thresholds(thresholds) -> list[float]:
     return sorted([head_t] + ([] if second is None else [second]))
 
 
-def example_rows(pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor, predicted: torch.Tensor,
-                 thresholds, k: int = 6) -> list[dict]:
+def example_rows(
+    pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor, predicted: torch.Tensor, thresholds, k: int = 6
+) -> list[dict]:
     """Rows of the report's image strip for the first ``k`` of ``inputs``: every exit (caption: its true
     LPIPS vs the backbone), the backbone, then the routed outputs at two thresholds (the headline's, nearest
     0.1, and the strictest below it, else the one nearest 0.2; caption: the route taken and its LPIPS,
@@ -287,22 +376,35 @@ def example_rows(pipeline, inputs: tuple[torch.Tensor, ...], true: torch.Tensor,
     head = tuple(x[:k] for x in inputs)
     images = route_images(pipeline.model, head, guide=pipeline.guide)  # one [k, C, H, W] per route
     num_exits = len(images) - 1
-    rows = [{"label": route_name(r, num_exits), "images": images[r],
-             "captions": [f"LPIPS {float(v):.3f}" for v in true[:k, r]]} for r in range(num_exits)]
+    rows = [
+        {
+            "label": route_name(r, num_exits),
+            "images": images[r],
+            "captions": [f"LPIPS {float(v):.3f}" for v in true[:k, r]],
+        }
+        for r in range(num_exits)
+    ]
     rows.append({"label": "backbone", "images": images[-1], "captions": ["reference"] * k})
     for t in strip_thresholds(thresholds):
         routes = pipeline.router.route(predicted[:k], t).cpu()
         got = true_lpips_of(routes, true[:k].cpu())
-        rows.append({"label": f"routed, T = {t:g}",
-                     "images": torch.stack([images[int(r)][i] for i, r in enumerate(routes)]),
-                     # An output above T (the router's miss, which the guarantee bounds) says so.
-                     "captions": [f"{route_name(int(r), num_exits)}: {float(v):.3f}" + (" > T" if float(v) > t else "")
-                                  for r, v in zip(routes, got)]})
+        rows.append(
+            {
+                "label": f"routed, T = {t:g}",
+                "images": torch.stack([images[int(r)][i] for i, r in enumerate(routes)]),
+                # An output above T (the router's miss, which the guarantee bounds) says so.
+                "captions": [
+                    f"{route_name(int(r), num_exits)}: {float(v):.3f}" + (" > T" if float(v) > t else "")
+                    for r, v in zip(routes, got)
+                ],
+            }
+        )
     return rows
 
 
-def split_study_for_report(router, calibration, test, macs, overhead: float, thresholds, *, splits: int = 500,
-                           seed: int = 0) -> dict | None:
+def split_study_for_report(
+    router, calibration, test, macs, overhead: float, thresholds, *, splits: int = 500, seed: int = 0
+) -> dict | None:
     """The guarantee of ``router``'s own method over many splits, for its report: the calibration pairs and the
     test pairs pooled (both held out from the predictor, from the same distribution), ``router.fit_size``
     calibration inputs per split and the rest as test inputs, every method at the headline threshold (nearest
@@ -325,8 +427,19 @@ def split_study_for_report(router, calibration, test, macs, overhead: float, thr
     if not eps:
         return None
     head = min(thresholds, key=lambda v: abs(v - 0.1))
-    study = split_study(predicted, true, macs, [head], eps, n_cal=n_cal, splits=splits, seed=seed, delta=delta,
-                        bound=router.bound or "hoeffding-bentkus", overhead_macs=overhead)
+    study = split_study(
+        predicted,
+        true,
+        macs,
+        [head],
+        eps,
+        n_cal=n_cal,
+        splits=splits,
+        seed=seed,
+        delta=delta,
+        bound=router.bound or "hoeffding-bentkus",
+        overhead_macs=overhead,
+    )
     return {**study, "own_method": router.method, "own_epsilon": own}
 
 
@@ -338,15 +451,29 @@ def guarantee_check(router, rows: list[dict]) -> dict | None:
     statement = router.guarantee() if hasattr(router, "guarantee") else None
     if statement is None:
         return None
-    checks = [{"threshold": r["threshold"], "miss_rate": 1 - r["compliance"], "epsilon": router.epsilon,
-               "holds": 1 - r["compliance"] <= router.epsilon + 1e-12} for r in rows]
-    return {"statement": statement, "method": getattr(router, "method", "ltt"), "epsilon": router.epsilon,
-            "delta": router.delta, "calibration_inputs": router.fit_size,
-            "test": checks, "holds_everywhere": all(c["holds"] for c in checks)}
+    checks = [
+        {
+            "threshold": r["threshold"],
+            "miss_rate": 1 - r["compliance"],
+            "epsilon": router.epsilon,
+            "holds": 1 - r["compliance"] <= router.epsilon + 1e-12,
+        }
+        for r in rows
+    ]
+    return {
+        "statement": statement,
+        "method": getattr(router, "method", "ltt"),
+        "epsilon": router.epsilon,
+        "delta": router.delta,
+        "calibration_inputs": router.fit_size,
+        "test": checks,
+        "holds_everywhere": all(c["holds"] for c in checks),
+    }
 
 
-def targets_check(rows: list[dict], threshold: float = 0.1, compliance: float = 0.95, saved: float = 0.5,
-                  of_oracle: float = 0.9) -> dict | None:
+def targets_check(
+    rows: list[dict], threshold: float = 0.1, compliance: float = 0.95, saved: float = 0.5, of_oracle: float = 0.9
+) -> dict | None:
     """How the row nearest ``threshold`` compares with the project's targets, and why it falls short.
 
     Targets: compliance >= 0.95 and MACs saved >= 0.5 at LPIPS <= 0.1 (the paper saves "up to a half"),
@@ -362,15 +489,23 @@ def targets_check(rows: list[dict], threshold: float = 0.1, compliance: float = 
     if row["compliance"] < compliance:
         notes.append(f"compliance {row['compliance']:.3f} is {compliance - row['compliance']:.3f} below {compliance}")
     if row["macs_saved"] < saved:
-        why = (f"the exits cap it: even the oracle saves only {row['oracle_macs_saved']:.3f} with every output compliant"
-               if row["oracle_macs_saved"] < saved else
-               f"the oracle would save {row['oracle_macs_saved']:.3f}: the predictor's ranking loses the rest")
+        why = (
+            f"the exits cap it: even the oracle saves only {row['oracle_macs_saved']:.3f} with every output compliant"
+            if row["oracle_macs_saved"] < saved
+            else f"the oracle would save {row['oracle_macs_saved']:.3f}: the predictor's ranking loses the rest"
+        )
         notes.append(f"MACs saved {row['macs_saved']:.3f} is {saved - row['macs_saved']:.3f} short of {saved} ({why})")
     if ratio is not None and ratio < of_oracle:
-        notes.append(f"the saving is {ratio:.2f} of the oracle's at equal compliance "
-                     f"({row['oracle_macs_saved_at_compliance']:.3f}), {of_oracle - ratio:.2f} short of {of_oracle}")
-    return {"threshold": row["threshold"], "compliance": row["compliance"], "macs_saved": row["macs_saved"],
-            "saving_vs_oracle_at_compliance": ratio,
-            "targets": {"compliance": compliance, "macs_saved": saved, "of_oracle": of_oracle},
-            "met": not notes, "shortfalls": notes}
-
+        notes.append(
+            f"the saving is {ratio:.2f} of the oracle's at equal compliance "
+            f"({row['oracle_macs_saved_at_compliance']:.3f}), {of_oracle - ratio:.2f} short of {of_oracle}"
+        )
+    return {
+        "threshold": row["threshold"],
+        "compliance": row["compliance"],
+        "macs_saved": row["macs_saved"],
+        "saving_vs_oracle_at_compliance": ratio,
+        "targets": {"compliance": compliance, "macs_saved": saved, "of_oracle": of_oracle},
+        "met": not notes,
+        "shortfalls": notes,
+    }

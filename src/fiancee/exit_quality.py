@@ -53,14 +53,32 @@ FID_REFERENCES = {"real": "real images", "backbone": "backbone images of the sam
 START_IMAGE_ROWS = ("backbone", "start image (retrieved)", "exit 1 with bank", "exit 1 without bank")
 
 
-def _route_row(name: str, route: int, after_stage: int | None, macs: int, lpips: np.ndarray | None,
-               images: torch.Tensor, task, n: int, seed: int, real_feats, fid: bool, accuracy: bool,
-               measured_fid: float | None = None) -> dict:
-    row = {"name": name, "route": route, "after_stage": after_stage, "macs": int(macs),
-           "lpips_mean": 0.0 if lpips is None else float(lpips.mean()),
-           "lpips_median": 0.0 if lpips is None else float(np.median(lpips)),
-           "lpips_p90": 0.0 if lpips is None else float(np.percentile(lpips, 90)),
-           "fid": measured_fid, "label_accuracy": None}
+def _route_row(
+    name: str,
+    route: int,
+    after_stage: int | None,
+    macs: int,
+    lpips: np.ndarray | None,
+    images: torch.Tensor,
+    task,
+    n: int,
+    seed: int,
+    real_feats,
+    fid: bool,
+    accuracy: bool,
+    measured_fid: float | None = None,
+) -> dict:
+    row = {
+        "name": name,
+        "route": route,
+        "after_stage": after_stage,
+        "macs": int(macs),
+        "lpips_mean": 0.0 if lpips is None else float(lpips.mean()),
+        "lpips_median": 0.0 if lpips is None else float(np.median(lpips)),
+        "lpips_p90": 0.0 if lpips is None else float(np.percentile(lpips, 90)),
+        "fid": measured_fid,
+        "label_accuracy": None,
+    }
     if fid and real_feats is not None:
         from .metrics.fid import fid_from_features, inception_features
 
@@ -84,8 +102,17 @@ def _measure(run_dir: str | Path, *, n: int, seed: int, fid: bool, fid_reference
     return measure_exits(run_dir, n=n, seed=seed, fid=fid and fid_reference == "backbone", device=device)
 
 
-def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool = True, accuracy: bool = True,
-                        device: str = "cpu", backbone_rows: dict | None = None, fid_reference: str = "real") -> dict:
+def measure_run_quality(
+    run_dir: str | Path,
+    *,
+    n: int,
+    seed: int = 0,
+    fid: bool = True,
+    accuracy: bool = True,
+    device: str = "cpu",
+    backbone_rows: dict | None = None,
+    fid_reference: str = "real",
+) -> dict:
     """One run: a row per exit and one for the backbone, plus the per-image LPIPS arrays (``[E][n]``).
 
     ``fid_reference``: ``"real"`` measures FID against the real images whose conditions the inputs use (none for a
@@ -96,12 +123,21 @@ def measure_run_quality(run_dir: str | Path, *, n: int, seed: int = 0, fid: bool
     """
     _check_fid_reference(fid_reference)
     m = _measure(run_dir, n=n, seed=seed, fid=fid, fid_reference=fid_reference, device=device)
-    return _run_quality(run_dir, m, n=n, seed=seed, fid=fid, accuracy=accuracy, fid_reference=fid_reference,
-                        cache=backbone_rows if backbone_rows is not None else {})
+    return _run_quality(
+        run_dir,
+        m,
+        n=n,
+        seed=seed,
+        fid=fid,
+        accuracy=accuracy,
+        fid_reference=fid_reference,
+        cache=backbone_rows if backbone_rows is not None else {},
+    )
 
 
-def _run_quality(run_dir: str | Path, m: dict, *, n: int, seed: int, fid: bool, accuracy: bool, fid_reference: str,
-                 cache: dict) -> dict:
+def _run_quality(
+    run_dir: str | Path, m: dict, *, n: int, seed: int, fid: bool, accuracy: bool, fid_reference: str, cache: dict
+) -> dict:
     """:func:`measure_run_quality`'s rows from one :func:`fiancee.evaluate.measure_exits` measurement ``m``."""
     from .train.exits import run_bank_path
 
@@ -116,12 +152,29 @@ def _run_quality(run_dir: str | Path, m: dict, *, n: int, seed: int, fid: bool, 
                 real = inception_features(real)
             cache[("real", n, seed)] = real
         real_feats = cache[("real", n, seed)]
-    rows = [_route_row(f"exit {e['exit']}", e["route"], e["after_stage"], e["macs"], e["lpips"], images[e["route"]],
-                       task, n, seed, real_feats, fid, accuracy, e["fid"]) for e in m["exits"]]
+    rows = [
+        _route_row(
+            f"exit {e['exit']}",
+            e["route"],
+            e["after_stage"],
+            e["macs"],
+            e["lpips"],
+            images[e["route"]],
+            task,
+            n,
+            seed,
+            real_feats,
+            fid,
+            accuracy,
+            e["fid"],
+        )
+        for e in m["exits"]
+    ]
     key = (tensor_fingerprint(m["model"].backbone.state_dict()), n, seed, fid, accuracy, fid_reference)
     if key not in cache:
-        cache[key] = _route_row("backbone", len(rows), None, macs[-1], None, images[-1], task, n, seed, real_feats, fid,
-                                accuracy)
+        cache[key] = _route_row(
+            "backbone", len(rows), None, macs[-1], None, images[-1], task, n, seed, real_feats, fid, accuracy
+        )
     rows.append(dict(cache[key]))
     config = m["config"]
     bank = run_bank_path(run_dir)
@@ -129,9 +182,16 @@ def _run_quality(run_dir: str | Path, m: dict, *, n: int, seed: int, fid: bool, 
         reference = None if real_feats is None else FID_REFERENCES["real"]
     else:
         reference = FID_REFERENCES["backbone"] if fid else None
-    return {"run": str(run_dir), "task": task.name, "bank": None if bank is None else str(bank), "seed": config.get("seed"),
-            "config": {k: config.get(k) for k in SHARED_KEYS}, "fid_reference": reference,
-            "rows": rows, "per_image_lpips": [e["lpips"] for e in m["exits"]]}
+    return {
+        "run": str(run_dir),
+        "task": task.name,
+        "bank": None if bank is None else str(bank),
+        "seed": config.get("seed"),
+        "config": {k: config.get(k) for k in SHARED_KEYS},
+        "fid_reference": reference,
+        "rows": rows,
+        "per_image_lpips": [e["lpips"] for e in m["exits"]],
+    }
 
 
 def _spread(values: list) -> dict | None:
@@ -139,15 +199,22 @@ def _spread(values: list) -> dict | None:
     if not vals:
         return None
     a = np.asarray(vals, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-            "min": float(a.min()), "max": float(a.max()), "runs": int(a.size)}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "runs": int(a.size),
+    }
 
 
 def _check_ablation_pair(runs: list[str], configs: list[dict]) -> None:
     """The bank ablation: one run without the bank, then one with it, of one training budget."""
     if len(runs) != 2:
-        raise ValueError("the bank ablation compares exactly two runs, the first trained without a bank and the "
-                         f"second with one; got {len(runs)}")
+        raise ValueError(
+            "the bank ablation compares exactly two runs, the first trained without a bank and the "
+            f"second with one; got {len(runs)}"
+        )
     (a, b), (ca, cb) = runs, configs
     if ca.get("bank") is not None:
         raise ValueError(f"{a} was trained with a bank ({ca['bank']}); the first run must be the one without")
@@ -155,13 +222,26 @@ def _check_ablation_pair(runs: list[str], configs: list[dict]) -> None:
         raise ValueError(f"{b} was trained without a bank; the second run must use --bank")
     differ = [k for k in BUDGET_KEYS if ca.get(k) != cb.get(k)]
     if differ:
-        raise ValueError("the two runs must share the training budget; they differ in "
-                         + ", ".join(f"{k} ({ca.get(k)!r} vs {cb.get(k)!r})" for k in differ))
+        raise ValueError(
+            "the two runs must share the training budget; they differ in "
+            + ", ".join(f"{k} ({ca.get(k)!r} vs {cb.get(k)!r})" for k in differ)
+        )
 
 
-def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accuracy: bool = True, device: str = "cpu",
-                 out: str | Path | None = None, bandwidth: float = 0.3, progress: bool = False,
-                 bank_ablation: bool = False, grid_columns: int = 8) -> dict:
+def exit_quality(
+    runs,
+    *,
+    n: int = 500,
+    seed: int = 0,
+    fid: bool = True,
+    accuracy: bool = True,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    bandwidth: float = 0.3,
+    progress: bool = False,
+    bank_ablation: bool = False,
+    grid_columns: int = 8,
+) -> dict:
     """Table S1 (and, with runs of both arms, Fig. 8) for ``runs``: a list of exit-run folders of one task.
 
     All runs are measured on the same ``n`` held-out inputs (``seed``). Under ``out``: ``exit_quality.json``
@@ -210,11 +290,13 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
         iterator = tqdm(runs, desc="exit-quality", unit="run")
     for r in iterator:
         m = _measure(r, n=n, seed=seed, fid=fid, fid_reference=fid_reference, device=device)
-        measured.append(_run_quality(r, m, n=n, seed=seed, fid=fid, accuracy=accuracy, fid_reference=fid_reference,
-                                     cache=cache))
+        measured.append(
+            _run_quality(r, m, n=n, seed=seed, fid=fid, accuracy=accuracy, fid_reference=fid_reference, cache=cache)
+        )
         if bank_ablation and out is not None:  # the start-image grid's inputs and exit-1 images, not all n
-            heads.append((m["model"].backbone, tuple(x[:columns].clone() for x in m["inputs"]),
-                          m["images"][0][:columns].clone()))
+            heads.append(
+                (m["model"].backbone, tuple(x[:columns].clone() for x in m["inputs"]), m["images"][0][:columns].clone())
+            )
         del m
     num_rows = {len(m["rows"]) for m in measured}
     if len(num_rows) != 1:
@@ -227,18 +309,32 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
             continue
         rows = []
         for i, row in enumerate(members[0]["rows"]):
-            rows.append({"name": row["name"], "route": row["route"], "after_stage": row["after_stage"],
-                         "macs": row["macs"],
-                         **{k: _spread([m["rows"][i][k] for m in members]) for k in METRICS}})
-        arms[arm] = {"runs": [m["run"] for m in members], "seeds": [m["seed"] for m in members],
-                     "banks": sorted({str(m["bank"]) for m in members if m["bank"] is not None}), "rows": rows}
+            rows.append(
+                {
+                    "name": row["name"],
+                    "route": row["route"],
+                    "after_stage": row["after_stage"],
+                    "macs": row["macs"],
+                    **{k: _spread([m["rows"][i][k] for m in members]) for k in METRICS},
+                }
+            )
+        arms[arm] = {
+            "runs": [m["run"] for m in members],
+            "seeds": [m["seed"] for m in members],
+            "banks": sorted({str(m["bank"]) for m in members if m["bank"] is not None}),
+            "rows": rows,
+        }
     report = {
-        "task": measured[0]["task"], "n": n, "seed": seed, "lpips_net": "alex",
+        "task": measured[0]["task"],
+        "n": n,
+        "seed": seed,
+        "lpips_net": "alex",
         "lpips_reference": "the backbone's image for the same input",
         "fid_reference": measured[0]["fid_reference"] if fid else None,
         "label_accuracy": "classifier trained on real data, on the generated images" if accuracy else None,
         "spread": "mean, sample standard deviation, min and max over the arm's runs",
-        "differing_settings": differ, "arms": arms,
+        "differing_settings": differ,
+        "arms": arms,
         "runs": [{k: m[k] for k in ("run", "bank", "seed", "rows")} for m in measured],
         "per_image_lpips": {m["run"]: [np.round(v, 5).tolist() for v in m["per_image_lpips"]] for m in measured},
         "kde": None,
@@ -255,20 +351,40 @@ def exit_quality(runs, *, n: int = 500, seed: int = 0, fid: bool = True, accurac
         for i, row in enumerate(arms["without bank"]["rows"][:-1]):
             series = {}
             for arm in ARMS:
-                pooled = np.concatenate([m["per_image_lpips"][i] for m in measured if (m["bank"] is not None) == (arm == "with bank")])
+                pooled = np.concatenate(
+                    [m["per_image_lpips"][i] for m in measured if (m["bank"] is not None) == (arm == "with bank")]
+                )
                 series[f"{arm} ({len(arms[arm]['runs'])} run{'s' if len(arms[arm]['runs']) > 1 else ''})"] = pooled
-                kde.append({"exit": row["name"], "arm": arm, "values": int(pooled.size),
-                            "kernel_std": float(bandwidth * pooled.std(ddof=1))})
+                kde.append(
+                    {
+                        "exit": row["name"],
+                        "arm": arm,
+                        "values": int(pooled.size),
+                        "kernel_std": float(bandwidth * pooled.std(ddof=1)),
+                    }
+                )
             panels.append((f"{row['name']} (after stage {row['after_stage']})", series))
-        save_kde_panels(panels, out / "lpips_kde.png", bandwidth=bandwidth, xlabel="LPIPS vs backbone",
-                        title=f"{report['task']}: per-image LPIPS with and without the bank "
-                              f"(n={n} per run, KDE bw_method {bandwidth})")
-        report["kde"] = {"path": str(out / "lpips_kde.png"), "bw_method": bandwidth, "series": kde,
-                         "pooled": "per-image LPIPS of every run of the arm"}
+        save_kde_panels(
+            panels,
+            out / "lpips_kde.png",
+            bandwidth=bandwidth,
+            xlabel="LPIPS vs backbone",
+            title=f"{report['task']}: per-image LPIPS with and without the bank "
+            f"(n={n} per run, KDE bw_method {bandwidth})",
+        )
+        report["kde"] = {
+            "path": str(out / "lpips_kde.png"),
+            "bw_method": bandwidth,
+            "series": kde,
+            "pooled": "per-image LPIPS of every run of the arm",
+        }
     if bank_ablation:
         _save_start_images(measured[1]["bank"], heads, out / "start_images.png", columns)
-        report["ablation"]["plots"] = {"kde": str(out / "lpips_kde.png"), "start_images": str(out / "start_images.png"),
-                                       "start_images_rows": list(START_IMAGE_ROWS)}
+        report["ablation"]["plots"] = {
+            "kde": str(out / "lpips_kde.png"),
+            "start_images": str(out / "start_images.png"),
+            "start_images_rows": list(START_IMAGE_ROWS),
+        }
         write_json(out / "ablation.json", report["ablation"])
         atomic_write_text(out / "ablation.md", ablation_table(report["ablation"]))
     write_json(out / "exit_quality.json", report)
@@ -285,16 +401,34 @@ def _ablation_report(measured: list[dict], configs: list[dict], *, n: int, seed:
     def lpips(row: dict) -> dict:
         return {"mean": row["lpips_mean"], "median": row["lpips_median"], "p90": row["lpips_p90"]}
 
-    rows = [{"exit": ra["route"] + 1, "route": ra["route"], "after_stage": ra["after_stage"],
-             "macs_without": ra["macs"], "macs_with": rb["macs"], "lpips_without": lpips(ra), "lpips_with": lpips(rb),
-             "fid_without": ra["fid"], "fid_with": rb["fid"]}
-            for ra, rb in zip(a["rows"][:-1], b["rows"][:-1])]  # the exits; the backbone row is the last
+    rows = [
+        {
+            "exit": ra["route"] + 1,
+            "route": ra["route"],
+            "after_stage": ra["after_stage"],
+            "macs_without": ra["macs"],
+            "macs_with": rb["macs"],
+            "lpips_without": lpips(ra),
+            "lpips_with": lpips(rb),
+            "fid_without": ra["fid"],
+            "fid_with": rb["fid"],
+        }
+        for ra, rb in zip(a["rows"][:-1], b["rows"][:-1])
+    ]  # the exits; the backbone row is the last
     return {
-        "task": configs[0]["task"], "n": n, "seed": seed, "lpips_net": "alex",
-        "fid_reference": FID_REFERENCES["backbone"], "runs": {"without": a["run"], "with": b["run"]}, "bank": b["bank"],
-        "budget": {k: configs[0].get(k) for k in BUDGET_KEYS}, "exits": rows,
-        "per_image_lpips": {"without": [v.round(5).tolist() for v in a["per_image_lpips"]],
-                            "with": [v.round(5).tolist() for v in b["per_image_lpips"]]},
+        "task": configs[0]["task"],
+        "n": n,
+        "seed": seed,
+        "lpips_net": "alex",
+        "fid_reference": FID_REFERENCES["backbone"],
+        "runs": {"without": a["run"], "with": b["run"]},
+        "bank": b["bank"],
+        "budget": {k: configs[0].get(k) for k in BUDGET_KEYS},
+        "exits": rows,
+        "per_image_lpips": {
+            "without": [v.round(5).tolist() for v in a["per_image_lpips"]],
+            "with": [v.round(5).tolist() for v in b["per_image_lpips"]],
+        },
         "plots": None,
     }
 
@@ -336,25 +470,36 @@ def markdown_table(report: dict) -> str:
             if row["name"] == "backbone":
                 backbone = row
                 continue
-            lines.append(f"| {arm} | {len(body['runs'])} | {row['name']} | {row['macs'] / 1e9:.4f} | {_fmt(row['fid'], 2)} | "
-                         f"{_fmt(row['label_accuracy'], 1, 100)} | {_fmt(row['lpips_mean'], 4)} | {_fmt(row['lpips_p90'], 4)} |")
+            lines.append(
+                f"| {arm} | {len(body['runs'])} | {row['name']} | {row['macs'] / 1e9:.4f} | {_fmt(row['fid'], 2)} | "
+                f"{_fmt(row['label_accuracy'], 1, 100)} | {_fmt(row['lpips_mean'], 4)} | {_fmt(row['lpips_p90'], 4)} |"
+            )
     if backbone is not None:
-        lines.append(f"| backbone | - | backbone | {backbone['macs'] / 1e9:.4f} | {_fmt(backbone['fid'], 2)} | "
-                     f"{_fmt(backbone['label_accuracy'], 1, 100)} | 0 | 0 |")
+        lines.append(
+            f"| backbone | - | backbone | {backbone['macs'] / 1e9:.4f} | {_fmt(backbone['fid'], 2)} | "
+            f"{_fmt(backbone['label_accuracy'], 1, 100)} | 0 | 0 |"
+        )
     if report.get("differing_settings"):
-        lines += ["", "Note: the runs differ in " + ", ".join(report["differing_settings"]) + " (not only bank and seed)."]
+        lines += [
+            "",
+            "Note: the runs differ in " + ", ".join(report["differing_settings"]) + " (not only bank and seed).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def ablation_table(ablation: dict) -> str:
     """The bank ablation's side-by-side table (Table S1 analogue) as markdown, from ``report["ablation"]``."""
     lines = [
-        (f"Task `{ablation['task']}`, n = {ablation['n']} held-out inputs (seed {ablation['seed']}); LPIPS "
-         f"({ablation['lpips_net']}) and FID vs the backbone's images; budget: "
-         + ", ".join(f"{k}={v}" for k, v in ablation["budget"].items() if k not in ("recipe",))),
+        (
+            f"Task `{ablation['task']}`, n = {ablation['n']} held-out inputs (seed {ablation['seed']}); LPIPS "
+            f"({ablation['lpips_net']}) and FID vs the backbone's images; budget: "
+            + ", ".join(f"{k}={v}" for k, v in ablation["budget"].items() if k not in ("recipe",))
+        ),
         "",
-        ("| exit | after stage | GMACs w/o | GMACs with | LPIPS mean w/o | LPIPS mean with | LPIPS median w/o | "
-         "LPIPS median with | LPIPS p90 w/o | LPIPS p90 with | FID w/o | FID with |"),
+        (
+            "| exit | after stage | GMACs w/o | GMACs with | LPIPS mean w/o | LPIPS mean with | LPIPS median w/o | "
+            "LPIPS median with | LPIPS p90 w/o | LPIPS p90 with | FID w/o | FID with |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -372,8 +517,16 @@ def ablation_table(ablation: dict) -> str:
 
 
 @torch.no_grad()
-def routes_vs_bank_distance(pipeline, *, threshold: float, n: int = 500, seed: int = 0, batch_size: int = 64,
-                            out: str | Path | None = None, bandwidth: float = 0.5) -> dict:
+def routes_vs_bank_distance(
+    pipeline,
+    *,
+    threshold: float,
+    n: int = 500,
+    seed: int = 0,
+    batch_size: int = 64,
+    out: str | Path | None = None,
+    bandwidth: float = 0.5,
+) -> dict:
     """Fig. 10 analogue: the routed exit of ``n`` held-out inputs at ``threshold`` against the mean L2
     distance of each input's key patches to the bank entries they retrieved (one search: the pipeline's).
 
@@ -381,9 +534,9 @@ def routes_vs_bank_distance(pipeline, *, threshold: float, n: int = 500, seed: i
     per-input arrays; under ``out``: ``bank_distance.json`` and ``bank_distance.png`` (a KDE per route of
     the distances, scaled by the number of inputs routed there, as the paper's Fig. 10).
     """
+    from .checks import check_int
     from .pipeline import FianceePipeline
     from .report import route_name
-    from .checks import check_int
     from .routing import check_threshold
 
     threshold = check_threshold(threshold)
@@ -391,8 +544,10 @@ def routes_vs_bank_distance(pipeline, *, threshold: float, n: int = 500, seed: i
     if not isinstance(pipeline, FianceePipeline):
         pipeline = FianceePipeline.from_pretrained(pipeline)
     if pipeline.bank is None:
-        raise ValueError("this pipeline has no bank: the distance to retrieved bank entries needs one (fiancee build-bank, "
-                         "train-exits --bank)")
+        raise ValueError(
+            "this pipeline has no bank: the distance to retrieved bank entries needs one (fiancee build-bank, "
+            "train-exits --bank)"
+        )
     if pipeline.task is None:
         raise ValueError("this pipeline holds no task: the held-out inputs are drawn from it")
     inputs = pipeline.task.sample_inputs(n, seed, "test")
@@ -406,24 +561,39 @@ def routes_vs_bank_distance(pipeline, *, threshold: float, n: int = 500, seed: i
     per_route = []
     for r in range(num_routes):
         d = dist_t[routes_t == r]
-        per_route.append({"route": r, "name": route_name(r, num_routes - 1), "inputs": int(d.size),
-                          "distance_mean": float(d.mean()) if d.size else None,
-                          "distance_median": float(np.median(d)) if d.size else None})
+        per_route.append(
+            {
+                "route": r,
+                "name": route_name(r, num_routes - 1),
+                "inputs": int(d.size),
+                "distance_mean": float(d.mean()) if d.size else None,
+                "distance_median": float(np.median(d)) if d.size else None,
+            }
+        )
     # Spearman correlation of distance and route (ties averaged): does a farther bank match go deeper?
     from scipy.stats import spearmanr
 
     rho = spearmanr(dist_t, routes_t).statistic if np.ptp(routes_t) > 0 and np.ptp(dist_t) > 0 else None
-    report = {"task": pipeline.task.name, "n": n, "seed": seed, "threshold": threshold,
-              "distance": "mean over the input's key patches of the L2 distance to the retrieved bank entry",
-              "routes": per_route, "spearman_distance_vs_route": None if rho is None else float(rho),
-              "per_input": {"route": routes_t.tolist(), "distance": np.round(dist_t, 5).tolist()},
-              "plot": None}
+    report = {
+        "task": pipeline.task.name,
+        "n": n,
+        "seed": seed,
+        "threshold": threshold,
+        "distance": "mean over the input's key patches of the L2 distance to the retrieved bank entry",
+        "routes": per_route,
+        "spearman_distance_vs_route": None if rho is None else float(rho),
+        "per_input": {"route": routes_t.tolist(), "distance": np.round(dist_t, 5).tolist()},
+        "plot": None,
+    }
     if out is not None:
         from .plots import save_route_distance_plot
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        report["plot"] = str(save_route_distance_plot(routes_t, dist_t, num_routes, out / "bank_distance.png",
-                                                      bandwidth=bandwidth, threshold=threshold))
+        report["plot"] = str(
+            save_route_distance_plot(
+                routes_t, dist_t, num_routes, out / "bank_distance.png", bandwidth=bandwidth, threshold=threshold
+            )
+        )
         write_json(out / "bank_distance.json", report)
     return report

@@ -24,8 +24,16 @@ from .core.args import check_choice, check_int, check_int_list, is_integer
 from .core.renames import UNSET, renamed, warn_renamed
 from .staged import StagedGenerator
 
-__all__ = ["parse_scale", "scale_channels", "branch_channels", "GuideSpec", "Branch", "ExitGenerator",
-           "INITS", "channel_importance"]
+__all__ = [
+    "parse_scale",
+    "scale_channels",
+    "branch_channels",
+    "GuideSpec",
+    "Branch",
+    "ExitGenerator",
+    "INITS",
+    "channel_importance",
+]
 
 # How branch weights start: "random" (fresh layers, as the paper) or "inherit" (the backbone's own
 # weights, sliced to the channels that matter most: Anycost GAN's channel sorting, GAN Compression's
@@ -42,8 +50,9 @@ def parse_scale(scale: float | str | Fraction) -> Fraction:
             raise TypeError
         value = Fraction(scale).limit_denominator(1000) if not isinstance(scale, Fraction) else scale
     except OverflowError:  # Fraction(inf)
-        raise ValueError(f"scale factor must be a finite number in (0, 1] or a fraction like '1/4'; got {scale!r}") \
-            from None
+        raise ValueError(
+            f"scale factor must be a finite number in (0, 1] or a fraction like '1/4'; got {scale!r}"
+        ) from None
     except (ValueError, ZeroDivisionError, TypeError):
         raise ValueError(f"scale factor must be a number or a fraction like '1/4'; got {scale!r}") from None
     if not 0 < value <= 1:
@@ -61,8 +70,10 @@ def scale_channels(channels: int, scale: float | str | Fraction, min_channels: i
     """
     for value, name in ((channels, "channels"), (min_channels, "min_channels"), (unit, "channel unit")):
         if not is_integer(value) or value <= 0:
-            raise ValueError(f"channel counts must be positive integers; got {name}={value!r} "
-                             f"(channels={channels!r}, min_channels={min_channels!r}, unit={unit!r})")
+            raise ValueError(
+                f"channel counts must be positive integers; got {name}={value!r} "
+                f"(channels={channels!r}, min_channels={min_channels!r}, unit={unit!r})"
+            )
     sf = parse_scale(scale)
     if channels <= min_channels:
         return channels
@@ -74,7 +85,11 @@ def scale_channels(channels: int, scale: float | str | Fraction, min_channels: i
 
 
 def branch_channels(
-    stage_channels: Sequence[tuple[int, int]], after: int, scale: float | str | Fraction, min_channels: int, unit: int = 1
+    stage_channels: Sequence[tuple[int, int]],
+    after: int,
+    scale: float | str | Fraction,
+    min_channels: int,
+    unit: int = 1,
 ) -> list[tuple[int, int]]:
     """``(in, out)`` of every block of the branch attached after stage ``after`` (1-based count).
 
@@ -116,7 +131,9 @@ def _structural_tensors(module: nn.Module, prefix: str = "") -> dict[str, torch.
     Children of a Sequential / ModuleList are named by position, so a slice ``main[3:6]`` (keys
     3, 4, 5) and its narrowed copy (keys 0, 1, 2) give the same names.
     """
-    out = {f"{prefix}{k}": t for k, t in list(module._parameters.items()) + list(module._buffers.items()) if t is not None}
+    out = {
+        f"{prefix}{k}": t for k, t in list(module._parameters.items()) + list(module._buffers.items()) if t is not None
+    }
     positional = isinstance(module, (nn.Sequential, nn.ModuleList))
     for i, (name, child) in enumerate(module._modules.items()):
         if child is not None:
@@ -135,8 +152,9 @@ def channel_importance(backbone: StagedGenerator, inputs: Sequence[torch.Tensor]
     return [h.abs().float().mean(dim=[d for d in range(h.dim()) if d != 1]) for _, h in sorted(taps.items())]
 
 
-def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Tensor, extra: int, out_size: int,
-                 out_idx: torch.Tensor) -> tuple[int, int]:
+def _copy_sliced(
+    dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Tensor, extra: int, out_size: int, out_idx: torch.Tensor
+) -> tuple[int, int]:
     """Copy ``src``'s tensors into the narrower ``dst``, keeping channels ``in_idx`` / ``out_idx``.
 
     A dimension whose size differs is matched to the input side (backbone size ``in_size``, branch size
@@ -154,8 +172,14 @@ def _copy_sliced(dst: nn.Module, src: nn.Module, in_size: int, in_idx: torch.Ten
             continue
         x, target = s.detach(), d.data
         n_in = len(in_idx) + extra
-        if x.dim() == 1 and x.shape != target.shape and in_size > 1 and x.numel() % in_size == 0 \
-                and target.numel() == n_in * (x.numel() // in_size) and x.numel() // in_size > 1:
+        if (
+            x.dim() == 1
+            and x.shape != target.shape
+            and in_size > 1
+            and x.numel() % in_size == 0
+            and target.numel() == n_in * (x.numel() // in_size)
+            and x.numel() // in_size > 1
+        ):
             # A flattened [in, k*k] vector (spectral norm's right singular vector): map it by input channel.
             x, target = x.view(in_size, -1), target.view(n_in, -1)
         pad_in: int | None = None
@@ -266,7 +290,9 @@ class Branch(nn.Module):
             cin, cout = backbone.stage_channels[s]
             want = self.block_channels[j][1]
             if importance[s].numel() != cout:
-                raise ValueError(f"importance of stage {s + 1} scores {importance[s].numel()} channels; the stage has {cout}")
+                raise ValueError(
+                    f"importance of stage {s + 1} scores {importance[s].numel()} channels; the stage has {cout}"
+                )
             if cin == cout and want == len(prev):
                 keep = prev
             else:
@@ -291,12 +317,19 @@ class Branch(nn.Module):
             g = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
         return torch.cat([h, g], dim=1)
 
-    def forward(self, h: torch.Tensor, cond: torch.Tensor | None, guide: torch.Tensor | None = None,
-                return_features: bool = False):
+    def forward(
+        self,
+        h: torch.Tensor,
+        cond: torch.Tensor | None,
+        guide: torch.Tensor | None = None,
+        return_features: bool = False,
+    ):
         """The branch's image; with ``return_features`` also every block's output (feature distillation)."""
         if self.guide_spec is not None:
             if guide is None:
-                raise ValueError(f"the branch after stage {self.after} was built with a guide ({self.guide_spec}) but got none")
+                raise ValueError(
+                    f"the branch after stage {self.after} was built with a guide ({self.guide_spec}) but got none"
+                )
             if guide.shape[0] != h.shape[0] or guide.shape[1] != self.guide_spec.channels:
                 raise ValueError(
                     f"guide must be [B={h.shape[0]}, {self.guide_spec.channels}, H, W]; got {list(guide.shape)}"
@@ -347,8 +380,10 @@ class ExitGenerator(nn.Module):
         super().__init__()
         attach_after = check_int_list(attach_after, "attach_after", increasing=True)
         if attach_after[0] < 1 or attach_after[-1] >= backbone.num_stages:
-            raise ValueError(f"attach_after must lie in 1..{backbone.num_stages - 1} for a {backbone.num_stages}-stage "
-                             f"backbone; got {attach_after}")
+            raise ValueError(
+                f"attach_after must lie in 1..{backbone.num_stages - 1} for a {backbone.num_stages}-stage "
+                f"backbone; got {attach_after}"
+            )
         self.backbone = backbone
         self.attach_after = attach_after
         self.scale = parse_scale(scale)
@@ -383,7 +418,8 @@ class ExitGenerator(nn.Module):
                 raise ValueError(
                     f"the exit after stage {k} would cost {cost / 1e6:.1f} MMACs per input, more than the backbone's "
                     f"{full / 1e6:.1f}: drop it from the exits or narrow the branches (scale {self.scale}, "
-                    f"min_channels {self.min_channels})")
+                    f"min_channels {self.min_channels})"
+                )
 
     @property
     def guided(self) -> list[bool]:
@@ -394,8 +430,9 @@ class ExitGenerator(nn.Module):
         """MACs of one route for ``batch_size`` inputs (the bank's search is counted by the bank)."""
         from .metrics.macs import count_macs
 
-        return count_macs(self, *self.backbone.example_inputs(batch_size), route=route,
-                          guide=self._meta_guide(batch_size))
+        return count_macs(
+            self, *self.backbone.example_inputs(batch_size), route=route, guide=self._meta_guide(batch_size)
+        )
 
     def inherit_(self, importance: Sequence[torch.Tensor]) -> dict:
         """Initialise every branch from the backbone's weights (:meth:`Branch.inherit_`)."""
@@ -413,41 +450,52 @@ class ExitGenerator(nn.Module):
 
     def _check_route(self, route: int) -> int:
         if isinstance(route, bool) or not isinstance(route, int) or not 0 <= route < self.num_routes:
-            raise ValueError(f"route must be an int in 0..{self.num_routes - 1} (the last is the backbone); "
-                             f"got {route!r}")
+            raise ValueError(
+                f"route must be an int in 0..{self.num_routes - 1} (the last is the backbone); got {route!r}"
+            )
         return route
 
     def _resolve_guide(self, guide: Guide, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor | None:
         if self.guide_spec is None:
             return None
         if guide is None:
-            raise ValueError("these exits were built with a guide; pass guide= (a tensor or a callable on key-stage features)")
+            raise ValueError(
+                "these exits were built with a guide; pass guide= (a tensor or a callable on key-stage features)"
+            )
         g = guide(h, cond) if callable(guide) else guide
         if not isinstance(g, torch.Tensor) or g.dim() != 4 or g.shape[0] != h.shape[0]:
             got = f"{list(g.shape)}" if isinstance(g, torch.Tensor) else type(g).__name__
             raise ValueError(f"guide must be a tensor [B={h.shape[0]}, C, h, w]; got {got}")
         return g
 
-    def forward(self, *inputs: torch.Tensor, route: int | torch.Tensor = UNSET, guide: Guide = None,
-                exit: int | torch.Tensor = UNSET) -> torch.Tensor:
+    def forward(
+        self,
+        *inputs: torch.Tensor,
+        route: int | torch.Tensor = UNSET,
+        guide: Guide = None,
+        exit: int | torch.Tensor = UNSET,
+    ) -> torch.Tensor:
         """``route`` an int: the whole batch on that route (:meth:`route`); a ``[B]`` integer tensor: one route
         per input (:meth:`mixed`). ``exit=`` is the deprecated name of ``route=``."""
-        route = _required(renamed("ExitGenerator", "exit", exit, "route", route), "route",
-                          "an int route or a [B] tensor of routes")
+        route = _required(
+            renamed("ExitGenerator", "exit", exit, "route", route), "route", "an int route or a [B] tensor of routes"
+        )
         if isinstance(route, torch.Tensor):
             return self.mixed(*inputs, routes=route, guide=guide)
         return self.route(*inputs, route=route, guide=guide)
 
-    def route(self, *inputs: torch.Tensor, route: int = UNSET, guide: Guide = None, check: bool = True,
-              exit: int = UNSET) -> torch.Tensor:
+    def route(
+        self, *inputs: torch.Tensor, route: int = UNSET, guide: Guide = None, check: bool = True, exit: int = UNSET
+    ) -> torch.Tensor:
         """Run the whole batch through one route (0-based; ``len(attach_after)`` = the backbone).
 
         ``check=False`` skips the backbone's input checks (a host sync each): for inputs already
         checked, and for CUDA graph capture, which cannot contain a sync. ``exit=`` is the deprecated
         name of ``route=``.
         """
-        route = self._check_route(_required(renamed("ExitGenerator.route", "exit", exit, "route", route), "route",
-                                            "an int route"))
+        route = self._check_route(
+            _required(renamed("ExitGenerator.route", "exit", exit, "route", route), "route", "an int route")
+        )
         if check:
             self.backbone.check_inputs(*inputs)
         if route == len(self.attach_after):
@@ -457,8 +505,14 @@ class ExitGenerator(nn.Module):
         g = self._resolve_guide(guide, f.taps[self.key_stage], f.cond)
         return self.branches[route](f.taps[after], f.cond, g)
 
-    def mixed(self, *inputs: torch.Tensor, routes: torch.Tensor = UNSET, guide: Guide = None, check: bool = True,
-              exits: torch.Tensor = UNSET) -> torch.Tensor:
+    def mixed(
+        self,
+        *inputs: torch.Tensor,
+        routes: torch.Tensor = UNSET,
+        guide: Guide = None,
+        check: bool = True,
+        exits: torch.Tensor = UNSET,
+    ) -> torch.Tensor:
         """Run a batch where every sample has its own route (``routes [B]``, 0-based), as a tree.
 
         Each backbone stage only processes the samples still on the backbone past it, and each
@@ -468,15 +522,24 @@ class ExitGenerator(nn.Module):
         ``check=False`` skips the backbone's input checks, as in :meth:`route`. ``exits=`` is the deprecated
         name of ``routes=``.
         """
-        routes = _required(renamed("ExitGenerator.mixed", "exits", exits, "routes", routes), "routes",
-                           "a [B] tensor of routes")
+        routes = _required(
+            renamed("ExitGenerator.mixed", "exits", exits, "routes", routes), "routes", "a [B] tensor of routes"
+        )
         batch = self.backbone.check_inputs(*inputs) if check else inputs[0].shape[0]
         routes = self._check_routes(routes, batch, inputs[0].device)
         h, cond = self.backbone.stem(*inputs)
         return self._tree(h, cond, 0, routes, guide)
 
-    def mixed_from(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, routes: torch.Tensor = UNSET,
-                   guide: Guide = None, *, exits: torch.Tensor = UNSET) -> torch.Tensor:
+    def mixed_from(
+        self,
+        h: torch.Tensor,
+        cond: torch.Tensor | None,
+        start: int,
+        routes: torch.Tensor = UNSET,
+        guide: Guide = None,
+        *,
+        exits: torch.Tensor = UNSET,
+    ) -> torch.Tensor:
         """:meth:`mixed` continued from features already computed: ``h [B, C, h, w]`` is the output of
         stage ``start`` (a stage count, 0 = the stem's output) for the whole batch, ``cond`` the stem's
         condition. The pipeline runs the trunk up to the key stage once, lets the predictor and the bank
@@ -485,19 +548,25 @@ class ExitGenerator(nn.Module):
         The result equals ``mixed`` on the inputs that gave ``h`` (eval mode). ``exits=`` is the deprecated
         name of ``routes=``.
         """
-        routes = _required(renamed("ExitGenerator.mixed_from", "exits", exits, "routes", routes), "routes",
-                           "a [B] tensor of routes")
+        routes = _required(
+            renamed("ExitGenerator.mixed_from", "exits", exits, "routes", routes), "routes", "a [B] tensor of routes"
+        )
         if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= self.key_stage:
             raise ValueError(f"start must be a stage count in 0..{self.key_stage} (the key stage); got {start!r}")
         if not isinstance(h, torch.Tensor) or h.dim() < 2:
-            raise ValueError(f"h must be the features [B, ...] after stage {start}; got "
-                             f"{list(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
+            raise ValueError(
+                f"h must be the features [B, ...] after stage {start}; got "
+                f"{list(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}"
+            )
         routes = self._check_routes(routes, h.shape[0], h.device)
         return self._tree(h, cond, start, routes, guide)
 
     def _check_routes(self, routes: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-        if not isinstance(routes, torch.Tensor) or routes.dim() != 1 or routes.dtype not in (
-                torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        if (
+            not isinstance(routes, torch.Tensor)
+            or routes.dim() != 1
+            or routes.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+        ):
             got = f"{routes.dtype} {list(routes.shape)}" if isinstance(routes, torch.Tensor) else type(routes).__name__
             raise ValueError(f"routes must be a 1-D integer tensor with one route per sample; got {got}")
         if routes.numel() != batch:
@@ -507,8 +576,9 @@ class ExitGenerator(nn.Module):
             raise ValueError(f"route indices must lie in 0..{self.num_routes - 1}; got {routes.tolist()}")
         return routes
 
-    def _tree(self, h: torch.Tensor, cond: torch.Tensor | None, start: int, routes: torch.Tensor,
-              guide: Guide) -> torch.Tensor:
+    def _tree(
+        self, h: torch.Tensor, cond: torch.Tensor | None, start: int, routes: torch.Tensor, guide: Guide
+    ) -> torch.Tensor:
         """The mixed-exit tree from ``h``, the output of stage ``start`` (0 = the stem) for every sample."""
         batch = h.shape[0]
         alive = torch.arange(batch, device=routes.device)  # input positions of the rows of h
@@ -533,11 +603,19 @@ class ExitGenerator(nn.Module):
             here = routes.index_select(0, alive) == route
             if bool(here.any()):
                 sel = here.nonzero().squeeze(1)
-                emit(alive.index_select(0, sel), self.branches[route](h.index_select(0, sel), _take(cond, sel), _take(g, sel)))
+                emit(
+                    alive.index_select(0, sel),
+                    self.branches[route](h.index_select(0, sel), _take(cond, sel), _take(g, sel)),
+                )
                 keep = (~here).nonzero().squeeze(1)
                 if keep.numel() == 0:
                     return out
-                alive, h, cond, g = alive.index_select(0, keep), h.index_select(0, keep), _take(cond, keep), _take(g, keep)
+                alive, h, cond, g = (
+                    alive.index_select(0, keep),
+                    h.index_select(0, keep),
+                    _take(cond, keep),
+                    _take(g, keep),
+                )
         h = self.backbone.stages[-1](h, cond)  # start <= key_stage < N: the last stage is still to run
         emit(alive, self.backbone.head(h, cond))
         return out

@@ -130,8 +130,17 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
         # dynamo=False: torch 2.13's default exporter (torch.export) needs the onnxscript package, which a
         # deployment would not otherwise install, and exports every branch of a data-dependent check;
         # the TorchScript tracer works offline and records only the ops each segment runs.
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
     import onnx
 
     # The tracer drops inputs a segment never reads (an OASIS head ignores the condition): record what it takes.
@@ -154,9 +163,13 @@ def _input_declarations(pipe, examples: tuple[torch.Tensor, ...]) -> list[dict]:
         names = backbone.input_names or tuple(f"input{i}" for i in range(len(examples)))
         specs = [(n, None) for n in names]
     if len(specs) != len(examples):
-        raise ValueError(f"the task declares {len(specs)} input(s) but the backbone's example_inputs gives {len(examples)}")
-    return [{"name": n, "kind": kind, "shape": [int(d) for d in x.shape[1:]], "dtype": "float32"}
-            for (n, kind), x in zip(specs, examples)]
+        raise ValueError(
+            f"the task declares {len(specs)} input(s) but the backbone's example_inputs gives {len(examples)}"
+        )
+    return [
+        {"name": n, "kind": kind, "shape": [int(d) for d in x.shape[1:]], "dtype": "float32"}
+        for (n, kind), x in zip(specs, examples)
+    ]
 
 
 @torch.no_grad()
@@ -214,8 +227,9 @@ def _load_for_export(pipeline, out: Path, overwrite: bool) -> tuple:
     if not isinstance(pipeline, FianceePipeline):
         source = Path(pipeline)
         if not source.is_dir():
-            raise FileNotFoundError(f"no pipeline folder at {source} (make one with `fiancee demo` or "
-                                    "FianceePipeline.save)")
+            raise FileNotFoundError(
+                f"no pipeline folder at {source} (make one with `fiancee demo` or FianceePipeline.save)"
+            )
         pipeline = FianceePipeline.from_pretrained(source)
     faiss = None
     if pipeline.bank is not None:
@@ -224,8 +238,10 @@ def _load_for_export(pipeline, out: Path, overwrite: bool) -> tuple:
     pipeline.predictor.eval()
     weights = {p.device.type for p in model.parameters()} | {p.dtype for p in model.parameters()}
     if weights != {"cpu", torch.float32}:
-        raise ValueError(f"export a float32 pipeline on the CPU (the graphs are float32); this one has "
-                         f"{sorted(map(str, weights))} weights: load it with device='cpu'")
+        raise ValueError(
+            f"export a float32 pipeline on the CPU (the graphs are float32); this one has "
+            f"{sorted(map(str, weights))} weights: load it with device='cpu'"
+        )
     return pipeline, source, faiss
 
 
@@ -239,8 +255,9 @@ def _trunk_outputs(bank, has_cond: bool) -> list[str]:
     return names
 
 
-def _export_backbone(model, h: torch.Tensor, cond: torch.Tensor | None, guide: torch.Tensor | None, tmp: Path,
-                     opset: int) -> list[dict]:
+def _export_backbone(
+    model, h: torch.Tensor, cond: torch.Tensor | None, guide: torch.Tensor | None, tmp: Path, opset: int
+) -> list[dict]:
     """The stages past the key stage, every branch and the head, traced on the trunk's example ``h`` / ``cond``;
     their segments in the manifest's order (stages, branches, head)."""
     backbone, k = model.backbone, model.key_stage
@@ -264,10 +281,19 @@ def _export_backbone(model, h: torch.Tensor, cond: torch.Tensor | None, guide: t
         branch = _Piece(model.branches[r], has_cond, guide is not None).eval()
         names = pieces + (["guide"] if guide is not None else [])
         file = f"branch_{r}.onnx"
-        takes = _export(branch, (taps[after], *cond_args, *(() if guide is None else (guide,))), tmp / file, names,
-                        ["image"], opset)
-        segments.append({"name": f"branch {r}", "file": file, "route": r, "after_stage": after, "inputs": takes,
-                         "outputs": ["image"]})
+        takes = _export(
+            branch, (taps[after], *cond_args, *(() if guide is None else (guide,))), tmp / file, names, ["image"], opset
+        )
+        segments.append(
+            {
+                "name": f"branch {r}",
+                "file": file,
+                "route": r,
+                "after_stage": after,
+                "inputs": takes,
+                "outputs": ["image"],
+            }
+        )
     segments.append({"name": "head", "file": "head.onnx", "inputs": head_takes, "outputs": ["image"]})
     return segments
 
@@ -287,19 +313,32 @@ def _export_bank(bank, ids: torch.Tensor, guide: torch.Tensor, faiss, tmp: Path,
         indexes[str(key)] = {"file": file, "ntotal": int(index.ntotal)}
     patch = bank.mode == "patch"
     info = {
-        "mode": bank.mode, "grid": list(bank.grid) if patch else None,
+        "mode": bank.mode,
+        "grid": list(bank.grid) if patch else None,
         "label_channels": bank.label_channels if patch else None,
-        "key_dim": int(bank.keys.shape[1]), "entries": len(bank), "queries": int(ids.shape[1]),
+        "key_dim": int(bank.keys.shape[1]),
+        "entries": len(bank),
+        "queries": int(ids.shape[1]),
         "index_kind": bank.manifest.get("index", "flat"),
         "per_class_counts": {str(c): int(n) for c, n in bank.manifest["per_class_counts"].items()},
-        "indexes": indexes, "guide_shape": [int(d) for d in guide.shape[1:]],
+        "indexes": indexes,
+        "guide_shape": [int(d) for d in guide.shape[1:]],
         "fingerprint": tensor_fingerprint({"keys": bank.keys, "values": bank.values}),
     }
     return segment, info
 
 
-def _manifest(pipe, source: Path | None, examples: tuple, declarations: list[dict], has_cond: bool,
-              segments: list[dict], bank_info: dict | None, opset: int, tmp: Path) -> dict:
+def _manifest(
+    pipe,
+    source: Path | None,
+    examples: tuple,
+    declarations: list[dict],
+    has_cond: bool,
+    segments: list[dict],
+    bank_info: dict | None,
+    opset: int,
+    tmp: Path,
+) -> dict:
     """The manifest :mod:`fiancee.runtime` reads, with the sha256 of every file already in ``tmp``."""
     model = pipe.model
     k, n_stages, n_exits = model.key_stage, model.backbone.num_stages, len(model.attach_after)
@@ -308,16 +347,30 @@ def _manifest(pipe, source: Path | None, examples: tuple, declarations: list[dic
     routes = _route_table(model.attach_after, k, n_stages, route_macs)
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     return {
-        "kind": KIND, "format": FORMAT, "opset": opset, "exporter": f"torch {torch.__version__} (TorchScript)",
-        "task": pipe.task_spec, "inputs": declarations, "has_cond": has_cond,
-        "attach_after": list(model.attach_after), "key_stage": k, "num_stages": n_stages,
+        "kind": KIND,
+        "format": FORMAT,
+        "opset": opset,
+        "exporter": f"torch {torch.__version__} (TorchScript)",
+        "task": pipe.task_spec,
+        "inputs": declarations,
+        "has_cond": has_cond,
+        "attach_after": list(model.attach_after),
+        "key_stage": k,
+        "num_stages": n_stages,
         "image_shape": [int(d) for d in model.route(*examples, route=n_exits).shape[1:]],
-        "segments": segments, "routes": routes, "route_macs": route_macs,
+        "segments": segments,
+        "routes": routes,
+        "route_macs": route_macs,
         "predictor_macs": int(pipe.predictor_macs()),
-        "predictor": {"arch": pipe.predictor.arch, "reads_features": bool(pipe.predictor.reads_features),
-                      "num_exits": pipe.predictor.num_exits},
-        "router": pipe.router.to_config(), "bank": bank_info,
-        "fingerprints": fingerprints, "source": None if source is None else source.name,
+        "predictor": {
+            "arch": pipe.predictor.arch,
+            "reads_features": bool(pipe.predictor.reads_features),
+            "num_exits": pipe.predictor.num_exits,
+        },
+        "router": pipe.router.to_config(),
+        "bank": bank_info,
+        "fingerprints": fingerprints,
+        "source": None if source is None else source.name,
         "files": {f: file_sha256(tmp / f) for f in files},
     }
 
@@ -339,10 +392,23 @@ def _fingerprints(pipe, source: Path | None) -> dict:
 
 def _route_table(attach_after, k: int, n_stages: int, route_macs: list[int]) -> list[dict]:
     """Per route, the segments it runs in order and its MACs: every exit, then the backbone."""
-    routes = [{"route": r, "name": f"exit {r + 1}", "after_stage": a, "segments": ["trunk"] +
-               [f"stage {s}" for s in range(k + 1, a + 1)] + [f"branch {r}"], "macs": route_macs[r]}
-              for r, a in enumerate(attach_after)]
-    routes.append({"route": len(attach_after), "name": "backbone", "after_stage": n_stages,
-                   "segments": ["trunk"] + [f"stage {s}" for s in range(k + 1, n_stages + 1)] + ["head"],
-                   "macs": route_macs[-1]})
+    routes = [
+        {
+            "route": r,
+            "name": f"exit {r + 1}",
+            "after_stage": a,
+            "segments": ["trunk"] + [f"stage {s}" for s in range(k + 1, a + 1)] + [f"branch {r}"],
+            "macs": route_macs[r],
+        }
+        for r, a in enumerate(attach_after)
+    ]
+    routes.append(
+        {
+            "route": len(attach_after),
+            "name": "backbone",
+            "after_stage": n_stages,
+            "segments": ["trunk"] + [f"stage {s}" for s in range(k + 1, n_stages + 1)] + ["head"],
+            "macs": route_macs[-1],
+        }
+    )
     return routes

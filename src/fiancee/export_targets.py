@@ -13,14 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .export import KIND as ONNX_KIND, export_pipeline
+from .export import KIND as ONNX_KIND
+from .export import export_pipeline
 from .io import folder_kind
 from .specs import Registry
 
 __all__ = ["EXPORT_TARGETS", "ExportTarget", "get_target", "export", "load_exported"]
 
-EXPORT_TARGETS = Registry("export target", "fiancee.export_targets",
-                          "an export target class (a fiancee.export_targets.ExportTarget)")
+EXPORT_TARGETS = Registry(
+    "export target", "fiancee.export_targets", "an export target class (a fiancee.export_targets.ExportTarget)"
+)
 
 
 class ExportTarget:

@@ -54,12 +54,37 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["METHODS", "BOUNDS", "check_method", "check_bound", "max_misses", "min_calibration", "accepted_index",
-           "hb_pvalue", "split_study", "calibration_range", "range_check", "statement"]
+__all__ = [
+    "METHODS",
+    "BOUNDS",
+    "check_method",
+    "check_bound",
+    "max_misses",
+    "min_calibration",
+    "accepted_index",
+    "hb_pvalue",
+    "split_study",
+    "calibration_range",
+    "range_check",
+    "statement",
+]
 
-from .risk import (BOUNDS, GUARANTEED, HIGH_PROBABILITY, METHODS, _count, _unit, accepted_index,  # noqa: F401
-                   calibration_range, check_bound, check_calibration_range, check_method, hb_pvalue, max_misses,
-                   method_name, min_calibration, range_check, statement)
+from .risk import (
+    BOUNDS,
+    HIGH_PROBABILITY,
+    METHODS,
+    _count,
+    _unit,
+    accepted_index,  # noqa: F401
+    calibration_range,
+    check_bound,
+    check_method,
+    hb_pvalue,
+    max_misses,
+    min_calibration,
+    range_check,
+    statement,
+)
 
 # ----------------------------------------------------------------------------------------------
 # The study: many calibration / test splits
@@ -83,10 +108,18 @@ def _summary(miss: torch.Tensor, saved: torch.Tensor, epsilon: float) -> dict:
     s = miss.numel()
     above = float((miss > epsilon + 1e-12).double().mean())
     mq, sq = _quantiles(miss), _quantiles(saved)
-    return {"miss_mean": float(miss.mean()), "miss_sd": float(miss.std()) if s > 1 else 0.0,
-            "miss_p10": mq["p10"], "miss_p50": mq["p50"], "miss_p90": mq["p90"], "share_above": above,
-            "saved_mean": float(saved.mean()), "saved_sd": float(saved.std()) if s > 1 else 0.0,
-            "saved_p10": sq["p10"], "saved_p90": sq["p90"]}
+    return {
+        "miss_mean": float(miss.mean()),
+        "miss_sd": float(miss.std()) if s > 1 else 0.0,
+        "miss_p10": mq["p10"],
+        "miss_p50": mq["p50"],
+        "miss_p90": mq["p90"],
+        "share_above": above,
+        "saved_mean": float(saved.mean()),
+        "saved_sd": float(saved.std()) if s > 1 else 0.0,
+        "saved_p10": sq["p10"],
+        "saved_p90": sq["p90"],
+    }
 
 
 def _membership(perm: torch.Tensor, start: int, stop: int, n: int) -> torch.Tensor:
@@ -95,10 +128,24 @@ def _membership(perm: torch.Tensor, start: int, stop: int, n: int) -> torch.Tens
     return w  # [S, N] 1 where the input is in the part
 
 
-def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[float], epsilons: Sequence[float], *,
-                n_cal: int, n_test: int | None = None, splits: int = 500, seed: int = 0, delta: float = 0.1,
-                methods: Sequence[str] = METHODS, bound: str = "hoeffding-bentkus", overhead_macs: float = 0.0,
-                shifted: tuple | None = None, keep_splits: bool = False) -> dict:
+def split_study(
+    predicted,
+    true,
+    costs: Sequence[float],
+    thresholds: Sequence[float],
+    epsilons: Sequence[float],
+    *,
+    n_cal: int,
+    n_test: int | None = None,
+    splits: int = 500,
+    seed: int = 0,
+    delta: float = 0.1,
+    methods: Sequence[str] = METHODS,
+    bound: str = "hoeffding-bentkus",
+    overhead_macs: float = 0.0,
+    shifted: tuple | None = None,
+    keep_splits: bool = False,
+) -> dict:
     """Calibrate every method on ``splits`` random calibration sets of one table and measure each on the rest.
 
     ``predicted`` / ``true``: ``[N, E]`` per-input predicted and true LPIPS of every exit (held-out inputs the
@@ -131,10 +178,24 @@ def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[fl
 
     w_cal, w_test, w_iid = _draw_splits(seed, splits, n, n_cal, n_test)
     deltas = {m: [delta] + ([delta / len(ts)] if len(ts) > 1 and m in HIGH_PROBABILITY else []) for m in methods}
-    s = _Study(costs=c, route_cost=_route_costs(c, e + 1, "cpu") / c[-1], over=overhead / c[-1], w_cal=w_cal,
-               w_test=w_test, w_iid=w_iid, n_test=n_test, methods=methods, eps=eps, delta=delta, deltas=deltas,
-               ks={(m, x, d): max_misses(m, n_cal, x, d, bound) for m in methods for x in eps for d in deltas[m]},
-               need=need, fam_k=fam_k, shift=shift, keep_splits=keep_splits)
+    s = _Study(
+        costs=c,
+        route_cost=_route_costs(c, e + 1, "cpu") / c[-1],
+        over=overhead / c[-1],
+        w_cal=w_cal,
+        w_test=w_test,
+        w_iid=w_iid,
+        n_test=n_test,
+        methods=methods,
+        eps=eps,
+        delta=delta,
+        deltas=deltas,
+        ks={(m, x, d): max_misses(m, n_cal, x, d, bound) for m in methods for x in eps for d in deltas[m]},
+        need=need,
+        fam_k=fam_k,
+        shift=shift,
+        keep_splits=keep_splits,
+    )
 
     rows, paper, oracle = [], [], []
     realized: dict = {}  # (part, method, epsilon, delta) -> [T][S], for the family-wise shares
@@ -145,11 +206,28 @@ def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[fl
         oracle.append({"threshold": t, "saved": float(1 - s.route_cost[ro].mean())})
     family = _family(s, realized, len(ts)) if len(ts) > 1 else []
 
-    return {"n_table": n, "n_cal": n_cal, "n_test": n_test, "splits": splits, "seed": seed, "delta": delta,
-            "bound": bound, "methods": methods, "thresholds": ts, "epsilons": eps, "grid_step": 1e-3,
-            "backbone_macs": c[-1], "overhead_macs": overhead, "route_macs": c,
-            "min_calibration": need, "rows": rows, "paper_rule": paper, "oracle": oracle, "family": family,
-            "shifted_inputs": None if shift is None else int(shift[0].shape[0])}
+    return {
+        "n_table": n,
+        "n_cal": n_cal,
+        "n_test": n_test,
+        "splits": splits,
+        "seed": seed,
+        "delta": delta,
+        "bound": bound,
+        "methods": methods,
+        "thresholds": ts,
+        "epsilons": eps,
+        "grid_step": 1e-3,
+        "backbone_macs": c[-1],
+        "overhead_macs": overhead,
+        "route_macs": c,
+        "min_calibration": need,
+        "rows": rows,
+        "paper_rule": paper,
+        "oracle": oracle,
+        "family": family,
+        "shifted_inputs": None if shift is None else int(shift[0].shape[0]),
+    }
 
 
 # -- the study's arguments, checked in this order (the first wrong one is the one reported)
@@ -158,8 +236,9 @@ def split_study(predicted, true, costs: Sequence[float], thresholds: Sequence[fl
 def _check_tables(predicted, true, costs) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     predicted, true = _as_table(predicted, "predicted LPIPS"), _as_table(true, "true LPIPS")
     if predicted.shape != true.shape:
-        raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same "
-                         "shape")
+        raise ValueError(
+            f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape"
+        )
     e = predicted.shape[1]
     c = [float(x) for x in costs]
     if len(c) != e + 1 or not all(math.isfinite(x) and x >= 0 for x in c) or c[-1] <= 0:
@@ -204,8 +283,9 @@ def _calibration_needs(methods: list, eps: list, delta: float, bound: str, n_cal
     short = [(m, x, k) for m in methods for x, k in need[m].items() if k > n_cal]
     if short:
         m, x, k = max(short, key=lambda s: s[2])
-        raise ValueError(f"{m} at epsilon {x} needs at least {k} calibration inputs (even with no miss at all); "
-                         f"got n_cal={n_cal}")
+        raise ValueError(
+            f"{m} at epsilon {x} needs at least {k} calibration inputs (even with no miss at all); got n_cal={n_cal}"
+        )
     return need
 
 
@@ -216,8 +296,9 @@ def _check_shifted(shifted, e: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         raise ValueError("shifted must be a pair (predicted, true) of [N', E] tables")
     shift = (_as_table(shifted[0], "shifted predicted LPIPS"), _as_table(shifted[1], "shifted true LPIPS"))
     if shift[0].shape != shift[1].shape or shift[0].shape[1] != e:
-        raise ValueError(f"the shifted tables must both be [N', {e}]; got {list(shift[0].shape)}, "
-                         f"{list(shift[1].shape)}")
+        raise ValueError(
+            f"the shifted tables must both be [N', {e}]; got {list(shift[0].shape)}, {list(shift[1].shape)}"
+        )
     return shift
 
 
@@ -233,8 +314,10 @@ def _family_needs(methods: list, eps: list, delta: float, bound: str, n_cal: int
         for x in eps:
             k = min_calibration(m, x, delta / n_thresholds, bound)
             if k > n_cal:
-                raise ValueError(f"{m} at epsilon {x:g} for {n_thresholds} thresholds at once (delta / {n_thresholds} "
-                                 f"each) needs at least {k} calibration inputs; got n_cal={n_cal}")
+                raise ValueError(
+                    f"{m} at epsilon {x:g} for {n_thresholds} thresholds at once (delta / {n_thresholds} "
+                    f"each) needs at least {k} calibration inputs; got n_cal={n_cal}"
+                )
             fam_k[(m, x)] = k
     return fam_k
 
@@ -299,8 +382,10 @@ def _margins(s: _Study, predicted: torch.Tensor, true: torch.Tensor, t: float) -
     mono = miss.flip(0).cummax(dim=0).values.flip(0)  # [M, N]: misses at this margin or any larger one
     miss_t, mono_t = miss.T.float(), mono.T.float()  # [N, M]
     # Calibration misses per split and margin [S, M] (exact: sums of 0/1 in float32).
-    counts = {"split": (s.w_cal @ miss_t, s.w_cal @ mono_t if "crc" in s.methods else None),
-              "iid": (s.w_iid @ miss_t, s.w_iid @ mono_t if "crc" in s.methods else None)}
+    counts = {
+        "split": (s.w_cal @ miss_t, s.w_cal @ mono_t if "crc" in s.methods else None),
+        "iid": (s.w_iid @ miss_t, s.w_iid @ mono_t if "crc" in s.methods else None),
+    }
     test_miss = (s.w_test @ miss_t) / s.n_test  # [S, M]
     test_cost = (s.w_test @ cost.T) / s.n_test  # [S, M]
     pop_miss, pop_cost = miss.double().mean(1), cost.double().mean(1)  # [M]: the table as the population
@@ -337,15 +422,32 @@ def _threshold_rows(s: _Study, tab: _Margins, t: float, realized: dict) -> list[
     return rows
 
 
-def _row(s: _Study, tab: _Margins, t: float, x: float, m: str, idx: torch.Tensor, idx_iid: torch.Tensor,
-         r: torch.Tensor, saved: torch.Tensor) -> dict:
+def _row(
+    s: _Study,
+    tab: _Margins,
+    t: float,
+    x: float,
+    m: str,
+    idx: torch.Tensor,
+    idx_iid: torch.Tensor,
+    r: torch.Tensor,
+    saved: torch.Tensor,
+) -> dict:
     """One row of the study: method ``m`` at threshold ``t`` and epsilon ``x`` (its own delta)."""
     margins = tab.grid[idx]
     mq = _quantiles(margins)
-    row = {"id": f"T{t:g}_e{x:g}_{m}", "threshold": t, "epsilon": x, "method": m, **_summary(r, saved, x),
-           "margin_mean": float(margins.mean()), "margin_p10": mq["p10"], "margin_p90": mq["p90"],
-           "min_calibration": s.need[m][f"{x:g}"],
-           "iid": _summary(tab.pop_miss[idx_iid], 1 - tab.pop_cost[idx_iid] - s.over, x)}
+    row = {
+        "id": f"T{t:g}_e{x:g}_{m}",
+        "threshold": t,
+        "epsilon": x,
+        "method": m,
+        **_summary(r, saved, x),
+        "margin_mean": float(margins.mean()),
+        "margin_p10": mq["p10"],
+        "margin_p90": mq["p90"],
+        "min_calibration": s.need[m][f"{x:g}"],
+        "iid": _summary(tab.pop_miss[idx_iid], 1 - tab.pop_cost[idx_iid] - s.over, x),
+    }
     if tab.shifted is not None:
         row["shifted"] = _summary(tab.shifted[0][idx], 1 - tab.shifted[1][idx] - s.over, x)
     if s.keep_splits:
@@ -361,18 +463,25 @@ def _paper_rule(s: _Study, predicted: torch.Tensor, true: torch.Tensor, t: float
     miss0 = (true_lpips_of(r0, true) > t).float()
     p_miss = ((s.w_test @ miss0) / s.n_test).double()
     p_saved = 1 - (s.w_test @ s.route_cost[r0].float()) / s.n_test - s.over
-    entry = {"threshold": t, "miss_mean": float(p_miss.mean()),
-             **{f"miss_{k}": v for k, v in _quantiles(p_miss).items()}, "saved_mean": float(p_saved.mean())}
+    entry = {
+        "threshold": t,
+        "miss_mean": float(p_miss.mean()),
+        **{f"miss_{k}": v for k, v in _quantiles(p_miss).items()},
+        "saved_mean": float(p_saved.mean()),
+    }
     if s.shift is not None:
         rs = cheapest_meeting(s.shift[0], t, s.costs)
-        entry["shifted"] = {"miss_mean": float((true_lpips_of(rs, s.shift[1]) > t).double().mean()),
-                            "saved_mean": float(1 - s.route_cost[rs].mean() - s.over)}
+        entry["shifted"] = {
+            "miss_mean": float((true_lpips_of(rs, s.shift[1]) > t).double().mean()),
+            "saved_mean": float(1 - s.route_cost[rs].mean() - s.over),
+        }
     return entry
 
 
 def _family(s: _Study, realized: dict, n_thresholds: int) -> list[dict]:
     """Per method and epsilon, the share of splits whose miss rate exceeds epsilon at *some* threshold: each
     threshold fitted at delta, and (high-probability methods) the Bonferroni fit at delta / thresholds."""
+
     def share(part, m, x, d):
         per = torch.stack(realized[(part, m, x, d)])  # [T, S]
         return float((per > x + 1e-12).any(0).double().mean())
@@ -380,16 +489,24 @@ def _family(s: _Study, realized: dict, n_thresholds: int) -> list[dict]:
     family = []
     for m in s.methods:
         for x in s.eps:
-            item = {"id": f"e{x:g}_{m}", "method": m, "epsilon": x, "share_any_above": share("split", m, x, s.delta),
-                    "iid_share_any_above": share("iid", m, x, s.delta)}
+            item = {
+                "id": f"e{x:g}_{m}",
+                "method": m,
+                "epsilon": x,
+                "share_any_above": share("split", m, x, s.delta),
+                "iid_share_any_above": share("iid", m, x, s.delta),
+            }
             if m in HIGH_PROBABILITY:
                 d = s.delta / n_thresholds
                 sv = torch.stack(realized[("saved", m, x, d)])
                 miss = torch.stack(realized[("split", m, x, d)])
-                item["bonferroni"] = {"delta_each": d, "min_calibration": s.fam_k[(m, x)],
-                                      "share_any_above": share("split", m, x, d),
-                                      "iid_share_any_above": share("iid", m, x, d),
-                                      "saved_mean": [float(v) for v in sv.mean(1)],
-                                      "miss_mean": [float(v) for v in miss.mean(1)]}
+                item["bonferroni"] = {
+                    "delta_each": d,
+                    "min_calibration": s.fam_k[(m, x)],
+                    "share_any_above": share("split", m, x, d),
+                    "iid_share_any_above": share("iid", m, x, d),
+                    "saved_mean": [float(v) for v in sv.mean(1)],
+                    "miss_mean": [float(v) for v in miss.mean(1)],
+                }
             family.append(item)
     return family

@@ -21,11 +21,24 @@ __all__ = ["run_guarantee_study", "summary_lines", "write_figures", "figures_fro
 DEFAULT_EPSILONS = (0.02, 0.05, 0.1, 0.15, 0.2)
 
 
-def run_guarantee_study(pipeline, out: str | Path, *, thresholds: Sequence[float] = (0.05, 0.1),
-                        epsilons: Sequence[float] = DEFAULT_EPSILONS, delta: float = 0.1, n: int = 5000,
-                        n_cal: int = 1000, n_test: int | None = None, splits: int = 500, seed: int = 0,
-                        methods: Sequence[str] | None = None, bound: str = "hoeffding-bentkus",
-                        shift: str | None = None, shift_n: int = 2000, progress: bool = True) -> dict:
+def run_guarantee_study(
+    pipeline,
+    out: str | Path,
+    *,
+    thresholds: Sequence[float] = (0.05, 0.1),
+    epsilons: Sequence[float] = DEFAULT_EPSILONS,
+    delta: float = 0.1,
+    n: int = 5000,
+    n_cal: int = 1000,
+    n_test: int | None = None,
+    splits: int = 500,
+    seed: int = 0,
+    methods: Sequence[str] | None = None,
+    bound: str = "hoeffding-bentkus",
+    shift: str | None = None,
+    shift_n: int = 2000,
+    progress: bool = True,
+) -> dict:
     """The study of the pipeline folder ``pipeline`` (module docstring): writes ``guarantee.json`` and the figures
     under ``out``; returns the result with the figures' and the JSON's paths."""
     from .extras import require
@@ -46,9 +59,22 @@ def run_guarantee_study(pipeline, out: str | Path, *, thresholds: Sequence[float
     pipe = FianceePipeline.from_pretrained(folder)
     table, predicted, s_table, shifted = _measure(pipe, n, seed, shift, shift_n, progress)
     costs = pipe.route_macs.tolist()
-    study = split_study(predicted, table["lpips"], costs, ts, eps, n_cal=n_cal, n_test=n_test, splits=splits,
-                        seed=seed, delta=delta, methods=methods, bound=bound, overhead_macs=pipe.overhead_macs(),
-                        shifted=shifted)
+    study = split_study(
+        predicted,
+        table["lpips"],
+        costs,
+        ts,
+        eps,
+        n_cal=n_cal,
+        n_test=n_test,
+        splits=splits,
+        seed=seed,
+        delta=delta,
+        methods=methods,
+        bound=bound,
+        overhead_macs=pipe.overhead_macs(),
+        shifted=shifted,
+    )
     # The range check: fitted on the first n_cal inputs, tried on the other held-out inputs of the same
     # distribution (how often it warns by chance) and on the shifted ones.
     cal = calibration_range(predicted[:n_cal])
@@ -56,12 +82,26 @@ def run_guarantee_study(pipeline, out: str | Path, *, thresholds: Sequence[float
     if shifted is not None:
         checks["shifted"] = range_check(cal, shifted[0])
     result = {
-        "task": pipe.task.name, "pipeline": str(folder), **_provenance(pipe),
-        "table": {"n": n, "seed": seed, "split": "test", "key": table["key"], "lpips_net": "alex",
-                  "exit_lpips_mean": [float(v) for v in table["lpips"].mean(0)]},
-        "shift": None if shift is None else {"spec": shift, "description": pipe.task.shifts[shift.partition(":")[0]],
-                                             "n": shift_n, "key": s_table["key"],
-                                             "exit_lpips_mean": [float(v) for v in s_table["lpips"].mean(0)]},
+        "task": pipe.task.name,
+        "pipeline": str(folder),
+        **_provenance(pipe),
+        "table": {
+            "n": n,
+            "seed": seed,
+            "split": "test",
+            "key": table["key"],
+            "lpips_net": "alex",
+            "exit_lpips_mean": [float(v) for v in table["lpips"].mean(0)],
+        },
+        "shift": None
+        if shift is None
+        else {
+            "spec": shift,
+            "description": pipe.task.shifts[shift.partition(":")[0]],
+            "n": shift_n,
+            "key": s_table["key"],
+            "exit_lpips_mean": [float(v) for v in s_table["lpips"].mean(0)],
+        },
         "range_check": checks,
         "study": study,
     }
@@ -104,8 +144,9 @@ def _check_calibration(methods: list, eps: list, delta: float, bound: str, n_cal
             if need > n_cal:
                 several = n_thresholds > 1 and m in HIGH_PROBABILITY
                 at_once = f" for {n_thresholds} thresholds at once" if several else ""
-                raise ValueError(f"{m} at epsilon {x:g}{at_once} needs at least {need} calibration inputs; "
-                                 f"got n_cal={n_cal}")
+                raise ValueError(
+                    f"{m} at epsilon {x:g}{at_once} needs at least {need} calibration inputs; got n_cal={n_cal}"
+                )
 
 
 def _measure(pipe, n: int, seed: int, shift: str | None, shift_n: int, progress: bool) -> tuple:
@@ -119,13 +160,23 @@ def _measure(pipe, n: int, seed: int, shift: str | None, shift_n: int, progress:
         from .tasks.base import parse_shift
 
         parse_shift(task, shift)  # a shift the task does not declare is refused before the tables
-    table = build_lpips_table(pipe.model, task, n, seed, "test", pipe.guide, cache=pipe.guide is None,
-                              progress=progress)
+    table = build_lpips_table(
+        pipe.model, task, n, seed, "test", pipe.guide, cache=pipe.guide is None, progress=progress
+    )
     predicted = pipe.predict(*table["inputs"])  # [N, E]
     s_table = shifted = None
     if shift is not None:
-        s_table = build_lpips_table(pipe.model, task, shift_n, seed, "test", pipe.guide, cache=pipe.guide is None,
-                                    shift=shift, progress=progress)
+        s_table = build_lpips_table(
+            pipe.model,
+            task,
+            shift_n,
+            seed,
+            "test",
+            pipe.guide,
+            cache=pipe.guide is None,
+            shift=shift,
+            progress=progress,
+        )
         shifted = (pipe.predict(*s_table["inputs"]), s_table["lpips"])
     return table, predicted, s_table, shifted
 
@@ -135,11 +186,16 @@ def _provenance(pipe) -> dict:
     from .io import tensor_fingerprint
 
     config = pipe.router.to_config()
-    return {"fingerprints": {"backbone": tensor_fingerprint(pipe.model.backbone.state_dict()),
-                             "branches": tensor_fingerprint(pipe.model.branches.state_dict()),
-                             "predictor": tensor_fingerprint(pipe.predictor.state_dict())},
-            "pipeline_router": {k: config.get(k) for k in ("method", "epsilon", "delta", "fit_size", "thresholds",
-                                                           "margins")}}
+    return {
+        "fingerprints": {
+            "backbone": tensor_fingerprint(pipe.model.backbone.state_dict()),
+            "branches": tensor_fingerprint(pipe.model.branches.state_dict()),
+            "predictor": tensor_fingerprint(pipe.predictor.state_dict()),
+        },
+        "pipeline_router": {
+            k: config.get(k) for k in ("method", "epsilon", "delta", "fit_size", "thresholds", "margins")
+        },
+    }
 
 
 def write_figures(result: dict, folder: str | Path, prefix: str = "") -> dict:
@@ -152,11 +208,14 @@ def write_figures(result: dict, folder: str | Path, prefix: str = "") -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     study = result["study"]
-    figures = {"risk": str(save_risk_plot(study, folder / f"{prefix}risk.png")),
-               "saved": str(save_risk_saved_plot(study, folder / f"{prefix}saved.png"))}
+    figures = {
+        "risk": str(save_risk_plot(study, folder / f"{prefix}risk.png")),
+        "saved": str(save_risk_saved_plot(study, folder / f"{prefix}saved.png")),
+    }
     if result.get("shift"):
-        figures["shift"] = str(save_shift_plot(study, folder / f"{prefix}shift.png",
-                                               shift=f"shifted inputs ({result['shift']['spec']})"))
+        figures["shift"] = str(
+            save_shift_plot(study, folder / f"{prefix}shift.png", shift=f"shifted inputs ({result['shift']['spec']})")
+        )
     return figures
 
 
@@ -172,24 +231,32 @@ def figures_from_result(path: str | Path, folder: str | Path, prefix: str = "") 
 def summary_lines(result: dict) -> list[str]:
     """What the command prints: one line per threshold, epsilon and method."""
     s = result["study"]
-    lines = [f"{result['task']}: {s['splits']} splits of {s['n_table']} held-out inputs ({s['n_cal']} calibration, "
-             f"{s['n_test']} test), delta {s['delta']:g}; miss rate on the test inputs and net MACs saved",
-             f"{'T':>6}{'eps':>6} {'method':<8}{'miss mean':>10}{'p90':>8}{'>eps':>7}{'iid >eps':>9}{'saved':>8}{'sd':>6}"
-             f"{'n min':>7}" + (f"{'shifted miss':>14}" if result.get("shift") else "")]
+    lines = [
+        f"{result['task']}: {s['splits']} splits of {s['n_table']} held-out inputs ({s['n_cal']} calibration, "
+        f"{s['n_test']} test), delta {s['delta']:g}; miss rate on the test inputs and net MACs saved",
+        f"{'T':>6}{'eps':>6} {'method':<8}{'miss mean':>10}{'p90':>8}{'>eps':>7}{'iid >eps':>9}{'saved':>8}{'sd':>6}"
+        f"{'n min':>7}" + (f"{'shifted miss':>14}" if result.get("shift") else ""),
+    ]
     for r in s["rows"]:
-        line = (f"{r['threshold']:>6g}{r['epsilon']:>6g} {r['method']:<8}{r['miss_mean']:>10.2%}{r['miss_p90']:>8.2%}"
-                f"{r['share_above']:>7.1%}{r['iid']['share_above']:>9.1%}{r['saved_mean']:>8.1%}{r['saved_sd']:>6.1%}"
-                f"{r['min_calibration']:>7}")
+        line = (
+            f"{r['threshold']:>6g}{r['epsilon']:>6g} {r['method']:<8}{r['miss_mean']:>10.2%}{r['miss_p90']:>8.2%}"
+            f"{r['share_above']:>7.1%}{r['iid']['share_above']:>9.1%}{r['saved_mean']:>8.1%}{r['saved_sd']:>6.1%}"
+            f"{r['min_calibration']:>7}"
+        )
         if result.get("shift"):
             line += f"{r['shifted']['miss_mean']:>14.2%}"
         lines.append(line)
     for f in s["family"]:
         if "bonferroni" in f:
-            lines.append(f"family ({', '.join(f'{t:g}' for t in s['thresholds'])}), {f['method']} at eps {f['epsilon']:g}: "
-                         f"splits with some threshold above eps {f['share_any_above']:.1%} (delta each), "
-                         f"{f['bonferroni']['share_any_above']:.1%} (Bonferroni, delta / {len(s['thresholds'])} each)")
+            lines.append(
+                f"family ({', '.join(f'{t:g}' for t in s['thresholds'])}), {f['method']} at eps {f['epsilon']:g}: "
+                f"splits with some threshold above eps {f['share_any_above']:.1%} (delta each), "
+                f"{f['bonferroni']['share_any_above']:.1%} (Bonferroni, delta / {len(s['thresholds'])} each)"
+            )
     for name, c in result["range_check"].items():
         if isinstance(c, dict):
-            lines.append(f"range check, {name.replace('_', ' ')} inputs: {c['outside_share']:.1%} outside the calibration "
-                         f"range (expected {c['expected_share']:.1%}), " + ("WARNS" if c["warn"] else "no warning"))
+            lines.append(
+                f"range check, {name.replace('_', ' ')} inputs: {c['outside_share']:.1%} outside the calibration "
+                f"range (expected {c['expected_share']:.1%}), " + ("WARNS" if c["warn"] else "no warning")
+            )
     return lines

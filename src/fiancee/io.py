@@ -39,10 +39,32 @@ from .core.jsonio import loads_strict, read_json, require_keys
 from .core.numbers import finite, is_int
 
 __all__ = [
-    "atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "loads_strict",
-    "read_manifest", "require_keys", "save_tensors", "load_tensors", "load_torch_file", "cache_dir", "tensor_fingerprint", "file_sha256",
-    "resolve_inside", "folder_kind", "check_replaceable", "atomic_folder", "read_whole_folder", "RunLock",
-    "config_int", "config_int_list", "config_str", "config_number", "config_object", "build_bounded",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json",
+    "read_json",
+    "loads_strict",
+    "read_manifest",
+    "require_keys",
+    "save_tensors",
+    "load_tensors",
+    "load_torch_file",
+    "cache_dir",
+    "tensor_fingerprint",
+    "file_sha256",
+    "resolve_inside",
+    "folder_kind",
+    "check_replaceable",
+    "atomic_folder",
+    "read_whole_folder",
+    "RunLock",
+    "config_int",
+    "config_int_list",
+    "config_str",
+    "config_number",
+    "config_object",
+    "build_bounded",
 ]
 
 
@@ -86,13 +108,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     try:
         text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
     except ValueError:
-        raise ValueError(f"refusing to write {path}: it would hold NaN or Infinity, which is not JSON "
-                         "(a diverged value?)") from None
+        raise ValueError(
+            f"refusing to write {path}: it would hold NaN or Infinity, which is not JSON (a diverged value?)"
+        ) from None
     atomic_write_text(path, text + "\n")
 
 
-def read_manifest(path: str | os.PathLike, *, kind: str, version: int, what: str,
-                  required: tuple[str, ...] = (), hint: str = "") -> dict:
+def read_manifest(
+    path: str | os.PathLike, *, kind: str, version: int, what: str, required: tuple[str, ...] = (), hint: str = ""
+) -> dict:
     """The JSON object that identifies a folder (pipeline config, predictor config, bank manifest, ...): its
     header (``kind``, ``format``: :mod:`fiancee.core.folders`) must name ``kind`` and ``version``, and it must
     hold ``required``. Old headers (old kind spellings, ``format_version``) and old field names are read
@@ -104,7 +128,9 @@ def read_manifest(path: str | os.PathLike, *, kind: str, version: int, what: str
     return require_keys(obj, required, path)
 
 
-def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
     """Write a safetensors file atomically (tensors made contiguous and moved to CPU).
 
     safetensors reports a failed write (a full disk, a lost mount) as its own ``SafetensorError``, not as an
@@ -152,8 +178,10 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a truncated, corrupt or unsafe file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a loadable tensors-only PyTorch file (truncated, corrupt, or it holds "
-                         f"objects that would run code): {first}") from None
+        raise ValueError(
+            f"{path} is not a loadable tensors-only PyTorch file (truncated, corrupt, or it holds "
+            f"objects that would run code): {first}"
+        ) from None
 
 
 def cache_dir(*parts: str) -> Path:
@@ -212,9 +240,12 @@ def check_replaceable(target: str | os.PathLike, kind: str, what: str | None = N
     target = Path(target)
     have = folder_kind(target)
     if have is not None and have != canonical_kind(kind):
-        held = {"file": "a file", "unrecognised": "files that are not a fiancee folder"}.get(have, f"a folder of kind {have!r}")
-        raise ValueError(f"{target} holds {held}; refusing to replace it with a {what or repr(kind)} folder "
-                         "(choose another --out)")
+        held = {"file": "a file", "unrecognised": "files that are not a fiancee folder"}.get(
+            have, f"a folder of kind {have!r}"
+        )
+        raise ValueError(
+            f"{target} holds {held}; refusing to replace it with a {what or repr(kind)} folder (choose another --out)"
+        )
     return target
 
 
@@ -233,7 +264,7 @@ def _clean_leftovers(target: Path) -> None:
     writer died between moving the old folder aside and moving the new one in, put the old one back."""
     prefix = f".{target.name}."
     for p in sorted(target.parent.glob(prefix + "*")):
-        parts = p.name[len(prefix):].split(".")
+        parts = p.name[len(prefix) :].split(".")
         if len(parts) != 3 or parts[2] not in ("tmp", "old") or not parts[0].isdigit():  # not ours (another name)
             continue
         if _pid_alive(int(parts[0])):
@@ -263,8 +294,9 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike, *, kind: str, what: str | None = None,
-                  overwrite: bool = True) -> Iterator[Path]:
+def atomic_folder(
+    target: str | os.PathLike, *, kind: str, what: str | None = None, overwrite: bool = True
+) -> Iterator[Path]:
     """Yield an empty hidden sibling of ``target`` to build a ``kind`` folder in; on success it replaces
     ``target`` whole.
 
@@ -348,8 +380,10 @@ def read_whole_folder(stamp: str = "config.json", attempts: int = 20, path_index
                 if _stamp(file) == before:
                     return result
                 time.sleep(0.01 * (attempt + 1))
-            raise ValueError(f"{path} kept changing while it was read ({attempts} attempts): "
-                             "another process is re-saving it; try again when it is done")
+            raise ValueError(
+                f"{path} kept changing while it was read ({attempts} attempts): "
+                "another process is re-saving it; try again when it is done"
+            )
 
         return wrapper
 
@@ -385,8 +419,10 @@ class RunLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ValueError(f"{self.folder} is being written by another process (pid {holder}); "
-                                 "one writer per run folder: wait for it to finish or stop it") from None
+                raise ValueError(
+                    f"{self.folder} is being written by another process (pid {holder}); "
+                    "one writer per run folder: wait for it to finish or stop it"
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -419,21 +455,43 @@ def _field(config: Mapping, key: str, source: Any, expected: str, ok: Callable[[
     return value
 
 
-def config_int(config: Mapping, key: str, source: Any, *, minimum: int | None = None, maximum: int | None = None,
-               optional: bool = False) -> int | None:
+def config_int(
+    config: Mapping,
+    key: str,
+    source: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    optional: bool = False,
+) -> int | None:
     """An integer field (bools and fractional numbers refused), within ``[minimum, maximum]``."""
-    return _field(config, key, source, int_expected(minimum, maximum),
-                  lambda v: is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum),
-                  optional)
+    return _field(
+        config,
+        key,
+        source,
+        int_expected(minimum, maximum),
+        lambda v: is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum),
+        optional,
+    )
 
 
-def config_int_list(config: Mapping, key: str, source: Any, *, minimum: int | None = None, nonempty: bool = True,
-                    optional: bool = False) -> list[int] | None:
+def config_int_list(
+    config: Mapping, key: str, source: Any, *, minimum: int | None = None, nonempty: bool = True, optional: bool = False
+) -> list[int] | None:
     """A list of integers (no bools, no fractions, no strings)."""
     lo = "" if minimum is None else f" >= {minimum}"
-    return _field(config, key, source, f"a {'non-empty ' if nonempty else ''}list of integers{lo}",
-                  lambda v: isinstance(v, list) and (bool(v) or not nonempty)
-                  and all(is_int(x) and (minimum is None or x >= minimum) for x in v), optional)
+    return _field(
+        config,
+        key,
+        source,
+        f"a {'non-empty ' if nonempty else ''}list of integers{lo}",
+        lambda v: (
+            isinstance(v, list)
+            and (bool(v) or not nonempty)
+            and all(is_int(x) and (minimum is None or x >= minimum) for x in v)
+        ),
+        optional,
+    )
 
 
 def config_str(config: Mapping, key: str, source: Any, *, optional: bool = False) -> str | None:
@@ -450,8 +508,12 @@ def config_object(config: Mapping, key: str, source: Any, *, optional: bool = Fa
     return _field(config, key, source, "a JSON object", lambda v: isinstance(v, dict), optional)
 
 
-def build_bounded(build: Callable[[], "torch.nn.Module"], weights: str | os.PathLike, source: Any,
-                  probe: Callable[[], "torch.nn.Module"] | None = None) -> "torch.nn.Module":
+def build_bounded(
+    build: Callable[[], "torch.nn.Module"],
+    weights: str | os.PathLike,
+    source: Any,
+    probe: Callable[[], "torch.nn.Module"] | None = None,
+) -> "torch.nn.Module":
     """``build()`` a module whose size a config decides, once its weights are known to fit in ``weights``.
 
     The module (or ``probe``, a cheaper stand-in with no more weights) is first built on PyTorch's meta
@@ -464,6 +526,8 @@ def build_bounded(build: Callable[[], "torch.nn.Module"], weights: str | os.Path
     weights = Path(weights)
     size = weights.stat().st_size if weights.is_file() else 0
     if need > size:
-        raise ValueError(f"{source}: the model it describes needs {need} bytes of weights, but {weights.name} holds "
-                         f"{size}: refusing to allocate it (a corrupt or hand-edited config?)")
+        raise ValueError(
+            f"{source}: the model it describes needs {need} bytes of weights, but {weights.name} holds "
+            f"{size}: refusing to allocate it (a corrupt or hand-edited config?)"
+        )
     return build()

@@ -36,7 +36,11 @@ def macs_table(backbone: str, scale: str, min_channels: int, size: str = "paper"
         exits = ExitGenerator(model, model.config.exits, sf, min_channels)
     gmacs = [m / 1e9 for m in exits.route_macs()]
     key = f"{sf.numerator}/{sf.denominator}"
-    paper = PAPER_GMACS.get(backbone, {}).get(key) if size == "paper" and min_channels == PAPER_MIN_CHANNELS.get(backbone) else None
+    paper = (
+        PAPER_GMACS.get(backbone, {}).get(key)
+        if size == "paper" and min_channels == PAPER_MIN_CHANNELS.get(backbone)
+        else None
+    )
     return {
         "backbone": backbone,
         "size": size,
@@ -55,11 +59,14 @@ def macs_table(backbone: str, scale: str, min_channels: int, size: str = "paper"
 def format_macs_table(table: dict) -> str:
     """What ``fiancee macs`` prints: a :func:`macs_table` as text, one row per route, the paper's GMACs beside ours."""
     paper_routes = table["paper_routes"] or [None] * len(table["routes"])
-    lines = [f"{table['backbone']} ({table['size']}), scale {table['scale']}, min channels {table['min_channels']}",
-             f"unit: {table['unit']}",
-             f"{'route':<22}{'GMACs':>10}{'paper':>10}{'vs backbone':>14}"]
-    rows = [(f"exit after stage {k}", g, p)
-            for k, g, p in zip(table["exits_after_stages"], table["routes"], paper_routes)]
+    lines = [
+        f"{table['backbone']} ({table['size']}), scale {table['scale']}, min channels {table['min_channels']}",
+        f"unit: {table['unit']}",
+        f"{'route':<22}{'GMACs':>10}{'paper':>10}{'vs backbone':>14}",
+    ]
+    rows = [
+        (f"exit after stage {k}", g, p) for k, g, p in zip(table["exits_after_stages"], table["routes"], paper_routes)
+    ]
     rows.append(("backbone", table["backbone_gmacs"], table["paper_backbone_gmacs"]))
     for name, g, p in rows:
         paper = f"{p:>10.0f}" if p is not None else f"{'-':>10}"

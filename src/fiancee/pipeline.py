@@ -39,8 +39,20 @@ import torch
 from .core.folders import PIPELINE, make_header
 from .core.renames import UNSET, renamed, warn_renamed
 from .exits import ExitGenerator
-from .io import (atomic_folder, config_int, config_int_list, config_object, config_str, load_tensors, read_manifest,
-                 read_whole_folder, resolve_inside, save_tensors, tensor_fingerprint, write_json)
+from .io import (
+    atomic_folder,
+    config_int,
+    config_int_list,
+    config_object,
+    config_str,
+    load_tensors,
+    read_manifest,
+    read_whole_folder,
+    resolve_inside,
+    save_tensors,
+    tensor_fingerprint,
+    write_json,
+)
 from .routing import Router, check_threshold, router_from_config
 from .specs import allow_folder_code
 
@@ -71,8 +83,18 @@ class FianceePipeline:
     """``task`` may be None (a pipeline loaded with ``backbone=`` only): routing needs no task, evaluating
     does (it draws inputs from it). ``task_spec`` is what :meth:`save_pretrained` records (default: the task's)."""
 
-    def __init__(self, task, model: ExitGenerator, predictor, router: Router, *, bank=None, bank_path: str | Path | None = None,
-                 provenance: dict | None = None, task_spec: str | None = None):
+    def __init__(
+        self,
+        task,
+        model: ExitGenerator,
+        predictor,
+        router: Router,
+        *,
+        bank=None,
+        bank_path: str | Path | None = None,
+        provenance: dict | None = None,
+        task_spec: str | None = None,
+    ):
         if task is None and task_spec is None:
             raise ValueError("a pipeline needs its task, or at least the task spec to record (task_spec=)")
         self.task = task
@@ -109,8 +131,13 @@ class FianceePipeline:
         return self.predictor_macs() + (0 if self.bank is None else self.bank.search_macs_bound())
 
     @torch.no_grad()
-    def __call__(self, *inputs: torch.Tensor, max_lpips: float, routes: torch.Tensor | None = None,
-                 exits: torch.Tensor | None = UNSET) -> PipelineOutput:
+    def __call__(
+        self,
+        *inputs: torch.Tensor,
+        max_lpips: float,
+        routes: torch.Tensor | None = None,
+        exits: torch.Tensor | None = UNSET,
+    ) -> PipelineOutput:
         """Images for ``inputs`` at quality ``max_lpips`` (LPIPS vs the backbone, in (0, 1]).
 
         One pass through the trunk: the stem and the stages up to the key stage (``model.key_stage``, the
@@ -126,8 +153,9 @@ class FianceePipeline:
         threshold = check_threshold(max_lpips)
         batch = self.model.backbone.check_inputs(*inputs)
         if routes is not None and not isinstance(routes, torch.Tensor):
-            raise ValueError(f"routes must be a 1-D integer tensor with one route per input; "
-                             f"got {type(routes).__name__}")
+            raise ValueError(
+                f"routes must be a 1-D integer tensor with one route per input; got {type(routes).__name__}"
+            )
         k = self.model.key_stage
         f = self.model.backbone.features(*inputs, taps=(k,))
         h, cond = f.taps[k], f.cond  # [B, C, h, w] after the key stage
@@ -146,8 +174,9 @@ class FianceePipeline:
         images = self.model.mixed_from(h, cond, k, routes.to(h.device), guide=guide)
         routes = routes.cpu().long()  # checked integers by mixed_from; a uint8 tensor would index as a mask
         macs = self.route_macs[routes] + float(self.predictor_macs()) + bank_macs
-        return PipelineOutput(images=images, routes=routes, predicted_lpips=predicted.cpu(), macs=macs,
-                              bank_distances=distances)
+        return PipelineOutput(
+            images=images, routes=routes, predicted_lpips=predicted.cpu(), macs=macs, bank_distances=distances
+        )
 
     # ------------------------------------------------------------------------------------------
     # Folders
@@ -167,26 +196,39 @@ class FianceePipeline:
             save_predictor(self.predictor, tmp / "predictor", fingerprints=exits_fingerprints(self.model))
             if self.bank_path is not None:
                 shutil.copytree(self.bank_path, tmp / "bank")  # symlinks followed: the copy holds files only
-            write_json(tmp / "config.json", {
-                **make_header(PIPELINE, FORMAT), "task": self.task_spec, "attach_after": list(self.model.attach_after),
-                "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
-                "min_channels": self.model.min_channels,
-                "backbone_fingerprint": tensor_fingerprint(self.model.backbone.state_dict()),
-                # which branches this config belongs with, and a stamp unique to this save (read_whole_folder)
-                "branches_fingerprint": tensor_fingerprint(branches), "save_id": uuid.uuid4().hex,
-                "bank": "bank" if self.bank_path is not None else None,
-                "router": self.router.to_config(),
-                "route_macs": [int(m) for m in self.route_macs.tolist()],
-                "provenance": self.provenance,
-            })
+            write_json(
+                tmp / "config.json",
+                {
+                    **make_header(PIPELINE, FORMAT),
+                    "task": self.task_spec,
+                    "attach_after": list(self.model.attach_after),
+                    "scale": f"{self.model.scale.numerator}/{self.model.scale.denominator}",
+                    "min_channels": self.model.min_channels,
+                    "backbone_fingerprint": tensor_fingerprint(self.model.backbone.state_dict()),
+                    # which branches this config belongs with, and a stamp unique to this save (read_whole_folder)
+                    "branches_fingerprint": tensor_fingerprint(branches),
+                    "save_id": uuid.uuid4().hex,
+                    "bank": "bank" if self.bank_path is not None else None,
+                    "router": self.router.to_config(),
+                    "route_macs": [int(m) for m in self.route_macs.tolist()],
+                    "provenance": self.provenance,
+                },
+            )
         return out
 
     save = save_pretrained  # the name before save_pretrained / from_pretrained became the pair of every object
 
     @classmethod
     @read_whole_folder("config.json", path_index=1)  # a save swapping the folder mid-load makes it load again
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", *, backbone=None,
-                        task=None, trust_task_code: bool = False) -> "FianceePipeline":
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        *,
+        backbone=None,
+        task=None,
+        trust_task_code: bool = False,
+    ) -> "FianceePipeline":
         """Load a pipeline folder (:meth:`save_pretrained` writes one; folders with the old header
         ``fiancee_pipeline`` and the old field ``exits`` load too, :mod:`fiancee.core.folders`).
 
@@ -202,8 +244,13 @@ class FianceePipeline:
         if not isinstance(trust_task_code, bool):
             raise ValueError(f"trust_task_code must be True or False; got {trust_task_code!r}")
         path = Path(path)
-        config = read_manifest(resolve_inside(path, "config.json"), kind=PIPELINE, version=FORMAT,
-                               what="fiancee pipeline config", required=CONFIG_KEYS)
+        config = read_manifest(
+            resolve_inside(path, "config.json"),
+            kind=PIPELINE,
+            version=FORMAT,
+            what="fiancee pipeline config",
+            required=CONFIG_KEYS,
+        )
         _check_config(config, path / "config.json")
         if task is not None or backbone is None:
             from .tasks.registry import resolve_folder_task
@@ -221,8 +268,10 @@ class FianceePipeline:
             source = "the backbone passed has weights"
         have = tensor_fingerprint(backbone.state_dict())
         if have != config["backbone_fingerprint"]:
-            raise ValueError(f"{path} was built for backbone weights {config['backbone_fingerprint']}, "
-                             f"but {source} {have}: the exits would not match this backbone")
+            raise ValueError(
+                f"{path} was built for backbone weights {config['backbone_fingerprint']}, "
+                f"but {source} {have}: the exits would not match this backbone"
+            )
         bank = guide_spec = None
         bank_path = None
         if config.get("bank"):
@@ -232,17 +281,27 @@ class FianceePipeline:
             with allow_folder_code(every=trust_task_code):  # the bank's key function
                 bank = load_bank(bank_path, backbone)
             guide_spec = bank.guide_spec
-        model = ExitGenerator(backbone, config["attach_after"], config["scale"], config["min_channels"],
-                              guide=guide_spec).to(device)
+        model = ExitGenerator(
+            backbone, config["attach_after"], config["scale"], config["min_channels"], guide=guide_spec
+        ).to(device)
         branches = load_tensors(resolve_inside(path, "branches.safetensors"), device=device)
         if config.get("branches_fingerprint") not in (None, tensor_fingerprint(branches)):
-            raise ValueError(f"{path}: branches.safetensors is not the one config.json was saved with "
-                             "(a folder mixed from two saves?)")
+            raise ValueError(
+                f"{path}: branches.safetensors is not the one config.json was saved with "
+                "(a folder mixed from two saves?)"
+            )
         model.branches.load_state_dict(branches)
         predictor, _ = load_predictor(resolve_inside(path, "predictor"), model, device=device)
-        return cls(task, model, predictor, router_from_config(config["router"]), bank=bank, bank_path=bank_path,
-                   provenance=config.get("provenance"),
-                   task_spec=(getattr(task, "spec", None) if task is not None else None) or config["task"])
+        return cls(
+            task,
+            model,
+            predictor,
+            router_from_config(config["router"]),
+            bank=bank,
+            bank_path=bank_path,
+            provenance=config.get("provenance"),
+            task_spec=(getattr(task, "spec", None) if task is not None else None) or config["task"],
+        )
 
 
 def _check_config(config: dict, source: Path) -> None:

@@ -13,8 +13,19 @@ import torch
 
 from .io import atomic_path
 
-__all__ = ["save_grid", "to_uint8", "save_kde_panels", "save_image_strip", "save_saved_plot", "save_shares_plot",
-           "save_density_plot", "save_route_distance_plot", "save_risk_plot", "save_risk_saved_plot", "save_shift_plot"]
+__all__ = [
+    "save_grid",
+    "to_uint8",
+    "save_kde_panels",
+    "save_image_strip",
+    "save_saved_plot",
+    "save_shares_plot",
+    "save_density_plot",
+    "save_route_distance_plot",
+    "save_risk_plot",
+    "save_risk_saved_plot",
+    "save_shift_plot",
+]
 
 
 def _pyplot():
@@ -62,15 +73,22 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 8, pad: int = 
     canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, ncol)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = arr[i]
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = arr[i]
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(canvas).save(tmp, format="PNG")
     return path
 
 
-def save_kde_panels(panels, path: str | Path, *, bandwidth: float = 0.3, xlabel: str = "LPIPS", title: str | None = None,
-                    points: int = 256) -> Path:
+def save_kde_panels(
+    panels,
+    path: str | Path,
+    *,
+    bandwidth: float = 0.3,
+    xlabel: str = "LPIPS",
+    title: str | None = None,
+    points: int = 256,
+) -> Path:
     """Kernel-density curves, one panel per ``(title, {label: values})`` entry, side by side (PNG, atomic).
 
     ``bandwidth`` is scipy's ``bw_method`` factor (the paper's Fig. 8 uses 0.3). All panels share one
@@ -135,12 +153,27 @@ def save_saved_plot(rows: list[dict], paper_rows: list[dict], path: str | Path, 
     ours = f"ours ({router} router)"
     a.plot(t, [100 * r["macs_saved"] for r in rows], "o-", color="C0", label=ours)
     if paper_rows:
-        a.plot([r["threshold"] for r in paper_rows], [100 * r["macs_saved"] for r in paper_rows], "s--", color="C1",
-               label="paper's rule (P <= T)")
-        b.plot([r["threshold"] for r in paper_rows], [100 * r["compliance"] for r in paper_rows], "s--", color="C1",
-               label="paper's rule (P <= T)")
-    a.plot(t, [100 * r["oracle_macs_saved_at_compliance"] for r in rows], ":", color="C2",
-           label="oracle at equal compliance")
+        a.plot(
+            [r["threshold"] for r in paper_rows],
+            [100 * r["macs_saved"] for r in paper_rows],
+            "s--",
+            color="C1",
+            label="paper's rule (P <= T)",
+        )
+        b.plot(
+            [r["threshold"] for r in paper_rows],
+            [100 * r["compliance"] for r in paper_rows],
+            "s--",
+            color="C1",
+            label="paper's rule (P <= T)",
+        )
+    a.plot(
+        t,
+        [100 * r["oracle_macs_saved_at_compliance"] for r in rows],
+        ":",
+        color="C2",
+        label="oracle at equal compliance",
+    )
     a.plot(t, [100 * r["oracle_macs_saved"] for r in rows], ":", color="gray", label="oracle, every output <= T")
     b.plot(t, [100 * r["compliance"] for r in rows], "o-", color="C0", label=ours)
     for ax, name in ((a, "MACs saved vs the backbone (%)"), (b, "outputs with LPIPS <= T (%)")):
@@ -171,8 +204,14 @@ def save_shares_plot(rows: list[dict], macs, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4))
     bottom = np.zeros(len(t))
     for r in range(shares.shape[1]):
-        ax.bar(x, 100 * shares[:, r], bottom=bottom, width=0.7, label=_route_label(r, shares.shape[1]),
-               color="0.75" if r == shares.shape[1] - 1 else f"C{r}")
+        ax.bar(
+            x,
+            100 * shares[:, r],
+            bottom=bottom,
+            width=0.7,
+            label=_route_label(r, shares.shape[1]),
+            color="0.75" if r == shares.shape[1] - 1 else f"C{r}",
+        )
         bottom += 100 * shares[:, r]
     ax.set_xticks(x, [f"{v:g}" for v in t])
     ax.set_xlabel("LPIPS threshold T")
@@ -185,8 +224,15 @@ def save_shares_plot(rows: list[dict], macs, path: str | Path) -> Path:
     ax2.set_ylabel("GMACs per input")
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    ax.legend(
+        handles[0] + handles2[0],
+        handles[1] + handles2[1],
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=3,
+        frameon=False,
+    )
     ax.set_title("Where the inputs go, and the mean cost per input (cf. paper Figs. 3, 7)")
     fig.tight_layout()
     return _save(fig, path)
@@ -212,8 +258,13 @@ def save_density_plot(true_lpips: np.ndarray, routed, path: str | Path) -> Path:
         ax.plot(grid, _kde(true_lpips[:, r], grid), color=c, label=f"exit {r + 1} alone")
         if r < len(routed):
             t, chosen = routed[r]
-            ax.plot(grid, _kde(np.asarray(chosen), grid), color=c, ls="--",
-                    label=f"routed at T = {t:.3f} (exit {r + 1}'s mean)")
+            ax.plot(
+                grid,
+                _kde(np.asarray(chosen), grid),
+                color=c,
+                ls="--",
+                label=f"routed at T = {t:.3f} (exit {r + 1}'s mean)",
+            )
             ax.axvline(t, color=c, lw=0.8, ls=":")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
@@ -225,8 +276,15 @@ def save_density_plot(true_lpips: np.ndarray, routed, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def save_route_distance_plot(routes: np.ndarray, distances: np.ndarray, num_routes: int, path: str | Path, *,
-                             bandwidth: float = 0.5, threshold: float | None = None) -> Path:
+def save_route_distance_plot(
+    routes: np.ndarray,
+    distances: np.ndarray,
+    num_routes: int,
+    path: str | Path,
+    *,
+    bandwidth: float = 0.5,
+    threshold: float | None = None,
+) -> Path:
     """Paper Fig. 10's form: for every route, a KDE (scipy ``bw_method`` = ``bandwidth``) of the distances of
     the inputs routed there, scaled by their number (so the curves' areas are the inputs per route);
     a route with fewer than two distinct distances is drawn as ticks at its values."""
@@ -260,18 +318,27 @@ def save_route_distance_plot(routes: np.ndarray, distances: np.ndarray, num_rout
 # ----------------------------------------------------------------------------------------------
 # The guarantee over many calibration splits (fiancee.guarantee.split_study's result)
 
-_METHOD_LABEL = {"average": "average compliance (no guarantee)", "crc": "CRC (expected miss rate)",
-                 "ltt": "LTT (prob. >= 1 - delta)", "ucb": "UCB (prob. >= 1 - delta)"}
+_METHOD_LABEL = {
+    "average": "average compliance (no guarantee)",
+    "crc": "CRC (expected miss rate)",
+    "ltt": "LTT (prob. >= 1 - delta)",
+    "ucb": "UCB (prob. >= 1 - delta)",
+}
 _METHOD_COLOR = {"average": "C7", "crc": "C2", "ltt": "C0", "ucb": "C3"}
 # average and CRC often choose the same margins (they differ only where an input's miss is not monotone in
 # the margin): average is drawn dashed with open marks so that the two stay visible on top of each other.
-_METHOD_STYLE = {"average": dict(ls="--", marker="o", mfc="none", ms=6), "crc": dict(ls="-", marker="o", ms=3),
-                 "ltt": dict(ls="-", marker="o", ms=3), "ucb": dict(ls="-", marker="o", ms=3)}
+_METHOD_STYLE = {
+    "average": dict(ls="--", marker="o", mfc="none", ms=6),
+    "crc": dict(ls="-", marker="o", ms=3),
+    "ltt": dict(ls="-", marker="o", ms=3),
+    "ucb": dict(ls="-", marker="o", ms=3),
+}
 
 
 def _study_series(study: dict, threshold: float, method: str, part: str | None = None):
-    rows = sorted((r for r in study["rows"] if r["threshold"] == threshold and r["method"] == method),
-                  key=lambda r: r["epsilon"])
+    rows = sorted(
+        (r for r in study["rows"] if r["threshold"] == threshold and r["method"] == method), key=lambda r: r["epsilon"]
+    )
     pick = (lambda r: r) if part is None else (lambda r: r[part])
     return np.array([r["epsilon"] for r in rows]), [pick(r) for r in rows]
 
@@ -282,8 +349,10 @@ def _method_label(study: dict, m: str) -> str:
 
 
 def _study_title(study: dict, what: str) -> str:
-    return (f"{what}: {study['splits']} random splits, {study['n_cal']} calibration / {study['n_test']} test inputs "
-            f"of {study['n_table']}, delta = {study['delta']:g}")
+    return (
+        f"{what}: {study['splits']} random splits, {study['n_cal']} calibration / {study['n_test']} test inputs "
+        f"of {study['n_table']}, delta = {study['delta']:g}"
+    )
 
 
 def save_risk_plot(study: dict, path: str | Path, *, highlight: str | None = None, thresholds=None) -> Path:
@@ -308,10 +377,21 @@ def save_risk_plot(study: dict, path: str | Path, *, highlight: str | None = Non
             bottom.plot(x, [r["iid"]["share_above"] for r in rows], color=c, lw=lw, **style)
             bottom.plot(x, [r["share_above"] for r in rows], color=c, lw=0.8, ls=":")
         bottom.axhline(study["delta"], color="k", lw=0.8, ls="-.", label=f"delta = {study['delta']:g}")
-        bottom.plot([], [], color="k", lw=1.4, label="share of draws whose true miss rate > epsilon "
-                                                     "(calibration drawn i.i.d. from the table)")
-        bottom.plot([], [], color="k", lw=0.8, ls=":", label="share of splits whose test-input miss rate > epsilon "
-                                                           "(adds the test inputs' own noise)")
+        bottom.plot(
+            [],
+            [],
+            color="k",
+            lw=1.4,
+            label="share of draws whose true miss rate > epsilon (calibration drawn i.i.d. from the table)",
+        )
+        bottom.plot(
+            [],
+            [],
+            color="k",
+            lw=0.8,
+            ls=":",
+            label="share of splits whose test-input miss rate > epsilon (adds the test inputs' own noise)",
+        )
         top.set_title(f"LPIPS <= {t:g}")
         top.set_ylabel("miss rate on the test inputs")
         bottom.set_ylabel("share above epsilon")
@@ -341,10 +421,17 @@ def save_risk_saved_plot(study: dict, path: str | Path, *, highlight: str | None
         for m in study["methods"]:
             x, rows = _study_series(study, t, m)
             c = _METHOD_COLOR.get(m, None)
-            ax.plot(x, [100 * r["saved_mean"] for r in rows], color=c, lw=2.6 if m == highlight else 1.4,
-                    label=_method_label(study, m), **_METHOD_STYLE.get(m, {}))
-            ax.fill_between(x, [100 * r["saved_p10"] for r in rows], [100 * r["saved_p90"] for r in rows], color=c,
-                            alpha=0.12)
+            ax.plot(
+                x,
+                [100 * r["saved_mean"] for r in rows],
+                color=c,
+                lw=2.6 if m == highlight else 1.4,
+                label=_method_label(study, m),
+                **_METHOD_STYLE.get(m, {}),
+            )
+            ax.fill_between(
+                x, [100 * r["saved_p10"] for r in rows], [100 * r["saved_p90"] for r in rows], color=c, alpha=0.12
+            )
         ax.axhline(100 * oracle[t], color="gray", ls=":", label="oracle, every output <= T (routes only)")
         ax.set_title(f"LPIPS <= {t:g}")
         ax.set_xlabel("requested epsilon (miss rate)")

@@ -41,8 +41,9 @@ def _stats(true_lpips: torch.Tensor, routes: torch.Tensor, macs: np.ndarray, thr
     }
 
 
-def threshold_row(true_lpips: torch.Tensor, routes: torch.Tensor, macs: Sequence[float], threshold: float,
-                  overhead_macs: float = 0.0) -> dict:
+def threshold_row(
+    true_lpips: torch.Tensor, routes: torch.Tensor, macs: Sequence[float], threshold: float, overhead_macs: float = 0.0
+) -> dict:
     """One row of the report: a router's numbers at ``threshold`` next to the oracle's.
 
     ``true_lpips [N, E]`` (one column per exit, backbone excluded), ``routes [N]`` as the router chose
@@ -62,8 +63,13 @@ def threshold_row(true_lpips: torch.Tensor, routes: torch.Tensor, macs: Sequence
     overhead = float(overhead_macs)
     saved_gmacs = (macs[-1] - macs[routes.numpy()].mean() - overhead) / 1e9
     route_saved = ours["macs_saved"]
-    ours = {**ours, "macs_saved": route_saved - overhead / macs[-1], "route_macs_saved": route_saved,
-            "overhead_macs": overhead, "mean_gmacs": ours["mean_gmacs"] + overhead / 1e9}
+    ours = {
+        **ours,
+        "macs_saved": route_saved - overhead / macs[-1],
+        "route_macs_saved": route_saved,
+        "overhead_macs": overhead,
+        "mean_gmacs": ours["mean_gmacs"] + overhead / 1e9,
+    }
     return {
         "threshold": t,
         **ours,
@@ -96,29 +102,43 @@ def _headline_html(rows: list[dict], paper: list[dict], meta: dict, macs: np.nda
     cfg = meta.get("router_config") or {}
     target = cfg.get("target")
     top = _headline_row(rows)
-    guarantee = (f"calibrated so that at least {_pct(target, 0)} of outputs meet T (margins fitted on "
-                 f"{cfg.get('fit_size')} held-out inputs the predictor never saw)") if target is not None else \
-        f"{html.escape(str(meta.get('router')))} router: no calibrated guarantee"
+    guarantee = (
+        (
+            f"calibrated so that at least {_pct(target, 0)} of outputs meet T (margins fitted on "
+            f"{cfg.get('fit_size')} held-out inputs the predictor never saw)"
+        )
+        if target is not None
+        else f"{html.escape(str(meta.get('router')))} router: no calibrated guarantee"
+    )
     stated = meta.get("guarantee") or {}
     if stated.get("statement"):  # the router's own words (fiancee.guarantee.statement), whichever method fitted it
         guarantee = html.escape(stated["statement"]).replace("&gt;=", "&ge;")
     elif cfg.get("epsilon") is not None and cfg.get("delta") is not None:  # a report written before methods
-        guarantee = (f"with probability &ge; {_pct(1 - cfg['delta'], 0)} over the {cfg.get('fit_size')} calibration "
-                     f"inputs, at most {_pct(cfg['epsilon'], 0)} of outputs miss T (Learn-then-Test)")
+        guarantee = (
+            f"with probability &ge; {_pct(1 - cfg['delta'], 0)} over the {cfg.get('fit_size')} calibration "
+            f"inputs, at most {_pct(cfg['epsilon'], 0)} of outputs miss T (Learn-then-Test)"
+        )
     if cfg.get("kind") == "calibrated":
         from .guarantee import method_name
 
         method = cfg.get("method") or ("ltt" if cfg.get("epsilon") is not None else "average")
         guarantee += f". Calibration method: <b>{html.escape(method_name(method, cfg.get('bound')))}</b>"
-    what = ("net: the predictor's and bank's MACs subtracted" if net else
-            "routes only: the predictor's and bank's MACs are not subtracted")
-    lead = (f"<p class=lead>At LPIPS &le; {top['threshold']:g}: <b>{_pct(top['macs_saved'])}</b> of the backbone's MACs "
-            f"saved ({what}), <b>{_pct(top['compliance'])}</b> of outputs within the threshold.<br>"
-            f"Guarantee: {guarantee}.</p>")
+    what = (
+        "net: the predictor's and bank's MACs subtracted"
+        if net
+        else "routes only: the predictor's and bank's MACs are not subtracted"
+    )
+    lead = (
+        f"<p class=lead>At LPIPS &le; {top['threshold']:g}: <b>{_pct(top['macs_saved'])}</b> of the backbone's MACs "
+        f"saved ({what}), <b>{_pct(top['compliance'])}</b> of outputs within the threshold.<br>"
+        f"Guarantee: {guarantee}.</p>"
+    )
     paper_by_t = {round(p["threshold"], 9): p for p in paper}
     extra_head = "<th>route MACs saved</th><th>overhead per input</th>" if net else ""
-    head = (f"<tr><th>LPIPS &le; T</th><th>{saved_name}</th><th>compliance</th>{extra_head}"
-            "<th>oracle saved at equal compliance</th><th>paper's rule: saved</th><th>paper's rule: compliance</th></tr>")
+    head = (
+        f"<tr><th>LPIPS &le; T</th><th>{saved_name}</th><th>compliance</th>{extra_head}"
+        "<th>oracle saved at equal compliance</th><th>paper's rule: saved</th><th>paper's rule: compliance</th></tr>"
+    )
     body = []
     for r in rows:
         p = paper_by_t.get(round(r["threshold"], 9))
@@ -128,17 +148,21 @@ def _headline_html(rows: list[dict], paper: list[dict], meta: dict, macs: np.nda
             over_text = "-" if over is None else f"{over / 1e6:.2f} MMACs ({_pct(over / macs[-1], 2)})"
             extra = f"<td>{_pct(r.get('route_macs_saved'))}</td><td>{over_text}</td>"
         cls = " class=hl" if r is top else ""
-        body.append(f"<tr{cls}><td>{r['threshold']:.3f}</td><td><b>{_pct(r['macs_saved'])}</b></td>"
-                    f"<td>{_pct(r['compliance'])}</td>{extra}<td>{_pct(r['oracle_macs_saved_at_compliance'])}</td>"
-                    f"<td>{_pct(p['macs_saved']) if p else '-'}</td><td>{_pct(p['compliance']) if p else '-'}</td></tr>")
+        body.append(
+            f"<tr{cls}><td>{r['threshold']:.3f}</td><td><b>{_pct(r['macs_saved'])}</b></td>"
+            f"<td>{_pct(r['compliance'])}</td>{extra}<td>{_pct(r['oracle_macs_saved_at_compliance'])}</td>"
+            f"<td>{_pct(p['macs_saved']) if p else '-'}</td><td>{_pct(p['compliance']) if p else '-'}</td></tr>"
+        )
     return lead + f"<table class=headline>{head}{''.join(body)}</table>"
 
 
 def _details_html(rows: list[dict], num_exits: int) -> str:
     names = " / ".join(route_name(r, num_exits) for r in range(num_exits + 1))
-    head = ("<tr><th>T</th><th>compliance</th><th>MACs saved</th><th>oracle saved (strict)</th>"
-            "<th>oracle saved at equal compliance</th><th>mean GMACs</th><th>GMACs saved per unit LPIPS</th>"
-            f"<th>share of inputs per route<br>({names})</th></tr>")
+    head = (
+        "<tr><th>T</th><th>compliance</th><th>MACs saved</th><th>oracle saved (strict)</th>"
+        "<th>oracle saved at equal compliance</th><th>mean GMACs</th><th>GMACs saved per unit LPIPS</th>"
+        f"<th>share of inputs per route<br>({names})</th></tr>"
+    )
     body = "".join(
         f"<tr><td>{r['threshold']:.3f}</td><td>{_pct(r['compliance'])}</td><td>{_pct(r['macs_saved'])}</td>"
         f"<td>{_pct(r['oracle_macs_saved'])}</td><td>{_pct(r['oracle_macs_saved_at_compliance'])}</td>"
@@ -157,26 +181,40 @@ def _split_study_html(study: dict) -> str:
     body = []
     for r in sorted(study["rows"], key=lambda r: (r["epsilon"], r["method"])):
         cls = " class=hl" if r["method"] == own and abs(r["epsilon"] - study.get("own_epsilon", -1)) < 1e-9 else ""
-        body.append(f"<tr{cls}><td>{r['epsilon']:g}</td><td>{html.escape(r['method'])}</td><td>{_pct(r['miss_mean'], 2)}</td>"
-                    f"<td>{_pct(r['miss_p90'], 2)}</td><td>{_pct(r['iid']['share_above'])}</td><td>{_pct(r['share_above'])}</td>"
-                    f"<td>{_pct(r['saved_mean'])} &plusmn; {_pct(r['saved_sd'])}</td><td>{r['min_calibration']}</td></tr>")
-    head = ("<tr><th>epsilon</th><th>method</th><th>miss rate, mean</th><th>miss rate, 90th pct</th>"
-            "<th>true miss rate &gt; epsilon (i.i.d. draws)</th><th>test miss rate &gt; epsilon (splits)</th>"
-            "<th>net MACs saved</th><th>calibration inputs needed</th></tr>")
-    return (f"<h2>The guarantee over {study['splits']} calibration splits</h2>"
-            f"<p>One test set shows the guarantee held once. Here the router's method "
-            f"(<b>{html.escape(method_name(own, study.get('bound')))}</b>, highlighted) and the others are fitted again on "
-            f"{study['splits']} random sets of {study['n_cal']} inputs drawn from the calibration and test inputs together "
-            f"({study['n_table']}), each measured on the {study['n_test']} others, at LPIPS &le; {t:g}. A high-probability "
-            f"method promises that at most a share delta = {study['delta']:g} of calibration draws give a miss rate above "
-            f"epsilon (the i.i.d. column is that share exactly, the splits column adds the test inputs' own noise); CRC "
-            f"promises a mean miss rate &le; epsilon; average compliance promises nothing. See docs/guarantee.md.</p>"
-            f"<img src=\"guarantee.png\" alt=\"requested vs realized miss rate over many calibration splits\">"
-            f"<table>{head}{''.join(body)}</table>")
+        body.append(
+            f"<tr{cls}><td>{r['epsilon']:g}</td><td>{html.escape(r['method'])}</td><td>{_pct(r['miss_mean'], 2)}</td>"
+            f"<td>{_pct(r['miss_p90'], 2)}</td><td>{_pct(r['iid']['share_above'])}</td><td>{_pct(r['share_above'])}</td>"
+            f"<td>{_pct(r['saved_mean'])} &plusmn; {_pct(r['saved_sd'])}</td><td>{r['min_calibration']}</td></tr>"
+        )
+    head = (
+        "<tr><th>epsilon</th><th>method</th><th>miss rate, mean</th><th>miss rate, 90th pct</th>"
+        "<th>true miss rate &gt; epsilon (i.i.d. draws)</th><th>test miss rate &gt; epsilon (splits)</th>"
+        "<th>net MACs saved</th><th>calibration inputs needed</th></tr>"
+    )
+    return (
+        f"<h2>The guarantee over {study['splits']} calibration splits</h2>"
+        f"<p>One test set shows the guarantee held once. Here the router's method "
+        f"(<b>{html.escape(method_name(own, study.get('bound')))}</b>, highlighted) and the others are fitted again on "
+        f"{study['splits']} random sets of {study['n_cal']} inputs drawn from the calibration and test inputs together "
+        f"({study['n_table']}), each measured on the {study['n_test']} others, at LPIPS &le; {t:g}. A high-probability "
+        f"method promises that at most a share delta = {study['delta']:g} of calibration draws give a miss rate above "
+        f"epsilon (the i.i.d. column is that share exactly, the splits column adds the test inputs' own noise); CRC "
+        f"promises a mean miss rate &le; epsilon; average compliance promises nothing. See docs/guarantee.md.</p>"
+        f'<img src="guarantee.png" alt="requested vs realized miss rate over many calibration splits">'
+        f"<table>{head}{''.join(body)}</table>"
+    )
 
 
-def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, macs: np.ndarray,
-                 density_routes: list[tuple[float, np.ndarray]], meta: dict, examples: list[dict] | None = None) -> Path:
+def write_report(
+    out: str | Path,
+    *,
+    rows: list[dict],
+    true_lpips: np.ndarray,
+    macs: np.ndarray,
+    density_routes: list[tuple[float, np.ndarray]],
+    meta: dict,
+    examples: list[dict] | None = None,
+) -> Path:
     """Write ``report.json``, PNG figures and ``report.html`` under ``out``; returns the HTML path.
 
     ``examples``: rows of the image strip, each ``{"label", "images" [K, C, H, W] in [-1, 1],
@@ -191,8 +229,12 @@ def write_report(out: str | Path, *, rows: list[dict], true_lpips: np.ndarray, m
     macs = np.asarray([float(m) for m in macs])
     num_exits = len(macs) - 1
     paper = meta.get("paper_threshold_router") or []
-    report = {**meta, "route_gmacs": [float(m) / 1e9 for m in macs], "thresholds": rows,
-              "route_names": [route_name(r, num_exits) for r in range(num_exits + 1)]}
+    report = {
+        **meta,
+        "route_gmacs": [float(m) / 1e9 for m in macs],
+        "thresholds": rows,
+        "route_names": [route_name(r, num_exits) for r in range(num_exits + 1)],
+    }
     if examples:
         report["examples"] = [{"label": e["label"], "captions": list(e["captions"])} for e in examples]
     write_json(out / "report.json", report)
@@ -214,17 +256,22 @@ def _examples_section(out: Path, examples: list[dict] | None) -> str:
     from .plots import save_image_strip
 
     save_image_strip([(e["label"], e["images"], e["captions"]) for e in examples], out / "examples.png")
-    return ("<h2>What the numbers look like</h2><p>The same test inputs (columns) at every exit and the "
-            "backbone, each with its LPIPS against the backbone's image, then as the router sends them at two "
-            "thresholds (the caption names the route taken and its LPIPS, and marks an output above T).</p>"
-            "<img src=\"examples.png\" alt=\"the same inputs at every exit, the backbone and two thresholds\">")
+    return (
+        "<h2>What the numbers look like</h2><p>The same test inputs (columns) at every exit and the "
+        "backbone, each with its LPIPS against the backbone's image, then as the router sends them at two "
+        "thresholds (the caption names the route taken and its LPIPS, and marks an output above T).</p>"
+        '<img src="examples.png" alt="the same inputs at every exit, the backbone and two thresholds">'
+    )
 
 
 def _notes_and_warning(meta: dict) -> tuple[str, str]:
     """The run details' list items, and the warning shown at the top when the test inputs look unlike the
     calibration inputs (:func:`fiancee.guarantee.range_check`)."""
-    notes = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in meta.items()
-                    if not isinstance(v, (list, dict)))
+    notes = "".join(
+        f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
+        for k, v in meta.items()
+        if not isinstance(v, (list, dict))
+    )
     targets = meta.get("targets")
     if targets:
         verdict = "met" if targets["met"] else "; ".join(targets["shortfalls"])
@@ -234,9 +281,11 @@ def _notes_and_warning(meta: dict) -> tuple[str, str]:
     if check and check.get("warn"):
         warning = f"<p class=warn><b>Warning:</b> {html.escape(check['message'])}.</p>"
     elif check:
-        notes += (f"<li>calibration range check: {_pct(check['outside_share'])} of the test inputs outside the "
-                  f"calibration inputs' range of predicted LPIPS (expected {_pct(check['expected_share'])}): no "
-                  "warning</li>")
+        notes += (
+            f"<li>calibration range check: {_pct(check['outside_share'])} of the test inputs outside the "
+            f"calibration inputs' range of predicted LPIPS (expected {_pct(check['expected_share'])}): no "
+            "warning</li>"
+        )
     return notes, warning
 
 
@@ -260,21 +309,30 @@ table{border-collapse:collapse;margin:0.5em 0 1em} img{max-width:100%}
 </style>"""
 
 
-def _page(rows: list[dict], paper: list[dict], macs: np.ndarray, meta: dict, *, warning: str, strip: str,
-          study_html: str, notes: str) -> str:
+def _page(
+    rows: list[dict],
+    paper: list[dict],
+    macs: np.ndarray,
+    meta: dict,
+    *,
+    warning: str,
+    strip: str,
+    study_html: str,
+    notes: str,
+) -> str:
     """The whole ``report.html``: the headline, the figures, the sections given, the details."""
     num_exits = len(macs) - 1
     exit_means = meta.get("exit_lpips_mean") or []
     means = ", ".join(f"{route_name(r, num_exits)} {v:.3f}" for r, v in enumerate(exit_means))
     routes_text = ", ".join(f"{route_name(r, num_exits)} {m / 1e9:.4f}" for r, m in enumerate(macs))
-    router = html.escape(str(meta.get('router')))
+    router = html.escape(str(meta.get("router")))
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>fiancee report: {html.escape(str(meta.get('task', '')))}</title>
+<html><head><meta charset="utf-8"><title>fiancee report: {html.escape(str(meta.get("task", "")))}</title>
 {_STYLE}
 </head><body>
 <h1>fiancee: compute saved at a quality threshold</h1>
-<p class=small>Task <b>{html.escape(str(meta.get('task')))}</b>, {meta.get('n')} test inputs, {router} router.
-Quality is LPIPS ({html.escape(str(meta.get('lpips_net')))}) of each output against the backbone's image for the same input;
+<p class=small>Task <b>{html.escape(str(meta.get("task")))}</b>, {meta.get("n")} test inputs, {router} router.
+Quality is LPIPS ({html.escape(str(meta.get("lpips_net")))}) of each output against the backbone's image for the same input;
 a threshold T asks for LPIPS &le; T. MACs per route (GMACs): {routes_text}.</p>
 {warning}
 {_headline_html(rows, paper, meta, macs)}

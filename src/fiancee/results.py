@@ -47,8 +47,22 @@ from .core.folders import RESULT, header, make_header
 from .io import loads_strict, write_json
 from .timing import cpu_name, load_average
 
-__all__ = ["KIND", "FORMAT", "FORMAT_VERSION", "ARTIFACTS", "artifact_fingerprint", "committed_fingerprints", "machine",
-           "git_commit", "stamp", "record", "load_result", "load_results", "stale", "main"]
+__all__ = [
+    "KIND",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ARTIFACTS",
+    "artifact_fingerprint",
+    "committed_fingerprints",
+    "machine",
+    "git_commit",
+    "stamp",
+    "record",
+    "load_result",
+    "load_results",
+    "stale",
+    "main",
+]
 
 KIND = RESULT
 FORMAT = 1
@@ -119,7 +133,9 @@ def _fingerprint(name: str) -> str:
     if part == "exits":
         run = folder / "exits"
         latest = read_json(run / "latest.json", required=("dir",))
-        return tensor_fingerprint(load_tensors(resolve_inside(run, latest["dir"], "checkpoint") / "branches.safetensors"))
+        return tensor_fingerprint(
+            load_tensors(resolve_inside(run, latest["dir"], "checkpoint") / "branches.safetensors")
+        )
     if (folder / f"{part}.safetensors").is_file():
         return tensor_fingerprint(load_tensors(folder / f"{part}.safetensors"))
     if part == "backbone":  # not committed here: the weights the task reads from its pinned package
@@ -157,8 +173,13 @@ def _memory_gib() -> float | None:
 
 def machine() -> dict:
     """The machine a measurement ran on: CPU model, cores, memory, platform, Python, torch, threads."""
-    info: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
-                            "platform": platform.platform(), "python": platform.python_version()}
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -171,8 +192,9 @@ def machine() -> dict:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.rstrip("\n") if out.returncode == 0 else None
@@ -189,17 +211,32 @@ def git_commit() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
-def stamp(name: str, command: str | list[str], data: Any, *, artifacts: Iterable[str] = (), source: str = "measured",
-          note: str | None = None, seconds: float | None = None, load: dict | None = None) -> dict:
+def stamp(
+    name: str,
+    command: str | list[str],
+    data: Any,
+    *,
+    artifacts: Iterable[str] = (),
+    source: str = "measured",
+    note: str | None = None,
+    seconds: float | None = None,
+    load: dict | None = None,
+) -> dict:
     """A result file's dictionary: ``data`` with the command, commit, machine, date and the fingerprints of
     the committed ``artifacts`` it measured."""
     if source not in ("measured", "transcribed"):
         raise ValueError(f"source must be 'measured' or 'transcribed'; got {source!r}")
-    result = {**make_header(KIND, FORMAT), "name": name, "source": source, "command": command,
-              **git_commit(), "machine": {**machine(), **({"load_average": load} if load else {})},
-              "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-              "seconds": None if seconds is None else round(seconds, 1),
-              "artifacts": committed_fingerprints(sorted(set(artifacts)))}
+    result = {
+        **make_header(KIND, FORMAT),
+        "name": name,
+        "source": source,
+        "command": command,
+        **git_commit(),
+        "machine": {**machine(), **({"load_average": load} if load else {})},
+        "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        "seconds": None if seconds is None else round(seconds, 1),
+        "artifacts": committed_fingerprints(sorted(set(artifacts))),
+    }
     if note:
         result["note"] = note
     result["data"] = data
@@ -221,8 +258,11 @@ def _flag(argv: Sequence[str], flag: str) -> str | None:
 
 # What a command writes under --out that holds its figures (besides what it prints as JSON).
 _OUT_FILES = {
-    "demo": {"report": "report/report.json", "predictor_error": "predictor/error.json",
-             "predictor_config": "predictor/config.json"},
+    "demo": {
+        "report": "report/report.json",
+        "predictor_error": "predictor/error.json",
+        "predictor_config": "predictor/config.json",
+    },
     "evaluate-exits": {"exits": "exits.json"},
     "evaluate": {"report": "report.json"},
     "train-predictor": {"predictor_error": "error.json", "predictor_config": "config.json"},
@@ -267,7 +307,9 @@ def _measured_artifacts(argv: Sequence[str]) -> set[str]:
     args = build_parser().parse_args(list(argv))
     names: set[str] = set()
     task = getattr(args, "task", None) or (getattr(args, "backbone", None) if args.command == "bench" else None)
-    runs = [getattr(args, k, None) for k in ("run", "exits", "nobank_run", "bank_run")] + list(getattr(args, "runs", None) or [])
+    runs = [getattr(args, k, None) for k in ("run", "exits", "nobank_run", "bank_run")] + list(
+        getattr(args, "runs", None) or []
+    )
     for run in (r for r in runs if r):
         path = Path(run).resolve()
         for t in _tasks_with_weights():
@@ -289,8 +331,15 @@ def _measured_artifacts(argv: Sequence[str]) -> set[str]:
     return {n for n in names if n in ARTIFACTS}
 
 
-def record(path: str | os.PathLike, argv: Sequence[str], *, name: str | None = None, note: str | None = None,
-           artifacts: Iterable[str] | None = None, run: Callable[[Sequence[str]], int] | None = None) -> dict:
+def record(
+    path: str | os.PathLike,
+    argv: Sequence[str],
+    *,
+    name: str | None = None,
+    note: str | None = None,
+    artifacts: Iterable[str] | None = None,
+    run: Callable[[Sequence[str]], int] | None = None,
+) -> dict:
     """Run ``fiancee ARGV`` in this process (stdout shown and kept), collect its figures and write the
     result file ``path``. ``artifacts``: the committed artifacts it measured (default: read from the command)."""
     argv = list(argv)
@@ -333,9 +382,15 @@ def record(path: str | os.PathLike, argv: Sequence[str], *, name: str | None = N
                 data[key] = loads_strict(f.read_text())
         if len(data) > 1:  # what it printed is what it wrote (evaluate-exits --json): keep the files
             data.pop("printed", None)
-    result = stamp(name or Path(path).stem, "fiancee " + shlex.join(argv), checkout_relative(_drop_per_item(data)),
-                   artifacts=_measured_artifacts(argv) if artifacts is None else artifacts, note=note,
-                   seconds=seconds, load={"start": load_start, "end": load_average()})
+    result = stamp(
+        name or Path(path).stem,
+        "fiancee " + shlex.join(argv),
+        checkout_relative(_drop_per_item(data)),
+        artifacts=_measured_artifacts(argv) if artifacts is None else artifacts,
+        note=note,
+        seconds=seconds,
+        load={"start": load_start, "end": load_average()},
+    )
     write_json(path, result)
     return result
 
@@ -349,7 +404,7 @@ def checkout_relative(obj: Any, root: Path = _CHECKOUT) -> Any:
     it used, e.g. the shipped ``src/fiancee/weights/faces/exits``)."""
     prefix = str(root).rstrip("/") + "/"
     if isinstance(obj, str):
-        return obj[len(prefix):] if obj.startswith(prefix) else obj
+        return obj[len(prefix) :] if obj.startswith(prefix) else obj
     if isinstance(obj, dict):
         return {k: checkout_relative(v, root) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -369,8 +424,15 @@ def _record_script(path, argv: Sequence[str], *, name: str | None, note: str | N
     parsed = _printed_json(proc.stdout)
     if parsed is None:
         raise ValueError(f"{shlex.join(argv)} printed no JSON; a result needs it")
-    result = stamp(name or Path(path).stem, shlex.join(argv), {"printed": parsed}, artifacts=artifacts, note=note,
-                   seconds=seconds, load={"start": load_start, "end": load_average()})
+    result = stamp(
+        name or Path(path).stem,
+        shlex.join(argv),
+        {"printed": parsed},
+        artifacts=artifacts,
+        note=note,
+        seconds=seconds,
+        load={"start": load_start, "end": load_average()},
+    )
     write_json(path, result)
     return result
 
@@ -383,10 +445,14 @@ def load_result(path: str | os.PathLike) -> dict:
     obj = loads_strict(Path(path).read_text())
     kind, version = header(obj)  # the committed results keep their old header (format_version): read as they are
     if kind != KIND:
-        raise ValueError(f"{path}: not a fiancee result file (kind {obj.get('kind') if isinstance(obj, dict) else None!r})")
+        raise ValueError(
+            f"{path}: not a fiancee result file (kind {obj.get('kind') if isinstance(obj, dict) else None!r})"
+        )
     if version != FORMAT:
         raise ValueError(f"{path}: result format {version!r}; this fiancee reads format {FORMAT}")
-    missing = [k for k in ("name", "source", "command", "commit", "machine", "date", "artifacts", "data") if k not in obj]
+    missing = [
+        k for k in ("name", "source", "command", "commit", "machine", "date", "artifacts", "data") if k not in obj
+    ]
     if missing:
         raise ValueError(f"{path}: a result file needs {', '.join(missing)}")
     return obj
@@ -403,11 +469,18 @@ def stale(results: dict[str, dict], committed: dict[str, str] | None = None) -> 
     unknown = [n for n in names if n not in ARTIFACTS]
     if committed is None:
         committed = committed_fingerprints([n for n in names if n in ARTIFACTS])
-    lines = [f"{key}: measured {name} {fp}, but the committed {name} is {committed.get(name)}"
-             for key, r in sorted(results.items()) for name, fp in sorted(r["artifacts"].items())
-             if name in committed and fp != committed[name]]
-    lines += [f"{key}: unknown artifact {name!r}" for key, r in sorted(results.items()) for name in r["artifacts"]
-              if name in unknown]
+    lines = [
+        f"{key}: measured {name} {fp}, but the committed {name} is {committed.get(name)}"
+        for key, r in sorted(results.items())
+        for name, fp in sorted(r["artifacts"].items())
+        if name in committed and fp != committed[name]
+    ]
+    lines += [
+        f"{key}: unknown artifact {name!r}"
+        for key, r in sorted(results.items())
+        for name in r["artifacts"]
+        if name in unknown
+    ]
     return lines
 
 
@@ -418,14 +491,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, command = argv[:i], argv[i + 1:]
+        argv, command = argv[:i], argv[i + 1 :]
     parser = argparse.ArgumentParser(prog="python -m fiancee.results", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("record", help="run a fiancee command (after --) and write its result file")
     p.add_argument("path", help="result file to write, e.g. results/exits_faces.json")
     p.add_argument("--note", default=None)
-    p.add_argument("--artifact", action="append", default=None, help="a committed artifact it measured (repeatable; "
-                                                                      "default: read from the command)")
+    p.add_argument(
+        "--artifact",
+        action="append",
+        default=None,
+        help="a committed artifact it measured (repeatable; default: read from the command)",
+    )
     p = sub.add_parser("check", help="list result files whose artifact fingerprint is not the committed one")
     p.add_argument("paths", nargs="*", default=["results"])
     p = sub.add_parser("fingerprints", help="print the committed artifacts' fingerprints")

@@ -19,18 +19,35 @@ import torch
 
 from .core.args import check_int, check_unit
 
-__all__ = ["METHODS", "BOUNDS", "GUARANTEED", "HIGH_PROBABILITY", "check_method", "check_bound", "max_misses",
-           "min_calibration", "accepted_index", "hb_pvalue", "statement", "method_name", "calibration_range",
-           "check_calibration_range", "range_check"]
+__all__ = [
+    "METHODS",
+    "BOUNDS",
+    "GUARANTEED",
+    "HIGH_PROBABILITY",
+    "check_method",
+    "check_bound",
+    "max_misses",
+    "min_calibration",
+    "accepted_index",
+    "hb_pvalue",
+    "statement",
+    "method_name",
+    "calibration_range",
+    "check_calibration_range",
+    "range_check",
+]
 
 METHODS = ("average", "crc", "ltt", "ucb")
 BOUNDS = ("hoeffding-bentkus", "clopper-pearson")
 GUARANTEED = ("crc", "ltt", "ucb")  # the methods that state a guarantee
 HIGH_PROBABILITY = ("ltt", "ucb")  # the methods whose statement holds with probability >= 1 - delta
 
-_NAMES = {"average": "average compliance (split-conformal level, no guarantee)",
-          "crc": "Conformal Risk Control", "ltt": "Learn-then-Test, binomial p-values, fixed-sequence testing",
-          "ucb": "upper confidence bound"}
+_NAMES = {
+    "average": "average compliance (split-conformal level, no guarantee)",
+    "crc": "Conformal Risk Control",
+    "ltt": "Learn-then-Test, binomial p-values, fixed-sequence testing",
+    "ucb": "upper confidence bound",
+}
 
 
 def check_method(method) -> str:
@@ -72,8 +89,9 @@ def hb_pvalue(misses: np.ndarray, n: int, epsilon: float) -> np.ndarray:
     return np.minimum(hoeffding, bentkus)
 
 
-def max_misses(method: str, n: int, epsilon: float, delta: float | None = None,
-               bound: str = "hoeffding-bentkus") -> int:
+def max_misses(
+    method: str, n: int, epsilon: float, delta: float | None = None, bound: str = "hoeffding-bentkus"
+) -> int:
     """The most calibration misses (of ``n``) with which a margin is accepted; -1 when none is (``n`` too small).
 
     ``average``: ``n - ceil((n + 1)(1 - epsilon))`` (at least 0: the level is capped at full compliance);
@@ -132,14 +150,24 @@ def accepted_index(counts: torch.Tensor, k_max: int | torch.Tensor) -> torch.Ten
     return torch.where(any_bad, (last_bad + 1).clamp(max=m - 1), torch.zeros_like(last_bad))
 
 
-def statement(method: str, epsilon: float | None, delta: float | None, n: int | None, *, bound: str | None = None,
-              thresholds: Sequence[float] = (), familywise: bool = False) -> str | None:
+def statement(
+    method: str,
+    epsilon: float | None,
+    delta: float | None,
+    n: int | None,
+    *,
+    bound: str | None = None,
+    thresholds: Sequence[float] = (),
+    familywise: bool = False,
+) -> str | None:
     """A calibrated router's guarantee in words (None for ``average``)."""
     if method == "average" or epsilon is None:
         return None
     if method == "crc":
-        return (f"on average over the draw of the {n} calibration inputs, at most {epsilon:.1%} of new inputs miss "
-                "the threshold (Conformal Risk Control)")
+        return (
+            f"on average over the draw of the {n} calibration inputs, at most {epsilon:.1%} of new inputs miss "
+            "the threshold (Conformal Risk Control)"
+        )
     where = ""
     if familywise and len(thresholds) > 1:
         ts = ", ".join(f"{t:g}" for t in thresholds)
@@ -148,8 +176,10 @@ def statement(method: str, epsilon: float | None, delta: float | None, n: int | 
         how = "Learn-then-Test, binomial p-values"
     else:
         how = f"upper confidence bound, {bound or 'hoeffding-bentkus'}"
-    return (f"with probability >= {1 - delta:g} over the {n} calibration inputs, at most {epsilon:.1%} of new inputs "
-            f"miss the threshold{where} ({how})")
+    return (
+        f"with probability >= {1 - delta:g} over the {n} calibration inputs, at most {epsilon:.1%} of new inputs "
+        f"miss the threshold{where} ({how})"
+    )
 
 
 def method_name(method: str, bound: str | None = None) -> str:
@@ -172,8 +202,14 @@ def calibration_range(predicted: torch.Tensor, quantile: float = 0.01) -> dict:
     low = torch.quantile(p, q, dim=0)
     high = torch.quantile(p, 1 - q, dim=0)
     outside = ((p < low) | (p > high)).any(dim=1)
-    return {"n": int(p.shape[0]), "quantile": q, "low": [float(v) for v in low], "high": [float(v) for v in high],
-            "mean": [float(v) for v in p.mean(0)], "outside": int(outside.sum())}
+    return {
+        "n": int(p.shape[0]),
+        "quantile": q,
+        "low": [float(v) for v in low],
+        "high": [float(v) for v in high],
+        "mean": [float(v) for v in p.mean(0)],
+        "outside": int(outside.sum()),
+    }
 
 
 def check_calibration_range(cal, what: str = "calibration range") -> dict:
@@ -183,14 +219,27 @@ def check_calibration_range(cal, what: str = "calibration range") -> dict:
     keys = {"n", "quantile", "low", "high", "mean", "outside"}
     if set(cal) != keys:
         raise ValueError(f"{what} must have the fields {sorted(keys)}; got {sorted(cal)}")
-    ok = (isinstance(cal["n"], int) and not isinstance(cal["n"], bool) and cal["n"] >= 1
-          and isinstance(cal["outside"], int) and not isinstance(cal["outside"], bool) and 0 <= cal["outside"] <= cal["n"]
-          and all(isinstance(cal[k], list) and cal[k] and len(cal[k]) == len(cal["low"])
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in cal[k])
-                  for k in ("low", "high", "mean"))
-          and isinstance(cal["quantile"], (int, float)) and 0 < cal["quantile"] < 0.5)
+    ok = (
+        isinstance(cal["n"], int)
+        and not isinstance(cal["n"], bool)
+        and cal["n"] >= 1
+        and isinstance(cal["outside"], int)
+        and not isinstance(cal["outside"], bool)
+        and 0 <= cal["outside"] <= cal["n"]
+        and all(
+            isinstance(cal[k], list)
+            and cal[k]
+            and len(cal[k]) == len(cal["low"])
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in cal[k])
+            for k in ("low", "high", "mean")
+        )
+        and isinstance(cal["quantile"], (int, float))
+        and 0 < cal["quantile"] < 0.5
+    )
     if not ok:
-        raise ValueError(f"{what}: fields must hold counts, a quantile in (0, 0.5) and equal-length lists of finite numbers")
+        raise ValueError(
+            f"{what}: fields must hold counts, a quantile in (0, 0.5) and equal-length lists of finite numbers"
+        )
     return cal
 
 
@@ -217,12 +266,24 @@ def range_check(cal: dict, predicted: torch.Tensor, alpha: float = 1e-3) -> dict
     o = cal["outside"] + 1  # one more than seen: a new input can fall outside where none of the n did
     pvalue = float(fisher_exact([[k, b - k], [o, cal["n"] + 1 - o]], alternative="greater")[1]) if b else 1.0
     warn = bool(b and k / b > expected and pvalue < alpha)
-    result = {"inputs": b, "outside": k, "outside_share": k / b if b else 0.0, "expected_share": expected,
-              "pvalue": pvalue, "warn": warn, "outside_share_per_exit": [float(v) for v in out.double().mean(0)],
-              "mean": [float(v) for v in p.mean(0)], "calibration_mean": list(cal["mean"])}
+    result = {
+        "inputs": b,
+        "outside": k,
+        "outside_share": k / b if b else 0.0,
+        "expected_share": expected,
+        "pvalue": pvalue,
+        "warn": warn,
+        "outside_share_per_exit": [float(v) for v in out.double().mean(0)],
+        "mean": [float(v) for v in p.mean(0)],
+        "calibration_mean": list(cal["mean"]),
+    }
     result["message"] = (
-        f"{k / b:.1%} of the {b} routed inputs have a predicted LPIPS outside the range of {cal['n']} calibration "
-        f"inputs (central {1 - 2 * cal['quantile']:.0%} per exit), against {expected:.1%} expected for inputs like them "
-        f"(p = {pvalue:.1e}): these inputs look unlike the calibration set, and the guarantee assumes they are alike"
-    ) if warn else None
+        (
+            f"{k / b:.1%} of the {b} routed inputs have a predicted LPIPS outside the range of {cal['n']} calibration "
+            f"inputs (central {1 - 2 * cal['quantile']:.0%} per exit), against {expected:.1%} expected for inputs like them "
+            f"(p = {pvalue:.1e}): these inputs look unlike the calibration set, and the guarantee assumes they are alike"
+        )
+        if warn
+        else None
+    )
     return result

@@ -52,8 +52,18 @@ from .core.rules import check_threshold, margin_at, oracle_misses, route_costs, 
 from .specs import Registry
 
 __all__ = [
-    "ROUTERS", "Router", "ThresholdRouter", "OracleRouter", "StaticRouter", "CalibratedRouter",
-    "router_from_config", "check_threshold", "compliance", "mean_cost", "guarantee_min_inputs", "margin_grid",
+    "ROUTERS",
+    "Router",
+    "ThresholdRouter",
+    "OracleRouter",
+    "StaticRouter",
+    "CalibratedRouter",
+    "router_from_config",
+    "check_threshold",
+    "compliance",
+    "mean_cost",
+    "guarantee_min_inputs",
+    "margin_grid",
     "margin_misses",
 ]
 
@@ -128,8 +138,14 @@ def margin_grid(predicted: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.cat([grid, torch.tensor([hi + 1.0], dtype=torch.float64)])
 
 
-def margin_misses(predicted: torch.Tensor, true: torch.Tensor, threshold: float, margins: torch.Tensor,
-                  costs: Sequence[float] | None = None, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def margin_misses(
+    predicted: torch.Tensor,
+    true: torch.Tensor,
+    threshold: float,
+    margins: torch.Tensor,
+    costs: Sequence[float] | None = None,
+    chunk: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The calibrated rule at every margin of ``margins [M]``: which inputs miss ``threshold`` ``[M, N]`` (bool)
     and the route each takes ``[M, N]`` (:meth:`CalibratedRouter.route` with that margin: the cheapest exit
     whose ``predicted + margin <= T``, else the backbone)."""
@@ -294,10 +310,20 @@ class CalibratedRouter(Router):
 
     kind = "calibrated"
 
-    def __init__(self, thresholds: Sequence[float] = (), margins: Sequence[float] = (), target: float | None = None,
-                 costs: Sequence[float] | None = None, fit_size: int | None = None, epsilon: float | None = None,
-                 delta: float | None = None, method: str | None = None, bound: str | None = None,
-                 familywise: bool = False, calibration: dict | None = None):
+    def __init__(
+        self,
+        thresholds: Sequence[float] = (),
+        margins: Sequence[float] = (),
+        target: float | None = None,
+        costs: Sequence[float] | None = None,
+        fit_size: int | None = None,
+        epsilon: float | None = None,
+        delta: float | None = None,
+        method: str | None = None,
+        bound: str | None = None,
+        familywise: bool = False,
+        calibration: dict | None = None,
+    ):
         from .risk import check_bound, check_calibration_range, check_method
 
         super().__init__(costs)
@@ -313,17 +339,24 @@ class CalibratedRouter(Router):
         self.method = check_method(method)
         needs = {"average": (False, False), "crc": (True, False), "ltt": (True, True), "ucb": (True, True)}[method]
         if (epsilon is not None, delta is not None) != needs:
-            raise ValueError(f"a {method} router takes " + {(False, False): "neither epsilon nor delta",
-                                                            (True, False): "epsilon and no delta",
-                                                            (True, True): "epsilon and delta"}[needs]
-                             + f"; got epsilon={epsilon!r}, delta={delta!r}")
+            raise ValueError(
+                f"a {method} router takes "
+                + {
+                    (False, False): "neither epsilon nor delta",
+                    (True, False): "epsilon and no delta",
+                    (True, True): "epsilon and delta",
+                }[needs]
+                + f"; got epsilon={epsilon!r}, delta={delta!r}"
+            )
         self.epsilon = None if epsilon is None else check_unit(epsilon, "epsilon")
         self.delta = None if delta is None else check_unit(delta, "delta")
         if bound is not None and method != "ucb":
             raise ValueError(f"bound applies to the ucb method only; got bound={bound!r} for {method}")
         self.bound = check_bound(bound if bound is not None else "hoeffding-bentkus") if method == "ucb" else None
         if not isinstance(familywise, bool) or (familywise and method not in ("ltt", "ucb")):
-            raise ValueError(f"familywise (Bonferroni over thresholds) applies to ltt and ucb; got {familywise!r} for {method}")
+            raise ValueError(
+                f"familywise (Bonferroni over thresholds) applies to ltt and ucb; got {familywise!r} for {method}"
+            )
         self.familywise = familywise
         self.calibration = None if calibration is None else check_calibration_range(calibration)
 
@@ -335,9 +368,20 @@ class CalibratedRouter(Router):
     def example(cls, predicted, true, costs):
         return cls(costs=costs).fit(predicted, true, [0.1, 0.2], target_compliance=0.9)
 
-    def _set(self, ts, margins, n: int, predicted: torch.Tensor, *, method: str, target: float | None,
-             epsilon: float | None = None, delta: float | None = None, bound: str | None = None,
-             familywise: bool = False) -> "CalibratedRouter":
+    def _set(
+        self,
+        ts,
+        margins,
+        n: int,
+        predicted: torch.Tensor,
+        *,
+        method: str,
+        target: float | None,
+        epsilon: float | None = None,
+        delta: float | None = None,
+        bound: str | None = None,
+        familywise: bool = False,
+    ) -> "CalibratedRouter":
         from .risk import calibration_range
 
         pairs = sorted(zip((float(t) for t in ts), margins))
@@ -349,8 +393,14 @@ class CalibratedRouter(Router):
         self.calibration = calibration_range(predicted)
         return self
 
-    def fit(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
-            target_compliance: float = 0.95, finite_sample: bool = True) -> "CalibratedRouter":
+    def fit(
+        self,
+        predicted: torch.Tensor,
+        true: torch.Tensor,
+        thresholds: float | Sequence[float],
+        target_compliance: float = 0.95,
+        finite_sample: bool = True,
+    ) -> "CalibratedRouter":
         goal = check_unit(target_compliance, "target_compliance", open_high=False)
         check_bool(finite_sample, "finite_sample")
         predicted, true, ts = self._check_fit(predicted, true, thresholds)
@@ -360,8 +410,15 @@ class CalibratedRouter(Router):
         margins = [self._fit_average(predicted, true, t, goal) for t in ts]
         return self._set(ts, margins, n, predicted, method="average", target=float(target_compliance))
 
-    def fit_guarantee(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
-                      epsilon: float = 0.05, delta: float = 0.1, familywise: bool = False) -> "CalibratedRouter":
+    def fit_guarantee(
+        self,
+        predicted: torch.Tensor,
+        true: torch.Tensor,
+        thresholds: float | Sequence[float],
+        epsilon: float = 0.05,
+        delta: float = 0.1,
+        familywise: bool = False,
+    ) -> "CalibratedRouter":
         """Fit margins with a PAC guarantee (Learn-then-Test, Angelopoulos et al. 2021; as "Fast yet Safe"
         and CALM use it for early exits): with probability >= 1 - ``delta`` over the draw of the
         calibration inputs, the share of new inputs whose output misses the threshold is <= ``epsilon``.
@@ -378,8 +435,9 @@ class CalibratedRouter(Router):
         """
         return self._fit_risk("ltt", predicted, true, thresholds, epsilon, delta, familywise=familywise)
 
-    def fit_crc(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
-                epsilon: float = 0.05) -> "CalibratedRouter":
+    def fit_crc(
+        self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float], epsilon: float = 0.05
+    ) -> "CalibratedRouter":
         """Conformal Risk Control (Angelopoulos et al. 2022): the expected share of new inputs that miss the
         threshold, over the draw of the calibration inputs, is <= ``epsilon``. The smallest margin from which
         ``(monotonized misses + 1) / (n + 1) <= epsilon`` on the same grid as :meth:`fit_guarantee`; an input's
@@ -387,20 +445,38 @@ class CalibratedRouter(Router):
         monotone in the margin, CRC's proof needs it). Needs ``n >= 1 / epsilon - 1``."""
         return self._fit_risk("crc", predicted, true, thresholds, epsilon, None)
 
-    def fit_ucb(self, predicted: torch.Tensor, true: torch.Tensor, thresholds: float | Sequence[float],
-                epsilon: float = 0.05, delta: float = 0.1, bound: str = "hoeffding-bentkus",
-                familywise: bool = False) -> "CalibratedRouter":
+    def fit_ucb(
+        self,
+        predicted: torch.Tensor,
+        true: torch.Tensor,
+        thresholds: float | Sequence[float],
+        epsilon: float = 0.05,
+        delta: float = 0.1,
+        bound: str = "hoeffding-bentkus",
+        familywise: bool = False,
+    ) -> "CalibratedRouter":
         """Upper-confidence-bound calibration (RCPS, Bates et al. 2021; Fast yet Safe's UCB): the smallest
         margin from which the ``1 - delta`` upper confidence bound of the miss rate stays below ``epsilon``
         (``bound``: ``hoeffding-bentkus`` or ``clopper-pearson``, :mod:`fiancee.guarantee`). With probability
         >= 1 - ``delta`` the miss rate is <= ``epsilon`` when the miss rate falls as the margin grows."""
         from .risk import check_bound
 
-        return self._fit_risk("ucb", predicted, true, thresholds, epsilon, delta, bound=check_bound(bound),
-                              familywise=familywise)
+        return self._fit_risk(
+            "ucb", predicted, true, thresholds, epsilon, delta, bound=check_bound(bound), familywise=familywise
+        )
 
-    def _fit_risk(self, method: str, predicted, true, thresholds, epsilon, delta, *, bound: str | None = None,
-                  familywise: bool = False) -> "CalibratedRouter":
+    def _fit_risk(
+        self,
+        method: str,
+        predicted,
+        true,
+        thresholds,
+        epsilon,
+        delta,
+        *,
+        bound: str | None = None,
+        familywise: bool = False,
+    ) -> "CalibratedRouter":
         from .risk import accepted_index, max_misses, min_calibration
 
         epsilon = check_unit(epsilon, "epsilon")
@@ -411,9 +487,12 @@ class CalibratedRouter(Router):
         n = predicted.shape[0]
         need = min_calibration(method, epsilon, each, bound or "hoeffding-bentkus")
         if n < need:
-            what = (f"an expected miss rate <= {epsilon:g}" if method == "crc" else
-                    f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g}"
-                    + (f" at {len(ts)} thresholds at once" if familywise and len(ts) > 1 else ""))
+            what = (
+                f"an expected miss rate <= {epsilon:g}"
+                if method == "crc"
+                else f"a miss rate <= {epsilon:g} with probability >= {1 - delta:g}"
+                + (f" at {len(ts)} thresholds at once" if familywise and len(ts) > 1 else "")
+            )
             raise ValueError(f"{what} needs at least {need} calibration inputs (even with no miss at all); got {n}")
         k_max = max_misses(method, n, epsilon, each, bound or "hoeffding-bentkus")
         margins = []
@@ -423,17 +502,31 @@ class CalibratedRouter(Router):
             if method == "crc":
                 miss = miss.flip(0).cummax(dim=0).values.flip(0)  # monotonized: a miss here or at any larger margin
             margins.append(float(grid[int(accepted_index(miss.sum(1), k_max))]))
-        return self._set(ts, margins, n, predicted, method=method, target=1.0 - epsilon, epsilon=epsilon,
-                         delta=delta, bound=bound, familywise=familywise)
+        return self._set(
+            ts,
+            margins,
+            n,
+            predicted,
+            method=method,
+            target=1.0 - epsilon,
+            epsilon=epsilon,
+            delta=delta,
+            bound=bound,
+            familywise=familywise,
+        )
 
     def _check_fit(self, predicted, true, thresholds):
         predicted = _check_lpips(predicted, "predicted LPIPS").double()
         true = _check_lpips(true, "true LPIPS").double()
         if predicted.shape != true.shape:
-            raise ValueError(f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape")
+            raise ValueError(
+                f"predicted {list(predicted.shape)} and true {list(true.shape)} LPIPS must have the same shape"
+            )
         if predicted.shape[0] == 0:
-            raise ValueError("the calibration table is empty (0 inputs): fit needs predicted and true LPIPS of at "
-                             "least one calibration input")
+            raise ValueError(
+                "the calibration table is empty (0 inputs): fit needs predicted and true LPIPS of at "
+                "least one calibration input"
+            )
         ts = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
         if not ts:
             raise ValueError("fit needs at least one threshold")
@@ -443,8 +536,15 @@ class CalibratedRouter(Router):
         """The guarantee this router was fitted for, in words (None when fitted on average compliance)."""
         from .risk import statement
 
-        return statement(self.method, self.epsilon, self.delta, self.fit_size, bound=self.bound,
-                         thresholds=self.thresholds, familywise=self.familywise)
+        return statement(
+            self.method,
+            self.epsilon,
+            self.delta,
+            self.fit_size,
+            bound=self.bound,
+            thresholds=self.thresholds,
+            familywise=self.familywise,
+        )
 
     def check_inputs(self, predicted: torch.Tensor) -> dict | None:
         """Whether routed inputs (their predicted LPIPS ``[B, E]``) look unlike the calibration inputs
@@ -474,7 +574,9 @@ class CalibratedRouter(Router):
         """The margin used at ``threshold`` (see the class notes for thresholds between / outside the fitted ones)."""
         t = check_threshold(threshold)
         if not self.fitted:
-            raise ValueError("this CalibratedRouter is not fitted: call fit(predicted, true, thresholds, target_compliance) first")
+            raise ValueError(
+                "this CalibratedRouter is not fitted: call fit(predicted, true, thresholds, target_compliance) first"
+            )
         return margin_at(self.thresholds, self.margins, t)
 
     def route(self, lpips: torch.Tensor, threshold: float) -> torch.Tensor:

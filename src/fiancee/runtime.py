@@ -83,15 +83,21 @@ def _read_manifest(folder: Path) -> tuple[dict, Path]:
     """The export's manifest and its path, refused unless it is a fiancee ONNX export of this format with every
     field :mod:`fiancee.core.manifest` lists."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"no exported pipeline at {folder} (make one with `fiancee export PIPELINE --out "
-                                f"{folder}`)")
+        raise FileNotFoundError(
+            f"no exported pipeline at {folder} (make one with `fiancee export PIPELINE --out {folder}`)"
+        )
     source = folder / "manifest.json"
     if not source.is_file():
         raise FileNotFoundError(f"{folder} has no manifest.json: not a fiancee ONNX export (`fiancee export`)")
     # An export written before the one folder header (kind "fiancee_onnx", field "exits") reads as this format.
-    m = check_header(read_json(_file_inside(folder, "manifest.json", "manifest")), kind=KIND, version=FORMAT,
-                     what="fiancee ONNX export", source=source,
-                     hint=" (export it again with this version's `fiancee export`)")
+    m = check_header(
+        read_json(_file_inside(folder, "manifest.json", "manifest")),
+        kind=KIND,
+        version=FORMAT,
+        what="fiancee ONNX export",
+        source=source,
+        hint=" (export it again with this version's `fiancee export`)",
+    )
     for key in FIELDS:
         if key not in m:
             raise ValueError(f"{source}: missing field {key!r}")
@@ -104,8 +110,10 @@ def _checked_files(folder: Path, files, source: Path) -> dict:
         raise ValueError(f"{source}: field 'files' must map file names to sha256")
     for name, digest in files.items():  # every file the export wrote, unchanged: nothing mixed from two exports
         if file_sha256(_file_inside(folder, name, "file")) != digest:
-            raise ValueError(f"{folder}/{name} is not the file this manifest was written with (a folder mixed from "
-                             "two exports, or a modified file); export again")
+            raise ValueError(
+                f"{folder}/{name} is not the file this manifest was written with (a folder mixed from "
+                "two exports, or a modified file); export again"
+            )
     return files
 
 
@@ -113,8 +121,7 @@ class _Sessions:
     """Opens the export's segments as ONNX Runtime sessions: only files the manifest lists, none with external
     data; ``takes`` records the inputs each session reads (the tracer drops the ones a segment never reads)."""
 
-    def __init__(self, ort, folder: Path, source: Path, files: dict, threads: int | None,
-                 providers: list[str] | None):
+    def __init__(self, ort, folder: Path, source: Path, files: dict, threads: int | None, providers: list[str] | None):
         self.ort, self.folder, self.source, self.files = ort, folder, source, files
         self.options = ort.SessionOptions()
         if threads is not None:
@@ -183,14 +190,19 @@ class OnnxPipeline:
         self.predictor_macs = float(m["predictor_macs"])
         self.router = _check_router(m["router"], self.num_routes, source)
         self.inputs = m["inputs"]
-        if not isinstance(self.inputs, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
-                                                        and isinstance(d.get("shape"), list) for d in self.inputs):
+        if not isinstance(self.inputs, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("shape"), list)
+            for d in self.inputs
+        ):
             raise ValueError(f"{source}: field 'inputs' must list the task's inputs with name and shape")
 
     def _open_segments(self, seg: dict, source: Path, session) -> None:
         """The trunk, the stages past the key stage, every branch and the head: each must be in 'segments'."""
-        need = ["trunk", "head"] + [f"stage {s}" for s in range(self.key_stage + 1, self.num_stages + 1)] + \
-               [f"branch {r}" for r in range(len(self.attach_after))]
+        need = (
+            ["trunk", "head"]
+            + [f"stage {s}" for s in range(self.key_stage + 1, self.num_stages + 1)]
+            + [f"branch {r}" for r in range(len(self.attach_after))]
+        )
         for name in need:
             if name not in seg:
                 raise ValueError(f"{source}: segment {name!r} is missing from 'segments'")
@@ -231,7 +243,12 @@ class OnnxPipeline:
             want = f"{d['name']} must be a float32 numpy array [B, {', '.join(map(str, d['shape']))}]"
             if not isinstance(x, np.ndarray):
                 raise ValueError(f"{want}; got {type(x).__name__}")
-            if x.dtype != np.float32 or x.ndim != len(d["shape"]) + 1 or list(x.shape[1:]) != d["shape"] or x.shape[0] < 1:
+            if (
+                x.dtype != np.float32
+                or x.ndim != len(d["shape"]) + 1
+                or list(x.shape[1:]) != d["shape"]
+                or x.shape[0] < 1
+            ):
                 raise ValueError(f"{want}; got {x.dtype} {list(x.shape)}")
             if batch is not None and x.shape[0] != batch:
                 raise ValueError(f"inputs disagree on the batch size: {d['name']} has {x.shape[0]}, expected {batch}")
@@ -243,8 +260,9 @@ class OnnxPipeline:
         return batch
 
     # -- the call -------------------------------------------------------------------------------
-    def __call__(self, *inputs: np.ndarray, max_lpips: float, routes: np.ndarray | None = None,
-                 exits: np.ndarray | None = UNSET) -> OnnxOutput:
+    def __call__(
+        self, *inputs: np.ndarray, max_lpips: float, routes: np.ndarray | None = None, exits: np.ndarray | None = UNSET
+    ) -> OnnxOutput:
         """Images for ``inputs`` at quality ``max_lpips`` (as :meth:`fiancee.pipeline.FianceePipeline.__call__`);
         ``routes`` (one per input, 0-based) overrides the router, the predictor still runs and is charged.
         ``exits=`` is the deprecated name of ``routes=``."""
@@ -253,8 +271,13 @@ class OnnxPipeline:
         batch = self._check_inputs(inputs)
         if forced is not None:
             forced = np.asarray(forced)
-            if forced.ndim != 1 or forced.shape[0] != batch or not np.issubdtype(forced.dtype, np.integer) \
-                    or forced.min() < 0 or forced.max() >= self.num_routes:
+            if (
+                forced.ndim != 1
+                or forced.shape[0] != batch
+                or not np.issubdtype(forced.dtype, np.integer)
+                or forced.min() < 0
+                or forced.max() >= self.num_routes
+            ):
                 raise ValueError(f"routes must be {batch} integers in 0..{self.num_routes - 1}; got {forced!r}")
             forced = forced.astype(np.int64)
         feeds = {f"input{i}": x for i, x in enumerate(inputs)}
@@ -290,8 +313,12 @@ class OnnxPipeline:
             here = routes[alive] == route
             if here.any():
                 sel = np.nonzero(here)[0]
-                images = self._run(self._branches[route], h[sel], None if cond is None else cond[sel],
-                                   None if guide is None else guide[sel])
+                images = self._run(
+                    self._branches[route],
+                    h[sel],
+                    None if cond is None else cond[sel],
+                    None if guide is None else guide[sel],
+                )
                 if out is None:
                     out = np.empty((batch, *images.shape[1:]), dtype=images.dtype)
                 out[alive[sel]] = images
@@ -314,8 +341,9 @@ class OnnxPipeline:
         never saw)."""
         b, q, d = queries.shape
         flat = np.ascontiguousarray(queries.reshape(b * q, d), dtype=np.float32)
-        found, macs, _ = search_classes(self._faiss, self._indexes, self._offsets, flat,
-                                        None if classes is None else classes.reshape(-1), d)
+        found, macs, _ = search_classes(
+            self._faiss, self._indexes, self._offsets, flat, None if classes is None else classes.reshape(-1), d
+        )
         return found.reshape(b, q), macs.reshape(b, q).sum(axis=1)
 
 
@@ -330,4 +358,6 @@ def _refuse_external_data(data: bytes, path: Path) -> None:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     if any(uses_external_data(t) for t in _get_all_tensors(model)):
-        raise ValueError(f"{path} keeps tensors in external files; refusing to load it (export again with `fiancee export`)")
+        raise ValueError(
+            f"{path} keeps tensors in external files; refusing to load it (export again with `fiancee export`)"
+        )

@@ -41,15 +41,22 @@ class Registry:
     ``allow`` how a user runs the code a folder names (``{spec}`` is replaced by the spec).
     """
 
-    def __init__(self, what: str, group: str, expect: str,
-                 allow: str = "pass trust_task_code=True to the loader (--trust-task-code)"):
+    def __init__(
+        self,
+        what: str,
+        group: str,
+        expect: str,
+        allow: str = "pass trust_task_code=True to the loader (--trust-task-code)",
+    ):
         self.what, self.group, self.expect, self.allow = what, group, expect, allow
         self._items: dict[str, Any] = {}
 
     def register(self, name: str, obj: Any) -> None:
         if not isinstance(name, str) or not name or ":" in name or not callable(obj):
-            raise ValueError(f"a {self.what} is registered under a non-empty name without ':' with a callable; "
-                             f"got {name!r} -> {type(obj).__name__}")
+            raise ValueError(
+                f"a {self.what} is registered under a non-empty name without ':' with a callable; "
+                f"got {name!r} -> {type(obj).__name__}"
+            )
         self._items[name] = obj
 
     def add(self, name: str) -> Callable[[Any], Any]:
@@ -83,8 +90,10 @@ class Registry:
 
     def expected(self) -> str:
         known = ", ".join(self.names()) or "none"
-        return (f"a registered name ({known}), 'package.module:attr' naming {self.expect} on sys.path, "
-                f"or an entry point of group '{self.group}'")
+        return (
+            f"a registered name ({known}), 'package.module:attr' naming {self.expect} on sys.path, "
+            f"or an entry point of group '{self.group}'"
+        )
 
     def lookup(self, spec: str, *, recorded_in: Any = None) -> Any:
         """The object ``spec`` names (not called). Raises :class:`SpecError` naming the spec.
@@ -94,23 +103,28 @@ class Registry:
         """
         if not isinstance(spec, str) or not spec.strip():
             where = "" if recorded_in is None else f"{recorded_in}: "
-            raise SpecError(f"{where}a {self.what} spec must be a non-empty string; got {spec!r}; "
-                            f"expected {self.expected()}")
+            raise SpecError(
+                f"{where}a {self.what} spec must be a non-empty string; got {spec!r}; expected {self.expected()}"
+            )
         if spec in self._items:
             return self._items[spec]
         if ":" in spec:
             if recorded_in is not None and not _folder_code_allowed(spec):
-                raise SpecError(f"{recorded_in} names {self.what} {spec!r}: loading a folder imports no module:attr "
-                                f"code, only registered {self.what}s and entry points of '{self.group}'; if you trust "
-                                f"this code, {self.allow.format(spec=spec)}")
+                raise SpecError(
+                    f"{recorded_in} names {self.what} {spec!r}: loading a folder imports no module:attr "
+                    f"code, only registered {self.what}s and entry points of '{self.group}'; if you trust "
+                    f"this code, {self.allow.format(spec=spec)}"
+                )
             return self._import(spec)
         for ep in _entry_points(self.group):
             if ep.name == spec:
                 try:
                     return ep.load()
                 except Exception as e:  # a broken installed package: say which entry point
-                    raise SpecError(f"{self.what} {spec!r}: entry point {ep.value!r} of group '{self.group}' failed "
-                                    f"to load ({type(e).__name__}: {e})") from None
+                    raise SpecError(
+                        f"{self.what} {spec!r}: entry point {ep.value!r} of group '{self.group}' failed "
+                        f"to load ({type(e).__name__}: {e})"
+                    ) from None
         raise SpecError(f"unknown {self.what} {spec!r}; expected {self.expected()}")
 
     def _import(self, spec: str) -> Any:
@@ -120,12 +134,15 @@ class Registry:
         try:
             obj = importlib.import_module(module_name)
         except ImportError as e:
-            raise SpecError(f"{self.what} {spec!r}: cannot import module {module_name!r} ({e}); expected "
-                            f"'package.module:attr' naming {self.expect} on sys.path (PYTHONPATH or an installed package)") from None
+            raise SpecError(
+                f"{self.what} {spec!r}: cannot import module {module_name!r} ({e}); expected "
+                f"'package.module:attr' naming {self.expect} on sys.path (PYTHONPATH or an installed package)"
+            ) from None
         for part in attr.split("."):
             if not hasattr(obj, part):
-                raise SpecError(f"{self.what} {spec!r}: module {module_name!r} has no attribute {attr!r}; "
-                                f"expected {self.expect}")
+                raise SpecError(
+                    f"{self.what} {spec!r}: module {module_name!r} has no attribute {attr!r}; expected {self.expect}"
+                )
             obj = getattr(obj, part)
         return obj
 
@@ -137,8 +154,9 @@ def allow_folder_code(*specs: str, every: bool = False) -> Iterator[None]:
     loads folders itself (``with allow_folder_code("mymodule:MyTask"): evaluate_exits(run)``); blocks nest
     and add up. A registered name or an entry point needs no allowing."""
     if not isinstance(every, bool) or any(not isinstance(s, str) or not s for s in specs):
-        raise ValueError(f"allow_folder_code takes spec strings and every=True/False; got {list(specs)!r}, "
-                         f"every={every!r}")
+        raise ValueError(
+            f"allow_folder_code takes spec strings and every=True/False; got {list(specs)!r}, every={every!r}"
+        )
     was_every, named = _ALLOWED.get()
     token = _ALLOWED.set((was_every or every, named | frozenset(specs)))
     try:

@@ -151,8 +151,14 @@ def narrow_sequential(piece: nn.Module, in_channels: int, out_channels: int) -> 
     for layer in piece:
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
             new = type(layer)(
-                channels, out_channels, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                dilation=layer.dilation, groups=1, bias=layer.bias is not None,
+                channels,
+                out_channels,
+                layer.kernel_size,
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=1,
+                bias=layer.bias is not None,
                 **({"output_padding": layer.output_padding} if isinstance(layer, nn.ConvTranspose2d) else {}),
             )
             channels = out_channels
@@ -160,8 +166,13 @@ def narrow_sequential(piece: nn.Module, in_channels: int, out_channels: int) -> 
             new = nn.Linear(channels, out_channels, bias=layer.bias is not None)
             channels = out_channels
         elif isinstance(layer, (nn.BatchNorm2d, nn.InstanceNorm2d)):
-            new = type(layer)(channels, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-                              track_running_stats=layer.track_running_stats)
+            new = type(layer)(
+                channels,
+                eps=layer.eps,
+                momentum=layer.momentum,
+                affine=layer.affine,
+                track_running_stats=layer.track_running_stats,
+            )
         elif isinstance(layer, nn.Sequential):
             new = narrow_sequential(layer, channels, out_channels)
             if _channel_layers(layer):
@@ -208,14 +219,16 @@ class StagedSequential(StagedGenerator):
             )
         self.stem_module = seq[: bounds[0]]
         self.stages = nn.ModuleList(_IgnoreCond(seq[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
-        self.head = _IgnoreCond(seq[bounds[-1]:])
+        self.head = _IgnoreCond(seq[bounds[-1] :])
         self._example_shape = tuple(example_input.shape[1:])
         self._narrow_stage = narrow_stage
         self._narrow_head = narrow_head
         if channels is None:
             channels = self._probe_channels(example_input)
         if len(channels) != len(self.stages):
-            raise ValueError(f"channels must give one (in, out) pair per stage ({len(self.stages)}); got {len(channels)}")
+            raise ValueError(
+                f"channels must give one (in, out) pair per stage ({len(self.stages)}); got {len(channels)}"
+            )
         self.stage_channels = [(int(a), int(b)) for a, b in channels]
 
     @torch.no_grad()
@@ -232,8 +245,9 @@ class StagedSequential(StagedGenerator):
     def check_inputs(self, x: torch.Tensor, *rest: torch.Tensor) -> int:
         batch = super().check_inputs(x, *rest)
         if tuple(x.shape[1:]) != self._example_shape:
-            raise ValueError(f"x must be [B, {', '.join(map(str, self._example_shape))}] like the example input; "
-                             f"got {list(x.shape)}")
+            raise ValueError(
+                f"x must be [B, {', '.join(map(str, self._example_shape))}] like the example input; got {list(x.shape)}"
+            )
         return batch
 
     def stem(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -253,7 +267,11 @@ class StagedSequential(StagedGenerator):
         out = _channel_layers(piece)
         if not out:
             raise TypeError("the head has no conv/linear layer to narrow; pass narrow_head=")
-        return _IgnoreCond(narrow_sequential(piece, in_channels, out[-1].out_features if isinstance(out[-1], nn.Linear) else out[-1].out_channels))
+        return _IgnoreCond(
+            narrow_sequential(
+                piece, in_channels, out[-1].out_features if isinstance(out[-1], nn.Linear) else out[-1].out_channels
+            )
+        )
 
     def example_inputs(self, batch_size: int = 1, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         return (torch.randn(batch_size, *self._example_shape, device=device),)

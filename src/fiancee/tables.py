@@ -22,8 +22,14 @@ from .io import cache_dir, load_tensors, save_tensors, tensor_fingerprint
 from .predictor import QualityPredictor, error_summary, exits_fingerprints, predict
 from .tasks.base import cross_noises, declared_inputs, pair_noises
 
-__all__ = ["route_images", "per_image_lpips", "sample_table_inputs", "build_lpips_table", "predictor_error",
-           "format_predictor_error"]
+__all__ = [
+    "route_images",
+    "per_image_lpips",
+    "sample_table_inputs",
+    "build_lpips_table",
+    "predictor_error",
+    "format_predictor_error",
+]
 
 TABLE_FORMAT = 1  # part of every cache key: bump it when a table's meaning changes
 
@@ -41,17 +47,29 @@ def route_images(model, inputs: tuple[torch.Tensor, ...], batch_size: int = 64, 
 
 
 @torch.no_grad()
-def per_image_lpips(images: torch.Tensor, reference: torch.Tensor, to_metric, net: str = "alex", batch_size: int = 64) -> torch.Tensor:
+def per_image_lpips(
+    images: torch.Tensor, reference: torch.Tensor, to_metric, net: str = "alex", batch_size: int = 64
+) -> torch.Tensor:
     from .metrics.lpips import LPIPS
 
     metric = LPIPS(net)
-    vals = [metric(to_metric(images[s : s + batch_size]), to_metric(reference[s : s + batch_size]))
-            for s in range(0, images.shape[0], batch_size)]
+    vals = [
+        metric(to_metric(images[s : s + batch_size]), to_metric(reference[s : s + batch_size]))
+        for s in range(0, images.shape[0], batch_size)
+    ]
     return torch.cat(vals).flatten()
 
 
-def sample_table_inputs(task, n: int, seed: int, split: str, noises: int | torch.Tensor | None = None,
-                        noise_seed: int = 0, pairing: str = "cross", shift: str | None = None) -> tuple[torch.Tensor, ...]:
+def sample_table_inputs(
+    task,
+    n: int,
+    seed: int,
+    split: str,
+    noises: int | torch.Tensor | None = None,
+    noise_seed: int = 0,
+    pairing: str = "cross",
+    shift: str | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Generator inputs of a table. Without ``noises``: ``task.sample_inputs(n, seed, split)``; with ``shift``
     (a name the task declares, :attr:`fiancee.tasks.base.Task.shifts`): ``task.shifted_inputs(n, seed, split, shift)``.
 
@@ -79,10 +97,24 @@ def _table_key(fps: dict, inputs: tuple[torch.Tensor, ...], guide_key: str | Non
 
 
 @torch.no_grad()
-def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, cache: bool | str | Path = True, *,
-                      noises: int | torch.Tensor | None = None, noise_seed: int = 0, pairing: str = "cross",
-                      guide_key: str | None = None, shift: str | None = None,
-                      batch_size: int = 128, net: str = "alex", progress: bool = False) -> dict:
+def build_lpips_table(
+    model,
+    task,
+    n: int,
+    seed: int,
+    split: str,
+    guide=None,
+    cache: bool | str | Path = True,
+    *,
+    noises: int | torch.Tensor | None = None,
+    noise_seed: int = 0,
+    pairing: str = "cross",
+    guide_key: str | None = None,
+    shift: str | None = None,
+    batch_size: int = 128,
+    net: str = "alex",
+    progress: bool = False,
+) -> dict:
     """Inputs x the true LPIPS of every exit vs the backbone (section 3.2's labels S).
 
     Returns ``{"inputs": tuple, "lpips": [N, E] float32, "key": str, "cached": bool}``. ``cache=True``
@@ -111,12 +143,24 @@ def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, ca
     for s in starts:
         batch = tuple(x[s : s + batch_size].to(device) for x in inputs)
         images = route_images(model, batch, batch_size=batch_size, guide=guide)  # E+1 x [b, C, H, W], backbone last
-        rows.append(torch.stack([per_image_lpips(images[r], images[-1], task.to_lpips_images, net=net)
-                                 for r in range(e)], dim=1))  # [b, E]
+        rows.append(
+            torch.stack(
+                [per_image_lpips(images[r], images[-1], task.to_lpips_images, net=net) for r in range(e)], dim=1
+            )
+        )  # [b, E]
     lpips = torch.cat(rows).float()
     if use_cache:
-        save_tensors(path, {"lpips": lpips}, metadata={"task": task.name, "n": str(n), "seed": str(seed), "split": split,
-                                                          **({"shift": shift} if shift else {})})
+        save_tensors(
+            path,
+            {"lpips": lpips},
+            metadata={
+                "task": task.name,
+                "n": str(n),
+                "seed": str(seed),
+                "split": split,
+                **({"shift": shift} if shift else {}),
+            },
+        )
     return {"inputs": inputs, "lpips": lpips, "key": key, "cached": False}
 
 
@@ -124,9 +168,19 @@ def build_lpips_table(model, task, n: int, seed: int, split: str, guide=None, ca
 # Error (Tables S3, S4)
 
 
-def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, seed: int = 0, guide=None,
-                    guide_key: str | None = None, train_noises: int | None = None, noise_seed: int = 0,
-                    cache: bool | str | Path = True) -> dict:
+def predictor_error(
+    predictor: QualityPredictor,
+    model,
+    task,
+    *,
+    n: int = 500,
+    seed: int = 0,
+    guide=None,
+    guide_key: str | None = None,
+    train_noises: int | None = None,
+    noise_seed: int = 0,
+    cache: bool | str | Path = True,
+) -> dict:
     """Tables S3 / S4: mean relative error per exit on held-out (``test`` split) inputs.
 
     Label-map tasks (``train_noises`` = K, the training noise count, drawn from ``noise_seed``): ``n``
@@ -140,8 +194,19 @@ def predictor_error(predictor: QualityPredictor, model, task, *, n: int = 500, s
         table = build_lpips_table(model, task, n, seed, "test", guide, cache, guide_key=guide_key)
         sets["held_out"] = table
     else:
-        sets["train_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, noises=train_noises,
-                                                 noise_seed=noise_seed, pairing="pair", guide_key=guide_key)
+        sets["train_noises"] = build_lpips_table(
+            model,
+            task,
+            n,
+            seed,
+            "test",
+            guide,
+            cache,
+            noises=train_noises,
+            noise_seed=noise_seed,
+            pairing="pair",
+            guide_key=guide_key,
+        )
         sets["new_noises"] = build_lpips_table(model, task, n, seed, "test", guide, cache, guide_key=guide_key)
     report = {"task": task.name, "arch": predictor.arch, "attach_after": list(model.attach_after), "sets": {}}
     for name, table in sets.items():
@@ -154,12 +219,17 @@ def format_predictor_error(report: dict) -> str:
     """A :func:`predictor_error` report as a table (what train-predictor and predictor-error print): per set of
     inputs, the mean relative error of every exit, their mean and the mean Spearman rank correlation."""
     exits = report["attach_after"] if "attach_after" in report else report["exits"]  # "exits": reports before
-    lines = [f"{report['task']} predictor ({report['arch']}): mean relative error |P - S| / S per exit "
-             "(Tables S3 / S4)",
-             f"{'set':<14}{'n':>6}" + "".join(f"{'B' + str(i + 1):>8}" for i in range(len(exits)))
-             + f"{'mean':>8}{'rho':>7}"]
+    lines = [
+        f"{report['task']} predictor ({report['arch']}): mean relative error |P - S| / S per exit (Tables S3 / S4)",
+        f"{'set':<14}{'n':>6}"
+        + "".join(f"{'B' + str(i + 1):>8}" for i in range(len(exits)))
+        + f"{'mean':>8}{'rho':>7}",
+    ]
     for name, e in report["sets"].items():
         rho = sum(e["spearman"]) / len(e["spearman"])
-        lines.append(f"{name:<14}{e['n']:>6}" + "".join(f"{100 * v:>7.1f}%" for v in e["relative_error"])
-                     + f"{100 * e['mean_relative_error']:>7.1f}%{rho:>7.2f}")
+        lines.append(
+            f"{name:<14}{e['n']:>6}"
+            + "".join(f"{100 * v:>7.1f}%" for v in e["relative_error"])
+            + f"{100 * e['mean_relative_error']:>7.1f}%{rho:>7.2f}"
+        )
     return "\n".join(lines)

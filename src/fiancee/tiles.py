@@ -25,8 +25,10 @@ def check_tiling(height: int, width: int, tile: int, overlap: int) -> None:
     if not 0 <= overlap <= tile // 2:
         raise ValueError(f"overlap must lie in 0..{tile // 2} pixels for tile {tile}; got {overlap}")
     if min(height, width) < tile:
-        raise ValueError(f"the image is {width}x{height} pixels, smaller than one {tile}x{tile} tile: "
-                         f"pass a smaller --tile (at least 4) or a larger image")
+        raise ValueError(
+            f"the image is {width}x{height} pixels, smaller than one {tile}x{tile} tile: "
+            f"pass a smaller --tile (at least 4) or a larger image"
+        )
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

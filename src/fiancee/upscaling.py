@@ -24,13 +24,21 @@ import torch
 from .core.folders import UPSCALE, make_header
 from .tiles import RowStitcher, check_tiling, tile_starts
 
-__all__ = ["read_image", "upscale_array", "upscale_images", "format_upscale_summary", "seam_ratio", "ROUTE_COLOURS",
-           "MAX_PIXELS"]
+__all__ = [
+    "read_image",
+    "upscale_array",
+    "upscale_images",
+    "format_upscale_summary",
+    "seam_ratio",
+    "ROUTE_COLOURS",
+    "MAX_PIXELS",
+]
 
 MAX_PIXELS = 16_000_000  # input pixels accepted by default (a 4000x4000 photo -> 16000x16000, 768 MB out)
 # exit 1, 2, 3, ..., backbone last (the route map's legend)
-ROUTE_COLOURS = np.array([[46, 160, 67], [160, 200, 40], [250, 190, 30], [240, 110, 30], [200, 40, 40],
-                          [120, 40, 160]], dtype=np.float32)
+ROUTE_COLOURS = np.array(
+    [[46, 160, 67], [160, 200, 40], [250, 190, 30], [240, 110, 30], [200, 40, 40], [120, 40, 160]], dtype=np.float32
+)
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -48,8 +56,10 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         with Image.open(path) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ValueError(f"{path} is {w}x{h} = {w * h:,} pixels, more than the {max_pixels:,} accepted "
-                                 "(--max-pixels raises the limit)")
+                raise ValueError(
+                    f"{path} is {w}x{h} = {w * h:,} pixels, more than the {max_pixels:,} accepted "
+                    "(--max-pixels raises the limit)"
+                )
             im.load()  # a truncated file fails here
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 grey = np.asarray(im, dtype=np.float32) / 65535.0
@@ -61,7 +71,9 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except OSError as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path} could not be decoded ({' '.join(str(e).split())}): a truncated or damaged file?") from None
+        raise ValueError(
+            f"{path} could not be decoded ({' '.join(str(e).split())}): a truncated or damaged file?"
+        ) from None
     return np.ascontiguousarray(arr)
 
 
@@ -71,8 +83,17 @@ def _pipeline_tile(pipe) -> int:
 
 
 @torch.no_grad()
-def upscale_array(pipe, image: np.ndarray, *, max_lpips: float, tile: int, overlap: int, batch_size: int = 16,
-                  progress=None, backbone_only: bool = False) -> dict:
+def upscale_array(
+    pipe,
+    image: np.ndarray,
+    *,
+    max_lpips: float,
+    tile: int,
+    overlap: int,
+    batch_size: int = 16,
+    progress=None,
+    backbone_only: bool = False,
+) -> dict:
     """Upscale ``image`` (float ``[H, W, 3]`` in [0, 1]) tile by tile through ``pipe`` at ``max_lpips``.
 
     Returns ``{"image": uint8 [sH, sW, 3], "routes": int [rows, cols], "starts": (ys, xs), "macs": float,
@@ -115,8 +136,14 @@ def upscale_array(pipe, image: np.ndarray, *, max_lpips: float, tile: int, overl
                 progress(len(imgs))
         stitcher.finish_row(y0, ys[r + 1] if r + 1 < len(ys) else None)
     backbone = float(pipe.route_macs[-1]) * routes.size
-    return {"image": stitcher.out, "routes": routes, "starts": (ys, xs), "macs": macs, "backbone_macs": backbone,
-            "scale": scale}
+    return {
+        "image": stitcher.out,
+        "routes": routes,
+        "starts": (ys, xs),
+        "macs": macs,
+        "backbone_macs": backbone,
+        "scale": scale,
+    }
 
 
 def seam_ratio(image: np.ndarray, starts: tuple[list[int], list[int]], tile: int, overlap: int, scale: int) -> float:
@@ -145,8 +172,9 @@ def seam_ratio(image: np.ndarray, starts: tuple[list[int], list[int]], tile: int
     return float((on_x + on_y) / (n_x + n_y) / base) if base > 0 else 1.0
 
 
-def route_map(image: np.ndarray, routes: np.ndarray, starts: tuple[list[int], list[int]], tile: int,
-              overlap: int) -> np.ndarray:
+def route_map(
+    image: np.ndarray, routes: np.ndarray, starts: tuple[list[int], list[int]], tile: int, overlap: int
+) -> np.ndarray:
     """A picture of which exit each tile took: the photo in grey under each tile's colour (its own part of
     the grid: the tile minus half the overlap on each side shared with a neighbour)."""
     grey = image.mean(axis=2, keepdims=True)
@@ -161,9 +189,19 @@ def route_map(image: np.ndarray, routes: np.ndarray, starts: tuple[list[int], li
     return np.clip(np.rint((0.45 * grey + 0.55 * colour) * 255), 0, 255).astype(np.uint8)
 
 
-def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lpips: float, tile: int | None = None,
-                   overlap: int = 4, batch_size: int = 16, write_route_map: bool = False,
-                   max_pixels: int = MAX_PIXELS, progress: bool = True) -> dict:
+def upscale_images(
+    pipe,
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    max_lpips: float,
+    tile: int | None = None,
+    overlap: int = 4,
+    batch_size: int = 16,
+    write_route_map: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    progress: bool = True,
+) -> dict:
     """Upscale every image of ``paths`` through ``pipe`` into the folder ``out`` (written whole).
 
     Every image is read and checked first (one line naming the file and what was expected), before any tile
@@ -182,8 +220,14 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
     if not paths:
         raise ValueError("give at least one image")
     images = _check_images(paths, out, tile, overlap, max_pixels)
-    summary = {**make_header(UPSCALE, 1), "max_lpips": threshold, "tile": tile, "overlap": overlap,
-               "route_macs": [float(m) for m in pipe.route_macs.tolist()], "images": []}
+    summary = {
+        **make_header(UPSCALE, 1),
+        "max_lpips": threshold,
+        "tile": tile,
+        "overlap": overlap,
+        "route_macs": [float(m) for m in pipe.route_macs.tolist()],
+        "images": [],
+    }
     bar = None
     if progress:
         from tqdm import tqdm
@@ -192,18 +236,30 @@ def upscale_images(pipe, paths: Sequence[str | Path], out: str | Path, *, max_lp
         bar = tqdm(total=total, desc="tiles", unit="tile", dynamic_ncols=True)
     with atomic_folder(out, kind=UPSCALE, what="upscale output") as tmp:
         for path, _ in images:
-            summary["images"].append(_upscale_file(
-                pipe, path, tmp, max_lpips=threshold, tile=tile, overlap=overlap, batch_size=batch_size,
-                max_pixels=max_pixels, write_route_map=write_route_map, num_routes=len(summary["route_macs"]),
-                progress=None if bar is None else bar.update))
+            summary["images"].append(
+                _upscale_file(
+                    pipe,
+                    path,
+                    tmp,
+                    max_lpips=threshold,
+                    tile=tile,
+                    overlap=overlap,
+                    batch_size=batch_size,
+                    max_pixels=max_pixels,
+                    write_route_map=write_route_map,
+                    num_routes=len(summary["route_macs"]),
+                    progress=None if bar is None else bar.update,
+                )
+            )
         write_json(tmp / "summary.json", summary)
     if bar is not None:
         bar.close()
     return summary
 
 
-def _check_images(paths: Sequence[str | Path], out: str | Path, tile: int, overlap: int,
-                  max_pixels: int) -> list[tuple[Path, tuple[int, int]]]:
+def _check_images(
+    paths: Sequence[str | Path], out: str | Path, tile: int, overlap: int, max_pixels: int
+) -> list[tuple[Path, tuple[int, int]]]:
     """``(path, (height, width))`` of every image, each read and checked (readable, small enough, tileable, a
     name of its own in ``out``) before any tile is computed; no photo is kept in memory."""
     images = []
@@ -220,16 +276,29 @@ def _check_images(paths: Sequence[str | Path], out: str | Path, tile: int, overl
     return images
 
 
-def _upscale_file(pipe, path: Path, folder: Path, *, max_lpips: float, tile: int, overlap: int, batch_size: int,
-                  max_pixels: int, write_route_map: bool, num_routes: int, progress) -> dict:
+def _upscale_file(
+    pipe,
+    path: Path,
+    folder: Path,
+    *,
+    max_lpips: float,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    max_pixels: int,
+    write_route_map: bool,
+    num_routes: int,
+    progress,
+) -> dict:
     """One photo upscaled into ``folder`` (``NAME_x<s>.png``, and ``NAME_routes.png`` with ``write_route_map``);
     returns its entry of the summary."""
     from PIL import Image
 
     arr = read_image(path, max_pixels)
     t0 = time.perf_counter()
-    res = upscale_array(pipe, arr, max_lpips=max_lpips, tile=tile, overlap=overlap, batch_size=batch_size,
-                        progress=progress)
+    res = upscale_array(
+        pipe, arr, max_lpips=max_lpips, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
+    )
     seconds = time.perf_counter() - t0
     s = res["scale"]
     Image.fromarray(res["image"]).save(folder / f"{path.stem}_x{s}.png")
@@ -238,10 +307,14 @@ def _upscale_file(pipe, path: Path, folder: Path, *, max_lpips: float, tile: int
         Image.fromarray(routes_png).save(folder / f"{path.stem}_routes.png")
     counts = np.bincount(res["routes"].ravel(), minlength=num_routes)
     return {
-        "name": path.name, "size": [int(arr.shape[1]), int(arr.shape[0])], "tiles": int(res["routes"].size),
+        "name": path.name,
+        "size": [int(arr.shape[1]), int(arr.shape[0])],
+        "tiles": int(res["routes"].size),
         "route_shares": [round(float(c) / res["routes"].size, 4) for c in counts],
-        "macs": res["macs"], "backbone_macs": res["backbone_macs"],
-        "macs_saved": 1.0 - res["macs"] / res["backbone_macs"], "seconds": round(seconds, 3),
+        "macs": res["macs"],
+        "backbone_macs": res["backbone_macs"],
+        "macs_saved": 1.0 - res["macs"] / res["backbone_macs"],
+        "seconds": round(seconds, 3),
         "routes": res["routes"].tolist(),
     }
 
@@ -251,4 +324,6 @@ def format_upscale_summary(summary: dict) -> str:
     return "\n".join(
         f"{im['name']}: {im['size'][0]}x{im['size'][1]}, {im['tiles']} tiles, MACs saved {im['macs_saved']:.1%} "
         f"vs the backbone on the same tiles, exit shares {' / '.join(f'{s:.0%}' for s in im['route_shares'])} "
-        f"(backbone last), {im['seconds']:.1f} s" for im in summary["images"])
+        f"(backbone last), {im['seconds']:.1f} s"
+        for im in summary["images"]
+    )

@@ -61,8 +61,12 @@ class ResBlock2D(nn.Module):
     def __init__(self, fin: int, fout: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.BatchNorm2d(fin), nn.Hardswish(), nn.Conv2d(fin, fout, 3, padding=1),
-            nn.BatchNorm2d(fout), nn.Hardswish(), nn.Conv2d(fout, fout, 3, padding=1),
+            nn.BatchNorm2d(fin),
+            nn.Hardswish(),
+            nn.Conv2d(fin, fout, 3, padding=1),
+            nn.BatchNorm2d(fout),
+            nn.Hardswish(),
+            nn.Conv2d(fout, fout, 3, padding=1),
         )
         self.skip = nn.Conv2d(fin, fout, 1) if fin != fout else nn.Identity()
 

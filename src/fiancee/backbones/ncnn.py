@@ -28,8 +28,27 @@ __all__ = ["NcnnLayer", "NcnnConv", "read_param", "read_convolutions", "MAGIC", 
 
 MAGIC = 7767517
 FP16_TAG = 0x01306B47
-_WEIGHTLESS = {"Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "ReLU", "Sigmoid", "TanH", "Noop",
-               "Crop", "Reshape", "Permute", "Flatten", "Pooling", "Softmax", "Clip", "UnaryOp", "PixelShuffle"}
+_WEIGHTLESS = {
+    "Input",
+    "Split",
+    "Concat",
+    "Eltwise",
+    "BinaryOp",
+    "Interp",
+    "ReLU",
+    "Sigmoid",
+    "TanH",
+    "Noop",
+    "Crop",
+    "Reshape",
+    "Permute",
+    "Flatten",
+    "Pooling",
+    "Softmax",
+    "Clip",
+    "UnaryOp",
+    "PixelShuffle",
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,9 @@ def read_convolutions(param: str | os.PathLike, bin_path: str | os.PathLike) -> 
         if layer.type in _WEIGHTLESS:
             continue
         if layer.type != "Convolution":
-            raise ValueError(f"{param}: layer {layer.name} is a {layer.type}; this reader knows Convolution weights only")
+            raise ValueError(
+                f"{param}: layer {layer.name} is a {layer.type}; this reader knows Convolution weights only"
+            )
         p = layer.params
         out, kernel, size = int(p.get(0, 0)), int(p.get(1, 0)), int(p.get(6, 0))
         if out <= 0 or kernel <= 0 or size <= 0 or size % (out * kernel * kernel):
@@ -124,8 +145,10 @@ def read_convolutions(param: str | os.PathLike, bin_path: str | os.PathLike) -> 
             w = np.frombuffer(data, dtype="<f4", count=size, offset=pos).copy()
             pos += size * 4
         else:
-            raise ValueError(f"{bin_path}: layer {layer.name} has storage tag {tag:#x}; expected float16 "
-                             f"({FP16_TAG:#x}) or float32 (0)")
+            raise ValueError(
+                f"{bin_path}: layer {layer.name} has storage tag {tag:#x}; expected float16 "
+                f"({FP16_TAG:#x}) or float32 (0)"
+            )
         bias = None
         if int(p.get(5, 0)) == 1:
             if pos + out * 4 > len(data):
@@ -139,9 +162,14 @@ def read_convolutions(param: str | os.PathLike, bin_path: str | os.PathLike) -> 
         if act == 2:
             slope = float(p[10][0]) if 10 in p and p[10] else 0.0
         elif act not in (0,):
-            raise ValueError(f"{param}: layer {layer.name} fuses activation type {act}; this reader knows leaky ReLU (2)")
-        convs.append(NcnnConv(layer.name, w.reshape(out, cin, kernel, kernel), bias, int(p.get(3, 1)),
-                              int(p.get(4, 0)), slope))
+            raise ValueError(
+                f"{param}: layer {layer.name} fuses activation type {act}; this reader knows leaky ReLU (2)"
+            )
+        convs.append(
+            NcnnConv(layer.name, w.reshape(out, cin, kernel, kernel), bias, int(p.get(3, 1)), int(p.get(4, 0)), slope)
+        )
     if pos != len(data):
-        raise ValueError(f"{bin_path}: {len(data) - pos} bytes left after the last layer's weights (not this .param's .bin?)")
+        raise ValueError(
+            f"{bin_path}: {len(data) - pos} bytes left after the last layer's weights (not this .param's .bin?)"
+        )
     return convs

@@ -66,8 +66,15 @@ class OASISConfig:
     @classmethod
     def tiny(cls) -> "OASISConfig":
         """For tests: 5 labels, 8-d noise, 4 blocks to 32x32, a few channels."""
-        return cls(label_channels=5, z_dim=8, channels=(64, 64, 32, 16, 8), out_size=(32, 32), spade_hidden=16,
-                   channel_unit=8, exits=(1, 2, 3))
+        return cls(
+            label_channels=5,
+            z_dim=8,
+            channels=(64, 64, 32, 16, 8),
+            out_size=(32, 32),
+            spade_hidden=16,
+            channel_unit=8,
+            exits=(1, 2, 3),
+        )
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:

@@ -90,8 +90,9 @@ class _Tail(nn.Module):
     """The head: ``conv_body`` + the global skip (``cond`` = the stem's features), then the x4 upsampler.
     Returns the image in [-1, 1]."""
 
-    def __init__(self, conv_body: nn.Conv2d, conv_up1: nn.Conv2d, conv_up2: nn.Conv2d, conv_hr: nn.Conv2d,
-                 conv_last: nn.Conv2d):
+    def __init__(
+        self, conv_body: nn.Conv2d, conv_up1: nn.Conv2d, conv_up2: nn.Conv2d, conv_hr: nn.Conv2d, conv_last: nn.Conv2d
+    ):
         super().__init__()
         self.conv_body, self.conv_up1, self.conv_up2 = conv_body, conv_up1, conv_up2
         self.conv_hr, self.conv_last = conv_hr, conv_last
@@ -105,8 +106,13 @@ class _Tail(nn.Module):
 
 
 def _tail_convs(in_channels: int, num_feat: int, width: int) -> list[nn.Conv2d]:
-    return [nn.Conv2d(in_channels, num_feat, 3, 1, 1), nn.Conv2d(num_feat, width, 3, 1, 1),
-            nn.Conv2d(width, width, 3, 1, 1), nn.Conv2d(width, width, 3, 1, 1), nn.Conv2d(width, 3, 3, 1, 1)]
+    return [
+        nn.Conv2d(in_channels, num_feat, 3, 1, 1),
+        nn.Conv2d(num_feat, width, 3, 1, 1),
+        nn.Conv2d(width, width, 3, 1, 1),
+        nn.Conv2d(width, width, 3, 1, 1),
+        nn.Conv2d(width, 3, 3, 1, 1),
+    ]
 
 
 class RRDBNet(StagedGenerator):
@@ -120,14 +126,25 @@ class RRDBNet(StagedGenerator):
 
     input_names = ("x",)
 
-    def __init__(self, num_block: int = 23, num_feat: int = 64, num_grow: int = 32,
-                 stage_blocks: Sequence[int] = (4, 4, 4, 4, 5, 2), branch_blocks: Sequence[int] | None = None,
-                 tail_width: int | None = None, example_size: int = 32):
+    def __init__(
+        self,
+        num_block: int = 23,
+        num_feat: int = 64,
+        num_grow: int = 32,
+        stage_blocks: Sequence[int] = (4, 4, 4, 4, 5, 2),
+        branch_blocks: Sequence[int] | None = None,
+        tail_width: int | None = None,
+        example_size: int = 32,
+    ):
         super().__init__()
         stage_blocks = [int(b) for b in stage_blocks]
         if any(b <= 0 for b in stage_blocks) or sum(stage_blocks) != num_block:
             raise ValueError(f"stage_blocks must be positive block counts adding up to {num_block}; got {stage_blocks}")
-        keep = [0] * (len(stage_blocks) - 1) + [stage_blocks[-1]] if branch_blocks is None else [int(b) for b in branch_blocks]
+        keep = (
+            [0] * (len(stage_blocks) - 1) + [stage_blocks[-1]]
+            if branch_blocks is None
+            else [int(b) for b in branch_blocks]
+        )
         if len(keep) != len(stage_blocks) or any(not 0 <= k <= b for k, b in zip(keep, stage_blocks)):
             raise ValueError(f"branch_blocks must give, per stage, a count in 0..its blocks {stage_blocks}; got {keep}")
         self.num_feat, self.num_grow = num_feat, num_grow
@@ -137,12 +154,18 @@ class RRDBNet(StagedGenerator):
         self.image_channels = 3
         self.conv_first = nn.Conv2d(3, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(num_feat, num_grow) for _ in range(num_block)))
-        self.conv_body, self.conv_up1, self.conv_up2, self.conv_hr, self.conv_last = _tail_convs(num_feat, num_feat, num_feat)
+        self.conv_body, self.conv_up1, self.conv_up2, self.conv_hr, self.conv_last = _tail_convs(
+            num_feat, num_feat, num_feat
+        )
         bounds = [0]
         for b in stage_blocks:
             bounds.append(bounds[-1] + b)
-        object.__setattr__(self, "stages", nn.ModuleList(_Group(self.body[a:b]) for a, b in zip(bounds[:-1], bounds[1:])))
-        object.__setattr__(self, "head", _Tail(self.conv_body, self.conv_up1, self.conv_up2, self.conv_hr, self.conv_last))
+        object.__setattr__(
+            self, "stages", nn.ModuleList(_Group(self.body[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
+        )
+        object.__setattr__(
+            self, "head", _Tail(self.conv_body, self.conv_up1, self.conv_up2, self.conv_hr, self.conv_last)
+        )
         self.stage_channels = [(num_feat, num_feat)] * len(stage_blocks)
 
     def check_inputs(self, *inputs: torch.Tensor) -> int:
@@ -159,8 +182,10 @@ class RRDBNet(StagedGenerator):
     def make_branch_stage(self, index: int, in_channels: int, out_channels: int) -> nn.Module:
         # A residual group keeps its width: a branch narrows by depth (branch_blocks) and in its tail.
         if in_channels != self.num_feat or out_channels != self.num_feat:
-            raise ValueError(f"an RRDB branch block keeps {self.num_feat} channels (residual blocks); got "
-                             f"{in_channels} -> {out_channels}: use scale 1 and min_channels {self.num_feat}")
+            raise ValueError(
+                f"an RRDB branch block keeps {self.num_feat} channels (residual blocks); got "
+                f"{in_channels} -> {out_channels}: use scale 1 and min_channels {self.num_feat}"
+            )
         return _Group(nn.Sequential(*(RRDB(self.num_feat, self.num_grow) for _ in range(self.branch_blocks[index]))))
 
     def make_branch_head(self, in_channels: int) -> nn.Module:

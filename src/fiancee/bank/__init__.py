@@ -43,7 +43,8 @@ from __future__ import annotations
 
 # The core's FAISS search and index reading, which this package wraps, kept as the old module's attributes
 # (tests/test_core.py checks that the bank uses these objects themselves, no copy).
-from ..core.search import read_index as read_index, search_classes as search_classes
+from ..core.search import read_index as read_index
+from ..core.search import search_classes as search_classes
 from .build import BankSpec, build_feature_bank, collect_features
 from .feature_bank import FeatureBank, load_bank, start_images
 from .index import INDEX_KINDS
@@ -54,7 +55,23 @@ from .patches import cut_patches, glue_patches, majority_labels
 from .sampling import farthest_point_sampling
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "KEY_FUNCTIONS", "register_key_function", "farthest_point_sampling", "cut_patches",
-    "glue_patches", "majority_labels", "BankSpec", "FeatureBank", "collect_features", "build_feature_bank",
-    "load_bank", "retrieval_latency", "start_images", "key_function", "KIND", "MODES", "INDEX_KINDS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "KEY_FUNCTIONS",
+    "register_key_function",
+    "farthest_point_sampling",
+    "cut_patches",
+    "glue_patches",
+    "majority_labels",
+    "BankSpec",
+    "FeatureBank",
+    "collect_features",
+    "build_feature_bank",
+    "load_bank",
+    "retrieval_latency",
+    "start_images",
+    "key_function",
+    "KIND",
+    "MODES",
+    "INDEX_KINDS",
 ]

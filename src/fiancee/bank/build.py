@@ -50,8 +50,15 @@ class BankSpec:
 
 
 @torch.no_grad()
-def collect_features(backbone, inputs: tuple[torch.Tensor, ...], key_stage: int, value_stage: int,
-                     batch_size: int = 64, progress: bool = False, device: str | torch.device = "cpu"):
+def collect_features(
+    backbone,
+    inputs: tuple[torch.Tensor, ...],
+    key_stage: int,
+    value_stage: int,
+    batch_size: int = 64,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+):
     """Run the backbone once over ``inputs``: features after the key stage, after the value stage,
     the images, and the condition (CPU tensors). Stages count from 1."""
     n = inputs[0].shape[0]
@@ -64,8 +71,9 @@ def collect_features(backbone, inputs: tuple[torch.Tensor, ...], key_stage: int,
 
         starts = tqdm(starts, desc="bank features", unit="batch", dynamic_ncols=True)
     for s in starts:
-        f = backbone.features(*(x[s : s + batch_size].to(device) for x in inputs), taps=(key_stage, value_stage),
-                              image=True)
+        f = backbone.features(
+            *(x[s : s + batch_size].to(device) for x in inputs), taps=(key_stage, value_stage), image=True
+        )
         keys.append(f.taps[key_stage].float().cpu())
         values.append(f.taps[value_stage].float().cpu())
         images.append(f.image.float().cpu())
@@ -74,14 +82,24 @@ def collect_features(backbone, inputs: tuple[torch.Tensor, ...], key_stage: int,
     return torch.cat(keys), torch.cat(values), torch.cat(images), cond_all
 
 
-def build_feature_bank(backbone, inputs: tuple[torch.Tensor, ...], spec: BankSpec, *, label_channels: int | None = None,
-                       task: str | None = None, population: dict | None = None, batch_size: int = 64,
-                       progress: bool = False, device: str | torch.device = "cpu") -> FeatureBank:
+def build_feature_bank(
+    backbone,
+    inputs: tuple[torch.Tensor, ...],
+    spec: BankSpec,
+    *,
+    label_channels: int | None = None,
+    task: str | None = None,
+    population: dict | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+) -> FeatureBank:
     """Populate a bank from ``inputs`` (S1.1.1: once, before training the exits), cut redundancy
     with farthest-point sampling per class, and index it."""
     t0 = time.perf_counter()
-    hk, hv, images, cond = collect_features(backbone, inputs, spec.key_stage, spec.value_stage, batch_size,
-                                            progress, device)
+    hk, hv, images, cond = collect_features(
+        backbone, inputs, spec.key_stage, spec.value_stage, batch_size, progress, device
+    )
     n = hk.shape[0]
     if spec.mode == "patch":
         grid = spec.grid
@@ -128,17 +146,29 @@ def build_feature_bank(backbone, inputs: tuple[torch.Tensor, ...], spec: BankSpe
             start += m
 
     manifest = {
-        **make_header(KIND, FORMAT), "task": task, "mode": spec.mode,
-        "key_stage": spec.key_stage, "value_stage": spec.value_stage,
+        **make_header(KIND, FORMAT),
+        "task": task,
+        "mode": spec.mode,
+        "key_stage": spec.key_stage,
+        "value_stage": spec.value_stage,
         "grid": list(spec.grid) if spec.mode == "patch" else None,
         "key_function": spec.key_function if spec.mode == "global" else None,
-        "key_shape": list(hk.shape[1:]), "key_dim": int(keys.shape[1]), "value_shape": list(values.shape[1:]),
-        "label_channels": label_channels, "index": spec.index, "max_per_class": spec.max_per_class,
-        "fps_seed": spec.fps_seed, "entries": int(keys.shape[0]),
+        "key_shape": list(hk.shape[1:]),
+        "key_dim": int(keys.shape[1]),
+        "value_shape": list(values.shape[1:]),
+        "label_channels": label_channels,
+        "index": spec.index,
+        "max_per_class": spec.max_per_class,
+        "fps_seed": spec.fps_seed,
+        "entries": int(keys.shape[0]),
         "candidates": int(n * (g if spec.mode == "patch" else 1)),
-        "per_class_counts": counts, "fallback": "index_all for classes without entries",
-        "backbone_class": type(backbone).__name__, "backbone_fingerprint": _backbone_fingerprint(backbone),
-        "population": population or {"inputs": n}, "build_seconds": round(time.perf_counter() - t0, 2),
+        "per_class_counts": counts,
+        "fallback": "index_all for classes without entries",
+        "backbone_class": type(backbone).__name__,
+        "backbone_fingerprint": _backbone_fingerprint(backbone),
+        "population": population or {"inputs": n},
+        "build_seconds": round(time.perf_counter() - t0, 2),
     }
-    return FeatureBank(manifest=manifest, keys=keys, values=values, classes=classes, source=source, cell=cell,
-                       rgb=rgb, indexes=indexes)
+    return FeatureBank(
+        manifest=manifest, keys=keys, values=values, classes=classes, source=source, cell=cell, rgb=rgb, indexes=indexes
+    )

@@ -79,8 +79,10 @@ class FeatureBank:
         """Key-stage features ``[B, C, H, W]`` -> query keys ``[B, Q, D]`` (Q = grid cells, or 1)."""
         want = tuple(self.manifest["key_shape"])
         if tuple(h.shape[1:]) != want:
-            raise ValueError(f"the bank expects key-stage features [B, {', '.join(map(str, want))}] "
-                             f"(stage {self.manifest['key_stage']}); got {list(h.shape)}")
+            raise ValueError(
+                f"the bank expects key-stage features [B, {', '.join(map(str, want))}] "
+                f"(stage {self.manifest['key_stage']}); got {list(h.shape)}"
+            )
         if self.mode == "patch":
             return cut_patches(h.float(), self.grid).flatten(2)  # [B, G, C * ph * pw]
         return key_function(self.manifest["key_function"])(h)[:, None]  # [B, 1, D]
@@ -92,8 +94,10 @@ class FeatureBank:
         if self.mode == "global" or lc is None:
             return torch.zeros(batch, q, dtype=torch.long)
         if cond is None or cond.dim() != 4 or cond.shape[1] < lc:
-            raise ValueError(f"this bank searches per semantic class: the condition must start with the "
-                             f"{lc}-channel label map; got {None if cond is None else list(cond.shape)}")
+            raise ValueError(
+                f"this bank searches per semantic class: the condition must start with the "
+                f"{lc}-channel label map; got {None if cond is None else list(cond.shape)}"
+            )
         return majority_labels(cond[:, :lc], self.grid).cpu()
 
     @torch.no_grad()
@@ -115,8 +119,9 @@ class FeatureBank:
         return ids, macs
 
     @torch.no_grad()
-    def search_with_distances(self, h: torch.Tensor, cond: torch.Tensor | None = None
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def search_with_distances(
+        self, h: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`search_with_macs`, and the L2 distance of every query key to the entry it retrieved
         ``[B, Q]`` (float32, CPU): what FAISS returned with the ids, no second search (paper Fig. 10 plots
         the routed exit against it)."""
@@ -125,17 +130,22 @@ class FeatureBank:
         flat = queries.reshape(b * q, d).numpy()
         finite = np.isfinite(flat)
         if not finite.all():  # FAISS would return id -1 for them, an IndexError further on
-            raise ValueError(f"the key-stage features (stage {self.manifest['key_stage']}) given to the bank search "
-                             f"hold NaN or Inf ({int((~finite).sum())} of {finite.size} query-key values); "
-                             "expected finite numbers")
+            raise ValueError(
+                f"the key-stage features (stage {self.manifest['key_stage']}) given to the bank search "
+                f"hold NaN or Inf ({int((~finite).sum())} of {finite.size} query-key values); "
+                "expected finite numbers"
+            )
         classes, starts = None, {}
         if not (self.mode == "global" or self.label_channels is None):
             classes = self.query_classes(cond, b).reshape(-1).numpy()
             starts = {c: start for c, (start, _) in self.offsets().items()}
         # A class the bank never saw searches every key (documented in docs/bank.md).
         found, macs, dist = search_classes(_faiss(), self.indexes, starts, flat, classes, d)  # per query
-        return (torch.from_numpy(found).view(b, q), torch.from_numpy(macs).view(b, q).sum(1),
-                torch.from_numpy(np.sqrt(np.maximum(dist, 0))).view(b, q))
+        return (
+            torch.from_numpy(found).view(b, q),
+            torch.from_numpy(macs).view(b, q).sum(1),
+            torch.from_numpy(np.sqrt(np.maximum(dist, 0))).view(b, q),
+        )
 
     def search_macs_bound(self) -> int:
         """MACs of one input's search with flat indexes in the worst case: every query against the largest
@@ -144,8 +154,11 @@ class FeatureBank:
         q = self.grid[0] * self.grid[1] if self.mode == "patch" else 1
         reachable = [i for k, i in self.indexes.items() if k != "all"]
         # The whole-bank index serves only classes without their own index (or banks without classes).
-        if self.mode == "global" or self.label_channels is None or any(
-                c not in self.indexes for c in range(int(self.label_channels))):
+        if (
+            self.mode == "global"
+            or self.label_channels is None
+            or any(c not in self.indexes for c in range(int(self.label_channels)))
+        ):
             reachable.append(self.indexes["all"])
         return q * max(int(i.ntotal) for i in reachable) * int(self.keys.shape[1])
 
@@ -190,16 +203,27 @@ class FeatureBank:
         """Write the bank folder whole (:func:`fiancee.bank.folder.write_folder`): built in a hidden sibling
         and swapped in once complete, so a killed build never leaves half a bank; a folder of another kind
         is never replaced. :meth:`from_pretrained` reads it."""
-        return write_folder(path, self.manifest, {
-            "keys": self.keys, "values": self.values, "classes": self.classes, "source": self.source,
-            "cell": self.cell, "rgb": self.rgb,
-        }, self.indexes, overwrite=overwrite)
+        return write_folder(
+            path,
+            self.manifest,
+            {
+                "keys": self.keys,
+                "values": self.values,
+                "classes": self.classes,
+                "source": self.source,
+                "cell": self.cell,
+                "rgb": self.rgb,
+            },
+            self.indexes,
+            overwrite=overwrite,
+        )
 
     save = save_pretrained  # the name before save_pretrained / from_pretrained became the pair of every object
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, backbone, device: str | torch.device | None = None
-                        ) -> "FeatureBank":
+    def from_pretrained(
+        cls, path: str | os.PathLike, backbone, device: str | torch.device | None = None
+    ) -> "FeatureBank":
         """Read a bank folder and check it was built from ``backbone``'s weights (:func:`load_bank`)."""
         return load_bank(path, backbone, device)
 
@@ -208,8 +232,16 @@ def load_bank(path: str | os.PathLike, backbone, device: str | torch.device | No
     """Read a bank folder and check it was built from ``backbone``'s weights (else a ValueError)
     (:func:`fiancee.bank.folder.read_folder`)."""
     manifest, t, indexes = read_folder(path, backbone)
-    bank = FeatureBank(manifest=manifest, keys=t["keys"], values=t["values"], classes=t["classes"],
-                       source=t["source"], cell=t["cell"], rgb=t["rgb"], indexes=indexes)
+    bank = FeatureBank(
+        manifest=manifest,
+        keys=t["keys"],
+        values=t["values"],
+        classes=t["classes"],
+        source=t["source"],
+        cell=t["cell"],
+        rgb=t["rgb"],
+        indexes=indexes,
+    )
     if device is not None:
         bank.to(device)
     return bank

@@ -27,8 +27,9 @@ from .manifest import FORMAT, KIND, _backbone_fingerprint, _check_entries, _chec
 __all__ = ["write_folder", "read_folder"]
 
 
-def write_folder(path: str | os.PathLike, manifest: dict, tensors: dict, indexes: dict, *,
-                 overwrite: bool = False) -> Path:
+def write_folder(
+    path: str | os.PathLike, manifest: dict, tensors: dict, indexes: dict, *, overwrite: bool = False
+) -> Path:
     """Write the bank folder whole (:func:`fiancee.io.atomic_folder`): built in a hidden sibling and swapped in
     once complete, so a killed build never leaves half a bank; a folder of another kind is never replaced.
     ``tensors`` are the entries (keys, values, classes, source, cell, rgb), ``indexes`` map ``"all"`` and class
@@ -52,10 +53,14 @@ def read_folder(path: str | os.PathLike, backbone) -> tuple[dict, dict, dict]:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no feature bank at {path} (build one with `fiancee build-bank`)")
-    manifest = read_manifest(resolve_inside(path, "manifest.json"), kind=KIND, version=FORMAT,
-                             what="feature bank manifest",
-                             required=("backbone_fingerprint", "mode", "per_class_counts"),
-                             hint="; rebuild it with `fiancee build-bank`")
+    manifest = read_manifest(
+        resolve_inside(path, "manifest.json"),
+        kind=KIND,
+        version=FORMAT,
+        what="feature bank manifest",
+        required=("backbone_fingerprint", "mode", "per_class_counts"),
+        hint="; rebuild it with `fiancee build-bank`",
+    )
     mine = _backbone_fingerprint(backbone)
     if manifest["backbone_fingerprint"] != mine:
         raise ValueError(

@@ -16,8 +16,14 @@ __all__ = ["retrieval_latency"]
 
 
 @torch.no_grad()
-def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple[torch.Tensor, ...]] | None = None,
-                      batch_sizes: Sequence[int] = (1, 32), reps: int = 50, warmup: int = 5) -> list[dict]:
+def retrieval_latency(
+    bank: FeatureBank,
+    model,
+    inputs_fn: Callable[[int], tuple[torch.Tensor, ...]] | None = None,
+    batch_sizes: Sequence[int] = (1, 32),
+    reps: int = 50,
+    warmup: int = 5,
+) -> list[dict]:
     """Median wall time of retrieval (keys -> FAISS -> guide tensor) next to the median time of the
     smallest route (exit 1, route index 0; guide given as a tensor) in the same process, per batch size.
 
@@ -37,6 +43,14 @@ def retrieval_latency(bank: FeatureBank, model, inputs_fn: Callable[[int], tuple
         warmup = min(warmup, reps)
         r_ms = time_ms(lambda: bank.guide(h, cond), device, reps, warmup)["median_ms"]
         s_ms = time_ms(lambda: model(*inputs, route=0, guide=g), device, reps, warmup)["median_ms"]
-        out.append({"batch_size": bs, "retrieval_ms": round(r_ms, 4), "smallest_route_ms": round(s_ms, 4),
-                    "fraction": round(r_ms / s_ms, 4), "device": str(device), "entries": len(bank)})
+        out.append(
+            {
+                "batch_size": bs,
+                "retrieval_ms": round(r_ms, 4),
+                "smallest_route_ms": round(s_ms, 4),
+                "fraction": round(r_ms / s_ms, 4),
+                "device": str(device),
+                "entries": len(bank),
+            }
+        )
     return out

@@ -27,8 +27,10 @@ def _check_manifest(manifest: dict, source: Path) -> dict[int, int]:
     if manifest["mode"] not in MODES:
         raise ValueError(f"{source}: field 'mode' must be one of {MODES}; got {manifest['mode']!r}")
     pcc = manifest["per_class_counts"]
-    if not isinstance(pcc, dict) or not all(isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, int)
-                                             and not isinstance(v, bool) and v >= 0 for k, v in pcc.items()):
+    if not isinstance(pcc, dict) or not all(
+        isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in pcc.items()
+    ):
         raise ValueError(f"{source}: field 'per_class_counts' must map class numbers to counts >= 0; got {pcc!r}")
     counts = {int(k): v for k, v in pcc.items()}
     if any(c < 0 for c in counts):
@@ -55,27 +57,34 @@ def _check_entries(t: dict, counts: dict[int, int], manifest: dict, path: Path) 
         raise ValueError(f"{path}/entries.safetensors: keys must be [N, D]; got {list(keys.shape)}")
     n, d = int(keys.shape[0]), int(keys.shape[1])
     if manifest.get("key_dim", d) != d:
-        raise ValueError(f"{path}: manifest.json says keys are {manifest.get('key_dim')!r}-dimensional; "
-                         f"entries.safetensors holds {d}-dimensional keys")
+        raise ValueError(
+            f"{path}: manifest.json says keys are {manifest.get('key_dim')!r}-dimensional; "
+            f"entries.safetensors holds {d}-dimensional keys"
+        )
     if sum(counts.values()) != n or manifest.get("entries", n) != n:
-        raise ValueError(f"{path}: manifest.json's per_class_counts add up to {sum(counts.values())} entries "
-                         f"(entries: {manifest.get('entries')!r}), but entries.safetensors holds {n}")
+        raise ValueError(
+            f"{path}: manifest.json's per_class_counts add up to {sum(counts.values())} entries "
+            f"(entries: {manifest.get('entries')!r}), but entries.safetensors holds {n}"
+        )
     for name in ("values", "classes", "source", "cell", "rgb"):
         if t[name].dim() == 0 or int(t[name].shape[0]) != n:
             raise ValueError(f"{path}/entries.safetensors: {name} has {list(t[name].shape)[:1]} rows; keys have {n}")
     classes = t["classes"]
     start = 0
     for c in sorted(counts):
-        span = classes[start:start + counts[c]]
+        span = classes[start : start + counts[c]]
         if span.numel() and not bool((span == c).all()):
-            raise ValueError(f"{path}: manifest.json gives class {c} {counts[c]} entries from row {start}, "
-                             "but entries.safetensors holds other classes there (counts disagree with entries)")
+            raise ValueError(
+                f"{path}: manifest.json gives class {c} {counts[c]} entries from row {start}, "
+                "but entries.safetensors holds other classes there (counts disagree with entries)"
+            )
         start += counts[c]
     key_shape = manifest.get("key_shape")
     if key_shape is not None and manifest["mode"] == "patch":
         grid = manifest.get("grid") or [1, 1]
         want = (key_shape[0] * (key_shape[1] // grid[0]) * (key_shape[2] // grid[1])) if len(key_shape) == 3 else None
         if want is not None and want != d:
-            raise ValueError(f"{path}: keys are {d}-dimensional; the manifest's key_shape {key_shape} and grid {grid} "
-                             f"give {want}")
+            raise ValueError(
+                f"{path}: keys are {d}-dimensional; the manifest's key_shape {key_shape} and grid {grid} give {want}"
+            )
     return n, d

@@ -30,6 +30,22 @@ from .report import FORMAT_VERSION, format_onnx_table, format_table
 from .run import run_bench
 from .setup import GEOMETRY
 
-__all__ = ["REFERENCE_BACKBONES", "OPTIONS", "GEOMETRY", "DEMO_SHARES", "TOLERANCES", "FASTER", "FORMAT_VERSION",
-           "RUNTIMES", "BANK_MODES", "time_ms", "mix_routes", "mix_exits", "skewed_shares", "run_bench", "format_table",
-           "run_onnx_bench", "format_onnx_table"]
+__all__ = [
+    "REFERENCE_BACKBONES",
+    "OPTIONS",
+    "GEOMETRY",
+    "DEMO_SHARES",
+    "TOLERANCES",
+    "FASTER",
+    "FORMAT_VERSION",
+    "RUNTIMES",
+    "BANK_MODES",
+    "time_ms",
+    "mix_routes",
+    "mix_exits",
+    "skewed_shares",
+    "run_bench",
+    "format_table",
+    "run_onnx_bench",
+    "format_onnx_table",
+]

@@ -14,8 +14,18 @@ from ..backbones import SIZES
 from ..core.args import check_int
 from .options import CUDA_ONLY, OPTIONS
 
-__all__ = ["REFERENCE_BACKBONES", "RUNTIMES", "BANK_MODES", "positive", "parse_batches", "parse_options",
-           "parse_device", "check_bank", "check_backbone", "check_size"]
+__all__ = [
+    "REFERENCE_BACKBONES",
+    "RUNTIMES",
+    "BANK_MODES",
+    "positive",
+    "parse_batches",
+    "parse_options",
+    "parse_device",
+    "check_bank",
+    "check_backbone",
+    "check_size",
+]
 
 # The reference architectures (fiancee.backbones) benchmarked with random weights; any other name is
 # a task spec (a built-in task, package.module:attr naming a Task, an entry point of fiancee.tasks).
@@ -62,8 +72,9 @@ def parse_options(options: str | Sequence[str] | None, device: torch.device) -> 
     if "bf16" in out and "fp16" in out:
         raise ValueError("options bf16 and fp16 exclude each other (one autocast dtype); choose one")
     if "compile" in out and device.type == "cpu" and not _cpp_compiler():
-        raise ValueError("option 'compile' on cpu needs a C++ compiler for TorchInductor (g++, clang++ or $CXX); "
-                         "none found")
+        raise ValueError(
+            "option 'compile' on cpu needs a C++ compiler for TorchInductor (g++, clang++ or $CXX); none found"
+        )
     return out
 
 
@@ -104,6 +115,8 @@ def check_size(size: str | None, name: str, reference: bool) -> None:
     if reference and size not in SIZES:
         raise ValueError(f"size must be {' or '.join(map(repr, SIZES))} for {name}; got {size!r}")
     if not reference and size is not None:
-        raise ValueError(f"size ({' | '.join(SIZES)}) applies to the reference backbones "
-                         f"{' and '.join(REFERENCE_BACKBONES)}; {name} has its own pretrained backbone "
-                         f"(got size={size!r})")
+        raise ValueError(
+            f"size ({' | '.join(SIZES)}) applies to the reference backbones "
+            f"{' and '.join(REFERENCE_BACKBONES)}; {name} has its own pretrained backbone "
+            f"(got size={size!r})"
+        )

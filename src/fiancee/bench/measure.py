@@ -75,16 +75,28 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 
 def device_info(device: torch.device) -> dict:
     """The machine a report was measured on: CPU, threads, versions; on CUDA the GPU and its math settings."""
-    info = {"type": device.type, "name": cpu_name(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
-            "platform": platform.platform(terse=True)}
+    info = {
+        "type": device.type,
+        "name": cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
-        info.update(name=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), capability=f"{props.major}.{props.minor}",
-                    memory_gib=round(props.total_memory / 2**30, 1),
-                    cudnn_benchmark=torch.backends.cudnn.benchmark, cudnn_tf32=torch.backends.cudnn.allow_tf32,
-                    matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+        info.update(
+            name=torch.cuda.get_device_name(index),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
     return info

@@ -68,9 +68,16 @@ def _grouped(model, inputs: tuple[torch.Tensor, ...], routes: torch.Tensor) -> t
     return out
 
 
-def time_mixes(model, mixes: list[tuple[str, tuple[float, ...]]], batches: list[int],
-               inputs_on: dict[int, tuple[torch.Tensor, ...]], route_ms: dict[int, list[dict]], seed: int,
-               clock: Clock, step: Callable[[str], None]) -> dict:
+def time_mixes(
+    model,
+    mixes: list[tuple[str, tuple[float, ...]]],
+    batches: list[int],
+    inputs_on: dict[int, tuple[torch.Tensor, ...]],
+    route_ms: dict[int, list[dict]],
+    seed: int,
+    clock: Clock,
+    step: Callable[[str], None],
+) -> dict:
     """The mixed phase at every batch of at least 2: the tree against the ideal, the deepest-needed route and
     grouped routes per mix; the headline is the mix the tree does worst on against the ideal, at the largest
     batch (all None without such a batch)."""
@@ -83,14 +90,25 @@ def time_mixes(model, mixes: list[tuple[str, tuple[float, ...]]], batches: list[
             per_batch[str(b)] = _mix_row(model, inputs_on[b], routes, route_ms[b], clock)
             step(f"mix {mix_name} batch {b}")
         entries.append({"name": mix_name, "shares": [round(s, 4) for s in shares], "per_batch": per_batch})
-    mixed = {"batch": None, "mix": None, "tree_vs_ideal": None, "tree_vs_deepest": None, "tree_vs_grouped": None,
-             "mixes": entries}
+    mixed = {
+        "batch": None,
+        "mix": None,
+        "tree_vs_ideal": None,
+        "tree_vs_deepest": None,
+        "tree_vs_grouped": None,
+        "mixes": entries,
+    }
     if mix_batches:
         top = mix_batches[-1]
         worst = min(entries, key=lambda m: m["per_batch"][str(top)]["tree_vs_ideal"])
         row = worst["per_batch"][str(top)]
-        mixed.update(batch=top, mix=worst["name"], tree_vs_ideal=row["tree_vs_ideal"],
-                     tree_vs_deepest=row["tree_vs_deepest"], tree_vs_grouped=row["tree_vs_grouped"])
+        mixed.update(
+            batch=top,
+            mix=worst["name"],
+            tree_vs_ideal=row["tree_vs_ideal"],
+            tree_vs_deepest=row["tree_vs_deepest"],
+            tree_vs_grouped=row["tree_vs_grouped"],
+        )
     return mixed
 
 
@@ -104,8 +122,13 @@ def _mix_row(model, inputs: tuple[torch.Tensor, ...], routes: torch.Tensor, rout
     deepest = route_ms[int(routes.max())]["median_ms"]
     diff = (model.mixed(*inputs, routes=routes) - _grouped(model, inputs, routes)).abs().max()
     return {
-        "counts": counts, "tree_ms": round(tree, 4), "ideal_ms": round(ideal, 4),
-        "deepest_ms": round(deepest, 4), "grouped_ms": round(grouped, 4),
-        "tree_vs_ideal": round(ideal / tree, 4), "tree_vs_deepest": round(deepest / tree, 4),
-        "tree_vs_grouped": round(grouped / tree, 4), "max_abs_diff_tree_vs_grouped": float(diff),
+        "counts": counts,
+        "tree_ms": round(tree, 4),
+        "ideal_ms": round(ideal, 4),
+        "deepest_ms": round(deepest, 4),
+        "grouped_ms": round(grouped, 4),
+        "tree_vs_ideal": round(ideal / tree, 4),
+        "tree_vs_deepest": round(deepest / tree, 4),
+        "tree_vs_grouped": round(grouped / tree, 4),
+        "max_abs_diff_tree_vs_grouped": float(diff),
     }

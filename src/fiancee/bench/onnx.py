@@ -23,10 +23,21 @@ __all__ = ["run_onnx_bench"]
 
 
 @torch.no_grad()
-def run_onnx_bench(backbone: str, *, size: str | None = None, scale: str | float | Fraction | None = None,
-                   min_channels: int | None = None, batches: str | Sequence[int] = (1, 32),
-                   threads: Sequence[int] = (1, 2), reps: int = 20, warmup: int = 5, seed: int = 0,
-                   predictor: str | None = None, opset: int = 17, progress: bool = True) -> dict:
+def run_onnx_bench(
+    backbone: str,
+    *,
+    size: str | None = None,
+    scale: str | float | Fraction | None = None,
+    min_channels: int | None = None,
+    batches: str | Sequence[int] = (1, 32),
+    threads: Sequence[int] = (1, 2),
+    reps: int = 20,
+    warmup: int = 5,
+    seed: int = 0,
+    predictor: str | None = None,
+    opset: int = 17,
+    progress: bool = True,
+) -> dict:
     """Milliseconds of the same pipeline under PyTorch and under ONNX Runtime (:mod:`fiancee.runtime`), on the
     same CPU in one run: every route (all inputs forced onto it) and the uniform and skewed mixes run as the
     mixed-exit tree, at every batch size and thread count. Both sides run the whole pipeline call (the trunk
@@ -55,23 +66,47 @@ def run_onnx_bench(backbone: str, *, size: str | None = None, scale: str | float
     setup = make_setup(backbone, size, scale, min_channels, seed)
     model = setup.model.to(clock.device).eval()
     inputs_on = {b: tuple(x.float() for x in setup.inputs(b)) for b in batch_list}
-    pred, _ = make_predictor(model, predictor, inputs_on[batch_list[0]], seed, setup.input_kinds,
-                             f"backbone {backbone!r}")
+    pred, _ = make_predictor(
+        model, predictor, inputs_on[batch_list[0]], seed, setup.input_kinds, f"backbone {backbone!r}"
+    )
     pipe = FianceePipeline(None, model, pred, ThresholdRouter(model.route_macs()), task_spec=backbone)
     mixes = demo_mixes(model.num_routes)
     with tempfile.TemporaryDirectory(prefix="fiancee-onnx-bench-") as tmp:
         export_pipeline(pipe, Path(tmp) / "onnx", opset=opset)
         total = len(thread_list) * len(batch_list) * (model.num_routes + len(mixes))
         with Steps(total, f"bench onnx {backbone}", progress) as step:
-            rows = _time_runtimes(pipe, Path(tmp) / "onnx", thread_list, batch_list, inputs_on, mixes, seed, clock,
-                                  step)
-    return onnx_report(backbone, setup, model, batch_list, thread_list, clock.reps, clock.warmup, seed, opset, pred,
-                       mixes, load_start, rows, t_start)
+            rows = _time_runtimes(
+                pipe, Path(tmp) / "onnx", thread_list, batch_list, inputs_on, mixes, seed, clock, step
+            )
+    return onnx_report(
+        backbone,
+        setup,
+        model,
+        batch_list,
+        thread_list,
+        clock.reps,
+        clock.warmup,
+        seed,
+        opset,
+        pred,
+        mixes,
+        load_start,
+        rows,
+        t_start,
+    )
 
 
-def _time_runtimes(pipe, folder: Path, threads: list[int], batches: list[int],
-                   inputs_on: dict[int, tuple[torch.Tensor, ...]], mixes: list[tuple[str, tuple[float, ...]]],
-                   seed: int, clock: Clock, step: Steps) -> list[dict]:
+def _time_runtimes(
+    pipe,
+    folder: Path,
+    threads: list[int],
+    batches: list[int],
+    inputs_on: dict[int, tuple[torch.Tensor, ...]],
+    mixes: list[tuple[str, tuple[float, ...]]],
+    seed: int,
+    clock: Clock,
+    step: Steps,
+) -> list[dict]:
     """Every case at every thread count and batch size (torch's threads restored after)."""
     from ..runtime import OnnxPipeline
 
@@ -93,14 +128,21 @@ def _time_runtimes(pipe, folder: Path, threads: list[int], batches: list[int],
 def _cases(model, b: int, mixes: list[tuple[str, tuple[float, ...]]], seed: int) -> list[tuple[str, str, torch.Tensor]]:
     """``(key, label, routes)`` at batch ``b``: every route forced on all inputs, then every mix as the tree."""
     num_routes = model.num_routes
-    cases = [(f"route {r}", "backbone" if r == num_routes - 1 else f"exit after stage {model.attach_after[r]}",
-              torch.full((b,), r, dtype=torch.int64)) for r in range(num_routes)]
+    cases = [
+        (
+            f"route {r}",
+            "backbone" if r == num_routes - 1 else f"exit after stage {model.attach_after[r]}",
+            torch.full((b,), r, dtype=torch.int64),
+        )
+        for r in range(num_routes)
+    ]
     cases += [(f"mixed {name}", f"mixed-exit tree, {name} mix", mix_routes(shares, b, seed)) for name, shares in mixes]
     return cases
 
 
-def _compare(pipe, runtime, xs: tuple[torch.Tensor, ...], routes: torch.Tensor, key: str, label: str, threads: int,
-             clock: Clock) -> dict:
+def _compare(
+    pipe, runtime, xs: tuple[torch.Tensor, ...], routes: torch.Tensor, key: str, label: str, threads: int, clock: Clock
+) -> dict:
     """One case under both runtimes: images and routes compared once, then each side timed."""
     arrays = tuple(x.numpy() for x in xs)
     ex = routes.numpy()
@@ -109,10 +151,15 @@ def _compare(pipe, runtime, xs: tuple[torch.Tensor, ...], routes: torch.Tensor, 
     torch_t = clock(lambda: pipe(*xs, max_lpips=0.1, routes=routes))
     onnx_t = clock(lambda: runtime(*arrays, max_lpips=0.1, routes=ex))
     return {
-        "case": key, "name": label, "batch": int(routes.numel()), "threads": threads,
+        "case": key,
+        "name": label,
+        "batch": int(routes.numel()),
+        "threads": threads,
         "counts": np.bincount(ex, minlength=pipe.model.num_routes).tolist(),
-        "torch_ms": round(torch_t["median_ms"], 4), "onnx_ms": round(onnx_t["median_ms"], 4),
-        "torch_iqr_ms": round(torch_t["iqr_ms"], 4), "onnx_iqr_ms": round(onnx_t["iqr_ms"], 4),
+        "torch_ms": round(torch_t["median_ms"], 4),
+        "onnx_ms": round(onnx_t["median_ms"], 4),
+        "torch_iqr_ms": round(torch_t["iqr_ms"], 4),
+        "onnx_iqr_ms": round(onnx_t["iqr_ms"], 4),
         "speedup": round(torch_t["median_ms"] / onnx_t["median_ms"], 4),
         "max_abs_diff": float(np.abs(got.images - ref.images.numpy()).max()),
         "routes_equal": bool(np.array_equal(got.routes, ref.routes.numpy())),

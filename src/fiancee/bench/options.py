@@ -39,16 +39,29 @@ def variants(opts: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
     return [(o, (o,)) for o in opts] + ([("+".join(opts), tuple(opts))] if len(opts) > 1 else [])
 
 
-def time_options(model, groups: list[tuple[str, tuple[str, ...]]], batches: list[int],
-                 inputs_on: dict[int, tuple[torch.Tensor, ...]], route_ms: dict[int, list[dict]], clock: Clock,
-                 step: Callable[[str], None]) -> list[dict]:
+def time_options(
+    model,
+    groups: list[tuple[str, tuple[str, ...]]],
+    batches: list[int],
+    inputs_on: dict[int, tuple[torch.Tensor, ...]],
+    route_ms: dict[int, list[dict]],
+    clock: Clock,
+    step: Callable[[str], None],
+) -> list[dict]:
     """The options phase: every variant of :func:`variants` against the eager fp32 routes measured before."""
     return [_time_variant(model, label, group, batches, inputs_on, route_ms, clock, step) for label, group in groups]
 
 
-def _time_variant(model, label: str, group: tuple[str, ...], batches: list[int],
-                  inputs_on: dict[int, tuple[torch.Tensor, ...]], route_ms: dict[int, list[dict]], clock: Clock,
-                  step: Callable[[str], None]) -> dict:
+def _time_variant(
+    model,
+    label: str,
+    group: tuple[str, ...],
+    batches: list[int],
+    inputs_on: dict[int, tuple[torch.Tensor, ...]],
+    route_ms: dict[int, list[dict]],
+    clock: Clock,
+    step: Callable[[str], None],
+) -> dict:
     tol = TOLERANCES["reduced" if {"bf16", "fp16"} & set(group) else "float32"]
     entry = {"name": label, "options": list(group), "tolerance": tol, "results": [], "error": None}
     try:
@@ -71,8 +84,16 @@ def _time_variant(model, label: str, group: tuple[str, ...], batches: list[int],
     return entry
 
 
-def _result(fn: Callable[[], torch.Tensor], ref: torch.Tensor, b: int, r: int, eager_ms: float, prepare_s: float,
-            tol: dict, clock: Clock) -> dict:
+def _result(
+    fn: Callable[[], torch.Tensor],
+    ref: torch.Tensor,
+    b: int,
+    r: int,
+    eager_ms: float,
+    prepare_s: float,
+    tol: dict,
+    clock: Clock,
+) -> dict:
     """One (batch, route) of a variant: its image against the eager one, its time against the eager time."""
     out = fn().float()
     diff = (out - ref).abs()
@@ -80,9 +101,16 @@ def _result(fn: Callable[[], torch.Tensor], ref: torch.Tensor, b: int, r: int, e
     speedup = eager_ms / t
     within, verdict = _verdict(speedup, float(diff.max()), float(diff.mean()), tol)
     return {
-        "batch": b, "route": r, "eager_ms": round(eager_ms, 4), "ms": round(t, 4),
-        "speedup": round(speedup, 4), "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-        "within_tolerance": within, "verdict": verdict, "prepare_s": round(prepare_s, 2),
+        "batch": b,
+        "route": r,
+        "eager_ms": round(eager_ms, 4),
+        "ms": round(t, 4),
+        "speedup": round(speedup, 4),
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "within_tolerance": within,
+        "verdict": verdict,
+        "prepare_s": round(prepare_s, 2),
     }
 
 
@@ -113,8 +141,9 @@ def _cuda_graph(call: Callable, inputs: tuple[torch.Tensor, ...]) -> Callable:
     return replay
 
 
-def _option_runner(model, route: int, inputs: tuple[torch.Tensor, ...], opts: Sequence[str],
-                   device: torch.device) -> tuple[Callable[[], torch.Tensor], float]:
+def _option_runner(
+    model, route: int, inputs: tuple[torch.Tensor, ...], opts: Sequence[str], device: torch.device
+) -> tuple[Callable[[], torch.Tensor], float]:
     """``fn() -> image`` of one route with ``opts`` applied, and the seconds spent preparing it
     (compilation, graph capture), which the timing leaves out."""
     t0 = time.perf_counter()

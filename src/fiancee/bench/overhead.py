@@ -52,35 +52,65 @@ def build_bank(setup: Setup, n: int, device: torch.device, progress: bool = Fals
 
     d = setup.bank_defaults
     model = setup.model
-    spec = BankSpec(mode=d["mode"], key_stage=model.key_stage,
-                    value_stage=max(model.key_stage, model.backbone.num_stages // 2), grid=d["grid"],
-                    max_per_class=d["max_per_class"])
+    spec = BankSpec(
+        mode=d["mode"],
+        key_stage=model.key_stage,
+        value_stage=max(model.key_stage, model.backbone.num_stages // 2),
+        grid=d["grid"],
+        max_per_class=d["max_per_class"],
+    )
     inputs, population = setup.bank_inputs(n)
     # The bank searches per class of the declared label map, if there is one.
     label_channels = next((int(x.shape[1]) for k, x in zip(setup.input_kinds, inputs) if k == "label_map"), None)
     # Small build batches: a paper-scale backbone keeps every stage's features of the batch in memory.
-    bank = build_feature_bank(model.backbone, inputs, spec, label_channels=label_channels, population=population,
-                              batch_size=8, progress=progress, device=device)
+    bank = build_feature_bank(
+        model.backbone,
+        inputs,
+        spec,
+        label_channels=label_channels,
+        population=population,
+        batch_size=8,
+        progress=progress,
+        device=device,
+    )
     return bank.to(device), spec
 
 
-def time_overhead(model, predictor, xs: tuple[torch.Tensor, ...], bank, spec, setup: Setup, batches: list[int],
-                  ratio_batch: int, inputs_on: dict[int, tuple[torch.Tensor, ...]], route_ms: dict[int, list[dict]],
-                  bank_choice: str, clock: Clock) -> tuple[dict, float]:
+def time_overhead(
+    model,
+    predictor,
+    xs: tuple[torch.Tensor, ...],
+    bank,
+    spec,
+    setup: Setup,
+    batches: list[int],
+    ratio_batch: int,
+    inputs_on: dict[int, tuple[torch.Tensor, ...]],
+    route_ms: dict[int, list[dict]],
+    bank_choice: str,
+    clock: Clock,
+) -> tuple[dict, float]:
     """The overhead phase: predictor + bank retrieval against the smallest route, at the smallest and the largest
     batch; the report's ``overhead`` and ``overhead_fraction``. ``xs``: what the predictor read at ``ratio_batch``
     (its MACs are counted on them)."""
     from ..metrics.macs import count_macs
 
     overhead_batches = sorted({ratio_batch, batches[-1]})
-    per_batch = {str(b): _overhead_row(model, predictor, bank, setup, inputs_on[b], b, route_ms[b], clock)
-                 for b in overhead_batches}
+    per_batch = {
+        str(b): _overhead_row(model, predictor, bank, setup, inputs_on[b], b, route_ms[b], clock)
+        for b in overhead_batches
+    }
     first = per_batch[str(overhead_batches[0])]
     overhead = {
-        "batch": overhead_batches[0], "batches": overhead_batches, "predictor_arch": predictor.arch,
-        "predictor_ms": first["predictor_ms"], "predictor_macs": int(count_macs(predictor, *xs)) // ratio_batch,
-        "bank": "on" if bank is not None else "off", "bank_choice": bank_choice,
-        "bank_ms": first["bank_ms"], "bank_mode": None if bank is None else bank.mode,
+        "batch": overhead_batches[0],
+        "batches": overhead_batches,
+        "predictor_arch": predictor.arch,
+        "predictor_ms": first["predictor_ms"],
+        "predictor_macs": int(count_macs(predictor, *xs)) // ratio_batch,
+        "bank": "on" if bank is not None else "off",
+        "bank_choice": bank_choice,
+        "bank_ms": first["bank_ms"],
+        "bank_mode": None if bank is None else bank.mode,
         "bank_entries": 0 if bank is None else len(bank),
         "bank_population": None if bank is None else bank.manifest["population"],
         "bank_spec": None if spec is None else _spec_fields(spec),
@@ -94,20 +124,26 @@ def time_overhead(model, predictor, xs: tuple[torch.Tensor, ...], bank, spec, se
     return overhead, overhead_fraction
 
 
-def _overhead_row(model, predictor, bank, setup: Setup, inputs: tuple[torch.Tensor, ...], b: int,
-                  route_ms: list[dict], clock: Clock) -> dict:
+def _overhead_row(
+    model, predictor, bank, setup: Setup, inputs: tuple[torch.Tensor, ...], b: int, route_ms: list[dict], clock: Clock
+) -> dict:
     """One batch size. The predictor runs as the pipeline runs it (eval, no autograd, folded, no second finiteness
     check of trunk features); retrieval only when the pipeline has a bank."""
     from ..bank import retrieval_latency
 
     xs_b = predictor_inputs(model, predictor.arch, inputs)
     pred_t = clock(lambda: predictor(*xs_b, check=False))["median_ms"]
-    retrieval = (retrieval_latency(bank, model, setup.inputs, batch_sizes=(b,), reps=clock.reps,
-                                   warmup=clock.warmup)[0] if bank is not None else None)
+    retrieval = (
+        retrieval_latency(bank, model, setup.inputs, batch_sizes=(b,), reps=clock.reps, warmup=clock.warmup)[0]
+        if bank is not None
+        else None
+    )
     smallest = route_ms[0]["median_ms"]
     bank_ms = 0.0 if retrieval is None else retrieval["retrieval_ms"]
     return {
-        "predictor_ms": round(pred_t, 4), "bank_ms": round(bank_ms, 4), "smallest_route_ms": round(smallest, 4),
+        "predictor_ms": round(pred_t, 4),
+        "bank_ms": round(bank_ms, 4),
+        "smallest_route_ms": round(smallest, 4),
         "smallest_route_ms_in_retrieval_run": None if retrieval is None else retrieval["smallest_route_ms"],
         "fraction": round((pred_t + bank_ms) / smallest, 4),
     }
@@ -115,6 +151,12 @@ def _overhead_row(model, predictor, bank, setup: Setup, inputs: tuple[torch.Tens
 
 def _spec_fields(spec) -> dict:
     """The bank's configuration as the report records it (fields that do not apply to its mode are None)."""
-    return {"mode": spec.mode, "key_stage": spec.key_stage, "value_stage": spec.value_stage,
-            "grid": list(spec.grid) if spec.mode == "patch" else None, "max_per_class": spec.max_per_class,
-            "key_function": spec.key_function if spec.mode == "global" else None, "index": spec.index}
+    return {
+        "mode": spec.mode,
+        "key_stage": spec.key_stage,
+        "value_stage": spec.value_stage,
+        "grid": list(spec.grid) if spec.mode == "patch" else None,
+        "max_per_class": spec.max_per_class,
+        "key_function": spec.key_function if spec.mode == "global" else None,
+        "index": spec.index,
+    }

@@ -21,9 +21,24 @@ FORMAT = 1
 FORMAT_VERSION = FORMAT  # the name before every report's version was its header's "format"
 
 
-def bench_report(name: str, setup, model, device: torch.device, batches: list[int], reps: int, warmup: int,
-                 seed: int, opts: list[str], ratio_batch: int, predictor, bank, bank_n: int | None, bank_choice: str,
-                 load_start, phases: dict) -> dict:
+def bench_report(
+    name: str,
+    setup,
+    model,
+    device: torch.device,
+    batches: list[int],
+    reps: int,
+    warmup: int,
+    seed: int,
+    opts: list[str],
+    ratio_batch: int,
+    predictor,
+    bank,
+    bank_n: int | None,
+    bank_choice: str,
+    load_start,
+    phases: dict,
+) -> dict:
     """The :func:`run_bench` report (without ``seconds``, which the caller adds). ``phases``: ``routes``, ``mixed``,
     ``overhead``, ``overhead_fraction`` and ``options`` as the phases returned them. Threads and the end load
     average are read now, inside the run."""
@@ -31,12 +46,25 @@ def bench_report(name: str, setup, model, device: torch.device, batches: list[in
     return {
         **make_header(BENCH, FORMAT),
         "settings": {
-            "backbone": name, **setup.settings, "scale": f"{exits_scale.numerator}/{exits_scale.denominator}",
-            "min_channels": model.min_channels, "exits_after_stages": list(model.attach_after), "device": str(device),
-            "batches": batches, "reps": reps, "warmup": warmup, "threads": torch.get_num_threads(), "seed": seed,
-            "dtype": "float32", "options": opts, "ratio_batch": ratio_batch,
-            "mixes": {m["name"]: m["shares"] for m in phases["mixed"]["mixes"]}, "bank_inputs": bank_n,
-            "bank": bank_choice, "predictor_arch": predictor.arch, "tolerances": TOLERANCES,
+            "backbone": name,
+            **setup.settings,
+            "scale": f"{exits_scale.numerator}/{exits_scale.denominator}",
+            "min_channels": model.min_channels,
+            "exits_after_stages": list(model.attach_after),
+            "device": str(device),
+            "batches": batches,
+            "reps": reps,
+            "warmup": warmup,
+            "threads": torch.get_num_threads(),
+            "seed": seed,
+            "dtype": "float32",
+            "options": opts,
+            "ratio_batch": ratio_batch,
+            "mixes": {m["name"]: m["shares"] for m in phases["mixed"]["mixes"]},
+            "bank_inputs": bank_n,
+            "bank": bank_choice,
+            "predictor_arch": predictor.arch,
+            "tolerances": TOLERANCES,
             "faster_means_speedup_at_least": FASTER,
             "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
         },
@@ -57,38 +85,69 @@ def _notes(setup, predictor, bank, bank_n: int | None, bank_choice: str, opts: l
         f"predictor: untrained {predictor.arch} QualityPredictor, its forward timed alone as the pipeline runs it "
         "(eval, no autograd, standardization folded): what it reads (the key-stage features every route computes "
         "anyway, or the generator's inputs) is not counted",
-        (f"bank: built from {bank_n} inputs with the library's configuration for this backbone; retrieval time "
-         "grows with the entries searched") if bank is not None else
-        (f"bank: none ({'the shipped exits were trained without one' if bank_choice == 'auto' else 'bank=off'}): "
-         "no input pays a retrieval; bank=on measures the default bank"),
+        (
+            f"bank: built from {bank_n} inputs with the library's configuration for this backbone; retrieval time "
+            "grows with the entries searched"
+        )
+        if bank is not None
+        else (
+            f"bank: none ({'the shipped exits were trained without one' if bank_choice == 'auto' else 'bank=off'}): "
+            "no input pays a retrieval; bank=on measures the default bank"
+        ),
         "options apply to single routes; the mixed tree selects samples with data-dependent indexing, which "
         "CUDA graphs cannot capture",
     ]
     if "cudagraphs" in opts:
-        notes.append("cudagraphs runs call route(..., check=False): input checks are host syncs, which capture "
-                     "forbids; eager timings include them")
+        notes.append(
+            "cudagraphs runs call route(..., check=False): input checks are host syncs, which capture "
+            "forbids; eager timings include them"
+        )
     return notes
 
 
-def onnx_report(backbone: str, setup, model, batches: list[int], threads: list[int], reps: int, warmup: int,
-                seed: int, opset: int, predictor, mixes: list[tuple[str, tuple[float, ...]]], load_start,
-                rows: list[dict], t_start: float) -> dict:
+def onnx_report(
+    backbone: str,
+    setup,
+    model,
+    batches: list[int],
+    threads: list[int],
+    reps: int,
+    warmup: int,
+    seed: int,
+    opset: int,
+    predictor,
+    mixes: list[tuple[str, tuple[float, ...]]],
+    load_start,
+    rows: list[dict],
+    t_start: float,
+) -> dict:
     """The :func:`run_onnx_bench` report; the end load average and the seconds since ``t_start`` are read now."""
     import onnxruntime
 
     return {
         **make_header(BENCH_ONNX, FORMAT),
-        "settings": {"backbone": backbone, **setup.settings,
-                     "scale": f"{model.scale.numerator}/{model.scale.denominator}",
-                     "min_channels": model.min_channels, "exits_after_stages": list(model.attach_after),
-                     "batches": batches,
-                     "threads": threads, "reps": reps, "warmup": warmup, "seed": seed, "opset": opset,
-                     "predictor_arch": predictor.arch, "dtype": "float32", "timing": "time.perf_counter",
-                     "mixes": {name: [round(s, 4) for s in shares] for name, shares in mixes}},
+        "settings": {
+            "backbone": backbone,
+            **setup.settings,
+            "scale": f"{model.scale.numerator}/{model.scale.denominator}",
+            "min_channels": model.min_channels,
+            "exits_after_stages": list(model.attach_after),
+            "batches": batches,
+            "threads": threads,
+            "reps": reps,
+            "warmup": warmup,
+            "seed": seed,
+            "opset": opset,
+            "predictor_arch": predictor.arch,
+            "dtype": "float32",
+            "timing": "time.perf_counter",
+            "mixes": {name: [round(s, 4) for s in shares] for name, shares in mixes},
+        },
         "device": {**device_info(torch.device("cpu")), "onnxruntime": onnxruntime.__version__},
         "load_average": {"start": load_start, "end": load_average()},
         "rows": rows,
-        "notes": setup.notes + [
+        "notes": setup.notes
+        + [
             "both runtimes time the whole pipeline call with the routes forced (trunk once, predictor, route or tree); "
             "the predictor is untrained: latency does not depend on the weights' values",
             "speedup = torch_ms / onnx_ms: above 1 ONNX Runtime is faster",
@@ -103,8 +162,9 @@ def onnx_report(backbone: str, setup, model, batches: list[int], threads: list[i
 
 def _render(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
     if markdown:
-        return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
-               ["| " + " | ".join(r) + " |" for r in rows]
+        return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+            "| " + " | ".join(r) + " |" for r in rows
+        ]
     widths = [max(len(c) for c in col) for col in zip(header, *rows)]
 
     def line(cells: list[str]) -> str:
@@ -120,36 +180,54 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def format_table(report: dict, markdown: bool = False) -> str:
     """A short human summary of a :func:`run_bench` report (aligned text, or Markdown tables)."""
     s, d = report["settings"], report["device"]
-    title = (f"{s['backbone']}{' (' + s['size'] + ')' if s.get('size') else ''}, SF {s['scale']}, min "
-             f"{s['min_channels']} channels, exits: {s['exit_weights']}; {d['name']} ({s['device']}, {s['threads']} "
-             f"thread{'s' if s['threads'] != 1 else ''}), torch {d['torch']}, median of {s['reps']} reps")
+    title = (
+        f"{s['backbone']}{' (' + s['size'] + ')' if s.get('size') else ''}, SF {s['scale']}, min "
+        f"{s['min_channels']} channels, exits: {s['exit_weights']}; {d['name']} ({s['device']}, {s['threads']} "
+        f"thread{'s' if s['threads'] != 1 else ''}), torch {d['torch']}, median of {s['reps']} reps"
+    )
     out = [title, ""] + _routes_table(report, markdown)
     if report["mixed"]["batch"] is not None:
         out += ["", "mixed-exit tree: other / tree (above 1 the tree is faster)", ""] + _mixed_table(report, markdown)
     out += [""] + _overhead_lines(report)
     if report["options"]:
-        out += ["", "options: speedup vs eager fp32 per route (exit after stage k; backbone), largest |difference| of "
-                    "the image over the routes, verdicts (helped = >= "
-                    f"{s.get('faster_means_speedup_at_least', FASTER)}x and within tolerance)", ""]
+        out += [
+            "",
+            "options: speedup vs eager fp32 per route (exit after stage k; backbone), largest |difference| of "
+            "the image over the routes, verdicts (helped = >= "
+            f"{s.get('faster_means_speedup_at_least', FASTER)}x and within tolerance)",
+            "",
+        ]
         out += _options_table(report, markdown)
     return "\n".join(out) + "\n"
 
 
 def _routes_table(report: dict, markdown: bool) -> list[str]:
     batches = report["settings"]["batches"]
-    header = (["route", "GMACs", "MACs ratio"] + [f"latency ratio @{b}" for b in batches]
-              + [f"ms @{b}" for b in batches])
-    rows = [[r["name"], f"{r['macs'] / 1e9:.4g}", _fmt(r["macs_ratio"])]
-            + [_fmt(r["per_batch"][str(b)]["latency_ratio"]) for b in batches]
-            + [f"{r['per_batch'][str(b)]['median_ms']:.4g}" for b in batches] for r in report["routes"]]
+    header = ["route", "GMACs", "MACs ratio"] + [f"latency ratio @{b}" for b in batches] + [f"ms @{b}" for b in batches]
+    rows = [
+        [r["name"], f"{r['macs'] / 1e9:.4g}", _fmt(r["macs_ratio"])]
+        + [_fmt(r["per_batch"][str(b)]["latency_ratio"]) for b in batches]
+        + [f"{r['per_batch'][str(b)]['median_ms']:.4g}" for b in batches]
+        for r in report["routes"]
+    ]
     return _render(header, rows, markdown)
 
 
 def _mixed_table(report: dict, markdown: bool) -> list[str]:
     header = ["mix", "batch", "samples per route", "tree ms", "ideal / tree", "deepest / tree", "grouped / tree"]
-    rows = [[mix["name"], b, "/".join(map(str, row["counts"])), f"{row['tree_ms']:.4g}", _fmt(row["tree_vs_ideal"]),
-             _fmt(row["tree_vs_deepest"]), _fmt(row["tree_vs_grouped"])]
-            for mix in report["mixed"]["mixes"] for b, row in mix["per_batch"].items()]
+    rows = [
+        [
+            mix["name"],
+            b,
+            "/".join(map(str, row["counts"])),
+            f"{row['tree_ms']:.4g}",
+            _fmt(row["tree_vs_ideal"]),
+            _fmt(row["tree_vs_deepest"]),
+            _fmt(row["tree_vs_grouped"]),
+        ]
+        for mix in report["mixed"]["mixes"]
+        for b, row in mix["per_batch"].items()
+    ]
     return _render(header, rows, markdown)
 
 
@@ -158,20 +236,24 @@ def _overhead_lines(report: dict) -> list[str]:
     o = report["overhead"]
     pm = o["predictor_macs"]
     pm_text = f"{pm / 1e9:.3g} GMACs" if pm >= 1e9 else f"{pm / 1e6:.3g} MMACs"
-    bank_text = (f"bank ({o['bank_mode']}, {o['bank_entries']} entries)" if o.get("bank", "on") == "on"
-                 else "no bank")
-    per_batch = o.get("per_batch") or {str(o["batch"]): {k: o[k] for k in ("predictor_ms", "bank_ms",
-                                                                             "smallest_route_ms")}
-                                       | {"fraction": o.get("fraction", report["overhead_fraction"])}}
-    return [f"overhead at batch {b}: predictor ({o['predictor_arch']}, {pm_text}) {row['predictor_ms']:.4g} ms + "
-            f"{bank_text} {row['bank_ms']:.4g} ms = {100 * row['fraction']:.1f}% of the smallest route "
-            f"({row['smallest_route_ms']:.4g} ms)" for b, row in per_batch.items()]
+    bank_text = f"bank ({o['bank_mode']}, {o['bank_entries']} entries)" if o.get("bank", "on") == "on" else "no bank"
+    per_batch = o.get("per_batch") or {
+        str(o["batch"]): {k: o[k] for k in ("predictor_ms", "bank_ms", "smallest_route_ms")}
+        | {"fraction": o.get("fraction", report["overhead_fraction"])}
+    }
+    return [
+        f"overhead at batch {b}: predictor ({o['predictor_arch']}, {pm_text}) {row['predictor_ms']:.4g} ms + "
+        f"{bank_text} {row['bank_ms']:.4g} ms = {100 * row['fraction']:.1f}% of the smallest route "
+        f"({row['smallest_route_ms']:.4g} ms)"
+        for b, row in per_batch.items()
+    ]
 
 
 def _options_table(report: dict, markdown: bool) -> list[str]:
     batches = report["settings"]["batches"]
-    names = [("after " + str(r["after_stage"])) if r["after_stage"] is not None else "backbone"
-             for r in report["routes"]]
+    names = [
+        ("after " + str(r["after_stage"])) if r["after_stage"] is not None else "backbone" for r in report["routes"]
+    ]
     header = ["option", "batch"] + names + ["max abs", "mean abs", "helped"]
     rows = []
     for entry in report["options"]:
@@ -181,18 +263,36 @@ def _options_table(report: dict, markdown: bool) -> list[str]:
             res = [r for r in entry["results"] if r["batch"] == b]
             if not res:
                 continue
-            rows.append([entry["name"], str(b)] + [f"{r['speedup']:.2f}" for r in res]
-                        + [f"{max(r['max_abs'] for r in res):.1e}", f"{max(r['mean_abs'] for r in res):.1e}",
-                           f"{sum(r['verdict'] == 'helped' for r in res)}/{len(res)}"])
+            rows.append(
+                [entry["name"], str(b)]
+                + [f"{r['speedup']:.2f}" for r in res]
+                + [
+                    f"{max(r['max_abs'] for r in res):.1e}",
+                    f"{max(r['mean_abs'] for r in res):.1e}",
+                    f"{sum(r['verdict'] == 'helped' for r in res)}/{len(res)}",
+                ]
+            )
     return _render(header, rows, markdown)
 
 
 def format_onnx_table(report: dict, markdown: bool = False) -> str:
     """The :func:`run_onnx_bench` report as one table: ms under PyTorch and ONNX Runtime per case, batch, threads."""
     s, d = report["settings"], report["device"]
-    title = (f"{s['backbone']}, SF {s['scale']}, exits: {s['exit_weights']}; {d['name']}, torch {d['torch']}, "
-             f"onnxruntime {d['onnxruntime']}, median of {s['reps']} reps")
+    title = (
+        f"{s['backbone']}, SF {s['scale']}, exits: {s['exit_weights']}; {d['name']}, torch {d['torch']}, "
+        f"onnxruntime {d['onnxruntime']}, median of {s['reps']} reps"
+    )
     header = ["case", "batch", "threads", "torch ms", "onnx ms", "torch / onnx", "max |diff|"]
-    rows = [[r["name"], str(r["batch"]), str(r["threads"]), f"{r['torch_ms']:.4g}", f"{r['onnx_ms']:.4g}",
-             f"{r['speedup']:.2f}", f"{r['max_abs_diff']:.1e}"] for r in report["rows"]]
+    rows = [
+        [
+            r["name"],
+            str(r["batch"]),
+            str(r["threads"]),
+            f"{r['torch_ms']:.4g}",
+            f"{r['onnx_ms']:.4g}",
+            f"{r['speedup']:.2f}",
+            f"{r['max_abs_diff']:.1e}",
+        ]
+        for r in report["rows"]
+    ]
     return "\n".join([title, ""] + _render(header, rows, markdown)) + "\n"

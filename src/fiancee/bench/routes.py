@@ -18,8 +18,14 @@ from .measure import Clock
 __all__ = ["time_routes"]
 
 
-def time_routes(model, batches: list[int], ratio_batch: int, inputs_on: dict[int, tuple[torch.Tensor, ...]],
-                clock: Clock, step: Callable[[str], None]) -> tuple[list[dict], dict[int, list[dict]]]:
+def time_routes(
+    model,
+    batches: list[int],
+    ratio_batch: int,
+    inputs_on: dict[int, tuple[torch.Tensor, ...]],
+    clock: Clock,
+    step: Callable[[str], None],
+) -> tuple[list[dict], dict[int, list[dict]]]:
     """The routes phase: the report's ``routes`` (ratios read at ``ratio_batch``) and every timing,
     ``{batch: [time_ms of route 0, 1, ...]}``, which the later phases compare against."""
     from ..metrics.macs import count_macs
@@ -37,19 +43,26 @@ def time_routes(model, batches: list[int], ratio_batch: int, inputs_on: dict[int
     return routes, route_ms
 
 
-def _route_entry(model, r: int, macs: list[int], batches: list[int], ratio_batch: int,
-                 route_ms: dict[int, list[dict]]) -> dict:
+def _route_entry(
+    model, r: int, macs: list[int], batches: list[int], ratio_batch: int, route_ms: dict[int, list[dict]]
+) -> dict:
     per_batch = {}
     for b in batches:
         t = route_ms[b][r]
-        per_batch[str(b)] = {"median_ms": round(t["median_ms"], 4), "iqr_ms": round(t["iqr_ms"], 4),
-                             "per_sample_ms": round(t["median_ms"] / b, 4),
-                             "latency_ratio": round(t["median_ms"] / route_ms[b][-1]["median_ms"], 4)}
+        per_batch[str(b)] = {
+            "median_ms": round(t["median_ms"], 4),
+            "iqr_ms": round(t["iqr_ms"], 4),
+            "per_sample_ms": round(t["median_ms"] / b, 4),
+            "latency_ratio": round(t["median_ms"] / route_ms[b][-1]["median_ms"], 4),
+        }
     backbone_route = r == model.num_routes - 1
     return {
-        "route": r, "name": "backbone" if backbone_route else f"exit after stage {model.attach_after[r]}",
-        "after_stage": None if backbone_route else model.attach_after[r], "macs": macs[r],
+        "route": r,
+        "name": "backbone" if backbone_route else f"exit after stage {model.attach_after[r]}",
+        "after_stage": None if backbone_route else model.attach_after[r],
+        "macs": macs[r],
         "macs_ratio": round(macs[r] / macs[-1], 4),
         "latency_ms": per_batch[str(ratio_batch)]["median_ms"],
-        "latency_ratio": per_batch[str(ratio_batch)]["latency_ratio"], "per_batch": per_batch,
+        "latency_ratio": per_batch[str(ratio_batch)]["latency_ratio"],
+        "per_batch": per_batch,
     }

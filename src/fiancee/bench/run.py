@@ -23,11 +23,24 @@ __all__ = ["run_bench"]
 
 
 @torch.no_grad()
-def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fraction | None = None,
-              min_channels: int | None = None, device: str | torch.device = "cpu",
-              batches: str | Sequence[int] = (1, 8, 32), reps: int = 20, warmup: int = 5, threads: int | None = None,
-              options: str | Sequence[str] | None = None, seed: int = 0, bank_inputs: int | None = None,
-              predictor: str | None = None, progress: bool = True, bank: str = "auto") -> dict:
+def run_bench(
+    backbone: str,
+    *,
+    size: str | None = None,
+    scale: str | float | Fraction | None = None,
+    min_channels: int | None = None,
+    device: str | torch.device = "cpu",
+    batches: str | Sequence[int] = (1, 8, 32),
+    reps: int = 20,
+    warmup: int = 5,
+    threads: int | None = None,
+    options: str | Sequence[str] | None = None,
+    seed: int = 0,
+    bank_inputs: int | None = None,
+    predictor: str | None = None,
+    progress: bool = True,
+    bank: str = "auto",
+) -> dict:
     """Measure the routes, the mixed-exit tree, the predictor + bank and the speed options of
     ``backbone`` (a reference architecture of :data:`REFERENCE_BACKBONES`, or a task spec); returns the JSON-ready
     report (see the package docstring and BENCHMARKS.md for every field).
@@ -64,14 +77,38 @@ def run_bench(backbone: str, *, size: str | None = None, scale: str | float | Fr
     check_bank(bank, bank_inputs)
 
     with cpu_threads(threads):
-        report = _run(backbone, size, scale, min_channels, Clock(dev, reps, warmup), batch_list, opts, seed,
-                      bank_inputs, predictor, progress, bank)
+        report = _run(
+            backbone,
+            size,
+            scale,
+            min_channels,
+            Clock(dev, reps, warmup),
+            batch_list,
+            opts,
+            seed,
+            bank_inputs,
+            predictor,
+            progress,
+            bank,
+        )
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
 
 
-def _run(name: str, size, scale, min_channels, clock: Clock, batches: list[int], opts: list[str], seed: int,
-         bank_n: int | None, predictor_arch: str | None, progress: bool, bank_choice: str) -> dict:
+def _run(
+    name: str,
+    size,
+    scale,
+    min_channels,
+    clock: Clock,
+    batches: list[int],
+    opts: list[str],
+    seed: int,
+    bank_n: int | None,
+    predictor_arch: str | None,
+    progress: bool,
+    bank_choice: str,
+) -> dict:
     """The setup, the predictor and the bank, then the phases in order: routes, mixed, overhead, options."""
     device = clock.device
     load_start = load_average()
@@ -82,8 +119,9 @@ def _run(name: str, size, scale, min_channels, clock: Clock, batches: list[int],
     mixes = demo_mixes(model.num_routes)
     groups = variants(opts)
     # Predictor and bank first: a predictor arch that cannot read these inputs fails before any timing.
-    predictor, xs = make_predictor(model, predictor_arch, inputs_on[ratio_batch], seed, setup.input_kinds,
-                                   f"backbone {name!r}")
+    predictor, xs = make_predictor(
+        model, predictor_arch, inputs_on[ratio_batch], seed, setup.input_kinds, f"backbone {name!r}"
+    )
     with_bank = setup.ships_bank if bank_choice == "auto" else bank_choice == "on"
     bank_n = (setup.default_bank_inputs if bank_n is None else bank_n) if with_bank else None
     bank, spec = build_bank(setup, bank_n, device, progress) if with_bank else (None, None)
@@ -93,11 +131,33 @@ def _run(name: str, size, scale, min_channels, clock: Clock, batches: list[int],
     with Steps(total, f"bench {name}", progress) as step:
         routes, route_ms = time_routes(model, batches, ratio_batch, inputs_on, clock, step)
         mixed = time_mixes(model, mixes, batches, inputs_on, route_ms, seed, clock, step)
-        overhead, overhead_fraction = time_overhead(model, predictor, xs, bank, spec, setup, batches, ratio_batch,
-                                                    inputs_on, route_ms, bank_choice, clock)
+        overhead, overhead_fraction = time_overhead(
+            model, predictor, xs, bank, spec, setup, batches, ratio_batch, inputs_on, route_ms, bank_choice, clock
+        )
         step("predictor + bank")
         options = time_options(model, groups, batches, inputs_on, route_ms, clock, step)
-    phases = {"routes": routes, "mixed": mixed, "overhead": overhead, "overhead_fraction": overhead_fraction,
-              "options": options}
-    return bench_report(name, setup, model, device, batches, clock.reps, clock.warmup, seed, opts, ratio_batch,
-                        predictor, bank, bank_n, bank_choice, load_start, phases)
+    phases = {
+        "routes": routes,
+        "mixed": mixed,
+        "overhead": overhead,
+        "overhead_fraction": overhead_fraction,
+        "options": options,
+    }
+    return bench_report(
+        name,
+        setup,
+        model,
+        device,
+        batches,
+        clock.reps,
+        clock.warmup,
+        seed,
+        opts,
+        ratio_batch,
+        predictor,
+        bank,
+        bank_n,
+        bank_choice,
+        load_start,
+        phases,
+    )

@@ -23,8 +23,10 @@ __all__ = ["GEOMETRY", "Setup", "make_setup"]
 # would make every branch a full copy of the backbone (every MACs ratio 1), so they keep the scale
 # factors with a floor of 4.
 GEOMETRY: dict[tuple[str, str], tuple[str, int]] = {
-    ("oasis", "paper"): ("1/4", 64), ("oasis", "tiny"): ("1/4", 4),
-    ("g2d", "paper"): ("1/3", 24), ("g2d", "tiny"): ("1/3", 4),
+    ("oasis", "paper"): ("1/4", 64),
+    ("oasis", "tiny"): ("1/4", 4),
+    ("g2d", "paper"): ("1/3", 24),
+    ("g2d", "tiny"): ("1/3", 4),
 }
 # What the reference backbones take and the bank they would use (a task declares these itself:
 # Task.inputs, Task.bank_defaults). OASIS: a one-hot label map and a noise vector, patches searched per
@@ -70,8 +72,12 @@ def _reference_setup(name: str, size: str | None, scale, min_channels: int | Non
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(seed)
         backbone = build_backbone(name, size)
-        model = ExitGenerator(backbone, backbone.config.exits, d_scale if scale is None else scale,
-                              d_min if min_channels is None else min_channels)
+        model = ExitGenerator(
+            backbone,
+            backbone.config.exits,
+            d_scale if scale is None else scale,
+            d_min if min_channels is None else min_channels,
+        )
 
     def draw(n: int, stream: int) -> tuple[torch.Tensor, ...]:
         with torch.random.fork_rng(devices=[]):
@@ -82,10 +88,16 @@ def _reference_setup(name: str, size: str | None, scale, min_channels: int | Non
         return draw(n, 10**9), {"inputs": n, "kind": "random example inputs", "seed": seed}
 
     declared = _REFERENCE_DECLARATIONS[name]
-    return Setup(model, lambda b: draw(b, 0), bank_inputs, _REFERENCE_BANK_INPUTS,
-                 {"size": size, "exit_weights": "random", "backbone_weights": "random"}, list(declared["inputs"]),
-                 declared["bank"], [f"{name} ({size}): reference architecture with random weights and random example "
-                                    "inputs"])
+    return Setup(
+        model,
+        lambda b: draw(b, 0),
+        bank_inputs,
+        _REFERENCE_BANK_INPUTS,
+        {"size": size, "exit_weights": "random", "backbone_weights": "random"},
+        list(declared["inputs"]),
+        declared["bank"],
+        [f"{name} ({size}): reference architecture with random weights and random example inputs"],
+    )
 
 
 def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: int) -> Setup:
@@ -108,9 +120,17 @@ def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: i
     def draw_bank(n: int):
         return bank_inputs(task, n, d["noises"], seed)
 
-    return Setup(model, lambda b: task.sample_inputs(b, seed, "test"), draw_bank, default_n,
-                 {"size": None, "exit_weights": weights, "backbone_weights": "pretrained"},
-                 [i.kind for i in declared_inputs(task)], d, notes, ships_bank)
+    return Setup(
+        model,
+        lambda b: task.sample_inputs(b, seed, "test"),
+        draw_bank,
+        default_n,
+        {"size": None, "exit_weights": weights, "backbone_weights": "pretrained"},
+        [i.kind for i in declared_inputs(task)],
+        d,
+        notes,
+        ships_bank,
+    )
 
 
 def _task_exits(task, spec, scale, min_channels: int) -> tuple[object, str, bool]:

@@ -32,8 +32,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = _Parser(prog="fiancee", description="Conditional early exits for trained image generators.",
-                     epilog="`fiancee COMMAND --help` shows a command's options and a worked example.")
+    parser = _Parser(
+        prog="fiancee",
+        description="Conditional early exits for trained image generators.",
+        epilog="`fiancee COMMAND --help` shows a command's options and a worked example.",
+    )
     parser.add_argument("--version", action="version", version=f"fiancee {__version__}")
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", parser_class=_Parser)
     for module in COMMANDS:
@@ -85,8 +88,10 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename and e.strerror:
         text = f"{e.strerror}: {e.filename}"
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        text = (f"no space left on the device writing {e.filename or 'a file'}; nothing was half-written "
-                "(free space and retry)")
+        text = (
+            f"no space left on the device writing {e.filename or 'a file'}; nothing was half-written "
+            "(free space and retry)"
+        )
     elif isinstance(e, MemoryError):
         text = "out of memory: " + (text or "the request is larger than this machine can hold")
     elif isinstance(e, OverflowError):

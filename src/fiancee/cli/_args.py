@@ -40,8 +40,9 @@ class Names(Sequence):
         return repr(list(self._all()))
 
 
-def choice_option(parser: argparse.ArgumentParser, *flags: str, names: Callable[[], Iterable[str]],
-                  **kwargs) -> argparse.Action:
+def choice_option(
+    parser: argparse.ArgumentParser, *flags: str, names: Callable[[], Iterable[str]], **kwargs
+) -> argparse.Action:
     """``parser.add_argument(*flags, choices=..., **kwargs)`` with the choices read from ``names()`` on first use.
     (Set after add_argument, which formats the metavar and so would read them at once.)"""
     action = parser.add_argument(*flags, **kwargs)
@@ -160,16 +161,27 @@ def task_spec(text: str) -> str:
 # Options
 
 
-def task_option(parser: argparse.ArgumentParser, *, default: str | None = None, help: str | None = TASK_HELP,
-                only: str | None = None) -> None:
+def task_option(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = None,
+    help: str | None = TASK_HELP,
+    only: str | None = None,
+) -> None:
     """--task, required unless ``default``; ``only``: the one task the command is for (its own commands)."""
     kind = {"choices": [only]} if only is not None else {"type": task_spec}
     parser.add_argument("--task", **kind, required=default is None, default=default, help=help)
 
 
-def out_option(parser: argparse.ArgumentParser, *, required: bool = False, default: str | None = None,
-               help: str | None = None, refuse_existing: bool = True,
-               unset: Callable[[argparse.Namespace], str] | None = None) -> None:
+def out_option(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    default: str | None = None,
+    help: str | None = None,
+    refuse_existing: bool = True,
+    unset: Callable[[argparse.Namespace], str] | None = None,
+) -> None:
     """--out, the folder a command writes. ``refuse_existing``: an existing, non-empty folder is refused before any
     work unless --overwrite (:func:`overwrite_option`) is given, so no worked example silently replaces a committed
     or earlier result (False: the command checks its own folder, or resumes a run there). ``unset``: the folder the
@@ -193,8 +205,10 @@ def refuse_existing_out(args: argparse.Namespace) -> None:
         return
     path = Path(folder)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"--out {folder} already exists and is not empty; "
-                              "pass --overwrite to replace what this command writes there, or choose a new folder")
+        raise FileExistsError(
+            f"--out {folder} already exists and is not empty; "
+            "pass --overwrite to replace what this command writes there, or choose a new folder"
+        )
 
 
 def folder_code_option(parser: argparse.ArgumentParser, *, task: bool = True) -> None:
@@ -203,10 +217,17 @@ def folder_code_option(parser: argparse.ArgumentParser, *, task: bool = True) ->
     (--trust-task-code); registered tasks and entry points need neither (docs/errors.md). ``task``: False where the
     command already takes --task (it names the folder's task too)."""
     if task:
-        parser.add_argument("--task", type=task_spec, default=None,
-                            help="the folder's task, if it names package.module:attr code (allows loading it)")
-    parser.add_argument("--trust-task-code", action="store_true",
-                        help="import whatever package.module:attr code the folders name (task, bank key function)")
+        parser.add_argument(
+            "--task",
+            type=task_spec,
+            default=None,
+            help="the folder's task, if it names package.module:attr code (allows loading it)",
+        )
+    parser.add_argument(
+        "--trust-task-code",
+        action="store_true",
+        help="import whatever package.module:attr code the folders name (task, bank key function)",
+    )
 
 
 def folder_code_allowed(args: argparse.Namespace):

@@ -5,16 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import (folder_code_option, bank_indexes, bank_modes, choice_option, data_option, device_option, n_option, out_option,
-                    overwrite_option, progress_option, seed_option, task_option, weights_option)
+from ._args import (
+    bank_indexes,
+    bank_modes,
+    choice_option,
+    data_option,
+    device_option,
+    folder_code_option,
+    n_option,
+    out_option,
+    overwrite_option,
+    progress_option,
+    seed_option,
+    task_option,
+    weights_option,
+)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "build-bank", help="build the guiding feature bank of a task (FAISS, farthest-point sampling)",
+        "build-bank",
+        help="build the guiding feature bank of a task (FAISS, farthest-point sampling)",
         description="Populate a feature bank from training inputs (paper 3.3, S1.1.1, S1.2.1): patch mode (keys = "
-                    "key-stage patches, values = middle-stage patches, searched per semantic class) or global mode "
-                    "(one key per input, value = the backbone's RGB image). Writes a bank folder.",
+        "key-stage patches, values = middle-stage patches, searched per semantic class) or global mode "
+        "(one key per input, value = the backbone's RGB image). Writes a bank folder.",
         epilog="example: fiancee build-bank --task fashion --out runs/bank_fashion --latency",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -26,9 +40,12 @@ def register(sub) -> None:
     p.add_argument("--noises", type=int, default=None, help="fixed noise vectors per label map (conditional tasks)")
     p.add_argument("--grid", default=None, help="patch grid on the key-stage features, e.g. 4x4 (patch mode)")
     p.add_argument("--max-per-class", type=int, default=None, help="entries kept per class by farthest-point sampling")
-    p.add_argument("--key-function", default="pool2",
-                   help="global mode key: mean, pool2 (default), flatten, or package.module:attr naming a "
-                        "callable [B, C, H, W] -> [B, D] (an entry point of fiancee.key_functions works too)")
+    p.add_argument(
+        "--key-function",
+        default="pool2",
+        help="global mode key: mean, pool2 (default), flatten, or package.module:attr naming a "
+        "callable [B, C, H, W] -> [B, D] (an entry point of fiancee.key_functions works too)",
+    )
     choice_option(p, "--index", names=bank_indexes, default="flat", help="FAISS index (default exact flat)")
     p.add_argument("--batch-size", type=int, default=64)
     seed_option(p)
@@ -43,11 +60,12 @@ def register(sub) -> None:
     p.set_defaults(func=run_build_bank)
 
     p = sub.add_parser(
-        "bank-latency", help="retrieval latency of a bank vs the smallest route, batch 1 and 32",
+        "bank-latency",
+        help="retrieval latency of a bank vs the smallest route, batch 1 and 32",
         description="Median wall time of retrieval (keys, FAISS search, guide tensor) and of the smallest route "
-                    "(exit 1) measured in the same process; prints JSON with their ratio.",
+        "(exit 1) measured in the same process; prints JSON with their ratio.",
         epilog="example: fiancee bank-latency runs/bank_fashion --task fashion --threads 1   (after the build-bank "
-               "example)",
+        "example)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bank", help="bank folder (fiancee build-bank)")
@@ -83,13 +101,41 @@ def run_build_bank(args: argparse.Namespace) -> int:
     from ..train.bank import build_bank
 
     manifest = build_bank(
-        args.task, args.out, mode=args.mode, n=args.n, noises=args.noises, grid=grid(args.grid),
-        max_per_class=args.max_per_class, key_function=args.key_function, index=args.index, seed=args.seed,
-        batch_size=args.batch_size, progress=not args.no_progress, device=args.device, data=args.data,
-        weights=args.weights, overwrite=args.overwrite,
+        args.task,
+        args.out,
+        mode=args.mode,
+        n=args.n,
+        noises=args.noises,
+        grid=grid(args.grid),
+        max_per_class=args.max_per_class,
+        key_function=args.key_function,
+        index=args.index,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        device=args.device,
+        data=args.data,
+        weights=args.weights,
+        overwrite=args.overwrite,
     )
-    print(json.dumps({k: manifest[k] for k in ("task", "mode", "entries", "candidates", "per_class_counts",
-                                               "key_dim", "value_shape", "backbone_fingerprint", "build_seconds")}))
+    print(
+        json.dumps(
+            {
+                k: manifest[k]
+                for k in (
+                    "task",
+                    "mode",
+                    "entries",
+                    "candidates",
+                    "per_class_counts",
+                    "key_dim",
+                    "value_shape",
+                    "backbone_fingerprint",
+                    "build_seconds",
+                )
+            }
+        )
+    )
     if args.latency:  # reads back the bank just built, whose key function the user named
         from ..specs import allow_folder_code
 
@@ -102,6 +148,17 @@ def run_build_bank(args: argparse.Namespace) -> int:
 def run_bank_latency(args: argparse.Namespace) -> int:
     from ..train.bank import bank_latency
 
-    print(json.dumps(bank_latency(args.bank, args.task, threads=args.threads, reps=args.reps, device=args.device,
-                                  data=args.data, weights=args.weights)))
+    print(
+        json.dumps(
+            bank_latency(
+                args.bank,
+                args.task,
+                threads=args.threads,
+                reps=args.reps,
+                device=args.device,
+                data=args.data,
+                weights=args.weights,
+            )
+        )
+    )
     return 0

@@ -10,7 +10,8 @@ from ._args import choice_option, json_option, lpips_nets, reference_backbones, 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "macs", help="MACs of the backbone and of every exit route",
+        "macs",
+        help="MACs of the backbone and of every exit route",
         description="MACs per route (FLOPs / 2, the paper's 'GFLOPs'), next to the paper's numbers.",
         epilog="example: fiancee macs --backbone oasis --scale 1/4 --min-channels 64 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -23,7 +24,8 @@ def register(sub) -> None:
     p.set_defaults(func=run_macs)
 
     p = sub.add_parser(
-        "lpips", help="LPIPS distance between two images",
+        "lpips",
+        help="LPIPS distance between two images",
         description="LPIPS v0.1 (Zhang et al. 2018) with ImageNet weights; prints the distance on the last line.",
         epilog="example: fiancee lpips tests/fixtures/lpips/ex_ref.png tests/fixtures/lpips/ex_p0.png --net alex",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -6,13 +6,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import (data_option, n_option, no_fid_option, out_option, overwrite_option, seed_option, task_option,
-                    weights_option)
+from ._args import (
+    data_option,
+    n_option,
+    no_fid_option,
+    out_option,
+    overwrite_option,
+    seed_option,
+    task_option,
+    weights_option,
+)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "sample", help="write backbone samples of a task as PNG files and a grid",
+        "sample",
+        help="write backbone samples of a task as PNG files and a grid",
         description="N backbone images of a task (faces: z ~ N(0, I); fashion: label maps of the test set + noise).",
         epilog="example: fiancee sample --task faces --out out/faces --n 16 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -22,13 +31,15 @@ def register(sub) -> None:
     n_option(p, 16)
     seed_option(p)
     data_option(p, help="fashion: folder with the idx .gz files")
-    weights_option(p, help="faces: weights.tar; fashion: backbone folder (default: the one shipped in "
-                           "fiancee/weights/fashion)")
+    weights_option(
+        p, help="faces: weights.tar; fashion: backbone folder (default: the one shipped in fiancee/weights/fashion)"
+    )
     overwrite_option(p)
     p.set_defaults(func=run_sample)
 
     p = sub.add_parser(
-        "train-classifier", help="train the fashion label classifier on the real training set",
+        "train-classifier",
+        help="train the fashion label classifier on the real training set",
         description="Small CNN on real Fashion-MNIST (32x32 padded); used to score generated garments.",
         epilog="example: fiancee train-classifier --task fashion --out runs/fashion_classifier --seed 0 --epochs 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -42,9 +53,10 @@ def register(sub) -> None:
     p.set_defaults(func=run_train_classifier)
 
     p = sub.add_parser(
-        "evaluate-backbone", help="label accuracy and FID of the fashion backbone",
+        "evaluate-backbone",
+        help="label accuracy and FID of the fashion backbone",
         description="Generates from N test label maps; label accuracy by the classifier beside the weights "
-                    "(else the shipped one), FID against the N matching real test images.",
+        "(else the shipped one), FID against the N matching real test images.",
         epilog="example: fiancee evaluate-backbone --task fashion --n 1000 --seed 0 --no-fid --out out/fashion_eval",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -54,8 +66,11 @@ def register(sub) -> None:
     seed_option(p)
     no_fid_option(p, help="label accuracy only (FID runs Inception, slow on CPU)")
     out_option(p, help="also write metrics.json and grid.png here")
-    p.add_argument("--classifier", default=None,
-                   help="folder with classifier.safetensors (default: beside --weights, else the shipped one)")
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="folder with classifier.safetensors (default: beside --weights, else the shipped one)",
+    )
     data_option(p, help="folder with the idx .gz files")
     overwrite_option(p)
     p.set_defaults(func=run_evaluate_backbone)
@@ -79,7 +94,14 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 def run_evaluate_backbone(args: argparse.Namespace) -> int:
     from ..tasks.fashion import evaluate_fashion_backbone
 
-    result = evaluate_fashion_backbone(weights=args.weights, data=args.data, n=args.n, seed=args.seed,
-                                       fid=not args.no_fid, out=args.out, classifier=args.classifier)
+    result = evaluate_fashion_backbone(
+        weights=args.weights,
+        data=args.data,
+        n=args.n,
+        seed=args.seed,
+        fid=not args.no_fid,
+        out=args.out,
+        classifier=args.classifier,
+    )
     print(json.dumps(result))
     return 0

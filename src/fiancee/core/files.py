@@ -23,13 +23,17 @@ def resolve_inside(folder: str | os.PathLike, entry: Any, what: str = "entry") -
         raise ValueError(f"{folder}: {what} must be a relative path inside the folder; got {entry!r}")
     rel = Path(entry)
     if rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"{folder}: {what} {str(entry)!r} leaves the folder (absolute paths and '..' are refused); "
-                         "everything a folder loads must lie inside it")
+        raise ValueError(
+            f"{folder}: {what} {str(entry)!r} leaves the folder (absolute paths and '..' are refused); "
+            "everything a folder loads must lie inside it"
+        )
     root = folder.resolve()
     target = (folder / rel).resolve()
     if target != root and root not in target.parents:
-        raise ValueError(f"{folder}: {what} {str(entry)!r} is a symlink leading out of the folder (to {target}); "
-                         "everything a folder loads must lie inside it")
+        raise ValueError(
+            f"{folder}: {what} {str(entry)!r} is a symlink leading out of the folder (to {target}); "
+            "everything a folder loads must lie inside it"
+        )
     return target
 
 

@@ -17,9 +17,28 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PIPELINE", "PREDICTOR", "FEATURE_BANK", "EXITS_RUN", "ONNX", "BENCH", "BENCH_ONNX", "RESULT", "UPSCALE",
-           "FASHION_BACKBONE", "BACKBONE_RUN", "KINDS", "OLD_KINDS", "OLD_VERSION_KEY", "OLD_FIELDS", "canonical_kind",
-           "make_header", "header", "upgrade", "check_header"]
+__all__ = [
+    "PIPELINE",
+    "PREDICTOR",
+    "FEATURE_BANK",
+    "EXITS_RUN",
+    "ONNX",
+    "BENCH",
+    "BENCH_ONNX",
+    "RESULT",
+    "UPSCALE",
+    "FASHION_BACKBONE",
+    "BACKBONE_RUN",
+    "KINDS",
+    "OLD_KINDS",
+    "OLD_VERSION_KEY",
+    "OLD_FIELDS",
+    "canonical_kind",
+    "make_header",
+    "header",
+    "upgrade",
+    "check_header",
+]
 
 PIPELINE = "fiancee-pipeline"  # FianceePipeline.save_pretrained
 PREDICTOR = "fiancee-predictor"  # QualityPredictor.save_pretrained (fiancee train-predictor)
@@ -32,19 +51,39 @@ RESULT = "fiancee-result"  # a result file (results/*.json, fiancee.results)
 UPSCALE = "fiancee-upscale"  # upscaled images (fiancee upscale); summary.json
 FASHION_BACKBONE = "fiancee-fashion-backbone"  # a trained fashion backbone (fiancee train-backbone / export-backbone)
 BACKBONE_RUN = "fiancee-backbone-run"  # a backbone training run: recognised by its fields, it has no header
-KINDS = (PIPELINE, PREDICTOR, FEATURE_BANK, EXITS_RUN, ONNX, BENCH, BENCH_ONNX, RESULT, UPSCALE, FASHION_BACKBONE,
-         BACKBONE_RUN)
+KINDS = (
+    PIPELINE,
+    PREDICTOR,
+    FEATURE_BANK,
+    EXITS_RUN,
+    ONNX,
+    BENCH,
+    BENCH_ONNX,
+    RESULT,
+    UPSCALE,
+    FASHION_BACKBONE,
+    BACKBONE_RUN,
+)
 
 # Kinds as earlier releases spelled them (folders written then still load).
-OLD_KINDS = {"fiancee_pipeline": PIPELINE, "quality_predictor": PREDICTOR, "exits": EXITS_RUN, "fiancee_onnx": ONNX,
-             "fashion_backbone": FASHION_BACKBONE, "backbone_run": BACKBONE_RUN}
+OLD_KINDS = {
+    "fiancee_pipeline": PIPELINE,
+    "quality_predictor": PREDICTOR,
+    "exits": EXITS_RUN,
+    "fiancee_onnx": ONNX,
+    "fashion_backbone": FASHION_BACKBONE,
+    "backbone_run": BACKBONE_RUN,
+}
 # The version key earlier releases wrote for banks, results, bench reports and the fashion backbone.
 OLD_VERSION_KEY = "format_version"
 # Kinds whose old folders held no version at all: they are format 1.
 _UNVERSIONED = {EXITS_RUN: 1}
 # Fields a kind renamed, old name -> new name: the stages branches attach after (1-based) were "exits".
-OLD_FIELDS = {PIPELINE: {"exits": "attach_after"}, ONNX: {"exits": "attach_after"},
-              EXITS_RUN: {"exits": "attach_after", "guided_exits": "guided_attach_after"}}
+OLD_FIELDS = {
+    PIPELINE: {"exits": "attach_after"},
+    ONNX: {"exits": "attach_after"},
+    EXITS_RUN: {"exits": "attach_after", "guided_exits": "guided_attach_after"},
+}
 
 
 def canonical_kind(kind: Any) -> Any:

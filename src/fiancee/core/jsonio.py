@@ -57,8 +57,9 @@ def loads_strict(text: str) -> Any:
 
     obj = json.loads(text, parse_constant=constant, parse_float=finite_float)
     if bad:  # parsed again keeping every bad value (a valid file is parsed once, with no hook)
-        problem, where = _path(json.loads(text, parse_constant=constant, parse_float=finite_float,
-                                          object_pairs_hook=_keep_bad))
+        problem, where = _path(
+            json.loads(text, parse_constant=constant, parse_float=finite_float, object_pairs_hook=_keep_bad)
+        )
         raise ValueError(problem + (f", in field {where!r}" if where else ""))
     return obj
 

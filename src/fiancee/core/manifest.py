@@ -13,5 +13,14 @@ __all__ = ["FORMAT", "KIND", "FIELDS"]
 FORMAT = 1
 KIND = ONNX
 # The fields every manifest of this format holds (``bank`` is optional: a pipeline without a bank has none).
-FIELDS = ("inputs", "attach_after", "key_stage", "num_stages", "segments", "route_macs", "predictor_macs", "router",
-          "files")
+FIELDS = (
+    "inputs",
+    "attach_after",
+    "key_stage",
+    "num_stages",
+    "segments",
+    "route_macs",
+    "predictor_macs",
+    "router",
+    "files",
+)

@@ -23,8 +23,11 @@ UNSET: Any = _Unset()  # "not given", where None is a value the caller may pass
 
 def warn_renamed(where: str, old: str, new: str, stacklevel: int = 3) -> None:
     """Warn that ``where``'s ``old`` is now ``new`` (``stacklevel`` 3: the caller of the function that calls this)."""
-    warnings.warn(f"{where}: {old!r} is renamed {new!r}; the old name goes in the next release", DeprecationWarning,
-                  stacklevel=stacklevel)
+    warnings.warn(
+        f"{where}: {old!r} is renamed {new!r}; the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def renamed(where: str, old: str, old_value: Any, new: str, new_value: Any, default: Any = UNSET) -> Any:

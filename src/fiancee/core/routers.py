@@ -18,10 +18,30 @@ import numpy as np
 from .numbers import finite, is_int
 from .rules import EPS, cheapest_meeting, check_threshold, margin_at, oracle_misses, route_costs, spend_misses
 
-__all__ = ["Field", "RoutingRule", "RULES", "register_rule", "unregister_rule", "rule_for", "check_router_config",
-           "route_numpy", "numbers", "number", "count", "FLAG", "checked_by_router", "ThresholdRule", "OracleRule",
-           "StaticRule", "CalibratedRule", "check_compliance", "check_route", "check_exit", "check_margins",
-           "upgrade_config"]
+__all__ = [
+    "Field",
+    "RoutingRule",
+    "RULES",
+    "register_rule",
+    "unregister_rule",
+    "rule_for",
+    "check_router_config",
+    "route_numpy",
+    "numbers",
+    "number",
+    "count",
+    "FLAG",
+    "checked_by_router",
+    "ThresholdRule",
+    "OracleRule",
+    "StaticRule",
+    "CalibratedRule",
+    "check_compliance",
+    "check_route",
+    "check_exit",
+    "check_margins",
+    "upgrade_config",
+]
 
 
 @dataclass(frozen=True)
@@ -131,8 +151,9 @@ def check_router_config(config: Any, num_routes: int | None = None) -> dict:
         if key == "kind":
             continue
         if key not in rule.fields:
-            raise ValueError(f"router config: unknown field {key!r} for kind {kind!r} "
-                             f"(it takes {', '.join(rule.fields)})")
+            raise ValueError(
+                f"router config: unknown field {key!r} for kind {kind!r} (it takes {', '.join(rule.fields)})"
+            )
         problem = rule.fields[key].problem(key, value)
         if problem:
             raise ValueError(f"router config: {problem}")
@@ -143,8 +164,9 @@ def check_router_config(config: Any, num_routes: int | None = None) -> dict:
     if costs is not None and any(c < 0 for c in costs):
         raise ValueError(f"router config: costs must be >= 0; got {costs!r}")
     if num_routes is not None and costs is not None and len(costs) != num_routes:
-        raise ValueError(f"router config: costs must hold {num_routes} numbers (the exits, then the backbone); "
-                         f"got {costs!r}")
+        raise ValueError(
+            f"router config: costs must hold {num_routes} numbers (the exits, then the backbone); got {costs!r}"
+        )
     try:
         rule.check(config, num_routes)
     except ValueError as e:
@@ -158,10 +180,17 @@ def route_numpy(config: dict, predicted: np.ndarray, threshold: float) -> np.nda
     rule = rule_for(config.get("kind") if isinstance(config, dict) else None)
     config = upgrade_config(config)
     t = check_threshold(threshold)
-    if not isinstance(predicted, np.ndarray) or predicted.ndim != 2 or predicted.shape[1] < 1 \
-            or not np.issubdtype(predicted.dtype, np.floating):
-        got = (f"{predicted.dtype} {list(predicted.shape)}" if isinstance(predicted, np.ndarray)
-               else type(predicted).__name__)
+    if (
+        not isinstance(predicted, np.ndarray)
+        or predicted.ndim != 2
+        or predicted.shape[1] < 1
+        or not np.issubdtype(predicted.dtype, np.floating)
+    ):
+        got = (
+            f"{predicted.dtype} {list(predicted.shape)}"
+            if isinstance(predicted, np.ndarray)
+            else type(predicted).__name__
+        )
         raise ValueError(f"predicted must be a floating-point [B, E] array (one column per exit branch); got {got}")
     return rule.route(config, predicted, t)
 
@@ -220,8 +249,9 @@ def check_route(route: Any, num_routes: int | None = None) -> int:
     if not is_int(route) or route < 0:
         raise ValueError(f"route must be a route index >= 0 (E = the backbone); got {route!r}")
     if num_routes is not None and route >= num_routes:
-        raise ValueError(f"static route {route} does not exist: routes are 0..{num_routes - 1} "
-                         f"({num_routes - 1} = backbone)")
+        raise ValueError(
+            f"static route {route} does not exist: routes are 0..{num_routes - 1} ({num_routes - 1} = backbone)"
+        )
     return route
 
 
@@ -256,11 +286,19 @@ class CalibratedRule(RoutingRule):
     """The threshold rule on ``predicted + margin(T)`` in float64, compared with ``T + EPS``."""
 
     kind = "calibrated"
-    fields = {**RoutingRule.fields, "thresholds": numbers(), "margins": numbers(), "target": number(optional=True),
-              "fit_size": count(optional=True), "epsilon": number(optional=True), "delta": number(optional=True),
-              "method": checked_by_router("a method of fiancee.risk"),
-              "bound": checked_by_router("a bound of fiancee.risk"), "familywise": FLAG,
-              "calibration": checked_by_router("a calibration range (fiancee.risk)")}
+    fields = {
+        **RoutingRule.fields,
+        "thresholds": numbers(),
+        "margins": numbers(),
+        "target": number(optional=True),
+        "fit_size": count(optional=True),
+        "epsilon": number(optional=True),
+        "delta": number(optional=True),
+        "method": checked_by_router("a method of fiancee.risk"),
+        "bound": checked_by_router("a bound of fiancee.risk"),
+        "familywise": FLAG,
+        "calibration": checked_by_router("a calibration range (fiancee.risk)"),
+    }
 
     def check(self, config, num_routes=None):
         ts, ms = config.get("thresholds", []), config.get("margins", [])

@@ -38,8 +38,9 @@ def route_costs(costs: Sequence[float] | None, num_routes: int) -> np.ndarray:
         return np.arange(num_routes, dtype=np.float64)
     c = np.asarray([float(x) for x in costs], dtype=np.float64)
     if c.size != num_routes:
-        raise ValueError(f"costs must have one entry per route ({num_routes}: the exits then the backbone); "
-                         f"got {c.size}")
+        raise ValueError(
+            f"costs must have one entry per route ({num_routes}: the exits then the backbone); got {c.size}"
+        )
     return c
 
 

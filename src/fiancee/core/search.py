@@ -39,8 +39,9 @@ def search_counted(faiss, index, queries: np.ndarray, d: int) -> tuple[np.ndarra
     return ids[:, 0], np.full(n, float(index.ntotal) * d, dtype=np.float64), dist[:, 0]  # flat: every key once
 
 
-def search_classes(faiss, indexes: dict, starts: dict[int, int], queries: np.ndarray, classes: np.ndarray | None,
-                   d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def search_classes(
+    faiss, indexes: dict, starts: dict[int, int], queries: np.ndarray, classes: np.ndarray | None, d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`search_counted` for queries ``[N, d]`` of a bank with one index per class: a query of class ``c``
     searches ``indexes[c]`` (whose entry 0 is the bank's entry ``starts[c]``), a query of a class without its
     own index searches ``indexes["all"]`` (nearest key of any class; docs/bank.md), and every query does so
@@ -82,8 +83,10 @@ def read_index(faiss, path: Path, ntotal: int, d: int, claimed_by: str = "the ma
         raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): {size} bytes")
     claim_d, claim_n = struct.unpack_from("<iq", head, 4)
     if (claim_d, claim_n) != (d, ntotal):
-        raise ValueError(f"{path} claims {claim_n} keys of dimension {claim_d}; {claimed_by} "
-                         f"{ntotal} of dimension {d} (a corrupt or mismatched file)")
+        raise ValueError(
+            f"{path} claims {claim_n} keys of dimension {claim_d}; {claimed_by} "
+            f"{ntotal} of dimension {d} (a corrupt or mismatched file)"
+        )
     stored = 4 * ntotal * d
     # Flat indexes: after the header (2 dummies, is_trained: 1 byte, metric: int32 at 33; L2 / inner product
     # have no metric argument) comes the length of the key table, which is what FAISS allocates.
@@ -92,8 +95,10 @@ def read_index(faiss, path: Path, ntotal: int, d: int, claimed_by: str = "the ma
         if codes != ntotal * d:
             raise ValueError(f"{path} claims a key table of {codes} floats; expected {ntotal * d} (a corrupt file)")
     if size < stored:
-        raise ValueError(f"{path} is not a readable FAISS index (truncated or corrupt?): it holds {size} bytes, "
-                         f"less than the {stored} its {ntotal} keys need")
+        raise ValueError(
+            f"{path} is not a readable FAISS index (truncated or corrupt?): it holds {size} bytes, "
+            f"less than the {stored} its {ntotal} keys need"
+        )
     try:
         index = faiss.read_index(str(path))
     except (RuntimeError, MemoryError) as e:

@@ -125,7 +125,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[-1] if mu1.ndim else 1
     if mu1.shape != mu2.shape or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"expected means [D] and covariances [D, D] of one D, got {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
+        raise ValueError(
+            f"expected means [D] and covariances [D, D] of one D, got {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}"
+        )
     s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2  # symmetric up to rounding; make it exact for eigh
     lam1, v1 = np.linalg.eigh(s1)
     root1 = (v1 * np.sqrt(_drop_noise(lam1))) @ v1.T  # S1^(1/2), PSD
@@ -187,8 +189,9 @@ def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> 
 
 
 @torch.no_grad()
-def _features(images: torch.Tensor | Iterable[torch.Tensor], extractor: InceptionFeatures,
-              batch_size: int, normalize: bool) -> np.ndarray:
+def _features(
+    images: torch.Tensor | Iterable[torch.Tensor], extractor: InceptionFeatures, batch_size: int, normalize: bool
+) -> np.ndarray:
     device = next(extractor.net.parameters()).device
     out = []
     for batch in _batches(images, batch_size):
@@ -202,16 +205,24 @@ def _features(images: torch.Tensor | Iterable[torch.Tensor], extractor: Inceptio
     return np.concatenate(out)
 
 
-def inception_features(images: torch.Tensor | Iterable[torch.Tensor], *, normalize: bool = False, batch_size: int = 32,
-                       device: str = "cpu") -> np.ndarray:
+def inception_features(
+    images: torch.Tensor | Iterable[torch.Tensor], *, normalize: bool = False, batch_size: int = 32, device: str = "cpu"
+) -> np.ndarray:
     """Inception pool features ``[N, 2048]`` (float64) of images in [-1, 1] (``normalize``: [0, 1]); keep them
     to compare one set with several others through :func:`fid_from_features`."""
     return _features(images, _cached_extractor(device), batch_size, normalize)
 
 
-def compute_stats(images: torch.Tensor | Iterable[torch.Tensor], *, normalize: bool = False, batch_size: int = 32,
-                  extractor: InceptionFeatures | None = None, cache: bool = False,
-                  dataset_id: str | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def compute_stats(
+    images: torch.Tensor | Iterable[torch.Tensor],
+    *,
+    normalize: bool = False,
+    batch_size: int = 32,
+    extractor: InceptionFeatures | None = None,
+    cache: bool = False,
+    dataset_id: str | None = None,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
     """Inception statistics (mean [2048], covariance [2048, 2048], float64) of a set of images.
 
     ``images``: a tensor [N, C, H, W] or an iterable of such batches, in [-1, 1] (``normalize``: [0, 1]).
@@ -228,8 +239,12 @@ def compute_stats(images: torch.Tensor | Iterable[torch.Tensor], *, normalize: b
             data_key = "dataset:" + dataset_id
         else:
             raise ValueError("cache=True with an iterable of batches needs dataset_id= (what identifies the images)")
-        produced_by = {"inception_sha256": extractor.fingerprint, "preprocess": _PREPROCESS,
-                       "input_range": "[0, 1]" if normalize else "[-1, 1]", "data": data_key}
+        produced_by = {
+            "inception_sha256": extractor.fingerprint,
+            "preprocess": _PREPROCESS,
+            "input_range": "[0, 1]" if normalize else "[-1, 1]",
+            "data": data_key,
+        }
         key = hashlib.sha256(json.dumps(produced_by, sort_keys=True).encode()).hexdigest()[:24]
         folder = cache_dir("fid_stats")
         path = folder / f"{key}.safetensors"
@@ -246,9 +261,16 @@ def compute_stats(images: torch.Tensor | Iterable[torch.Tensor], *, normalize: b
     return mu, sigma
 
 
-def fid(real: torch.Tensor | Iterable[torch.Tensor], fake: torch.Tensor | Iterable[torch.Tensor], *,
-        normalize: bool = False, batch_size: int = 32, cache_real: bool = False,
-        real_id: str | None = None, device: str = "cpu") -> float:
+def fid(
+    real: torch.Tensor | Iterable[torch.Tensor],
+    fake: torch.Tensor | Iterable[torch.Tensor],
+    *,
+    normalize: bool = False,
+    batch_size: int = 32,
+    cache_real: bool = False,
+    real_id: str | None = None,
+    device: str = "cpu",
+) -> float:
     """FID between two image sets in [-1, 1] (``normalize``: [0, 1]).
 
     ``cache_real=True`` caches the real set's statistics (see ``compute_stats``); otherwise both
@@ -256,9 +278,11 @@ def fid(real: torch.Tensor | Iterable[torch.Tensor], fake: torch.Tensor | Iterab
     """
     extractor = _cached_extractor(device)
     if cache_real:
-        mu1, s1 = compute_stats(real, normalize=normalize, batch_size=batch_size, extractor=extractor,
-                                cache=True, dataset_id=real_id)
+        mu1, s1 = compute_stats(
+            real, normalize=normalize, batch_size=batch_size, extractor=extractor, cache=True, dataset_id=real_id
+        )
         mu2, s2 = _mean_cov(_features(fake, extractor, batch_size, normalize))
         return frechet_distance(mu1, s1, mu2, s2)
-    return fid_from_features(_features(real, extractor, batch_size, normalize),
-                             _features(fake, extractor, batch_size, normalize))
+    return fid_from_features(
+        _features(real, extractor, batch_size, normalize), _features(fake, extractor, batch_size, normalize)
+    )

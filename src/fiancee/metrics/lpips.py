@@ -15,7 +15,6 @@ router thresholds it (paper Sec. 3.2, Eq. 3). The computation, step by step:
 from __future__ import annotations
 
 import warnings
-
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,13 +42,18 @@ def _features(net: str) -> tuple[nn.Sequential, list[int]]:
     the last tapped ReLU, plus the indices of the tapped ReLUs."""
     if net == "alex":
         layers: list[nn.Module] = [
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(),      # 0, 1: relu1
+            nn.Conv2d(3, 64, 11, stride=4, padding=2),
+            nn.ReLU(),  # 0, 1: relu1
             nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),               # 3, 4: relu2
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(),  # 3, 4: relu2
             nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),              # 6, 7: relu3
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),              # 8, 9: relu4
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),              # 10, 11: relu5
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(),  # 6, 7: relu3
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(),  # 8, 9: relu4
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(),  # 10, 11: relu5
         ]
         return nn.Sequential(*layers), [1, 4, 7, 9, 11]
     if net == "vgg":
@@ -71,7 +75,7 @@ class TappedBackbone(nn.Module):
     def __init__(self, net: str, state: dict[str, torch.Tensor]):
         super().__init__()
         self.features, self.taps = _features(net)
-        self.features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+        self.features.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")})
         self.requires_grad_(False)  # a metric / loss network: gradients go to the images only
         self.eval()
 
@@ -171,7 +175,9 @@ def _cached_model(net: str, device: str) -> LPIPS:
     return LPIPS(net).to(device)
 
 
-def lpips(a: torch.Tensor, b: torch.Tensor, net: str = "alex", *, normalize: bool = False, spatial: bool = False) -> torch.Tensor:
+def lpips(
+    a: torch.Tensor, b: torch.Tensor, net: str = "alex", *, normalize: bool = False, spatial: bool = False
+) -> torch.Tensor:
     """Functional LPIPS with a model cached per (net, device): [B] distances, or [B, 1, H, W] maps.
 
     Inputs in [-1, 1] (``normalize=True``: [0, 1]). Differentiable in ``a`` and ``b``.

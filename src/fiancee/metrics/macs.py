@@ -50,8 +50,14 @@ def count_macs(module: nn.Module, *args: Any, meta: bool = True, **kwargs: Any) 
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            functional_call(module, {**params, **buffers}, _to_meta(args), {k: _to_meta(v) for k, v in kwargs.items()},
-                            strict=False, tie_weights=False)
+            functional_call(
+                module,
+                {**params, **buffers},
+                _to_meta(args),
+                {k: _to_meta(v) for k, v in kwargs.items()},
+                strict=False,
+                tie_weights=False,
+            )
     finally:
         _restore(modes)
     return counter.get_total_flops() // 2

@@ -40,11 +40,18 @@ class VGGPerceptualLoss(nn.Module):
     reference (the backbone's image) and is detached, as in pix2pixHD's VGG loss.
     """
 
-    def __init__(self, layer_weights: Sequence[float] = VGG_LAYER_WEIGHTS, *, normalize: bool = False,
-                 weights: str | Path | None = None):
+    def __init__(
+        self,
+        layer_weights: Sequence[float] = VGG_LAYER_WEIGHTS,
+        *,
+        normalize: bool = False,
+        weights: str | Path | None = None,
+    ):
         super().__init__()
         if len(layer_weights) != len(VGG_LAYERS):
-            raise ValueError(f"expected {len(VGG_LAYERS)} layer weights ({', '.join(VGG_LAYERS)}), got {len(layer_weights)}")
+            raise ValueError(
+                f"expected {len(VGG_LAYERS)} layer weights ({', '.join(VGG_LAYERS)}), got {len(layer_weights)}"
+            )
         self.layer_weights = tuple(float(w) for w in layer_weights)
         self.normalize = normalize
         self.vgg = TappedBackbone("vgg", lpips_weights("vgg", weights))
@@ -64,7 +71,9 @@ class VGGPerceptualLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if x.shape != target.shape:
-            raise ValueError(f"VGGPerceptualLoss compares images of the same shape, got {tuple(x.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"VGGPerceptualLoss compares images of the same shape, got {tuple(x.shape)} and {tuple(target.shape)}"
+            )
         with torch.no_grad():  # the target is a reference: no graph is kept for it
             ref = self.vgg(self._prep(target))  # 5 x [B, C_l, h_l, w_l]
         feats = self.vgg(self._prep(x))

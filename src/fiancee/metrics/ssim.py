@@ -33,7 +33,7 @@ _EPS = 1e-6
 
 def _window(win_size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
     r = torch.arange(win_size, dtype=like.dtype, device=like.device) - (win_size - 1) / 2
-    g = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(r**2) / (2 * sigma**2))
     g = g / g.sum()
     return g.view(1, 1, 1, win_size).repeat(channels, 1, 1, 1)  # [C, 1, 1, win]: depthwise, separable
 
@@ -44,19 +44,23 @@ def _blur(x: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, win.transpose(2, 3), groups=c)  # along H
 
 
-def _ssim_cs(x: torch.Tensor, y: torch.Tensor, data_range: float, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ssim_cs(
+    x: torch.Tensor, y: torch.Tensor, data_range: float, win: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-channel SSIM and contrast-structure, each [B, C]."""
     c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
     mu_x, mu_y = _blur(x, win), _blur(y, win)
-    var_x = _blur(x * x, win) - mu_x ** 2
-    var_y = _blur(y * y, win) - mu_y ** 2
+    var_x = _blur(x * x, win) - mu_x**2
+    var_y = _blur(y * y, win) - mu_y**2
     cov = _blur(x * y, win) - mu_x * mu_y
     cs_map = (2 * cov + c2) / (var_x + var_y + c2)
-    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs_map
+    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map
     return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
 
 
-def _to_unit(x: torch.Tensor, y: torch.Tensor, value_range: tuple[float, float], win_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_unit(
+    x: torch.Tensor, y: torch.Tensor, value_range: tuple[float, float], win_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Checks, then both images mapped from ``value_range`` to [0, 1].
 
     SSIM's luminance term compares means, (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1): it assumes
@@ -64,19 +68,29 @@ def _to_unit(x: torch.Tensor, y: torch.Tensor, value_range: tuple[float, float],
     [0, 1] (data range 1) first, and the same picture gives the same SSIM in any representation.
     """
     if x.ndim != 4 or x.shape != y.shape:
-        raise ValueError(f"expected two image batches [B, C, H, W] of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"expected two image batches [B, C, H, W] of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     lo, hi = (float(v) for v in value_range)
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
     if win_size % 2 != 1:
         raise ValueError(f"win_size must be odd, got {win_size}")
     if min(x.shape[-2:]) < win_size:
-        raise ValueError(f"SSIM with an {win_size} px window needs images of at least {win_size} px, got {tuple(x.shape[-2:])}")
+        raise ValueError(
+            f"SSIM with an {win_size} px window needs images of at least {win_size} px, got {tuple(x.shape[-2:])}"
+        )
     return (x - lo) / (hi - lo), (y - lo) / (hi - lo)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, *, value_range: tuple[float, float] = (-1.0, 1.0),
-         win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    win_size: int = 11,
+    sigma: float = 1.5,
+) -> torch.Tensor:
     """SSIM per image, [B] (mean over channels and positions); 1 for identical images.
 
     ``value_range``: the range the images live in (default [-1, 1]); they are mapped to [0, 1].
@@ -90,14 +104,21 @@ def ms_ssim_scales(size: int, win_size: int = 11, max_scales: int = len(MS_SSIM_
     """How many MS-SSIM scales fit a shorter side of ``size`` px: the largest M <= max_scales with
     ``size > (win_size - 1) * 2^(M - 1)`` (at least 1)."""
     m = 1
-    while m < max_scales and size > (win_size - 1) * 2 ** m:
+    while m < max_scales and size > (win_size - 1) * 2**m:
         m += 1
     return m
 
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, value_range: tuple[float, float] = (-1.0, 1.0),
-            scales: int | None = None, weights: Sequence[float] | None = None,
-            win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ms_ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    scales: int | None = None,
+    weights: Sequence[float] | None = None,
+    win_size: int = 11,
+    sigma: float = 1.5,
+) -> torch.Tensor:
     """MS-SSIM per image, [B]; 1 for identical images. Differentiable (use ``1 - ms_ssim`` as a loss).
 
     ``scales=None`` picks 5 scales when the images allow it, fewer for small images (module
@@ -115,8 +136,10 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, value_range: tuple[float, float
         m = len(w)
     needed = (win_size - 1) * 2 ** (m - 1)
     if min(x.shape[-2:]) <= needed:
-        raise ValueError(f"MS-SSIM with {m} scales and an {win_size} px window needs images larger than "
-                         f"{needed} px, got {tuple(x.shape[-2:])}; use fewer scales (scales=None picks them)")
+        raise ValueError(
+            f"MS-SSIM with {m} scales and an {win_size} px window needs images larger than "
+            f"{needed} px, got {tuple(x.shape[-2:])}; use fewer scales (scales=None picks them)"
+        )
     win = _window(win_size, sigma, x.shape[1], x)
     terms = []  # M x [B, C]
     for j in range(m):

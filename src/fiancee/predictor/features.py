@@ -22,20 +22,25 @@ def key_features(model, *inputs: torch.Tensor) -> torch.Tensor:
     return model.backbone.features(*inputs, taps=(model.key_stage,)).taps[model.key_stage]
 
 
-def predictor_features(arch: str, model, inputs: tuple[torch.Tensor, ...],
-                       batch_size: int = 256) -> tuple[torch.Tensor, ...]:
+def predictor_features(
+    arch: str, model, inputs: tuple[torch.Tensor, ...], batch_size: int = 256
+) -> tuple[torch.Tensor, ...]:
     """The tensors a predictor of ``arch`` reads for ``inputs``: z for ``mlp``, (label, z) for ``conv``,
     key-stage features for ``features`` and ``tiny`` (computed in batches)."""
     if not get_head(arch).reads_features:
         return tuple(x.flatten(1) if x.dim() == 4 and x.shape[-2:] == (1, 1) else x for x in inputs)
     n = inputs[0].shape[0]
-    return (torch.cat([key_features(model, *(x[s : s + batch_size] for x in inputs)).cpu()
-                       for s in range(0, n, batch_size)]),)
+    return (
+        torch.cat(
+            [key_features(model, *(x[s : s + batch_size] for x in inputs)).cpu() for s in range(0, n, batch_size)]
+        ),
+    )
 
 
 @torch.no_grad()
-def predict(predictor: QualityPredictor, model, inputs: tuple[torch.Tensor, ...],
-            batch_size: int = 256) -> torch.Tensor:
+def predict(
+    predictor: QualityPredictor, model, inputs: tuple[torch.Tensor, ...], batch_size: int = 256
+) -> torch.Tensor:
     """Predicted LPIPS ``[N, E]`` for generator ``inputs`` (features computed when the predictor reads them)."""
     predictor.eval()
     xs = predictor_features(predictor.arch, model, inputs, batch_size)

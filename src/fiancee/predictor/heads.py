@@ -188,7 +188,7 @@ class TinyHead(FeaturesHead):
         h, w = min(h0, max_grid), min(w0, max_grid)
         # A fixed average pooling where the grid divides the map (the same numbers, and exportable to
         # ONNX with a dynamic batch, which adaptive pooling to a smaller size is not); else adaptive.
-        pool = (nn.AvgPool2d((h0 // h, w0 // w)) if h0 % h == 0 and w0 % w == 0 else nn.AdaptiveAvgPool2d((h, w)))
+        pool = nn.AvgPool2d((h0 // h, w0 // w)) if h0 % h == 0 and w0 % w == 0 else nn.AdaptiveAvgPool2d((h, w))
         return nn.Sequential(nn.Conv2d(c, width, 1), nn.ReLU(), pool, nn.Flatten()), width * h * w
 
     def fold_layer(self, body, mlp):

@@ -34,8 +34,16 @@ class QualityPredictor(nn.Module):
     features) for ``features``. All constructor arguments are JSON values (saved in config.json).
     """
 
-    def __init__(self, arch: str, num_exits: int, input_shapes: Sequence[Sequence[int]], *,
-                 width: int | None = None, hidden: Sequence[int] | None = None, max_grid: int | None = None):
+    def __init__(
+        self,
+        arch: str,
+        num_exits: int,
+        input_shapes: Sequence[Sequence[int]],
+        *,
+        width: int | None = None,
+        hidden: Sequence[int] | None = None,
+        max_grid: int | None = None,
+    ):
         super().__init__()
         head = get_head(arch)
         if int(num_exits) < 1:
@@ -67,11 +75,18 @@ class QualityPredictor(nn.Module):
         self.register_buffer("y_std", torch.ones(self.num_exits))
 
     def config(self) -> dict:
-        return {"arch": self.arch, "num_exits": self.num_exits, "input_shapes": self.input_shapes,
-                "width": self.width, "hidden": self.hidden, "max_grid": self.max_grid}
+        return {
+            "arch": self.arch,
+            "num_exits": self.num_exits,
+            "input_shapes": self.input_shapes,
+            "width": self.width,
+            "hidden": self.hidden,
+            "max_grid": self.max_grid,
+        }
 
-    def save_pretrained(self, out, *, fingerprints: dict[str, str], extra: dict | None = None,
-                        files: dict | None = None):
+    def save_pretrained(
+        self, out, *, fingerprints: dict[str, str], extra: dict | None = None, files: dict | None = None
+    ):
         """Write the predictor's folder (:func:`fiancee.predictor.folder.save_predictor`: ``config.json`` with
         the header ``fiancee-predictor``, ``weights.safetensors``); ``fingerprints`` ties it to the backbone and
         exit weights whose LPIPS it learned (:func:`fiancee.predictor.folder.exits_fingerprints`)."""
@@ -100,8 +115,10 @@ class QualityPredictor(nn.Module):
 
     def _check(self, xs: Sequence[torch.Tensor], finite: bool = True) -> None:
         if len(xs) != len(self.input_shapes) or any(list(x.shape[1:]) != s for x, s in zip(xs, self.input_shapes)):
-            raise ValueError(f"{self.arch} predictor expects inputs of per-sample shapes {self.input_shapes}; "
-                             f"got {[list(x.shape[1:]) for x in xs]}")
+            raise ValueError(
+                f"{self.arch} predictor expects inputs of per-sample shapes {self.input_shapes}; "
+                f"got {[list(x.shape[1:]) for x in xs]}"
+            )
         for i, x in enumerate(xs if finite else ()):
             check_finite(x, f"predictor input {i}")
 
@@ -114,8 +131,9 @@ class QualityPredictor(nn.Module):
         norm = []
         for i, x in enumerate(xs):
             shape = [1, -1] + [1] * (x.dim() - 2)
-            norm.append((x.float() - getattr(self, f"in{i}_mean").view(shape))
-                        / getattr(self, f"in{i}_std").view(shape))
+            norm.append(
+                (x.float() - getattr(self, f"in{i}_mean").view(shape)) / getattr(self, f"in{i}_std").view(shape)
+            )
         return self.mlp(self.head.run(self.body, norm))  # [B, E]
 
     def forward(self, *xs: torch.Tensor, check: bool = True) -> torch.Tensor:
@@ -179,9 +197,10 @@ class FoldedPredictor(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
-            xs = tuple(torch.addcmul(sh.view(1, -1, *[1] * (x.dim() - 2)), x.float(),
-                                     sc.view(1, -1, *[1] * (x.dim() - 2)))
-                       for x, (sc, sh) in zip(xs, self.pre))
+            xs = tuple(
+                torch.addcmul(sh.view(1, -1, *[1] * (x.dim() - 2)), x.float(), sc.view(1, -1, *[1] * (x.dim() - 2)))
+                for x, (sc, sh) in zip(xs, self.pre)
+            )
         return self.mlp(self.head.run(self.body, xs))
 
 

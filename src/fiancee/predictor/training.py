@@ -31,9 +31,19 @@ __all__ = ["RECIPES", "train_predictor"]
 RECIPES = ("mse-sgd", "mae-adamw")
 
 
-def train_predictor(predictor: QualityPredictor, xs: Sequence[torch.Tensor], lpips: torch.Tensor, *,
-                    recipe: str = "mse-sgd", epochs: int = 100, batch_size: int = 64, lr: float | None = None,
-                    seed: int = 0, fit_statistics: bool = True, progress: bool = False) -> list[float]:
+def train_predictor(
+    predictor: QualityPredictor,
+    xs: Sequence[torch.Tensor],
+    lpips: torch.Tensor,
+    *,
+    recipe: str = "mse-sgd",
+    epochs: int = 100,
+    batch_size: int = 64,
+    lr: float | None = None,
+    seed: int = 0,
+    fit_statistics: bool = True,
+    progress: bool = False,
+) -> list[float]:
     """Fit ``predictor`` to ``lpips [N, E]`` from ``xs`` (what it reads, see
     :func:`fiancee.predictor.features.predictor_features`).
 

@@ -15,22 +15,44 @@ from pathlib import Path
 import torch
 
 from .base import InputSpec, Task, declared_inputs
-from .registry import (TASKS, allow_folder_code, check_task_spec, register_task, resolve_folder_task, resolve_task,
-                       task_spec)
+from .registry import (
+    TASKS,
+    allow_folder_code,
+    check_task_spec,
+    register_task,
+    resolve_folder_task,
+    resolve_task,
+    task_spec,
+)
 
-__all__ = ["Task", "InputSpec", "TASKS", "get_task", "resolve_task", "resolve_folder_task", "allow_folder_code",
-           "register_task", "check_task_spec", "task_spec", "declared_inputs", "write_samples"]
+__all__ = [
+    "Task",
+    "InputSpec",
+    "TASKS",
+    "get_task",
+    "resolve_task",
+    "resolve_folder_task",
+    "allow_folder_code",
+    "register_task",
+    "check_task_spec",
+    "task_spec",
+    "declared_inputs",
+    "write_samples",
+]
 
 
-def get_task(spec: "str | Task", *, data: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> Task:
+def get_task(
+    spec: "str | Task", *, data: str | os.PathLike | None = None, weights: str | os.PathLike | None = None
+) -> Task:
     """The task ``spec`` names (:func:`~fiancee.tasks.registry.resolve_task`); ``data`` / ``weights``
     override where its data and weights are read."""
     return resolve_task(spec, data=data, weights=weights)
 
 
 @torch.no_grad()
-def write_samples(task: Task, out: str | os.PathLike, *, n: int = 16, seed: int = 0, split: str = "test",
-                  batch_size: int = 64) -> dict:
+def write_samples(
+    task: Task, out: str | os.PathLike, *, n: int = 16, seed: int = 0, split: str = "test", batch_size: int = 64
+) -> dict:
     """Write ``n`` backbone images as ``sample_00000.png`` ... plus ``grid.png`` into ``out``.
 
     For ``fashion`` the inputs are label maps of the real test set (``split``) with seeded noise.

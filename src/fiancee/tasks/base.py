@@ -19,8 +19,20 @@ import torch.nn.functional as F
 
 from ..staged import StagedGenerator
 
-__all__ = ["Task", "InputSpec", "INPUT_KINDS", "SPLITS", "WEIGHTS_ENV", "weights_dir", "find_weights", "check_split",
-           "declared_inputs", "cross_noises", "pair_noises", "parse_shift"]
+__all__ = [
+    "Task",
+    "InputSpec",
+    "INPUT_KINDS",
+    "SPLITS",
+    "WEIGHTS_ENV",
+    "weights_dir",
+    "find_weights",
+    "check_split",
+    "declared_inputs",
+    "cross_noises",
+    "pair_noises",
+    "parse_shift",
+]
 
 SPLITS = ("train", "test")
 INPUT_KINDS = ("label_map", "noise", "condition")
@@ -48,6 +60,7 @@ class InputSpec:
         if self.kind not in INPUT_KINDS:
             raise ValueError(f"input {self.name!r}: kind must be one of {INPUT_KINDS}; got {self.kind!r}")
 
+
 # The trained artifacts this project commits (the fashion backbone and classifier, the faces exits)
 # ship inside the package, so a checkout, an editable install and a wheel all read the same files.
 WEIGHTS_ENV = "FIANCEE_WEIGHTS"
@@ -65,8 +78,11 @@ def find_weights(*parts: str) -> Path:
     """:func:`weights_dir`, or a one-line ``FileNotFoundError`` naming the folder when it is absent."""
     path = weights_dir(*parts)
     if not path.exists():
-        where = f"${WEIGHTS_ENV} is {os.environ[WEIGHTS_ENV]!r}" if os.environ.get(WEIGHTS_ENV) else \
-            f"set {WEIGHTS_ENV} to a folder holding {'/'.join(parts)}"
+        where = (
+            f"${WEIGHTS_ENV} is {os.environ[WEIGHTS_ENV]!r}"
+            if os.environ.get(WEIGHTS_ENV)
+            else f"set {WEIGHTS_ENV} to a folder holding {'/'.join(parts)}"
+        )
         raise FileNotFoundError(f"no trained artifact {'/'.join(parts)!r} at {path} ({where})")
     return path
 
@@ -213,10 +229,15 @@ class Task(ABC):
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "description": self.description, "attach_after": list(self.attach_after),
-            "default_scale": self.default_scale, "default_min_channels": self.default_min_channels,
-            "image_size": list(self.image_size), "image_channels": self.image_channels,
-            "inputs": [{"name": i.name, "kind": i.kind} for i in declared_inputs(self)], "critic_kind": self.critic_kind,
+            "name": self.name,
+            "description": self.description,
+            "attach_after": list(self.attach_after),
+            "default_scale": self.default_scale,
+            "default_min_channels": self.default_min_channels,
+            "image_size": list(self.image_size),
+            "image_channels": self.image_channels,
+            "inputs": [{"name": i.name, "kind": i.kind} for i in declared_inputs(self)],
+            "critic_kind": self.critic_kind,
         }
 
 
@@ -232,25 +253,34 @@ def declared_inputs(task: Task, inputs: tuple[torch.Tensor, ...] | None = None) 
     # The kinds live with the critics (fiancee.train.critics.CRITICS, a layer above): a registered name is
     # checked where critics are built, before an exit-training run writes anything.
     if not isinstance(task.critic_kind, str) or not task.critic_kind:
-        raise ValueError(f"task {task.name!r}: critic_kind must be a non-empty string naming a registered critic; "
-                         f"got {task.critic_kind!r}")
+        raise ValueError(
+            f"task {task.name!r}: critic_kind must be a non-empty string naming a registered critic; "
+            f"got {task.critic_kind!r}"
+        )
     if inputs is not None and len(inputs) != len(specs):
-        raise ValueError(f"task {task.name!r} declares {len(specs)} input(s) ({', '.join(s.name for s in specs)}) "
-                         f"but sample_inputs returned {len(inputs)}: declare every input in Task.inputs")
+        raise ValueError(
+            f"task {task.name!r} declares {len(specs)} input(s) ({', '.join(s.name for s in specs)}) "
+            f"but sample_inputs returned {len(inputs)}: declare every input in Task.inputs"
+        )
     return specs
 
 
-def _fixed_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
-                  seed: int) -> tuple[tuple[InputSpec, ...], list[torch.Tensor]]:
+def _fixed_noises(
+    task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]", seed: int
+) -> tuple[tuple[InputSpec, ...], list[torch.Tensor]]:
     """The task's declared inputs and ``K`` fixed draws of each noise input (``[K, ...]`` each), checked."""
     specs = declared_inputs(task, inputs)
     have = ", ".join(f"{s.name} ({s.kind})" for s in specs)
     if all(s.kind == "noise" for s in specs):
-        raise ValueError(f"noises= crosses a task's label map or conditions with fixed noise draws; task {task.name!r} "
-                         f"has no label map or condition (its inputs: {have})")
+        raise ValueError(
+            f"noises= crosses a task's label map or conditions with fixed noise draws; task {task.name!r} "
+            f"has no label map or condition (its inputs: {have})"
+        )
     if not any(s.kind == "noise" for s in specs):
-        raise ValueError(f"noises= crosses fixed noise draws with the other inputs; task {task.name!r} declares no "
-                         f"noise input (its inputs: {have})")
+        raise ValueError(
+            f"noises= crosses fixed noise draws with the other inputs; task {task.name!r} declares no "
+            f"noise input (its inputs: {have})"
+        )
     shapes = [tuple(x.shape[1:]) for s, x in zip(specs, inputs) if s.kind == "noise"]
     if isinstance(noises, bool) or not isinstance(noises, (int, torch.Tensor, tuple, list)):
         raise ValueError(f"noises must be a count or fixed noise tensors; got {type(noises).__name__}")
@@ -258,19 +288,25 @@ def _fixed_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | t
         if noises < 1:
             raise ValueError(f"noises must be >= 1; got {noises}")
         names = [s.name for s in specs if s.kind == "noise"]
-        fixed = [task.draw_noise(name, noises, shape, torch.Generator().manual_seed(seed + i))
-                 for i, (name, shape) in enumerate(zip(names, shapes))]
+        fixed = [
+            task.draw_noise(name, noises, shape, torch.Generator().manual_seed(seed + i))
+            for i, (name, shape) in enumerate(zip(names, shapes))
+        ]
     else:
         fixed = [noises] if isinstance(noises, torch.Tensor) else list(noises)
-    if len(fixed) != len(shapes) or any(f.dim() < 1 or tuple(f.shape[1:]) != sh for f, sh in zip(fixed, shapes)) \
-            or len({f.shape[0] for f in fixed}) != 1:
+    if (
+        len(fixed) != len(shapes)
+        or any(f.dim() < 1 or tuple(f.shape[1:]) != sh for f, sh in zip(fixed, shapes))
+        or len({f.shape[0] for f in fixed}) != 1
+    ):
         want = ", ".join(f"[K, {', '.join(map(str, sh))}]" for sh in shapes)
         raise ValueError(f"noises must be {want} (one per noise input); got {[list(f.shape) for f in fixed]}")
     return specs, fixed
 
 
-def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
-                 seed: int) -> tuple[torch.Tensor, ...]:
+def cross_noises(
+    task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]", seed: int
+) -> tuple[torch.Tensor, ...]:
     """``n`` draws of the task's kept inputs (label map, conditions) crossed with ``K`` fixed draws of its
     noise inputs: ``n * K`` inputs, draw-major (each kept input repeated ``K`` times in a row, the ``K``
     noises tiled). The paper builds the predictor's table (S1.1.2) and the bank (4.1) this way.
@@ -291,8 +327,9 @@ def cross_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | to
     return tuple(out)
 
 
-def pair_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]",
-                seed: int) -> tuple[torch.Tensor, ...]:
+def pair_noises(
+    task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | torch.Tensor | Sequence[torch.Tensor]", seed: int
+) -> tuple[torch.Tensor, ...]:
     """The ``n`` draws with their noise inputs replaced by ``K`` fixed draws in turn (draw ``i`` gets fixed
     draw ``i mod K``): ``n`` inputs. Table S3's set, held-out maps "joined" with the training noises, with
     as many maps as inputs, whatever K (a full cross of 500 maps with K = 500 noises would be 250,000).
@@ -302,5 +339,6 @@ def pair_noises(task: Task, inputs: tuple[torch.Tensor, ...], noises: "int | tor
     k, n = fixed[0].shape[0], inputs[0].shape[0]
     which = torch.arange(n) % k
     draws = iter(fixed)
-    return tuple(next(draws).index_select(0, which).to(x.dtype) if spec.kind == "noise" else x
-                 for spec, x in zip(specs, inputs))
+    return tuple(
+        next(draws).index_select(0, which).to(x.dtype) if spec.kind == "noise" else x for spec, x in zip(specs, inputs)
+    )

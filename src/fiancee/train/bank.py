@@ -15,9 +15,9 @@ import torch
 from ..bank import KIND, BankSpec, build_feature_bank, load_bank, retrieval_latency
 from ..bank import key_function as resolve_key_function
 from ..checks import check_counts
+from ..exits import ExitGenerator
 from ..extras import require
 from ..io import check_replaceable
-from ..exits import ExitGenerator
 from ..tasks.base import Task, cross_noises, declared_inputs
 from ..tasks.registry import resolve_task, task_spec
 
@@ -55,11 +55,25 @@ def label_channels(task: Task, inputs: tuple[torch.Tensor, ...]) -> int | None:
     return None
 
 
-def build_bank(task: "str | Task", out: str | os.PathLike, *, mode: str | None = None, n: int | None = None,
-               noises: int | None = None, grid: tuple[int, int] | None = None, max_per_class: int | None = None,
-               key_function: str = "pool2", index: str = "flat", seed: int = 0, batch_size: int = 64,
-               progress: bool = True, device: str = "cpu", data: str | None = None, weights: str | None = None,
-               overwrite: bool = False) -> dict:
+def build_bank(
+    task: "str | Task",
+    out: str | os.PathLike,
+    *,
+    mode: str | None = None,
+    n: int | None = None,
+    noises: int | None = None,
+    grid: tuple[int, int] | None = None,
+    max_per_class: int | None = None,
+    key_function: str = "pool2",
+    index: str = "flat",
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    device: str = "cpu",
+    data: str | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Build the bank of a task (a spec or a Task) with its declared defaults (``Task.bank_defaults``) and
     write it to ``out``; returns the manifest. Key stage = the task's first exit stage, value stage = the
     middle stage. The manifest stores the task's spec."""
@@ -75,26 +89,47 @@ def build_bank(task: "str | Task", out: str | os.PathLike, *, mode: str | None =
     if (d["mode"] if mode is None else mode) == "global":
         resolve_key_function(key_function)  # a bad spec fails before the backbone is loaded
     backbone = task.load_backbone(device)
+
     def given(value, default):  # None means "the task's default"; 0 is a value (and refused below)
         return default if value is None else value
 
     spec = BankSpec(
-        mode=given(mode, d["mode"]), key_stage=task.attach_after[0],
+        mode=given(mode, d["mode"]),
+        key_stage=task.attach_after[0],
         value_stage=max(task.attach_after[0], backbone.num_stages // 2),
-        grid=tuple(given(grid, d["grid"])), max_per_class=given(max_per_class, d["max_per_class"]),
-        key_function=key_function, index=index, fps_seed=seed,
+        grid=tuple(given(grid, d["grid"])),
+        max_per_class=given(max_per_class, d["max_per_class"]),
+        key_function=key_function,
+        index=index,
+        fps_seed=seed,
     )
     inputs, population = bank_inputs(task, given(n, d["n"]), given(noises, d["noises"]), seed)
-    bank = build_feature_bank(backbone, inputs, spec, label_channels=label_channels(task, inputs), task=task_spec(task),
-                              population=population,
-                              batch_size=batch_size, progress=progress, device=device)
+    bank = build_feature_bank(
+        backbone,
+        inputs,
+        spec,
+        label_channels=label_channels(task, inputs),
+        task=task_spec(task),
+        population=population,
+        batch_size=batch_size,
+        progress=progress,
+        device=device,
+    )
     bank.save_pretrained(out, overwrite=overwrite)
     return bank.manifest
 
 
-def bank_latency(bank_path: str | os.PathLike, task: "str | Task", *, threads: int | None = 1, reps: int = 50,
-                 batch_sizes: Sequence[int] = (1, 32), device: str = "cpu", data: str | None = None,
-                 weights: str | None = None) -> dict:
+def bank_latency(
+    bank_path: str | os.PathLike,
+    task: "str | Task",
+    *,
+    threads: int | None = 1,
+    reps: int = 50,
+    batch_sizes: Sequence[int] = (1, 32),
+    device: str = "cpu",
+    data: str | None = None,
+    weights: str | None = None,
+) -> dict:
     """:func:`retrieval_latency` of a bank folder against the task's smallest route (exits with the
     task's default scale, untrained: latency does not depend on the weights' values).
 
@@ -107,8 +142,9 @@ def bank_latency(bank_path: str | os.PathLike, task: "str | Task", *, threads: i
     task = resolve_task(task, data=data, weights=weights)
     backbone = task.load_backbone(device)
     bank = load_bank(bank_path, backbone, device=device)
-    model = ExitGenerator(backbone, task.attach_after, task.default_scale, task.default_min_channels,
-                          guide=bank.guide_spec)
+    model = ExitGenerator(
+        backbone, task.attach_after, task.default_scale, task.default_min_channels, guide=bank.guide_spec
+    )
     model = model.to(device).eval()
     import faiss
 
@@ -119,10 +155,19 @@ def bank_latency(bank_path: str | os.PathLike, task: "str | Task", *, threads: i
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
     try:
-        rows = retrieval_latency(bank, model, lambda b: task.sample_inputs(b, seed=0, split="test"),
-                                 batch_sizes=batch_sizes, reps=reps)
+        rows = retrieval_latency(
+            bank, model, lambda b: task.sample_inputs(b, seed=0, split="test"), batch_sizes=batch_sizes, reps=reps
+        )
     finally:
         torch.set_num_threads(old_torch)
         faiss.omp_set_num_threads(old_faiss)
-    return {"task": task_spec(task), "bank": str(bank_path), "mode": bank.mode, "entries": len(bank),
-            "threads": threads, "scale": task.default_scale, "min_channels": task.default_min_channels, "results": rows}
+    return {
+        "task": task_spec(task),
+        "bank": str(bank_path),
+        "mode": bank.mode,
+        "entries": len(bank),
+        "threads": threads,
+        "scale": task.default_scale,
+        "min_channels": task.default_min_channels,
+        "results": rows,
+    }

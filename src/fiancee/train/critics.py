@@ -32,8 +32,16 @@ from torch import nn
 
 from ..specs import Registry
 
-__all__ = ["DCGANDiscriminator", "PatchDiscriminator", "MultiScalePatchDiscriminator", "Critic", "OASISCritic",
-           "CRITICS", "CRITIC_KINDS", "build_critic"]
+__all__ = [
+    "DCGANDiscriminator",
+    "PatchDiscriminator",
+    "MultiScalePatchDiscriminator",
+    "Critic",
+    "OASISCritic",
+    "CRITICS",
+    "CRITIC_KINDS",
+    "build_critic",
+]
 
 # A builder is called as ``builder(image_size, channels, width, discriminator=..., label_index=...,
 # lambda_labelmix=..., seed=...)`` (what :func:`build_critic` is given) and ignores what it does not use.
@@ -74,7 +82,11 @@ class PatchDiscriminator(nn.Module):
         c_in, c = channels, width
         for i in range(layers):
             stride = 2 if i < layers - 1 else 1
-            blocks.append(nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Conv2d(c_in, c, 4, stride, 1)), nn.LeakyReLU(0.2)))
+            blocks.append(
+                nn.Sequential(
+                    nn.utils.parametrizations.spectral_norm(nn.Conv2d(c_in, c, 4, stride, 1)), nn.LeakyReLU(0.2)
+                )
+            )
             c_in, c = c, min(c * 2, 512)
         self.blocks = nn.ModuleList(blocks)
         self.out = nn.Conv2d(c_in, 1, 3, 1, 1)
@@ -95,7 +107,7 @@ class MultiScalePatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         logits, feats = [], []
         for i, d in enumerate(self.scales):
-            xi = x if i == 0 else F.avg_pool2d(x, 2 ** i)
+            xi = x if i == 0 else F.avg_pool2d(x, 2**i)
             lg, ft = d(xi)
             logits.append(lg)
             feats += ft
@@ -125,13 +137,18 @@ class Critic(nn.Module):
         total = real.new_zeros(())
         for r, f in zip(_as_list(real_logits), _as_list(fake_logits)):
             if self.loss == "bce":
-                total = total + F.binary_cross_entropy_with_logits(r, torch.ones_like(r)) \
+                total = (
+                    total
+                    + F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
                     + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+                )
             else:
                 total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
         return total
 
-    def g_loss(self, fake: torch.Tensor, inputs=None, real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def g_loss(
+        self, fake: torch.Tensor, inputs=None, real: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         fake_logits, fake_feats = self.net(fake)
         adv = fake.new_zeros(())
         for f in _as_list(fake_logits):
@@ -169,7 +186,9 @@ class OASISCritic(nn.Module):
 
     def _label_map(self, inputs, image: torch.Tensor) -> torch.Tensor:
         if inputs is None or len(inputs) <= self.label_index:
-            raise ValueError(f"the oasis critic needs the generator's inputs with the label map at position {self.label_index}")
+            raise ValueError(
+                f"the oasis critic needs the generator's inputs with the label map at position {self.label_index}"
+            )
         label = inputs[self.label_index]  # [B, L, h, w] one-hot
         if label.dim() != 4:
             raise ValueError(f"the oasis critic expects a one-hot label map [B, L, H, W]; got {list(label.shape)}")
@@ -178,8 +197,8 @@ class OASISCritic(nn.Module):
         return label.argmax(1)  # [B, H, W]
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor, inputs=None) -> torch.Tensor:
-        from .backbone import balanced_cross_entropy, labelmix_mask
         from ..backbones.oasis_discriminator import FAKE
+        from .backbone import balanced_cross_entropy, labelmix_mask
 
         lmap = self._label_map(inputs, real)
         fake = fake.detach()
@@ -193,7 +212,9 @@ class OASISCritic(nn.Module):
             loss = loss + self.lambda_labelmix * F.mse_loss(out_mix, mask * out_real + (1 - mask) * out_fake)
         return loss
 
-    def g_loss(self, fake: torch.Tensor, inputs=None, real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def g_loss(
+        self, fake: torch.Tensor, inputs=None, real: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         from .backbone import balanced_cross_entropy
 
         return balanced_cross_entropy(self.net(fake), self._label_map(inputs, fake)), fake.new_zeros(())
@@ -213,14 +234,24 @@ def patch_critic(image_size: int, channels: int = 3, width: int = 64, **options)
 
 
 @CRITICS.add("oasis")
-def oasis_critic(image_size: int, channels: int = 3, width: int = 64, *, discriminator: nn.Module | None = None,
-                 label_index: int | None = None, lambda_labelmix: float = 10.0, seed: int = 0,
-                 **options) -> OASISCritic:
+def oasis_critic(
+    image_size: int,
+    channels: int = 3,
+    width: int = 64,
+    *,
+    discriminator: nn.Module | None = None,
+    label_index: int | None = None,
+    lambda_labelmix: float = 10.0,
+    seed: int = 0,
+    **options,
+) -> OASISCritic:
     """A trainable copy of ``discriminator`` (the backbone's own, weights and all) with OASIS's loss, reading
     the label map at ``label_index`` of the generator's inputs (paper eq. 3)."""
     if discriminator is None or label_index is None:
-        raise ValueError("the oasis critic copies the backbone's discriminator and reads its label map: "
-                         "pass discriminator= and label_index=")
+        raise ValueError(
+            "the oasis critic copies the backbone's discriminator and reads its label map: "
+            "pass discriminator= and label_index="
+        )
     net = copy.deepcopy(discriminator).train().requires_grad_(True)
     return OASISCritic(net, label_index, lambda_labelmix, seed)
 
@@ -229,13 +260,28 @@ def oasis_critic(image_size: int, channels: int = 3, width: int = 64, *, discrim
 CRITIC_KINDS = tuple(CRITICS.in_order())
 
 
-def build_critic(kind: str, image_size: int, channels: int = 3, width: int = 64, *,
-                 discriminator: nn.Module | None = None, label_index: int | None = None,
-                 lambda_labelmix: float = 10.0, seed: int = 0) -> "Critic | OASISCritic":
+def build_critic(
+    kind: str,
+    image_size: int,
+    channels: int = 3,
+    width: int = 64,
+    *,
+    discriminator: nn.Module | None = None,
+    label_index: int | None = None,
+    lambda_labelmix: float = 10.0,
+    seed: int = 0,
+) -> "Critic | OASISCritic":
     """A critic of the registered ``kind`` for images of ``image_size`` px: ``dcgan`` and ``patch`` are fresh;
     ``oasis`` is a trainable copy of ``discriminator`` (the backbone's own, weights and all) reading the label
     map at ``label_index`` of the generator's inputs."""
     if not isinstance(kind, str) or kind not in CRITICS:
         raise ValueError(f"unknown critic kind {kind!r}; expected one of {tuple(CRITICS.in_order())}")
-    return CRITICS.get(kind)(image_size, channels, width, discriminator=discriminator, label_index=label_index,
-                             lambda_labelmix=lambda_labelmix, seed=seed)
+    return CRITICS.get(kind)(
+        image_size,
+        channels,
+        width,
+        discriminator=discriminator,
+        label_index=label_index,
+        lambda_labelmix=lambda_labelmix,
+        seed=seed,
+    )

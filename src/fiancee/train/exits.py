@@ -31,8 +31,19 @@ from .distributed import DistEnv, init_distributed, shutdown_distributed
 from .losses import BranchLoss, FeatureAdapters, Recipe, get_recipe, lr_at, make_optimizer
 from .run import RunDir, load_optimizer_tensors, optimizer_tensors
 
-__all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exits", "run_bank_path", "run_guide",
-           "critic_kind", "build_critics", "read_run_config", "RUN_FORMAT"]
+__all__ = [
+    "PRESETS",
+    "ExitTrainConfig",
+    "train_exits",
+    "load_exits",
+    "build_exits",
+    "run_bank_path",
+    "run_guide",
+    "critic_kind",
+    "build_critics",
+    "read_run_config",
+    "RUN_FORMAT",
+]
 
 # Presets: quick fits a 2-core CPU in minutes, full is for a GPU.
 # quick distils with the reconstruction terms only: on 2 CPU cores VGG16 at 64 px costs about 5 s per
@@ -43,8 +54,12 @@ __all__ = ["PRESETS", "ExitTrainConfig", "train_exits", "load_exits", "build_exi
 # trained discriminator (critic kind ``oasis``, paper eq. 3) keeps the adversarial term in quick too:
 # such a critic is no fresh one, it segments real garments from the first step.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"steps": 300, "batch_size": 16, "checkpoint_every": 50,
-              "recipe_overrides": {"vgg": 0.0, "adversarial": 0.0, "feature_matching": 0.0, "l1": 1.0}},
+    "quick": {
+        "steps": 300,
+        "batch_size": 16,
+        "checkpoint_every": 50,
+        "recipe_overrides": {"vgg": 0.0, "adversarial": 0.0, "feature_matching": 0.0, "l1": 1.0},
+    },
     "full": {"steps": 20000, "batch_size": 32, "checkpoint_every": 1000, "recipe_overrides": {}},
     # For tests: a handful of steps on tiny batches, every term but VGG on.
     "smoke": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "recipe_overrides": {"vgg": 0.0}},
@@ -78,11 +93,22 @@ class ExitTrainConfig:
         return dataclasses.asdict(self)
 
 
-def make_config(task: str, *, scale: str | None = None, min_channels: int | None = None, recipe: str = "oasis",
-                preset: str = "quick", steps: int | None = None, batch_size: int | None = None,
-                checkpoint_every: int | None = None, seed: int = 0, bank: str | None = None,
-                recipe_overrides: dict | None = None, init: str = "inherit",
-                fixed_inputs: int | None = None) -> ExitTrainConfig:
+def make_config(
+    task: str,
+    *,
+    scale: str | None = None,
+    min_channels: int | None = None,
+    recipe: str = "oasis",
+    preset: str = "quick",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    checkpoint_every: int | None = None,
+    seed: int = 0,
+    bank: str | None = None,
+    recipe_overrides: dict | None = None,
+    init: str = "inherit",
+    fixed_inputs: int | None = None,
+) -> ExitTrainConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     if init not in INITS:
@@ -99,21 +125,36 @@ def make_config(task: str, *, scale: str | None = None, min_channels: int | None
         raise ValueError(f"min channels must be positive; got {min_channels}")
     overrides = dict(p["recipe_overrides"])
     asked = (recipe_overrides or {}).get("critic", get_recipe(recipe).critic)
-    if recipe == "oasis" and "adversarial" in overrides and (asked == "oasis" or (asked == "task" and defaults.critic_kind == "oasis")):
+    if (
+        recipe == "oasis"
+        and "adversarial" in overrides
+        and (asked == "oasis" or (asked == "task" and defaults.critic_kind == "oasis"))
+    ):
         overrides.pop("adversarial")  # eq. 3 against copies of the backbone's trained discriminator (PRESETS note)
     rec = get_recipe(recipe).replace(**{**overrides, **(recipe_overrides or {})})
     cfg = ExitTrainConfig(
-        task=task, scale=f"{sf.numerator}/{sf.denominator}", min_channels=min_channels, recipe=rec.to_dict(),
-        recipe_name=recipe, preset=preset, steps=int(p["steps"] if steps is None else steps),
+        task=task,
+        scale=f"{sf.numerator}/{sf.denominator}",
+        min_channels=min_channels,
+        recipe=rec.to_dict(),
+        recipe_name=recipe,
+        preset=preset,
+        steps=int(p["steps"] if steps is None else steps),
         batch_size=int(p["batch_size"] if batch_size is None else batch_size),
-        checkpoint_every=int(p["checkpoint_every"] if checkpoint_every is None else checkpoint_every), seed=int(seed), bank=bank,
-        init=init, fixed_inputs=None if fixed_inputs is None else fixed_inputs,
+        checkpoint_every=int(p["checkpoint_every"] if checkpoint_every is None else checkpoint_every),
+        seed=int(seed),
+        bank=bank,
+        init=init,
+        fixed_inputs=None if fixed_inputs is None else fixed_inputs,
     )
-    if fixed_inputs is not None and (isinstance(fixed_inputs, bool) or not isinstance(fixed_inputs, int)
-                                     or fixed_inputs < cfg.batch_size):
+    if fixed_inputs is not None and (
+        isinstance(fixed_inputs, bool) or not isinstance(fixed_inputs, int) or fixed_inputs < cfg.batch_size
+    ):
         raise ValueError(f"fixed inputs must be an integer >= the batch size ({cfg.batch_size}); got {fixed_inputs!r}")
     if cfg.steps <= 0 or cfg.batch_size <= 0 or cfg.checkpoint_every <= 0:
-        raise ValueError(f"steps, batch size and checkpoint interval must be positive; got {cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}")
+        raise ValueError(
+            f"steps, batch size and checkpoint interval must be positive; got {cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}"
+        )
     return cfg
 
 
@@ -172,8 +213,9 @@ class _Trunk:
     (the backbone is frozen and deterministic, so a resumed run recomputes exactly what it had).
     """
 
-    def __init__(self, task, model: ExitGenerator, config: ExitTrainConfig, env: DistEnv, guide_fn, all_stages: bool,
-                 amp: bool):
+    def __init__(
+        self, task, model: ExitGenerator, config: ExitTrainConfig, env: DistEnv, guide_fn, all_stages: bool, amp: bool
+    ):
         self.task, self.model, self.config, self.env = task, model, config, env
         self.guide_fn, self.all_stages, self.amp = guide_fn, all_stages, amp
         self.pool = None
@@ -197,29 +239,42 @@ class _Trunk:
         for g in range(first, first + b):
             epoch = g // n
             if epoch not in self._orders:
-                self._orders = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(
-                    _step_seed(self.config.seed, epoch, 0, 1))).tolist()}
+                self._orders = {
+                    epoch: torch.randperm(
+                        n, generator=torch.Generator().manual_seed(_step_seed(self.config.seed, epoch, 0, 1))
+                    ).tolist()
+                }
             out.append(self._orders[epoch][g % n])
         return out
 
     def batch(self, step: int):
         seed = _step_seed(self.config.seed, step, self.env.rank, self.env.world_size)
         if self.pool is None:
-            inputs = tuple(x.to(self.env.device) for x in self.task.sample_inputs(self.config.batch_size, seed=seed,
-                                                                                   split="train"))
+            inputs = tuple(
+                x.to(self.env.device) for x in self.task.sample_inputs(self.config.batch_size, seed=seed, split="train")
+            )
             return inputs, self._run(inputs)
         idx = self._indices(step)
         missing = [i for i in idx if i not in self.kept]
         if missing:
             feats, cond, g, real = self._run(tuple(x[missing].to(self.env.device) for x in self.pool))
             for j, i in enumerate(missing):
-                self.kept[i] = ([f[j] for f in feats], None if cond is None else cond[j], None if g is None else g[j],
-                                real[j])
+                self.kept[i] = (
+                    [f[j] for f in feats],
+                    None if cond is None else cond[j],
+                    None if g is None else g[j],
+                    real[j],
+                )
         rows = [self.kept[i] for i in idx]
         stack = lambda xs: None if xs[0] is None else torch.stack(xs)  # noqa: E731
         feats = [torch.stack([r[0][k] for r in rows]) for k in range(len(rows[0][0]))]
         inputs = tuple(x[idx].to(self.env.device) for x in self.pool)
-        return inputs, (feats, stack([r[1] for r in rows]), stack([r[2] for r in rows]), torch.stack([r[3] for r in rows]))
+        return inputs, (
+            feats,
+            stack([r[1] for r in rows]),
+            stack([r[2] for r in rows]),
+            torch.stack([r[3] for r in rows]),
+        )
 
 
 def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
@@ -238,11 +293,15 @@ def critic_kind(task, recipe: Recipe) -> str:
         raise ValueError(f"unknown critic {kind!r}{whose}; expected 'task' or one of {tuple(CRITICS.in_order())}")
     if kind == "oasis":
         if not any(s.kind == "label_map" for s in declared_inputs(task)):
-            raise ValueError(f"the oasis critic segments by the label map, and task {task.name!r} declares no label_map input")
+            raise ValueError(
+                f"the oasis critic segments by the label map, and task {task.name!r} declares no label_map input"
+            )
         if task.load_discriminator("cpu") is None:
-            raise ValueError(f"the oasis critic copies the backbone's own discriminator, and task {task.name!r} ships none "
-                             "(Task.load_discriminator returned None; a backbone trained by `fiancee train-backbone` gets one "
-                             "with `fiancee export-backbone RUN`)")
+            raise ValueError(
+                f"the oasis critic copies the backbone's own discriminator, and task {task.name!r} ships none "
+                "(Task.load_discriminator returned None; a backbone trained by `fiancee train-backbone` gets one "
+                "with `fiancee export-backbone RUN`)"
+            )
     return kind
 
 
@@ -254,12 +313,28 @@ def build_critics(task, recipe: Recipe, count: int, seed: int = 0, device: str |
         return [build_critic(kind, task.image_size[0], task.image_channels) for _ in range(count)]
     disc = task.load_discriminator(device)
     label_index = next(i for i, s in enumerate(declared_inputs(task)) if s.kind == "label_map")
-    return [build_critic("oasis", task.image_size[0], task.image_channels, discriminator=disc, label_index=label_index,
-                         seed=seed * 1_000_003 + 7919 * (i + 1)) for i in range(count)]
+    return [
+        build_critic(
+            "oasis",
+            task.image_size[0],
+            task.image_channels,
+            discriminator=disc,
+            label_index=label_index,
+            seed=seed * 1_000_003 + 7919 * (i + 1),
+        )
+        for i in range(count)
+    ]
 
 
-def train_exits(config: ExitTrainConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
-                progress: bool = True, stop_after: int | None = None) -> Path:
+def train_exits(
+    config: ExitTrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
     """Train every exit of ``config.task``; returns the run folder. ``stop_after`` ends early (tests)."""
     from ..tasks.registry import resolve_task
 
@@ -284,7 +359,10 @@ def _check_before_writing(config: ExitTrainConfig, run: RunDir, task) -> None:
         from ..bank import load_bank
 
         load_bank(config.bank, backbone)
-    critic_kind(task, Recipe.from_dict(config.recipe))  # an oasis critic without the backbone's discriminator: refused here
+    critic_kind(
+        task, Recipe.from_dict(config.recipe)
+    )  # an oasis critic without the backbone's discriminator: refused here
+
 
 @contextlib.contextmanager
 def _writer_lock(path: Path, env: DistEnv):
@@ -332,21 +410,32 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         written = saved = run.read_config()  # `saved` is normalised below; `written` stays as on disk
         _check_resume_bank(run, saved, config)
         if saved.get("critic_kind", kind) != kind:
-            raise ValueError(f"cannot resume {run.path}: its critics are {saved.get('critic_kind')!r}, this command "
-                             f"would build {kind!r} (the backbone folder gained or lost its discriminator?)")
+            raise ValueError(
+                f"cannot resume {run.path}: its critics are {saved.get('critic_kind')!r}, this command "
+                f"would build {kind!r} (the backbone folder gained or lost its discriminator?)"
+            )
         saved = {"init": "random", "fixed_inputs": None, **saved}  # runs written before the options existed
-        saved["recipe"] = Recipe.from_dict(saved["recipe"]).to_dict() if isinstance(saved.get("recipe"), dict) else saved.get("recipe")
+        saved["recipe"] = (
+            Recipe.from_dict(saved["recipe"]).to_dict()
+            if isinstance(saved.get("recipe"), dict)
+            else saved.get("recipe")
+        )
         for key in ("task", "scale", "min_channels", "recipe", "init", "fixed_inputs"):
             if saved.get(key) != config.to_dict()[key]:
-                raise ValueError(f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}")
+                raise ValueError(
+                    f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}"
+                )
         if saved.get("steps") != config.steps and env.is_main:
             # A run continued to a new --steps must say so: its config (and the exits exported from it)
             # would otherwise name the budget it started with. Recorded before any step is taken.
             if recipe.schedule != "constant":
                 import sys
 
-                print(f"resuming with --steps {config.steps} (the run was set for {saved.get('steps')}): the "
-                      f"{recipe.schedule} learning-rate schedule is now spread over {config.steps} steps", file=sys.stderr)
+                print(
+                    f"resuming with --steps {config.steps} (the run was set for {saved.get('steps')}): the "
+                    f"{recipe.schedule} learning-rate schedule is now spread over {config.steps} steps",
+                    file=sys.stderr,
+                )
             run.write_config({**written, "steps": config.steps})
 
     torch.manual_seed(config.seed)
@@ -362,18 +451,29 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
     if bank is not None and unguided and env.is_main and not resume:
         import sys
 
-        print(f"exits after stage(s) {unguided} are built without the bank's guide: with it they would cost more "
-              "than the backbone (docs/bank.md)", file=sys.stderr)
+        print(
+            f"exits after stage(s) {unguided} are built without the bank's guide: with it they would cost more "
+            "than the backbone (docs/bank.md)",
+            file=sys.stderr,
+        )
     if not resume and env.is_main:
         if bank is not None:
             # The run keeps its own copy of the bank, written before the config that names it: a run
             # folder (and the exits shipped from one) is complete by itself, and nothing it loads lies
             # outside it (docs/errors.md).
             bank.save_pretrained(run.path / RUN_BANK)
-        run.write_config({**make_header(EXITS_RUN, RUN_FORMAT), **config.to_dict(),
-                          "bank": None if bank is None else RUN_BANK, "attach_after": list(task.attach_after),
-                          "critic_kind": kind, "guided_attach_after":
-                          [k for k, g in zip(model.attach_after, model.guided) if g] if bank is not None else []})
+        run.write_config(
+            {
+                **make_header(EXITS_RUN, RUN_FORMAT),
+                **config.to_dict(),
+                "bank": None if bank is None else RUN_BANK,
+                "attach_after": list(task.attach_after),
+                "critic_kind": kind,
+                "guided_attach_after": [k for k, g in zip(model.attach_after, model.guided) if g]
+                if bank is not None
+                else [],
+            }
+        )
     guide_fn = None if bank is None else bank.guide
     backbone.eval().requires_grad_(False)
     if config.init == "inherit" and not (resume and run.latest() is not None):
@@ -392,8 +492,9 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
 
     step = 0
     if resume:
-        ckpt = run.load_checkpoint(["branches", "critics", "opt_g", "opt_d"] + (["adapters"] if use_feat else []),
-                                   device=env.device)
+        ckpt = run.load_checkpoint(
+            ["branches", "critics", "opt_g", "opt_d"] + (["adapters"] if use_feat else []), device=env.device
+        )
         if ckpt is not None:
             comps, state = ckpt
             branches.load_state_dict({**comps["branches"], **comps.get("adapters", {})})
@@ -528,8 +629,10 @@ def load_exits(run_dir: str | Path, device: str | torch.device = "cpu", *, task=
     config = read_run_config(run)
     task = resolve_folder_task(config["task"], run.config_path, task=task, trust_task_code=trust_task_code)
     if "attach_after" in config and list(config["attach_after"]) != list(task.attach_after):
-        raise ValueError(f"{run.path} was trained with exits after stages {config['attach_after']}, but task "
-                         f"{config['task']!r} now declares {list(task.attach_after)}: the branches would not fit")
+        raise ValueError(
+            f"{run.path} was trained with exits after stages {config['attach_after']}, but task "
+            f"{config['task']!r} now declares {list(task.attach_after)}: the branches would not fit"
+        )
     backbone = task.load_backbone(device)
     with allow_folder_code(every=trust_task_code):  # the run's bank's key function
         model = build_exits(task, backbone, config["scale"], config["min_channels"], run_bank_path(run.path)).to(device)
@@ -550,8 +653,9 @@ def read_run_config(run: RunDir) -> dict:
         got = config.get("kind") if isinstance(config, dict) else None
         raise ValueError(f"{run.path} is not an exit-training run (config.json kind={got!r})")
     if version != RUN_FORMAT:
-        raise ValueError(f"{run.config_path}: exit-training run format {version!r}; "
-                         f"this fiancee reads format {RUN_FORMAT}")
+        raise ValueError(
+            f"{run.config_path}: exit-training run format {version!r}; this fiancee reads format {RUN_FORMAT}"
+        )
     config = upgrade(config)
     if "attach_after" in config:  # its type named here, not a TypeError where it is compared with the task's
         config_int_list(config, "attach_after", run.config_path, minimum=1)
@@ -568,9 +672,11 @@ def run_bank_path(run_dir: str | Path) -> Path | None:
     if entry is None:
         return None
     if entry != RUN_BANK:
-        raise ValueError(f"{run.config_path}: field 'bank' must be {RUN_BANK!r} (the run's own copy of its bank); got "
-                         f"{entry!r}: copy that bank there (`FeatureBank.from_pretrained(...)"
-                         f".save_pretrained(RUN/{RUN_BANK})`) and set the field to {RUN_BANK!r}")
+        raise ValueError(
+            f"{run.config_path}: field 'bank' must be {RUN_BANK!r} (the run's own copy of its bank); got "
+            f"{entry!r}: copy that bank there (`FeatureBank.from_pretrained(...)"
+            f".save_pretrained(RUN/{RUN_BANK})`) and set the field to {RUN_BANK!r}"
+        )
     return resolve_inside(run.path, entry, "config.json's 'bank' entry")
 
 
@@ -579,15 +685,19 @@ def _check_resume_bank(run: RunDir, saved: dict, config: ExitTrainConfig) -> Non
     and it must be the same bank (its manifest equals the run's copy's)."""
     has = saved.get("bank") is not None
     if has != (config.bank is not None):
-        raise ValueError(f"cannot resume {run.path}: it was trained {'with' if has else 'without'} a bank, this command "
-                         f"passes {'none' if config.bank is None else '--bank ' + str(config.bank)}")
+        raise ValueError(
+            f"cannot resume {run.path}: it was trained {'with' if has else 'without'} a bank, this command "
+            f"passes {'none' if config.bank is None else '--bank ' + str(config.bank)}"
+        )
     if has:
         # Compared as this release writes them: a run's copy may carry the old header (format_version).
         mine = upgrade(read_json(run_bank_path(run.path) / "manifest.json"))
         given = upgrade(read_json(Path(config.bank) / "manifest.json"))
         if mine != given:
-            raise ValueError(f"cannot resume {run.path}: --bank {config.bank} is not the bank the run was trained with "
-                             f"(its copy {run.path / RUN_BANK} has another manifest)")
+            raise ValueError(
+                f"cannot resume {run.path}: --bank {config.bank} is not the bank the run was trained with "
+                f"(its copy {run.path / RUN_BANK} has another manifest)"
+            )
 
 
 def run_guide(run_dir: str | Path, model: ExitGenerator):

@@ -52,7 +52,9 @@ class Recipe:
     def replace(self, **overrides) -> "Recipe":
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown recipe fields {sorted(unknown)}; expected some of {[f.name for f in dataclasses.fields(self)]}")
+            raise ValueError(
+                f"unknown recipe fields {sorted(unknown)}; expected some of {[f.name for f in dataclasses.fields(self)]}"
+            )
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
@@ -68,11 +70,25 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "oasis": Recipe(name="oasis", adversarial=1.0, vgg=10.0, lpips=5.0, critic="task",
-                    optimizer="adam", lr=4e-4, betas=(0.0, 0.999)),
-    "megaportraits": Recipe(name="megaportraits", adversarial=1.0, vgg=18.0, ms_ssim=0.84, l1=0.16, feature_matching=40.0,
-                            critic="patch", optimizer="adamw", lr=2e-4, betas=(0.05, 0.999), eps=1e-8,
-                            weight_decay=1e-2, schedule="cosine", lr_min=1e-6),
+    "oasis": Recipe(
+        name="oasis", adversarial=1.0, vgg=10.0, lpips=5.0, critic="task", optimizer="adam", lr=4e-4, betas=(0.0, 0.999)
+    ),
+    "megaportraits": Recipe(
+        name="megaportraits",
+        adversarial=1.0,
+        vgg=18.0,
+        ms_ssim=0.84,
+        l1=0.16,
+        feature_matching=40.0,
+        critic="patch",
+        optimizer="adamw",
+        lr=2e-4,
+        betas=(0.05, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        schedule="cosine",
+        lr_min=1e-6,
+    ),
 }
 
 
@@ -84,9 +100,13 @@ def get_recipe(name: str) -> Recipe:
 
 def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(
+            params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay
+        )
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay
+        )
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}; expected 'adam' or 'adamw'")
 
 
@@ -149,7 +169,9 @@ class FeatureAdapters(nn.Module):
         super().__init__()
         bb = model.backbone
         self.adapters = nn.ModuleList(
-            nn.ModuleList(nn.Conv2d(c_out, bb.stage_channels[b.after + j][1], 1) for j, (_, c_out) in enumerate(b.block_channels))
+            nn.ModuleList(
+                nn.Conv2d(c_out, bb.stage_channels[b.after + j][1], 1) for j, (_, c_out) in enumerate(b.block_channels)
+            )
             for b in model.branches
         )
         self.starts = [b.after for b in model.branches]

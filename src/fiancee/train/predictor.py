@@ -15,8 +15,15 @@ import torch
 from ..checks import check_choice, check_counts
 from ..core.folders import PREDICTOR
 from ..io import check_replaceable, read_json
-from ..predictor import (RECIPES, QualityPredictor, exits_fingerprints, load_predictor, predictor_features,
-                         save_predictor, train_predictor)
+from ..predictor import (
+    RECIPES,
+    QualityPredictor,
+    exits_fingerprints,
+    load_predictor,
+    predictor_features,
+    save_predictor,
+    train_predictor,
+)
 from ..predictor.heads import arch_names, get_head
 from ..tables import build_lpips_table, predictor_error
 from ..tasks.base import declared_inputs
@@ -49,9 +56,21 @@ def check_arch(arch: str, kinds: list[str], what: str) -> None:
         raise ValueError(f"arch {arch!r} {why}; {what} declares {kinds} (use {use})")
 
 
-def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str | None = None, recipe: str = DEFAULT_RECIPE,
-                            n: int = 2000, noises: int | None = None, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64,
-                            seed: int = 0, error_n: int = 500, device: str = "cpu", progress: bool = True) -> dict:
+def train_predictor_for_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    recipe: str = DEFAULT_RECIPE,
+    n: int = 2000,
+    noises: int | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 64,
+    seed: int = 0,
+    error_n: int = 500,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Train a predictor for a trained exit run and write it to ``out`` with its error report.
 
     What it reads follows the task's declared inputs (:class:`fiancee.tasks.base.InputSpec`): default
@@ -74,36 +93,61 @@ def train_predictor_for_run(run_dir: str | Path, out: str | Path, *, arch: str |
     if noises is None and "label_map" in kinds:
         noises = DEFAULT_NOISES
     if noises is not None and not crossable:
-        raise ValueError(f"task {task.name!r} has no label map or condition to cross noise draws with (inputs "
-                         f"{kinds}): noises= does not apply (its training set is n draws of its inputs)")
+        raise ValueError(
+            f"task {task.name!r} has no label map or condition to cross noise draws with (inputs "
+            f"{kinds}): noises= does not apply (its training set is n draws of its inputs)"
+        )
     guide = run_guide(run_dir, model)
     bank = run_bank_path(run_dir)
     guide_key = None if bank is None else _bank_key(bank)
     maps = n if noises is None else max(1, n // noises)
-    table = build_lpips_table(model, task, maps, seed, "train", guide, noises=noises, noise_seed=seed,
-                              guide_key=guide_key, progress=progress)
+    table = build_lpips_table(
+        model, task, maps, seed, "train", guide, noises=noises, noise_seed=seed, guide_key=guide_key, progress=progress
+    )
     xs = predictor_features(arch, model, table["inputs"])
     torch.manual_seed(seed)  # the initial weights too: same seed, same predictor, same demo figures
     predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
-    history = train_predictor(predictor, xs, table["lpips"], recipe=recipe, epochs=epochs, batch_size=batch_size,
-                              seed=seed, progress=progress)
-    error = predictor_error(predictor, model, task, n=error_n, seed=seed, guide=guide, guide_key=guide_key, train_noises=noises, noise_seed=seed)
+    history = train_predictor(
+        predictor, xs, table["lpips"], recipe=recipe, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress
+    )
+    error = predictor_error(
+        predictor,
+        model,
+        task,
+        n=error_n,
+        seed=seed,
+        guide=guide,
+        guide_key=guide_key,
+        train_noises=noises,
+        noise_seed=seed,
+    )
     error["command_seed"] = seed
     from ..metrics.macs import count_macs
 
     # What every input pays for the head (on top of the shared trunk when it reads key-stage features).
     predictor_macs = int(count_macs(predictor, *(torch.zeros(1, *s) for s in predictor.input_shapes)))
-    extra = {"task": task.spec or task.name, "run": str(run_dir), "recipe": recipe, "seed": seed, "noise_seed": seed,
-             "epochs": epochs, "train_inputs": int(table["lpips"].shape[0]), "noises": noises,
-             "inputs": [{"name": s.name, "kind": s.kind} for s in specs], "final_loss": history[-1],
-             "attach_after": list(model.attach_after), "route_macs": [int(m) for m in model.route_macs()],
-             "predictor_macs": predictor_macs}
+    extra = {
+        "task": task.spec or task.name,
+        "run": str(run_dir),
+        "recipe": recipe,
+        "seed": seed,
+        "noise_seed": seed,
+        "epochs": epochs,
+        "train_inputs": int(table["lpips"].shape[0]),
+        "noises": noises,
+        "inputs": [{"name": s.name, "kind": s.kind} for s in specs],
+        "final_loss": history[-1],
+        "attach_after": list(model.attach_after),
+        "route_macs": [int(m) for m in model.route_macs()],
+        "predictor_macs": predictor_macs,
+    }
     save_predictor(predictor, out, fingerprints=exits_fingerprints(model), extra=extra, files={"error.json": error})
     return {"out": str(out), **extra, "error": error}
 
 
-def predictor_error_for_folder(predictor_dir: str | Path, *, run: str | Path | None = None, n: int = 500, seed: int = 0,
-                               device: str = "cpu") -> dict:
+def predictor_error_for_folder(
+    predictor_dir: str | Path, *, run: str | Path | None = None, n: int = 500, seed: int = 0, device: str = "cpu"
+) -> dict:
     """:func:`fiancee.tables.predictor_error` of a saved predictor on its exit run (``n`` held-out inputs; with
     training noises, ``n`` test maps each with one of the K training noises, and each with a new noise)."""
     check_counts(n=n)
@@ -118,9 +162,17 @@ def predictor_error_for_folder(predictor_dir: str | Path, *, run: str | Path | N
     noises = config.get("noises")
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
-    return predictor_error(predictor, model, task, n=n, seed=seed, guide=guide,
-                           guide_key=None if bank is None else _bank_key(bank), train_noises=noises,
-                           noise_seed=config.get("noise_seed", 0))
+    return predictor_error(
+        predictor,
+        model,
+        task,
+        n=n,
+        seed=seed,
+        guide=guide,
+        guide_key=None if bank is None else _bank_key(bank),
+        train_noises=noises,
+        noise_seed=config.get("noise_seed", 0),
+    )
 
 
 def _bank_key(bank) -> str:

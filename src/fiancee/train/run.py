@@ -24,8 +24,17 @@ from typing import Any
 
 import torch
 
-from ..io import (atomic_folder, atomic_write_text, config_int, config_str, load_tensors, read_json, resolve_inside,
-                  save_tensors, write_json)
+from ..io import (
+    atomic_folder,
+    atomic_write_text,
+    config_int,
+    config_str,
+    load_tensors,
+    read_json,
+    resolve_inside,
+    save_tensors,
+    write_json,
+)
 
 __all__ = ["RunDir", "optimizer_tensors", "load_optimizer_tensors"]
 
@@ -79,8 +88,9 @@ class RunDir:
         config_int(config, "min_channels", self.config_path, minimum=1)
         config_str(config, "bank", self.config_path, optional=True)
         if isinstance(config["scale"], bool) or not isinstance(config["scale"], (str, int, float)):
-            raise ValueError(f"{self.config_path}: field 'scale' must be a fraction like '1/4' or a number; "
-                             f"got {config['scale']!r}")
+            raise ValueError(
+                f"{self.config_path}: field 'scale' must be a fraction like '1/4' or a number; got {config['scale']!r}"
+            )
         return config
 
     def append_stats(self, record: dict) -> None:
@@ -115,7 +125,9 @@ class RunDir:
         resolve_inside(self.path, latest["dir"], "latest.json's 'dir'")
         return latest
 
-    def save_checkpoint(self, step: int, components: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2) -> Path:
+    def save_checkpoint(
+        self, step: int, components: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2
+    ) -> Path:
         """Write ``components`` (name -> tensors) and ``state`` (JSON) as checkpoint ``step``."""
         root = self.path / "checkpoints"
         final = root / f"step_{step:08d}"
@@ -130,11 +142,13 @@ class RunDir:
             shutil.rmtree(final)
         os.replace(tmp, final)
         write_json(self.path / "latest.json", {"step": step, "dir": str(final.relative_to(self.path))})
-        for old in sorted(p for p in root.glob("step_*") if p != final)[:-keep + 1 or None]:
+        for old in sorted(p for p in root.glob("step_*") if p != final)[: -keep + 1 or None]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load_checkpoint(self, names: list[str], device: str | torch.device = "cpu") -> tuple[dict[str, dict[str, torch.Tensor]], dict] | None:
+    def load_checkpoint(
+        self, names: list[str], device: str | torch.device = "cpu"
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict] | None:
         latest = self.latest()
         if latest is None:
             return None

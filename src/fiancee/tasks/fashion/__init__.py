@@ -11,18 +11,61 @@ One module per concept:
 Every public name is importable from here (``from fiancee.tasks.fashion import FashionTask, load_split``).
 """
 
-from .data import (BACKGROUND, CLASS_NAMES, DEFAULT_DATA_DIR, DEFAULT_MIN_COMPONENT, DEFAULT_THRESHOLD, IDX_FILES,
-                   NUM_LABELS, SIZE, FashionData, clean_specks, find_data_dir, label_maps, load_fashion_mnist,
-                   load_split, one_hot, pad_images, read_idx)
+from .data import (
+    BACKGROUND,
+    CLASS_NAMES,
+    DEFAULT_DATA_DIR,
+    DEFAULT_MIN_COMPONENT,
+    DEFAULT_THRESHOLD,
+    IDX_FILES,
+    NUM_LABELS,
+    SIZE,
+    FashionData,
+    clean_specks,
+    find_data_dir,
+    label_maps,
+    load_fashion_mnist,
+    load_split,
+    one_hot,
+    pad_images,
+    read_idx,
+)
 from .evaluation import evaluate_fashion_backbone, fid_reference_sets, generate, train_label_classifier
 from .task import FashionTask
-from .weights import (DISCRIMINATOR_FILE, classifier_folder, default_weights_dir, load_fashion_backbone,
-                      load_fashion_discriminator)
+from .weights import (
+    DISCRIMINATOR_FILE,
+    classifier_folder,
+    default_weights_dir,
+    load_fashion_backbone,
+    load_fashion_discriminator,
+)
 
 __all__ = [
-    "CLASS_NAMES", "NUM_LABELS", "BACKGROUND", "DEFAULT_DATA_DIR", "IDX_FILES", "find_data_dir", "read_idx",
-    "load_fashion_mnist", "pad_images", "clean_specks", "label_maps", "one_hot", "FashionData", "load_split",
-    "FashionTask", "default_weights_dir", "load_fashion_backbone", "load_fashion_discriminator",
-    "DEFAULT_THRESHOLD", "DEFAULT_MIN_COMPONENT", "SIZE", "DISCRIMINATOR_FILE", "classifier_folder",
-    "train_label_classifier", "generate", "fid_reference_sets", "evaluate_fashion_backbone",
+    "CLASS_NAMES",
+    "NUM_LABELS",
+    "BACKGROUND",
+    "DEFAULT_DATA_DIR",
+    "IDX_FILES",
+    "find_data_dir",
+    "read_idx",
+    "load_fashion_mnist",
+    "pad_images",
+    "clean_specks",
+    "label_maps",
+    "one_hot",
+    "FashionData",
+    "load_split",
+    "FashionTask",
+    "default_weights_dir",
+    "load_fashion_backbone",
+    "load_fashion_discriminator",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_MIN_COMPONENT",
+    "SIZE",
+    "DISCRIMINATOR_FILE",
+    "classifier_folder",
+    "train_label_classifier",
+    "generate",
+    "fid_reference_sets",
+    "evaluate_fashion_backbone",
 ]

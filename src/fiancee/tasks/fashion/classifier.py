@@ -15,11 +15,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...io import (build_bounded, config_int, load_tensors, read_json, require_keys, save_tensors, tensor_fingerprint,
-                   write_json)
+from ...io import (
+    build_bounded,
+    config_int,
+    load_tensors,
+    read_json,
+    require_keys,
+    save_tensors,
+    tensor_fingerprint,
+    write_json,
+)
 
 __all__ = [
-    "LabelClassifier", "to_gray", "train_classifier", "classify", "accuracy", "save_classifier", "load_classifier",
+    "LabelClassifier",
+    "to_gray",
+    "train_classifier",
+    "classify",
+    "accuracy",
+    "save_classifier",
+    "load_classifier",
 ]
 
 
@@ -32,9 +46,18 @@ class LabelClassifier(nn.Module):
         self.num_classes = num_classes
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.fc = nn.Linear(4 * w * 4 * 4, num_classes)
 
@@ -51,8 +74,17 @@ def to_gray(images: torch.Tensor) -> torch.Tensor:
     return images.mean(dim=1, keepdim=True)
 
 
-def train_classifier(images: torch.Tensor, classes: torch.Tensor, *, epochs: int = 2, batch_size: int = 128,
-                     lr: float = 2e-3, width: int = 16, seed: int = 0, progress: bool = False) -> LabelClassifier:
+def train_classifier(
+    images: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    epochs: int = 2,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    width: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> LabelClassifier:
     """Train on gray images ``[N, 1, 32, 32]`` in [-1, 1] with classes ``[N]`` (Adam, seeded shuffling)."""
     from tqdm import tqdm
 
@@ -95,8 +127,10 @@ def save_classifier(model: LabelClassifier, folder: str | os.PathLike, info: dic
     folder = Path(folder)
     state = model.state_dict()
     save_tensors(folder / "classifier.safetensors", state)
-    write_json(folder / "classifier.json", {"width": model.width, "num_classes": model.num_classes,
-                                            "fingerprint": tensor_fingerprint(state), **info})
+    write_json(
+        folder / "classifier.json",
+        {"width": model.width, "num_classes": model.num_classes, "fingerprint": tensor_fingerprint(state), **info},
+    )
 
 
 def load_classifier(folder: str | os.PathLike) -> LabelClassifier:
@@ -106,7 +140,10 @@ def load_classifier(folder: str | os.PathLike) -> LabelClassifier:
     for key in ("width", "num_classes"):
         config_int(meta, key, folder / "classifier.json", minimum=1)
     weights = folder / "classifier.safetensors"
-    model = build_bounded(lambda: LabelClassifier(width=meta["width"], num_classes=meta["num_classes"]), weights,
-                          folder / "classifier.json")
+    model = build_bounded(
+        lambda: LabelClassifier(width=meta["width"], num_classes=meta["num_classes"]),
+        weights,
+        folder / "classifier.json",
+    )
     model.load_state_dict(load_tensors(weights), strict=True)
     return model.eval().requires_grad_(False)

@@ -29,9 +29,23 @@ import torch.nn.functional as F
 from ..base import check_split
 
 __all__ = [
-    "CLASS_NAMES", "NUM_LABELS", "BACKGROUND", "DEFAULT_DATA_DIR", "IDX_FILES", "DEFAULT_THRESHOLD",
-    "DEFAULT_MIN_COMPONENT", "SIZE", "find_data_dir", "read_idx", "load_fashion_mnist", "pad_images", "clean_specks",
-    "label_maps", "one_hot", "FashionData", "load_split",
+    "CLASS_NAMES",
+    "NUM_LABELS",
+    "BACKGROUND",
+    "DEFAULT_DATA_DIR",
+    "IDX_FILES",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_MIN_COMPONENT",
+    "SIZE",
+    "find_data_dir",
+    "read_idx",
+    "load_fashion_mnist",
+    "pad_images",
+    "clean_specks",
+    "label_maps",
+    "one_hot",
+    "FashionData",
+    "load_split",
 ]
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -80,18 +94,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path} is not an idx file (only {len(raw)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: expected an idx file of unsigned bytes (magic 0x0008); "
-                         f"got {zero:#x}/{dtype_code:#x}")
+        raise ValueError(
+            f"{path}: expected an idx file of unsigned bytes (magic 0x0008); got {zero:#x}/{dtype_code:#x}"
+        )
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} ({int(np.prod(shape))} values), "
-                         f"file holds {body.size} (truncated?)")
+        raise ValueError(
+            f"{path}: header says shape {shape} ({int(np.prod(shape))} values), file holds {body.size} (truncated?)"
+        )
     return body.reshape(shape)
 
 
-def load_fashion_mnist(split: str, data: str | os.PathLike | None = None,
-                       limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(
+    split: str, data: str | os.PathLike | None = None, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw images ``[N, 28, 28]`` uint8 and labels ``[N]`` int64 (0..9) of a split."""
     check_split(split)
     folder = find_data_dir(data)
@@ -128,8 +145,12 @@ def clean_specks(mask: torch.Tensor, min_component: int) -> torch.Tensor:
     return torch.from_numpy(keep)
 
 
-def label_maps(images: torch.Tensor, labels: torch.Tensor, threshold: int = DEFAULT_THRESHOLD,
-               min_component: int = DEFAULT_MIN_COMPONENT) -> torch.Tensor:
+def label_maps(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: int = DEFAULT_THRESHOLD,
+    min_component: int = DEFAULT_MIN_COMPONENT,
+) -> torch.Tensor:
     """Semantic label maps ``[N, 32, 32]`` int64 in 0..10 (0 = background, class c -> c + 1)."""
     if images.dim() != 3 or images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images [N, H, W]; got {images.dtype} {list(images.shape)}")
@@ -163,4 +184,3 @@ class FashionData:
 def load_split(split: str, data: str | os.PathLike | None = None, limit: int | None = None) -> FashionData:
     raw, classes = load_fashion_mnist(split, data, limit)
     return FashionData(images=pad_images(raw), maps=label_maps(raw, classes), classes=classes)
-

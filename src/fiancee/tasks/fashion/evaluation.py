@@ -17,8 +17,15 @@ from .weights import classifier_folder, default_weights_dir
 __all__ = ["train_label_classifier", "generate", "fid_reference_sets", "evaluate_fashion_backbone"]
 
 
-def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | None = None, seed: int = 0,
-                           epochs: int = 2, train_limit: int | None = None, progress: bool = True) -> dict:
+def train_label_classifier(
+    out: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    seed: int = 0,
+    epochs: int = 2,
+    train_limit: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train the label classifier on the real training set; write it to ``out`` and report its test accuracy."""
     import time
 
@@ -33,8 +40,14 @@ def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | 
     real_acc = accuracy(model, test.images, test.classes)
     # The thread count changes the order of float reductions, hence the weights: recorded so that a
     # rerun can match it (docs/tasks.md).
-    info = {"seed": seed, "epochs": epochs, "train_images": len(train), "real_test_accuracy": round(real_acc, 4),
-            "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
+    info = {
+        "seed": seed,
+        "epochs": epochs,
+        "train_images": len(train),
+        "real_test_accuracy": round(real_acc, 4),
+        "seconds": round(time.time() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
     save_classifier(model, out, info)
     return info
 
@@ -42,8 +55,9 @@ def train_label_classifier(out: str | os.PathLike, *, data: str | os.PathLike | 
 @torch.no_grad()
 def generate(model: OASISGenerator, label: torch.Tensor, z: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
     """Backbone images ``[N, 3, 32, 32]`` for inputs ``[N, 11, 32, 32]``, ``[N, z_dim]``, in batches."""
-    return torch.cat([model(label[i : i + batch_size], z[i : i + batch_size])
-                      for i in range(0, len(label), batch_size)])
+    return torch.cat(
+        [model(label[i : i + batch_size], z[i : i + batch_size]) for i in range(0, len(label), batch_size)]
+    )
 
 
 def fid_reference_sets(task: FashionTask, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,14 +66,23 @@ def fid_reference_sets(task: FashionTask, n: int, seed: int) -> tuple[torch.Tens
     test = task.split("test")
     train = task.split("train")
     idx_train = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 2))[:n]
-    return (test.images[task.sample_indices(n, seed, "test")].repeat(1, 3, 1, 1),
-            train.images[idx_train].repeat(1, 3, 1, 1))
+    return (
+        test.images[task.sample_indices(n, seed, "test")].repeat(1, 3, 1, 1),
+        train.images[idx_train].repeat(1, 3, 1, 1),
+    )
 
 
-def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                              n: int = 1000, seed: int = 0, fid: bool = True, fid_floor: bool = True,
-                              out: str | os.PathLike | None = None,
-                              classifier: str | os.PathLike | None = None) -> dict:
+def evaluate_fashion_backbone(
+    *,
+    weights: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    n: int = 1000,
+    seed: int = 0,
+    fid: bool = True,
+    fid_floor: bool = True,
+    out: str | os.PathLike | None = None,
+    classifier: str | os.PathLike | None = None,
+) -> dict:
     """Label accuracy and FID of the backbone on ``n`` label maps of the real test set.
 
     - label accuracy: the classifier (``classifier`` folder, default :func:`classifier_folder`; trained on
@@ -80,8 +103,9 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
     clf_folder = Path(classifier) if classifier is not None else classifier_folder(weights)
     if clf_folder is None or not (clf_folder / "classifier.safetensors").is_file():
         where = clf_folder if clf_folder is not None else folder
-        raise FileNotFoundError(f"no label classifier in {where}: "
-                                f"run `fiancee train-classifier --task fashion --out {where}`")
+        raise FileNotFoundError(
+            f"no label classifier in {where}: run `fiancee train-classifier --task fashion --out {where}`"
+        )
     clf = load_classifier(clf_folder)
     model = task.load_backbone()
     idx = task.sample_indices(n, seed, "test")
@@ -91,9 +115,12 @@ def evaluate_fashion_backbone(*, weights: str | os.PathLike | None = None, data:
     fake = generate(model, label, z)  # [n, 3, 32, 32]
     result = {
         # Of the weights evaluated, not re-read from the folder: a training run re-exports it meanwhile.
-        "n": n, "seed": seed, "weights_fingerprint": tensor_fingerprint(model.state_dict()),
+        "n": n,
+        "seed": seed,
+        "weights_fingerprint": tensor_fingerprint(model.state_dict()),
         "classifier_fingerprint": read_json(clf_folder / "classifier.json").get("fingerprint")
-        if (clf_folder / "classifier.json").is_file() else None,
+        if (clf_folder / "classifier.json").is_file()
+        else None,
         "label_accuracy": round(accuracy(clf, fake, classes), 4),
         "real_label_accuracy": round(accuracy(clf, real, classes), 4),
     }

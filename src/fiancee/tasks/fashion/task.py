@@ -16,8 +16,13 @@ from ...backbones.oasis_discriminator import UNetDiscriminator
 from ...io import read_json
 from ..base import InputSpec, Task, check_split, weights_dir
 from .data import CLASS_NAMES, SIZE, FashionData, load_split, one_hot
-from .weights import (DISCRIMINATOR_FILE, classifier_folder, default_weights_dir, load_fashion_backbone,
-                      load_fashion_discriminator)
+from .weights import (
+    DISCRIMINATOR_FILE,
+    classifier_folder,
+    default_weights_dir,
+    load_fashion_backbone,
+    load_fashion_discriminator,
+)
 
 __all__ = ["FashionTask"]
 
@@ -55,9 +60,11 @@ class FashionTask(Task):
     def critic_note(self) -> str | None:
         if self.critic_kind == "oasis":
             return None
-        return (f"note: the fashion backbone folder {self._folder()} holds no {DISCRIMINATOR_FILE}: the exits' critics "
-                "are fresh DCGAN discriminators, not copies of the backbone's own (paper eq. 3); export one from the "
-                "backbone's training run with `fiancee export-backbone RUN`")
+        return (
+            f"note: the fashion backbone folder {self._folder()} holds no {DISCRIMINATOR_FILE}: the exits' critics "
+            "are fresh DCGAN discriminators, not copies of the backbone's own (paper eq. 3); export one from the "
+            "backbone's training run with `fiancee export-backbone RUN`"
+        )
 
     def load_discriminator(self, device: str | torch.device = "cpu") -> UNetDiscriminator | None:
         return load_fashion_discriminator(self.weights, device)
@@ -111,8 +118,10 @@ class FashionTask(Task):
         z = torch.randn(n, self.z_dim(), generator=torch.Generator().manual_seed(seed + 1))
         return label, z
 
-    shifts = {"classes": "label maps of some garment classes only (classes:0,2,4,6: T-shirt/top, Pullover, Coat, "
-                         "Shirt; 0..9 in Fashion-MNIST's order)"}
+    shifts = {
+        "classes": "label maps of some garment classes only (classes:0,2,4,6: T-shirt/top, Pullover, Coat, "
+        "Shirt; 0..9 in Fashion-MNIST's order)"
+    }
 
     def shifted_inputs(self, n: int, seed: int, split: str, shift: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``classes:a,b,...``: ``n`` label maps drawn (seeded) from the split's items of those classes only,
@@ -129,8 +138,9 @@ class FashionTask(Task):
         data = self.split(split)
         pool = torch.nonzero(torch.isin(data.classes, torch.tensor(wanted))).flatten()
         if not 0 < n <= pool.numel():
-            raise ValueError(f"n must lie in 1..{pool.numel()} (the {split} split's items of classes {wanted}); "
-                             f"got {n}")
+            raise ValueError(
+                f"n must lie in 1..{pool.numel()} (the {split} split's items of classes {wanted}); got {n}"
+            )
         idx = pool[torch.randperm(pool.numel(), generator=torch.Generator().manual_seed(seed))[:n]]
         z = torch.randn(n, self.z_dim(), generator=torch.Generator().manual_seed(seed + 1))
         return one_hot(data.maps[idx]), z

@@ -14,8 +14,13 @@ from ...backbones.oasis_discriminator import UNetDiscriminator
 from ...io import build_bounded, load_tensors, read_json
 from ..base import find_weights
 
-__all__ = ["DISCRIMINATOR_FILE", "default_weights_dir", "load_fashion_backbone", "load_fashion_discriminator",
-           "classifier_folder"]
+__all__ = [
+    "DISCRIMINATOR_FILE",
+    "default_weights_dir",
+    "load_fashion_backbone",
+    "load_fashion_discriminator",
+    "classifier_folder",
+]
 
 
 def default_weights_dir() -> Path:
@@ -23,8 +28,9 @@ def default_weights_dir() -> Path:
     return find_weights("fashion")
 
 
-def load_fashion_backbone(weights: str | os.PathLike | None = None,
-                          device: str | torch.device = "cpu") -> OASISGenerator:
+def load_fashion_backbone(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> OASISGenerator:
     """The trained OASIS generator from a folder holding ``config.json`` + ``backbone.safetensors``."""
     folder = Path(weights) if weights is not None else default_weights_dir()
     cfg_path, w_path = folder / "config.json", folder / "backbone.safetensors"
@@ -40,8 +46,12 @@ def load_fashion_backbone(weights: str | os.PathLike | None = None,
     if not isinstance(gen, dict):
         raise ValueError(f"{cfg_path}: field 'generator' must be a JSON object; got {gen!r}")
     # Probe without spectral norm: its power iteration is slow on the meta device, and it only adds weights.
-    model = build_bounded(lambda: OASISGenerator(OASISConfig(**gen)), w_path, cfg_path,
-                          probe=lambda: OASISGenerator(OASISConfig(**{**gen, "spectral": False})))
+    model = build_bounded(
+        lambda: OASISGenerator(OASISConfig(**gen)),
+        w_path,
+        cfg_path,
+        probe=lambda: OASISGenerator(OASISConfig(**{**gen, "spectral": False})),
+    )
     state = load_tensors(w_path, device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -52,8 +62,9 @@ def load_fashion_backbone(weights: str | os.PathLike | None = None,
 DISCRIMINATOR_FILE = "discriminator.safetensors"
 
 
-def load_fashion_discriminator(weights: str | os.PathLike | None = None,
-                               device: str | torch.device = "cpu") -> UNetDiscriminator | None:
+def load_fashion_discriminator(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> UNetDiscriminator | None:
     """The backbone's U-Net discriminator from its folder (``discriminator.safetensors`` + ``config.json``'s
     ``discriminator`` entry, written by ``fiancee train-backbone`` / ``fiancee export-backbone``), or None
     when the folder holds none (backbones exported before the discriminator was kept)."""
@@ -64,13 +75,17 @@ def load_fashion_discriminator(weights: str | os.PathLike | None = None,
     if entry is None and not w_path.is_file():
         return None
     if not isinstance(entry, dict) or not w_path.is_file():
-        raise ValueError(f"{folder}: a discriminator needs both {DISCRIMINATOR_FILE} and config.json's 'discriminator' "
-                         f"entry (num_classes, in_channels, channels); found only one")
+        raise ValueError(
+            f"{folder}: a discriminator needs both {DISCRIMINATOR_FILE} and config.json's 'discriminator' "
+            f"entry (num_classes, in_channels, channels); found only one"
+        )
     from ...io import config_int, config_int_list
 
-    args = {"num_classes": config_int(entry, "num_classes", cfg_path, minimum=1),
-            "in_channels": config_int(entry, "in_channels", cfg_path, minimum=1),
-            "channels": config_int_list(entry, "channels", cfg_path, minimum=1)}
+    args = {
+        "num_classes": config_int(entry, "num_classes", cfg_path, minimum=1),
+        "in_channels": config_int(entry, "in_channels", cfg_path, minimum=1),
+        "channels": config_int_list(entry, "channels", cfg_path, minimum=1),
+    }
     model = build_bounded(lambda: UNetDiscriminator(**args), w_path, cfg_path)
     state = load_tensors(w_path, device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
