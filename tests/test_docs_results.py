@@ -208,7 +208,8 @@ def test_every_command_in_the_docs_parses(docs, user_module):
 def test_the_command_check_catches_what_argparse_refuses(docs):
     text = (
         "Run `fiancee exit-quality A B --n 500 --no-fid --out` (a mention of --out) or `fiancee train-exits "
-        "--critic oasis` (a mention), then\n\n```bash\nfiancee evaluate-exits RUN --n 1000 \\\n    --no-fid --json   # fine\n"
+        "--critic oasis` (a mention), then\n\n"
+        "```bash\nfiancee evaluate-exits RUN --n 1000 \\\n    --no-fid --json   # fine\n"
         "fiancee macs --backbone oasis [--json]\nfiancee exit-quality A B --n 500 --no-fid\n```\n"
     )
     found = docs.commands(text)

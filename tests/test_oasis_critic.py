@@ -97,7 +97,7 @@ def test_the_committed_backbone_ships_its_discriminator_and_a_folder_without_one
     assert not (tmp_path / "run").exists()
 
 
-def test_oasis_critics_start_as_exact_copies_and_train(small_data, tiny_weights, tmp_path):
+def test_oasis_critics_start_as_exact_copies_and_train(small_data, tiny_weights, tmp_path):  # noqa: F811 (pytest fixture)
     task = FashionTask()
     assert task.critic_kind == "oasis" and task.critic_note() is None
     # quick keeps the adversarial term when the critic is the backbone's own discriminator (eq. 3)

@@ -215,8 +215,9 @@ try:
     refused = ""
 except ValueError as e:
     refused = str(e)
-print(json.dumps({"task": type(pipe.task).__name__, "shape": list(a.images.shape), "same": torch.equal(a.images, b.images),
-                  "exits": a.routes.tolist(), "refused": refused, "unasked": unasked}))
+print(json.dumps({"task": type(pipe.task).__name__, "shape": list(a.images.shape),
+                  "same": torch.equal(a.images, b.images), "exits": a.routes.tolist(),
+                  "refused": refused, "unasked": unasked}))
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

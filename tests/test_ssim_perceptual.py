@@ -132,7 +132,7 @@ def test_vgg_loss_is_the_weighted_sum_of_layer_l1s(vgg_loss):
     with torch.no_grad():
         fx, fy = backbone(((x + 1) / 2 - mean) / std), backbone(((y + 1) / 2 - mean) / std)
         per_layer = [F.l1_loss(a, b) for a, b in zip(fx, fy)]
-        expected = sum(w * l for w, l in zip(VGG_LAYER_WEIGHTS, per_layer))
+        expected = sum(w * layer_loss for w, layer_loss in zip(VGG_LAYER_WEIGHTS, per_layer))
         torch.testing.assert_close(vgg_loss(x, y), expected, rtol=1e-5, atol=1e-7)
         only_last = VGGPerceptualLoss((0, 0, 0, 0, 1))
         torch.testing.assert_close(only_last(x, y), per_layer[-1], rtol=1e-5, atol=1e-7)

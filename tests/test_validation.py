@@ -220,7 +220,8 @@ def _(ctx):
 @case(
     "label map of class indices `[B, H, W]`",
     "ExitGenerator.route",
-    "label map must be one-hot [B, 5, H, W]; got torch.int64 [2, 32, 32] (class indices? convert them with fiancee.tasks.fashion.one_hot)",
+    "label map must be one-hot [B, 5, H, W]; got torch.int64 [2, 32, 32] "
+    "(class indices? convert them with fiancee.tasks.fashion.one_hot)",
 )
 def _(ctx):
     label, z = ctx.oasis_inputs()

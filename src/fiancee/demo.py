@@ -172,14 +172,16 @@ def run_demo(
             r = own[0]
             print(
                 f"  over {study['splits']} random calibration / test splits ({study['n_cal']} / {study['n_test']} of "
-                f"the {study['n_table']} held-out inputs) at LPIPS <= {r['threshold']:g}: miss rate {r['miss_mean']:.1%} "
+                f"the {study['n_table']} held-out inputs) at LPIPS <= {r['threshold']:g}: "
+                f"miss rate {r['miss_mean']:.1%} "
                 f"on average (90th percentile {r['miss_p90']:.1%}); net MACs saved {r['saved_mean']:.1%} "
                 f"+- {r['saved_sd']:.1%}"
             )
             if study["own_method"] in ("ltt", "ucb"):
                 print(
                     f"  true miss rate above epsilon in {r['iid']['share_above']:.1%} of {study['splits']} i.i.d. "
-                    f"calibration draws (the guarantee allows delta = {study['delta']:.0%}); the test inputs' miss rate "
+                    f"calibration draws (the guarantee allows delta = {study['delta']:.0%}); "
+                    "the test inputs' miss rate "
                     f"in {r['share_above']:.1%} of the splits (that adds the {study['n_test']} test inputs' own noise)"
                 )
     targets = report.get("targets")

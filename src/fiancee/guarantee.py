@@ -69,18 +69,22 @@ __all__ = [
     "statement",
 ]
 
-from .risk import (
+# Re-exported for the report and older imports: the calibration methods live in fiancee.risk.
+from .risk import (  # noqa: F401
     BOUNDS,
+    GUARANTEED,
     HIGH_PROBABILITY,
     METHODS,
     _count,
     _unit,
-    accepted_index,  # noqa: F401
+    accepted_index,
     calibration_range,
     check_bound,
+    check_calibration_range,
     check_method,
     hb_pvalue,
     max_misses,
+    method_name,
     min_calibration,
     range_check,
     statement,

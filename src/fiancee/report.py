@@ -166,7 +166,8 @@ def _details_html(rows: list[dict], num_exits: int) -> str:
     body = "".join(
         f"<tr><td>{r['threshold']:.3f}</td><td>{_pct(r['compliance'])}</td><td>{_pct(r['macs_saved'])}</td>"
         f"<td>{_pct(r['oracle_macs_saved'])}</td><td>{_pct(r['oracle_macs_saved_at_compliance'])}</td>"
-        f"<td>{r['mean_gmacs']:.4f}</td><td>{'-' if r['gain_gmacs_per_lpips'] is None else format(r['gain_gmacs_per_lpips'], '.3f')}</td>"
+        f"<td>{r['mean_gmacs']:.4f}</td>"
+        f"<td>{'-' if r['gain_gmacs_per_lpips'] is None else format(r['gain_gmacs_per_lpips'], '.3f')}</td>"
         f"<td>{' / '.join(_pct(s, 0) for s in r['exit_shares'])}</td></tr>"
         for r in rows
     )
@@ -183,7 +184,8 @@ def _split_study_html(study: dict) -> str:
         cls = " class=hl" if r["method"] == own and abs(r["epsilon"] - study.get("own_epsilon", -1)) < 1e-9 else ""
         body.append(
             f"<tr{cls}><td>{r['epsilon']:g}</td><td>{html.escape(r['method'])}</td><td>{_pct(r['miss_mean'], 2)}</td>"
-            f"<td>{_pct(r['miss_p90'], 2)}</td><td>{_pct(r['iid']['share_above'])}</td><td>{_pct(r['share_above'])}</td>"
+            f"<td>{_pct(r['miss_p90'], 2)}</td><td>{_pct(r['iid']['share_above'])}</td>"
+            f"<td>{_pct(r['share_above'])}</td>"
             f"<td>{_pct(r['saved_mean'])} &plusmn; {_pct(r['saved_sd'])}</td><td>{r['min_calibration']}</td></tr>"
         )
     head = (
@@ -332,7 +334,8 @@ def _page(
 </head><body>
 <h1>fiancee: compute saved at a quality threshold</h1>
 <p class=small>Task <b>{html.escape(str(meta.get("task")))}</b>, {meta.get("n")} test inputs, {router} router.
-Quality is LPIPS ({html.escape(str(meta.get("lpips_net")))}) of each output against the backbone's image for the same input;
+Quality is LPIPS ({html.escape(str(meta.get("lpips_net")))}) of each output against the backbone's image \
+for the same input;
 a threshold T asks for LPIPS &le; T. MACs per route (GMACs): {routes_text}.</p>
 {warning}
 {_headline_html(rows, paper, meta, macs)}
@@ -340,7 +343,8 @@ a threshold T asks for LPIPS &le; T. MACs per route (GMACs): {routes_text}.</p>
 {strip}
 {study_html}
 <h2>Two rules for routing</h2>
-<p><b>The paper's rule</b> (section 3.2): send each input to the cheapest exit whose <i>predicted</i> LPIPS P is at most T,
+<p><b>The paper's rule</b> (section 3.2): send each input to the cheapest exit whose <i>predicted</i> LPIPS P \
+is at most T,
 else to the backbone. The predictor errs both ways, so at a given T many outputs land above T.<br>
 <b>Ours</b> ({router}): the same rule on P plus a margin per threshold, fitted on held-out
 inputs so that the requested share of outputs truly meets T; it trades some of the saving for that guarantee.

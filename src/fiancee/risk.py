@@ -121,7 +121,8 @@ def max_misses(
 def min_calibration(method: str, epsilon: float, delta: float | None = None, bound: str = "hoeffding-bentkus") -> int:
     """The fewest calibration inputs with which ``method`` can accept any margin but "everyone on the backbone"
     (even with no miss at all): 1 for ``average``, ``ceil(1 / epsilon) - 1`` for ``crc``,
-    ``ceil(log(delta) / log(1 - epsilon))`` for ``ltt`` and ``ucb`` (both bounds give ``(1 - epsilon)^n`` at no miss)."""
+    ``ceil(log(delta) / log(1 - epsilon))`` for ``ltt`` and ``ucb`` (both bounds give ``(1 - epsilon)^n`` at no
+    miss)."""
     check_method(method)
     epsilon = _unit(epsilon, "epsilon")
     if method == "average":
@@ -249,8 +250,8 @@ def range_check(cal: dict, predicted: torch.Tensor, alpha: float = 1e-3) -> dict
     Counts the routed inputs whose predicted LPIPS lies outside the calibration box (``cal`` from
     :func:`calibration_range`) on some exit, and compares that share with the calibration set's own
     (``(outside + 1) / (n + 1)``, what an exchangeable input shows) by a one-sided Fisher exact test (both
-    shares are estimates); ``warn`` when its p-value is below ``alpha``. A warning means the guarantee's assumption is in doubt
-    for these inputs; no warning does not prove it holds (a shift inside the box, e.g. more of one kind of
+    shares are estimates); ``warn`` when its p-value is below ``alpha``. A warning means the guarantee's assumption
+    is in doubt for these inputs; no warning does not prove it holds (a shift inside the box, e.g. more of one kind of
     input, passes unseen).
     """
     from scipy.stats import fisher_exact
@@ -279,9 +280,10 @@ def range_check(cal: dict, predicted: torch.Tensor, alpha: float = 1e-3) -> dict
     }
     result["message"] = (
         (
-            f"{k / b:.1%} of the {b} routed inputs have a predicted LPIPS outside the range of {cal['n']} calibration "
-            f"inputs (central {1 - 2 * cal['quantile']:.0%} per exit), against {expected:.1%} expected for inputs like them "
-            f"(p = {pvalue:.1e}): these inputs look unlike the calibration set, and the guarantee assumes they are alike"
+            f"{k / b:.1%} of the {b} routed inputs have a predicted LPIPS outside the range of {cal['n']} "
+            f"calibration inputs (central {1 - 2 * cal['quantile']:.0%} per exit), against {expected:.1%} expected "
+            f"for inputs like them (p = {pvalue:.1e}): these inputs look unlike the calibration set, "
+            "and the guarantee assumes they are alike"
         )
         if warn
         else None

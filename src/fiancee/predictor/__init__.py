@@ -2,7 +2,8 @@
 
 One module per concept; every name is importable from ``fiancee.predictor`` as before:
 
-- :mod:`~fiancee.predictor.heads`: the registry of heads (:data:`HEADS`). A new head is one class there or in any module, with one decorator.
+- :mod:`~fiancee.predictor.heads`: the registry of heads (:data:`HEADS`). A new head is one class there or in
+  any module, with one decorator.
 - :mod:`~fiancee.predictor.model`: :class:`QualityPredictor` (a head, then an MLP; inputs and targets
   standardized with statistics of the training table kept as buffers, so the saved predictor needs nothing
   else; ``forward`` returns LPIPS in LPIPS units ``[B, E]``) and its folded inference copy

@@ -15,7 +15,8 @@ A run is a folder: ``config.json`` (written before the first step), ``stats.json
 ``backbone/`` (the EMA generator as ``config.json`` + ``backbone.safetensors``, and the U-Net
 discriminator as ``discriminator.safetensors`` with its constructor arguments under ``config.json``'s
 ``discriminator``: the exits' critics of eq. 3 are copies of it). Every file is written atomically.
-:func:`export_checkpoint` writes that export from an existing run's checkpoint without training. Randomness is drawn per step from a generator seeded with ``(seed, step)``,
+:func:`export_checkpoint` writes that export from an existing run's checkpoint without training. Randomness is
+drawn per step from a generator seeded with ``(seed, step)``,
 so a resumed run continues with exactly the numbers an uninterrupted one would have used.
 """
 
@@ -361,7 +362,8 @@ def train_backbone(
     gcfg = OASISConfig(**config.generator)
     if gcfg.label_channels != 11 or gcfg.out_size != (32, 32):
         raise ValueError(
-            f"the fashion generator needs label_channels=11 and out_size=(32, 32); got {gcfg.label_channels}, {gcfg.out_size}"
+            "the fashion generator needs label_channels=11 and out_size=(32, 32); "
+            f"got {gcfg.label_channels}, {gcfg.out_size}"
         )
     train = load_split("train", data, limit=config.train_limit)
     created = not run_dir.exists()

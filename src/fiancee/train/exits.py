@@ -153,7 +153,8 @@ def make_config(
         raise ValueError(f"fixed inputs must be an integer >= the batch size ({cfg.batch_size}); got {fixed_inputs!r}")
     if cfg.steps <= 0 or cfg.batch_size <= 0 or cfg.checkpoint_every <= 0:
         raise ValueError(
-            f"steps, batch size and checkpoint interval must be positive; got {cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}"
+            "steps, batch size and checkpoint interval must be positive; "
+            f"got {cfg.steps}, {cfg.batch_size}, {cfg.checkpoint_every}"
         )
     return cfg
 
@@ -423,7 +424,8 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         for key in ("task", "scale", "min_channels", "recipe", "init", "fixed_inputs"):
             if saved.get(key) != config.to_dict()[key]:
                 raise ValueError(
-                    f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, this command asks {config.to_dict()[key]!r}"
+                    f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, "
+                    f"this command asks {config.to_dict()[key]!r}"
                 )
         if saved.get("steps") != config.steps and env.is_main:
             # A run continued to a new --steps must say so: its config (and the exits exported from it)

@@ -53,7 +53,8 @@ class Recipe:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(
-                f"unknown recipe fields {sorted(unknown)}; expected some of {[f.name for f in dataclasses.fields(self)]}"
+                f"unknown recipe fields {sorted(unknown)}; "
+                f"expected some of {[f.name for f in dataclasses.fields(self)]}"
             )
         return dataclasses.replace(self, **overrides)
 

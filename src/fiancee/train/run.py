@@ -10,8 +10,9 @@ RUN/
 
 A checkpoint folder is filled under a temporary name and renamed when complete; ``latest.json`` is
 then replaced atomically. One process writes a run at a time (:class:`fiancee.io.RunLock` on
-``RUN/.lock``), and ``latest.json``'s ``dir`` must lie inside the run folder. A run killed at any moment (even SIGKILL) therefore resumes from its last
-complete checkpoint, and ``stats.jsonl`` is cut back to that step so the loss curve continues.
+``RUN/.lock``), and ``latest.json``'s ``dir`` must lie inside the run folder. A run killed at any moment (even
+SIGKILL) therefore resumes from its last complete checkpoint, and ``stats.jsonl`` is cut back to that step so
+the loss curve continues.
 """
 
 from __future__ import annotations
