@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "fiancee"
 CONTRIBUTING = ROOT / "CONTRIBUTING.md"
-LONG = 60  # lines; a function longer than this is named in CONTRIBUTING.md with why
+LONG = 80  # lines of body (ruff-formatted, docstring aside); a longer function is named in CONTRIBUTING.md with why
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:
@@ -39,10 +39,17 @@ def long_functions(src: Path = SRC, limit: int = LONG) -> dict[str, int]:
             items = [(node.name + ".", n) for n in node.body] if isinstance(node, ast.ClassDef) else [("", node)]
             for prefix, fn in items:
                 if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    lines = fn.end_lineno - fn.lineno + 1
+                    lines = fn.end_lineno - _body_start(fn) + 1
                     if lines > limit:
                         found[f"{module}:{prefix}{fn.name}"] = lines
     return found
+
+
+def _body_start(fn: ast.FunctionDef) -> int:
+    """The first line of ``fn``'s body after its docstring (a docstring says why; it is not length)."""
+    first = fn.body[0]
+    doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    return fn.body[1].lineno if doc and len(fn.body) > 1 else first.lineno
 
 
 def _listed(text: str) -> set[str]:
@@ -66,8 +73,11 @@ def test_every_long_function_is_named_as_earned():
 def test_the_long_function_check_catches_one(tmp_path):
     pkg = tmp_path / "fiancee"
     pkg.mkdir()
-    (pkg / "m.py").write_text("def f():\n" + "    x = 1\n" * 70 + "\n\nclass C:\n    def g(self):\n        return 1\n")
-    assert long_functions(pkg) == {"fiancee.m:f": 71}
+    body = "    x = 1\n" * 90
+    (pkg / "m.py").write_text(
+        f'def f():\n    """Why."""\n{body}\n\nclass C:\n    def g(self):\n    {body.replace(chr(10), chr(10) + "    ")}'
+    )
+    assert long_functions(pkg) == {"fiancee.m:f": 90, "fiancee.m:C.g": 90}
     assert _listed("## Long functions\n- `fiancee.m:f`: the loop\n") == {"fiancee.m:f"}
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .evaluate import DEFAULT_THRESHOLDS
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "summary_lines"]
 
 
 def _say(msg: str) -> None:
@@ -62,7 +62,7 @@ def run_demo(
     from .extras import require
     from .specs import allow_folder_code
     from .tasks.registry import resolve_task, task_spec
-    from .train.exits import PRESETS, make_config, train_exits
+    from .train.exits import PRESETS
     from .train.predictor import train_predictor_for_run
 
     # Arguments first, before minutes of work: a bad one should fail now, not at step 4.
@@ -75,22 +75,10 @@ def run_demo(
     check_int(n_eval, "n_eval", minimum=2)
     method, thresholds = check_calibration_args(method, epsilon, delta, target_compliance, n_calibrate, thresholds)
     if exits is not None:
-        run = Path(exits)
-        check_exits_run(run, task)
+        check_exits_run(Path(exits), task)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if exits is not None:
-        _say(f"1/4 exits: the run {run}")
-    else:
-        run = resolve_task(task).pretrained_exits()
-        if retrain or run is None or not (run / "latest.json").is_file():
-            why = "--retrain" if retrain else f"no trained exits shipped for {task!r}"
-            run = out / "exits"
-            _say(f"1/4 training the exits of {task!r} ({preset} preset, {why}) into {run}")
-            config = make_config(task, preset=preset, seed=seed)
-            train_exits(config, run, resume=(run / "config.json").is_file(), progress=progress)
-        else:
-            _say(f"1/4 exits: the run shipped with fiancee, {run} (--retrain to train them again)")
+    run = _exits_run(task, exits, out, retrain=retrain, preset=preset, seed=seed, progress=progress)
 
     _say("2/4 predictor: true LPIPS of every exit on training inputs, then MAE + AdamW (paper S1.2.2)")
     pred_dir = out / "predictor"
@@ -104,18 +92,11 @@ def run_demo(
         + ", ".join(f"{k}: {v['mean_relative_error']:.3f}" for k, v in summary["error"]["sets"].items())
     )
 
-    goal = (
-        f"target compliance {target_compliance}"
-        if target_compliance is not None
-        else f"expected miss rate <= {epsilon:g}, Conformal Risk Control"
-        if method == "crc"
-        else f"miss rate <= {epsilon:g} with probability >= {1 - delta:g}, "
-        + ("Learn-then-Test" if method == "ltt" else "upper confidence bound")
-    )
+    goal = _goal(method, epsilon, delta, target_compliance)
     _say(f"3/4 calibrating the router on {n_calibrate} held-out inputs ({goal})")
     # The step `fiancee assemble-pipeline` runs: the run's exits (and bank) with this predictor, the router
     # fitted on held-out inputs, the folder written whole; its calibration table goes into the report.
-    pipe_dir, pipe, (cal_predicted, cal_lpips) = assemble_pipeline(
+    pipe_dir, pipe, calibration = assemble_pipeline(
         run,
         pred_dir,
         out / "pipeline",
@@ -134,59 +115,98 @@ def run_demo(
 
     _say(f"4/4 evaluating the pipeline on {n_eval} test inputs at thresholds {list(thresholds)}")
     report = evaluate_pipeline(
-        pipe,
-        thresholds,
-        n=n_eval,
-        seed=seed,
-        out=out / "report",
-        progress=progress,
-        calibration=(cal_predicted, cal_lpips),
+        pipe, thresholds, n=n_eval, seed=seed, out=out / "report", progress=progress, calibration=calibration
     )
-    row = min(report["thresholds"], key=lambda r: abs(r["threshold"] - 0.1))
     _say(f"pipeline saved to {pipe_dir}")
-    print(f"At LPIPS <= {row['threshold']:g} ({report['router']} router, {n_eval} test inputs of {task!r}):")
-    print(
+    print("\n".join(summary_lines(report, task, n_eval)))
+    return report
+
+
+def _exits_run(task: str, exits, out: Path, *, retrain: bool, preset: str, seed: int, progress: bool) -> Path:
+    """Step 1: the run whose exits the demo uses: ``exits`` if given, else the task's shipped run, else
+    (or with ``retrain``) a fresh ``train-exits --preset`` run in ``out/exits``."""
+    from .tasks.registry import resolve_task
+    from .train.exits import make_config, train_exits
+
+    if exits is not None:
+        _say(f"1/4 exits: the run {exits}")
+        return Path(exits)
+    run = resolve_task(task).pretrained_exits()
+    if retrain or run is None or not (run / "latest.json").is_file():
+        why = "--retrain" if retrain else f"no trained exits shipped for {task!r}"
+        run = out / "exits"
+        _say(f"1/4 training the exits of {task!r} ({preset} preset, {why}) into {run}")
+        config = make_config(task, preset=preset, seed=seed)
+        train_exits(config, run, resume=(run / "config.json").is_file(), progress=progress)
+    else:
+        _say(f"1/4 exits: the run shipped with fiancee, {run} (--retrain to train them again)")
+    return run
+
+
+_METHOD_GOALS = {
+    "crc": "expected miss rate <= {epsilon:g}, Conformal Risk Control",
+    "ltt": "miss rate <= {epsilon:g} with probability >= {confidence:g}, Learn-then-Test",
+    "ucb": "miss rate <= {epsilon:g} with probability >= {confidence:g}, upper confidence bound",
+}
+
+
+def _goal(method: str, epsilon: float, delta: float, target_compliance: float | None) -> str:
+    """What the router is calibrated for, in words (the demo's step 3 line)."""
+    if target_compliance is not None:
+        return f"target compliance {target_compliance}"
+    return _METHOD_GOALS[method].format(epsilon=epsilon, confidence=1 - delta)
+
+
+def summary_lines(report: dict, task: str, n_eval: int) -> list[str]:
+    """What the demo prints at the end: the figures at LPIPS <= 0.1 (the paper's headline threshold)."""
+    row = min(report["thresholds"], key=lambda r: abs(r["threshold"] - 0.1))
+    lines = [
+        f"At LPIPS <= {row['threshold']:g} ({report['router']} router, {n_eval} test inputs of {task!r}):",
         f"  MACs saved vs the backbone, net of the predictor and bank search: {row['macs_saved']:.1%} "
-        f"(routes only: {row['route_macs_saved']:.1%}; overhead {row['overhead_macs'] / 1e6:.2f} MMACs per input)"
-    )
-    print(f"  compliance (true LPIPS <= threshold): {row['compliance']:.1%}")
-    print(
+        f"(routes only: {row['route_macs_saved']:.1%}; overhead {row['overhead_macs'] / 1e6:.2f} MMACs per input)",
+        f"  compliance (true LPIPS <= threshold): {row['compliance']:.1%}",
         f"  oracle's saving: {row['oracle_macs_saved']:.1%} (strict), "
-        f"{row['oracle_macs_saved_at_compliance']:.1%} at the same compliance"
-    )
-    print(f"  exit shares: {' / '.join(f'{s:.2f}' for s in row['exit_shares'])} (backbone last)")
+        f"{row['oracle_macs_saved_at_compliance']:.1%} at the same compliance",
+        f"  exit shares: {' / '.join(f'{s:.2f}' for s in row['exit_shares'])} (backbone last)",
+    ]
     if report.get("guarantee"):
         g = report["guarantee"]
-        print(
+        lines.append(
             f"  guarantee: {g['statement']}; on the test inputs: miss rate {1 - row['compliance']:.1%} "
             f"vs epsilon {g['epsilon']:.1%}"
         )
-    study = report.get("split_study")
-    if study:
-        own = [
-            r
-            for r in study["rows"]
-            if r["method"] == study["own_method"] and abs(r["epsilon"] - study["own_epsilon"]) < 1e-9
-        ]
-        if own:
-            r = own[0]
-            print(
-                f"  over {study['splits']} random calibration / test splits ({study['n_cal']} / {study['n_test']} of "
-                f"the {study['n_table']} held-out inputs) at LPIPS <= {r['threshold']:g}: "
-                f"miss rate {r['miss_mean']:.1%} "
-                f"on average (90th percentile {r['miss_p90']:.1%}); net MACs saved {r['saved_mean']:.1%} "
-                f"+- {r['saved_sd']:.1%}"
-            )
-            if study["own_method"] in ("ltt", "ucb"):
-                print(
-                    f"  true miss rate above epsilon in {r['iid']['share_above']:.1%} of {study['splits']} i.i.d. "
-                    f"calibration draws (the guarantee allows delta = {study['delta']:.0%}); "
-                    "the test inputs' miss rate "
-                    f"in {r['share_above']:.1%} of the splits (that adds the {study['n_test']} test inputs' own noise)"
-                )
+    lines += _split_study_lines(report.get("split_study"))
     targets = report.get("targets")
     if targets and not targets["met"]:
-        for note in targets["shortfalls"]:
-            print(f"  short of target: {note}")
-    print(f"report: {report['html']}")
-    return report
+        lines += [f"  short of target: {note}" for note in targets["shortfalls"]]
+    lines.append(f"report: {report['html']}")
+    return lines
+
+
+def _split_study_lines(study: dict | None) -> list[str]:
+    """The report's calibration / test split study at the router's own method and epsilon."""
+    if not study:
+        return []
+    own = [
+        r
+        for r in study["rows"]
+        if r["method"] == study["own_method"] and abs(r["epsilon"] - study["own_epsilon"]) < 1e-9
+    ]
+    if not own:
+        return []
+    r = own[0]
+    lines = [
+        f"  over {study['splits']} random calibration / test splits ({study['n_cal']} / {study['n_test']} of "
+        f"the {study['n_table']} held-out inputs) at LPIPS <= {r['threshold']:g}: miss rate "
+        f"{r['miss_mean']:.1%} on average (90th percentile {r['miss_p90']:.1%}); net MACs saved "
+        f"{r['saved_mean']:.1%} +- {r['saved_sd']:.1%}"
+    ]
+    from .risk import HIGH_PROBABILITY
+
+    if study["own_method"] in HIGH_PROBABILITY:
+        lines.append(
+            f"  true miss rate above epsilon in {r['iid']['share_above']:.1%} of {study['splits']} i.i.d. "
+            f"calibration draws (the guarantee allows delta = {study['delta']:.0%}); the test inputs' miss "
+            f"rate in {r['share_above']:.1%} of the splits (that adds the {study['n_test']} test inputs' own noise)"
+        )
+    return lines

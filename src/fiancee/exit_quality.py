@@ -253,11 +253,69 @@ def exit_quality(
     also ``ablation.json``, ``ablation.md`` and ``start_images.png`` (Fig. S12: backbone image, start image,
     exit 1 with and without the bank, for the first ``grid_columns`` inputs).
     """
+    runs = [str(r) for r in runs]
+    configs = _check_study(runs, n=n, bandwidth=bandwidth, grid_columns=grid_columns, bank_ablation=bank_ablation)
+    if out is not None and any(c.get("bank") for c in configs) and not all(c.get("bank") for c in configs):
+        from .extras import require
+
+        require("matplotlib", "the Fig. 8 KDE plot")
+    fid_reference = "backbone" if bank_ablation else "real"
+    columns = min(grid_columns, n)
+    measured, heads = _measure_runs(
+        runs,
+        n=n,
+        seed=seed,
+        fid=fid,
+        accuracy=accuracy,
+        fid_reference=fid_reference,
+        device=device,
+        heads_columns=columns if bank_ablation and out is not None else 0,
+        progress=progress,
+    )
+    arms = _arms(measured)
+    report = {
+        "task": measured[0]["task"],
+        "n": n,
+        "seed": seed,
+        "lpips_net": "alex",
+        "lpips_reference": "the backbone's image for the same input",
+        "fid_reference": measured[0]["fid_reference"] if fid else None,
+        "label_accuracy": "classifier trained on real data, on the generated images" if accuracy else None,
+        "spread": "mean, sample standard deviation, min and max over the arm's runs",
+        "differing_settings": sorted(k for k in SHARED_KEYS if len({repr(c.get(k)) for c in configs}) > 1),
+        "arms": arms,
+        "runs": [{k: m[k] for k in ("run", "bank", "seed", "rows")} for m in measured],
+        "per_image_lpips": {m["run"]: [np.round(v, 5).tolist() for v in m["per_image_lpips"]] for m in measured},
+        "kde": None,
+        "ablation": _ablation_report(measured, configs, n=n, seed=seed) if bank_ablation else None,
+    }
+    if out is None:
+        return report
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(arms) == 2:
+        report["kde"] = _save_kde(measured, arms, out, task=report["task"], n=n, bandwidth=bandwidth)
+    if bank_ablation:
+        _save_start_images(measured[1]["bank"], heads, out / "start_images.png", columns)
+        report["ablation"]["plots"] = {
+            "kde": str(out / "lpips_kde.png"),
+            "start_images": str(out / "start_images.png"),
+            "start_images_rows": list(START_IMAGE_ROWS),
+        }
+        write_json(out / "ablation.json", report["ablation"])
+        atomic_write_text(out / "ablation.md", ablation_table(report["ablation"]))
+    write_json(out / "exit_quality.json", report)
+    atomic_write_text(out / "exit_quality.md", markdown_table(report))
+    return report
+
+
+def _check_study(runs: list[str], *, n, bandwidth, grid_columns, bank_ablation: bool) -> list[dict]:
+    """The runs' configs, every argument and the comparison checked before any measuring (a wrong folder or a
+    mixed comparison is refused in one line)."""
     from .checks import check_counts, check_int
     from .train.exits import read_run_config
     from .train.run import RunDir
 
-    runs = [str(r) for r in runs]
     if not runs:
         raise ValueError("give at least one exit-training run folder")
     if len(set(runs)) != len(runs):
@@ -266,21 +324,18 @@ def exit_quality(
     if not 0 < bandwidth:
         raise ValueError(f"bandwidth must be positive; got {bandwidth}")
     check_counts(grid_columns=grid_columns)
-    # Read every config first: a wrong folder or a mixed comparison is refused before any measuring.
     configs = [read_run_config(RunDir(r)) for r in runs]  # refuses a folder that is not an exit-training run
     tasks = {c["task"] for c in configs}
     if len(tasks) != 1:
         raise ValueError(f"all runs must be of one task; got {sorted(tasks)}")
     if bank_ablation:
         _check_ablation_pair(runs, configs)
-    differ = sorted(k for k in SHARED_KEYS if len({repr(c.get(k)) for c in configs}) > 1)
-    if out is not None and any(c.get("bank") for c in configs) and not all(c.get("bank") for c in configs):
-        from .extras import require
+    return configs
 
-        require("matplotlib", "the Fig. 8 KDE plot")
 
-    fid_reference = "backbone" if bank_ablation else "real"
-    columns = min(grid_columns, n)
+def _measure_runs(runs, *, n, seed, fid, accuracy, fid_reference, device, heads_columns: int, progress: bool):
+    """Every run measured on the same inputs; with ``heads_columns``, also what the start-image grid needs of
+    each run (its backbone, the first inputs and their exit-1 images), not all ``n``."""
     cache: dict = {}
     measured, heads = [], []
     iterator = runs
@@ -293,15 +348,18 @@ def exit_quality(
         measured.append(
             _run_quality(r, m, n=n, seed=seed, fid=fid, accuracy=accuracy, fid_reference=fid_reference, cache=cache)
         )
-        if bank_ablation and out is not None:  # the start-image grid's inputs and exit-1 images, not all n
-            heads.append(
-                (m["model"].backbone, tuple(x[:columns].clone() for x in m["inputs"]), m["images"][0][:columns].clone())
-            )
+        if heads_columns:
+            c = heads_columns
+            heads.append((m["model"].backbone, tuple(x[:c].clone() for x in m["inputs"]), m["images"][0][:c].clone()))
         del m
     num_rows = {len(m["rows"]) for m in measured}
     if len(num_rows) != 1:
         raise ValueError(f"the runs have different numbers of exits: {sorted(num_rows)}")
+    return measured, heads
 
+
+def _arms(measured: list[dict]) -> dict:
+    """Per arm (without / with the bank) present: its runs and, per route, each metric's spread over them."""
     arms = {}
     for arm in ARMS:
         members = [m for m in measured if (m["bank"] is not None) == (arm == "with bank")]
@@ -324,72 +382,44 @@ def exit_quality(
             "banks": sorted({str(m["bank"]) for m in members if m["bank"] is not None}),
             "rows": rows,
         }
-    report = {
-        "task": measured[0]["task"],
-        "n": n,
-        "seed": seed,
-        "lpips_net": "alex",
-        "lpips_reference": "the backbone's image for the same input",
-        "fid_reference": measured[0]["fid_reference"] if fid else None,
-        "label_accuracy": "classifier trained on real data, on the generated images" if accuracy else None,
-        "spread": "mean, sample standard deviation, min and max over the arm's runs",
-        "differing_settings": differ,
-        "arms": arms,
-        "runs": [{k: m[k] for k in ("run", "bank", "seed", "rows")} for m in measured],
-        "per_image_lpips": {m["run"]: [np.round(v, 5).tolist() for v in m["per_image_lpips"]] for m in measured},
-        "kde": None,
-        "ablation": _ablation_report(measured, configs, n=n, seed=seed) if bank_ablation else None,
-    }
-    if out is None:
-        return report
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if len(arms) == 2:
-        from .plots import save_kde_panels
+    return arms
 
-        panels, kde = [], []
-        for i, row in enumerate(arms["without bank"]["rows"][:-1]):
-            series = {}
-            for arm in ARMS:
-                pooled = np.concatenate(
-                    [m["per_image_lpips"][i] for m in measured if (m["bank"] is not None) == (arm == "with bank")]
-                )
-                series[f"{arm} ({len(arms[arm]['runs'])} run{'s' if len(arms[arm]['runs']) > 1 else ''})"] = pooled
-                kde.append(
-                    {
-                        "exit": row["name"],
-                        "arm": arm,
-                        "values": int(pooled.size),
-                        "kernel_std": float(bandwidth * pooled.std(ddof=1)),
-                    }
-                )
-            panels.append((f"{row['name']} (after stage {row['after_stage']})", series))
-        save_kde_panels(
-            panels,
-            out / "lpips_kde.png",
-            bandwidth=bandwidth,
-            xlabel="LPIPS vs backbone",
-            title=f"{report['task']}: per-image LPIPS with and without the bank "
-            f"(n={n} per run, KDE bw_method {bandwidth})",
-        )
-        report["kde"] = {
-            "path": str(out / "lpips_kde.png"),
-            "bw_method": bandwidth,
-            "series": kde,
-            "pooled": "per-image LPIPS of every run of the arm",
-        }
-    if bank_ablation:
-        _save_start_images(measured[1]["bank"], heads, out / "start_images.png", columns)
-        report["ablation"]["plots"] = {
-            "kde": str(out / "lpips_kde.png"),
-            "start_images": str(out / "start_images.png"),
-            "start_images_rows": list(START_IMAGE_ROWS),
-        }
-        write_json(out / "ablation.json", report["ablation"])
-        atomic_write_text(out / "ablation.md", ablation_table(report["ablation"]))
-    write_json(out / "exit_quality.json", report)
-    atomic_write_text(out / "exit_quality.md", markdown_table(report))
-    return report
+
+def _save_kde(measured: list[dict], arms: dict, out: Path, *, task: str, n: int, bandwidth: float) -> dict:
+    """Fig. 8: per exit, the KDE of per-image LPIPS of each arm (pooled over its runs); returns the report's
+    ``kde`` entry."""
+    from .plots import save_kde_panels
+
+    panels, kde = [], []
+    for i, row in enumerate(arms["without bank"]["rows"][:-1]):
+        series = {}
+        for arm in ARMS:
+            pooled = np.concatenate(
+                [m["per_image_lpips"][i] for m in measured if (m["bank"] is not None) == (arm == "with bank")]
+            )
+            series[f"{arm} ({len(arms[arm]['runs'])} run{'s' if len(arms[arm]['runs']) > 1 else ''})"] = pooled
+            kde.append(
+                {
+                    "exit": row["name"],
+                    "arm": arm,
+                    "values": int(pooled.size),
+                    "kernel_std": float(bandwidth * pooled.std(ddof=1)),
+                }
+            )
+        panels.append((f"{row['name']} (after stage {row['after_stage']})", series))
+    save_kde_panels(
+        panels,
+        out / "lpips_kde.png",
+        bandwidth=bandwidth,
+        xlabel="LPIPS vs backbone",
+        title=f"{task}: per-image LPIPS with and without the bank (n={n} per run, KDE bw_method {bandwidth})",
+    )
+    return {
+        "path": str(out / "lpips_kde.png"),
+        "bw_method": bandwidth,
+        "series": kde,
+        "pooled": "per-image LPIPS of every run of the arm",
+    }
 
 
 def _ablation_report(measured: list[dict], configs: list[dict], *, n: int, seed: int) -> dict:
