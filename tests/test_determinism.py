@@ -24,6 +24,7 @@ def _branches(out):
     return load_tensors(out / RunDir(out).latest()["dir"] / "branches.safetensors")
 
 
+@pytest.mark.slow
 def test_exit_training_is_bitwise_reproducible(tmp_path, one_thread):
     weights = []
     for name in ("a", "b"):
@@ -46,6 +47,7 @@ def test_exit_training_is_bitwise_reproducible(tmp_path, one_thread):
     assert any(not torch.equal(weights[0][k], other[k]) for k in other)
 
 
+@pytest.mark.slow
 def test_demo_figures_are_reproducible(tmp_path, monkeypatch, one_thread):
     # Small sets so that it runs in seconds; each run computes its LPIPS tables in its own cache.
     reports, predictors = [], []

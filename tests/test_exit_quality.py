@@ -108,6 +108,7 @@ def runs(fashion_bank, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_exit_quality_reports_accuracy_lpips_per_arm_with_spread_and_the_kde(runs, tmp_path):
     report = exit_quality(runs, n=6, seed=0, fid=False, out=tmp_path / "q")
     without, with_ = report["arms"]["without bank"], report["arms"]["with bank"]
@@ -158,6 +159,7 @@ def test_exit_quality_cli_and_refusals(runs, tmp_path, capsys):
         exit_quality([runs[0], runs[0]], n=3)
 
 
+@pytest.mark.slow
 def test_the_bank_ablation_is_the_study_with_one_run_per_arm_against_the_backbone(runs, tmp_path, capsys):
     from fiancee.bank_ablation import bank_ablation
     from fiancee.evaluate import measure_exits

@@ -97,6 +97,7 @@ def test_the_committed_backbone_ships_its_discriminator_and_a_folder_without_one
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_oasis_critics_start_as_exact_copies_and_train(small_data, tiny_weights, tmp_path):  # noqa: F811 (pytest fixture)
     task = FashionTask()
     assert task.critic_kind == "oasis" and task.critic_note() is None

@@ -160,6 +160,7 @@ def test_cli_train_backbone(tmp_path, capsys):
     assert "expected a JSON file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_killed_backbone_run_resumes_to_the_weights_of_a_straight_run(tmp_path, one_thread):
     import os
     import signal

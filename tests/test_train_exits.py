@@ -139,6 +139,7 @@ def test_evaluate_exits_cli_json(tmp_path, capsys, one_thread):
     assert "--overwrite" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
     out = tmp_path / "ddp"
     cmd = [
@@ -178,6 +179,7 @@ def test_torchrun_two_processes_keep_identical_replicas(tmp_path):
     assert [r["step"] for r in run.read_stats()] == [1, 2, 3]  # rank 0 alone writes
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_the_loss_curve_continues(tmp_path, one_thread):
     out = tmp_path / "killed"
     args = (
@@ -229,6 +231,7 @@ def test_killed_run_resumes_and_the_loss_curve_continues(tmp_path, one_thread):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_crash_inside_a_checkpoint_write_loses_nothing_before_it(tmp_path, monkeypatch, one_thread):
     """Dies while checkpoint 4 is half written: latest stays at 2, the half folder is never read,
     and the resumed run ends with the weights of a run that never died."""
@@ -295,6 +298,7 @@ def test_inherit_and_feature_distillation_are_recorded_and_resume_checks_them(tm
     assert [r["step"] for r in RunDir(out).read_stats()] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_fixed_inputs_train_from_a_kept_trunk_and_resume_to_the_same_weights(tmp_path, one_thread):
     # 4 fixed inputs, batches of 2: the trunk runs once per input; a run stopped after step 2 and resumed
     # (its kept trunk lost with the process) ends with the weights of the straight run.

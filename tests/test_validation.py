@@ -214,7 +214,7 @@ class Ctx:
 )
 def _(ctx):
     label, z = ctx.oasis_inputs()
-    ctx.oasis.route(torch.cat([label, torch.zeros_like(label[:, :1])], 1), z, exit=0)
+    ctx.oasis.route(torch.cat([label, torch.zeros_like(label[:, :1])], 1), z, route=0)
 
 
 @case(
@@ -225,7 +225,7 @@ def _(ctx):
 )
 def _(ctx):
     label, z = ctx.oasis_inputs()
-    ctx.oasis.route(label.argmax(1), z, exit=0)
+    ctx.oasis.route(label.argmax(1), z, route=0)
 
 
 @case(
@@ -235,7 +235,7 @@ def _(ctx):
 )
 def _(ctx):
     label, z = ctx.oasis_inputs()
-    ctx.oasis.route(label.long(), z, exit=0)
+    ctx.oasis.route(label.long(), z, route=0)
 
 
 @case(
@@ -245,7 +245,7 @@ def _(ctx):
 )
 def _(ctx):
     label, z = ctx.oasis_inputs()
-    ctx.oasis.route(torch.full_like(label, 0.2), z, exit=0)
+    ctx.oasis.route(torch.full_like(label, 0.2), z, route=0)
 
 
 @case(
@@ -255,14 +255,14 @@ def _(ctx):
 )
 def _(ctx):
     label, z = ctx.oasis_inputs()
-    ctx.oasis.route(label[..., ::2, ::2], z, exit=1)
+    ctx.oasis.route(label[..., ::2, ::2], z, route=1)
 
 
 @case("noise vector with a NaN", "ExitGenerator.mixed", "z holds NaN or Inf (1 of 16 values); expected finite numbers")
 def _(ctx):
     label, z = ctx.oasis_inputs()
     z[1, 3] = float("nan")
-    ctx.oasis.mixed(label, z, exits=torch.tensor([0, 3]))
+    ctx.oasis.mixed(label, z, routes=torch.tensor([0, 3]))
 
 
 @case("label map with an Inf", "ExitGenerator.trunk", "label map holds NaN or Inf")
@@ -279,12 +279,12 @@ def _(ctx):
 )
 def _(ctx):
     label, _ = ctx.oasis_inputs()
-    ctx.oasis.route(label, torch.randn(3, 8), exit=0)
+    ctx.oasis.route(label, torch.randn(3, 8), route=0)
 
 
 @case("empty batch", "ExitGenerator.route", "empty batch: z has 0 samples; pass at least one")
 def _(ctx):
-    ctx.faces[1].route(torch.zeros(0, 100), exit=0)
+    ctx.faces[1].route(torch.zeros(0, 100), route=0)
 
 
 @case(
@@ -303,17 +303,17 @@ def _(ctx):
 )
 def _(ctx):
     bb = build_backbone("g2d", "tiny")
-    ExitGenerator(bb, bb.config.exits, "1/2", 4).eval().route(torch.randn(1, 12, 16, 16), exit=0)
+    ExitGenerator(bb, bb.config.exits, "1/2", 4).eval().route(torch.randn(1, 12, 16, 16), route=0)
 
 
 @case("route list of the wrong length", "ExitGenerator.mixed", "routes has 3 entries for a batch of 2")
 def _(ctx):
-    ctx.oasis.mixed(*ctx.oasis_inputs(), exits=torch.tensor([0, 1, 2]))
+    ctx.oasis.mixed(*ctx.oasis_inputs(), routes=torch.tensor([0, 1, 2]))
 
 
 @case("route index past the backbone", "ExitGenerator.mixed", "route indices must lie in 0..3")
 def _(ctx):
-    ctx.oasis.mixed(*ctx.oasis_inputs(), exits=torch.tensor([0, 4]))
+    ctx.oasis.mixed(*ctx.oasis_inputs(), routes=torch.tensor([0, 4]))
 
 
 @case(
@@ -326,7 +326,7 @@ def _(ctx):
     bank_model = ExitGenerator(
         model.backbone, task.exits, "1/2", 32, guide=load_bank(ctx.faces_bank, model.backbone).guide_spec
     )
-    bank_model.route(torch.randn(2, 100), exit=0, guide=torch.zeros(3, 3, 4, 4))
+    bank_model.route(torch.randn(2, 100), route=0, guide=torch.zeros(3, 3, 4, 4))
 
 
 @case("image with a NaN", "fiancee.metrics.lpips.lpips", "image b holds NaN or Inf (1 of 12288 values)")
@@ -1080,7 +1080,7 @@ def _(ctx):
     "z must be torch.float32 like the model's weights; got torch.float64 [2, 100]",
 )
 def _(ctx):
-    ctx.faces[1].route(torch.randn(2, 100, dtype=torch.float64), exit=0)
+    ctx.faces[1].route(torch.randn(2, 100, dtype=torch.float64), route=0)
 
 
 @case(
@@ -1090,7 +1090,7 @@ def _(ctx):
 )
 def _(ctx):
     label, z = ctx.oasis_inputs()
-    ctx.oasis.mixed(label.half(), z, exits=torch.tensor([0, 1]))
+    ctx.oasis.mixed(label.half(), z, routes=torch.tensor([0, 1]))
 
 
 # Folders: no traceback through the command line, nothing allocated beyond the request
@@ -1281,11 +1281,11 @@ def test_save_through_a_symlinked_subfolder_leaves_the_other_pipeline_alone(ctx,
 def test_uint8_route_override_is_read_as_routes_not_as_a_mask(ctx):
     pipe = FianceePipeline.from_pretrained(ctx.pipeline)
     (z,) = pipe.task.sample_inputs(3, seed=0)
-    out = pipe(z, max_lpips=0.1, exits=torch.tensor([0, 3, 1], dtype=torch.uint8))
+    out = pipe(z, max_lpips=0.1, routes=torch.tensor([0, 3, 1], dtype=torch.uint8))
     assert out.exits.tolist() == [0, 3, 1]
     assert out.macs.tolist() == (pipe.route_macs[[0, 3, 1]] + pipe.predictor_macs()).tolist()  # route + predictor
     with pytest.raises(ValueError, match="1-D integer tensor"):
-        pipe(z, max_lpips=0.1, exits=torch.tensor([0.0, 3.0, 1.0]))
+        pipe(z, max_lpips=0.1, routes=torch.tensor([0.0, 3.0, 1.0]))
 
 
 def test_evaluate_reports_compliance_0_for_a_router_that_misses_every_input(ctx, tmp_path, one_thread):
@@ -1417,6 +1417,7 @@ def test_a_reader_never_loads_a_folder_mixed_from_two_saves(ctx, tmp_path, one_t
     assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # no temporary folder left behind
 
 
+@pytest.mark.slow
 def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_folder(ctx, tmp_path):
     import random
     import signal
@@ -1572,14 +1573,14 @@ def _umask() -> int:
 
 def test_check_false_skips_the_checks_and_nothing_else(ctx):
     label, z = ctx.oasis_inputs()
-    out = ctx.oasis.route(label, z, exit=1)
-    assert torch.equal(ctx.oasis.route(label, z, exit=1, check=False), out)
+    out = ctx.oasis.route(label, z, route=1)
+    assert torch.equal(ctx.oasis.route(label, z, route=1, check=False), out)
     soft = torch.full_like(label, 0.2)
     with pytest.raises(ValueError, match="one-hot"):
-        ctx.oasis.mixed(soft, z, exits=torch.tensor([0, 1]))
-    assert ctx.oasis.mixed(soft, z, exits=torch.tensor([0, 1]), check=False).shape == out.shape
+        ctx.oasis.mixed(soft, z, routes=torch.tensor([0, 1]))
+    assert ctx.oasis.mixed(soft, z, routes=torch.tensor([0, 1]), check=False).shape == out.shape
     with pytest.raises(ValueError, match="routes has 3 entries"):  # the route list is still checked
-        ctx.oasis.mixed(label, z, exits=torch.tensor([0, 1, 2]), check=False)
+        ctx.oasis.mixed(label, z, routes=torch.tensor([0, 1, 2]), check=False)
 
 
 @settings(max_examples=100, deadline=None)
@@ -1628,10 +1629,10 @@ def test_property_one_hot_check_accepts_exactly_one_hot_maps(b, classes, h, w, s
 def test_good_inputs_pass_the_same_checks(ctx):
     # The checks must not refuse what the tasks themselves produce.
     label, z = ctx.oasis_inputs(3)
-    assert ctx.oasis.mixed(label, z, exits=torch.tensor([0, 1, 3])).shape == (3, 3, 32, 32)
+    assert ctx.oasis.mixed(label, z, routes=torch.tensor([0, 1, 3])).shape == (3, 3, 32, 32)
     task, model = ctx.faces
     (z,) = task.sample_inputs(2, seed=0)
-    assert model.route(z[:, :, None, None], exit=1).shape == (2, 3, 64, 64)
+    assert model.route(z[:, :, None, None], route=1).shape == (2, 3, 64, 64)
     maps = torch.randint(11, (2, 32, 32))
     from fiancee.tasks.fashion import one_hot
 
