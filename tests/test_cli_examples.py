@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 
 from fiancee.cli import build_parser
+from fiancee.cli.exits import exit_config
 from fiancee.exit_quality import BUDGET_KEYS, SHARED_KEYS
-from fiancee.train.exits import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,23 +163,7 @@ def _check(name: str, epilog: str) -> None:
         if str(getattr(args, "device", None) or "").startswith("cuda"):
             assert re.search(r"CUDA|GPU", note + header), f"{name} --help: `{line}` needs a GPU and does not say so"
         if args.command == "train-exits" and ":" not in args.task:
-            trained[args.out] = make_config(
-                args.task,
-                scale=args.scale,
-                min_channels=args.min_channels,
-                recipe=args.recipe,
-                preset=args.preset,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                checkpoint_every=args.checkpoint_every,
-                seed=args.seed,
-                bank=args.bank,
-                init=args.init,
-                recipe_overrides={
-                    k: v for k, v in (("features", args.feature_distill), ("critic", args.critic)) if v is not None
-                }
-                or None,
-            ).to_dict()
+            trained[args.out] = exit_config(args).to_dict()
         if args.command == "exit-quality":
             _check_comparable(name, line, args.runs, trained, ablation=args.bank_ablation)
         written += _writes(args)

@@ -238,6 +238,41 @@ def folder_code_allowed(args: argparse.Namespace):
     return allow_folder_code(*named, every=bool(getattr(args, "trust_task_code", False)))
 
 
+def calibration_options(parser: argparse.ArgumentParser) -> None:
+    """How the router is calibrated (demo, assemble-pipeline): --n-calibrate, --epsilon, --delta,
+    --target-compliance, --method (fiancee.assemble.check_calibration_args checks them together)."""
+    parser.add_argument(
+        "--n-calibrate", type=int, default=1000, help="held-out inputs the router is calibrated on (default 1000)"
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.05,
+        help="guarantee: at most this share of outputs miss the threshold (default 0.05)",
+    )
+    parser.add_argument(
+        "--delta",
+        type=float,
+        default=0.1,
+        help="guarantee: ... with probability >= 1 - delta over the calibration draw (default 0.1)",
+    )
+    parser.add_argument(
+        "--target-compliance",
+        type=float,
+        default=None,
+        help="fit the router for this average compliance instead of the guarantee (split-conformal margins)",
+    )
+    choice_option(
+        parser,
+        "--method",
+        names=guarantee_methods,
+        default="ltt",
+        help="the guarantee's calibration: ltt (Learn-then-Test, default), ucb (upper confidence bound; "
+        "both with probability >= 1 - delta), crc (Conformal Risk Control: expected miss rate <= "
+        "epsilon); docs/guarantee.md",
+    )
+
+
 def overwrite_option(parser: argparse.ArgumentParser, help: str = WRITE_INTO) -> None:
     parser.add_argument("--overwrite", action="store_true", help=help)
 

@@ -118,15 +118,16 @@ def _add_evaluate_exits(sub) -> None:
     p.set_defaults(func=run_evaluate_exits)
 
 
-def run_train_exits(args: argparse.Namespace) -> int:
-    from ..train.exits import make_config, train_exits
+def exit_config(args: argparse.Namespace):
+    """The ``ExitsConfig`` a ``train-exits`` command line asks for (also what tests read an example's budget from)."""
+    from ..train.exits import make_config
 
     overrides = {}
     if args.feature_distill is not None:
         overrides["features"] = args.feature_distill
     if args.critic is not None:
         overrides["critic"] = args.critic
-    config = make_config(
+    return make_config(
         args.task,
         scale=args.scale,
         min_channels=args.min_channels,
@@ -141,7 +142,14 @@ def run_train_exits(args: argparse.Namespace) -> int:
         recipe_overrides=overrides or None,
         fixed_inputs=args.fixed_inputs,
     )
-    run = train_exits(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+
+
+def run_train_exits(args: argparse.Namespace) -> int:
+    from ..train.exits import train_exits
+
+    run = train_exits(
+        exit_config(args), args.out, resume=args.resume, device=args.device, progress=not args.no_progress
+    )
     print(run)
     return 0
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ._args import (
     HELD_OUT,
+    calibration_options,
     choice_option,
     floats,
     folder_code_option,
-    guarantee_methods,
     json_option,
     n_option,
     out_option,
@@ -58,36 +58,7 @@ def _add_assemble_pipeline(sub) -> None:
         default="0.05,0.075,0.1,0.125,0.15,0.2,0.25,0.3",
         help="comma-separated LPIPS thresholds the router is fitted at (default: the demo's, 0.05 to 0.3)",
     )
-    p.add_argument(
-        "--n-calibrate", type=int, default=1000, help="held-out inputs the router is calibrated on (default 1000)"
-    )
-    p.add_argument(
-        "--epsilon",
-        type=float,
-        default=0.05,
-        help="guarantee: at most this share of outputs miss the threshold (default 0.05)",
-    )
-    p.add_argument(
-        "--delta",
-        type=float,
-        default=0.1,
-        help="guarantee: ... with probability >= 1 - delta over the calibration draw (default 0.1)",
-    )
-    p.add_argument(
-        "--target-compliance",
-        type=float,
-        default=None,
-        help="fit the router for this average compliance instead of the guarantee (split-conformal margins)",
-    )
-    choice_option(
-        p,
-        "--method",
-        names=guarantee_methods,
-        default="ltt",
-        help="the guarantee's calibration: ltt (Learn-then-Test, default), ucb (upper confidence bound; "
-        "both with probability >= 1 - delta), crc (Conformal Risk Control: expected miss rate <= "
-        "epsilon); docs/guarantee.md",
-    )
+    calibration_options(p)
     seed_option(p, help="the predictor's --seed: calibration inputs are drawn with seed + 7919 (default 0)")
     progress_option(p)
     overwrite_option(p, help="replace an existing --out pipeline folder")
@@ -226,36 +197,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--retrain", action="store_true", help="train the exits again instead of using the committed run")
     n_option(p, 1000, help="test inputs for the report (default 1000)")
     p.add_argument("--n-predictor", type=int, default=2000, help="training inputs of the predictor (default 2000)")
-    p.add_argument(
-        "--n-calibrate", type=int, default=1000, help="held-out inputs the router is calibrated on (default 1000)"
-    )
-    p.add_argument(
-        "--epsilon",
-        type=float,
-        default=0.05,
-        help="guarantee: at most this share of outputs miss the threshold (default 0.05)",
-    )
-    p.add_argument(
-        "--delta",
-        type=float,
-        default=0.1,
-        help="guarantee: ... with probability >= 1 - delta over the calibration draw (default 0.1)",
-    )
-    p.add_argument(
-        "--target-compliance",
-        type=float,
-        default=None,
-        help="fit the router for this average compliance instead of the guarantee (split-conformal margins)",
-    )
-    choice_option(
-        p,
-        "--method",
-        names=guarantee_methods,
-        default="ltt",
-        help="the guarantee's calibration: ltt (Learn-then-Test, default), ucb (upper confidence bound; "
-        "both with probability >= 1 - delta), crc (Conformal Risk Control: expected miss rate <= "
-        "epsilon); docs/guarantee.md",
-    )
+    calibration_options(p)
     p.add_argument(
         "--exits",
         default=None,
