@@ -168,6 +168,19 @@ def test_report_shows_net_accounting_when_the_rows_carry_it(tmp_path):
         meta={"task": "t", "router": "calibrated"},
     ).read_text()
     assert "net MACs saved" in html and "overhead per input" in html and "5.00%" in html  # 2 of 40 MACs
+    # The best single route at equal compliance (3 of 4 meet T: only the backbone does alone) and the gain.
+    assert "best single route" in html and "<td>backbone: 0.0%</td>" in html
+    for key in ("static_route", "static_macs_saved", "static_compliance", "conditional_gain"):
+        rows[0].pop(key)  # a report written before the static baseline
+    html = write_report(
+        tmp_path / "old",
+        rows=rows,
+        true_lpips=true.numpy(),
+        macs=np.array(macs),
+        density_routes=[],
+        meta={"task": "t", "router": "calibrated"},
+    ).read_text()
+    assert "best single route" in html and "<td>-</td><td>-</td>" in html
 
 
 def test_threshold_row_against_hand_computed_numbers():
@@ -194,6 +207,39 @@ def test_threshold_row_against_hand_computed_numbers():
         net["oracle_macs_saved"] == pytest.approx(row["oracle_macs_saved"])
         and "routes only" in net["oracle_accounting"]
     )
+
+
+def test_static_baseline_is_the_cheapest_single_route_at_equal_compliance():
+    from fiancee.evaluate import format_thresholds_table
+
+    # Route 0 meets T = 0.1 on 1 input of 3, route 1 on 2, the backbone (LPIPS 0) on all 3.
+    true = torch.tensor([[0.05, 0.02], [0.3, 0.08], [0.4, 0.3]])
+    macs = [10.0, 20.0, 40.0]
+    # The router meets T everywhere: only the backbone does as a single route, which saves nothing.
+    row = threshold_row(true, torch.tensor([0, 1, 2]), macs, 0.1)
+    assert (row["static_route"], row["static_macs_saved"], row["static_compliance"]) == (2, 0.0, 1.0)
+    assert row["conditional_gain"] == pytest.approx(1 - 70 / 3 / 40)
+    # Compliance 2/3: route 0 (1 of 3) falls short, route 1 (2 of 3) is the cheapest that matches.
+    row = threshold_row(true, torch.tensor([1, 1, 1]), macs, 0.1, overhead_macs=2.0)
+    assert (row["static_route"], row["static_macs_saved"]) == (1, 0.5)
+    assert row["static_compliance"] == pytest.approx(2 / 3)
+    assert row["conditional_gain"] == pytest.approx(-2 / 40)  # the same route, plus the predictor's overhead
+    # Compliance 1/3: the shallowest exit already matches it.
+    row = threshold_row(true, torch.tensor([0, 0, 0]), macs, 0.1)
+    assert (row["static_route"], row["static_macs_saved"], row["conditional_gain"]) == (0, 0.75, 0.0)
+    # Not the lowest index, the fewest MACs: here route 1 is cheaper than route 0.
+    row = threshold_row(true, torch.tensor([0, 0, 0]), [30.0, 20.0, 40.0], 0.1)
+    assert (row["static_route"], row["static_macs_saved"]) == (1, 0.5)
+    report = {"thresholds": [threshold_row(true, torch.tensor([0, 1, 2]), macs, 0.1)], "html": "r.html"}
+    report["route_names"] = ["exit 1", "exit 2", "backbone"]
+    text = format_thresholds_table(report)
+    assert "static@c" in text and "backbone 0.0%" in text and "+41.7%" in text
+    from fiancee.demo import summary_lines
+
+    lines = summary_lines({**report, "router": "calibrated"}, "faces", 3)
+    assert [line for line in lines if "best single route" in line] == [
+        "  best single route at the same compliance (a static exit): backbone saves 0.0%; routing per input adds +41.7%"
+    ]
 
 
 def test_evaluate_cli_bad_threshold_one_line(pipeline_dir):

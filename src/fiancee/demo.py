@@ -167,6 +167,8 @@ def summary_lines(report: dict, task: str, n_eval: int) -> list[str]:
         f"  compliance (true LPIPS <= threshold): {row['compliance']:.1%}",
         f"  oracle's saving: {row['oracle_macs_saved']:.1%} (strict), "
         f"{row['oracle_macs_saved_at_compliance']:.1%} at the same compliance",
+        f"  best single route at the same compliance (a static exit): {report['route_names'][row['static_route']]} "
+        f"saves {row['static_macs_saved']:.1%}; routing per input adds {row['conditional_gain']:+.1%}",
         f"  exit shares: {' / '.join(f'{s:.2f}' for s in row['exit_shares'])} (backbone last)",
     ]
     if report.get("guarantee"):

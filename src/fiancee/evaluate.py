@@ -337,15 +337,34 @@ def format_thresholds_table(report: dict) -> str:
     """What ``fiancee evaluate`` prints: an :func:`evaluate_pipeline` report, one row per threshold, and its
     HTML path."""
     names = " / ".join(report.get("route_names") or [])
-    lines = [f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}  shares ({names})"]
+    lines = [
+        f"{'T':>6}{'compliance':>12}{'MACs saved':>12}{'oracle':>9}{'oracle@c':>10}{'static@c':>16}{'gain':>8}"
+        f"  shares ({names})"
+    ]
     for r in report["thresholds"]:
         shares = " / ".join(f"{s:.0%}" for s in r["exit_shares"])
         lines.append(
             f"{r['threshold']:>6.3f}{r['compliance']:>12.1%}{r['macs_saved']:>12.1%}"
-            f"{r['oracle_macs_saved']:>9.1%}{r['oracle_macs_saved_at_compliance']:>10.1%}  {shares}"
+            f"{r['oracle_macs_saved']:>9.1%}{r['oracle_macs_saved_at_compliance']:>10.1%}{_static_text(r, report):>16}"
+            f"{_gain_text(r):>8}  {shares}"
         )
     lines.append(f"report: {report['html']}")
     return "\n".join(lines)
+
+
+def _static_text(row: dict, report: dict) -> str:
+    """The best single route at the row's compliance and its saving, e.g. ``exit 2 45.0%`` (``-`` before it was
+    measured)."""
+    if row.get("static_route") is None:
+        return "-"
+    names = report.get("route_names") or []
+    r = row["static_route"]
+    name = names[r] if r < len(names) else f"route {r}"
+    return f"{name} {row['static_macs_saved']:.1%}"
+
+
+def _gain_text(row: dict) -> str:
+    return "-" if row.get("conditional_gain") is None else f"{row['conditional_gain']:+.1%}"
 
 
 @torch.no_grad()
