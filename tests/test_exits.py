@@ -245,6 +245,41 @@ def test_mixed_from_continues_the_tree_from_computed_features(name):
             model.mixed_from(f.taps[k], f.cond, k, exits[:3], guide=g)
 
 
+def test_spade_blocks_resize_the_label_map_once_with_the_same_values(monkeypatch):
+    """A SPADE ResBlock resizes the condition once for its two or three SPADE layers: the same output, bit for
+    bit, as every layer resizing it itself (the computation before); a condition already at the block's size is
+    not resized at all."""
+    import torch.nn.functional as F
+
+    from fiancee.backbones import oasis
+
+    backbone = MODELS["oasis"].backbone
+    label, z = backbone.example_inputs(3)
+    cond = backbone.condition(label, z)
+
+    def spade_before(spade, x):  # the SPADE forward before: it resized the full-size condition itself
+        actv = spade.shared(F.interpolate(cond, size=x.shape[-2:], mode="nearest"))
+        return spade.norm(x) * (1 + spade.gamma(actv)) + spade.beta(actv)
+
+    def before(block, x):  # the ResBlock forward before, every SPADE given the full-size condition
+        each = spade_before
+        x_s = block.conv_s(each(block.norm_s, x)) if block.learned_shortcut else x
+        dx = block.conv_0(F.leaky_relu(each(block.norm_0, x), 0.2))
+        return x_s + block.conv_1(F.leaky_relu(each(block.norm_1, dx), 0.2))
+
+    calls = []
+    resize = F.interpolate
+    monkeypatch.setattr(oasis.F, "interpolate", lambda *a, **kw: calls.append(kw.get("size")) or resize(*a, **kw))
+    with torch.no_grad():
+        h, _ = backbone.stem(label, z)
+        for stage in backbone.stages:
+            calls.clear()
+            new = stage.block(h, cond)
+            assert calls == ([] if h.shape[-2:] == cond.shape[-2:] else [h.shape[-2:]])  # one resize, or none
+            assert torch.equal(new, before(stage.block, h))
+            h = stage(h, cond)
+
+
 # --- Branches that inherit the backbone's weights (exits.Branch.inherit_) ------------------------
 
 

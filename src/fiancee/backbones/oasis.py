@@ -21,7 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ..checks import check_batch, check_one_hot, check_spatial, check_tensor
 from ..staged import StagedGenerator
 
-__all__ = ["OASISConfig", "OASISGenerator", "SPADE", "SPADEResBlock"]
+__all__ = ["OASISConfig", "OASISGenerator", "SPADE", "SPADEResBlock", "resize_condition"]
 
 
 @dataclass
@@ -81,6 +81,17 @@ def _sn(module: nn.Module, enabled: bool) -> nn.Module:
     return spectral_norm(module) if enabled else module
 
 
+def resize_condition(cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``cond`` at ``x``'s resolution ``[B, C_cond, H, W]`` (nearest), as is when it is there already.
+
+    Nearest resizing to the same size copies every pixel, so skipping it changes no value: a block resizes the
+    label map once and its two or three SPADE layers read that one copy.
+    """
+    if tuple(cond.shape[-2:]) == tuple(x.shape[-2:]):
+        return cond
+    return F.interpolate(cond, size=x.shape[-2:], mode="nearest")
+
+
 class SPADE(nn.Module):
     """Parameter-free batch norm modulated by the condition: norm(x) * (1 + gamma) + beta."""
 
@@ -92,8 +103,7 @@ class SPADE(nn.Module):
         self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")  # [B, C_cond, H, W]
-        actv = self.shared(cond)
+        actv = self.shared(resize_condition(cond, x))
         return self.norm(x) * (1 + self.gamma(actv)) + self.beta(actv)
 
 
@@ -113,6 +123,8 @@ class SPADEResBlock(nn.Module):
             self.conv_s = _sn(nn.Conv2d(fin, fout, 1, bias=False), spectral)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # Every SPADE of the block works at x's resolution (its convs keep the size): one resize for all of them.
+        cond = resize_condition(cond, x)
         x_s = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, cond), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, cond), 0.2))
