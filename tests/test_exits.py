@@ -245,6 +245,33 @@ def test_mixed_from_continues_the_tree_from_computed_features(name):
             model.mixed_from(f.taps[k], f.cond, k, exits[:3], guide=g)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_batch_on_one_route_skips_the_selections_bit_for_bit(name, monkeypatch):
+    """Every input on one route: the stages and branch run on the whole batch (no index_select, no index_copy_),
+    with exactly the general tree's values, from the stem or from the key stage, with or without a guide."""
+    guide = GuideSpec("every", 3) if name == "sequential" else None
+    model = build(name, guide=guide)
+    torch.manual_seed(3)
+    inputs = model.backbone.example_inputs(5)
+    g = _guide_for(model, 5)
+    k = model.key_stage
+    with torch.no_grad():
+        f = model.backbone.features(*inputs, taps=(0, k))
+        for r in range(model.num_routes):
+            routes = torch.full((5,), r)
+            general = model._branching_tree(f.taps[0], f.cond, 0, routes, g)
+            assert torch.equal(model.mixed(*inputs, routes=routes, guide=g), general)
+            assert torch.equal(model.mixed_from(f.taps[k], f.cond, k, routes, guide=g), general)
+        calls = []
+        for op in ("index_select", "index_copy_"):
+            original = getattr(torch.Tensor, op)
+            monkeypatch.setattr(torch.Tensor, op, lambda *a, _o=original, _n=op, **kw: calls.append(_n) or _o(*a, **kw))
+        model.mixed(*inputs, routes=torch.full((5,), 1), guide=g)
+        assert calls == []
+        model.mixed(*inputs, routes=torch.tensor([0, 1, 1, 1, 1]), guide=g)
+        assert calls  # a mixed batch still selects its rows
+
+
 def test_spade_blocks_resize_the_label_map_once_with_the_same_values(monkeypatch):
     """A SPADE ResBlock resizes the condition once for its two or three SPADE layers: the same output, bit for
     bit, as every layer resizing it itself (the computation before); a condition already at the block's size is

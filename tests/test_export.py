@@ -124,6 +124,18 @@ def test_faces_export_equals_pytorch(faces):
     assert one.images.shape == (1, 3, 64, 64)
 
 
+def test_a_batch_on_one_route_runs_whole_bit_for_bit(faces):
+    """Every input on one route: its segments run on the whole batch, with exactly the general tree's images."""
+    pipe = FianceePipeline.from_pretrained(faces / "pipeline")
+    onnx = OnnxPipeline(faces / "onnx", threads=1)
+    (z,) = pipe.task.sample_inputs(6, seed=1, split="test")
+    trunk = dict(zip(onnx._trunk_outputs, onnx._trunk.run(None, {"input0": z.numpy()})))
+    for r in range(onnx.num_routes):
+        routes = np.full(6, r, dtype=np.int64)
+        general = onnx._branching_tree(trunk["h"], trunk.get("cond"), routes, None)
+        assert np.array_equal(onnx(z.numpy(), max_lpips=0.1, routes=routes).images, general)
+
+
 def test_faces_manifest_describes_the_pipeline(faces):
     pipe = FianceePipeline.from_pretrained(faces / "pipeline")
     m = json.loads((faces / "onnx" / "manifest.json").read_text())

@@ -579,7 +579,38 @@ class ExitGenerator(nn.Module):
     def _tree(
         self, h: torch.Tensor, cond: torch.Tensor | None, start: int, routes: torch.Tensor, guide: Guide
     ) -> torch.Tensor:
-        """The mixed-exit tree from ``h``, the output of stage ``start`` (0 = the stem) for every sample."""
+        """The mixed-exit tree from ``h``, the output of stage ``start`` (0 = the stem) for every sample; a batch
+        on one route takes :meth:`_one_route` (no gathers or scatters: the same values, bit for bit)."""
+        first, last = torch.stack(torch.aminmax(routes)).tolist()  # one host sync for both
+        if first == last:
+            return self._one_route(h, cond, start, first, guide)
+        return self._branching_tree(h, cond, start, routes, guide)
+
+    def _one_route(
+        self, h: torch.Tensor, cond: torch.Tensor | None, start: int, route: int, guide: Guide
+    ) -> torch.Tensor:
+        """:meth:`_branching_tree` when every sample takes ``route``: the same stages and branch on the whole batch.
+
+        Selecting every row copies the batch without changing a value, so skipping the selections changes
+        nothing but their cost (the fixed cost of a batch a router sends to one route, or of ``route=`` forced
+        through the pipeline). The guide is resolved at the key stage as there, even for the backbone route."""
+        # h leaves the loop as the output of stage ``last``: the exit's stage, or the one before the last stage.
+        last = self.backbone.num_stages - 1 if route == len(self.attach_after) else self.attach_after[route]
+        g: torch.Tensor | None = None
+        for done in range(start, last + 1):
+            if done > start:
+                h = self.backbone.stages[done - 1](h, cond)
+            if done == self.key_stage:
+                g = self._resolve_guide(guide, h, cond)
+        if route < len(self.attach_after):
+            return self.branches[route](h, cond, g)
+        h = self.backbone.stages[-1](h, cond)  # start <= key_stage < N: the last stage is still to run
+        return self.backbone.head(h, cond)
+
+    def _branching_tree(
+        self, h: torch.Tensor, cond: torch.Tensor | None, start: int, routes: torch.Tensor, guide: Guide
+    ) -> torch.Tensor:
+        """The general tree: after each exit's stage its samples leave into their branch, the rest go on."""
         batch = h.shape[0]
         alive = torch.arange(batch, device=routes.device)  # input positions of the rows of h
         out: torch.Tensor | None = None

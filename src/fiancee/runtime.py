@@ -299,7 +299,24 @@ class OnnxPipeline:
         return sess.run(None, {name: given[name] for name in self._takes[id(sess)]})[0]
 
     def _tree(self, h, cond, routes: np.ndarray, guide) -> np.ndarray:
-        """:meth:`fiancee.exits.ExitGenerator._tree` from the key stage: each segment only on its own rows."""
+        """:meth:`fiancee.exits.ExitGenerator._tree` from the key stage: each segment only on its own rows; a batch
+        on one route runs as :meth:`_one_route` (the same values, no row copies)."""
+        if routes.min() == routes.max():
+            return self._one_route(h, cond, int(routes[0]), guide)
+        return self._branching_tree(h, cond, routes, guide)
+
+    def _one_route(self, h, cond, route: int, guide) -> np.ndarray:
+        """Every input on ``route``: its stages and its branch (or the head) on the whole batch, as
+        :meth:`fiancee.exits.ExitGenerator._one_route`; selecting every row would only copy the arrays."""
+        last = self.num_stages if route == len(self.attach_after) else self.attach_after[route]
+        for s in range(self.key_stage + 1, last + 1):
+            h = self._run(self._stages[s], h, cond)
+        if route < len(self.attach_after):
+            return self._run(self._branches[route], h, cond, guide)
+        return self._run(self._head, h, cond)
+
+    def _branching_tree(self, h, cond, routes: np.ndarray, guide) -> np.ndarray:
+        """The general tree: after each exit's stage its inputs leave into their branch, the rest go on."""
         batch = h.shape[0]
         alive = np.arange(batch)  # input positions of the rows of h
         out = None
