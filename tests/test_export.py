@@ -136,6 +136,33 @@ def test_a_batch_on_one_route_runs_whole_bit_for_bit(faces):
         assert np.array_equal(onnx(z.numpy(), max_lpips=0.1, routes=routes).images, general)
 
 
+def _thread_settings(options) -> dict:
+    """What a ``SessionOptions`` says about threads, read back from it."""
+    try:
+        spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # never set: ONNX Runtime's default (spinning on)
+        spinning = None
+    return {
+        "intra": options.intra_op_num_threads,
+        "inter": options.inter_op_num_threads,
+        "mode": options.execution_mode.name,
+        "spinning": spinning,
+    }
+
+
+def test_sessions_with_threads_run_sequentially_without_spinning(faces):
+    import onnxruntime as ort
+
+    from fiancee.runtime import session_options
+
+    want = {"intra": 2, "inter": 1, "mode": "ORT_SEQUENTIAL", "spinning": "0"}
+    assert _thread_settings(session_options(ort, 2)) == want
+    assert _thread_settings(session_options(ort, None))["spinning"] is None  # no threads given: the defaults
+    onnx = OnnxPipeline(faces / "onnx", threads=3)
+    for sess in (onnx._trunk, onnx._head, *onnx._branches, *onnx._stages.values()):
+        assert _thread_settings(sess.get_session_options()) == {**want, "intra": 3}
+
+
 def test_faces_manifest_describes_the_pipeline(faces):
     pipe = FianceePipeline.from_pretrained(faces / "pipeline")
     m = json.loads((faces / "onnx" / "manifest.json").read_text())

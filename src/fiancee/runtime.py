@@ -117,16 +117,27 @@ def _checked_files(folder: Path, files, source: Path) -> dict:
     return files
 
 
+def session_options(ort, threads: int | None):
+    """The ``SessionOptions`` every segment opens with: ONNX Runtime's defaults, or with ``threads`` a pool of that
+    many intra-op threads, one inter-op thread, sequential execution and no spinning."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Segments run one after another from Python (stages, branches, numpy in between): idle workers that
+        # spin would burn the very cores the caller and the next segment need, so they sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class _Sessions:
     """Opens the export's segments as ONNX Runtime sessions: only files the manifest lists, none with external
     data; ``takes`` records the inputs each session reads (the tracer drops the ones a segment never reads)."""
 
     def __init__(self, ort, folder: Path, source: Path, files: dict, threads: int | None, providers: list[str] | None):
         self.ort, self.folder, self.source, self.files = ort, folder, source, files
-        self.options = ort.SessionOptions()
-        if threads is not None:
-            self.options.intra_op_num_threads = threads
-            self.options.inter_op_num_threads = 1
+        self.options = session_options(ort, threads)
         self.providers = providers or ["CPUExecutionProvider"]
         self.takes: dict[int, list[str]] = {}
 
