@@ -6,7 +6,16 @@ import json
 import pytest
 import torch
 
-from fiancee.bench import DEMO_SHARES, TOLERANCES, format_table, mix_exits, run_bench, skewed_shares
+from fiancee.bench import (
+    DEMO_SHARES,
+    TOLERANCES,
+    bench_mixes,
+    format_table,
+    mix_exits,
+    routed_mixes,
+    run_bench,
+    skewed_shares,
+)
 from fiancee.cli import main
 
 QUICK = {"reps": 2, "warmup": 1, "progress": False}
@@ -36,7 +45,11 @@ def _check_structure(report: dict, num_routes: int) -> None:
     for key in ("tree_vs_ideal", "tree_vs_deepest", "tree_vs_grouped"):
         assert mixed[key] > 0
     assert mixed["batch"] == max(report["settings"]["batches"])
-    assert {m["name"] for m in mixed["mixes"]} == {"uniform", "skewed"}
+    if report["settings"]["mixes_from"].startswith("no pipeline"):  # uniform, then every route alone
+        assert [m["name"] for m in mixed["mixes"]] == ["uniform"] + [f"route {r}" for r in range(num_routes)]
+    else:  # uniform, then the pipeline's own routing at each threshold
+        assert [m["name"] for m in mixed["mixes"]] == ["uniform", "routed T=0.05", "routed T=0.1"]
+    assert set(report["settings"]["mixes"]) == {m["name"] for m in mixed["mixes"]}
     for mix in mixed["mixes"]:
         for b, row in mix["per_batch"].items():
             assert sum(row["counts"]) == int(b)
@@ -124,6 +137,52 @@ def test_mixes_hold_their_shares_and_are_seeded():
         assert len(shares) == n and sum(shares) == pytest.approx(1) and min(shares) >= 0
     with pytest.raises(ValueError, match="positive batch"):
         mix_exits([0.5, 0.5], 0, seed=0)
+
+
+def test_mixes_are_uniform_and_the_pipelines_routing_or_every_single_route():
+    from types import SimpleNamespace
+
+    from fiancee.routing import ThresholdRouter
+
+    assert bench_mixes(3) == [
+        ("uniform", (1 / 3, 1 / 3, 1 / 3)),
+        ("route 0", (1.0, 0.0, 0.0)),
+        ("route 1", (0.0, 1.0, 0.0)),
+        ("route 2", (0.0, 0.0, 1.0)),
+    ]
+    assert bench_mixes(3, single_routes=False) == [("uniform", (1 / 3, 1 / 3, 1 / 3))]
+    # A stand-in pipeline: predicted LPIPS of 2 exits for 4 inputs, the paper's rule (cheapest exit with P <= T).
+    predicted = torch.tensor([[0.04, 0.01], [0.08, 0.03], [0.2, 0.09], [0.3, 0.2]])
+    model = SimpleNamespace(num_routes=3, parameters=lambda: iter([torch.zeros(1)]))
+    pipe = SimpleNamespace(model=model, predict=lambda *xs: predicted, router=ThresholdRouter([1.0, 2.0, 4.0]))
+    routed = routed_mixes(pipe, (torch.zeros(4, 1),))
+    # T = 0.05: exit 1 for input 0, exit 2 for input 1, the backbone for 2 and 3; T = 0.1: 2 / 1 / 1.
+    assert routed == [("routed T=0.05", (0.25, 0.25, 0.5)), ("routed T=0.1", (0.5, 0.25, 0.25))]
+    assert bench_mixes(3, routed) == [("uniform", (1 / 3, 1 / 3, 1 / 3)), *routed]
+
+
+def test_a_pipeline_gives_the_bench_its_exits_and_its_routing(tmp_path, faces_task, one_thread):
+    from fiancee.pipeline import FianceePipeline
+    from fiancee.predictor import QualityPredictor, predictor_features
+    from fiancee.routing import ThresholdRouter
+    from fiancee.tasks.base import weights_dir
+    from fiancee.train.exits import load_exits
+
+    _, model = load_exits(weights_dir("faces", "exits"))
+    xs = predictor_features("tiny", model, faces_task.sample_inputs(2, seed=0, split="train"))
+    torch.manual_seed(0)
+    predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])])
+    FianceePipeline(faces_task, model, predictor, ThresholdRouter(model.route_macs())).save_pretrained(tmp_path / "p")
+    report = run_bench("faces", batches="2", pipeline=tmp_path / "p", **QUICK)
+    _check_structure(report, num_routes=4)
+    assert report["settings"]["exit_weights"] == "the pipeline's"
+    assert report["settings"]["mixes_from"].startswith("the pipeline's router on 128 test inputs")
+    for mix in report["mixed"]["mixes"]:
+        assert sum(mix["shares"]) == pytest.approx(1, abs=1e-3)
+    with pytest.raises(ValueError, match="scale and min channels come from the pipeline"):
+        run_bench("faces", scale="1/4", pipeline=tmp_path / "p", **QUICK)
+    with pytest.raises(ValueError, match="with its task as the backbone"):
+        run_bench("oasis", size="tiny", pipeline=tmp_path / "p", **QUICK)
 
 
 def test_tree_equals_each_sample_alone_on_its_route(one_thread):

@@ -382,8 +382,9 @@ def test_onnx_bench_reports_both_runtimes_per_case(tmp_path, capsys):
     assert report["kind"] == "fiancee-bench-onnx" and report["settings"]["threads"] == [1]
     num_routes = len(report["settings"]["exits_after_stages"]) + 1
     cases = [r["case"] for r in report["rows"] if r["batch"] == 3]
-    assert cases == [f"route {r}" for r in range(num_routes)] + ["mixed uniform", "mixed skewed"]
-    assert len(report["rows"]) == 2 * (num_routes + 2)
+    # No pipeline to route with: every route alone, and the uniform mix as the tree.
+    assert cases == [f"route {r}" for r in range(num_routes)] + ["mixed uniform"]
+    assert len(report["rows"]) == 2 * (num_routes + 1) and report["settings"]["mixes_from"].startswith("no pipeline")
     for row in report["rows"]:
         assert (
             row["torch_ms"] > 0

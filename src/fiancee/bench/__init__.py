@@ -5,9 +5,10 @@ BENCHMARKS.md), one phase per module:
 
 - **routes** (:mod:`.routes`): median wall time of every route at every batch size next to its MACs;
   ``latency_ratio`` beside ``macs_ratio``.
-- **mixed** (:mod:`.mixed`): batches whose samples take different routes (seeded mixes: uniform, and skewed like
-  the faces demo's exit shares) run as the mixed-exit tree, against the ideal, the deepest-needed route and the
-  samples grouped by route. Ratios are ``other / tree``: above 1 the tree is faster.
+- **mixed** (:mod:`.mixed`): batches whose samples take different routes (seeded mixes: uniform, and with a
+  pipeline the route shares its router chooses at LPIPS <= 0.05 and 0.1, else every single route) run as the
+  mixed-exit tree, against the ideal, the deepest-needed route and the samples grouped by route. Ratios are
+  ``other / tree``: above 1 the tree is faster.
 - **overhead** (:mod:`.overhead`): the quality predictor's forward plus the bank's retrieval as a fraction of the
   smallest route, at the smallest and the largest batch size.
 - **options** (:mod:`.options`): channels_last, bf16 / fp16 autocast, torch.compile, CUDA graphs, each alone and
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from ..timing import time_ms
 from .args import BANK_MODES, REFERENCE_BACKBONES, RUNTIMES
-from .mixed import DEMO_SHARES, mix_exits, mix_routes, skewed_shares
+from .mixed import DEMO_SHARES, ROUTED_THRESHOLDS, bench_mixes, mix_exits, mix_routes, routed_mixes, skewed_shares
 from .onnx import run_onnx_bench
 from .options import FASTER, OPTIONS, TOLERANCES
 from .report import FORMAT_VERSION, format_onnx_table, format_table
@@ -35,6 +36,9 @@ __all__ = [
     "OPTIONS",
     "GEOMETRY",
     "DEMO_SHARES",
+    "ROUTED_THRESHOLDS",
+    "bench_mixes",
+    "routed_mixes",
     "TOLERANCES",
     "FASTER",
     "FORMAT_VERSION",

@@ -14,10 +14,10 @@ import torch
 from ..timing import load_average
 from .args import check_backbone, parse_batches, positive
 from .measure import Clock, Steps
-from .mixed import demo_mixes, mix_routes
+from .mixed import ROUTING_INPUTS, bench_mixes, mix_routes, mixes_from, routed_mixes
 from .overhead import make_predictor
 from .report import onnx_report
-from .setup import make_setup
+from .setup import load_pipeline, make_setup
 
 __all__ = ["run_onnx_bench"]
 
@@ -37,10 +37,12 @@ def run_onnx_bench(
     predictor: str | None = None,
     opset: int = 17,
     progress: bool = True,
+    pipeline=None,
 ) -> dict:
     """Milliseconds of the same pipeline under PyTorch and under ONNX Runtime (:mod:`fiancee.runtime`), on the
-    same CPU in one run: every route (all inputs forced onto it) and the uniform and skewed mixes run as the
-    mixed-exit tree, at every batch size and thread count. Both sides run the whole pipeline call (the trunk
+    same CPU in one run: every route (all inputs forced onto it) and the mixes run as the mixed-exit tree (uniform,
+    and with ``pipeline`` the route shares its router chooses, as :func:`run_bench`), at every batch size and
+    thread count. Both sides run the whole pipeline call (the trunk
     once, the predictor, the route or the tree), so ``torch_ms / onnx_ms`` compares like with like; above 1
     ONNX Runtime is faster. The pipeline is the one :func:`run_bench` times (its backbone and exits, an
     untrained predictor of the default arch, no bank), exported with :func:`fiancee.export.export_pipeline`
@@ -62,15 +64,19 @@ def run_onnx_bench(
         raise ValueError("threads must list at least one thread count, like 1,2")
     clock = Clock(torch.device("cpu"), positive(reps, "reps"), positive(warmup, "warmup", minimum=0))
     seed = positive(seed, "seed", minimum=0)
+    if pipeline is not None:
+        pipeline = load_pipeline(pipeline, backbone, scale, min_channels)
     load_start = load_average()
-    setup = make_setup(backbone, size, scale, min_channels, seed)
+    setup = make_setup(backbone, size, scale, min_channels, seed, pipeline)
+    n_routed = None if pipeline is None else max(ROUTING_INPUTS, batch_list[-1])
+    routed = None if pipeline is None else routed_mixes(pipeline, setup.inputs(n_routed))
     model = setup.model.to(clock.device).eval()
     inputs_on = {b: tuple(x.float() for x in setup.inputs(b)) for b in batch_list}
     pred, _ = make_predictor(
         model, predictor, inputs_on[batch_list[0]], seed, setup.input_kinds, f"backbone {backbone!r}"
     )
     pipe = FianceePipeline(None, model, pred, ThresholdRouter(model.route_macs()), task_spec=backbone)
-    mixes = demo_mixes(model.num_routes)
+    mixes = bench_mixes(model.num_routes, routed, single_routes=False)  # single routes are cases of their own
     with tempfile.TemporaryDirectory(prefix="fiancee-onnx-bench-") as tmp:
         export_pipeline(pipe, Path(tmp) / "onnx", opset=opset)
         total = len(thread_list) * len(batch_list) * (model.num_routes + len(mixes))
@@ -78,7 +84,7 @@ def run_onnx_bench(
             rows = _time_runtimes(
                 pipe, Path(tmp) / "onnx", thread_list, batch_list, inputs_on, mixes, seed, clock, step
             )
-    return onnx_report(
+    report = onnx_report(
         backbone,
         setup,
         model,
@@ -94,6 +100,8 @@ def run_onnx_bench(
         rows,
         t_start,
     )
+    report["settings"]["mixes_from"] = mixes_from(n_routed)
+    return report
 
 
 def _time_runtimes(

@@ -12,12 +12,12 @@ import torch
 from ..timing import load_average
 from .args import check_backbone, check_bank, parse_batches, parse_device, parse_options, positive
 from .measure import Clock, Steps, cpu_threads
-from .mixed import demo_mixes, time_mixes
+from .mixed import ROUTING_INPUTS, bench_mixes, mixes_from, routed_mixes, time_mixes
 from .options import time_options, variants
 from .overhead import build_bank, make_predictor, time_overhead
 from .report import bench_report
 from .routes import time_routes
-from .setup import make_setup
+from .setup import load_pipeline, make_setup
 
 __all__ = ["run_bench"]
 
@@ -40,6 +40,7 @@ def run_bench(
     predictor: str | None = None,
     progress: bool = True,
     bank: str = "auto",
+    pipeline=None,
 ) -> dict:
     """Measure the routes, the mixed-exit tree, the predictor + bank and the speed options of
     ``backbone`` (a reference architecture of :data:`REFERENCE_BACKBONES`, or a task spec); returns the JSON-ready
@@ -53,7 +54,9 @@ def run_bench(
     (default: what the library trains for these inputs). ``bank``: ``auto`` measures a retrieval only
     when the pipeline this backbone ships with searches a bank (a task whose shipped exits were trained
     without one: no; the reference backbones and tasks without shipped exits: their default bank),
-    ``on`` / ``off`` force it.
+    ``on`` / ``off`` force it. ``pipeline`` (a pipeline folder or a ``FianceePipeline`` of the task ``backbone``
+    names): its exits are timed, and the mixed tree on the route shares its router chooses for the bench's test
+    inputs (:func:`fiancee.bench.mixed.routed_mixes`) besides uniform; without one, uniform and every single route.
     Bad arguments raise ``ValueError`` naming what was expected and what came.
     """
     from ..exits import parse_scale
@@ -75,6 +78,8 @@ def run_bench(
         min_channels = positive(min_channels, "min channels")
     opts = parse_options(options, dev)
     check_bank(bank, bank_inputs)
+    if pipeline is not None:
+        pipeline = load_pipeline(pipeline, backbone, scale, min_channels)
 
     with cpu_threads(threads):
         report = _run(
@@ -90,6 +95,7 @@ def run_bench(
             predictor,
             progress,
             bank,
+            pipeline,
         )
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
@@ -108,15 +114,19 @@ def _run(
     predictor_arch: str | None,
     progress: bool,
     bank_choice: str,
+    pipeline,
 ) -> dict:
     """The setup, the predictor and the bank, then the phases in order: routes, mixed, overhead, options."""
     device = clock.device
     load_start = load_average()
-    setup = make_setup(name, size, scale, min_channels, seed)
+    setup = make_setup(name, size, scale, min_channels, seed, pipeline)
+    # Routed where the pipeline was loaded (its predictor stays there), before its exits move to the bench's device.
+    n_routed = None if pipeline is None else max(ROUTING_INPUTS, batches[-1])
+    routed = None if pipeline is None else routed_mixes(pipeline, setup.inputs(n_routed))
     model = setup.model.to(device).eval()
     inputs_on = {b: tuple(x.to(device) for x in setup.inputs(b)) for b in batches}
     ratio_batch = 1 if 1 in batches else batches[0]
-    mixes = demo_mixes(model.num_routes)
+    mixes = bench_mixes(model.num_routes, routed)
     groups = variants(opts)
     # Predictor and bank first: a predictor arch that cannot read these inputs fails before any timing.
     predictor, xs = make_predictor(
@@ -143,7 +153,7 @@ def _run(
         "overhead_fraction": overhead_fraction,
         "options": options,
     }
-    return bench_report(
+    report = bench_report(
         name,
         setup,
         model,
@@ -161,3 +171,5 @@ def _run(
         load_start,
         phases,
     )
+    report["settings"]["mixes_from"] = mixes_from(n_routed)
+    return report

@@ -16,7 +16,7 @@ import torch
 
 from .args import REFERENCE_BACKBONES, check_size
 
-__all__ = ["GEOMETRY", "Setup", "make_setup"]
+__all__ = ["GEOMETRY", "Setup", "make_setup", "load_pipeline"]
 
 # Reference backbones: the paper's geometry (Table 1: OASIS SF 1/4, floor 64 channels; Table 2: G2D
 # SF 1/3, floor 24). The tiny configurations are only 4 to 64 channels wide, where those floors
@@ -57,9 +57,34 @@ class Setup:
     ships_bank: bool = True
 
 
-def make_setup(name: str, size: str | None, scale, min_channels: int | None, seed: int) -> Setup:
-    """The setup of a reference architecture (:data:`REFERENCE_BACKBONES`) or of a task spec."""
+def make_setup(name: str, size: str | None, scale, min_channels: int | None, seed: int, pipeline=None) -> Setup:
+    """The setup of a reference architecture (:data:`REFERENCE_BACKBONES`) or of a task spec; with ``pipeline``
+    (a :class:`fiancee.pipeline.FianceePipeline` of that task, :func:`load_pipeline`) its exits are timed."""
+    if pipeline is not None:
+        return _task_setup(name, size, scale, min_channels, seed, pipeline)
     return (_reference_setup if name in REFERENCE_BACKBONES else _task_setup)(name, size, scale, min_channels, seed)
+
+
+def load_pipeline(pipeline, backbone: str, scale, min_channels: int | None):
+    """``pipeline`` (a folder or a :class:`fiancee.pipeline.FianceePipeline`) checked against the bench's arguments:
+    it must be a pipeline of the task ``backbone`` names, whose geometry it brings (no ``scale`` / ``min_channels``)."""
+    from ..pipeline import FianceePipeline
+    from ..tasks.registry import resolve_task
+
+    if backbone in REFERENCE_BACKBONES:
+        raise ValueError(f"a pipeline is benchmarked with its task as the backbone (--backbone TASK), not {backbone!r}")
+    if scale is not None or min_channels is not None:
+        raise ValueError("scale and min channels come from the pipeline's exits; leave them out with a pipeline")
+    pipe = (
+        pipeline if isinstance(pipeline, FianceePipeline) else FianceePipeline.from_pretrained(pipeline, task=backbone)
+    )
+    if pipe.model.guide_spec is not None:
+        raise ValueError("the pipeline's exits read a feature bank's guide, which the bench's timings do not pass")
+    task = resolve_task(backbone)
+    if pipe.task is None or pipe.task.name != task.name:
+        got = "no task" if pipe.task is None else f"task {pipe.task.name!r}"
+        raise ValueError(f"the pipeline has {got}; the bench's backbone is task {task.name!r}")
+    return pipe
 
 
 def _reference_setup(name: str, size: str | None, scale, min_channels: int | None, seed: int) -> Setup:
@@ -100,7 +125,7 @@ def _reference_setup(name: str, size: str | None, scale, min_channels: int | Non
     )
 
 
-def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: int) -> Setup:
+def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: int, pipeline=None) -> Setup:
     from ..tasks.base import declared_inputs
     from ..tasks.registry import resolve_task
     from ..train.bank import bank_inputs
@@ -110,7 +135,10 @@ def _task_setup(spec, size: str | None, scale, min_channels: int | None, seed: i
     check_size(size, name, reference=False)
     scale = task.default_scale if scale is None else scale
     min_channels = task.default_min_channels if min_channels is None else min_channels
-    model, weights, ships_bank = _task_exits(task, spec, scale, min_channels)
+    if pipeline is None:
+        model, weights, ships_bank = _task_exits(task, spec, scale, min_channels)
+    else:  # the pipeline's own exits: the mixes its router chooses are timed on the routes they choose among
+        model, weights, ships_bank = pipeline.model, "the pipeline's", pipeline.bank is not None
     notes = [f"{name}: the task's pretrained backbone; exits {weights}"]
     d = task.bank_defaults
     # global mode: as many inputs as the default bank keeps (farthest-point sampling then keeps them

@@ -98,6 +98,12 @@ def register(sub) -> None:
         "(faces' shipped exits have none; fashion, oasis, g2d: their default bank); on / off force it",
     )
     head_option(p, "--predictor", help="predictor arch (default: tiny, what train-predictor trains)")
+    p.add_argument(
+        "--pipeline",
+        default=None,
+        help="a pipeline folder of the --backbone task: its exits are timed, and the mixed tree on the route shares "
+        "its router chooses for the test inputs at LPIPS <= 0.05 and 0.1 (default: uniform and every single route)",
+    )
     p.add_argument("--json", required=True, help="where to write the JSON report")
     seed_option(p)
     progress_option(p)
@@ -125,6 +131,7 @@ def run_bench(args: argparse.Namespace) -> int:
             seed=args.seed,
             predictor=args.predictor,
             progress=not args.no_progress,
+            pipeline=args.pipeline,
         )
         write_json(args.json, report)
         print(bench.format_onnx_table(report), end="")
@@ -146,6 +153,7 @@ def run_bench(args: argparse.Namespace) -> int:
         predictor=args.predictor,
         progress=not args.no_progress,
         bank=args.bank_choice,
+        pipeline=args.pipeline,
     )
     write_json(args.json, report)
     print(bench.format_table(report), end="")
