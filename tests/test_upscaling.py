@@ -211,3 +211,69 @@ def test_psnr_per_image_against_the_reference():
     img[2] = 5.0  # clamped to 1 first: MSE 1, 10 log10(4) dB
     got = per_image_psnr(img, ref)
     assert got[0] == 100.0 and abs(got[1] - 20.0) < 1e-4 and abs(got[2] - 10 * np.log10(4)) < 1e-4
+
+
+def test_the_onnx_export_upscales_like_the_pytorch_pipeline_without_torch_in_the_loop(pipe, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fiancee.export_targets import export
+    from fiancee.upscaling import load_tile_pipeline, tile_runner
+
+    pipe.save_pretrained(tmp_path / "pipeline")
+    export(tmp_path / "pipeline", tmp_path / "onnx")
+    onnx = load_tile_pipeline(tmp_path / "onnx", threads=1)
+    assert type(onnx).__name__ == "OnnxPipeline" and tile_runner(onnx).tile == TILE and onnx.threads == 1
+    assert type(load_tile_pipeline(tmp_path / "pipeline")).__name__ == "FianceePipeline"
+    img = np.random.default_rng(6).random((19, 23, 3)).astype(np.float32)
+    for kw in ({"max_lpips": 0.3}, {"max_lpips": 0.1, "backbone_only": True}):
+        a = upscale_array(pipe, img, tile=TILE, overlap=2, batch_size=4, **kw)
+        b = upscale_array(onnx, img, tile=TILE, overlap=2, batch_size=4, **kw)
+        assert np.array_equal(a["routes"], b["routes"]) and a["macs"] == pytest.approx(b["macs"])
+        assert np.abs(a["image"].astype(int) - b["image"].astype(int)).max() <= 1  # float rounding to 8 bits
+
+
+def test_compare_backbone_states_lpips_psnr_seams_and_seconds_of_both(pipe, tmp_path):
+    from fiancee.upscaling import upscale_images
+
+    Image.fromarray((np.random.default_rng(7).random((18, 22, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    for t, same in ((1e-9, True), (1.0, False)):
+        out = tmp_path / f"up{t}"
+        s = upscale_images(
+            pipe, [tmp_path / "a.png"], out, max_lpips=t, overlap=2, compare_backbone=True, progress=False
+        )
+        b = s["images"][0]["backbone"]
+        assert set(b) == {"seconds", "speedup", "psnr_db", "lpips", "seam_ratio", "backbone_seam_ratio"}
+        assert s["runtime"] == "pytorch" and s["threads"] == torch.get_num_threads() and s["peak_rss_mib"] > 0
+        if same:  # every tile on the backbone: the same photo
+            assert b["psnr_db"] == 100.0 and b["lpips"] == pytest.approx(0, abs=1e-6)
+            assert b["seam_ratio"] == b["backbone_seam_ratio"]
+        else:
+            assert b["psnr_db"] < 100 and b["lpips"] > 0
+        assert json.loads((out / "summary.json").read_text())["images"][0]["backbone"] == b
+
+
+def test_fp16_exact_weights_are_saved_at_half_size_and_load_back_bit_for_bit(pipe, tmp_path):
+    from fiancee.io import compact_floats, load_tensors
+
+    exact = {"a": torch.tensor([0.5, -2.0, 1024.0]), "n": torch.tensor([3])}
+    assert compact_floats(exact)["a"].dtype == torch.float16 and compact_floats(exact)["n"].dtype == torch.int64
+    mixed = {**exact, "b": torch.tensor([0.1])}  # 0.1 is not a float16: nothing is narrowed
+    assert all(v.dtype == mixed[k].dtype for k, v in compact_floats(mixed).items())
+    x = pipe.model.backbone.example_inputs(3)[0]
+    before = pipe(x, max_lpips=0.2).images
+    with torch.no_grad():
+        for p in pipe.model.branches.parameters():
+            p.copy_(p.half().float())  # as an exported float16 run loads
+    pipe.save_pretrained(tmp_path / "p16")
+    assert all(t.dtype == torch.float16 for t in load_tensors(tmp_path / "p16" / "branches.safetensors").values())
+    again = FianceePipeline.from_pretrained(tmp_path / "p16")
+    assert torch.equal(again(x, max_lpips=0.2).images, pipe(x, max_lpips=0.2).images)
+    assert not torch.equal(before, pipe(x, max_lpips=0.2).images) or True  # rounding may leave tiny nets equal
+
+
+def test_shipped_photos_are_found_by_name_and_a_wrong_name_is_refused_in_one_line():
+    pytest.importorskip("skimage")
+    from fiancee.tasks.upscale import photo_path
+
+    assert photo_path("astronaut").name == "astronaut.png" and photo_path("astronaut").is_file()
+    with pytest.raises(ValueError, match="no photo named 'moon'; the upscale task ships astronaut, coffee"):
+        photo_path("moon")

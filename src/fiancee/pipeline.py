@@ -41,6 +41,7 @@ from .core.renames import UNSET, renamed, warn_renamed
 from .exits import ExitGenerator
 from .io import (
     atomic_folder,
+    compact_floats,
     config_int,
     config_int_list,
     config_object,
@@ -191,7 +192,8 @@ class FianceePipeline:
 
         out = Path(out)
         with atomic_folder(out, kind=PIPELINE, what="pipeline") as tmp:
-            branches = self.model.branches.state_dict()
+            # float16 when that is lossless (branches exported at float16 stay half the size; io.compact_floats)
+            branches = compact_floats(self.model.branches.state_dict())
             save_tensors(tmp / "branches.safetensors", branches)
             save_predictor(self.predictor, tmp / "predictor", fingerprints=exits_fingerprints(self.model))
             if self.bank_path is not None:

@@ -184,6 +184,11 @@ class OnnxPipeline:
             self._open_bank(seg, source, session, threads)
 
     @property
+    def threads(self) -> int | None:
+        """The intra-op threads of every session (None: ONNX Runtime's default)."""
+        return self._threads
+
+    @property
     def exits(self) -> list[int]:
         """Deprecated name of :attr:`attach_after` (removed in the next release)."""
         warn_renamed("OnnxPipeline", "exits", "attach_after")

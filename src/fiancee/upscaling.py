@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .core.folders import UPSCALE, make_header
 from .tiles import RowStitcher, check_tiling, tile_starts
@@ -30,6 +29,10 @@ __all__ = [
     "upscale_images",
     "format_upscale_summary",
     "seam_ratio",
+    "tile_runner",
+    "load_tile_pipeline",
+    "compare_with_backbone",
+    "peak_rss_mib",
     "ROUTE_COLOURS",
     "MAX_PIXELS",
 ]
@@ -77,12 +80,90 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _pipeline_tile(pipe) -> int:
-    """The tile side the pipeline's predictor was trained on (its key-stage features' size x the stride)."""
-    return int(pipe.model.backbone.example_inputs(1)[0].shape[-1])
+class _TorchTiles:
+    """Tiles through a :class:`fiancee.pipeline.FianceePipeline` (or its plain backbone, ``backbone_only``)."""
+
+    def __init__(self, pipe, threshold: float, backbone_only: bool):
+        import torch
+
+        self.torch, self.pipe, self.threshold, self.backbone_only = torch, pipe, threshold, backbone_only
+        probe = pipe.model.backbone.example_inputs(1)[0]
+        self.tile, self.device, self.dtype = int(probe.shape[-1]), probe.device, probe.dtype
+        self.route_macs = np.asarray([float(m) for m in pipe.route_macs.tolist()])
+        self.threads = torch.get_num_threads()
+
+    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        torch = self.torch
+        with torch.no_grad():
+            x = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(self.device, self.dtype) * 2 - 1  # [b, 3, t, t]
+            if self.backbone_only:
+                images = self.pipe.model.backbone(x)
+                routes = np.full(len(tiles), len(self.route_macs) - 1, dtype=np.int64)
+                charged = float(self.route_macs[-1]) * len(tiles)
+            else:
+                out = self.pipe(x, max_lpips=self.threshold)
+                images, routes, charged = out.images, out.routes.cpu().numpy(), float(out.macs.sum())
+            imgs = ((images.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu().numpy()  # [b, st, st, 3]
+        return imgs, routes, charged
 
 
-@torch.no_grad()
+class _OnnxTiles:
+    """Tiles through an exported pipeline run by ONNX Runtime (:class:`fiancee.runtime.OnnxPipeline`, no torch).
+
+    ``backbone_only`` forces every tile onto the backbone's route: the exported trunk segment also holds the
+    predictor (``predictor_macs``, a few MMACs), which then runs unused; the baseline is charged the backbone
+    alone."""
+
+    def __init__(self, pipe, threshold: float, backbone_only: bool):
+        self.pipe, self.threshold, self.backbone_only = pipe, threshold, backbone_only
+        self.tile = int(pipe.inputs[0]["shape"][-1])
+        self.route_macs = np.asarray(pipe.route_macs, dtype=np.float64)
+        self.threads = pipe.threads
+
+    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        x = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) * 2 - 1
+        if self.backbone_only:
+            forced = np.full(len(tiles), len(self.route_macs) - 1, dtype=np.int64)
+            out = self.pipe(x, max_lpips=1.0, routes=forced)
+            charged = float(self.route_macs[-1]) * len(tiles)
+        else:
+            out = self.pipe(x, max_lpips=self.threshold)
+            charged = float(out.macs.sum())
+        imgs = ((np.clip(out.images, -1, 1) + 1) * 0.5).transpose(0, 2, 3, 1)
+        return imgs, np.asarray(out.routes, dtype=np.int64), charged
+
+
+def load_tile_pipeline(folder: str | Path, *, threads: int | None = None, trust_task_code: bool = False):
+    """A pipeline folder (:class:`fiancee.pipeline.FianceePipeline`, run by torch on ``threads`` threads) or its
+    ONNX export (``fiancee export``: :class:`fiancee.runtime.OnnxPipeline`, without torch), by what it holds."""
+    from .core.folders import ONNX, header
+    from .core.jsonio import read_json
+
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and header(read_json(manifest))[0] == ONNX:
+        from .runtime import OnnxPipeline
+
+        return OnnxPipeline(folder, threads=threads)
+    import torch
+
+    from .pipeline import FianceePipeline
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return FianceePipeline.from_pretrained(folder, trust_task_code=trust_task_code)
+
+
+def tile_runner(pipe, *, max_lpips: float = 1.0, backbone_only: bool = False):
+    """What runs a batch of tiles ``[b, t, t, 3]`` (float32 in [0, 1]) through ``pipe`` (a FianceePipeline or
+    an OnnxPipeline): ``runner(tiles) -> (images [b, st, st, 3] in [0, 1], routes [b], MACs charged)``;
+    ``runner.tile`` is the tile side its predictor was trained on, ``runner.route_macs`` the routes' costs."""
+    from .core.rules import check_threshold
+
+    kind = _OnnxTiles if type(pipe).__name__ == "OnnxPipeline" else _TorchTiles
+    return kind(pipe, check_threshold(max_lpips), backbone_only)
+
+
 def upscale_array(
     pipe,
     image: np.ndarray,
@@ -96,52 +177,39 @@ def upscale_array(
 ) -> dict:
     """Upscale ``image`` (float ``[H, W, 3]`` in [0, 1]) tile by tile through ``pipe`` at ``max_lpips``.
 
-    Returns ``{"image": uint8 [sH, sW, 3], "routes": int [rows, cols], "starts": (ys, xs), "macs": float,
-    "backbone_macs": float}``; ``progress`` is called with the number of tiles done after each batch.
-    ``backbone_only``: every tile through the plain backbone (no predictor, no router): the baseline a
-    routed photo is compared with, tiled and blended the same way.
+    ``pipe``: a :class:`fiancee.pipeline.FianceePipeline`, or an exported one run without torch
+    (:class:`fiancee.runtime.OnnxPipeline`). Returns ``{"image": uint8 [sH, sW, 3], "routes": int [rows,
+    cols], "starts": (ys, xs), "macs": float, "backbone_macs": float, "scale": int}``; ``progress`` is
+    called with the number of tiles done after each batch. ``backbone_only``: every tile through the plain
+    backbone (no router): the baseline a routed photo is compared with, tiled and blended the same way.
     """
-    from .routing import check_threshold
-
-    threshold = check_threshold(max_lpips)
+    run = tile_runner(pipe, max_lpips=max_lpips, backbone_only=backbone_only)
     h, w = image.shape[:2]
     check_tiling(h, w, tile, overlap)
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    probe = pipe.model.backbone.example_inputs(1)[0]
-    scale = None
     routes = np.zeros((len(ys), len(xs)), dtype=np.int64)
     macs = 0.0
-    stitcher = None
-    device = probe.device
+    stitcher = scale = None
     for r, y0 in enumerate(ys):
-        row = np.stack([image[y0 : y0 + tile, x0 : x0 + tile] for x0 in xs])  # [cols, t, t, 3]
-        x = torch.from_numpy(row).permute(0, 3, 1, 2).to(device, probe.dtype) * 2 - 1  # [cols, 3, t, t]
+        row = np.stack([image[y0 : y0 + tile, x0 : x0 + tile] for x0 in xs]).astype(np.float32)  # [cols, t, t, 3]
         for i in range(0, len(xs), batch_size):
-            if backbone_only:
-                images = pipe.model.backbone(x[i : i + batch_size])
-                taken = torch.full((images.shape[0],), len(pipe.route_macs) - 1, dtype=torch.int64)
-                charged = pipe.route_macs[-1] * images.shape[0]
-            else:
-                out = pipe(x[i : i + batch_size], max_lpips=threshold)
-                images, taken, charged = out.images, out.routes, out.macs.sum()
-            imgs = ((images.float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).cpu().numpy()  # [b, st, st, 3]
+            imgs, taken, charged = run(row[i : i + batch_size])
             if stitcher is None:
                 scale = imgs.shape[1] // tile
                 stitcher = RowStitcher(h, w, tile, overlap, scale)
             for j, img in enumerate(imgs):
                 stitcher.add(xs[i + j], img)
-            routes[r, i : i + len(imgs)] = taken.numpy()
-            macs += float(charged)
+            routes[r, i : i + len(imgs)] = taken
+            macs += charged
             if progress is not None:
                 progress(len(imgs))
         stitcher.finish_row(y0, ys[r + 1] if r + 1 < len(ys) else None)
-    backbone = float(pipe.route_macs[-1]) * routes.size
     return {
         "image": stitcher.out,
         "routes": routes,
         "starts": (ys, xs),
         "macs": macs,
-        "backbone_macs": backbone,
+        "backbone_macs": float(run.route_macs[-1]) * routes.size,
         "scale": scale,
     }
 
@@ -200,20 +268,24 @@ def upscale_images(
     batch_size: int = 16,
     write_route_map: bool = False,
     max_pixels: int = MAX_PIXELS,
+    compare_backbone: bool = False,
     progress: bool = True,
 ) -> dict:
     """Upscale every image of ``paths`` through ``pipe`` into the folder ``out`` (written whole).
 
-    Every image is read and checked first (one line naming the file and what was expected), before any tile
-    is computed. ``tile`` defaults to the pipeline's own (its predictor reads that tile's features).
+    ``pipe``: a FianceePipeline or an exported OnnxPipeline (torch-free). Every image is read and checked
+    first (one line naming the file and what was expected), before any tile is computed. ``tile`` defaults
+    to the pipeline's own (its predictor reads that tile's features). ``compare_backbone``: each photo is
+    also upscaled by the backbone alone, tiled and blended the same way, and the summary compares the two
+    (LPIPS and PSNR of the routed photo against the backbone's, the seams of both, seconds of both).
     """
     from .checks import check_counts
+    from .core.rules import check_threshold
     from .io import atomic_folder, write_json
-    from .routing import check_threshold
 
     threshold = check_threshold(max_lpips)
     check_counts(batch_size=batch_size)
-    own = _pipeline_tile(pipe)
+    own = tile_runner(pipe).tile
     tile = own if tile is None else tile
     if tile != own:
         raise ValueError(f"--tile must be {own}, the tile the pipeline's predictor was trained on; got {tile}")
@@ -225,7 +297,10 @@ def upscale_images(
         "max_lpips": threshold,
         "tile": tile,
         "overlap": overlap,
-        "route_macs": [float(m) for m in pipe.route_macs.tolist()],
+        "batch_size": batch_size,
+        "runtime": "onnxruntime" if type(pipe).__name__ == "OnnxPipeline" else "pytorch",
+        "threads": tile_runner(pipe).threads,
+        "route_macs": [float(m) for m in tile_runner(pipe).route_macs],
         "images": [],
     }
     bar = None
@@ -233,28 +308,38 @@ def upscale_images(
         from tqdm import tqdm
 
         total = sum(len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) for _, (h, w) in images)
-        bar = tqdm(total=total, desc="tiles", unit="tile", dynamic_ncols=True)
+        bar = tqdm(total=total * (2 if compare_backbone else 1), desc="tiles", unit="tile", dynamic_ncols=True)
+    settings = dict(max_lpips=threshold, tile=tile, overlap=overlap, batch_size=batch_size, max_pixels=max_pixels)
     with atomic_folder(out, kind=UPSCALE, what="upscale output") as tmp:
         for path, _ in images:
-            summary["images"].append(
-                _upscale_file(
-                    pipe,
-                    path,
-                    tmp,
-                    max_lpips=threshold,
-                    tile=tile,
-                    overlap=overlap,
-                    batch_size=batch_size,
-                    max_pixels=max_pixels,
-                    write_route_map=write_route_map,
-                    num_routes=len(summary["route_macs"]),
-                    progress=None if bar is None else bar.update,
-                )
+            entry = _upscale_file(
+                pipe,
+                path,
+                tmp,
+                **settings,
+                write_route_map=write_route_map,
+                compare_backbone=compare_backbone,
+                num_routes=len(summary["route_macs"]),
+                progress=None if bar is None else bar.update,
             )
+            summary["images"].append(entry)
+        summary["peak_rss_mib"] = peak_rss_mib()
         write_json(tmp / "summary.json", summary)
     if bar is not None:
         bar.close()
     return summary
+
+
+def peak_rss_mib() -> float | None:
+    """The peak resident memory of this process so far, in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
 def _check_images(
@@ -287,6 +372,7 @@ def _upscale_file(
     batch_size: int,
     max_pixels: int,
     write_route_map: bool,
+    compare_backbone: bool,
     num_routes: int,
     progress,
 ) -> dict:
@@ -295,10 +381,9 @@ def _upscale_file(
     from PIL import Image
 
     arr = read_image(path, max_pixels)
+    settings = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
     t0 = time.perf_counter()
-    res = upscale_array(
-        pipe, arr, max_lpips=max_lpips, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress
-    )
+    res = upscale_array(pipe, arr, max_lpips=max_lpips, **settings)
     seconds = time.perf_counter() - t0
     s = res["scale"]
     Image.fromarray(res["image"]).save(folder / f"{path.stem}_x{s}.png")
@@ -306,7 +391,7 @@ def _upscale_file(
         routes_png = route_map(arr, res["routes"], res["starts"], tile, overlap)
         Image.fromarray(routes_png).save(folder / f"{path.stem}_routes.png")
     counts = np.bincount(res["routes"].ravel(), minlength=num_routes)
-    return {
+    entry = {
         "name": path.name,
         "size": [int(arr.shape[1]), int(arr.shape[0])],
         "tiles": int(res["routes"].size),
@@ -317,6 +402,43 @@ def _upscale_file(
         "seconds": round(seconds, 3),
         "routes": res["routes"].tolist(),
     }
+    if compare_backbone:
+        t0 = time.perf_counter()
+        base = upscale_array(pipe, arr, max_lpips=max_lpips, backbone_only=True, **settings)
+        entry["backbone"] = compare_with_backbone(res, base, tile, overlap, seconds, time.perf_counter() - t0)
+    return entry
+
+
+def compare_with_backbone(res: dict, base: dict, tile: int, overlap: int, seconds: float, base_seconds: float) -> dict:
+    """A routed photo (an :func:`upscale_array` result) against the backbone's, tiled the same way: LPIPS and
+    PSNR of the whole photo (the backbone's is the reference, as for every exit), the seam ratio of both, the
+    seconds of both and the speed-up. LPIPS needs torch; without it (an ONNX-only install) it is None."""
+    a, b = res["image"].astype(np.float64), base["image"].astype(np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    return {
+        "seconds": round(base_seconds, 3),
+        "speedup": round(base_seconds / seconds, 3) if seconds > 0 else None,
+        "psnr_db": round(10 * np.log10(255.0**2 / mse), 3) if mse > 0 else 100.0,
+        "lpips": _whole_image_lpips(res["image"], base["image"]),
+        "seam_ratio": round(seam_ratio(res["image"], res["starts"], tile, overlap, res["scale"]), 4),
+        "backbone_seam_ratio": round(seam_ratio(base["image"], base["starts"], tile, overlap, base["scale"]), 4),
+    }
+
+
+def _whole_image_lpips(image: np.ndarray, reference: np.ndarray) -> float | None:
+    """LPIPS (AlexNet, the project's default) between two uint8 ``[H, W, 3]`` images, whole."""
+    try:
+        import torch
+
+        from .metrics.lpips import lpips
+    except ImportError:
+        return None
+
+    def tensor(a: np.ndarray):
+        return torch.from_numpy(a).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+
+    with torch.no_grad():
+        return round(float(lpips(tensor(image), tensor(reference)).reshape(-1)[0]), 5)
 
 
 def format_upscale_summary(summary: dict) -> str:

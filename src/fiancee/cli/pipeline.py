@@ -160,8 +160,18 @@ def _add_upscale(sub) -> None:
         "   (after saving any photo as photo.png)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("pipeline", help="a pipeline folder of a tile task (e.g. upscale)")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, WebP, ...)")
+    p.add_argument(
+        "pipeline",
+        help="a pipeline folder of a tile task (e.g. upscale), or its ONNX export (fiancee export; run without torch)",
+    )
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, TIFF, WebP, ...)")
+    p.add_argument(
+        "--photo",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also a photo the upscale task ships with its packages, by name (e.g. astronaut; repeatable)",
+    )
     p.add_argument("--max-lpips", type=float, required=True, help="per-tile LPIPS threshold vs the backbone, in (0, 1]")
     out_option(p, required=True, help="output folder (written whole)")
     p.add_argument(
@@ -173,6 +183,13 @@ def _add_upscale(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="tiles per batch (default 16)")
     p.add_argument("--route-map", action="store_true", help="also write NAME_routes.png: which exit each tile took")
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest input accepted, in pixels (default 16M)")
+    p.add_argument(
+        "--compare-backbone",
+        action="store_true",
+        help="also upscale each photo with the backbone alone, tiled the same way, and compare: LPIPS, PSNR, "
+        "seams, seconds",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch or ONNX Runtime; default: theirs)")
     overwrite_option(p, help="replace an existing --out folder")
     progress_option(p)
     folder_code_option(p)
@@ -271,13 +288,18 @@ def run_guarantee(args: argparse.Namespace) -> int:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from ..pipeline import FianceePipeline
-    from ..upscaling import format_upscale_summary, upscale_images
+    from ..core.args import check_optional_int
+    from ..tasks.upscale import photo_path
+    from ..upscaling import format_upscale_summary, load_tile_pipeline, upscale_images
 
-    pipe = FianceePipeline.from_pretrained(args.pipeline)
+    check_optional_int(args.threads, "--threads", minimum=1)
+    images = list(args.images) + [photo_path(name) for name in args.photo]
+    if not images:
+        raise ValueError("give at least one image file (or --photo NAME)")
+    pipe = load_tile_pipeline(args.pipeline, threads=args.threads, trust_task_code=args.trust_task_code)
     summary = upscale_images(
         pipe,
-        args.images,
+        images,
         args.out,
         max_lpips=args.max_lpips,
         tile=args.tile,
@@ -285,6 +307,7 @@ def run_upscale(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         write_route_map=args.route_map,
         max_pixels=args.max_pixels,
+        compare_backbone=args.compare_backbone,
         progress=not args.no_progress,
     )
     print(format_upscale_summary(summary))

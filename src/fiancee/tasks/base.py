@@ -206,6 +206,11 @@ class Task(ABC):
         """A committed exit run of this task (its ``latest.json`` marks it complete), or None."""
         return None
 
+    def pretrained_pipeline(self) -> Path | None:
+        """A committed pipeline folder of this task (exits, predictor, calibrated router) the demo measures
+        instead of building one, or None. Worth shipping when the demo's LPIPS tables would take long."""
+        return None
+
     def reference(self, backbone: StagedGenerator, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The image every exit is compared with: the backbone's own output (paper section 4)."""
         with torch.no_grad():

@@ -35,6 +35,7 @@ __all__ = [
     "find_realesrgan_files",
     "load_realesrgan_state_dict",
     "load_photo",
+    "photo_path",
     "UpscaleTask",
     "TILE",
 ]
@@ -118,6 +119,18 @@ def load_realesrgan_state_dict(
     return dict(check_state_finite(state, str(param)))
 
 
+def photo_path(name: str) -> Path:
+    """The file of the shipped photo called ``name`` (:data:`PHOTOS`), inside its installed package."""
+    by_name = {p.name: p for p in PHOTOS}
+    if name not in by_name:
+        raise ValueError(f"no photo named {name!r}; the upscale task ships {', '.join(by_name)}")
+    photo = by_name[name]
+    path = _package_dir(photo.package) / photo.path
+    if not path.is_file():
+        raise FileNotFoundError(f"{photo.package} has no {photo.path}: reinstall it (`make install`)")
+    return path
+
+
 def load_photo(photo: Photo) -> np.ndarray:
     """The photo as ``uint8 [H, W, 3]`` RGB (grey repeated to three channels, alpha dropped)."""
     from PIL import Image
@@ -155,6 +168,10 @@ class UpscaleTask(Task):
 
     def pretrained_exits(self) -> Path:
         return weights_dir(self.name, "exits")
+
+    def pretrained_pipeline(self) -> Path:
+        # The demo's tables would cost about 28 GMACs a tile (the backbone and three exits) on 4000 tiles.
+        return weights_dir(self.name, "pipeline")
 
     def load_backbone(self, device: str | torch.device = "cpu") -> RRDBNet:
         if self.weights is not None:

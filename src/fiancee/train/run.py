@@ -157,10 +157,16 @@ class RunDir:
         components = {n: load_tensors(resolve_inside(folder, f"{n}.safetensors"), device=device) for n in names}
         return components, read_json(resolve_inside(folder, "state.json"))
 
-    def export(self, out: str | os.PathLike, components: tuple[str, ...] = ("branches",)) -> Path:
+    def export(
+        self, out: str | os.PathLike, components: tuple[str, ...] = ("branches",), *, dtype: str = "float32"
+    ) -> Path:
         """Copy config, stats, the last checkpoint's ``components`` and the run's copy of its bank (the
         config's ``bank`` folder, if any) into a slim run folder at ``out`` (what inference needs, without
-        critics or optimizer state): small enough to commit."""
+        critics or optimizer state): small enough to commit. ``dtype="float16"`` rounds the floating
+        weights to half precision (half the size; the exits are then measured as exported, from ``out``):
+        how the 4.8 M parameters of Real-ESRGAN's exit branches ship in 10 MB."""
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16'; got {dtype!r}")
         latest = self.latest()
         if latest is None:
             raise ValueError(f"{self.path} has no checkpoint to export")
@@ -172,8 +178,11 @@ class RunDir:
             dst = tmp / latest["dir"]
             dst.mkdir(parents=True, exist_ok=True)
             for name in components:
-                save_tensors(dst / f"{name}.safetensors", load_tensors(resolve_inside(src, f"{name}.safetensors")))
-            write_json(dst / "state.json", {"step": latest["step"]})
+                tensors = load_tensors(resolve_inside(src, f"{name}.safetensors"))
+                if dtype == "float16":
+                    tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+                save_tensors(dst / f"{name}.safetensors", tensors)
+            write_json(dst / "state.json", {"step": latest["step"], **({"dtype": dtype} if dtype != "float32" else {})})
             if config.get("bank") is not None:
                 bank = resolve_inside(self.path, config["bank"], "config.json's 'bank' entry")
                 shutil.copytree(bank, resolve_inside(tmp, config["bank"], "config.json's 'bank' entry"), symlinks=False)
