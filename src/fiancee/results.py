@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -88,6 +89,8 @@ def _artifact_names() -> list[str]:
         names += [f"{task}/{f.stem}" for f in sorted(folder.glob("*.safetensors"))]
         if (folder / "exits" / "latest.json").is_file():
             names.append(f"{task}/exits")
+        if (folder / "pipeline" / "config.json").is_file():
+            names.append(f"{task}/pipeline")
         if f"{task}/backbone" not in names:
             names.append(f"{task}/backbone")
     return sorted(names)
@@ -136,6 +139,11 @@ def _fingerprint(name: str) -> str:
         return tensor_fingerprint(
             load_tensors(resolve_inside(run, latest["dir"], "checkpoint") / "branches.safetensors")
         )
+    if part == "pipeline":  # what decides its outputs: the branches, the router, the predictor's weights
+        config = read_json(folder / "pipeline" / "config.json")
+        predictor = load_tensors(resolve_inside(folder / "pipeline", "predictor") / "weights.safetensors")
+        recorded = [config.get("branches_fingerprint"), config.get("router"), tensor_fingerprint(predictor)]
+        return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
     if (folder / f"{part}.safetensors").is_file():
         return tensor_fingerprint(load_tensors(folder / f"{part}.safetensors"))
     if part == "backbone":  # not committed here: the weights the task reads from its pinned package
@@ -268,6 +276,8 @@ _OUT_FILES = {
     "train-predictor": {"predictor_error": "error.json", "predictor_config": "config.json"},
     "exit-quality": {"exit_quality": "exit_quality.json", "ablation": "ablation.json"},  # ablation: --bank-ablation
     "bank-distance": {"bank_distance": "bank_distance.json"},
+    "upscale": {"upscale": "summary.json"},
+    "assemble-pipeline": {"pipeline_config": "config.json"},
 }
 
 
@@ -323,6 +333,17 @@ def _measured_artifacts(argv: Sequence[str]) -> set[str]:
                 pass
     if args.command == "demo" and args.exits is None and not args.retrain and (_WEIGHTS / str(task) / "exits").is_dir():
         names.add(f"{task}/exits")
+    if (
+        args.command == "demo"
+        and args.exits is None
+        and not args.retrain
+        and (_WEIGHTS / str(task) / "pipeline").is_dir()
+    ):
+        names.add(f"{task}/pipeline")  # measured when calibrated as the demo asks (demo._shipped_pipeline)
+    pipeline = getattr(args, "pipeline", None)
+    for t in _tasks_with_weights() if pipeline else ():
+        if Path(pipeline).resolve() == (_WEIGHTS / t / "pipeline").resolve():
+            names |= {f"{t}/pipeline", f"{t}/exits", f"{t}/backbone"}
     if task in _tasks_with_weights() or f"{task}/backbone" in ARTIFACTS:
         if getattr(args, "weights", None) is None:  # another backbone folder is not the committed one
             names.add(f"{task}/backbone")
