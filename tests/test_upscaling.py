@@ -249,6 +249,7 @@ def test_compare_backbone_states_lpips_psnr_seams_and_seconds_of_both(pipe, tmp_
         else:
             assert b["psnr_db"] < 100 and b["lpips"] > 0
         assert json.loads((out / "summary.json").read_text())["images"][0]["backbone"] == b
+        assert Image.open(out / "a_x4_backbone.png").size == (88, 72)
 
 
 def test_fp16_exact_weights_are_saved_at_half_size_and_load_back_bit_for_bit(pipe, tmp_path):

@@ -276,8 +276,8 @@ def upscale_images(
     ``pipe``: a FianceePipeline or an exported OnnxPipeline (torch-free). Every image is read and checked
     first (one line naming the file and what was expected), before any tile is computed. ``tile`` defaults
     to the pipeline's own (its predictor reads that tile's features). ``compare_backbone``: each photo is
-    also upscaled by the backbone alone, tiled and blended the same way, and the summary compares the two
-    (LPIPS and PSNR of the routed photo against the backbone's, the seams of both, seconds of both).
+    also upscaled by the backbone alone, tiled and blended the same way (written as ``NAME_x<s>_backbone.png``),
+    and the summary compares the two (LPIPS and PSNR of the routed photo against the backbone's, the seams of both, seconds of both).
     """
     from .checks import check_counts
     from .core.rules import check_threshold
@@ -405,6 +405,7 @@ def _upscale_file(
     if compare_backbone:
         t0 = time.perf_counter()
         base = upscale_array(pipe, arr, max_lpips=max_lpips, backbone_only=True, **settings)
+        Image.fromarray(base["image"]).save(folder / f"{path.stem}_x{s}_backbone.png")
         entry["backbone"] = compare_with_backbone(res, base, tile, overlap, seconds, time.perf_counter() - t0)
     return entry
 

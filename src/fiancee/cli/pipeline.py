@@ -186,8 +186,8 @@ def _add_upscale(sub) -> None:
     p.add_argument(
         "--compare-backbone",
         action="store_true",
-        help="also upscale each photo with the backbone alone, tiled the same way, and compare: LPIPS, PSNR, "
-        "seams, seconds",
+        help="also upscale each photo with the backbone alone, tiled the same way (NAME_x4_backbone.png), and "
+        "compare: LPIPS, PSNR, seams, seconds",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch or ONNX Runtime; default: theirs)")
     overwrite_option(p, help="replace an existing --out folder")
