@@ -2,6 +2,7 @@
 speed options on CPU, and the CLI's errors. Timings are never asserted (they depend on the machine's load)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -161,28 +162,67 @@ def test_mixes_are_uniform_and_the_pipelines_routing_or_every_single_route():
     assert bench_mixes(3, routed) == [("uniform", (1 / 3, 1 / 3, 1 / 3)), *routed]
 
 
-def test_a_pipeline_gives_the_bench_its_exits_and_its_routing(tmp_path, faces_task, one_thread):
+@pytest.fixture(scope="module")
+def faces_pipeline(tmp_path_factory):
+    """A faces pipeline folder: the shipped exits, an untrained tiny predictor, the paper's threshold router."""
     from fiancee.pipeline import FianceePipeline
     from fiancee.predictor import QualityPredictor, predictor_features
     from fiancee.routing import ThresholdRouter
+    from fiancee.tasks import get_task
     from fiancee.tasks.base import weights_dir
     from fiancee.train.exits import load_exits
 
+    task = get_task("faces")
     _, model = load_exits(weights_dir("faces", "exits"))
-    xs = predictor_features("tiny", model, faces_task.sample_inputs(2, seed=0, split="train"))
-    torch.manual_seed(0)
-    predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])])
-    FianceePipeline(faces_task, model, predictor, ThresholdRouter(model.route_macs())).save_pretrained(tmp_path / "p")
-    report = run_bench("faces", batches="2", pipeline=tmp_path / "p", **QUICK)
+    xs = predictor_features("tiny", model, task.sample_inputs(2, seed=0, split="train"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])])
+    out = tmp_path_factory.mktemp("faces") / "p"
+    FianceePipeline(task, model, predictor, ThresholdRouter(model.route_macs())).save_pretrained(out)
+    return out
+
+
+def test_a_pipeline_gives_the_bench_its_exits_and_its_routing(faces_pipeline, one_thread):
+    report = run_bench("faces", batches="2", pipeline=faces_pipeline, **QUICK)
     _check_structure(report, num_routes=4)
     assert report["settings"]["exit_weights"] == "the pipeline's"
     assert report["settings"]["mixes_from"].startswith("the pipeline's router on 128 test inputs")
     for mix in report["mixed"]["mixes"]:
         assert sum(mix["shares"]) == pytest.approx(1, abs=1e-3)
+    # the headline: the whole routed call against the backbone, per threshold, on the bench's batch and threads
+    e2e = report["end_to_end"]
+    assert e2e["runtime"] == "torch" and e2e["thresholds"] == [0.05, 0.1]
+    assert [(r["threshold"], r["batch"], r["threads"]) for r in e2e["rows"]] == [(0.05, 2, 1), (0.1, 2, 1)]
+    for r in e2e["rows"]:
+        assert set(r) == E2E_FIELDS and r["task"] == "faces" and sum(r["route_counts"]) == 2
+        assert min(r["backbone_ms"], r["routed_ms"], r["macs_speedup"]) > 0 and r["backbone_iqr_ms"] >= 0
+        assert r["speedup"] == round(r["backbone_ms"] / r["routed_ms"], 4)
+    table = format_table(report).splitlines()
+    assert table[2].startswith("end to end: the routed call (torch)") and table[4].split()[:4] == [
+        "task",
+        "T",
+        "batch",
+        "threads",
+    ]
     with pytest.raises(ValueError, match="scale and min channels come from the pipeline"):
-        run_bench("faces", scale="1/4", pipeline=tmp_path / "p", **QUICK)
+        run_bench("faces", scale="1/4", pipeline=faces_pipeline, **QUICK)
     with pytest.raises(ValueError, match="with its task as the backbone"):
-        run_bench("oasis", size="tiny", pipeline=tmp_path / "p", **QUICK)
+        run_bench("oasis", size="tiny", pipeline=faces_pipeline, **QUICK)
+
+
+def test_the_onnx_bench_leads_with_the_pipelines_own_export(faces_pipeline, one_thread):
+    pytest.importorskip("onnxruntime")
+    from fiancee.bench import format_onnx_table, run_onnx_bench
+
+    report = run_onnx_bench("faces", batches="2", threads=(1,), pipeline=faces_pipeline, **QUICK)
+    assert list(report)[list(report).index("load_average") + 1] == "end_to_end"
+    e2e = report["end_to_end"]
+    assert e2e["runtime"] == "onnx" and "predictor inside the trunk segment" in e2e["baseline"]
+    assert any("predictor inside the trunk segment" in n for n in report["notes"])
+    assert [(r["threshold"], r["batch"], r["threads"]) for r in e2e["rows"]] == [(0.05, 2, 1), (0.1, 2, 1)]
+    assert all(set(r) == E2E_FIELDS and r["task"] == "faces" for r in e2e["rows"])
+    assert format_onnx_table(report).splitlines()[2].startswith("end to end: the routed call (onnx)")
 
 
 def test_tree_equals_each_sample_alone_on_its_route(one_thread):
@@ -290,3 +330,150 @@ def test_a_predictor_that_cannot_read_the_inputs_fails_before_timing(tmp_path, c
     )
     err = capsys.readouterr().err
     assert rc == 2 and "reads a label map" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: the routed call against the backbone (fiancee.bench.end_to_end)
+
+E2E_FIELDS = {
+    "task",
+    "runtime",
+    "threshold",
+    "batch",
+    "threads",
+    "backbone_ms",
+    "backbone_iqr_ms",
+    "routed_ms",
+    "routed_iqr_ms",
+    "speedup",
+    "route_counts",
+    "route_shares",
+    "macs_per_input",
+    "macs_saved",
+    "macs_speedup",
+    "ms_follow_macs",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline():
+    """Tiny OASIS with exits, an untrained tiny predictor and the paper's threshold router (no task)."""
+    from fiancee.backbones import build_backbone
+    from fiancee.exits import ExitGenerator
+    from fiancee.pipeline import FianceePipeline
+    from fiancee.predictor import QualityPredictor, predictor_features
+    from fiancee.routing import ThresholdRouter
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = build_backbone("oasis", "tiny")
+        model = ExitGenerator(backbone, backbone.config.exits, "1/4", 4).eval()
+        xs = predictor_features("tiny", model, backbone.example_inputs(2))
+        predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])])
+        inputs = {b: backbone.example_inputs(b) for b in (1, 3)}
+    pipe = FianceePipeline(None, model, predictor, ThresholdRouter(model.route_macs()), task_spec="oasis")
+    return pipe, inputs
+
+
+def _fake_time_ms(monkeypatch) -> list[float]:
+    """``time_ms`` as the bench's clock calls it, but every call takes 1, 2, 3, ... ms in call order."""
+    import fiancee.bench.measure as measure
+
+    given: list[float] = []
+
+    def fake(fn, device, reps, warmup):
+        assert (reps, warmup) == (1, 0)  # one timed call each: the clock interleaves, not time_ms
+        fn()
+        given.append(float(len(given) + 1))
+        return {"median_ms": given[-1], "iqr_ms": 0.0}
+
+    monkeypatch.setattr(measure, "time_ms", fake)
+    return given
+
+
+def test_the_clock_interleaves_warmup_and_timed_calls(monkeypatch):
+    from fiancee.bench.measure import Clock
+
+    given = _fake_time_ms(monkeypatch)
+    log: list[str] = []
+    a, b = Clock(torch.device("cpu"), reps=3, warmup=2).interleaved(lambda: log.append("A"), lambda: log.append("B"))
+    assert "".join(log) == "AB" * 5  # 2 warm-up rounds, then 3 timed rounds, A and B in turns
+    assert given == [1, 2, 3, 4, 5, 6]  # A took the odd calls, B the even ones
+    assert a == {"median_ms": 3.0, "iqr_ms": 2.0} and b == {"median_ms": 4.0, "iqr_ms": 2.0}
+
+
+def test_end_to_end_rows_come_from_the_recorded_medians(monkeypatch, tiny_pipeline, one_thread):
+    from fiancee.bench.end_to_end import time_end_to_end
+    from fiancee.bench.measure import Clock
+
+    pipe, inputs = tiny_pipeline
+    _fake_time_ms(monkeypatch)  # backbone and routed in turns: 1, 2 | 3, 4 | 5, 6 ms per row
+    with torch.no_grad():
+        section = time_end_to_end(pipe, inputs, [1, 3], Clock(torch.device("cpu"), reps=3, warmup=0))
+    assert section["thresholds"] == [0.05, 0.1] and section["runtime"] == "torch"
+    assert section["backbone_macs"] == int(pipe.route_macs[-1])
+    assert [(r["threshold"], r["batch"]) for r in section["rows"]] == [(0.05, 1), (0.05, 3), (0.1, 1), (0.1, 3)]
+    for r in section["rows"]:
+        assert set(r) == E2E_FIELDS and r["task"] == "oasis" and r["threads"] == 1
+        out = pipe(*inputs[r["batch"]], max_lpips=r["threshold"])
+        assert r["route_counts"] == torch.bincount(out.routes, minlength=pipe.model.num_routes).tolist()
+        assert sum(r["route_shares"]) == pytest.approx(1, abs=1e-3)
+        assert r["macs_per_input"] == pytest.approx(float(out.macs.mean()), abs=1)
+        # the backbone took calls 1, 3, 5 and the routed call 2, 4, 6 of each row's clock
+        k = 6 * section["rows"].index(r)
+        assert (r["backbone_ms"], r["routed_ms"]) == (k + 3, k + 4)
+        assert r["speedup"] == round(r["backbone_ms"] / r["routed_ms"], 4)
+        assert r["macs_speedup"] == round(section["backbone_macs"] / float(out.macs.mean()), 4)
+        assert r["ms_follow_macs"] == pytest.approx(r["speedup"] / r["macs_speedup"], rel=1e-3)
+        assert r["macs_saved"] == pytest.approx(1 - 1 / r["macs_speedup"], abs=1e-3)
+
+
+def test_end_to_end_under_onnx_runtime(tmp_path, tiny_pipeline, one_thread):
+    pytest.importorskip("onnxruntime")
+    from fiancee.bench.end_to_end import time_end_to_end_onnx
+    from fiancee.bench.measure import Clock
+    from fiancee.export import export_pipeline
+
+    pipe, inputs = tiny_pipeline
+    export_pipeline(pipe, tmp_path / "onnx")
+    clock = Clock(torch.device("cpu"), reps=2, warmup=1)
+    section = time_end_to_end_onnx(tmp_path / "onnx", inputs, [1, 3], [1, 2], clock, "oasis", thresholds=[0.1])
+    assert section["runtime"] == "onnx" and "predictor inside the trunk segment" in section["baseline"]
+    assert [(r["threads"], r["batch"]) for r in section["rows"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    for r in section["rows"]:
+        assert set(r) == E2E_FIELDS and r["runtime"] == "onnx" and r["threshold"] == 0.1
+        assert min(r["backbone_ms"], r["routed_ms"], r["macs_speedup"]) > 0
+        assert r["speedup"] == round(r["backbone_ms"] / r["routed_ms"], 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"thresholds": (0.05, 1.5)}, "thresholds must lie in (0, 1]"),
+        ({"thresholds": ()}, "thresholds must list at least one LPIPS value"),
+        ({"thresholds": ("0.1",)}, "thresholds must be a number in (0, 1]"),
+        ({"batches": []}, "give at least one batch size"),
+        ({"batches": ""}, "batch sizes must be positive integers"),
+    ],
+)
+def test_end_to_end_refuses_bad_input_in_one_line_before_work(tmp_path, tiny_pipeline, kwargs, message):
+    from fiancee.bench import run_onnx_bench
+    from fiancee.bench.end_to_end import time_end_to_end
+    from fiancee.bench.measure import Clock
+
+    pipe, inputs = tiny_pipeline
+    missing = tmp_path / "no-such-pipeline"  # loading it would fail: the arguments are refused first
+    calls = [
+        lambda: run_bench("faces", pipeline=missing, **{"batches": "1", **kwargs}, **QUICK),
+        lambda: run_onnx_bench("faces", pipeline=missing, **{"batches": "1", **kwargs}, **QUICK),
+        lambda: time_end_to_end(pipe, inputs, **{"batches": [1], **kwargs}, clock=Clock(torch.device("cpu"), 1, 0)),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=re.escape(message)) as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
+def test_reports_without_a_pipeline_have_no_end_to_end_section(oasis_report):
+    assert oasis_report["end_to_end"] is None
+    assert format_table(oasis_report).splitlines()[2].startswith("route")

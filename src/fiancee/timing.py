@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["time_ms", "cpu_name", "load_average"]
+__all__ = ["time_ms", "summarize_ms", "cpu_name", "load_average"]
 
 
 def cpu_name() -> str:
@@ -64,5 +64,11 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: i
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
+    return summarize_ms(times)
+
+
+def summarize_ms(times: list[float]) -> dict:
+    """Median and interquartile range (ms) of timed calls: what :func:`time_ms` returns, for callers that collect
+    the calls' times themselves (the bench's interleaved timings, one :func:`time_ms` call of one rep each)."""
     q1, median, q3 = np.percentile(times, [25, 50, 75])
     return {"median_ms": float(median), "iqr_ms": float(q3 - q1)}

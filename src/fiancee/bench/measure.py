@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..timing import cpu_name, time_ms
+from ..timing import cpu_name, summarize_ms, time_ms
 
 __all__ = ["Clock", "Steps", "cpu_threads", "device_info"]
 
@@ -26,6 +26,19 @@ class Clock:
 
     def __call__(self, fn: Callable[[], object]) -> dict:
         return time_ms(fn, self.device, self.reps, self.warmup)
+
+    def interleaved(self, *fns: Callable[[], object]) -> list[dict]:
+        """Each of ``fns`` timed as :meth:`__call__` does, but in turns: ``warmup`` untimed rounds, then ``reps``
+        timed rounds, each round calling every fn once in order (A, B, A, B, ...), so that the machine's drift
+        (load, clocks, caches) hits all of them alike. One :func:`time_ms` call of one rep per timed call."""
+        for _ in range(self.warmup):
+            for fn in fns:
+                fn()
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(self.reps):
+            for fn, got in zip(fns, times):
+                got.append(time_ms(fn, self.device, 1, 0)["median_ms"])
+        return [summarize_ms(t) for t in times]
 
 
 class Steps:

@@ -98,12 +98,12 @@ def routed_mixes(
     return mixes
 
 
-def mixes_from(routed_inputs: int | None) -> str:
+def mixes_from(routed_inputs: int | None, thresholds: Sequence[float] = ROUTED_THRESHOLDS) -> str:
     """Where a report's mixes come from, in words (its ``settings.mixes_from``): the pipeline's routing of
-    ``routed_inputs`` test inputs, or (None) no pipeline."""
+    ``routed_inputs`` test inputs at ``thresholds``, or (None) no pipeline."""
     if routed_inputs is None:
         return "no pipeline: uniform and every single route"
-    at = ", ".join(f"{t:g}" for t in ROUTED_THRESHOLDS)
+    at = ", ".join(f"{t:g}" for t in thresholds)
     return f"the pipeline's router on {routed_inputs} test inputs at LPIPS <= {at}, and uniform"
 
 

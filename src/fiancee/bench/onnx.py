@@ -13,8 +13,9 @@ import torch
 
 from ..timing import load_average
 from .args import check_backbone, parse_batches, positive
+from .end_to_end import check_thresholds, time_end_to_end_onnx
 from .measure import Clock, Steps
-from .mixed import ROUTING_INPUTS, bench_mixes, mix_routes, mixes_from, routed_mixes
+from .mixed import ROUTED_THRESHOLDS, ROUTING_INPUTS, bench_mixes, mix_routes, mixes_from, routed_mixes
 from .overhead import make_predictor
 from .report import onnx_report
 from .setup import load_pipeline, make_setup
@@ -38,6 +39,7 @@ def run_onnx_bench(
     opset: int = 17,
     progress: bool = True,
     pipeline=None,
+    thresholds: Sequence[float] = ROUTED_THRESHOLDS,
 ) -> dict:
     """Milliseconds of the same pipeline under PyTorch and under ONNX Runtime (:mod:`fiancee.runtime`), on the
     same CPU in one run: every route (all inputs forced onto it) and the mixes run as the mixed-exit tree (uniform,
@@ -47,6 +49,10 @@ def run_onnx_bench(
     ONNX Runtime is faster. The pipeline is the one :func:`run_bench` times (its backbone and exits, an
     untrained predictor of the default arch, no bank), exported with :func:`fiancee.export.export_pipeline`
     to a temporary folder; every row also records the largest |difference| of the images.
+
+    With ``pipeline`` the report leads with ``end_to_end`` (:func:`fiancee.bench.end_to_end.time_end_to_end_onnx`):
+    the pipeline itself exported, its routed call against the same call forced onto the backbone, interleaved, per
+    threshold of ``thresholds``, batch size and thread count; without one it is None.
     """
     import tempfile
 
@@ -64,12 +70,13 @@ def run_onnx_bench(
         raise ValueError("threads must list at least one thread count, like 1,2")
     clock = Clock(torch.device("cpu"), positive(reps, "reps"), positive(warmup, "warmup", minimum=0))
     seed = positive(seed, "seed", minimum=0)
+    thresholds = check_thresholds(thresholds)
     if pipeline is not None:
         pipeline = load_pipeline(pipeline, backbone, scale, min_channels)
     load_start = load_average()
     setup = make_setup(backbone, size, scale, min_channels, seed, pipeline)
     n_routed = None if pipeline is None else max(ROUTING_INPUTS, batch_list[-1])
-    routed = None if pipeline is None else routed_mixes(pipeline, setup.inputs(n_routed))
+    routed = None if pipeline is None else routed_mixes(pipeline, setup.inputs(n_routed), thresholds)
     model = setup.model.to(clock.device).eval()
     inputs_on = {b: tuple(x.float() for x in setup.inputs(b)) for b in batch_list}
     pred, _ = make_predictor(
@@ -79,8 +86,16 @@ def run_onnx_bench(
     mixes = bench_mixes(model.num_routes, routed, single_routes=False)  # single routes are cases of their own
     with tempfile.TemporaryDirectory(prefix="fiancee-onnx-bench-") as tmp:
         export_pipeline(pipe, Path(tmp) / "onnx", opset=opset)
-        total = len(thread_list) * len(batch_list) * (model.num_routes + len(mixes))
+        if pipeline is not None:  # the pipeline itself (its predictor and router), for the end-to-end headline
+            export_pipeline(pipeline, Path(tmp) / "pipeline", opset=opset)
+        e2e_steps = 0 if pipeline is None else len(thread_list) * len(thresholds) * len(batch_list)
+        total = len(thread_list) * len(batch_list) * (model.num_routes + len(mixes)) + e2e_steps
         with Steps(total, f"bench onnx {backbone}", progress) as step:
+            e2e = None
+            if pipeline is not None:
+                e2e = time_end_to_end_onnx(
+                    Path(tmp) / "pipeline", inputs_on, batch_list, thread_list, clock, backbone, step, thresholds
+                )
             rows = _time_runtimes(
                 pipe, Path(tmp) / "onnx", thread_list, batch_list, inputs_on, mixes, seed, clock, step
             )
@@ -99,8 +114,9 @@ def run_onnx_bench(
         load_start,
         rows,
         t_start,
+        e2e,
     )
-    report["settings"]["mixes_from"] = mixes_from(n_routed)
+    report["settings"]["mixes_from"] = mixes_from(n_routed, thresholds)
     return report
 
 

@@ -15,7 +15,15 @@ from ..timing import load_average
 from .measure import device_info
 from .options import FASTER, TOLERANCES
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "bench_report", "onnx_report", "format_table", "format_onnx_table"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "bench_report",
+    "onnx_report",
+    "format_table",
+    "format_onnx_table",
+    "end_to_end_lines",
+]
 
 FORMAT = 1
 FORMAT_VERSION = FORMAT  # the name before every report's version was its header's "format"
@@ -39,9 +47,9 @@ def bench_report(
     load_start,
     phases: dict,
 ) -> dict:
-    """The :func:`run_bench` report (without ``seconds``, which the caller adds). ``phases``: ``routes``, ``mixed``,
-    ``overhead``, ``overhead_fraction`` and ``options`` as the phases returned them. Threads and the end load
-    average are read now, inside the run."""
+    """The :func:`run_bench` report (without ``seconds``, which the caller adds). ``phases``: ``end_to_end`` (None
+    without a pipeline), ``routes``, ``mixed``, ``overhead``, ``overhead_fraction`` and ``options`` as the phases
+    returned them. Threads and the end load average are read now, inside the run."""
     exits_scale = model.scale
     return {
         **make_header(BENCH, FORMAT),
@@ -70,6 +78,7 @@ def bench_report(
         },
         "device": device_info(device),
         "load_average": {"start": load_start, "end": load_average()},
+        "end_to_end": phases.get("end_to_end"),
         "routes": phases["routes"],
         "mixed": phases["mixed"],
         "overhead": phases["overhead"],
@@ -120,8 +129,10 @@ def onnx_report(
     load_start,
     rows: list[dict],
     t_start: float,
+    end_to_end: dict | None = None,
 ) -> dict:
-    """The :func:`run_onnx_bench` report; the end load average and the seconds since ``t_start`` are read now."""
+    """The :func:`run_onnx_bench` report; the end load average and the seconds since ``t_start`` are read now.
+    ``end_to_end``: the pipeline's section (:func:`fiancee.bench.end_to_end.time_end_to_end_onnx`), or None."""
     import onnxruntime
 
     return {
@@ -145,13 +156,22 @@ def onnx_report(
         },
         "device": {**device_info(torch.device("cpu")), "onnxruntime": onnxruntime.__version__},
         "load_average": {"start": load_start, "end": load_average()},
+        "end_to_end": end_to_end,
         "rows": rows,
         "notes": setup.notes
         + [
             "both runtimes time the whole pipeline call with the routes forced (trunk once, predictor, route or tree); "
             "the predictor is untrained: latency does not depend on the weights' values",
             "speedup = torch_ms / onnx_ms: above 1 ONNX Runtime is faster",
-        ],
+        ]
+        + (
+            [
+                "end_to_end: the pipeline's own export under ONNX Runtime; its baseline is the same call with every "
+                "input forced onto the backbone, so it also runs the predictor inside the trunk segment (a few MMACs)"
+            ]
+            if end_to_end
+            else []
+        ),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
 
@@ -185,7 +205,7 @@ def format_table(report: dict, markdown: bool = False) -> str:
         f"{s['min_channels']} channels, exits: {s['exit_weights']}; {d['name']} ({s['device']}, {s['threads']} "
         f"thread{'s' if s['threads'] != 1 else ''}), torch {d['torch']}, median of {s['reps']} reps"
     )
-    out = [title, ""] + _routes_table(report, markdown)
+    out = [title, ""] + end_to_end_lines(report, markdown) + _routes_table(report, markdown)
     if report["mixed"]["batch"] is not None:
         out += ["", "mixed-exit tree: other / tree (above 1 the tree is faster)", ""] + _mixed_table(report, markdown)
     out += [""] + _overhead_lines(report)
@@ -199,6 +219,35 @@ def format_table(report: dict, markdown: bool = False) -> str:
         ]
         out += _options_table(report, markdown)
     return "\n".join(out) + "\n"
+
+
+def end_to_end_lines(report: dict, markdown: bool = False) -> list[str]:
+    """The headline of a report measured with a pipeline: the routed call's milliseconds against the backbone's
+    beside the MACs saving, one row per runtime, threshold, batch and threads, and a blank line after; nothing for
+    a report without an ``end_to_end`` section (every report measured without a pipeline, or before it existed)."""
+    e2e = report.get("end_to_end")
+    if not e2e:
+        return []
+    header = ["task", "T", "batch", "threads", "backbone ms", "routed ms", "speed-up", "MACs speed-up", "ratio"]
+    rows = [
+        [
+            r["task"] + ("" if r["runtime"] == "torch" else f" ({r['runtime']})"),
+            f"{r['threshold']:g}",
+            str(r["batch"]),
+            str(r["threads"]),
+            f"{r['backbone_ms']:.4g} ± {r['backbone_iqr_ms']:.2g}",
+            f"{r['routed_ms']:.4g} ± {r['routed_iqr_ms']:.2g}",
+            f"{r['speedup']:.2f}x",
+            f"{r['macs_speedup']:.2f}x ({100 * r['macs_saved']:.1f}% saved)",
+            _fmt(r["ms_follow_macs"], 2),
+        ]
+        for r in e2e["rows"]
+    ]
+    lead = (
+        f"end to end: the routed call ({e2e['runtime']}) vs {e2e['baseline']}; same inputs, interleaved; median ± IQR "
+        f"ms; speed-up = backbone / routed; ratio = speed-up / MACs speed-up (target >= {e2e['target_ms_follow_macs']})"
+    )
+    return [lead, ""] + _render(header, rows, markdown) + [""]
 
 
 def _routes_table(report: dict, markdown: bool) -> list[str]:
@@ -295,4 +344,4 @@ def format_onnx_table(report: dict, markdown: bool = False) -> str:
         ]
         for r in report["rows"]
     ]
-    return "\n".join([title, ""] + _render(header, rows, markdown)) + "\n"
+    return "\n".join([title, ""] + end_to_end_lines(report, markdown) + _render(header, rows, markdown)) + "\n"

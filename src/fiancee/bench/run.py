@@ -11,8 +11,9 @@ import torch
 
 from ..timing import load_average
 from .args import check_backbone, check_bank, parse_batches, parse_device, parse_options, positive
+from .end_to_end import check_thresholds, time_end_to_end
 from .measure import Clock, Steps, cpu_threads
-from .mixed import ROUTING_INPUTS, bench_mixes, mixes_from, routed_mixes, time_mixes
+from .mixed import ROUTED_THRESHOLDS, ROUTING_INPUTS, bench_mixes, mixes_from, routed_mixes, time_mixes
 from .options import time_options, variants
 from .overhead import build_bank, make_predictor, time_overhead
 from .report import bench_report
@@ -41,6 +42,7 @@ def run_bench(
     progress: bool = True,
     bank: str = "auto",
     pipeline=None,
+    thresholds: Sequence[float] = ROUTED_THRESHOLDS,
 ) -> dict:
     """Measure the routes, the mixed-exit tree, the predictor + bank and the speed options of
     ``backbone`` (a reference architecture of :data:`REFERENCE_BACKBONES`, or a task spec); returns the JSON-ready
@@ -57,6 +59,9 @@ def run_bench(
     ``on`` / ``off`` force it. ``pipeline`` (a pipeline folder or a ``FianceePipeline`` of the task ``backbone``
     names): its exits are timed, and the mixed tree on the route shares its router chooses for the bench's test
     inputs (:func:`fiancee.bench.mixed.routed_mixes`) besides uniform; without one, uniform and every single route.
+    With a pipeline the report leads with ``end_to_end`` (:mod:`.end_to_end`): the whole routed call
+    ``pipeline(*inputs, max_lpips=T)`` against its backbone on the same inputs, interleaved, per threshold of
+    ``thresholds`` (LPIPS values in (0, 1]; also the routed mixes') and batch size; without one it is None.
     Bad arguments raise ``ValueError`` naming what was expected and what came.
     """
     from ..exits import parse_scale
@@ -78,6 +83,7 @@ def run_bench(
         min_channels = positive(min_channels, "min channels")
     opts = parse_options(options, dev)
     check_bank(bank, bank_inputs)
+    thresholds = check_thresholds(thresholds)
     if pipeline is not None:
         pipeline = load_pipeline(pipeline, backbone, scale, min_channels)
 
@@ -96,6 +102,7 @@ def run_bench(
             progress,
             bank,
             pipeline,
+            thresholds,
         )
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
@@ -115,14 +122,16 @@ def _run(
     progress: bool,
     bank_choice: str,
     pipeline,
+    thresholds: list[float],
 ) -> dict:
-    """The setup, the predictor and the bank, then the phases in order: routes, mixed, overhead, options."""
+    """The setup, the predictor and the bank, then the phases in order: routes, mixed, end to end (with a
+    pipeline), overhead, options."""
     device = clock.device
     load_start = load_average()
     setup = make_setup(name, size, scale, min_channels, seed, pipeline)
     # Routed where the pipeline was loaded (its predictor stays there), before its exits move to the bench's device.
     n_routed = None if pipeline is None else max(ROUTING_INPUTS, batches[-1])
-    routed = None if pipeline is None else routed_mixes(pipeline, setup.inputs(n_routed))
+    routed = None if pipeline is None else routed_mixes(pipeline, setup.inputs(n_routed), thresholds)
     model = setup.model.to(device).eval()
     inputs_on = {b: tuple(x.to(device) for x in setup.inputs(b)) for b in batches}
     ratio_batch = 1 if 1 in batches else batches[0]
@@ -137,16 +146,19 @@ def _run(
     bank, spec = build_bank(setup, bank_n, device, progress) if with_bank else (None, None)
 
     mix_steps = len(mixes) * sum(b >= 2 for b in batches)
-    total = len(batches) * model.num_routes * (1 + len(groups)) + mix_steps + 1
+    e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches)
+    total = len(batches) * model.num_routes * (1 + len(groups)) + mix_steps + e2e_steps + 1
     with Steps(total, f"bench {name}", progress) as step:
         routes, route_ms = time_routes(model, batches, ratio_batch, inputs_on, clock, step)
         mixed = time_mixes(model, mixes, batches, inputs_on, route_ms, seed, clock, step)
+        e2e = None if pipeline is None else time_end_to_end(pipeline, inputs_on, batches, clock, step, thresholds, name)
         overhead, overhead_fraction = time_overhead(
             model, predictor, xs, bank, spec, setup, batches, ratio_batch, inputs_on, route_ms, bank_choice, clock
         )
         step("predictor + bank")
         options = time_options(model, groups, batches, inputs_on, route_ms, clock, step)
     phases = {
+        "end_to_end": e2e,
         "routes": routes,
         "mixed": mixed,
         "overhead": overhead,
@@ -171,5 +183,5 @@ def _run(
         load_start,
         phases,
     )
-    report["settings"]["mixes_from"] = mixes_from(n_routed)
+    report["settings"]["mixes_from"] = mixes_from(n_routed, thresholds)
     return report
