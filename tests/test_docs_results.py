@@ -87,6 +87,30 @@ def test_a_changed_bench_report_is_caught(docs, tmp_path):
     assert "45.6%" in docs.render(text, docs.Results.load(res, bench)) and "45.6%" not in text
 
 
+def test_a_rerun_bench_report_with_routed_mixes_renders(docs, tmp_path):
+    """The committed reports time the old fixed ``skewed`` mix; a re-run with ``--pipeline`` times ``routed T=0.05``
+    and ``routed T=0.1`` instead (fiancee.bench.routed_mixes), one without a pipeline every single route: the
+    documents render from either."""
+    res, bench = _copy_results(tmp_path)
+    for stem in ("faces_cpu", "fashion_cpu", "oasis_tiny_cpu", "g2d_tiny_cpu"):
+        report = json.loads((bench / f"{stem}.json").read_text())
+        mixes = report["mixed"]["mixes"]
+        skewed = next(m for m in mixes if m["name"] == "skewed")
+        strict = {**skewed, "name": "routed T=0.05"}
+        skewed["name"] = "routed T=0.1"
+        mixes.insert(1, strict)
+        shares = report["settings"]["mixes"].pop("skewed")
+        report["settings"]["mixes"].update({"routed T=0.05": shares, "routed T=0.1": shares})
+        report["settings"]["mixes_from"] = "the pipeline's router on 128 test inputs at LPIPS <= 0.05, 0.1, and uniform"
+        (bench / f"{stem}.json").write_text(json.dumps(report))
+    edited = docs.Results.load(res, bench)
+    benchmarks = " ".join(docs.render((ROOT / "BENCHMARKS.md").read_text(), edited).split())  # lines re-wrap
+    assert "`routed T=0.1`" in benchmarks and "uniform / routed T=0.05 / routed T=0.1 mix" in benchmarks
+    assert "worst of the three mixes" in benchmarks and "a constant of the bench" not in benchmarks
+    readme = " ".join(docs.render((ROOT / "README.md").read_text(), edited).split())
+    assert "the pipeline's own routing at LPIPS <= 0.1" in readme and "fixed skewed mix" not in readme
+
+
 # ----------------------------------------------------------------------------------------------
 # Results measured the committed artifacts, and say where they come from
 
