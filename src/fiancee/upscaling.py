@@ -277,7 +277,8 @@ def upscale_images(
     first (one line naming the file and what was expected), before any tile is computed. ``tile`` defaults
     to the pipeline's own (its predictor reads that tile's features). ``compare_backbone``: each photo is
     also upscaled by the backbone alone, tiled and blended the same way (written as ``NAME_x<s>_backbone.png``),
-    and the summary compares the two (LPIPS and PSNR of the routed photo against the backbone's, the seams of both, seconds of both).
+    and the summary compares the two (LPIPS and PSNR of the routed photo against the backbone's, the seams of
+    both, seconds of both).
     """
     from .checks import check_counts
     from .core.rules import check_threshold
