@@ -309,3 +309,27 @@ def test_the_demo_measures_a_shipped_pipeline_calibrated_as_asked_and_builds_one
         assert "1-3/4 the pipeline shipped with fiancee" in capsys.readouterr().out
     finally:
         TASKS.unregister("tiny-shipping")
+
+
+def test_a_pipeline_keeps_its_calibration_table_and_refuses_a_bad_one(pipe, tmp_path):
+    import copy
+
+    kept = copy.deepcopy(pipe)
+    predicted, true = torch.rand(20, 1), torch.rand(20, 1)
+    kept.calibration = (predicted, true)
+    kept.save_pretrained(tmp_path / "p")
+    again = FianceePipeline.from_pretrained(tmp_path / "p")
+    assert torch.equal(again.calibration[0], predicted) and torch.equal(again.calibration[1], true)
+    assert FianceePipeline.from_pretrained(_saved(pipe, tmp_path / "none")).calibration is None
+    for bad, match in (
+        ((torch.rand(3, 1), torch.rand(4, 1)), "tables \\[N, E\\] of one shape"),
+        ((torch.full((2, 1), float("nan")), torch.rand(2, 1)), "NaN or Inf"),
+        (torch.rand(3, 1), "the pair"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            FianceePipeline(pipe.task, pipe.model, pipe.predictor, pipe.router, calibration=bad)
+
+
+def _saved(pipe, path):
+    pipe.save_pretrained(path)
+    return path

@@ -290,6 +290,7 @@ def assemble_pipeline(
             "calibration_inputs": n_calibrate,
             "predictor_inputs": predictor_inputs,
         },
+        calibration=calibration,
     )
     return Assembled(pipe.save_pretrained(out), pipe, calibration)
 

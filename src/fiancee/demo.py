@@ -170,7 +170,9 @@ def _evaluate_shipped(
     pipe = FianceePipeline.from_pretrained(folder, task=task)
     pipe_dir = pipe.save_pretrained(out / "pipeline")
     _say(f"4/4 evaluating the pipeline on {n_eval} test inputs at thresholds {list(thresholds)}")
-    report = evaluate_pipeline(pipe, thresholds, n=n_eval, seed=seed, out=out / "report", progress=progress)
+    report = evaluate_pipeline(
+        pipe, thresholds, n=n_eval, seed=seed, out=out / "report", progress=progress, calibration=pipe.calibration
+    )
     _say(f"pipeline saved to {pipe_dir}")
     print("\n".join(summary_lines(report, task, n_eval)))
     return report

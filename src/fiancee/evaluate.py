@@ -216,7 +216,7 @@ def evaluate_pipeline(
     report warns (without stopping) when they look unlike the calibration inputs. ``calibration``: the
     (predicted, true) LPIPS ``[N, E]`` the router was fitted on; with it the report adds the guarantee over
     ``splits`` random calibration / test splits of those and the test inputs together, at the headline
-    threshold (:func:`split_study_for_report`).
+    threshold (:func:`split_study_for_report`); by default the table the pipeline folder keeps, if any.
     """
     from .extras import require
     from .pipeline import FianceePipeline
@@ -238,6 +238,8 @@ def evaluate_pipeline(
             f"this pipeline holds no task (loaded with backbone= for task {pipeline.task_spec!r}): pass "
             "task= to FianceePipeline.from_pretrained, the inputs are drawn from it"
         )
+    if calibration is None:
+        calibration = getattr(pipeline, "calibration", None)  # kept in the folder by assemble_pipeline
     table = build_lpips_table(
         pipeline.model, pipeline.task, n, seed, "test", pipeline.guide, cache=pipeline.guide is None, progress=progress
     )

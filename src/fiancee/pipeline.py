@@ -16,6 +16,8 @@ A pipeline is one folder (diffusers' habit), written by :meth:`FianceePipeline.s
       branches.safetensors   the trained exit branches
       predictor/             config.json + weights.safetensors (fiancee.predictor)
       bank/                  the feature bank, when the exits use one (fiancee.bank)
+      calibration.safetensors  the router's calibration table (predicted, true LPIPS [N, E]), when kept:
+                             reports on new inputs show the guarantee over calibration / test splits
 
 The backbone itself is a reference: ``config.json`` stores the task's spec (a built-in name,
 ``package.module:attr`` or an entry point of ``fiancee.tasks``, :mod:`fiancee.tasks.registry`), the task
@@ -60,6 +62,7 @@ from .specs import allow_folder_code
 __all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
 
 FORMAT = 1
+CALIBRATION = "calibration.safetensors"  # the router's calibration table, when the folder keeps one
 CONFIG_KEYS = ("kind", "format", "task", "attach_after", "scale", "min_channels", "backbone_fingerprint", "router")
 
 
@@ -95,6 +98,7 @@ class FianceePipeline:
         bank_path: str | Path | None = None,
         provenance: dict | None = None,
         task_spec: str | None = None,
+        calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if task is None and task_spec is None:
             raise ValueError("a pipeline needs its task, or at least the task spec to record (task_spec=)")
@@ -107,6 +111,9 @@ class FianceePipeline:
         self.bank_path = None if bank_path is None else Path(bank_path)
         self.guide = None if bank is None else bank.guide
         self.provenance = dict(provenance or {})
+        # (predicted, true) LPIPS [N, E] of the held-out inputs the router was fitted on: kept with the folder so
+        # that a report on new inputs can show the guarantee over random calibration / test splits of both.
+        self.calibration = None if calibration is None else _check_calibration(calibration)
         self.route_macs = torch.tensor(model.route_macs(), dtype=torch.float64)
         from .metrics.macs import count_macs
 
@@ -198,6 +205,9 @@ class FianceePipeline:
             save_predictor(self.predictor, tmp / "predictor", fingerprints=exits_fingerprints(self.model))
             if self.bank_path is not None:
                 shutil.copytree(self.bank_path, tmp / "bank")  # symlinks followed: the copy holds files only
+            if self.calibration is not None:
+                predicted, true = self.calibration
+                save_tensors(tmp / CALIBRATION, {"predicted": predicted, "true": true})
             write_json(
                 tmp / "config.json",
                 {
@@ -211,6 +221,7 @@ class FianceePipeline:
                     "branches_fingerprint": tensor_fingerprint(branches),
                     "save_id": uuid.uuid4().hex,
                     "bank": "bank" if self.bank_path is not None else None,
+                    "calibration": CALIBRATION if self.calibration is not None else None,
                     "router": self.router.to_config(),
                     "route_macs": [int(m) for m in self.route_macs.tolist()],
                     "provenance": self.provenance,
@@ -294,6 +305,12 @@ class FianceePipeline:
             )
         model.branches.load_state_dict(branches)
         predictor, _ = load_predictor(resolve_inside(path, "predictor"), model, device=device)
+        calibration = None
+        if config.get("calibration") is not None:
+            table = load_tensors(resolve_inside(path, config["calibration"], "config.json's 'calibration' entry"))
+            if set(table) != {"predicted", "true"}:
+                raise ValueError(f"{path}: {config['calibration']} must hold the tensors 'predicted' and 'true'")
+            calibration = (table["predicted"], table["true"])
         return cls(
             task,
             model,
@@ -303,7 +320,23 @@ class FianceePipeline:
             bank_path=bank_path,
             provenance=config.get("provenance"),
             task_spec=(getattr(task, "spec", None) if task is not None else None) or config["task"],
+            calibration=calibration,
         )
+
+
+def _check_calibration(calibration) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted, true)``: two finite float tensors ``[N, E]`` of the same shape."""
+    if not isinstance(calibration, (tuple, list)) or len(calibration) != 2:
+        raise ValueError("calibration must be the pair (predicted, true) of LPIPS tables [N, E]")
+    predicted, true = (torch.as_tensor(t, dtype=torch.float32).detach().cpu() for t in calibration)
+    if predicted.ndim != 2 or predicted.shape != true.shape or not predicted.shape[0]:
+        raise ValueError(
+            f"calibration's predicted and true LPIPS must be tables [N, E] of one shape; got "
+            f"{list(predicted.shape)} and {list(true.shape)}"
+        )
+    if not (torch.isfinite(predicted).all() and torch.isfinite(true).all()):
+        raise ValueError("calibration's LPIPS tables hold NaN or Inf")
+    return predicted, true
 
 
 def _check_config(config: dict, source: Path) -> None:
@@ -313,6 +346,7 @@ def _check_config(config: dict, source: Path) -> None:
     config_int(config, "min_channels", source, minimum=1)
     config_str(config, "backbone_fingerprint", source)
     config_str(config, "bank", source, optional=True)
+    config_str(config, "calibration", source, optional=True)
     if not isinstance(config["scale"], (str, int, float)) or isinstance(config["scale"], bool):
         raise ValueError(f"{source}: field 'scale' must be a fraction like '1/4' or a number; got {config['scale']!r}")
     if not isinstance(config["router"], dict):
