@@ -2076,6 +2076,25 @@ GENERATORS = [  # (demo result, exits result, bench report, what it is)
 ]
 
 
+def _upscale_headline_row(R: Results) -> list[str]:
+    """The README's upscale row: tile figures from the demo, seconds per whole photo measured end to end."""
+    row = _at(_report(R, "demo_upscale")["thresholds"], 0.1)
+    gmacs = R.data("exits_upscale")["exits"]["backbone_macs"] / 1e9
+    cells = []
+    for name, runtime, threads in UPSCALE_PHOTO_RUNS:
+        im = R.data(name)["summary"]["images"][0]
+        b, r = im["backbone"]["seconds"], im["seconds"]
+        cells.append(f"{runtime}, {threads} thread: {b:.0f} s -> {r:.0f} s ({pct(1 - r / b, 0)} less)")
+    return [
+        "upscale: Real-ESRGAN x4plus (official weights), 32x32 tiles -> 128x128",
+        f"{gmacs:.1f} GMACs a tile",
+        f"**{pct(row['macs_saved'])}**",
+        pct(row["compliance"]),
+        "a whole 512x512 photo, end to end, " + cells[0],
+        cells[1],
+    ]
+
+
 @block("readme-headline")
 def _readme_headline(R: Results) -> str:
     rows = []
@@ -2094,6 +2113,7 @@ def _readme_headline(R: Results) -> str:
                 f"{_ms(b32)} -> {_ms(r32)} ({pct(1 - r32 / b32, 0)} less)",
             ]
         )
+    rows.append(_upscale_headline_row(R))
     paper = R.data("paper")
     rows.append(
         [
@@ -2125,7 +2145,9 @@ def _readme_headline(R: Results) -> str:
         f"{xeon}, `benchmarks/fashion_cpu.json` on an {epyc}); the routed figure is an estimate, the routes' "
         "per-input times weighted by the demo's route shares at LPIPS <= 0.1 plus the predictor's time (the bench "
         "times every route and mixed batches, not the demo's routing itself). On generators this small a "
-        "route's time falls less than its MACs (fixed per-layer costs; BENCHMARKS.md). The paper reports MACs "
+        "route's time falls less than its MACs (fixed per-layer costs; BENCHMARKS.md). The upscale row: "
+        f"{_report(R, 'demo_upscale')['n']} test tiles of held-out photos (`results/demo_upscale.json`); its seconds are a whole photo upscaled "
+        "tile by tile, routed against the backbone, measured end to end (docs/upscale.md). The paper reports MACs "
         '(its "GFLOPs") on GPUs, no milliseconds.'
     )
 
@@ -2530,6 +2552,128 @@ def _g2d_exit3_gap(R: Results, sf: str) -> str:
     """|ours / paper - 1| of G2D's exit 3 at ``sf``."""
     t = _macs(R, "g2d", sf)
     return pct(abs(t["routes"][2] / t["paper_routes"][2] - 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# docs/upscale.md: Real-ESRGAN x4plus with per-tile exits
+
+UPSCALE_PHOTO_RUNS = [  # (result, runtime, threads)
+    ("upscale_astronaut_torch_t1", "PyTorch", 1),
+    ("upscale_astronaut_ort_t1", "ONNX Runtime", 1),
+]
+
+
+@block("upscale-exits")
+def _upscale_exits(R: Results) -> str:
+    d = R.data("exits_upscale")["exits"]
+    rows = [
+        [
+            f"exit {e['exit']}",
+            f"block {4 * e['after_stage']}",
+            f"{e['macs'] / 1e9:.2f} ({pct(e['macs_ratio'], 0)})",
+            f"{e['lpips_mean']:.3f} / {e['lpips_median']:.3f} / {e['lpips_p90']:.3f}",
+            f"{e['psnr_mean']:.1f}",
+        ]
+        for e in d["exits"]
+    ]
+    rows.append(["backbone", "all 23", f"{d['backbone_macs'] / 1e9:.2f} (100%)", "0", "-"])
+    oracle = {round(o["threshold"], 3): o["macs_saved"] for o in d["oracle"]}
+    return (
+        table(
+            ["route", "attached after", "GMACs per tile (of the backbone)", "LPIPS mean / median / p90", "PSNR dB"],
+            rows,
+        )
+        + f"\n\n{d['n']} test tiles of the held-out photos (`results/exits_upscale.json`); LPIPS and PSNR against the "
+        f"backbone's own tile. The strict oracle (every tile on the cheapest exit that truly meets T) would save "
+        f"{pct(oracle[0.05])} of the MACs at LPIPS <= 0.05 and {pct(oracle[0.1])} at 0.1."
+    )
+
+
+@block("upscale-routed")
+def _upscale_routed(R: Results) -> str:
+    rep = _report(R, "demo_upscale")
+    names = rep["route_names"]
+    rows = []
+    for t in (0.05, 0.1):
+        r = _at(rep["thresholds"], t)
+        rows.append(
+            [
+                f"{t:g}",
+                f"**{pct(r['macs_saved'])}**",
+                pct(r["compliance"]),
+                _shares(r["exit_shares"]),
+                f"{names[r['static_route']]}: {pct(r['static_macs_saved'])}",
+                pct(r["conditional_gain"]),
+                pct(r["oracle_macs_saved"]),
+            ]
+        )
+    g = rep["guarantee"]
+    seconds = R.source("demo_upscale")["seconds"]
+    return (
+        table(
+            [
+                "LPIPS <= T",
+                "net MACs saved",
+                "tiles truly within T",
+                "exit shares (1 / 2 / 3 / backbone)",
+                "best single exit at that compliance",
+                "routing adds",
+                "strict oracle",
+            ],
+            rows,
+        )
+        + f"\n\n{rep['n']} test tiles of the held-out photos, the shipped pipeline (`fiancee demo --task upscale`, "
+        f"{seconds / 60:.1f} minutes on this machine; `results/demo_upscale.json`). Net: the predictor "
+        f"({rep['overhead_macs'] / 1e6:.1f} MMACs a tile) is charged. The router's guarantee: {g['statement']}."
+    )
+
+
+@block("upscale-photos")
+def _upscale_photos(R: Results) -> str:
+    rows = []
+    for name, runtime, threads in UPSCALE_PHOTO_RUNS:
+        s = R.data(name)["summary"]
+        im = s["images"][0]
+        b = im["backbone"]
+        rows.append(
+            [
+                runtime,
+                str(threads),
+                f"{b['seconds']:.1f} -> {im['seconds']:.1f}",
+                f"**{b['speedup']:.2f}x**",
+                f"{1 / (1 - im['macs_saved']):.2f}x",
+                f"{b['lpips']:.3f}" if b["lpips"] is not None else "-",
+                f"{b['psnr_db']:.1f}",
+                f"{b['seam_ratio']:.2f} / {b['backbone_seam_ratio']:.2f}",
+            ]
+        )
+    first = R.data(UPSCALE_PHOTO_RUNS[0][0])["summary"]
+    im = first["images"][0]
+    peaks = ", ".join(
+        f"{R.data(name)['summary']['peak_rss_mib'] / 1024:.2f} GiB ({runtime})"
+        for name, runtime, _ in UPSCALE_PHOTO_RUNS
+    )
+    return (
+        table(
+            [
+                "runtime",
+                "threads",
+                "seconds: backbone -> routed",
+                "speed-up",
+                "MACs speed-up",
+                "LPIPS vs backbone",
+                "PSNR dB vs backbone",
+                "seam ratio routed / backbone",
+            ],
+            rows,
+        )
+        + f"\n\nThe held-out {im['size'][0]}x{im['size'][1]} astronaut to {4 * im['size'][0]}x{4 * im['size'][1]} at "
+        f"LPIPS <= {first['max_lpips']:g} a tile ({im['tiles']} tiles of {first['tile']} pixels, overlap "
+        f"{first['overlap']}, batches of {first['batch_size']}; exit shares {_shares(im['route_shares'])}), the "
+        "backbone tiled and blended the same way, each run once (`fiancee upscale ... --compare-backbone`; "
+        "`results/upscale_astronaut_*.json`). Peak resident memory of the whole process, both photos "
+        f"included: {peaks}."
+    )
 
 
 if __name__ == "__main__":

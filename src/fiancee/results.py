@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .core.folders import RESULT, header, make_header
+from .core.folders import RESULT, UPSCALE, header, make_header
 from .io import loads_strict, write_json
 from .timing import cpu_name, load_average
 
@@ -265,6 +265,7 @@ def _flag(argv: Sequence[str], flag: str) -> str | None:
 
 
 # What a command writes under --out that holds its figures (besides what it prints as JSON).
+_SUMMARY_KINDS = (UPSCALE,)  # output folders whose summary.json a result keeps, under "summary"
 _OUT_FILES = {
     "demo": {
         "report": "report/report.json",
@@ -276,7 +277,6 @@ _OUT_FILES = {
     "train-predictor": {"predictor_error": "error.json", "predictor_config": "config.json"},
     "exit-quality": {"exit_quality": "exit_quality.json", "ablation": "ablation.json"},  # ablation: --bank-ablation
     "bank-distance": {"bank_distance": "bank_distance.json"},
-    "upscale": {"upscale": "summary.json"},
     "assemble-pipeline": {"pipeline_config": "config.json"},
 }
 
@@ -401,6 +401,11 @@ def record(
             f = Path(out) / rel
             if f.is_file():
                 data[key] = loads_strict(f.read_text())
+        summary = Path(out) / "summary.json"  # an output folder's summary (fiancee upscale), known by its kind
+        if summary.is_file():
+            obj = loads_strict(summary.read_text())
+            if header(obj)[0] in _SUMMARY_KINDS:
+                data["summary"] = obj
         if len(data) > 1:  # what it printed is what it wrote (evaluate-exits --json): keep the files
             data.pop("printed", None)
     result = stamp(
