@@ -32,6 +32,7 @@ __all__ = [
     "Assembled",
     "check_calibration_args",
     "check_exits_run",
+    "calibration_provenance",
     "calibrate_router",
     "assemble_pipeline",
     "summary_lines",
@@ -272,7 +273,6 @@ def assemble_pipeline(
         guide=guide,
         progress=progress,
     )
-    guaranteed = target_compliance is None
     pipe = FianceePipeline(
         task_obj,
         model,
@@ -283,16 +283,26 @@ def assemble_pipeline(
         provenance={
             "exits_run": str(run),
             "seed": seed,
-            "target_compliance": target_compliance,
-            "method": method,
-            "epsilon": epsilon if guaranteed else None,
-            "delta": delta if guaranteed and method != "crc" else None,
+            **calibration_provenance(method, epsilon, delta, target_compliance),
             "calibration_inputs": n_calibrate,
             "predictor_inputs": predictor_inputs,
         },
         calibration=calibration,
     )
     return Assembled(pipe.save_pretrained(out), pipe, calibration)
+
+
+def calibration_provenance(method: str, epsilon: float, delta: float, target_compliance: float | None) -> dict:
+    """How a pipeline's provenance records its calibration: epsilon and delta only where the method uses them
+    (the average-compliance fit takes neither, Conformal Risk Control no delta). The demo compares a shipped
+    pipeline's record with this for the calibration it is asked for."""
+    guaranteed = target_compliance is None
+    return {
+        "target_compliance": target_compliance,
+        "method": method,
+        "epsilon": epsilon if guaranteed else None,
+        "delta": delta if guaranteed and method != "crc" else None,
+    }
 
 
 def summary_lines(assembled: Assembled) -> list[str]:

@@ -132,6 +132,7 @@ def _shipped_pipeline(task: str, seed: int, wanted: dict) -> Path | None:
 
     A task whose LPIPS tables cost minutes per thousand inputs (upscale: 28 GMACs a tile for the backbone and
     its three exits) ships its whole pipeline, so the demo only measures it; other calibrations are built here."""
+    from .assemble import calibration_provenance
     from .core.jsonio import read_json
     from .tasks.registry import resolve_task
 
@@ -140,20 +141,10 @@ def _shipped_pipeline(task: str, seed: int, wanted: dict) -> Path | None:
         return None
     provenance = read_json(folder / "config.json").get("provenance") or {}
     recorded = {k: provenance.get(k) for k in wanted}
-    if provenance.get("seed") != seed or recorded != _calibration_fields(wanted):
+    if provenance.get("seed") != seed or recorded != calibration_provenance(**wanted):
         _say(f"the shipped pipeline was calibrated with {recorded}, seed {provenance.get('seed')}: building one here")
         return None
     return folder
-
-
-def _calibration_fields(wanted: dict) -> dict:
-    """What assemble_pipeline records for these calibration arguments (epsilon / delta only where they apply)."""
-    guaranteed = wanted["target_compliance"] is None
-    return {
-        **wanted,
-        "epsilon": wanted["epsilon"] if guaranteed else None,
-        "delta": wanted["delta"] if guaranteed and wanted["method"] != "crc" else None,
-    }
 
 
 def _evaluate_shipped(

@@ -83,6 +83,8 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 class _TorchTiles:
     """Tiles through a :class:`fiancee.pipeline.FianceePipeline` (or its plain backbone, ``backbone_only``)."""
 
+    runtime = "pytorch"
+
     def __init__(self, pipe, threshold: float, backbone_only: bool):
         import torch
 
@@ -113,6 +115,8 @@ class _OnnxTiles:
     ``backbone_only`` forces every tile onto the backbone's route: the exported trunk segment also holds the
     predictor (``predictor_macs``, a few MMACs), which then runs unused; the baseline is charged the backbone
     alone."""
+
+    runtime = "onnxruntime"
 
     def __init__(self, pipe, threshold: float, backbone_only: bool):
         self.pipe, self.threshold, self.backbone_only = pipe, threshold, backbone_only
@@ -286,7 +290,8 @@ def upscale_images(
 
     threshold = check_threshold(max_lpips)
     check_counts(batch_size=batch_size)
-    own = tile_runner(pipe).tile
+    runner = tile_runner(pipe)  # what the pipeline is: its tile, runtime, threads and route costs
+    own = runner.tile
     tile = own if tile is None else tile
     if tile != own:
         raise ValueError(f"--tile must be {own}, the tile the pipeline's predictor was trained on; got {tile}")
@@ -299,9 +304,9 @@ def upscale_images(
         "tile": tile,
         "overlap": overlap,
         "batch_size": batch_size,
-        "runtime": "onnxruntime" if type(pipe).__name__ == "OnnxPipeline" else "pytorch",
-        "threads": tile_runner(pipe).threads,
-        "route_macs": [float(m) for m in tile_runner(pipe).route_macs],
+        "runtime": runner.runtime,
+        "threads": runner.threads,
+        "route_macs": [float(m) for m in runner.route_macs],
         "images": [],
     }
     bar = None
