@@ -2177,10 +2177,17 @@ def _readme_setup_times(R: Results) -> str:
     for name in ("demo_faces", "demo_fashion"):
         r = R.source(name)
         load = r["machine"].get("load_average", {}).get("start")
-        cmd = " ".join(w for w in r["command"].split() if not w.startswith("/"))
+        # A command recorded with an absolute --out names a folder of that machine: shown without the option.
+        words = r["command"].split()
+        keep = [
+            w
+            for i, w in enumerate(words)
+            if not w.startswith("/") and not (w == "--out" and i + 1 < len(words) and words[i + 1].startswith("/"))
+        ]
+        shared = "the CPU was shared" if load[0] > 2 else "a quiet CPU"
         lines.append(
             f"The run behind `results/{name}.json` took {r['seconds']:.0f} s on an {_cpu_name(r)} whose load "
-            f"average was {load[0]:.1f} at its start (the CPU was shared; `{cmd.replace(' --out', '')}`)."
+            f"average was {load[0]:.1f} at its start ({shared}; `{' '.join(keep)}`)."
         )
     return " ".join(lines)
 
