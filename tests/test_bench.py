@@ -280,6 +280,10 @@ BAD = [
     (["--min-channels", "0"], "min channels must be an integer >= 1"),
     (["--device", "tpu"], "device must be cpu or cuda"),
     (["--bogus"], "unrecognized arguments"),
+    (["--thresholds", "0.1,x"], "LPIPS values in (0, 1] separated by commas"),
+    (["--thresholds", "0.1,1.5"], "thresholds must lie in (0, 1]"),
+    (["--thresholds", ","], "at least one LPIPS value"),
+    (["--thresholds", "0.1"], "give --pipeline too"),
 ]
 
 

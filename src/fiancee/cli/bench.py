@@ -15,6 +15,23 @@ def backbone_spec(text: str) -> str:
     return text if text in REFERENCE_BACKBONES else task_spec(text)
 
 
+def thresholds_list(text: str) -> list[float]:
+    """--thresholds: LPIPS values in (0, 1], comma-separated (checked again by the bench before any work)."""
+    from ..bench.end_to_end import check_thresholds
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [float(t) for t in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LPIPS values in (0, 1] separated by commas, like 0.05,0.1; got {text!r}"
+        ) from None
+    try:
+        return check_thresholds(values)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def runtimes() -> list[str]:
     from ..bench import RUNTIMES
 
@@ -104,6 +121,13 @@ def register(sub) -> None:
         help="a pipeline folder of the --backbone task: its exits are timed, and the mixed tree on the route shares "
         "its router chooses for the test inputs at LPIPS <= 0.05 and 0.1 (default: uniform and every single route)",
     )
+    p.add_argument(
+        "--thresholds",
+        type=thresholds_list,
+        default=None,
+        help="with --pipeline: the LPIPS thresholds of the end-to-end rows and the routed mixes, comma-separated "
+        "(default 0.05,0.1)",
+    )
     p.add_argument("--json", required=True, help="where to write the JSON report")
     seed_option(p)
     progress_option(p)
@@ -132,6 +156,7 @@ def run_bench(args: argparse.Namespace) -> int:
             predictor=args.predictor,
             progress=not args.no_progress,
             pipeline=args.pipeline,
+            **_thresholds(args),
         )
         write_json(args.json, report)
         print(bench.format_onnx_table(report), end="")
@@ -154,8 +179,18 @@ def run_bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         bank=args.bank_choice,
         pipeline=args.pipeline,
+        **_thresholds(args),
     )
     write_json(args.json, report)
     print(bench.format_table(report), end="")
     print(f"json: {args.json}")
     return 0
+
+
+def _thresholds(args: argparse.Namespace) -> dict:
+    """--thresholds only where given (the bench keeps its default otherwise); it needs --pipeline."""
+    if args.thresholds is None:
+        return {}
+    if args.pipeline is None:
+        raise ValueError("--thresholds sets the end-to-end rows and routed mixes of a pipeline; give --pipeline too")
+    return {"thresholds": args.thresholds}
