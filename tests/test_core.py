@@ -39,7 +39,7 @@ def test_the_runtime_and_the_pytorch_side_use_the_core_itself():
     assert runtime.resolve_inside is core.resolve_inside is io.resolve_inside
     assert runtime.read_json is core.read_json is io.read_json and io.loads_strict is core.loads_strict
     assert runtime.file_sha256 is core.file_sha256 is io.file_sha256
-    assert runtime.check_threshold is core.check_threshold is routing.check_threshold
+    assert runtime.check_thresholds is core.check_thresholds and routing.check_threshold is core.check_threshold
     assert (runtime.FORMAT, runtime.KIND) == (export.FORMAT, export.KIND) == (core.manifest.FORMAT, core.manifest.KIND)
     assert routing.margin_at is core.margin_at and routing.spend_misses is core.spend_misses
     assert routing.check_router_config is core.check_router_config

@@ -35,11 +35,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from .core.folders import PIPELINE, make_header
 from .core.renames import UNSET, renamed, warn_renamed
+from .core.rules import check_thresholds, threshold_groups
 from .exits import ExitGenerator
 from .io import (
     atomic_folder,
@@ -56,7 +58,7 @@ from .io import (
     tensor_fingerprint,
     write_json,
 )
-from .routing import Router, check_threshold, router_from_config
+from .routing import Router, router_from_config
 from .specs import allow_folder_code
 
 __all__ = ["FianceePipeline", "PipelineOutput", "FORMAT"]
@@ -142,11 +144,12 @@ class FianceePipeline:
     def __call__(
         self,
         *inputs: torch.Tensor,
-        max_lpips: float,
+        max_lpips: float | Sequence[float] | torch.Tensor,
         routes: torch.Tensor | None = None,
         exits: torch.Tensor | None = UNSET,
     ) -> PipelineOutput:
-        """Images for ``inputs`` at quality ``max_lpips`` (LPIPS vs the backbone, in (0, 1]).
+        """Images for ``inputs`` at quality ``max_lpips`` (LPIPS vs the backbone, in (0, 1]): one threshold for the
+        batch, or one per input (a 1-D sequence or tensor ``[B]``; each input is routed by its own).
 
         One pass through the trunk: the stem and the stages up to the key stage (``model.key_stage``, the
         stage before the first exit) run once for the batch; the bank searches with those features, a
@@ -158,8 +161,10 @@ class FianceePipeline:
         still charged. ``exits=`` is the deprecated name of ``routes=``.
         """
         routes = renamed("FianceePipeline.__call__", "exits", exits, "routes", routes, default=None)
-        threshold = check_threshold(max_lpips)
         batch = self.model.backbone.check_inputs(*inputs)
+        if isinstance(max_lpips, torch.Tensor):
+            max_lpips = max_lpips.detach().cpu().numpy() if max_lpips.dim() else max_lpips.item()
+        threshold = check_thresholds(max_lpips, batch)
         if routes is not None and not isinstance(routes, torch.Tensor):
             raise ValueError(
                 f"routes must be a 1-D integer tensor with one route per input; got {type(routes).__name__}"
@@ -178,13 +183,24 @@ class FianceePipeline:
             from .predictor import predictor_features
 
             predicted = self.predictor(*predictor_features(self.predictor.arch, self.model, inputs), check=False)
-        routes = self.router.route(predicted, threshold) if routes is None else routes
+        if routes is None:
+            routes = self._route(predicted, threshold)
         images = self.model.mixed_from(h, cond, k, routes.to(h.device), guide=guide)
         routes = routes.cpu().long()  # checked integers by mixed_from; a uint8 tensor would index as a mask
         macs = self.route_macs[routes] + float(self.predictor_macs()) + bank_macs
         return PipelineOutput(
             images=images, routes=routes, predicted_lpips=predicted.cpu(), macs=macs, bank_distances=distances
         )
+
+    def _route(self, predicted: torch.Tensor, threshold) -> torch.Tensor:
+        """The router's routes ``[B]`` at one threshold, or group by group at one threshold per input."""
+        if isinstance(threshold, float):
+            return self.router.route(predicted, threshold)
+        routes = torch.empty(predicted.shape[0], dtype=torch.long, device=predicted.device)
+        for t, rows in threshold_groups(threshold):
+            at = torch.from_numpy(rows).to(predicted.device)
+            routes[at] = self.router.route(predicted[at], t).to(torch.long)
+        return routes
 
     # ------------------------------------------------------------------------------------------
     # Folders

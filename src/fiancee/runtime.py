@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from .core.manifest import FIELDS, FORMAT, KIND
 from .core.numbers import finite
 from .core.renames import UNSET, renamed, warn_renamed
 from .core.routers import check_router_config, route_numpy
-from .core.rules import check_threshold
+from .core.rules import check_thresholds, threshold_groups
 from .core.search import read_index, search_classes
 
 __all__ = ["FORMAT", "KIND", "OnnxPipeline", "OnnxOutput", "route_numpy"]
@@ -277,14 +278,18 @@ class OnnxPipeline:
 
     # -- the call -------------------------------------------------------------------------------
     def __call__(
-        self, *inputs: np.ndarray, max_lpips: float, routes: np.ndarray | None = None, exits: np.ndarray | None = UNSET
+        self,
+        *inputs: np.ndarray,
+        max_lpips: float | Sequence[float] | np.ndarray,
+        routes: np.ndarray | None = None,
+        exits: np.ndarray | None = UNSET,
     ) -> OnnxOutput:
-        """Images for ``inputs`` at quality ``max_lpips`` (as :meth:`fiancee.pipeline.FianceePipeline.__call__`);
-        ``routes`` (one per input, 0-based) overrides the router, the predictor still runs and is charged.
-        ``exits=`` is the deprecated name of ``routes=``."""
+        """Images for ``inputs`` at quality ``max_lpips`` (as :meth:`fiancee.pipeline.FianceePipeline.__call__`: one
+        threshold, or one per input); ``routes`` (one per input, 0-based) overrides the router, the predictor still
+        runs and is charged. ``exits=`` is the deprecated name of ``routes=``."""
         forced = renamed("OnnxPipeline.__call__", "exits", exits, "routes", routes, default=None)
-        threshold = check_threshold(max_lpips, "max_lpips")
         batch = self._check_inputs(inputs)
+        threshold = check_thresholds(max_lpips, batch, "max_lpips")
         if forced is not None:
             forced = np.asarray(forced)
             if (
@@ -304,10 +309,20 @@ class OnnxPipeline:
         if self.bank is not None:
             ids, bank_macs = self._search(out["query_keys"], out.get("query_classes"))
             guide = self._guide.run(None, {"ids": ids})[0]
-        routes = route_numpy(self.router, predicted, threshold) if forced is None else forced
+        routes = self._route(predicted, threshold) if forced is None else forced
         images = self._tree(h, cond, routes, guide)
         macs = self.route_macs[routes] + self.predictor_macs + bank_macs
         return OnnxOutput(images=images, routes=routes, predicted_lpips=predicted, macs=macs)
+
+    def _route(self, predicted: np.ndarray, threshold) -> np.ndarray:
+        """The router's routes ``[B]`` at one threshold, or group by group at one threshold per input (as
+        :meth:`fiancee.pipeline.FianceePipeline._route`)."""
+        if isinstance(threshold, float):
+            return route_numpy(self.router, predicted, threshold)
+        routes = np.empty(predicted.shape[0], dtype=np.int64)
+        for t, rows in threshold_groups(threshold):
+            routes[rows] = route_numpy(self.router, predicted[rows], t)
+        return routes
 
     def _run(self, sess, h, cond, guide=None) -> np.ndarray:
         # A segment that never reads the condition (an OASIS head) was exported without that input.

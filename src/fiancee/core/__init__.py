@@ -43,7 +43,17 @@ from .routers import (
     rule_for,
     unregister_rule,
 )
-from .rules import EPS, cheapest_meeting, check_threshold, margin_at, oracle_misses, route_costs, spend_misses
+from .rules import (
+    EPS,
+    cheapest_meeting,
+    check_threshold,
+    check_thresholds,
+    margin_at,
+    oracle_misses,
+    route_costs,
+    spend_misses,
+    threshold_groups,
+)
 from .search import read_index, search_classes, search_counted
 
 __all__ = [
@@ -72,6 +82,8 @@ __all__ = [
     "unregister_rule",
     "EPS",
     "check_threshold",
+    "check_thresholds",
+    "threshold_groups",
     "cheapest_meeting",
     "margin_at",
     "oracle_misses",

@@ -15,7 +15,17 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["EPS", "check_threshold", "route_costs", "cheapest_meeting", "margin_at", "oracle_misses", "spend_misses"]
+__all__ = [
+    "EPS",
+    "check_threshold",
+    "check_thresholds",
+    "threshold_groups",
+    "route_costs",
+    "cheapest_meeting",
+    "margin_at",
+    "oracle_misses",
+    "spend_misses",
+]
 
 # The calibrated rule compares predicted + margin with T + EPS: margins are fitted where predicted + m == T
 # exactly, and this tolerance keeps float rounding of that sum from flipping the comparison between fit and route.
@@ -30,6 +40,27 @@ def check_threshold(value, name: str = "threshold") -> float:
     if not (0.0 < t <= 1.0) or math.isnan(t):
         raise ValueError(f"{name} must lie in (0, 1] (LPIPS); got {t}")
     return t
+
+
+def check_thresholds(value, batch: int, name: str = "threshold") -> float | np.ndarray:
+    """One threshold for a whole batch (a number: returned as a float), or one per input (a 1-D sequence or array
+    of ``batch`` numbers, each in (0, 1]: returned as float64 ``[batch]``). A served batch gathers requests that
+    each asked for their own quality, and each is routed by its own."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        ts = np.asarray(value, dtype=object if isinstance(value, (list, tuple)) else None)
+        if ts.ndim != 1 or ts.shape[0] != batch:
+            raise ValueError(
+                f"{name} must be one number in (0, 1] or {batch} of them (one per input); got shape {list(ts.shape)}"
+            )
+        return np.asarray([check_threshold(t, name) for t in ts.tolist()], dtype=np.float64)
+    return check_threshold(value, name)
+
+
+def threshold_groups(thresholds: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """``(threshold, rows)`` for every distinct value of ``thresholds [B]``, ascending, with the rows (int64) that
+    asked for it: a router's rule takes one threshold, so a batch of several is routed group by group."""
+    values, inverse = np.unique(thresholds, return_inverse=True)
+    return [(float(t), np.nonzero(inverse == i)[0].astype(np.int64)) for i, t in enumerate(values)]
 
 
 def route_costs(costs: Sequence[float] | None, num_routes: int) -> np.ndarray:
