@@ -195,7 +195,9 @@ def test_a_pipeline_gives_the_bench_its_exits_and_its_routing(faces_pipeline, on
     assert e2e["runtime"] == "torch" and e2e["thresholds"] == [0.05, 0.1]
     assert [(r["threshold"], r["batch"], r["threads"]) for r in e2e["rows"]] == [(0.05, 2, 1), (0.1, 2, 1)]
     for r in e2e["rows"]:
-        assert set(r) == E2E_FIELDS and r["task"] == "faces" and sum(r["route_counts"]) == 2
+        assert (
+            set(r) == E2E_FIELDS | {"segments_ms", "glue_ms"} and r["task"] == "faces" and sum(r["route_counts"]) == 2
+        )
         assert min(r["backbone_ms"], r["routed_ms"], r["macs_speedup"]) > 0 and r["backbone_iqr_ms"] >= 0
         assert r["speedup"] == round(r["backbone_ms"] / r["routed_ms"], 4)
     table = format_table(report).splitlines()
@@ -418,14 +420,23 @@ def test_end_to_end_rows_come_from_the_recorded_medians(monkeypatch, tiny_pipeli
     assert section["backbone_macs"] == int(pipe.route_macs[-1])
     assert [(r["threshold"], r["batch"]) for r in section["rows"]] == [(0.05, 1), (0.05, 3), (0.1, 1), (0.1, 3)]
     for r in section["rows"]:
-        assert set(r) == E2E_FIELDS and r["task"] == "oasis" and r["threads"] == 1
+        assert set(r) == E2E_FIELDS | {"segments_ms", "glue_ms"} and r["task"] == "oasis" and r["threads"] == 1
         out = pipe(*inputs[r["batch"]], max_lpips=r["threshold"])
         assert r["route_counts"] == torch.bincount(out.routes, minlength=pipe.model.num_routes).tolist()
         assert sum(r["route_shares"]) == pytest.approx(1, abs=1e-3)
         assert r["macs_per_input"] == pytest.approx(float(out.macs.mean()), abs=1)
-        # the backbone took calls 1, 3, 5 and the routed call 2, 4, 6 of each row's clock
-        k = 6 * section["rows"].index(r)
+        # the backbone took calls 1, 3, 5 and the routed call 2, 4, 6 of each row's clock; then the segments, one
+        # round of all of them per rep: segment j took calls 7 + j, 7 + n + j, 7 + 2n + j (its median the middle)
+        n = len(r["segments_ms"])
+        k = (6 + 3 * n) * section["rows"].index(r)
         assert (r["backbone_ms"], r["routed_ms"]) == (k + 3, k + 4)
+        assert list(r["segments_ms"]) == ["trunk"] + (["bank"] if pipe.bank is not None else []) + [
+            "predictor",
+            "router",
+            "tree",
+        ]
+        assert list(r["segments_ms"].values()) == [k + 7 + n + j for j in range(n)]
+        assert r["glue_ms"] == pytest.approx(r["routed_ms"] - sum(r["segments_ms"].values()))
         assert r["speedup"] == round(r["backbone_ms"] / r["routed_ms"], 4)
         assert r["macs_speedup"] == round(section["backbone_macs"] / float(out.macs.mean()), 4)
         assert r["ms_follow_macs"] == pytest.approx(r["speedup"] / r["macs_speedup"], rel=1e-3)

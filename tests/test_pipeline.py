@@ -74,6 +74,22 @@ def test_one_pass_through_the_trunk_gives_the_same_images_and_counts_every_mac(p
     assert counter.get_total_flops() / 2 == pytest.approx(float(out.macs.sum()), rel=1e-12)
 
 
+def test_segment_calls_are_the_routed_call_cut_into_its_parts(pipeline_dir):
+    """What the bench times segment by segment is the call itself: the same routes and the same images."""
+    pipe = FianceePipeline.from_pretrained(pipeline_dir)
+    (z,) = pipe.task.sample_inputs(6, seed=3, split="test")
+    out = pipe(z, max_lpips=0.3)
+    calls = pipe.segment_calls(z, max_lpips=0.3)
+    assert list(calls) == ["trunk", "predictor", "router", "tree"]  # no bank in this pipeline
+    assert torch.equal(calls["router"]().cpu().long(), out.routes)
+    assert (calls["tree"]() - out.images).abs().max().item() <= 1e-6
+    torch.testing.assert_close(calls["predictor"]().cpu(), out.predicted_lpips)
+    per_input = pipe.segment_calls(z, max_lpips=[0.3, 0.1, 0.3, 0.1, 0.3, 0.1])
+    assert torch.equal(per_input["router"]().cpu().long(), pipe(z, max_lpips=[0.3, 0.1] * 3).routes)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        pipe.segment_calls(z, max_lpips=2.0)
+
+
 def test_pipeline_refuses_other_weights(pipeline_dir, tmp_path):
     import shutil
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -201,6 +201,41 @@ class FianceePipeline:
             at = torch.from_numpy(rows).to(predicted.device)
             routes[at] = self.router.route(predicted[at], t).to(torch.long)
         return routes
+
+    @torch.no_grad()
+    def segment_calls(
+        self, *inputs: torch.Tensor, max_lpips: float | Sequence[float]
+    ) -> dict[str, Callable[[], object]]:
+        """The segments of :meth:`__call__` on ``inputs``, each as a call that runs that segment alone on what the
+        segments before it produced (computed once here): ``trunk`` (stem and stages up to the key stage), ``bank``
+        (search and guide; only with a bank), ``predictor``, ``router`` and ``tree`` (the mixed-exit tree from the
+        key stage). Timed one by one they show where a routed call's time goes (``fiancee bench``); their sum
+        misses only the call's own glue (checks, the MACs bookkeeping)."""
+        threshold = check_thresholds(max_lpips, self.model.backbone.check_inputs(*inputs), "max_lpips")
+        k = self.model.key_stage
+        f = self.model.backbone.features(*inputs, taps=(k,))
+        h, cond = f.taps[k], f.cond
+        calls: dict[str, Callable[[], object]] = {
+            "trunk": lambda: self.model.backbone.features(*inputs, taps=(k,)),
+        }
+        guide = None
+        if self.bank is not None:
+            ids, _, _ = self.bank.search_with_distances(h, cond)
+            guide = self.bank.assemble(ids, h.device)
+            calls["bank"] = lambda: self.bank.assemble(self.bank.search_with_distances(h, cond)[0], h.device)
+        if self.predictor.reads_features:
+            calls["predictor"] = lambda: self.predictor(h, check=False)
+        else:
+            from .predictor import predictor_features
+
+            calls["predictor"] = lambda: self.predictor(
+                *predictor_features(self.predictor.arch, self.model, inputs), check=False
+            )
+        predicted = calls["predictor"]()
+        calls["router"] = lambda: self._route(predicted, threshold)
+        routes = self._route(predicted, threshold).to(h.device)
+        calls["tree"] = lambda: self.model.mixed_from(h, cond, k, routes, guide=guide)
+        return {name: torch.no_grad()(fn) for name, fn in calls.items()}
 
     # ------------------------------------------------------------------------------------------
     # Folders

@@ -8,7 +8,9 @@ interleaved the same way (:meth:`fiancee.bench.measure.Clock.interleaved`). Per 
 interquartile ranges, ``speedup = backbone_ms / routed_ms`` (from the recorded medians), the route shares the
 router actually took for those inputs, ``macs_speedup`` = backbone MACs / mean MACs charged per input (route,
 predictor and bank search: ``out.macs``), and ``ms_follow_macs = speedup / macs_speedup`` (1: milliseconds fall
-as MACs do; the target is at least :data:`TARGET`).
+as MACs do; the target is at least :data:`TARGET`). ``segments_ms``: the call's segments (trunk, bank search,
+predictor, router, mixed-exit tree: :meth:`fiancee.pipeline.FianceePipeline.segment_calls`) each timed alone, in a
+second interleaved pass; ``glue_ms`` = routed median minus their sum (checks, bookkeeping, the drift between passes).
 
 Under ONNX Runtime (:func:`time_end_to_end_onnx`) the routed call is :class:`fiancee.runtime.OnnxPipeline` on an
 exported folder and the baseline the same call with every input forced onto the backbone: it also runs the
@@ -127,20 +129,25 @@ def time_end_to_end(
             xs = inputs_on[b]
             out = pipe(*xs, max_lpips=t)  # the routes and MACs of these inputs (and one more warm-up call)
             backbone_t, routed_t = clock.interleaved(lambda: pipe.model.backbone(*xs), lambda: pipe(*xs, max_lpips=t))
-            rows.append(
-                end_to_end_row(
-                    task,
-                    "torch",
-                    t,
-                    threads,
-                    out.routes.numpy(),
-                    out.macs.numpy(),
-                    backbone_macs,
-                    pipe.model.num_routes,
-                    backbone_t,
-                    routed_t,
-                )
+            row = end_to_end_row(
+                task,
+                "torch",
+                t,
+                threads,
+                out.routes.numpy(),
+                out.macs.numpy(),
+                backbone_macs,
+                pipe.model.num_routes,
+                backbone_t,
+                routed_t,
             )
+            # Where the routed call's time goes: each segment alone, interleaved with the others (a second pass,
+            # so the headline's pair above is timed exactly as before).
+            calls = pipe.segment_calls(*xs, max_lpips=t)
+            timed = clock.interleaved(*calls.values())
+            row["segments_ms"] = {name: round(tm["median_ms"], 4) for name, tm in zip(calls, timed)}
+            row["glue_ms"] = round(row["routed_ms"] - sum(row["segments_ms"].values()), 4)
+            rows.append(row)
             step(f"end to end T={t:g} batch {b}")
     return _section("torch", thresholds, backbone_macs, "pipe.model.backbone(*inputs): the backbone alone", rows)
 

@@ -247,7 +247,24 @@ def end_to_end_lines(report: dict, markdown: bool = False) -> list[str]:
         f"end to end: the routed call ({e2e['runtime']}) vs {e2e['baseline']}; same inputs, interleaved; median ± IQR "
         f"ms; speed-up = backbone / routed; ratio = speed-up / MACs speed-up (target >= {e2e['target_ms_follow_macs']})"
     )
-    return [lead, ""] + _render(header, rows, markdown) + [""]
+    return [lead, ""] + _render(header, rows, markdown) + [""] + _segments_lines(e2e, markdown)
+
+
+def _segments_lines(e2e: dict, markdown: bool) -> list[str]:
+    """Where the routed call's time goes (rows that carry ``segments_ms``: PyTorch, measured since they exist)."""
+    rows = [r for r in e2e["rows"] if r.get("segments_ms")]
+    if not rows:
+        return []
+    names = list(rows[0]["segments_ms"])
+    header = ["T", "batch", "routed ms"] + [f"{n} ms" for n in names] + ["glue ms"]
+    body = [
+        [f"{r['threshold']:g}", str(r["batch"]), f"{r['routed_ms']:.4g}"]
+        + [f"{r['segments_ms'].get(n, float('nan')):.4g}" for n in names]
+        + [f"{r['glue_ms']:.3g}"]
+        for r in rows
+    ]
+    lead = "where the routed call's time goes: each segment timed alone (interleaved); glue = routed - their sum"
+    return [lead, ""] + _render(header, body, markdown) + [""]
 
 
 def _routes_table(report: dict, markdown: bool) -> list[str]:
