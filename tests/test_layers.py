@@ -64,6 +64,7 @@ LAYERS = [
             "upscaling",
             "results",
             "guarantee_study",
+            "serving",
             "cli",
             "__main__",
             "__init__",

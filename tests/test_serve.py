@@ -3,6 +3,9 @@ functions, the batch handler without Ray, the command's refusals, and one end-to
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +96,216 @@ def test_the_onnx_runtime_routes_per_input_like_pytorch(tiny_pipeline, tmp_path,
     np.testing.assert_allclose(got.images, want.images.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match=r"max_lpips must be one number in \(0, 1\] or 8 of them \(one per input\)"):
         onnx(*(x.numpy() for x in inputs), max_lpips=[0.1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Requests checked as pure functions (no Ray): every malformed request gets its 4xx and one line
+
+
+def _decls():
+    from fiancee.serving.requests import InputDecl
+
+    return (InputDecl("z", "noise", (100,)),)
+
+
+def _label_decls():
+    from fiancee.serving.requests import InputDecl
+
+    return (InputDecl("label", "label_map", (4, 8, 8)), InputDecl("z", "noise", (16,)))
+
+
+@pytest.mark.parametrize("decls", [_decls(), _label_decls()], ids=["noise", "label_map+noise"])
+def test_every_malformed_request_of_the_battery_gets_its_4xx_in_one_line(decls):
+    from fiancee.serving.battery import bad_requests, valid_request
+    from fiancee.serving.requests import BadRequest, Limits, parse_generate
+
+    limits = Limits(max_body_bytes=64 * 1024)
+    cases = bad_requests(decls, limits)
+    assert len(cases) >= 20
+    for case in cases:
+        with pytest.raises(BadRequest) as e:
+            parse_generate(case.body, decls, limits)
+        assert (e.value.status, case.message in str(e.value)) == (case.status, True), (case.name, str(e.value))
+        assert "\n" not in str(e.value) and len(str(e.value)) < 400, case.name
+    ok = parse_generate(json.dumps(valid_request(decls, 0.2, seed=3)).encode(), decls, limits)
+    assert ok.max_lpips == 0.2 and ok.seed == 3 and [x.shape for x in ok.inputs] == [d.shape for d in decls]
+
+
+def test_a_seed_draws_the_same_noise_everywhere_and_given_inputs_are_taken_as_they_are():
+    from fiancee.serving.requests import draw_noise, parse_generate
+
+    decls = _label_decls()
+    labels = np.random.default_rng(0).integers(0, 4, size=(8, 8))
+    body = {"max_lpips": 0.1, "seed": 11, "inputs": {"label": labels.tolist()}}
+    a = parse_generate(json.dumps(body).encode(), decls)
+    b = parse_generate(json.dumps(body).encode(), decls)
+    assert np.array_equal(a.inputs[1], b.inputs[1]) and np.array_equal(a.inputs[1], draw_noise(decls, 11)["z"])
+    assert not np.array_equal(a.inputs[1], draw_noise(decls, 12)["z"])
+    one_hot = a.inputs[0]
+    assert one_hot.shape == (4, 8, 8) and np.array_equal(one_hot.argmax(0), labels) and one_hot.sum() == 64
+    body["inputs"]["label"] = one_hot.tolist()  # a one-hot map is taken as it is
+    assert np.array_equal(parse_generate(json.dumps(body).encode(), decls).inputs[0], one_hot)
+    z = np.linspace(-1, 1, 16).astype(np.float32)
+    body["inputs"]["z"] = z.tolist()  # a given noise input wins over the seed
+    assert np.array_equal(parse_generate(json.dumps(body).encode(), decls).inputs[1], z)
+
+
+def test_an_image_input_comes_as_a_png_and_answers_carry_one():
+    import base64
+
+    from fiancee.serving.requests import BadRequest, InputDecl, decode_png, encode_png
+
+    decl = InputDecl("x", "condition", (3, 8, 6))
+    image = np.random.default_rng(1).uniform(-1, 1, size=(3, 8, 6)).astype(np.float32)
+    png = encode_png(image)
+    back = decode_png(base64.b64encode(png).decode(), decl)
+    assert back.shape == (3, 8, 6) and np.abs(back - image).max() <= 1 / 127.5 + 1e-6  # 8-bit rounding only
+    with pytest.raises(BadRequest, match="must be 6x8 pixels; got 8x6"):
+        decode_png(base64.b64encode(encode_png(image.transpose(0, 2, 1))).decode(), decl)
+    with pytest.raises(BadRequest, match="is not a PNG file"):
+        decode_png(base64.b64encode(b"GIF89a....").decode(), decl)
+    with pytest.raises(BadRequest, match="must be base64"):
+        decode_png("not base64!", decl)
+
+
+def test_settings_are_checked_before_anything_starts():
+    from fiancee.serving import ServeSettings
+
+    s = ServeSettings(replicas=2, max_batch_size=16, max_queued=10)
+    assert (s.replica_capacity, s.gateway_capacity) == (32, 2 * 32 + 10 + 16)
+    for kwargs, message in [
+        ({"port": 0}, "port must be an integer in 1..65535; got 0"),
+        ({"replicas": 0}, "replicas must be an integer"),
+        ({"max_batch_size": 1.5}, "max_batch_size must be an integer"),
+        ({"batch_wait_ms": float("nan")}, "batch_wait_ms must be a number"),
+        ({"max_queued": 0}, "max_queued must be an integer"),
+        ({"timeout_s": 0}, "timeout_s must be a number in (0, 3600]; got 0"),
+        ({"backbone_only": 1}, "backbone_only must be True or False"),
+        ({"host": ""}, "host must be a host name"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            ServeSettings(**kwargs)
+        assert message in str(e.value), (kwargs, str(e.value))
+
+
+def test_metrics_are_prometheus_text_with_route_shares_macs_saved_queue_and_latency():
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fiancee.serving.metrics import ServeMetrics
+
+    m = ServeMetrics(["exit 1", "exit 2", "backbone"])
+    m.answered(0, 30.0, 100.0, 0.02, 4)
+    m.answered(0, 30.0, 100.0, 0.03, 4)
+    m.answered(2, 100.0, 100.0, 0.2, 1)
+    m.refused("bad_request")
+    m.refused("overloaded")
+    with m.queued():
+        text, content_type = m.text()
+    assert content_type.startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+    assert samples[("fiancee_requests_total", (("outcome", "ok"),))] == 3
+    assert samples[("fiancee_requests_total", (("outcome", "bad_request"),))] == 1
+    assert samples[("fiancee_requests_total", (("outcome", "overloaded"),))] == 1
+    assert samples[("fiancee_requests_total", (("outcome", "failed"),))] == 0
+    assert samples[("fiancee_route_requests_total", (("route", "exit 1"),))] == 2
+    assert samples[("fiancee_route_requests_total", (("route", "exit 2"),))] == 0
+    assert samples[("fiancee_macs_saved_ratio", ())] == pytest.approx(1 - 160 / 300)
+    assert samples[("fiancee_queue_length", ())] == 1
+    assert samples[("fiancee_request_latency_seconds_count", ())] == 3
+    assert samples[("fiancee_request_latency_seconds_bucket", (("le", "0.025"),))] == 1
+    assert samples[("fiancee_batch_size_sum", ())] == 9
+    assert m.text()[0].decode().count("fiancee_queue_length 0.0") == 1  # left the queue
+
+
+# ----------------------------------------------------------------------------------------------
+# One batch through a pipeline (no Ray): stacked, routed per request, split back
+
+
+def _requests(inputs, thresholds):
+    from fiancee.serving.requests import GenerateRequest
+
+    return [GenerateRequest(tuple(x[i].numpy() for x in inputs), float(t), None) for i, t in enumerate(thresholds)]
+
+
+def test_a_batch_of_requests_is_one_call_and_each_answer_is_its_own(tiny_pipeline, one_thread):
+    from PIL import Image
+
+    from fiancee.serving.batch import _TorchBackend, run_batch
+    from fiancee.serving.requests import answer
+
+    pipe, inputs = tiny_pipeline
+    ts = _mixed_thresholds(pipe.predict(*inputs))
+    backend = _TorchBackend(pipe, backbone_only=False)
+    d = backend.description
+    assert [x.shape for x in d.decls] == [tuple(x.shape[1:]) for x in inputs] and d.runtime == "torch"
+    assert d.route_names == ["exit 1", "exit 2", "exit 3", "backbone"]
+    calls = []
+    original = pipe.__class__.__call__
+    pipe.__class__.__call__ = lambda self, *a, **k: calls.append(k["max_lpips"]) or original(self, *a, **k)
+    try:
+        results = run_batch(backend, _requests(inputs, ts))
+    finally:
+        pipe.__class__.__call__ = original
+    assert len(calls) == 1 and list(calls[0]) == ts  # one pipeline call, each request's own threshold
+    want = pipe(*inputs, max_lpips=ts)
+    assert [r["route"] for r in results] == want.routes.tolist()
+    assert [r["macs"] for r in results] == want.macs.tolist()
+    for i, r in enumerate(results):
+        png = np.asarray(Image.open(io.BytesIO(r["png"])), dtype=np.float32) / 127.5 - 1
+        assert png.shape == tuple(want.images.shape[2:]) + (3,)
+        assert np.abs(png.transpose(2, 0, 1) - want.images[i].clamp(-1, 1).numpy()).max() <= 1 / 127.5 + 1e-5
+        reply = answer(r, d.route_names, d.backbone_macs)
+        assert reply["route_name"] == d.route_names[r["route"]] and reply["batch_size"] == 8
+        assert reply["macs_saved"] == pytest.approx(1 - r["macs"] / d.backbone_macs, abs=1e-6)
+        assert reply["predicted_lpips"] == (r["predicted_lpips"] + [0.0])[r["route"]]
+
+
+def test_backbone_only_serves_every_request_on_the_backbone(tiny_pipeline, one_thread):
+    from fiancee.serving.batch import _TorchBackend, run_batch
+
+    pipe, inputs = tiny_pipeline
+    backend = _TorchBackend(pipe, backbone_only=True)
+    results = run_batch(backend, _requests(inputs, [0.3] * 8))
+    last = len(pipe.route_macs) - 1
+    assert {r["route"] for r in results} == {last} and {r["predicted_lpips"] is None for r in results} == {True}
+    assert {r["macs"] for r in results} == {float(pipe.route_macs[-1])}
+
+
+def test_the_request_side_imports_without_torch_or_ray():
+    """A torch-free replica serves an ONNX export: what checks and answers requests imports neither torch nor Ray."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    script = (
+        "import sys, fiancee.serving, fiancee.serving.requests, fiancee.serving.battery, fiancee.serving.settings, "
+        "fiancee.serving.metrics, fiancee.serving.batch; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')); assert not bad, bad"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(src)})
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--port", "0"], "port must be an integer in 1..65535; got 0"),
+        (["--max-batch-size", "0"], "max_batch_size must be an integer"),
+        (["--batch-wait-ms", "nan"], "batch_wait_ms must be a number"),
+        ([], "no pipeline folder at"),
+    ],
+)
+def test_the_serve_command_refuses_bad_arguments_in_one_line_before_ray_starts(argv, message, tmp_path, capsys):
+    from fiancee.cli import main
+
+    assert main(["serve", str(tmp_path / "missing"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fiancee serve: error: ") and message in err and "\n" not in err
+    ray = __import__("sys").modules.get("ray")
+    assert ray is None or not ray.is_initialized()

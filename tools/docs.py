@@ -2251,6 +2251,7 @@ EXTRA_PURPOSE = {
     "export": "`fiancee export`",
     "runtime": "`fiancee.runtime`, an export run without torch",
     "upscale": "the upscale task's photos",
+    "serve": "`fiancee serve` and its load test",
     "all": "every feature",
     "test": "the test suite",
 }

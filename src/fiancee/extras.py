@@ -18,6 +18,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "pytorch_msssim": ("pytorch-msssim", "test"),
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "runtime"),
+    "ray": ("ray[serve]", "serve"),
+    "prometheus_client": ("prometheus-client", "serve"),
+    "locust": ("locust", "serve"),
 }
 
 

@@ -15,13 +15,13 @@ import os
 import sys
 from typing import Sequence
 
-from . import backbone, bank, bench, exits, export, measure, pipeline, predictor, studies, task
+from . import backbone, bank, bench, exits, export, measure, pipeline, predictor, serve, studies, task
 from ._args import folder_code_allowed, refuse_existing_out
 
 __all__ = ["main", "build_parser"]
 
 # In the order `fiancee --help` lists them.
-COMMANDS = (measure, backbone, exits, task, predictor, pipeline, bank, studies, bench, export)
+COMMANDS = (measure, backbone, exits, task, predictor, pipeline, bank, studies, bench, export, serve)
 
 
 class _Parser(argparse.ArgumentParser):
