@@ -80,14 +80,21 @@ def test_bad_per_input_thresholds_are_one_line(tiny_pipeline, value, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_the_onnx_runtime_routes_per_input_like_pytorch(tiny_pipeline, tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def tiny_export(tiny_pipeline, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     from fiancee.export import export_pipeline
+
+    out = tmp_path_factory.mktemp("serve") / "onnx"
+    export_pipeline(tiny_pipeline[0], out)
+    return out
+
+
+def test_the_onnx_runtime_routes_per_input_like_pytorch(tiny_pipeline, tiny_export, one_thread):
     from fiancee.runtime import OnnxPipeline
 
     pipe, inputs = tiny_pipeline
-    export_pipeline(pipe, tmp_path / "onnx")
-    onnx = OnnxPipeline(tmp_path / "onnx", threads=1)
+    onnx = OnnxPipeline(tiny_export, threads=1)
     ts = _mixed_thresholds(pipe.predict(*inputs))
     want = pipe(*inputs, max_lpips=ts)
     got = onnx(*(x.numpy() for x in inputs), max_lpips=np.asarray(ts))
@@ -309,3 +316,20 @@ def test_the_serve_command_refuses_bad_arguments_in_one_line_before_ray_starts(a
     assert err.startswith("fiancee serve: error: ") and message in err and "\n" not in err
     ray = __import__("sys").modules.get("ray")
     assert ray is None or not ray.is_initialized()
+
+
+def test_an_onnx_export_is_served_by_the_same_batch_code_without_torch(tiny_pipeline, tiny_export, one_thread):
+    from fiancee.serving.batch import _TorchBackend, load_backend, run_batch
+
+    pipe, inputs = tiny_pipeline
+    onnx = load_backend(tiny_export, threads=1)
+    torch_side = _TorchBackend(pipe, backbone_only=False)
+    assert onnx.description.runtime == "onnx"
+    assert [d.shape for d in onnx.description.decls] == [d.shape for d in torch_side.description.decls]
+    assert onnx.description.route_macs == torch_side.description.route_macs
+    ts = _mixed_thresholds(pipe.predict(*inputs))
+    got, want = run_batch(onnx, _requests(inputs, ts)), run_batch(torch_side, _requests(inputs, ts))
+    assert [r["route"] for r in got] == [r["route"] for r in want] and len({r["route"] for r in got}) >= 2
+    assert [r["macs"] for r in got] == pytest.approx([r["macs"] for r in want])
+    forced = run_batch(load_backend(tiny_export, threads=1, backbone_only=True), _requests(inputs, ts))
+    assert {r["route"] for r in forced} == {len(pipe.route_macs) - 1}  # the baseline: every request on the backbone
