@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -333,3 +334,172 @@ def test_an_onnx_export_is_served_by_the_same_batch_code_without_torch(tiny_pipe
     assert [r["macs"] for r in got] == pytest.approx([r["macs"] for r in want])
     forced = run_batch(load_backend(tiny_export, threads=1, backbone_only=True), _requests(inputs, ts))
     assert {r["route"] for r in forced} == {len(pipe.route_macs) - 1}  # the baseline: every request on the backbone
+
+
+# ----------------------------------------------------------------------------------------------
+# One run on Ray Serve, as a user starts it (slow: Ray starts in a subprocess)
+
+
+@pytest.fixture(scope="module")
+def faces_serving_pipeline(tmp_path_factory):
+    """A faces pipeline folder: the shipped exits, a tiny untrained predictor, the paper's threshold router."""
+    from fiancee.pipeline import FianceePipeline
+    from fiancee.predictor import QualityPredictor, predictor_features
+    from fiancee.routing import ThresholdRouter
+    from fiancee.tasks import get_task
+    from fiancee.tasks.base import weights_dir
+    from fiancee.train.exits import load_exits
+
+    task = get_task("faces")
+    _, model = load_exits(weights_dir("faces", "exits"))
+    xs = predictor_features("tiny", model, task.sample_inputs(2, seed=0, split="train"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])])
+    with torch.no_grad():  # untrained, it predicts around 0: lifted so that thresholds 0.05 .. 0.2 route differently
+        [m for m in predictor.modules() if getattr(m, "bias", None) is not None][-1].bias += 0.1
+    out = tmp_path_factory.mktemp("faces") / "pipeline"
+    FianceePipeline(task, model, predictor, ThresholdRouter(model.route_macs())).save_pretrained(out)
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: bytes, headers: dict | None = None, timeout: float = 90.0):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
+    tic = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read(), dict(r.headers), time.perf_counter() - tic
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers), time.perf_counter() - tic
+
+
+def _wait_ready(proc) -> dict:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            pytest.fail(f"fiancee serve exited with {proc.returncode} before it was ready")
+        if line.startswith("{"):
+            return json.loads(line)
+    pytest.fail("fiancee serve was not ready within 120 s")
+
+
+@pytest.mark.slow
+def test_serving_on_ray_end_to_end(faces_serving_pipeline, one_thread):
+    """``fiancee serve`` as a user runs it: the battery gets its 4xx without reaching a replica, a concurrent batch
+    of requests with mixed thresholds is answered as the pipeline answers each alone, overload is a quick 503, a
+    killed replica is restarted by Ray with every request in flight answered, and Ctrl-C drains what is in flight."""
+    pytest.importorskip("ray.serve")
+    import os
+    import signal
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fiancee.pipeline import FianceePipeline
+    from fiancee.serving.battery import bad_requests
+    from fiancee.serving.requests import InputDecl, Limits, draw_noise
+
+    port = _free_port()
+    argv = ["--port", str(port), "--max-batch-size", "4", "--max-queued", "2", "--max-body-kb", "64", "--retries", "3"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fiancee", "serve", str(faces_serving_pipeline), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def counts() -> dict:
+        import urllib.request
+
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        return {
+            (s.name, s.labels.get("outcome")): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name in ("fiancee_requests_total", "fiancee_batch_size_count", "fiancee_retries_total")
+        }
+
+    try:
+        pipe = FianceePipeline.from_pretrained(faces_serving_pipeline)  # the answers to compare with
+        ready = _wait_ready(proc)
+        assert ready["serving"] == url and ready["runtime"] == "torch" and ready["route_names"][-1] == "backbone"
+        decls = tuple(InputDecl.from_dict(d) for d in ready["inputs"])
+
+        # every malformed request: its 4xx and one line, and none reached a replica
+        cases = bad_requests(decls, Limits(max_body_bytes=64 * 1024))
+        for case in cases:
+            status, body, _, _ = _post(url + "/generate", case.body)
+            assert status == case.status and case.message in json.loads(body)["error"], (case.name, status, body)
+        c = counts()
+        assert c[("fiancee_requests_total", "bad_request")] == len(cases) >= 20
+        assert c[("fiancee_requests_total", "ok")] == 0 and c[("fiancee_batch_size_count", None)] == 0
+
+        # concurrent requests with different thresholds: batched, each answered as the pipeline answers it alone
+        thresholds = [0.05, 0.1, 0.2, 0.5] * 3
+        bodies = [json.dumps({"seed": i, "max_lpips": t}).encode() for i, t in enumerate(thresholds)]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: _post(url + "/generate", b), bodies))
+        batch_sizes = []
+        for i, (status, body, _, _) in enumerate(answers):
+            assert status == 200, body
+            reply = json.loads(body)
+            z = torch.from_numpy(draw_noise(decls, i)["z"])[None]
+            alone = pipe(z, max_lpips=thresholds[i])
+            assert (reply["route"], reply["macs"]) == (int(alone.routes[0]), int(alone.macs[0]))
+            batch_sizes.append(reply["batch_size"])
+        assert max(batch_sizes) > 1  # @serve.batch gathered several requests into one call
+        status, png, headers, _ = _post(url + "/generate", bodies[0], {"Accept": "image/png"})
+        assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n" and headers["X-Fiancee-Route-Name"]
+
+        # overload: more at once than the replica and the queue hold; the rest get a 503 at once
+        with ThreadPoolExecutor(64) as pool:
+            flood = list(pool.map(lambda i: _post(url + "/generate", bodies[i % len(bodies)]), range(64)))
+        statuses = [f[0] for f in flood]
+        assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+        assert max(f[3] for f in flood if f[0] == 503) < 5.0
+
+        # a replica that dies: Ray restarts it, the requests it held are sent again and answered
+        import ray
+
+        ray.init(address=ready["ray"], logging_level="error", log_to_driver=False)
+        try:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+            replica = next(n for n in names if "Generator" in n and n.startswith("SERVE_REPLICA"))
+            with ThreadPoolExecutor(8) as pool:
+                pending = [pool.submit(_post, url + "/generate", bodies[i]) for i in range(8)]
+                time.sleep(0.02)
+                ray.kill(ray.get_actor(replica, namespace="serve"))
+                after = [p.result() for p in pending]
+        finally:
+            ray.shutdown()
+        assert [a[0] for a in after] == [200] * 8, [a[1][:200] for a in after if a[0] != 200]
+        assert _post(url + "/generate", bodies[1])[0] == 200
+
+        # Ctrl-C: requests in flight are answered before the server stops
+        with ThreadPoolExecutor(8) as pool:
+            pending = [pool.submit(_post, url + "/generate", bodies[i]) for i in range(8)]
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            drained = [p.result()[0] for p in pending]
+        assert drained == [200] * 8
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

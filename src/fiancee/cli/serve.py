@@ -67,8 +67,8 @@ def run_serve(args: argparse.Namespace) -> int:
         backbone_only=args.backbone_only,
     )
 
-    def ready(url, description) -> None:
-        line = {"serving": url, "endpoints": ["POST /generate", "GET /health", "GET /metrics"]}
+    def ready(url, description, ray_address) -> None:
+        line = {"serving": url, "endpoints": ["POST /generate", "GET /health", "GET /metrics"], "ray": ray_address}
         print(json.dumps({**line, **description.to_dict(), "settings": settings.to_dict()}), flush=True)
         print(f"fiancee serve: ready at {url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
 

@@ -45,8 +45,8 @@ def serve_pipeline(
     ready=None,
 ) -> None:
     """Serve ``folder`` (a pipeline folder, run by PyTorch, or its ONNX export, run by ONNX Runtime without torch)
-    until SIGINT / SIGTERM; ``ready(url, description)`` is called once it answers. Everything is checked first:
-    the settings, Ray being installed, the folder."""
+    until SIGINT / SIGTERM; ``ready(url, description, ray_address)`` is called once it answers. Everything is
+    checked first: the settings, Ray being installed, the folder."""
     from ..extras import require
 
     settings = settings or ServeSettings()
@@ -63,5 +63,5 @@ def serve_pipeline(
         settings,
         address=address,
         trust_task_code=trust_task_code,
-        ready=None if ready is None else (lambda url: ready(url, description)),
+        ready=None if ready is None else (lambda url, ray_address: ready(url, description, ray_address)),
     )

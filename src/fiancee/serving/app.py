@@ -191,14 +191,15 @@ def run_server(
 ) -> None:
     """Start Ray (or join the cluster at ``address``), run the application on ``settings.host:port`` and block until
     SIGINT / SIGTERM (or ``stop`` is set); then shut Serve down, which lets requests in flight finish (``drain_s``).
-    ``ready(url)`` is called once the service answers."""
+    ``ready(url, ray_address)`` is called once the service answers (``ray_address``: the cluster's, for ``ray``
+    tools and for joining it)."""
     import ray
 
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    context = ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         serve.start(
             http_options={"host": settings.host, "port": settings.port, "request_timeout_s": settings.timeout_s},
@@ -208,7 +209,7 @@ def run_server(
             build_app(folder, description, settings, trust_task_code=trust_task_code), name=APP_NAME, route_prefix="/"
         )
         if ready is not None:
-            ready(f"http://{settings.host}:{settings.port}")
+            ready(f"http://{settings.host}:{settings.port}", context.address_info.get("gcs_address"))
         while not stop.wait(0.5):
             pass
         serve.shutdown()  # replicas finish what they hold (graceful_shutdown_timeout_s) before they stop
