@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,10 @@ class Generator:
         self.generate.set_max_batch_size(batch["max_batch_size"])
         self.generate.set_batch_wait_timeout_s(batch["batch_wait_s"])
 
+    def describe(self) -> dict:
+        """Which runtime this replica runs, and whether torch was ever imported in it (an export's replicas: never)."""
+        return {"runtime": self.backend.description.runtime, "torch_imported": "torch" in sys.modules}
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def generate(self, requests: list) -> list[dict]:
         # In a worker thread: the replica's event loop keeps gathering the next batch while this one runs.
@@ -72,9 +77,16 @@ class Gateway:
         self.settings = ServeSettings(**settings)
         self.limits = Limits(max_body_bytes=self.settings.max_body_kb * 1024)
         self.metrics = ServeMetrics(self.description.route_names)
+        self.draining = False
+        self.in_flight = 0  # admitted requests not answered yet
+
+    def drain(self) -> int:
+        """Refuse new requests from now on (503); the requests still in flight, for :func:`run_server` to wait on."""
+        self.draining = True
+        return self.in_flight
 
     async def __call__(self, request):
-        from starlette.responses import JSONResponse, Response
+        from starlette.responses import Response
 
         path = request.url.path.rstrip("/") or "/"
         if path == "/generate":
@@ -82,15 +94,29 @@ class Gateway:
                 return _error(405, "POST a JSON request to /generate (GET /health, GET /metrics)")
             return await self._generate(request)
         if path == "/health" and request.method == "GET":
-            return JSONResponse({"status": "ok", **self.description.to_dict()})
+            return await self._health()
         if path == "/metrics" and request.method == "GET":
             body, content_type = self.metrics.text()
             return Response(body, media_type=content_type)
         return _error(404, f"no endpoint {request.method} {path}; this service has {ENDPOINTS}")
 
-    async def _generate(self, request):
-        from starlette.responses import Response
+    async def _health(self):
+        """200 with the pipeline's description and what a replica says of itself; 503 when no replica answers."""
+        from starlette.responses import JSONResponse
 
+        reply = {"status": "ok", **self.description.to_dict()}
+        response = self.generator.describe.remote()
+        try:
+            reply["replica"] = await asyncio.wait_for(asyncio.ensure_future(response), timeout=5.0)
+        except BackPressureError:
+            reply["replica"] = "busy"  # every replica full and the queue too: alive, answering others
+        except Exception as e:  # no replica up (starting, or dead and not yet restarted)
+            response.cancel()
+            line = " ".join(str(e).split())[:200] or type(e).__name__
+            return JSONResponse({**reply, "status": "unavailable", "error": line}, status_code=503)
+        return JSONResponse(reply)
+
+    async def _generate(self, request):
         start = time.perf_counter()
         try:
             length = request.headers.get("content-length")
@@ -100,6 +126,18 @@ class Gateway:
         except BadRequest as e:
             self.metrics.refused("bad_request")
             return _error(e.status, str(e))
+        if self.draining:
+            self.metrics.refused("shutting_down")
+            return _error(503, "shutting down: this service takes no new requests", {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            return await self._answer(request, checked, start)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request, checked, start: float):
+        from starlette.responses import Response
+
         with self.metrics.queued():
             try:
                 result = await self._send(checked)
@@ -179,6 +217,14 @@ def build_app(folder: str | Path, description: Description, settings: ServeSetti
     ).bind(generator, description.to_dict(), s.to_dict())
 
 
+def _drain(seconds: float) -> None:
+    """Stop taking requests and wait (at most ``seconds``) until those in flight are answered."""
+    gateway = serve.get_app_handle(APP_NAME)
+    deadline = time.monotonic() + seconds
+    while gateway.drain.remote().result(timeout_s=max(1.0, seconds)) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def run_server(
     folder: str | Path,
     description: Description,
@@ -190,16 +236,17 @@ def run_server(
     stop: threading.Event | None = None,
 ) -> None:
     """Start Ray (or join the cluster at ``address``), run the application on ``settings.host:port`` and block until
-    SIGINT / SIGTERM (or ``stop`` is set); then shut Serve down, which lets requests in flight finish (``drain_s``).
+    SIGINT / SIGTERM (or ``stop`` is set); then the gateway refuses new requests (503) and requests in flight are
+    answered (``drain_s`` at most) before Serve shuts down.
     ``ready(url, ray_address)`` is called once the service answers (``ray_address``: the cluster's, for ``ray``
     tools and for joining it)."""
     import ray
 
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
+    context = ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    if threading.current_thread() is threading.main_thread():  # after ray.init, whose SIGTERM handler exits at once
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    context = ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         serve.start(
             http_options={"host": settings.host, "port": settings.port, "request_timeout_s": settings.timeout_s},
@@ -212,6 +259,7 @@ def run_server(
             ready(f"http://{settings.host}:{settings.port}", context.address_info.get("gcs_address"))
         while not stop.wait(0.5):
             pass
-        serve.shutdown()  # replicas finish what they hold (graceful_shutdown_timeout_s) before they stop
+        _drain(settings.drain_s)
+        serve.shutdown()
     finally:
         ray.shutdown()

@@ -4,7 +4,7 @@ Counted where every request passes: the gateway (one replica by default, so the 
 with several gateway replicas each counts its own share and a Prometheus server sums them). No Ray needed.
 
 - ``fiancee_requests_total{outcome}``: answered (``ok``), refused as bad (``bad_request``), turned away because the
-  queue was full (``overloaded``), failed after retries (``failed``);
+  queue was full (``overloaded``), failed after retries (``failed``), turned away while draining (``shutting_down``);
 - ``fiancee_route_requests_total{route}``: answered requests per route (``exit 1`` .. ``backbone``): route shares;
 - ``fiancee_macs_charged_total`` and ``fiancee_backbone_macs_total`` (what the same requests would have cost on the
   backbone), and ``fiancee_macs_saved_ratio`` = 1 - charged / backbone;
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 __all__ = ["ServeMetrics", "OUTCOMES", "LATENCY_BUCKETS"]
 
-OUTCOMES = ("ok", "bad_request", "overloaded", "failed")
+OUTCOMES = ("ok", "bad_request", "overloaded", "failed", "shutting_down")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
