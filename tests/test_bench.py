@@ -185,6 +185,7 @@ def faces_pipeline(tmp_path_factory):
 
 def test_a_pipeline_gives_the_bench_its_exits_and_its_routing(faces_pipeline, one_thread):
     report = run_bench("faces", batches="2", pipeline=faces_pipeline, **QUICK)
+    assert set(report["source"]) == {"commit", "dirty"}
     _check_structure(report, num_routes=4)
     assert report["settings"]["exit_weights"] == "the pipeline's"
     assert report["settings"]["mixes_from"].startswith("the pipeline's router on 128 test inputs")
@@ -219,6 +220,9 @@ def test_the_onnx_bench_leads_with_the_pipelines_own_export(faces_pipeline, one_
 
     report = run_onnx_bench("faces", batches="2", threads=(1,), pipeline=faces_pipeline, **QUICK)
     assert list(report)[list(report).index("load_average") + 1] == "end_to_end"
+    from fiancee.results import git_commit
+
+    assert report["source"] == git_commit()  # the code it measured: the checkout's commit and its changed files
     e2e = report["end_to_end"]
     assert e2e["runtime"] == "onnx" and "predictor inside the trunk segment" in e2e["baseline"]
     assert any("predictor inside the trunk segment" in n for n in report["notes"])

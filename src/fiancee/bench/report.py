@@ -77,6 +77,7 @@ def bench_report(
             "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
         },
         "device": device_info(device),
+        "source": _source(),
         "load_average": {"start": load_start, "end": load_average()},
         "end_to_end": phases.get("end_to_end"),
         "routes": phases["routes"],
@@ -86,6 +87,14 @@ def bench_report(
         "options": phases["options"],
         "notes": _notes(setup, predictor, bank, bank_n, bank_choice, opts),
     }
+
+
+def _source() -> dict:
+    """The code a report was measured with: the checkout's commit and the files under src/ that differed from it
+    (:func:`fiancee.results.git_commit`; both None outside a git checkout)."""
+    from ..results import git_commit
+
+    return git_commit()
 
 
 def _notes(setup, predictor, bank, bank_n: int | None, bank_choice: str, opts: list[str]) -> list[str]:
@@ -155,6 +164,7 @@ def onnx_report(
             "mixes": {name: [round(s, 4) for s in shares] for name, shares in mixes},
         },
         "device": {**device_info(torch.device("cpu")), "onnxruntime": onnxruntime.__version__},
+        "source": _source(),
         "load_average": {"start": load_start, "end": load_average()},
         "end_to_end": end_to_end,
         "rows": rows,
