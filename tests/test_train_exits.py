@@ -332,3 +332,55 @@ def test_fixed_inputs_train_from_a_kept_trunk_and_resume_to_the_same_weights(tmp
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="fixed inputs must be an integer >= the batch size"):
         make_config("faces", preset="smoke", batch_size=4, fixed_inputs=3)
+
+
+def test_a_run_warm_starts_from_exported_exits_and_refuses_other_geometry(tmp_path):
+    """Training on from shipped (float16) branches: the new run starts from their weights, records their
+    fingerprint, resumes without naming them again; exits of another geometry are refused in one line."""
+    from fiancee.io import load_tensors, tensor_fingerprint
+
+    first = tmp_path / "first"
+    train_exits(make_config("faces", preset="smoke", steps=2, batch_size=2), first, device="cpu", progress=False)
+    shipped = RunDir(first).export(tmp_path / "shipped", dtype="float16")
+    start = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_tensors(shipped / RunDir(shipped).latest()["dir"] / "branches.safetensors").items()
+    }
+    on = tmp_path / "on"
+    train_exits(
+        make_config("faces", preset="smoke", steps=3, batch_size=2, checkpoint_every=1),
+        on,
+        device="cpu",
+        progress=False,
+        warm_start=shipped,
+        stop_after=1,
+    )
+    assert RunDir(on).read_config()["warm_start"] == tensor_fingerprint(start)
+    # one Adam step from the shipped weights moves no parameter by more than about the learning rate
+    lr = RunDir(on).read_stats()[-1]["lr"]
+    _, model = load_exits(on)
+    got = {f"branches.{k}": v.detach() for k, v in model.branches.named_parameters()}  # BatchNorm's buffers move freely
+    assert set(got) <= set(start)
+    assert max((v - start[k]).abs().max().item() for k, v in got.items()) <= 3 * lr
+    assert max((v - start[k]).abs().max().item() for k, v in got.items()) > 0  # it trained
+    # resumed without --warm-start: the checkpoint holds the weights, the recorded fingerprint stays
+    train_exits(
+        make_config("faces", preset="smoke", steps=3, batch_size=2, checkpoint_every=1),
+        on,
+        resume=True,
+        device="cpu",
+        progress=False,
+    )
+    assert [r["step"] for r in RunDir(on).read_stats()] == [1, 2, 3]
+    assert RunDir(on).read_config()["warm_start"] == tensor_fingerprint(start)
+    with pytest.raises(ValueError, match="warm start: .* has scale '1/2', this run asks '1/4'"):
+        train_exits(
+            make_config("faces", scale="1/4", preset="smoke", steps=2, batch_size=2),
+            tmp_path / "other",
+            device="cpu",
+            progress=False,
+            warm_start=shipped,
+        )
+    assert not (tmp_path / "other").exists()  # refused before the folder was made
+    with pytest.raises(ValueError, match="warm start: .* is not an exit-training run"):
+        train_exits(make_config("faces", preset="smoke", steps=2, batch_size=2), tmp_path / "x", warm_start=tmp_path)

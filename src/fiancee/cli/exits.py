@@ -68,6 +68,14 @@ def _add_train_exits(sub) -> None:
         "backbone's own discriminator (eq. 3; fashion with a discriminator in its backbone folder)",
     )
     p.add_argument(
+        "--warm-start",
+        default=None,
+        metavar="EXITS",
+        help="start the branches from the last weights of EXITS, a run or an exported exits folder of the same "
+        "task and geometry (e.g. the exits shipped with fiancee), instead of --init: training on where it "
+        "stopped, with fresh critics and optimizer state",
+    )
+    p.add_argument(
         "--fixed-inputs",
         type=int,
         default=None,
@@ -148,7 +156,12 @@ def run_train_exits(args: argparse.Namespace) -> int:
     from ..train.exits import train_exits
 
     run = train_exits(
-        exit_config(args), args.out, resume=args.resume, device=args.device, progress=not args.no_progress
+        exit_config(args),
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        warm_start=args.warm_start,
     )
     print(run)
     return 0

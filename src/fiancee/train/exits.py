@@ -88,6 +88,10 @@ class ExitTrainConfig:
     # the first time a batch needs it, and kept in memory: for a backbone whose forward costs as much as
     # the branches' training (Real-ESRGAN: 18 GMACs per tile) this takes about 40 % off every later step.
     fixed_inputs: int | None = None
+    # The fingerprint of the branch weights the run started from (another run or an exported exits folder of the
+    # same task and geometry: ``train_exits(warm_start=...)``), or None. Training on from shipped branches is how a
+    # run continues across machines when only the exported weights (no critics, no optimizer state) were kept.
+    warm_start: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -335,8 +339,14 @@ def train_exits(
     device: str | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    warm_start: str | Path | None = None,
 ) -> Path:
-    """Train every exit of ``config.task``; returns the run folder. ``stop_after`` ends early (tests)."""
+    """Train every exit of ``config.task``; returns the run folder. ``stop_after`` ends early (tests).
+
+    ``warm_start``: a run or an exported exits folder (``RunDir.export``) of the same task, scale, channel floor
+    and exit stages, without a bank: the branches start from its last weights instead of ``config.init`` (fresh
+    critics and optimizer state; the run records the weights' fingerprint in ``config.warm_start``). A resumed
+    run with a checkpoint continues from its checkpoint."""
     from ..tasks.registry import resolve_task
 
     task = resolve_task(config.task)
@@ -345,10 +355,35 @@ def train_exits(
     try:
         run = RunDir(out)
         _check_before_writing(config, run, task)  # read-only, on every rank: all ranks refuse alike
+        start = None
+        if warm_start is not None:
+            start = warm_start_branches(warm_start, config)
+            config.warm_start = tensor_fingerprint(start)
         with _writer_lock(run.path, env):
-            return _train(config, run, env, resume, progress, stop_after, task)
+            return _train(config, run, env, resume, progress, stop_after, task, start)
     finally:
         shutdown_distributed()
+
+
+def warm_start_branches(folder: str | Path, config: ExitTrainConfig) -> dict[str, torch.Tensor]:
+    """The last branch weights of ``folder`` (a run or an exported exits folder), checked to fit ``config``'s
+    exits: same task spec, scale, channel floor and exit stages, and no bank on either side. Refused in one line."""
+    src = RunDir(folder)
+    if not src.config_path.is_file():
+        raise ValueError(
+            f"warm start: {src.path} is not an exit-training run or exported exits folder (no config.json)"
+        )
+    saved = read_run_config(src)
+    if config.bank is not None or saved.get("bank") is not None:
+        raise ValueError("warm start: runs with a feature bank start from their own bank's branches; not supported")
+    want = {"task": config.task, "scale": config.scale, "min_channels": config.min_channels}
+    for key, value in want.items():
+        if saved.get(key) != value:
+            raise ValueError(f"warm start: {src.path} has {key} {saved.get(key)!r}, this run asks {value!r}")
+    ckpt = src.load_checkpoint(["branches"])
+    if ckpt is None:
+        raise ValueError(f"warm start: {src.path} has no checkpoint (latest.json missing)")
+    return {k: v.float() if v.is_floating_point() else v for k, v in ckpt[0]["branches"].items()}
 
 
 def _check_before_writing(config: ExitTrainConfig, run: RunDir, task) -> None:
@@ -392,7 +427,9 @@ def _writer_lock(path: Path, env: DistEnv):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, progress: bool, stop_after, task) -> Path:
+def _train(
+    config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, progress: bool, stop_after, task, start=None
+) -> Path:
     recipe = Recipe.from_dict(config.recipe)
     config.world_size = env.world_size
     exists = run.exists()
@@ -415,13 +452,15 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
                 f"cannot resume {run.path}: its critics are {saved.get('critic_kind')!r}, this command "
                 f"would build {kind!r} (the backbone folder gained or lost its discriminator?)"
             )
-        saved = {"init": "random", "fixed_inputs": None, **saved}  # runs written before the options existed
+        saved = {"init": "random", "fixed_inputs": None, "warm_start": None, **saved}  # runs before the options
+        if config.warm_start is None:  # resuming needs no --warm-start: the checkpoint holds the weights
+            config.warm_start = saved["warm_start"]
         saved["recipe"] = (
             Recipe.from_dict(saved["recipe"]).to_dict()
             if isinstance(saved.get("recipe"), dict)
             else saved.get("recipe")
         )
-        for key in ("task", "scale", "min_channels", "recipe", "init", "fixed_inputs"):
+        for key in ("task", "scale", "min_channels", "recipe", "init", "fixed_inputs", "warm_start"):
             if saved.get(key) != config.to_dict()[key]:
                 raise ValueError(
                     f"cannot resume {run.path}: its {key} is {saved.get(key)!r}, "
@@ -478,12 +517,25 @@ def _train(config: ExitTrainConfig, run: RunDir, env: DistEnv, resume: bool, pro
         )
     guide_fn = None if bank is None else bank.guide
     backbone.eval().requires_grad_(False)
-    if config.init == "inherit" and not (resume and run.latest() is not None):
+    fresh = not (resume and run.latest() is not None)
+    if config.init == "inherit" and fresh and start is None:
         # A fresh run starts here; a resumed one loads its checkpoint's weights instead (scoring the channels
         # would cost a backbone pass over INHERIT_INPUTS for nothing: 4.7 TMACs on upscale).
         probe = task.sample_inputs(INHERIT_INPUTS, seed=config.seed, split="train")
         model.inherit_(channel_importance(backbone, tuple(x.to(env.device) for x in probe)))
     branches = _Branches(model).train()
+    if start is not None and fresh:
+        try:
+            missing, unexpected = branches.load_state_dict(start, strict=False)
+        except RuntimeError as e:  # a tensor of another shape: the task's exits changed since that run
+            raise ValueError(
+                f"warm start: the branches do not fit this run's exits ({str(e).splitlines()[-1].strip()})"
+            ) from None
+        if missing or unexpected:
+            raise ValueError(
+                f"warm start: the branches do not fit this run's exits (missing {sorted(missing)[:3]}, unexpected "
+                f"{sorted(unexpected)[:3]})"
+            )
     use_feat = recipe.features > 0
     if use_feat:
         branches.adapters = FeatureAdapters(model).to(env.device)
