@@ -2056,29 +2056,20 @@ def _shares(shares: list[float]) -> str:
     return " / ".join(f"{100 * s:.0f}%" for s in shares)
 
 
-def _routed_ms(R: Results, bench: str, demo: str, batch: int, t: float = 0.1) -> tuple[float, float]:
-    """(backbone ms, routed ms) per input at ``batch``: the bench's per-route medians weighted by the demo's
-    route shares at ``t``, plus the predictor's time (an estimate: the bench does not time the routed pipeline)."""
-    b = R.bench[bench]
-    per = [r["per_batch"][str(batch)]["per_sample_ms"] for r in b["routes"]]
-    shares = _at(_report(R, demo)["thresholds"], t)["exit_shares"]
-    predictor = b["overhead"]["per_batch"][str(batch)]["predictor_ms"] / batch
-    return per[-1], sum(s * m for s, m in zip(shares, per)) + predictor
-
-
 def _ms(x: float) -> str:
     return f"{x:.1f}" if x >= 1 else f"{x:.2f}"
 
 
-GENERATORS = [  # (demo result, exits result, bench report, what it is)
-    ("demo_faces", "exits_faces", "faces_cpu", "faces: a pretrained DCGAN (third-party weights), 64x64"),
-    ("demo_fashion", "exits_fashion", "fashion_cpu", "fashion: OASIS on Fashion-MNIST label maps, trained here, 32x32"),
+GENERATORS = [  # (demo result, exits result, task of E2E_RUNS, what it is)
+    ("demo_faces", "exits_faces", "faces", "faces: a pretrained DCGAN (third-party weights), 64x64"),
+    ("demo_fashion", "exits_fashion", "fashion", "fashion: OASIS on Fashion-MNIST label maps, trained here, 32x32"),
 ]
 
 
 def _upscale_headline_row(R: Results) -> list[str]:
     """The README's upscale row: tile figures from the demo, seconds per whole photo measured end to end."""
-    row = _at(_report(R, "demo_upscale")["thresholds"], 0.1)
+    rep = _report(R, "demo_upscale")
+    row = _at(rep["thresholds"], 0.1)
     gmacs = R.data("exits_upscale")["exits"]["backbone_macs"] / 1e9
     cells = []
     for name, runtime, threads in UPSCALE_PHOTO_RUNS:
@@ -2090,6 +2081,7 @@ def _upscale_headline_row(R: Results) -> list[str]:
         f"{gmacs:.1f} GMACs a tile",
         f"**{pct(row['macs_saved'])}**",
         pct(row["compliance"]),
+        _static_cell(rep, row),
         "a whole 512x512 photo, end to end, " + cells[0],
         cells[1],
     ]
@@ -2098,19 +2090,25 @@ def _upscale_headline_row(R: Results) -> list[str]:
 @block("readme-headline")
 def _readme_headline(R: Results) -> str:
     rows = []
-    for demo, exits, bench, what in GENERATORS:
-        row = _at(_report(R, demo)["thresholds"], 0.1)
+    e2e = {task: t1 for task, t1, _, _ in E2E_RUNS}
+    for demo, exits, task, what in GENERATORS:
+        rep = _report(R, demo)
+        row = _at(rep["thresholds"], 0.1)
         gmacs = R.data(exits)["exits"]["backbone_macs"] / 1e9
-        b1, r1 = _routed_ms(R, bench, demo, 1)
-        b32, r32 = _routed_ms(R, bench, demo, 32)
+        cells = []
+        for b in (1, 32):
+            r = _e2e(R, e2e[task], 0.1, b)
+            cells.append(
+                f"{_ms(r['backbone_ms'] / b)} -> {_ms(r['routed_ms'] / b)} (**{r['speedup']:.2f}x**; MACs {r['macs_speedup']:.2f}x)"
+            )
         rows.append(
             [
                 what,
                 f"{gmacs:.3f} GMACs",
                 f"**{pct(row['macs_saved'])}**",
                 pct(row["compliance"]),
-                f"{_ms(b1)} -> {_ms(r1)} ({pct(1 - r1 / b1, 0)} less)",
-                f"{_ms(b32)} -> {_ms(r32)} ({pct(1 - r32 / b32, 0)} less)",
+                _static_cell(rep, row),
+                *cells,
             ]
         )
     rows.append(_upscale_headline_row(R))
@@ -2121,11 +2119,12 @@ def _readme_headline(R: Results) -> str:
             f"{paper['oasis']['backbone_gmacs']} GMACs",
             paper["headline"]["saved"],
             "not reported",
+            "not reported",
             "not reported (GPU)",
             "not reported",
         ]
     )
-    xeon, epyc = (_cpu_name(R.bench[b]) for b in ("faces_cpu", "fashion_cpu"))
+    cpu = _cpu_name(R.bench[E2E_RUNS[0][1]])
     return (
         table(
             [
@@ -2133,23 +2132,31 @@ def _readme_headline(R: Results) -> str:
                 "backbone size",
                 "MACs saved at LPIPS <= 0.1 (net)",
                 "outputs truly within 0.1",
+                "best single exit at that compliance",
                 "ms per input, batch 1: backbone -> routed",
                 "batch 32",
             ],
             rows,
         )
-        + "\n\nMACs saved: the whole pipeline (route, predictor, bank search) against the backbone, on 1000 test "
-        'inputs, by the router fitted for "at most 5% of outputs miss, with probability >= 0.9" (`make demo`, '
-        "`fiancee demo --task fashion`; `results/demo_faces.json`, `results/demo_fashion.json`). Milliseconds: "
-        f"one CPU thread, eager PyTorch, medians of `fiancee bench` per route (`benchmarks/faces_cpu.json` on an "
-        f"{xeon}, `benchmarks/fashion_cpu.json` on an {epyc}); the routed figure is an estimate, the routes' "
-        "per-input times weighted by the demo's route shares at LPIPS <= 0.1 plus the predictor's time (the bench "
-        "times every route and mixed batches, not the demo's routing itself). On generators this small a "
-        "route's time falls less than its MACs (fixed per-layer costs; BENCHMARKS.md). The upscale row: "
-        f"{_report(R, 'demo_upscale')['n']} test tiles of held-out photos (`results/demo_upscale.json`); its seconds are a whole photo upscaled "
-        "tile by tile, routed against the backbone, measured end to end (docs/upscale.md). The paper reports MACs "
-        '(its "GFLOPs") on GPUs, no milliseconds.'
+        + "\n\nMACs saved: the whole pipeline (route, predictor, bank search) against the backbone, on "
+        f'{_report(R, "demo_faces")["n"]} test inputs, by the router fitted for "at most 5% of outputs miss, with '
+        'probability >= 0.9" (`make demo`, `fiancee demo --task fashion`; `results/demo_faces.json`, '
+        "`results/demo_fashion.json`). Best single exit: the cheapest one route that every input could take with the "
+        "router's compliance on the same test inputs (what a static compression gives), and the points routing per "
+        "input adds to it. Milliseconds: the whole routed call `pipe(*inputs, max_lpips=0.1)` (trunk, predictor, "
+        "router, mixed-exit tree) against the backbone's own forward, on the same test inputs, timed interleaved on "
+        f"one thread of an {cpu}, eager PyTorch (`fiancee bench --pipeline`: `benchmarks/faces_e2e_t1.json`, "
+        "`benchmarks/fashion_e2e_t1.json`; BENCHMARKS.md); in brackets the wall-clock speed-up and the MACs speed-up "
+        "of the same inputs. On generators this small a narrow route's time falls less than its MACs in eager "
+        "PyTorch (fixed per-layer costs; ONNX Runtime follows the MACs more closely: BENCHMARKS.md). The upscale "
+        f"row: {_report(R, 'demo_upscale')['n']} test tiles of held-out photos (`results/demo_upscale.json`); its "
+        "seconds are a whole photo upscaled tile by tile, routed against the backbone, measured end to end "
+        '(docs/upscale.md). The paper reports MACs (its "GFLOPs") on GPUs, no milliseconds.'
     )
+
+
+def _static_cell(rep: dict, row: dict) -> str:
+    return f"{rep['route_names'][row['static_route']]}: {pct(row['static_macs_saved'])} (routing adds {100 * row['conditional_gain']:+.1f} points)"
 
 
 @block("readme-setup-times")
@@ -2418,6 +2425,203 @@ def _fashion_backbone_scores(R: Results) -> str:
 
 ONNX_BENCH = ("faces_onnx_cpu", "fashion_onnx_cpu")
 
+# The end-to-end runs (fiancee bench --pipeline): per task, PyTorch on one thread, on two, and ONNX Runtime (1 and 2).
+E2E_RUNS = [
+    ("faces", "faces_e2e_t1", "faces_e2e_t2", "faces_onnx_e2e"),
+    ("fashion", "fashion_e2e_t1", "fashion_e2e_t2", "fashion_onnx_e2e"),
+]
+
+
+def _e2e_rows(R: Results, stem: str) -> list[dict]:
+    return R.bench[stem]["end_to_end"]["rows"]
+
+
+def _e2e(R: Results, stem: str, t: float, batch: int, threads: int | None = None) -> dict:
+    hits = [
+        r
+        for r in _e2e_rows(R, stem)
+        if abs(r["threshold"] - t) < 1e-9 and r["batch"] == batch and (threads is None or r["threads"] == threads)
+    ]
+    if len(hits) != 1:
+        raise KeyError(f"benchmarks/{stem}.json has no single end-to-end row at T={t}, batch {batch}")
+    return hits[0]
+
+
+def _e2e_cell(r: dict) -> str:
+    return f"{r['speedup']:.2f}x of {r['macs_speedup']:.2f}x ({r['ms_follow_macs']:.2f})"
+
+
+@block("bench-e2e-commands")
+def _bench_e2e_commands(R: Results) -> str:
+    lines = []
+    for task, t1, t2, onnx in E2E_RUNS:
+        pipe = f"out/demo_{task}/pipeline"
+        s1, s2, so = (R.bench[x]["settings"] for x in (t1, t2, onnx))
+        batch = ",".join(map(str, s1["batches"]))
+        lines += [
+            f"fiancee demo --task {task} --out out/demo_{task}   # makes {pipe}",
+            f"fiancee bench --backbone {task} --pipeline {pipe} --batch {batch} --threads {s1['threads']} --json benchmarks/{t1}.json",
+            f"fiancee bench --backbone {task} --pipeline {pipe} --batch {','.join(map(str, s2['batches']))} --threads {s2['threads']} --json benchmarks/{t2}.json",
+            f"fiancee bench --backbone {task} --pipeline {pipe} --runtime onnx --batch {','.join(map(str, so['batches']))} --json benchmarks/{onnx}.json",
+        ]
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+@block("bench-e2e")
+def _bench_e2e(R: Results) -> str:
+    parts = []
+    for task, t1, t2, onnx in E2E_RUNS:
+        batches = R.bench[t1]["settings"]["batches"]
+        rows = []
+        for stem, runtime in ((t1, "PyTorch"), (t2, "PyTorch"), (onnx, "ONNX Runtime")):
+            e2e = R.bench[stem]["end_to_end"]
+            for threads in sorted({r["threads"] for r in e2e["rows"]}):
+                for t in e2e["thresholds"]:
+                    rows.append(
+                        [f"{runtime}, {threads} thread{'s' if threads > 1 else ''}", f"{t:g}"]
+                        + [_e2e_cell(_e2e(R, stem, t, b, threads)) for b in batches]
+                    )
+        parts.append(
+            f"**{task}** (`benchmarks/{t1}.json`, `{t2}.json`, `{onnx}.json`; {_cpu_name(R.bench[t1])}): wall-clock "
+            "speed-up of the routed call over the backbone, of the MACs speed-up of the same inputs "
+            "(ms_follow_macs in brackets)\n\n"
+            + table(["runtime", "LPIPS <= T"] + [f"batch {b}" for b in batches], rows)
+        )
+    return "\n\n".join(parts)
+
+
+@block("bench-e2e-segments")
+def _bench_e2e_segments(R: Results) -> str:
+    parts = []
+    for task, t1, _, _ in E2E_RUNS:
+        rows = []
+        for r in _e2e_rows(R, t1):
+            seg = r["segments_ms"]
+            rows.append(
+                [
+                    f"{r['threshold']:g}",
+                    str(r["batch"]),
+                    "/".join(map(str, r["route_counts"])),
+                    f"{r['backbone_ms']:.3g}",
+                    f"{r['routed_ms']:.3g}",
+                ]
+                + [f"{seg[n]:.3g}" if n in seg else "-" for n in ("trunk", "bank", "predictor", "router", "tree")]
+                + [f"{r['glue_ms']:.2g}"]
+            )
+        parts.append(
+            f"**{task}**, PyTorch, one thread (`benchmarks/{t1}.json`), milliseconds per call:\n\n"
+            + table(
+                [
+                    "T",
+                    "batch",
+                    "inputs per route",
+                    "backbone",
+                    "routed",
+                    "trunk",
+                    "bank",
+                    "predictor",
+                    "router",
+                    "tree",
+                    "glue",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def _e2e_targets(R: Results) -> list[list[str]]:
+    """The milliseconds issue's targets against the end-to-end runs (one row per target)."""
+    out = []
+    cells, ok = [], True
+    for task, t1, _, _ in E2E_RUNS:
+        for b in (1, 32):
+            r = _e2e(R, t1, 0.1, b)
+            cells.append(
+                f"{task} batch {b}: {r['ms_follow_macs']:.2f} ({r['speedup']:.2f}x of {r['macs_speedup']:.2f}x)"
+            )
+            ok &= r["ms_follow_macs"] >= 0.85
+    out.append(
+        [
+            "wall-clock speed-up >= 0.85 x the MACs speed-up, T = 0.1, batch 1 and 32, one thread, PyTorch",
+            "; ".join(cells),
+            "yes" if ok else "no",
+        ]
+    )
+    slower = [
+        f"{task} {'ONNX Runtime' if stem == onnx else 'PyTorch'} {r['threads']} thread(s) T={r['threshold']:g} batch {r['batch']}: {r['speedup']:.2f}x"
+        for task, t1, t2, onnx in E2E_RUNS
+        for stem in (t1, t2, onnx)
+        for r in _e2e_rows(R, stem)
+        if r["speedup"] < 1
+    ]
+    out.append(
+        [
+            "no threshold and batch where the routed pipeline is slower than the backbone",
+            "; ".join(slower) or "none slower",
+            "no" if slower else "yes",
+        ]
+    )
+    cells, ok = [], True
+    for task, t1, _, onnx in E2E_RUNS:
+        r_t, r_o = _e2e(R, t1, 0.1, 1), _e2e(R, onnx, 0.1, 1, threads=1)
+        x = r_t["routed_ms"] / r_o["routed_ms"]
+        cells.append(f"{task}: {r_t['routed_ms']:.3g} ms -> {r_o['routed_ms']:.3g} ms ({x:.2f}x)")
+        ok &= x >= 2
+    out.append(
+        [
+            "ONNX Runtime end to end >= 2x PyTorch at batch 1 (T = 0.1, one thread; two runs)",
+            "; ".join(cells),
+            "yes" if ok else "no",
+        ]
+    )
+    cells = []
+    for task, t1, t2, onnx in E2E_RUNS:
+        for name, a, b, ta, tb in (("PyTorch", t1, t2, None, None), ("ONNX Runtime", onnx, onnx, 1, 2)):
+            worse = [
+                f"T={r1['threshold']:g} batch {r1['batch']} ({r1['routed_ms']:.3g} -> {r2['routed_ms']:.3g} ms)"
+                for r1 in _e2e_rows(R, a)
+                if ta is None or r1["threads"] == ta
+                for r2 in [_e2e(R, b, r1["threshold"], r1["batch"], tb)]
+                if r2["routed_ms"] > r1["routed_ms"]
+            ]
+            cells.append(f"{task} {name}: " + ("; ".join(worse) if worse else "never slower"))
+    out.append(
+        [
+            "two threads never slower than one (the routed call)",
+            "; ".join(cells),
+            "yes" if all(c.endswith("never slower") for c in cells) else "no",
+        ]
+    )
+    cells, ok = [], True
+    for task, t1, _, _ in E2E_RUNS:
+        worst = _worst_mix(R.bench[t1], 32)
+        cells.append(f"{task} {worst[0]:.3f} ({worst[1]})")
+        ok &= worst[0] >= 0.95
+    out.append(
+        [
+            "the tree >= 0.95 x the ideal for every mix, batch 32",
+            "worst mix, one thread: " + "; ".join(cells),
+            "yes" if ok else "no",
+        ]
+    )
+    cells = []
+    for task, demo in (("faces", "demo_faces"), ("fashion", "demo_fashion"), ("upscale", "demo_upscale")):
+        rep = _report(R, demo)
+        row = _at(rep["thresholds"], 0.1)
+        cells.append(
+            f"{task}: {rep['route_names'][row['static_route']]} saves {pct(row['static_macs_saved'])}, routing adds {100 * row['conditional_gain']:+.1f} points"
+        )
+    out.append(
+        ["the static baseline and the conditional gain stated for every task (T = 0.1)", "; ".join(cells), "yes"]
+    )
+    return out
+
+
+@block("bench-e2e-targets")
+def _bench_e2e_targets(R: Results) -> str:
+    return table(["target", "figures", "met?"], _e2e_targets(R))
+
 
 def _span(values: list[float], n: int = 2) -> str:
     lo, hi = min(values), max(values)
@@ -2565,10 +2769,13 @@ def _g2d_exit3_gap(R: Results, sf: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # docs/upscale.md: Real-ESRGAN x4plus with per-tile exits
 
-UPSCALE_PHOTO_RUNS = [  # (result, runtime, threads)
+UPSCALE_PHOTO_RUNS = [  # (result, runtime, threads); the one-thread runs first (the README headline reads them)
     ("upscale_astronaut_torch_t1", "PyTorch", 1),
     ("upscale_astronaut_ort_t1", "ONNX Runtime", 1),
+    ("upscale_astronaut_torch_t2", "PyTorch", 2),
+    ("upscale_astronaut_ort_t2", "ONNX Runtime", 2),
 ]
+UPSCALE_LARGE_RUN = "upscale_retina_torch_t2"  # the 1411x1411 photo: peak memory
 
 
 @block("upscale-exits")
@@ -2658,9 +2865,12 @@ def _upscale_photos(R: Results) -> str:
     first = R.data(UPSCALE_PHOTO_RUNS[0][0])["summary"]
     im = first["images"][0]
     peaks = ", ".join(
-        f"{R.data(name)['summary']['peak_rss_mib'] / 1024:.2f} GiB ({runtime})"
-        for name, runtime, _ in UPSCALE_PHOTO_RUNS
+        f"{R.data(name)['summary']['peak_rss_mib'] / 1024:.2f} GiB ({runtime}, {threads} thread{'s' if threads > 1 else ''})"
+        for name, runtime, threads in UPSCALE_PHOTO_RUNS
     )
+    big = R.data(UPSCALE_LARGE_RUN)["summary"]
+    bim = big["images"][0]
+    w, h = bim["size"]
     return (
         table(
             [
@@ -2680,7 +2890,10 @@ def _upscale_photos(R: Results) -> str:
         f"{first['overlap']}, batches of {first['batch_size']}; exit shares {_shares(im['route_shares'])}), the "
         "backbone tiled and blended the same way, each run once (`fiancee upscale ... --compare-backbone`; "
         "`results/upscale_astronaut_*.json`). Peak resident memory of the whole process, both photos "
-        f"included: {peaks}."
+        f"included: {peaks}. A larger held-out photo, the {w}x{h} retina to {4 * w}x{4 * h} (routed alone, "
+        f"PyTorch, {big['threads']} threads; `results/{UPSCALE_LARGE_RUN}.json`): {bim['tiles']} tiles in "
+        f"{bim['seconds']:.0f} s, {pct(bim['macs_saved'])} of the MACs saved, peak resident memory "
+        f"{big['peak_rss_mib'] / 1024:.2f} GiB (tiles stream in batches; overlaps are blended in a float band one row of tiles tall, the output kept at 8 bits)."
     )
 
 
