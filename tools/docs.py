@@ -2530,6 +2530,32 @@ def _bench_e2e_segments(R: Results) -> str:
     return "\n\n".join(parts)
 
 
+@block("bench-e2e-static")
+def _bench_e2e_static(R: Results) -> str:
+    rows = []
+    for task, t1, _, _ in E2E_RUNS:
+        rep = _report(R, f"demo_{task}")
+        row = _at(rep["thresholds"], 0.1)
+        static = R.bench[t1]["routes"][row["static_route"]]
+        for b in (1, 32):
+            e = _e2e(R, t1, 0.1, b)
+            s_ms = static["per_batch"][str(b)]["median_ms"]
+            rows.append(
+                [
+                    task,
+                    str(b),
+                    f"{e['backbone_ms']:.3g}",
+                    f"{rep['route_names'][row['static_route']]}: {s_ms:.3g} ({pct(row['static_macs_saved'])} of the MACs saved)",
+                    f"{e['routed_ms']:.3g} ({pct(row['macs_saved'])} saved net)",
+                    f"{s_ms / e['routed_ms']:.2f}x",
+                ]
+            )
+    return table(
+        ["task", "batch", "backbone ms", "best single exit, ms", "routed call, ms", "routed vs that exit"],
+        rows,
+    )
+
+
 def _e2e_targets(R: Results) -> list[list[str]]:
     """The milliseconds issue's targets against the end-to-end runs (one row per target)."""
     out = []
