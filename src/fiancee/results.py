@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .core.folders import RESULT, UPSCALE, header, make_header
+from .core.source import git_commit
 from .io import loads_strict, write_json
 from .timing import cpu_name, load_average
 
@@ -196,27 +197,6 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.rstrip("\n") if out.returncode == 0 else None
-
-
-def git_commit() -> dict:
-    """The checkout's commit and the files under src/ that differ from it (``dirty``); None outside git."""
-    commit = _git("rev-parse", "HEAD")
-    if not commit:
-        return {"commit": None, "dirty": None}
-    top = _git("rev-parse", "--show-toplevel")
-    status = _git("status", "--porcelain", "--", str(Path(top) / "src")) if top else ""
-    dirty = sorted(line[3:] for line in (status or "").splitlines() if line.strip())
-    return {"commit": commit, "dirty": dirty}
 
 
 def stamp(

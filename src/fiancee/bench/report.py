@@ -91,8 +91,8 @@ def bench_report(
 
 def _source() -> dict:
     """The code a report was measured with: the checkout's commit and the files under src/ that differed from it
-    (:func:`fiancee.results.git_commit`; both None outside a git checkout)."""
-    from ..results import git_commit
+    (:func:`fiancee.core.source.git_commit`; both None outside a git checkout)."""
+    from ..core.source import git_commit
 
     return git_commit()
 

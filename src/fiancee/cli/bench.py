@@ -115,6 +115,15 @@ def register(sub) -> None:
         "(faces' shipped exits have none; fashion, oasis, g2d: their default bank); on / off force it",
     )
     head_option(p, "--predictor", help="predictor arch (default: tiny, what train-predictor trains)")
+    _pipeline_options(p)
+    p.add_argument("--json", required=True, help="where to write the JSON report")
+    seed_option(p)
+    progress_option(p)
+    p.set_defaults(func=run_bench)
+
+
+def _pipeline_options(p) -> None:
+    """--pipeline and what it sets: the end-to-end rows and the routed mixes."""
     p.add_argument(
         "--pipeline",
         default=None,
@@ -128,10 +137,6 @@ def register(sub) -> None:
         help="with --pipeline: the LPIPS thresholds of the end-to-end rows and the routed mixes, comma-separated "
         "(default 0.05,0.1)",
     )
-    p.add_argument("--json", required=True, help="where to write the JSON report")
-    seed_option(p)
-    progress_option(p)
-    p.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
