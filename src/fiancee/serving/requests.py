@@ -235,7 +235,8 @@ def encode_png(image: np.ndarray) -> bytes:
     if mode is None:
         raise ValueError(f"an image to encode must be [C, H, W] with 1 or 3 channels; got {list(image.shape)}")
     buffer = io.BytesIO()
-    Image.fromarray(pixels[0] if mode == "L" else pixels.transpose(1, 2, 0), mode=mode).save(buffer, format="PNG")
+    image = Image.fromarray(pixels[0] if mode == "L" else pixels.transpose(1, 2, 0), mode=mode)
+    image.save(buffer, format="PNG", compress_level=1)  # lossless all the same; the fastest zlib level
     return buffer.getvalue()
 
 
