@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -51,6 +52,9 @@ def _post(url: str, body: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+_ROLES = (("ProxyActor", "proxy"), ("fiancee:Gateway", "gateway"), ("fiancee:Generator", "generator"))
 
 
 class Server:
@@ -92,6 +96,26 @@ class Server:
             except psutil.NoSuchProcess:
                 pass
         return round(total / 2**20, 1)
+
+    def cpu_seconds(self) -> dict:
+        """CPU time so far of the server's processes, by role: Ray Serve's HTTP proxy, the gateway, the generator
+        replicas, and the rest (Ray's own daemons, the controller, the fiancee serve process)."""
+        import psutil
+
+        roles = {"proxy": 0.0, "gateway": 0.0, "generator": 0.0, "other": 0.0}
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return roles
+        for p in procs:
+            try:
+                line, t = " ".join(p.cmdline()), p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            role = next((r for key, r in _ROLES if key in line), "other")
+            roles[role] += t.user + t.system
+        return roles
 
     def stop(self) -> dict:
         """SIGINT (Ctrl-C): Serve drains what it holds, then Ray stops. Returns the exit code and how long it took."""
@@ -177,10 +201,17 @@ def run_mode(mode: str, args, out: Path) -> dict:
         locust(server.url, args.rates[0], args.warmup, args, out / f"{mode}_warmup.json")
         result["rss_mb_after_warmup"] = server.rss_mb()
         for rate in args.rates:
-            before = metrics(server.url)
+            before, cpu = metrics(server.url), server.cpu_seconds()
+            client = resource.getrusage(resource.RUSAGE_CHILDREN)
             row = locust(server.url, rate, args.duration, args, out / f"{mode}_{rate:g}.json")
+            client_after, cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu_seconds()
             after = metrics(server.url)
             row["server"] = _delta(before, after)
+            n = max(1, row["sent"])
+            row["cpu_ms_per_request"] = {k: round((cpu_after[k] - cpu[k]) * 1000 / n, 2) for k in cpu}
+            row["cpu_ms_per_request"]["client"] = round(
+                (client_after.ru_utime + client_after.ru_stime - client.ru_utime - client.ru_stime) * 1000 / n, 2
+            )
             row["rss_mb"] = server.rss_mb()
             result["rows"].append(row)
             print(f"{mode} {rate:g}/s: {json.dumps({k: row[k] for k in _SHOWN})}", file=sys.stderr, flush=True)
@@ -239,7 +270,7 @@ def goodput_at_objective(rows: list[dict], slo_ms: float) -> float:
     met = [
         r for r in rows if r["p99_ms"] is not None and r["p99_ms"] <= slo_ms and not r["rejected"] and not r["failed"]
     ]
-    return max((r["goodput_rps"] for r in met), default=0.0)
+    return max((r["goodput_rps"][f"{slo_ms:g}"] for r in met), default=0.0)
 
 
 def plot(result_file: str, out: str) -> None:

@@ -6,8 +6,9 @@ Run by tools/serve_load.py (which reads the summary this writes); by hand::
 
 Settings from the environment:
 
-- ``FIANCEE_RATE``, ``FIANCEE_USERS``: requests per second, all users together, and the ``-u`` given to locust
-  (each user sends at most ``rate / users`` a second: enough users keep the arrivals steady when answers slow down);
+- ``FIANCEE_RATE``, ``FIANCEE_USERS``: requests per second, all users together (Poisson arrivals), and the ``-u``
+  given to locust (each user sends ``rate / users`` a second: enough users keep the arrivals going when answers slow
+  down);
 - ``FIANCEE_MIX``: thresholds and their shares, ``0.05:0.3,0.1:0.5,0.2:0.2`` by default;
 - ``FIANCEE_SLO_MS``: the latency objectives that goodput counts against, comma-separated (default 250);
 - ``FIANCEE_SUMMARY``: a JSON file to write when the test stops: counts, latency percentiles of answered requests
@@ -22,7 +23,8 @@ import os
 import random
 import time
 
-from locust import FastHttpUser, constant_throughput, events, task
+import gevent
+from locust import FastHttpUser, events, task
 
 RATE = float(os.environ.get("FIANCEE_RATE", "10"))
 USERS = int(os.environ.get("FIANCEE_USERS", "1"))  # the -u given to locust: each user sends RATE / USERS a second
@@ -42,11 +44,19 @@ class Client(FastHttpUser):
     connection_timeout = 10.0
     _count = 0
 
-    wait_time = constant_throughput(RATE / USERS)
+    def wait_time(self):
+        # Poisson arrivals: each user starts its requests at exponential gaps of mean USERS / RATE from a schedule of
+        # its own (not from when its last answer came back), so the users together send RATE a second at random
+        # instants, as independent clients would, rather than in step.
+        self.next_start += self.rng.expovariate(RATE / USERS)
+        return max(0.0, self.next_start - time.time())
 
     def on_start(self):
         Client._count += 1
         self.rng = random.Random(SEED * 100_003 + Client._count)
+        self.next_start = time.time() + self.rng.expovariate(RATE / USERS)
+        gevent.sleep(self.next_start - time.time())  # a random first instant too: no burst as the users start
+        self.next_start = time.time()
 
     @task
     def generate(self):
