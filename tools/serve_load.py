@@ -14,6 +14,7 @@ Goodput at the objective: per mode, the most answered-within-``--slo-ms`` reques
 p99 latency met the objective with nothing rejected or failed; the headline is routed over backbone.
 
     python tools/serve_load.py --plot results/serve_faces_cpu.json docs/img/serve_faces.png
+    python tools/serve_load.py out/demo_faces/pipeline --model-only     # the same batches without the engine
 """
 
 from __future__ import annotations
@@ -273,6 +274,33 @@ def goodput_at_objective(rows: list[dict], slo_ms: float) -> float:
     return max((r["goodput_rps"][f"{slo_ms:g}"] for r in met), default=0.0)
 
 
+def model_only(pipeline: str, mix: str, batches=(1, 8, 32), reps: int = 20, seed: int = 0) -> dict:
+    """Milliseconds per request of one served batch without the engine (fiancee.serving.batch.run_batch: stacking,
+    the pipeline call at each request's own threshold, PNG encoding), routed and backbone-only, on one thread."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from fiancee.serving.batch import load_backend, run_batch
+    from fiancee.serving.requests import GenerateRequest, draw_noise
+
+    shares = [(float(t), float(w)) for t, w in (item.split(":") for item in mix.split(","))]
+    rng = np.random.default_rng(seed)
+    out: dict = {"threads": 1, "reps": reps, "rows": []}
+    for mode in ("routed", "backbone"):
+        backend = load_backend(ROOT / pipeline, threads=1, backbone_only=mode == "backbone")
+        decls = backend.description.decls
+        for b in batches:
+            ts = rng.choice([t for t, _ in shares], size=b, p=[w for _, w in shares])
+            requests = [GenerateRequest(tuple(draw_noise(decls, i).values()), float(t)) for i, t in enumerate(ts)]
+            run_batch(backend, requests)
+            tic = time.perf_counter()
+            for _ in range(reps):
+                run_batch(backend, requests)
+            ms = (time.perf_counter() - tic) / reps / b * 1000
+            out["rows"].append({"mode": mode, "batch": b, "ms_per_request": round(ms, 3)})
+    return out
+
+
 def plot(result_file: str, out: str) -> None:
     """Throughput and p99 latency against the offered rate, both modes, from a recorded result file."""
     import matplotlib
@@ -316,9 +344,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/serve_load", help="locust summaries and server logs")
     p.add_argument("--plot", nargs=2, metavar=("RESULT", "PNG"), help="plot a recorded result file instead")
+    p.add_argument("--model-only", action="store_true", help="time one served batch without the engine instead")
     args = p.parse_args(argv)
     if args.plot:
         plot(*args.plot)
+        return 0
+    if args.model_only:
+        print(json.dumps({"pipeline": args.pipeline, "mix": args.mix, **model_only(args.pipeline, args.mix)}))
         return 0
     if not args.pipeline:
         p.error("give the pipeline folder to serve")
