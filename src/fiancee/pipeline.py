@@ -177,12 +177,7 @@ class FianceePipeline:
         if self.bank is not None:
             ids, bank_macs, distances = self.bank.search_with_distances(h, cond)
             guide = self.bank.assemble(ids, h.device)
-        if self.predictor.reads_features:
-            predicted = self.predictor(h, check=False)  # [B, E]; h comes from checked inputs
-        else:
-            from .predictor import predictor_features
-
-            predicted = self.predictor(*predictor_features(self.predictor.arch, self.model, inputs), check=False)
+        predicted = self._predicted(h, inputs)  # [B, E]
         if routes is None:
             routes = self._route(predicted, threshold)
         images = self.model.mixed_from(h, cond, k, routes.to(h.device), guide=guide)
@@ -191,6 +186,16 @@ class FianceePipeline:
         return PipelineOutput(
             images=images, routes=routes, predicted_lpips=predicted.cpu(), macs=macs, bank_distances=distances
         )
+
+    def _predicted(self, h: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The predictor's ``[B, E]`` for the call (:meth:`__call__`, :meth:`segment_calls`): from the key-stage
+        features ``h`` when it reads them, else from its own features of ``inputs``. Both come from checked inputs,
+        so no second finiteness check."""
+        if self.predictor.reads_features:
+            return self.predictor(h, check=False)
+        from .predictor import predictor_features
+
+        return self.predictor(*predictor_features(self.predictor.arch, self.model, inputs), check=False)
 
     def _route(self, predicted: torch.Tensor, threshold) -> torch.Tensor:
         """The router's routes ``[B]`` at one threshold, or group by group at one threshold per input."""
@@ -223,14 +228,7 @@ class FianceePipeline:
             ids, _, _ = self.bank.search_with_distances(h, cond)
             guide = self.bank.assemble(ids, h.device)
             calls["bank"] = lambda: self.bank.assemble(self.bank.search_with_distances(h, cond)[0], h.device)
-        if self.predictor.reads_features:
-            calls["predictor"] = lambda: self.predictor(h, check=False)
-        else:
-            from .predictor import predictor_features
-
-            calls["predictor"] = lambda: self.predictor(
-                *predictor_features(self.predictor.arch, self.model, inputs), check=False
-            )
+        calls["predictor"] = lambda: self._predicted(h, inputs)
         predicted = calls["predictor"]()
         calls["router"] = lambda: self._route(predicted, threshold)
         routes = self._route(predicted, threshold).to(h.device)
