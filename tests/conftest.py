@@ -81,7 +81,20 @@ def upscale_backbone(_loaded_backbones):
 #   the session: this catches subprocesses and native libraries too.
 
 
+def _share_the_cores_between_workers() -> None:
+    # `make test` runs the suite on two pytest-xdist workers (the suite's budget is set for 2 cores). Each
+    # worker, and every process a test starts (OMP_NUM_THREADS is inherited), gets its share of the cores:
+    # two workers of two OpenMP threads each on 2 cores spin against each other at every op. A test that
+    # sets its own thread count (a bench, a --threads option) still does.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def pytest_configure(config):
+    _share_the_cores_between_workers()
     try:
         from hypothesis.configuration import set_hypothesis_home_dir
     except ImportError:  # pragma: no cover - hypothesis is a test dependency
