@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +177,31 @@ def test_an_image_input_comes_as_a_png_and_answers_carry_one():
         decode_png(base64.b64encode(b"GIF89a....").decode(), decl)
     with pytest.raises(BadRequest, match="must be base64"):
         decode_png("not base64!", decl)
+
+
+def test_the_load_test_sends_upscale_tiles_of_the_task_as_pngs_that_parse_back(tmp_path):
+    # tools/serve_load.py: a pipeline whose inputs a seed cannot draw (upscale tiles) is loaded with its own task's
+    # test tiles, each a PNG the server parses back to the tile (8-bit rounding only); noise alone needs none.
+    import importlib.util
+
+    from fiancee.serving.requests import InputDecl, parse_generate
+    from fiancee.tasks import get_task
+
+    spec = importlib.util.spec_from_file_location("fiancee_serve_load", ROOT / "tools" / "serve_load.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "config.json").write_text(json.dumps({"task": "upscale"}))
+    decls = [{"name": "x", "kind": "condition", "shape": [3, 32, 32]}]
+    bodies = tool.task_inputs(str(tmp_path), decls, 3, seed=5)
+    (tiles,) = get_task("upscale").sample_inputs(3, seed=5, split="test")
+    for body, tile in zip(bodies, tiles):
+        request = json.dumps({"max_lpips": 0.1, "seed": 1, "inputs": body}).encode()
+        parsed = parse_generate(request, (InputDecl.from_dict(decls[0]),)).inputs[0]
+        assert np.abs(parsed - tile.numpy()).max() <= 1 / 127.5 + 1e-6
+    assert tool.task_inputs(str(tmp_path), [{"name": "z", "kind": "noise", "shape": [100]}], 3, seed=5) == []
+    (tmp_path / "config.json").write_text(json.dumps({}))
+    with pytest.raises(SystemExit, match="names no task"):
+        tool.task_inputs(str(tmp_path), decls, 3, seed=5)
 
 
 def test_settings_are_checked_before_anything_starts():

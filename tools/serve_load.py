@@ -10,6 +10,9 @@ every arrival rate for ``--duration`` seconds, reads /metrics, and stops the ser
 is sampled. Prints one JSON report (``python -m fiancee.results record results/NAME.json -- python tools/...``
 keeps it). Traffic goes to 127.0.0.1 only.
 
+Requests name a random seed when every input of the pipeline is noise (faces); otherwise (an upscale tile, a label
+map) each picks one of ``--task-inputs`` test inputs of the pipeline's own task, drawn once for both modes.
+
 Goodput at the objective: per mode, the most answered-within-``--slo-ms`` requests per second over the rates whose
 p99 latency met the objective with nothing rejected or failed; the headline is routed over backbone.
 
@@ -172,10 +175,46 @@ def battery(url: str, health: dict, max_body_kb: int) -> dict:
     return {"sent": len(cases), "as_expected": sum(c["as_expected"] for c in cases), "cases": cases}
 
 
+def task_inputs(pipeline: str, decls: list[dict], n: int, seed: int) -> list[dict]:
+    """``n`` test inputs of the served pipeline's own task as the ``inputs`` of a request (an image input as a PNG,
+    a label map as class indices, anything else as nested lists), for a pipeline whose inputs a seed cannot draw
+    (an upscale tile). Empty when every input is noise: then each request names a seed alone."""
+    if all(d.get("kind") == "noise" for d in decls):
+        return []
+    import base64
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from fiancee.serving.requests import encode_png
+    from fiancee.tasks import get_task
+
+    folder = ROOT / pipeline
+    config = folder / ("manifest.json" if (folder / "manifest.json").is_file() else "config.json")
+    task = json.loads(config.read_text()).get("task")
+    if not task:
+        raise SystemExit(f"{config} names no task: its inputs cannot be drawn for the load test")
+    drawn = get_task(task).sample_inputs(n, seed=seed, split="test")
+    bodies = []
+    for i in range(n):
+        given = {}
+        for d, x in zip(decls, drawn):
+            if d.get("kind") == "noise":
+                continue
+            a = x[i].detach().cpu().numpy()
+            if d.get("kind") == "label_map":
+                given[d["name"]] = a.argmax(axis=0).tolist()
+            elif a.ndim == 3 and a.shape[0] in (1, 3):
+                given[d["name"]] = {"png": base64.b64encode(encode_png(a)).decode("ascii")}
+            else:
+                given[d["name"]] = a.tolist()
+        bodies.append(given)
+    return bodies
+
+
 def locust(url: str, rate: float, seconds: int, args, summary: Path) -> dict:
     users = max(4, math.ceil(rate * args.users_per_rps))
     env = {
         **os.environ,
+        "FIANCEE_INPUTS": str(args.inputs_file) if args.inputs_file else "",
         "FIANCEE_RATE": str(rate),
         "FIANCEE_USERS": str(users),
         "FIANCEE_MIX": args.mix,
@@ -198,6 +237,12 @@ def run_mode(mode: str, args, out: Path) -> dict:
     result: dict = {"mode": mode, "serve_args": extra, "rows": []}
     try:
         result["description"] = {k: server.health[k] for k in ("runtime", "route_names", "route_macs", "inputs")}
+        if args.inputs_file is None:  # drawn once, the same inputs for both modes
+            given = task_inputs(args.pipeline, server.health["inputs"], args.task_inputs, args.seed)
+            args.inputs_file = ""
+            if given:
+                args.inputs_file = out / "inputs.json"
+                args.inputs_file.write_text(json.dumps(given))
         result["battery"] = battery(server.url, server.health, args.max_body_kb)
         locust(server.url, args.rates[0], args.warmup, args, out / f"{mode}_warmup.json")
         result["rss_mb_after_warmup"] = server.rss_mb()
@@ -342,6 +387,12 @@ def main(argv=None) -> int:
     p.add_argument("--soak-rate", type=float, default=0.0, help="then the routed server at this rate ...")
     p.add_argument("--soak-seconds", type=int, default=600, help="... for this long (memory sampled)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--task-inputs",
+        type=int,
+        default=256,
+        help="test inputs of the pipeline's task that requests pick from, when a seed cannot draw them (upscale tiles)",
+    )
     p.add_argument("--out", default="out/serve_load", help="locust summaries and server logs")
     p.add_argument("--plot", nargs=2, metavar=("RESULT", "PNG"), help="plot a recorded result file instead")
     p.add_argument("--model-only", action="store_true", help="time one served batch without the engine instead")
@@ -357,6 +408,7 @@ def main(argv=None) -> int:
     args.rates = [float(r) for r in args.rates.split(",")]
     args.slos_ms = [float(v) for v in args.slo_ms.split(",")]
     args.engine = args.engine.split()
+    args.inputs_file = None
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     import locust as locust_package
@@ -376,6 +428,11 @@ def main(argv=None) -> int:
     }
     for mode in args.modes.split(","):
         report["modes"][mode] = run_mode(mode, args, out)
+    report["requests"] = (
+        f"{args.task_inputs} test inputs of the pipeline's task (seed {args.seed}), one picked at random per request"
+        if args.inputs_file
+        else "a random seed per request (every input noise)"
+    )
     modes = report["modes"]
     if "routed" in modes and "backbone" in modes:
         routed, backbone = (modes[m]["goodput_at_objective_rps"] for m in ("routed", "backbone"))

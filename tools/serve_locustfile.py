@@ -11,6 +11,9 @@ Settings from the environment:
   down);
 - ``FIANCEE_MIX``: thresholds and their shares, ``0.05:0.3,0.1:0.5,0.2:0.2`` by default;
 - ``FIANCEE_SLO_MS``: the latency objectives that goodput counts against, comma-separated (default 250);
+- ``FIANCEE_INPUTS``: a JSON file of request ``inputs`` objects (tools/serve_load.py writes it for a pipeline whose
+  inputs a seed cannot draw, e.g. upscale tiles as PNGs); each request picks one at random and also names a seed
+  (for any noise input). Unset or empty: each request names a seed alone;
 - ``FIANCEE_SUMMARY``: a JSON file to write when the test stops: counts, latency percentiles of answered requests
   (client side, milliseconds), throughput, goodput, route shares and MACs saved as the answers report them.
 """
@@ -34,6 +37,7 @@ MIX = [
 ]
 SLOS_MS = [float(v) for v in os.environ.get("FIANCEE_SLO_MS", "250").split(",")]
 SEED = int(os.environ.get("FIANCEE_SEED", "0"))
+INPUTS = json.loads(open(os.environ["FIANCEE_INPUTS"]).read()) if os.environ.get("FIANCEE_INPUTS") else []
 
 _log: list[tuple[float, float, int, int | None, float | None, int | None]] = []  # start, ms, status, route, saved, b
 _window: dict[str, float] = {}
@@ -61,7 +65,10 @@ class Client(FastHttpUser):
     @task
     def generate(self):
         t = self.rng.choices([m[0] for m in MIX], weights=[m[1] for m in MIX])[0]
-        body = json.dumps({"max_lpips": t, "seed": self.rng.randrange(2**31)})
+        request = {"max_lpips": t, "seed": self.rng.randrange(2**31)}
+        if INPUTS:
+            request["inputs"] = self.rng.choice(INPUTS)
+        body = json.dumps(request)
         start = time.time()
         tic = time.perf_counter()
         with self.client.post(
