@@ -2936,10 +2936,8 @@ def _serve_modes(d: dict) -> list[tuple[str, dict]]:
     return [(m, d["modes"][m]) for m in ("routed", "backbone") if m in d["modes"]]
 
 
-@block("serve-load")
-def _serve_load(R: Results) -> str:
-    src = R.source("serve_faces_cpu")
-    d = src["data"]["printed"]
+def _serve_table(d: dict) -> str:
+    """The load test's rows (tools/serve_load.py), one per mode and offered rate."""
     rows = []
     for mode, m in _serve_modes(d):
         names = m["description"]["route_names"]
@@ -2961,8 +2959,26 @@ def _serve_load(R: Results) -> str:
                     ),
                 ]
             )
-    slos = d["slo_ms"]
-    goodput = "; ".join(
+    return table(
+        [
+            "served",
+            "offered req/s",
+            "answered req/s",
+            "p50 ms",
+            "p99 ms",
+            "rejected / failed",
+            "route shares (" + " / ".join(d["modes"]["routed"]["description"]["route_names"]) + ")",
+            "MACs saved",
+            "mean batch",
+            "CPU ms per request: proxy / gateway / generator / client",
+        ],
+        rows,
+    )
+
+
+def _serve_goodput(d: dict) -> str:
+    """Goodput at each objective, routed against backbone."""
+    return "; ".join(
         f"p99 <= {slo:g} ms: routed **{d['modes']['routed']['goodput_at_objective_rps'][f'{slo:g}']:.1f}** vs backbone "
         f"{d['modes']['backbone']['goodput_at_objective_rps'][f'{slo:g}']:.1f} requests/s"
         + (
@@ -2970,8 +2986,16 @@ def _serve_load(R: Results) -> str:
             if d["goodput_ratio"].get(f"{slo:g}")
             else " (no ratio: the backbone met it at no rate)"
         )
-        for slo in slos
+        for slo in d["slo_ms"]
     )
+
+
+@block("serve-load")
+def _serve_load(R: Results) -> str:
+    src = R.source("serve_faces_cpu")
+    d = src["data"]["printed"]
+    slos = d["slo_ms"]
+    goodput = _serve_goodput(d)
     battery = "; ".join(
         f"{mode}: {m['battery']['as_expected']} of {m['battery']['sent']}" for mode, m in _serve_modes(d)
     )
@@ -2981,21 +3005,7 @@ def _serve_load(R: Results) -> str:
     )
     mix = ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in d["mix"].items())
     text = (
-        table(
-            [
-                "served",
-                "offered req/s",
-                "answered req/s",
-                "p50 ms",
-                "p99 ms",
-                "rejected / failed",
-                "route shares (" + " / ".join(d["modes"]["routed"]["description"]["route_names"]) + ")",
-                "MACs saved",
-                "mean batch",
-                "CPU ms per request: proxy / gateway / generator / client",
-            ],
-            rows,
-        )
+        _serve_table(d)
         + f"\n\n{d['engine']}, {src['machine']['cores']} cores of an {_cpu_name(src)} shared with the client "
         f"({d['client']}); `fiancee serve {' '.join(d['serve_args']) or '(defaults)'}` for both, each rate for "
         f"{d['duration_s']} s after a {d['warmup_s']} s warm-up; thresholds drawn from {mix}; latencies measured "
@@ -3040,6 +3050,42 @@ def _serve_load(R: Results) -> str:
     else:
         text += "\n\nNo soak was run for this result (`--soak-rate`)."
     return text
+
+
+@block("serve-load-upscale")
+def _serve_load_upscale(R: Results) -> str:
+    src = R.source("serve_upscale_cpu")
+    d = src["data"]["printed"]
+    routed, backbone = d["modes"]["routed"]["rows"], d["modes"]["backbone"]["rows"]
+    top_r, top_b = max(r["throughput_rps"] for r in routed), max(r["throughput_rps"] for r in backbone)
+    # The generator's CPU per request at the highest rate, where both are saturated: what bounds the capacity.
+    gen_r, gen_b = routed[-1]["cpu_ms_per_request"]["generator"], backbone[-1]["cpu_ms_per_request"]["generator"]
+    saved = routed[-1]["macs_saved"]
+    batches = max(r["mean_batch"] for r in routed + backbone if r["mean_batch"] is not None)
+    mix = ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in d["mix"].items())
+    last = routed[-1]["cpu_ms_per_request"]
+    path = last["proxy"] + last["gateway"] + last["client"]
+    photo = R.data(UPSCALE_PHOTO_RUNS[0][0])["summary"]  # PyTorch, one thread, like the replica
+    im = photo["images"][0]
+    per_tile_ms = 1000 * im["backbone"]["seconds"] / im["tiles"]
+    return (
+        _serve_table(d)
+        + f"\n\n{d['engine']}, {src['machine']['cores']} cores of an {_cpu_name(src)} shared with the client "
+        f"({d['client']}); `fiancee serve {' '.join(d['serve_args']) or '(defaults)'}` for both (one replica, one "
+        f"thread); requests carry {d['requests']}; each rate for {d['duration_s']} s after {d['warmup_s']} s of "
+        f"warm-up; thresholds drawn from {mix}. Goodput at the objective: {_serve_goodput(d)}. Capacity, the most "
+        f"requests answered per second at any rate: routed **{top_r:.2f}** against backbone {top_b:.2f} "
+        f"(**{top_r / top_b:.2f}x**); at the highest rate the generator replica spends {gen_r:.0f} ms of CPU per "
+        f"request routed and {gen_b:.0f} ms on the backbone ({gen_b / gen_r:.2f}x; the routed tiles save "
+        f"{pct(saved)} of the MACs, {1 / (1 - saved):.2f}x). The serving path's own CPU (proxy, gateway, "
+        f"client: {path:.0f} ms a request) is {pct(path / last['generator'], 0)} of the routed generator's, so the "
+        f"capacity follows what the generator computes, unlike the faces service above. Batches stay at about one "
+        f"request (mean batch at most {batches:.1f}) even when requests wait seconds: they reach the replica one "
+        f"by one, so neither mode gains what batching tiles gives (the backbone on a whole photo, its tiles in "
+        f"batches of {photo['batch_size']}, takes {per_tile_ms:.0f} ms a tile on one thread: "
+        f"`results/{UPSCALE_PHOTO_RUNS[0][0]}.json`). Goodput at a fixed objective moves in steps of "
+        f"the rate grid (one rate either meets the p99 or not), which is why capacity is stated beside it."
+    )
 
 
 if __name__ == "__main__":
