@@ -518,13 +518,17 @@ def test_serving_on_ray_end_to_end(faces_serving_pipeline, one_thread):
         assert [a[0] for a in after] == [200] * 8, [a[1][:200] for a in after if a[0] != 200]
         assert _post(url + "/generate", bodies[1])[0] == 200
 
-        # Ctrl-C: requests in flight are answered before the server stops
+        # Ctrl-C: requests in flight are answered before the server stops; one that reaches the gateway after the
+        # signal (on a loaded machine, 50 ms is not always enough for all 8 to arrive) gets a clean 503 saying so.
+        # None is lost or fails otherwise.
         with ThreadPoolExecutor(8) as pool:
             pending = [pool.submit(_post, url + "/generate", bodies[i]) for i in range(8)]
             time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
-            drained = [p.result()[0] for p in pending]
-        assert drained == [200] * 8
+            drained = [p.result() for p in pending]
+        assert 200 in [d[0] for d in drained]
+        for status, body, _, _ in drained:
+            assert status == 200 or (status == 503 and "shutting down" in json.loads(body)["error"]), (status, body)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
