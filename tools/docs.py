@@ -3032,9 +3032,9 @@ def _serve_load(R: Results) -> str:
         f"{alone[('routed', 1)]:.1f} ms per request routed and {alone[('backbone', 1)]:.1f} ms on the backbone at "
         f"batch 1, {alone[('routed', 32)]:.1f} and {alone[('backbone', 32)]:.1f} ms at batch 32 "
         f"(`results/serve_faces_model_only.json`: stacking, the pipeline call, PNG encoding; one thread). The "
-        f"serving path costs several times what the faces generator computes per image, so the MACs routing "
-        f"saves move the service's capacity little; batches (the mean batch column) grow only once requests "
-        f"queue at the replica, and the proxy's CPU bounds how fast they reach it."
+        f"serving path costs several times what the faces generator computes per image, and the batches stay "
+        f"small (the mean batch column) because requests reach the replica one by one through the proxy and the "
+        f"gateway, so the MACs routing saves move the service's capacity little."
     )
     soak = d["modes"]["routed"].get("soak")
     top = max(r["throughput_rps"] for r in d["modes"]["routed"]["rows"])
@@ -3061,7 +3061,7 @@ def _serve_load_upscale(R: Results) -> str:
     # The generator's CPU per request at the highest rate, where both are saturated: what bounds the capacity.
     gen_r, gen_b = routed[-1]["cpu_ms_per_request"]["generator"], backbone[-1]["cpu_ms_per_request"]["generator"]
     saved = routed[-1]["macs_saved"]
-    batch_r, batch_b = routed[-1]["mean_batch"], backbone[-1]["mean_batch"]
+    batches = max(r["mean_batch"] for r in routed + backbone if r["mean_batch"] is not None)
     mix = ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in d["mix"].items())
     last = routed[-1]["cpu_ms_per_request"]
     path = last["proxy"] + last["gateway"] + last["client"]
@@ -3079,12 +3079,11 @@ def _serve_load_upscale(R: Results) -> str:
         f"request routed and {gen_b:.0f} ms on the backbone ({gen_b / gen_r:.2f}x; the routed tiles save "
         f"{pct(saved)} of the MACs, {1 / (1 - saved):.2f}x). The serving path's own CPU (proxy, gateway, "
         f"client: {path:.0f} ms a request) is {pct(path / last['generator'], 0)} of the routed generator's, so the "
-        f"capacity follows what the generator computes, unlike the faces service above. Under load the requests "
-        f"that wait form the next batch (mean batch at the highest rate: routed {batch_r:.1f}, backbone "
-        f"{batch_b:.1f}; a request then waits for the batch before its own). Those batches cost the replica "
-        f"{gen_b:.0f} ms of CPU a tile on the backbone, where the backbone upscaling a whole photo in batches of "
-        f"{photo['batch_size']} takes {per_tile_ms:.0f} ms a tile on one thread "
-        f"(`results/{UPSCALE_PHOTO_RUNS[0][0]}.json`): a gap this load test does not explain yet. Goodput at a fixed objective moves in steps of "
+        f"capacity follows what the generator computes, unlike the faces service above. Batches stay at about one "
+        f"request (mean batch at most {batches:.1f}) even when requests wait seconds: they reach the replica one "
+        f"by one, so neither mode gains what batching tiles gives (the backbone on a whole photo, its tiles in "
+        f"batches of {photo['batch_size']}, takes {per_tile_ms:.0f} ms a tile on one thread: "
+        f"`results/{UPSCALE_PHOTO_RUNS[0][0]}.json`). Goodput at a fixed objective moves in steps of "
         f"the rate grid (one rate either meets the p99 or not), which is why capacity is stated beside it."
     )
 
