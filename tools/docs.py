@@ -3033,8 +3033,8 @@ def _serve_load(R: Results) -> str:
         f"batch 1, {alone[('routed', 32)]:.1f} and {alone[('backbone', 32)]:.1f} ms at batch 32 "
         f"(`results/serve_faces_model_only.json`: stacking, the pipeline call, PNG encoding; one thread). The "
         f"serving path costs several times what the faces generator computes per image, and the batches stay "
-        f"small (the mean batch column) because requests reach the replica one by one through the proxy and the "
-        f"gateway, so the MACs routing saves move the service's capacity little."
+        f"small (the mean batch column: Ray Serve forms a batch as soon as its wait ends, while the one before "
+        f"still runs, as in the upscale test below), so the MACs routing saves move the service's capacity little."
     )
     soak = d["modes"]["routed"].get("soak")
     top = max(r["throughput_rps"] for r in d["modes"]["routed"]["rows"])
@@ -3059,15 +3059,12 @@ def _serve_load_upscale(R: Results) -> str:
     routed, backbone = d["modes"]["routed"]["rows"], d["modes"]["backbone"]["rows"]
     top_r, top_b = max(r["throughput_rps"] for r in routed), max(r["throughput_rps"] for r in backbone)
     # The generator's CPU per request at the highest rate, where both are saturated: what bounds the capacity.
-    gen_r, gen_b = routed[-1]["cpu_ms_per_request"]["generator"], backbone[-1]["cpu_ms_per_request"]["generator"]
+    last = routed[-1]["cpu_ms_per_request"]
+    gen_r, gen_b = last["generator"], backbone[-1]["cpu_ms_per_request"]["generator"]
+    path = last["proxy"] + last["gateway"] + last["client"]
     saved = routed[-1]["macs_saved"]
     batches = max(r["mean_batch"] for r in routed + backbone if r["mean_batch"] is not None)
     mix = ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in d["mix"].items())
-    last = routed[-1]["cpu_ms_per_request"]
-    path = last["proxy"] + last["gateway"] + last["client"]
-    photo = R.data(UPSCALE_PHOTO_RUNS[0][0])["summary"]  # PyTorch, one thread, like the replica
-    im = photo["images"][0]
-    per_tile_ms = 1000 * im["backbone"]["seconds"] / im["tiles"]
     return (
         _serve_table(d)
         + f"\n\n{d['engine']}, {src['machine']['cores']} cores of an {_cpu_name(src)} shared with the client "
@@ -3078,12 +3075,11 @@ def _serve_load_upscale(R: Results) -> str:
         f"(**{top_r / top_b:.2f}x**); at the highest rate the generator replica spends {gen_r:.0f} ms of CPU per "
         f"request routed and {gen_b:.0f} ms on the backbone ({gen_b / gen_r:.2f}x; the routed tiles save "
         f"{pct(saved)} of the MACs, {1 / (1 - saved):.2f}x). The serving path's own CPU (proxy, gateway, "
-        f"client: {path:.0f} ms a request) is {pct(path / last['generator'], 0)} of the routed generator's, so the "
+        f"client: {path:.0f} ms a request) is {pct(path / gen_r, 0)} of the routed generator's, so the "
         f"capacity follows what the generator computes, unlike the faces service above. Batches stay at about one "
-        f"request (mean batch at most {batches:.1f}) even when requests wait seconds: they reach the replica one "
-        f"by one, so neither mode gains what batching tiles gives (the backbone on a whole photo, its tiles in "
-        f"batches of {photo['batch_size']}, takes {per_tile_ms:.0f} ms a tile on one thread: "
-        f"`results/{UPSCALE_PHOTO_RUNS[0][0]}.json`). Goodput at a fixed objective moves in steps of "
+        f"request (mean batch at most {batches:.1f}) even when requests wait seconds: Ray Serve forms a batch as "
+        f"soon as its wait ends, while the batch before it still runs in the replica's worker thread, so the "
+        f"requests that arrive meanwhile leave one by one. Goodput at a fixed objective moves in steps of "
         f"the rate grid (one rate either meets the p99 or not), which is why capacity is stated beside it."
     )
 
