@@ -495,21 +495,41 @@ def test_serving_on_ray_end_to_end(faces_serving_pipeline, one_thread):
         status, png, headers, _ = _post(url + "/generate", bodies[0], {"Accept": "image/png"})
         assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n" and headers["X-Fiancee-Route-Name"]
 
-        # overload: more at once than the replica and the queue hold; the rest get a 503 at once
-        with ThreadPoolExecutor(128) as pool:
-            flood = list(pool.map(lambda i: _post(url + "/generate", bodies[i % len(bodies)]), range(128)))
-        statuses = [f[0] for f in flood]
-        assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
-        assert max(f[3] for f in flood if f[0] == 503) < 5.0
-
-        # a replica that dies (its process killed): Ray Serve restarts it, the requests it held are sent again
+        # overload: with the replica's process stopped nothing is answered, so the requests admitted stay in flight
+        # however fast the client sends; past the bound (1 replica x 2 x 4 + 32 queued = 40) each gets a quick 503,
+        # and once the replica goes on, every admitted one is answered.
         import psutil
 
-        replica = next(
-            p
-            for p in psutil.Process(proc.pid).children(recursive=True)
-            if "ServeReplica:fiancee:Generator" in " ".join(p.cmdline())
-        )
+        def replica_process():
+            return next(
+                p
+                for p in psutil.Process(proc.pid).children(recursive=True)
+                if "ServeReplica:fiancee:Generator" in " ".join(p.cmdline())
+            )
+
+        bound, extra = 1 * 2 * 4 + 32, 16
+        replica = replica_process()
+        replica.suspend()
+        try:
+            with ThreadPoolExecutor(bound + extra) as pool:
+                pending = [pool.submit(_post, url + "/generate", bodies[i % len(bodies)]) for i in range(bound + extra)]
+                deadline = time.monotonic() + 60
+                while sum(p.done() for p in pending) < extra and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(1.0)  # any refusal past the first `extra` has come by now: each takes milliseconds
+                refused = [p.result() for p in pending if p.done()]
+                replica.resume()
+                flood = [p.result() for p in pending]
+        finally:
+            replica.resume()
+        assert {r[0] for r in refused} == {503}, [r[:2] for r in refused]
+        assert all("overloaded" in json.loads(r[1])["error"] and r[3] < 5.0 for r in refused)
+        answered = [f for f in flood if f[0] == 200]
+        assert (len(answered), len(refused)) == (bound, extra), [f[:2] for f in flood if f[0] != 200]
+        assert counts()[("fiancee_requests_total", "overloaded")] == len(refused)
+
+        # a replica that dies (its process killed): Ray Serve restarts it, the requests it held are sent again
+        replica = replica_process()
         with ThreadPoolExecutor(8) as pool:
             pending = [pool.submit(_post, url + "/generate", bodies[i]) for i in range(8)]
             time.sleep(0.02)

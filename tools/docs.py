@@ -3032,9 +3032,9 @@ def _serve_load(R: Results) -> str:
         f"{alone[('routed', 1)]:.1f} ms per request routed and {alone[('backbone', 1)]:.1f} ms on the backbone at "
         f"batch 1, {alone[('routed', 32)]:.1f} and {alone[('backbone', 32)]:.1f} ms at batch 32 "
         f"(`results/serve_faces_model_only.json`: stacking, the pipeline call, PNG encoding; one thread). The "
-        f"serving path costs several times what the faces generator computes per image, and the batches stay "
-        f"small (the mean batch column: Ray Serve forms a batch as soon as its wait ends, while the one before "
-        f"still runs, as in the upscale test below), so the MACs routing saves move the service's capacity little."
+        f"serving path costs several times what the faces generator computes per image, so the MACs routing "
+        f"saves move the service's capacity little; batches (the mean batch column) grow only once requests "
+        f"queue at the replica, and the proxy's CPU bounds how fast they reach it."
     )
     soak = d["modes"]["routed"].get("soak")
     top = max(r["throughput_rps"] for r in d["modes"]["routed"]["rows"])
@@ -3059,12 +3059,12 @@ def _serve_load_upscale(R: Results) -> str:
     routed, backbone = d["modes"]["routed"]["rows"], d["modes"]["backbone"]["rows"]
     top_r, top_b = max(r["throughput_rps"] for r in routed), max(r["throughput_rps"] for r in backbone)
     # The generator's CPU per request at the highest rate, where both are saturated: what bounds the capacity.
-    last = routed[-1]["cpu_ms_per_request"]
-    gen_r, gen_b = last["generator"], backbone[-1]["cpu_ms_per_request"]["generator"]
-    path = last["proxy"] + last["gateway"] + last["client"]
+    gen_r, gen_b = routed[-1]["cpu_ms_per_request"]["generator"], backbone[-1]["cpu_ms_per_request"]["generator"]
     saved = routed[-1]["macs_saved"]
-    batches = max(r["mean_batch"] for r in routed + backbone if r["mean_batch"] is not None)
+    batch_r, batch_b = routed[-1]["mean_batch"], backbone[-1]["mean_batch"]
     mix = ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in d["mix"].items())
+    last = routed[-1]["cpu_ms_per_request"]
+    path = last["proxy"] + last["gateway"] + last["client"]
     return (
         _serve_table(d)
         + f"\n\n{d['engine']}, {src['machine']['cores']} cores of an {_cpu_name(src)} shared with the client "
@@ -3075,11 +3075,13 @@ def _serve_load_upscale(R: Results) -> str:
         f"(**{top_r / top_b:.2f}x**); at the highest rate the generator replica spends {gen_r:.0f} ms of CPU per "
         f"request routed and {gen_b:.0f} ms on the backbone ({gen_b / gen_r:.2f}x; the routed tiles save "
         f"{pct(saved)} of the MACs, {1 / (1 - saved):.2f}x). The serving path's own CPU (proxy, gateway, "
-        f"client: {path:.0f} ms a request) is {pct(path / gen_r, 0)} of the routed generator's, so the "
-        f"capacity follows what the generator computes, unlike the faces service above. Batches stay at about one "
-        f"request (mean batch at most {batches:.1f}) even when requests wait seconds: Ray Serve forms a batch as "
-        f"soon as its wait ends, while the batch before it still runs in the replica's worker thread, so the "
-        f"requests that arrive meanwhile leave one by one. Goodput at a fixed objective moves in steps of "
+        f"client: {path:.0f} ms a request) is {pct(path / last['generator'], 0)} of the routed generator's, so the "
+        f"capacity follows what the generator computes, unlike the faces service above. Under load the requests "
+        f"that wait form the next batch (mean batch at the highest rate: routed {batch_r:.1f}, backbone "
+        f"{batch_b:.1f}; a request then waits for the batch before its own). Those batches cost the replica about "
+        f"what single tiles do ({gen_b:.0f} ms of CPU a tile on the backbone at the highest rate, "
+        f"{backbone[0]['cpu_ms_per_request']['generator']:.0f} ms at the lowest): one 32-pixel tile already keeps "
+        f"a core's convolutions busy, so batching tiles buys little capacity. Goodput at a fixed objective moves in steps of "
         f"the rate grid (one rate either meets the p99 or not), which is why capacity is stated beside it."
     )
 

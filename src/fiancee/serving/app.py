@@ -42,8 +42,9 @@ ENDPOINTS = "POST /generate, GET /health, GET /metrics"
 APP_NAME = "fiancee"
 QUIET = {"log_level": "WARNING", "enable_access_log": False}
 # Ray Serve runs a replica's user code and its router on event loops of their own threads by default; on the same loop
-# as the replica's own, each request costs about a fifth less CPU (measured on a 2-core machine: docs/serve.md), and
-# nothing here blocks that loop (a batch runs in a worker thread).
+# as the replica's own, each request costs about a fifth less CPU (measured on a 2-core machine: docs/serve.md). The
+# gateway never blocks its loop; a generator blocks its own for one batch at a time (Generator.generate says why), so
+# a batch must finish within Ray Serve's health-check timeout (30 s): --max-batch-size bounds it for a large generator.
 ENGINE_FLAGS = ("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP")
 
 
@@ -64,8 +65,12 @@ class Generator:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def generate(self, requests: list) -> list[dict]:
-        # In a worker thread: the replica's event loop keeps gathering the next batch while this one runs.
-        return await asyncio.to_thread(run_batch, self.backend, requests)
+        # On the replica's event loop, blocking it while the batch runs. Ray Serve forms a batch as soon as its wait
+        # ends, whether or not the one before has finished: with the batch in a worker thread, the requests that
+        # arrive meanwhile leave as batches of one each, queued behind it (measured: a mean batch of 1.0 with
+        # requests waiting seconds). Blocked, the loop takes those requests in only when the batch is done, and
+        # the next batch holds all of them: under load, batches grow with the queue.
+        return run_batch(self.backend, requests)
 
 
 def _died(e: BaseException) -> bool:
@@ -135,6 +140,12 @@ class Gateway:
         if self.draining:
             self.metrics.refused("shutting_down")
             return _error(503, "shutting down: this service takes no new requests", {"Retry-After": "1"})
+        s = self.settings
+        if self.in_flight >= s.replicas * s.replica_capacity + s.max_queued:
+            # The bound counted here: a replica busy with a batch takes no request in (Generator.generate), so Ray
+            # Serve's own per-replica limit cannot refuse for it, and the queue would grow without this check.
+            self.metrics.refused("overloaded")
+            return _error(503, "overloaded: the queue is full; retry later", {"Retry-After": "1"})
         self.in_flight += 1
         try:
             return await self._answer(request, checked, start)
