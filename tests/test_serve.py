@@ -204,6 +204,18 @@ def test_the_load_test_sends_upscale_tiles_of_the_task_as_pngs_that_parse_back(t
         tool.task_inputs(str(tmp_path), decls, 3, seed=5)
 
 
+def test_the_load_test_refuses_a_soak_rate_it_cannot_read_before_any_server_starts(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fiancee_serve_load", ROOT / "tools" / "serve_load.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as e:
+        tool.main(["out/no_pipeline", "--soak-rate", "most"])
+    assert e.value.code == 2
+    assert "--soak-rate must be requests per second or a share like 80%; got 'most'" in capsys.readouterr().err
+
+
 def test_settings_are_checked_before_anything_starts():
     from fiancee.serving import ServeSettings
 

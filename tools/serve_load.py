@@ -6,7 +6,8 @@ For each mode (``routed``: every request at its own threshold from the mix; ``ba
 request on the backbone) it starts ``fiancee serve`` on this machine, sends the battery of malformed requests
 (``fiancee.serving.battery``: each must get its 4xx), warms up, then runs locust (tools/serve_locustfile.py) at
 every arrival rate for ``--duration`` seconds, reads /metrics, and stops the server with SIGINT (it drains). With
-``--soak-rate`` the routed server then takes that rate for ``--soak-seconds`` while the memory of its process tree
+``--soak-rate`` (requests/s, or a share like ``80%`` of the most the routed server answered at any rate) the routed
+server then takes that rate for ``--soak-seconds`` while the memory of its process tree
 is sampled. Prints one JSON report (``python -m fiancee.results record results/NAME.json -- python tools/...``
 keeps it). Traffic goes to 127.0.0.1 only.
 
@@ -261,7 +262,10 @@ def run_mode(mode: str, args, out: Path) -> dict:
             row["rss_mb"] = server.rss_mb()
             result["rows"].append(row)
             print(f"{mode} {rate:g}/s: {json.dumps({k: row[k] for k in _SHOWN})}", file=sys.stderr, flush=True)
-        if mode == "routed" and args.soak_rate:
+        if mode == "routed" and (args.soak_rate or args.soak_share):
+            if args.soak_share:  # a share of the capacity this run measured: rounded up to a whole request/s
+                top = max(r["throughput_rps"] for r in result["rows"])
+                args.soak_rate = float(math.ceil(args.soak_share * top))
             result["soak"] = soak(server, args, out)
         result["metrics"] = metrics(server.url)
     finally:
@@ -384,7 +388,11 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8011)
     p.add_argument("--max-body-kb", type=int, default=1024)
     p.add_argument("--engine", default="", help="fiancee serve options shared by both modes, e.g. '--replicas 2'")
-    p.add_argument("--soak-rate", type=float, default=0.0, help="then the routed server at this rate ...")
+    p.add_argument(
+        "--soak-rate",
+        default="",
+        help="then the routed server at this rate (requests/s, or e.g. 80%% of the most it answered at any rate) ...",
+    )
     p.add_argument("--soak-seconds", type=int, default=600, help="... for this long (memory sampled)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -406,6 +414,11 @@ def main(argv=None) -> int:
     if not args.pipeline:
         p.error("give the pipeline folder to serve")
     args.rates = [float(r) for r in args.rates.split(",")]
+    try:  # checked before any server starts: a share of the routed capacity measured in this run, or a rate
+        args.soak_share = float(args.soak_rate[:-1]) / 100 if args.soak_rate.endswith("%") else None
+        args.soak_rate = 0.0 if args.soak_share is not None else float(args.soak_rate or 0)
+    except ValueError:
+        p.error(f"--soak-rate must be requests per second or a share like 80%; got {args.soak_rate!r}")
     args.slos_ms = [float(v) for v in args.slo_ms.split(",")]
     args.engine = args.engine.split()
     args.inputs_file = None
