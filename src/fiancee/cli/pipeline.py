@@ -38,8 +38,9 @@ def _add_assemble_pipeline(sub) -> None:
     p = sub.add_parser(
         "assemble-pipeline",
         help="calibrate a router for an exit run and its predictor; write a pipeline folder",
-        description="Measures the true LPIPS of every exit on --n-calibrate held-out inputs (the training split "
-        "under seed + 7919: never the predictor's training inputs, nor a report's test inputs), fits "
+        description="Measures the true LPIPS of every exit on --n-calibrate held-out inputs (the task's "
+        "calibration split under seed + 7919, the training split unless the task names another, as upscale "
+        "does: never the predictor's training inputs, nor a report's test inputs), fits "
         "the router's margins on them and writes the pipeline folder whole (branches, predictor, "
         "router, the run's bank): the demo's step 3. By default with a guarantee (--method ltt: with "
         "probability >= 1 - delta at most epsilon of new outputs miss the threshold); "

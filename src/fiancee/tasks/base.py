@@ -100,9 +100,9 @@ def parse_shift(task, shift) -> tuple[str, str | None]:
     return name, (arg or None)
 
 
-def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+def check_split(split: str, splits: tuple[str, ...] = SPLITS) -> str:
+    if split not in splits:
+        raise ValueError(f"split must be one of {splits}; got {split!r}")
     return split
 
 
@@ -132,6 +132,11 @@ class Task(ABC):
     # label map or condition). Default: one key per input (MegaPortraits, S1.2.1).
     bank_defaults: dict = {"mode": "global", "grid": (4, 4), "max_per_class": 1024, "n": 4096, "noises": 1}
     spec: str | None = None  # the spec this task was resolved from (set by the registry)
+    # The split a router's calibration inputs are drawn from (fiancee.assemble, under a seed of their own). A
+    # guarantee holds for inputs exchangeable with these, so they must be as new to the exits as the inputs routed
+    # later: the training split serves when its draws are fresh (new noise), but a task whose exits were trained on
+    # a fixed set of its training examples (image tiles) names a split of its own, never seen in training.
+    calibration_split: str = "train"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
