@@ -2921,7 +2921,8 @@ def _upscale_photos(R: Results) -> str:
         f"{first['overlap']}, batches of {first['batch_size']}; exit shares {_shares(im['route_shares'])}), the "
         "backbone tiled and blended the same way, each run once (`fiancee upscale ... --compare-backbone`; "
         "`results/upscale_astronaut_*.json`). Peak resident memory of the whole process, both photos "
-        f"included: {peaks}. A larger held-out photo, the {w}x{h} retina to {4 * w}x{4 * h} (routed alone, "
+        f"included: {peaks}. A larger photo, the {w}x{h} retina to {4 * w}x{4 * h} (one of the training photos: what "
+        f"it shows is memory; routed alone, "
         f"PyTorch, {big['threads']} threads; `results/{UPSCALE_LARGE_RUN}.json`): {bim['tiles']} tiles in "
         f"{bim['seconds']:.0f} s, {pct(bim['macs_saved'])} of the MACs saved, peak resident memory "
         f"{big['peak_rss_mib'] / 1024:.2f} GiB (tiles stream in batches; overlaps are blended in a float band one row of tiles tall, the output kept at 8 bits)."
@@ -3052,13 +3053,19 @@ def _serve_load(R: Results) -> str:
         f"capacity); a ratio like the 1.8x asked needs a serving path much cheaper than the generator, as for the "
         f"upscale tiles below."
     )
-    soak = d["modes"]["routed"].get("soak")
-    top = max(r["throughput_rps"] for r in d["modes"]["routed"]["rows"])
+    # The soak from a run of its own when there is one (the routed server at the top rates, then the soak at a
+    # share of the most it answered in that run), else from this one.
+    soak_file = "serve_faces_soak" if "serve_faces_soak" in R.results else "serve_faces_cpu"
+    soak_d = R.data(soak_file)["printed"]
+    soak = soak_d["modes"]["routed"].get("soak")
+    top = max(r["throughput_rps"] for r in soak_d["modes"]["routed"]["rows"])
+    rates = ", ".join(f"{r:g}" for r in soak_d["rates"])
     text += text_targets
     if soak:
         text += (
-            f"\n\nSoak: the routed service at {soak['offered_rps']:g} requests/s ({pct(soak['offered_rps'] / top, 0)} of "
-            f"the {top:.1f} requests/s it answered at most above) for {soak['seconds']:.0f} s: "
+            f"\n\nSoak (`results/{soak_file}.json`): the routed service at {soak['offered_rps']:g} requests/s "
+            f"({pct(soak['offered_rps'] / top, 0)} of the {top:.1f} requests/s it answered at most in that run, "
+            f"at {rates} requests/s offered) for {soak['seconds']:.0f} s: "
             f"{soak['sent']} sent, {soak['ok']} answered, {soak['lost_or_failed']} lost or failed; p99 "
             f"{soak['p99_ms']:.0f} ms; memory of the service's processes {soak['rss_mb_first']:.0f} MB at the first "
             f"sample, {soak['rss_mb_last']:.0f} MB at the last, {soak['rss_mb_max']:.0f} MB at most."
