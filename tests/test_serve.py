@@ -179,17 +179,23 @@ def test_an_image_input_comes_as_a_png_and_answers_carry_one():
         decode_png("not base64!", decl)
 
 
-def test_the_load_test_sends_upscale_tiles_of_the_task_as_pngs_that_parse_back(tmp_path):
-    # tools/serve_load.py: a pipeline whose inputs a seed cannot draw (upscale tiles) is loaded with its own task's
-    # test tiles, each a PNG the server parses back to the tile (8-bit rounding only); noise alone needs none.
+def _serve_load_tool():
+    """tools/serve_load.py as a module (it is a script, not part of the package)."""
     import importlib.util
-
-    from fiancee.serving.requests import InputDecl, parse_generate
-    from fiancee.tasks import get_task
 
     spec = importlib.util.spec_from_file_location("fiancee_serve_load", ROOT / "tools" / "serve_load.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_the_load_test_sends_upscale_tiles_of_the_task_as_pngs_that_parse_back(tmp_path):
+    # tools/serve_load.py: a pipeline whose inputs a seed cannot draw (upscale tiles) is loaded with its own task's
+    # test tiles, each a PNG the server parses back to the tile (8-bit rounding only); noise alone needs none.
+    from fiancee.serving.requests import InputDecl, parse_generate
+    from fiancee.tasks import get_task
+
+    tool = _serve_load_tool()
     (tmp_path / "config.json").write_text(json.dumps({"task": "upscale"}))
     decls = [{"name": "x", "kind": "condition", "shape": [3, 32, 32]}]
     bodies = tool.task_inputs(str(tmp_path), decls, 3, seed=5)
@@ -205,11 +211,7 @@ def test_the_load_test_sends_upscale_tiles_of_the_task_as_pngs_that_parse_back(t
 
 
 def test_the_load_test_refuses_a_soak_rate_it_cannot_read_before_any_server_starts(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fiancee_serve_load", ROOT / "tools" / "serve_load.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _serve_load_tool()
     with pytest.raises(SystemExit) as e:
         tool.main(["out/no_pipeline", "--soak-rate", "most"])
     assert e.value.code == 2

@@ -140,8 +140,7 @@ class Gateway:
         if self.draining:
             self.metrics.refused("shutting_down")
             return _error(503, "shutting down: this service takes no new requests", {"Retry-After": "1"})
-        s = self.settings
-        if self.in_flight >= s.replicas * s.replica_capacity + s.max_queued:
+        if self.in_flight >= self.settings.admission_bound:
             # The bound counted here: a replica busy with a batch takes no request in (Generator.generate), so Ray
             # Serve's own per-replica limit cannot refuse for it, and the queue would grow without this check.
             self.metrics.refused("overloaded")

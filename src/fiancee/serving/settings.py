@@ -54,10 +54,15 @@ class ServeSettings:
         return 2 * self.max_batch_size
 
     @property
+    def admission_bound(self) -> int:
+        """Requests to generate the gateway admits at once: what every replica holds plus the bounded queue."""
+        return self.replicas * self.replica_capacity + self.max_queued
+
+    @property
     def gateway_capacity(self) -> int:
-        """Requests the gateway admits: what every replica holds plus the bounded queue, and a few for /health and
-        /metrics, so that overload is answered by the gateway's own 503 (counted) rather than piling up."""
-        return self.replicas * self.replica_capacity + self.max_queued + 16
+        """Requests the gateway takes at once: the admission bound and a few for /health and /metrics, so that
+        overload is answered by the gateway's own 503 (counted) rather than piling up."""
+        return self.admission_bound + 16
 
     def to_dict(self) -> dict:
         return asdict(self)
