@@ -32,6 +32,7 @@ is read. The folder is written whole and read whole (see docs/errors.md, "Folder
 
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +117,30 @@ class FianceePipeline:
         # (predicted, true) LPIPS [N, E] of the held-out inputs the router was fitted on: kept with the folder so
         # that a report on new inputs can show the guarantee over random calibration / test splits of both.
         self.calibration = None if calibration is None else _check_calibration(calibration)
+        # None, or the counts of FianceePipeline.for_inference's rewrites (a copy that runs but is never saved).
+        self.rewrites: dict[str, int] | None = None
         self.route_macs = torch.tensor(model.route_macs(), dtype=torch.float64)
         from .metrics.macs import count_macs
 
         # Counted once here (shapes only), never inside a caller's FlopCounterMode.
         self._predictor_macs = count_macs(self.predictor, *(torch.zeros(1, *s) for s in self.predictor.input_shapes))
+
+    def for_inference(self) -> "FianceePipeline":
+        """A copy of this pipeline whose generator and predictor run rewritten (:func:`fiancee.rewrites.for_inference`:
+        spectral norms baked, BatchNorms folded, the 1x1-input and RGB transposed convolutions as matrix products,
+        SPADE's gamma and beta as one convolution): the same images and routes to float rounding, in fewer
+        milliseconds. ``rewrites`` says how many layers each rewrite touched. This pipeline is unchanged; the copy
+        is for inference only (it cannot be saved: save the pipeline it came from)."""
+        from .rewrites import for_inference
+
+        if self.rewrites is not None:
+            return self
+        out = copy.copy(self)
+        out.model, counts = for_inference(self.model)
+        out.predictor, predictor_counts = for_inference(self.predictor)
+        out.guide = None if self.bank is None else self.bank.guide
+        out.rewrites = {k: counts[k] + predictor_counts[k] for k in counts}
+        return out
 
     @torch.no_grad()
     def predict(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -246,6 +266,11 @@ class FianceePipeline:
 
         from .predictor import exits_fingerprints, save_predictor
 
+        if self.rewrites is not None:
+            raise ValueError(
+                "this pipeline was rewritten for inference (FianceePipeline.for_inference): its layers no longer "
+                "have their trained names; save the pipeline it came from"
+            )
         out = Path(out)
         with atomic_folder(out, kind=PIPELINE, what="pipeline") as tmp:
             # float16 when that is lossless (branches exported at float16 stay half the size; io.compact_floats)

@@ -85,7 +85,8 @@ def run_bench(
     check_bank(bank, bank_inputs)
     thresholds = check_thresholds(thresholds)
     if pipeline is not None:
-        pipeline = load_pipeline(pipeline, backbone, scale, min_channels)
+        # Both sides of every timing rewritten alike (the backbone is the pipeline's own): see fiancee.rewrites.
+        pipeline = load_pipeline(pipeline, backbone, scale, min_channels).for_inference()
 
     with cpu_threads(threads):
         report = _run(
@@ -184,4 +185,5 @@ def _run(
         phases,
     )
     report["settings"]["mixes_from"] = mixes_from(n_routed, thresholds)
+    report["settings"]["rewrites"] = None if pipeline is None else dict(pipeline.rewrites)
     return report
