@@ -11,7 +11,7 @@ from fiancee.backbones import build_backbone
 from fiancee.exits import ExitGenerator
 from fiancee.pipeline import FianceePipeline
 from fiancee.predictor import QualityPredictor
-from fiancee.rewrites import ColumnsConvTranspose2d, MatmulConvTranspose2d, fold_batchnorm, for_inference
+from fiancee.rewrites import COLUMN_ROWS, ColumnsConvTranspose2d, MatmulConvTranspose2d, fold_batchnorm, for_inference
 from fiancee.routing import ThresholdRouter
 
 
@@ -41,7 +41,9 @@ def test_the_faces_generator_and_its_exits_give_the_same_images(faces_backbone):
     expected = _all_routes(model, (z,))
     fast, counts = for_inference(model)
     # The backbone's first layer (1x1 -> 4x4) and the four RGB heads; every BatchNorm after a convolution.
-    assert counts["transposed_convolutions_replaced"] == 5
+    # Every transposed convolution: the first layer (1x1 -> 4x4) as a matrix product, the rest as columns (the RGB
+    # heads always, the others on small inputs only).
+    assert counts["transposed_convolutions_replaced"] == 5 + 4 + 3 + 2  # the backbone, then each branch
     assert counts["batchnorms_folded"] == 4 + 3 + 2 + 1  # the backbone, then the branches after stages 1, 2, 3
     assert isinstance(fast.backbone.main[0], MatmulConvTranspose2d)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
@@ -91,6 +93,13 @@ def test_columns_and_matmul_transposed_convolutions_equal_the_layer_they_replace
         # Any other input size runs the original layer.
         y = torch.randn(1, 5, 3, 3)
         assert torch.equal(MatmulConvTranspose2d(stem)(y), stem(y))
+        # A wide layer: columns on small inputs only (at most COLUMN_ROWS pixels over the batch).
+        wide = nn.ConvTranspose2d(8, 16, 4, 2, 1)
+        small, large = torch.randn(2, 8, 4, 4), torch.randn(3, 8, 4, 4)
+        assert 2 * 4 * 4 <= COLUMN_ROWS < 3 * 4 * 4
+        cols = ColumnsConvTranspose2d(wide, always=False)
+        torch.testing.assert_close(cols(small), wide(small), atol=1e-5, rtol=0)
+        assert torch.equal(cols(large), wide(large))
 
 
 def test_a_batchnorm_without_a_convolution_before_it_stays():

@@ -10,7 +10,9 @@ them, and each is the same arithmetic done another way here:
   (:class:`MatmulConvTranspose2d`);
 - **a transposed convolution with few output channels** (the RGB head of the backbone and of every branch): the
   kernel vectorizes over output channels, and 3 of them leave it mostly idle. It becomes one matrix product
-  into columns and a col2im (:func:`torch.nn.functional.fold`) (:class:`ColumnsConvTranspose2d`);
+  into columns and a col2im (:func:`torch.nn.functional.fold`) (:class:`ColumnsConvTranspose2d`); so does one
+  whose input has few pixels in all (at most :data:`COLUMN_ROWS` = batch x height x width: DCGAN's 4x4 layer at
+  batch 1), where the kernel runs slower than the matrix product of the same size;
 - **two narrow convolutions reading the same input** (SPADE's gamma and beta, 8-12 outputs each in a branch):
   the module runs them as one convolution with both outputs (``fuse_for_inference``, which any module of a
   user's generator may define too: :func:`fuse_modules`);
@@ -37,6 +39,7 @@ from torch.nn.utils import parametrize
 
 __all__ = [
     "NARROW_CHANNELS",
+    "COLUMN_ROWS",
     "ColumnsConvTranspose2d",
     "MatmulConvTranspose2d",
     "bake_parametrizations",
@@ -48,6 +51,10 @@ __all__ = [
 
 # At most this many output channels, a transposed convolution runs as a matrix product and col2im (the RGB heads).
 NARROW_CHANNELS = 4
+# At most this many input pixels over the batch (B x H x W), any plain transposed convolution does too: timed on
+# DCGAN's layers (one thread), the matrix product and col2im took half the deconvolution kernel's time at 16
+# pixels, about as long at 64, and longer from 128 on.
+COLUMN_ROWS = 32
 
 
 def _containers(root: nn.Module) -> Iterator[nn.Module]:
@@ -150,19 +157,22 @@ class MatmulConvTranspose2d(nn.Module):
 
 
 class ColumnsConvTranspose2d(nn.Module):
-    """A ConvTranspose2d with few output channels as one matrix product into columns ``[B, C_out k k, H W]`` and a
-    col2im (:func:`torch.nn.functional.fold`, which sums the overlapping kernel windows): the same sums."""
+    """A ConvTranspose2d run as one matrix product into columns ``[B, C_out k k, H W]`` and a col2im
+    (:func:`torch.nn.functional.fold`, which sums the overlapping kernel windows): the same sums. ``always``: for
+    every input (few output channels); otherwise only for inputs of at most :data:`COLUMN_ROWS` pixels over the
+    batch, the original layer for larger ones."""
 
-    def __init__(self, conv: nn.ConvTranspose2d):
+    def __init__(self, conv: nn.ConvTranspose2d, always: bool = True):
         super().__init__()
         self.conv = conv
+        self.always = bool(always)
         self.register_buffer(
             "matrix", conv.weight.detach().reshape(conv.in_channels, -1).t().contiguous(), persistent=False
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        if x.dim() != 4:
+        if x.dim() != 4 or not (self.always or x.shape[0] * x.shape[2] * x.shape[3] <= COLUMN_ROWS):
             return c(x)
         b, _, h, w = x.shape
         size = tuple((n - 1) * s - 2 * p + k for n, s, p, k in zip((h, w), c.stride, c.padding, c.kernel_size))
@@ -177,15 +187,16 @@ def _plain_transposed(conv: nn.ConvTranspose2d) -> bool:
 
 def replace_transposed(model: nn.Module) -> int:
     """Swap each plain ConvTranspose2d for :class:`MatmulConvTranspose2d` (stride 1, no padding) or
-    :class:`ColumnsConvTranspose2d` (at most :data:`NARROW_CHANNELS` outputs); returns how many were swapped."""
+    :class:`ColumnsConvTranspose2d` (always with at most :data:`NARROW_CHANNELS` outputs, else on small inputs);
+    returns how many were swapped."""
     mapping: dict[int, nn.Module | None] = {}
     for m in _containers(model):
         if type(m) is not nn.ConvTranspose2d or not _plain_transposed(m) or m.padding_mode != "zeros":
             continue
         if m.stride == (1, 1) and m.padding == (0, 0):
             mapping[id(m)] = MatmulConvTranspose2d(m)
-        elif m.out_channels <= NARROW_CHANNELS:
-            mapping[id(m)] = ColumnsConvTranspose2d(m)
+        else:
+            mapping[id(m)] = ColumnsConvTranspose2d(m, always=m.out_channels <= NARROW_CHANNELS)
     _replace_children(model, mapping)
     return len(mapping)
 
