@@ -31,6 +31,7 @@ LAYERS = [
             "metrics",
             "backbones",
             "exits",
+            "rewrites",
             "bank",
             "predictor",
             "routing",
