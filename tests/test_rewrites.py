@@ -135,3 +135,41 @@ def test_a_rewritten_pipeline_routes_alike_and_refuses_to_be_saved(tmp_path):
 def test_for_inference_names_what_it_expected():
     with pytest.raises(ValueError, match="torch.nn.Module; got str"):
         for_inference("model")
+
+
+def _tiny_pipeline():
+    torch.manual_seed(0)
+    backbone = build_backbone("oasis", "tiny").eval()
+    model = ExitGenerator(backbone, [1, 2], "1/2", 4).eval()
+    h = backbone.features(*backbone.example_inputs(1), taps=(1,)).taps[1]
+    predictor = QualityPredictor("tiny", 2, [list(h.shape[1:])], width=4, hidden=(8,)).eval()
+    return FianceePipeline(None, model, predictor, ThresholdRouter(model.route_macs()), task_spec="tiny"), backbone
+
+
+def test_compile_is_checked_before_anything_is_compiled(monkeypatch):
+    pipe, _ = _tiny_pipeline()
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        pipe.for_inference(compile="yes")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("fiancee.rewrites.shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        pipe.for_inference(compile=True)
+    assert not any(getattr(m, "_compiled_call_impl", None) for m in pipe.model.modules())
+
+
+@pytest.mark.slow
+def test_a_compiled_pipeline_gives_the_same_images_at_every_batch_size():
+    pipe, backbone = _tiny_pipeline()
+    fast = pipe.for_inference()
+    compiled = fast.for_inference(compile=True)
+    assert compiled.compiled and not fast.compiled and compiled.rewrites == fast.rewrites
+    segments = [*compiled.model.backbone.stages, compiled.model.backbone.head, *compiled.model.branches]
+    assert all(m._compiled_call_impl is not None for m in segments)
+    with pytest.raises(ValueError, match="compiled already"):
+        compiled.for_inference()
+    # Batch sizes that split into different sub-batches in the tree: each compiles or reuses a dynamic graph.
+    for n in (1, 5, 3):
+        inputs = backbone.example_inputs(n)
+        want = pipe(*inputs, max_lpips=0.2, routes=torch.arange(n) % 3)
+        got = compiled(*inputs, max_lpips=0.2, routes=torch.arange(n) % 3)
+        torch.testing.assert_close(got.images, want.images, atol=1e-4, rtol=0)

@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .core.args import check_bool
 from .core.folders import PIPELINE, make_header
 from .core.renames import UNSET, renamed, warn_renamed
 from .core.rules import check_thresholds, threshold_groups
@@ -119,27 +120,40 @@ class FianceePipeline:
         self.calibration = None if calibration is None else _check_calibration(calibration)
         # None, or the counts of FianceePipeline.for_inference's rewrites (a copy that runs but is never saved).
         self.rewrites: dict[str, int] | None = None
+        self.compiled = False
         self.route_macs = torch.tensor(model.route_macs(), dtype=torch.float64)
         from .metrics.macs import count_macs
 
         # Counted once here (shapes only), never inside a caller's FlopCounterMode.
         self._predictor_macs = count_macs(self.predictor, *(torch.zeros(1, *s) for s in self.predictor.input_shapes))
 
-    def for_inference(self) -> "FianceePipeline":
+    def for_inference(self, compile: bool = False) -> "FianceePipeline":
         """A copy of this pipeline whose generator and predictor run rewritten (:func:`fiancee.rewrites.for_inference`:
         spectral norms baked, BatchNorms folded, the 1x1-input and RGB transposed convolutions as matrix products,
         SPADE's gamma and beta as one convolution): the same images and routes to float rounding, in fewer
-        milliseconds. ``rewrites`` says how many layers each rewrite touched. This pipeline is unchanged; the copy
-        is for inference only (it cannot be saved: save the pipeline it came from)."""
-        from .rewrites import for_inference
+        milliseconds. ``rewrites`` says how many layers each rewrite touched. With ``compile``, every segment the
+        mixed-exit tree calls (the backbone's stages and head, each branch) is also compiled with ``torch.compile``
+        (:func:`fiancee.rewrites.compile_modules`; the first call at each batch size compiles). This pipeline is
+        unchanged; the copy is for inference only (it cannot be saved: save the pipeline it came from)."""
+        from .rewrites import compile_modules, for_inference
 
-        if self.rewrites is not None:
+        compile = check_bool(compile, "compile")
+        if self.rewrites is not None and self.compiled == compile:
             return self
+        if self.compiled:
+            raise ValueError("this pipeline is compiled already; call for_inference on the pipeline it came from")
         out = copy.copy(self)
-        out.model, counts = for_inference(self.model)
-        out.predictor, predictor_counts = for_inference(self.predictor)
-        out.guide = None if self.bank is None else self.bank.guide
-        out.rewrites = {k: counts[k] + predictor_counts[k] for k in counts}
+        if self.rewrites is None:
+            out.model, counts = for_inference(self.model)
+            out.predictor, predictor_counts = for_inference(self.predictor)
+            out.rewrites = {k: counts[k] + predictor_counts[k] for k in counts}
+        else:  # rewritten already: compile a copy of its own
+            out.model = copy.deepcopy(self.model)
+        if compile:
+            b = out.model.backbone
+            segments = [*b.stages, b.head, *out.model.branches]
+            compile_modules(segments, next(out.model.parameters()).device)
+            out.compiled = True
         return out
 
     @torch.no_grad()

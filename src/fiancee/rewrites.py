@@ -30,7 +30,9 @@ is rewritten with its exits, so a speed-up measured against it compares like wit
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+import os
+import shutil
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,6 +45,8 @@ __all__ = [
     "ColumnsConvTranspose2d",
     "MatmulConvTranspose2d",
     "bake_parametrizations",
+    "compile_modules",
+    "cpp_compiler",
     "fold_batchnorm",
     "for_inference",
     "fuse_modules",
@@ -227,3 +231,27 @@ def for_inference(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     for p in out.parameters():
         p.requires_grad_(False)
     return out, counts
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler TorchInductor would use on the CPU (``$CXX``, g++, clang++ or c++), or None."""
+    return os.environ.get("CXX") or next((c for c in ("g++", "clang++", "c++") if shutil.which(c)), None)
+
+
+def compile_modules(modules: Sequence[nn.Module], device: torch.device | str = "cpu") -> int:
+    """``torch.compile`` each module in place (:meth:`torch.nn.Module.compile`); returns how many.
+
+    Compiled one by one, not as one graph: the mixed-exit tree chooses at run time which stages and branches a
+    batch runs and on how many rows, so the tree stays Python and each segment it calls is compiled (a segment
+    seen at a second batch size recompiles once with a dynamic batch). On the CPU TorchInductor needs a C++
+    compiler; without one this raises before anything is compiled."""
+    modules = list(modules)
+    if not all(isinstance(m, nn.Module) for m in modules):
+        raise ValueError("modules must all be torch.nn.Module instances")
+    if torch.device(device).type == "cpu" and not cpp_compiler():
+        raise ValueError(
+            "compiling on the CPU needs a C++ compiler for TorchInductor (g++, clang++ or $CXX); none found"
+        )
+    for m in modules:
+        m.compile()
+    return len(modules)

@@ -4,14 +4,13 @@ the bank mode, the backbone and its size. Every check raises ``ValueError`` nami
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Sequence
 
 import torch
 
 from ..backbones import SIZES
 from ..core.args import check_int
+from ..rewrites import cpp_compiler
 from .options import CUDA_ONLY, OPTIONS
 
 __all__ = [
@@ -71,15 +70,11 @@ def parse_options(options: str | Sequence[str] | None, device: torch.device) -> 
             out.append(item)
     if "bf16" in out and "fp16" in out:
         raise ValueError("options bf16 and fp16 exclude each other (one autocast dtype); choose one")
-    if "compile" in out and device.type == "cpu" and not _cpp_compiler():
+    if "compile" in out and device.type == "cpu" and not cpp_compiler():
         raise ValueError(
             "option 'compile' on cpu needs a C++ compiler for TorchInductor (g++, clang++ or $CXX); none found"
         )
     return out
-
-
-def _cpp_compiler() -> str | None:
-    return os.environ.get("CXX") or next((c for c in ("g++", "clang++", "c++") if shutil.which(c)), None)
 
 
 def parse_device(device: str | torch.device) -> torch.device:

@@ -112,10 +112,12 @@ def time_end_to_end(
     step: Callable[[str], None] = lambda label: None,
     thresholds: Sequence[float] = ROUTED_THRESHOLDS,
     task: str | None = None,
+    runtime: str = "torch",
 ) -> dict:
     """The report's ``end_to_end`` section under PyTorch: every threshold and batch size at torch's current threads,
     the routed call against ``pipe.model.backbone`` (module docstring). ``inputs_on[b]`` are the batch-``b`` inputs
-    on ``clock.device``; the pipeline's model and predictor are moved there."""
+    on ``clock.device``; the pipeline's model and predictor are moved there. ``runtime`` names the section and its
+    rows (``"torch compiled"`` for a pipeline from ``for_inference(compile=True)``: its warm-up calls compile)."""
     thresholds, batches = _check(thresholds, batches)
     device = clock.device
     pipe.model.to(device)
@@ -131,7 +133,7 @@ def time_end_to_end(
             backbone_t, routed_t = clock.interleaved(lambda: pipe.model.backbone(*xs), lambda: pipe(*xs, max_lpips=t))
             row = end_to_end_row(
                 task,
-                "torch",
+                runtime,
                 t,
                 threads,
                 out.routes.numpy(),
@@ -149,7 +151,7 @@ def time_end_to_end(
             row["glue_ms"] = round(row["routed_ms"] - sum(row["segments_ms"].values()), 4)
             rows.append(row)
             step(f"end to end T={t:g} batch {b}")
-    return _section("torch", thresholds, backbone_macs, "pipe.model.backbone(*inputs): the backbone alone", rows)
+    return _section(runtime, thresholds, backbone_macs, "pipe.model.backbone(*inputs): the backbone alone", rows)
 
 
 def time_end_to_end_onnx(

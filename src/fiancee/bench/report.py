@@ -234,10 +234,16 @@ def format_table(report: dict, markdown: bool = False) -> str:
 def end_to_end_lines(report: dict, markdown: bool = False) -> list[str]:
     """The headline of a report measured with a pipeline: the routed call's milliseconds against the backbone's
     beside the MACs saving, one row per runtime, threshold, batch and threads, and a blank line after; nothing for
-    a report without an ``end_to_end`` section (every report measured without a pipeline, or before it existed)."""
+    a report without an ``end_to_end`` section (every report measured without a pipeline, or before it existed).
+    A report measured with ``--opt compile`` also has ``end_to_end_compiled``, shown after it the same way."""
     e2e = report.get("end_to_end")
     if not e2e:
         return []
+    compiled = report.get("end_to_end_compiled")
+    return _e2e_lines(e2e, markdown) + (_e2e_lines(compiled, markdown) if compiled else [])
+
+
+def _e2e_lines(e2e: dict, markdown: bool) -> list[str]:
     header = ["task", "T", "batch", "threads", "backbone ms", "routed ms", "speed-up", "MACs speed-up", "ratio"]
     rows = [
         [

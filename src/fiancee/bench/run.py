@@ -147,12 +147,28 @@ def _run(
     bank, spec = build_bank(setup, bank_n, device, progress) if with_bank else (None, None)
 
     mix_steps = len(mixes) * sum(b >= 2 for b in batches)
-    e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches)
+    compiled = (
+        pipeline is not None and "compile" in opts
+    )  # the whole routed call compiled as well (end_to_end_compiled)
+    e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches) * (1 + compiled)
     total = len(batches) * model.num_routes * (1 + len(groups)) + mix_steps + e2e_steps + 1
     with Steps(total, f"bench {name}", progress) as step:
         routes, route_ms = time_routes(model, batches, ratio_batch, inputs_on, clock, step)
         mixed = time_mixes(model, mixes, batches, inputs_on, route_ms, seed, clock, step)
         e2e = None if pipeline is None else time_end_to_end(pipeline, inputs_on, batches, clock, step, thresholds, name)
+        e2e_compiled = None
+        if compiled:
+            with torch.no_grad():
+                e2e_compiled = time_end_to_end(
+                    pipeline.for_inference(compile=True),
+                    inputs_on,
+                    batches,
+                    clock,
+                    step,
+                    thresholds,
+                    name,
+                    runtime="torch compiled",
+                )
         overhead, overhead_fraction = time_overhead(
             model, predictor, xs, bank, spec, setup, batches, ratio_batch, inputs_on, route_ms, bank_choice, clock
         )
@@ -186,4 +202,6 @@ def _run(
     )
     report["settings"]["mixes_from"] = mixes_from(n_routed, thresholds)
     report["settings"]["rewrites"] = None if pipeline is None else dict(pipeline.rewrites)
+    if compiled:
+        report["end_to_end_compiled"] = e2e_compiled
     return report
