@@ -96,7 +96,8 @@ def register(sub) -> None:
     p.add_argument(
         "--opt",
         default=None,
-        help="speed options to try, comma-separated: channels_last, bf16, fp16, compile, cudagraphs",
+        help="speed options to try, comma-separated: channels_last, bf16, fp16, compile, cudagraphs "
+        "(with --pipeline, compile also times the whole routed call compiled: pipe.for_inference(compile=True))",
     )
     p.add_argument(
         "--bank-inputs",
