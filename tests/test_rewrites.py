@@ -158,7 +158,7 @@ def test_compile_is_checked_before_anything_is_compiled(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_compiled_pipeline_gives_the_same_images_at_every_batch_size():
+def test_a_compiled_pipeline_gives_the_same_images_at_two_batch_sizes():
     pipe, backbone = _tiny_pipeline()
     fast = pipe.for_inference()
     compiled = fast.for_inference(compile=True)
@@ -167,8 +167,8 @@ def test_a_compiled_pipeline_gives_the_same_images_at_every_batch_size():
     assert all(m._compiled_call_impl is not None for m in segments)
     with pytest.raises(ValueError, match="compiled already"):
         compiled.for_inference()
-    # Batch sizes that split into different sub-batches in the tree: each compiles or reuses a dynamic graph.
-    for n in (1, 5, 3):
+    # Two batch sizes, split into other sub-batches by the tree: the second recompiles each segment for any batch.
+    for n in (4, 3):
         inputs = backbone.example_inputs(n)
         want = pipe(*inputs, max_lpips=0.2, routes=torch.arange(n) % 3)
         got = compiled(*inputs, max_lpips=0.2, routes=torch.arange(n) % 3)
