@@ -208,6 +208,15 @@ def test_a_pipeline_gives_the_bench_its_exits_and_its_routing(faces_pipeline, on
         "batch",
         "threads",
     ]
+    # Timed rewritten (its backbone too), and what the rewrites buy beside the pipeline as loaded, interleaved.
+    counts = report["settings"]["rewrites"]
+    assert counts["batchnorms_folded"] > 0 and counts["transposed_convolutions_replaced"] > 0
+    gains = report["rewrites"]
+    assert gains["threshold"] == 0.1 and gains["rewrites"] == counts and [r["batch"] for r in gains["rows"]] == [2]
+    for r in gains["rows"]:
+        assert min(r["stock_backbone_ms"], r["stock_routed_ms"], r["backbone_ms"], r["routed_ms"]) > 0
+        assert r["routed_gain"] == pytest.approx(r["stock_routed_ms"] / r["routed_ms"])
+    assert any(line.startswith("inference rewrites (pipe.for_inference(), T = 0.1)") for line in table)
     with pytest.raises(ValueError, match="scale and min channels come from the pipeline"):
         run_bench("faces", scale="1/4", pipeline=faces_pipeline, **QUICK)
     with pytest.raises(ValueError, match="with its task as the backbone"):

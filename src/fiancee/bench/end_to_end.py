@@ -28,7 +28,14 @@ from ..core.rules import check_threshold
 from .measure import Clock
 from .mixed import ROUTED_THRESHOLDS
 
-__all__ = ["TARGET", "check_thresholds", "end_to_end_row", "time_end_to_end", "time_end_to_end_onnx"]
+__all__ = [
+    "TARGET",
+    "check_thresholds",
+    "end_to_end_row",
+    "time_end_to_end",
+    "time_end_to_end_onnx",
+    "time_rewrites",
+]
 
 # The issue's target (not a timed test): the wall-clock speed-up at least this fraction of the MACs speed-up.
 TARGET = 0.85
@@ -152,6 +159,55 @@ def time_end_to_end(
             rows.append(row)
             step(f"end to end T={t:g} batch {b}")
     return _section(runtime, thresholds, backbone_macs, "pipe.model.backbone(*inputs): the backbone alone", rows)
+
+
+def time_rewrites(
+    stock,
+    rewritten,
+    inputs_on: dict[int, tuple[torch.Tensor, ...]],
+    batches: Sequence[int],
+    clock: Clock,
+    threshold: float = 0.1,
+    step: Callable[[str], None] = lambda label: None,
+) -> dict:
+    """What :meth:`fiancee.pipeline.FianceePipeline.for_inference` buys: per batch size, the pipeline as loaded
+    (``stock``) and its rewritten copy, each its backbone alone and its routed call at ``threshold``, the four timed
+    in turns (:meth:`Clock.interleaved`) on the same inputs. ``*_gain`` = stock ms / rewritten ms (above 1 the
+    rewrites are faster)."""
+    threshold = check_thresholds([threshold])[0]
+    for pipe in (stock, rewritten):
+        pipe.model.to(clock.device)
+        pipe.predictor.to(clock.device)
+    rows = []
+    for b in batches:
+        xs = inputs_on[b]
+        timed = clock.interleaved(
+            lambda: stock.model.backbone(*xs),
+            lambda: stock(*xs, max_lpips=threshold),
+            lambda: rewritten.model.backbone(*xs),
+            lambda: rewritten(*xs, max_lpips=threshold),
+        )
+        sb, sr, rb, rr = (round(t["median_ms"], 4) for t in timed)
+        rows.append(
+            {
+                "batch": int(b),
+                "threshold": threshold,
+                "threads": torch.get_num_threads(),
+                "stock_backbone_ms": sb,
+                "stock_routed_ms": sr,
+                "backbone_ms": rb,
+                "routed_ms": rr,
+                "backbone_gain": sb / rb,
+                "routed_gain": sr / rr,
+            }
+        )
+        step(f"rewrites batch {b}")
+    return {
+        "threshold": threshold,
+        "order": "interleaved: stock backbone, stock routed, rewritten backbone, rewritten routed, ...",
+        "rewrites": dict(rewritten.rewrites or {}),
+        "rows": rows,
+    }
 
 
 def time_end_to_end_onnx(

@@ -240,7 +240,28 @@ def end_to_end_lines(report: dict, markdown: bool = False) -> list[str]:
     if not e2e:
         return []
     compiled = report.get("end_to_end_compiled")
-    return _e2e_lines(e2e, markdown) + (_e2e_lines(compiled, markdown) if compiled else [])
+    return (
+        _e2e_lines(e2e, markdown)
+        + _rewrites_lines(report.get("rewrites"), markdown)
+        + (_e2e_lines(compiled, markdown) if compiled else [])
+    )
+
+
+def _rewrites_lines(gains: dict | None, markdown: bool) -> list[str]:
+    """What the inference rewrites buy (``rewrites`` section: the pipeline as loaded against its rewritten copy)."""
+    if not gains:
+        return []
+    header = ["batch", "backbone ms: as loaded -> rewritten", "routed ms: as loaded -> rewritten"]
+    rows = [
+        [
+            str(r["batch"]),
+            f"{r['stock_backbone_ms']:.4g} -> {r['backbone_ms']:.4g} ({r['backbone_gain']:.2f}x)",
+            f"{r['stock_routed_ms']:.4g} -> {r['routed_ms']:.4g} ({r['routed_gain']:.2f}x)",
+        ]
+        for r in gains["rows"]
+    ]
+    lead = f"inference rewrites (pipe.for_inference(), T = {gains['threshold']:g}): {gains['order']}"
+    return [lead, ""] + _render(header, rows, markdown) + [""]
 
 
 def _e2e_lines(e2e: dict, markdown: bool) -> list[str]:

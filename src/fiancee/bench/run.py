@@ -11,7 +11,7 @@ import torch
 
 from ..timing import load_average
 from .args import check_backbone, check_bank, parse_batches, parse_device, parse_options, positive
-from .end_to_end import check_thresholds, time_end_to_end
+from .end_to_end import check_thresholds, time_end_to_end, time_rewrites
 from .measure import Clock, Steps, cpu_threads
 from .mixed import ROUTED_THRESHOLDS, ROUTING_INPUTS, bench_mixes, mixes_from, routed_mixes, time_mixes
 from .options import time_options, variants
@@ -86,7 +86,11 @@ def run_bench(
     thresholds = check_thresholds(thresholds)
     if pipeline is not None:
         # Both sides of every timing rewritten alike (the backbone is the pipeline's own): see fiancee.rewrites.
-        pipeline = load_pipeline(pipeline, backbone, scale, min_channels).for_inference()
+        # The pipeline as loaded stays, to time what the rewrites buy (rewrites section).
+        stock = load_pipeline(pipeline, backbone, scale, min_channels)
+        pipeline = stock.for_inference()
+    else:
+        stock = None
 
     with cpu_threads(threads):
         report = _run(
@@ -104,6 +108,7 @@ def run_bench(
             bank,
             pipeline,
             thresholds,
+            stock,
         )
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
@@ -124,6 +129,7 @@ def _run(
     bank_choice: str,
     pipeline,
     thresholds: list[float],
+    stock=None,
 ) -> dict:
     """The setup, the predictor and the bank, then the phases in order: routes, mixed, end to end (with a
     pipeline), overhead, options."""
@@ -150,12 +156,13 @@ def _run(
     compiled = (
         pipeline is not None and "compile" in opts
     )  # the whole routed call compiled as well (end_to_end_compiled)
-    e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches) * (1 + compiled)
+    e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches) * (1 + compiled) + len(batches)
     total = len(batches) * model.num_routes * (1 + len(groups)) + mix_steps + e2e_steps + 1
     with Steps(total, f"bench {name}", progress) as step:
         routes, route_ms = time_routes(model, batches, ratio_batch, inputs_on, clock, step)
         mixed = time_mixes(model, mixes, batches, inputs_on, route_ms, seed, clock, step)
         e2e = None if pipeline is None else time_end_to_end(pipeline, inputs_on, batches, clock, step, thresholds, name)
+        gains = None if stock is None else time_rewrites(stock, pipeline, inputs_on, batches, clock, 0.1, step)
         e2e_compiled = None
         if compiled:
             with torch.no_grad():
@@ -202,6 +209,8 @@ def _run(
     )
     report["settings"]["mixes_from"] = mixes_from(n_routed, thresholds)
     report["settings"]["rewrites"] = None if pipeline is None else dict(pipeline.rewrites)
+    if gains is not None:
+        report["rewrites"] = gains
     if compiled:
         report["end_to_end_compiled"] = e2e_compiled
     return report
