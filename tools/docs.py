@@ -2465,6 +2465,29 @@ def _e2e_at(R: Results, stem: str, section: str, t: float, batch: int) -> dict:
     return hits[0]
 
 
+@block("bench-e2e-rewrites")
+def _bench_e2e_rewrites(R: Results) -> str:
+    rows = []
+    for task, t1, _, _ in E2E_RUNS:
+        gains = R.bench[t1]["rewrites"]
+        for r in gains["rows"]:
+            rows.append(
+                [
+                    task,
+                    str(r["batch"]),
+                    f"{r['stock_backbone_ms']:.3g} -> {r['backbone_ms']:.3g} ({r['backbone_gain']:.2f}x)",
+                    f"{r['stock_routed_ms']:.3g} -> {r['routed_ms']:.3g} ({r['routed_gain']:.2f}x)",
+                ]
+            )
+    t = R.bench[E2E_RUNS[0][1]]["rewrites"]["threshold"]
+    return (
+        f"Milliseconds per call, one thread, LPIPS <= {t:g}, the pipeline as loaded against its rewritten copy, the four "
+        f"calls timed in turns on the same inputs (`benchmarks/{E2E_RUNS[0][1]}.json`, "
+        f"`benchmarks/{E2E_RUNS[1][1]}.json`, section `rewrites`):\n\n"
+        + table(["task", "batch", "backbone: as loaded -> rewritten", "routed call: as loaded -> rewritten"], rows)
+    )
+
+
 @block("bench-e2e-compiled")
 def _bench_e2e_compiled(R: Results) -> str:
     lines, rows = [], []
