@@ -114,6 +114,21 @@ def run_bench(
     return report
 
 
+def _time_pipeline(pipeline, stock, compiled: bool, inputs_on, batches, clock, step, thresholds, name) -> tuple:
+    """The pipeline's sections: ``end_to_end`` (rewritten), ``rewrites`` (against ``stock``, the pipeline as loaded;
+    None without it) and, when ``compiled``, ``end_to_end_compiled`` (else None)."""
+    e2e = time_end_to_end(pipeline, inputs_on, batches, clock, step, thresholds, name)
+    gains = None if stock is None else time_rewrites(stock, pipeline, inputs_on, batches, clock, 0.1, step)
+    e2e_compiled = None
+    if compiled:
+        with torch.no_grad():
+            fast = pipeline.for_inference(compile=True)
+            e2e_compiled = time_end_to_end(
+                fast, inputs_on, batches, clock, step, thresholds, name, runtime="torch compiled"
+            )
+    return e2e, gains, e2e_compiled
+
+
 def _run(
     name: str,
     size,
@@ -161,21 +176,11 @@ def _run(
     with Steps(total, f"bench {name}", progress) as step:
         routes, route_ms = time_routes(model, batches, ratio_batch, inputs_on, clock, step)
         mixed = time_mixes(model, mixes, batches, inputs_on, route_ms, seed, clock, step)
-        e2e = None if pipeline is None else time_end_to_end(pipeline, inputs_on, batches, clock, step, thresholds, name)
-        gains = None if stock is None else time_rewrites(stock, pipeline, inputs_on, batches, clock, 0.1, step)
-        e2e_compiled = None
-        if compiled:
-            with torch.no_grad():
-                e2e_compiled = time_end_to_end(
-                    pipeline.for_inference(compile=True),
-                    inputs_on,
-                    batches,
-                    clock,
-                    step,
-                    thresholds,
-                    name,
-                    runtime="torch compiled",
-                )
+        e2e, gains, e2e_compiled = (
+            (None, None, None)
+            if pipeline is None
+            else _time_pipeline(pipeline, stock, compiled, inputs_on, batches, clock, step, thresholds, name)
+        )
         overhead, overhead_fraction = time_overhead(
             model, predictor, xs, bank, spec, setup, batches, ratio_batch, inputs_on, route_ms, bank_choice, clock
         )
