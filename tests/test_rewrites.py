@@ -113,6 +113,14 @@ def test_a_batchnorm_without_a_convolution_before_it_stays():
     assert [type(m).__name__ for m in seq] == ["ReLU", "BatchNorm2d", "Conv2d"]
 
 
+def test_a_convolution_shared_with_a_container_that_reads_it_unnormalized_is_not_folded():
+    conv, bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+    model = nn.ModuleDict({"normed": nn.Sequential(conv, bn), "raw": nn.Sequential(conv, nn.ReLU())}).eval()
+    _randomize_batchnorms(model, 3)
+    assert fold_batchnorm(model) == 0
+    assert model["normed"][0] is conv and model["raw"][0] is conv and model["normed"][1] is bn
+
+
 def test_a_rewritten_pipeline_routes_alike_and_refuses_to_be_saved(tmp_path):
     torch.manual_seed(0)
     backbone = build_backbone("oasis", "tiny").eval()

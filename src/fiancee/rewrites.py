@@ -115,6 +115,17 @@ def fold_batchnorm(model: nn.Module) -> int:
     """Fold every eval-mode BatchNorm2d that directly follows a Conv2d / ConvTranspose2d in an nn.Sequential into
     that convolution (weights scaled per output channel, bias shifted); the BatchNorm leaves the Sequential.
     Returns how many were folded. Running statistics are what eval mode uses, so the outputs do not change."""
+    # Where each module sits: (container, the module after it in a Sequential, the one before; None elsewhere).
+    # A convolution is folded only if every place that holds it has that same BatchNorm right after it, and the
+    # BatchNorm only ever follows it (a layer shared with a container that reads its output unnormalized stays).
+    places: dict[int, list[tuple]] = {}
+    for m in _containers(model):
+        layers = list(m._modules.values())
+        seq = isinstance(m, nn.Sequential)
+        for i, child in enumerate(layers):
+            after = layers[i + 1] if seq and i + 1 < len(layers) else None
+            before = layers[i - 1] if seq and i > 0 else None
+            places.setdefault(id(child), []).append((seq, after, before))
     mapping: dict[int, nn.Module | None] = {}
     for seq in [m for m in _containers(model) if isinstance(m, nn.Sequential)]:
         layers = list(seq._modules.values())
@@ -125,6 +136,8 @@ def fold_batchnorm(model: nn.Module) -> int:
                 or bn.running_mean is None
                 or id(conv) in mapping
                 or conv.groups != 1
+                or not all(is_seq and after is bn for is_seq, after, _ in places[id(conv)])
+                or not all(is_seq and before is conv for is_seq, _, before in places[id(bn)])
             ):
                 continue
             scale = torch.rsqrt(bn.running_var + bn.eps)
