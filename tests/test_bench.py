@@ -217,6 +217,15 @@ def test_a_pipeline_gives_the_bench_its_exits_and_its_routing(faces_pipeline, on
         assert min(r["stock_backbone_ms"], r["stock_routed_ms"], r["backbone_ms"], r["routed_ms"]) > 0
         assert r["routed_gain"] == pytest.approx(r["stock_routed_ms"] / r["routed_ms"])
     assert any(line.startswith("inference rewrites (pipe.for_inference(), T = 0.1)") for line in table)
+    # Layer by layer: the first exit and the backbone, every layer call timed alone, MACs summing to the route's.
+    layers = report["layers"]["rows"]
+    assert [(r["batch"], r["route"]) for r in layers] == [(2, 0), (2, 3)]
+    by_route = {r["route"]: r for r in report["routes"]}
+    for r in layers:
+        assert r["macs"] == by_route[r["route"]]["macs"] * 2  # the route's MACs per input, at batch 2
+        assert r["layers_ms"] == pytest.approx(sum(x["ms"] for x in r["layers"]), abs=1e-3)
+        assert r["other_ms"] == pytest.approx(r["route_ms"] - r["layers_ms"], abs=1e-3)
+        assert any("->3 " in x["layer"] for x in r["layers"])  # the RGB head, named by its shape
     with pytest.raises(ValueError, match="scale and min channels come from the pipeline"):
         run_bench("faces", scale="1/4", pipeline=faces_pipeline, **QUICK)
     with pytest.raises(ValueError, match="with its task as the backbone"):

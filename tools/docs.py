@@ -2488,6 +2488,43 @@ def _bench_e2e_rewrites(R: Results) -> str:
     )
 
 
+@block("bench-e2e-layers")
+def _bench_e2e_layers(R: Results) -> str:
+    rows = []
+    for task, t1, _, _ in E2E_RUNS:
+        rep = R.bench[t1]
+        for r in rep["layers"]["rows"]:
+            if r["batch"] not in (1, 32):
+                continue
+            route = rep["routes"][r["route"]]["name"]
+            # The slowest layer per MAC among those carrying at least 1% of the route's MACs.
+            big = [x for x in r["layers"] if x["macs"] >= 0.01 * r["macs"]]
+            slow = min(big, key=lambda x: x["gmacs_per_s"])
+            rows.append(
+                [
+                    task,
+                    str(r["batch"]),
+                    route,
+                    f"{r['route_ms']:.3g}",
+                    f"{r['layers_ms']:.3g} ({r['macs'] / r['layers_ms'] / 1e6:.1f} GMAC/s)",
+                    f"{r['other_ms']:.3g}",
+                    f"{slow['layer']}: {slow['gmacs_per_s']:.1f} GMAC/s",
+                ]
+            )
+    return table(
+        [
+            "task",
+            "batch",
+            "route",
+            "route ms",
+            "its layers, each alone: ms (MACs a second)",
+            "the rest, ms",
+            "slowest layer per MAC (of those with 1% of the MACs)",
+        ],
+        rows,
+    )
+
+
 @block("bench-e2e-compiled")
 def _bench_e2e_compiled(R: Results) -> str:
     lines, rows = [], []

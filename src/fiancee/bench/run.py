@@ -12,6 +12,7 @@ import torch
 from ..timing import load_average
 from .args import check_backbone, check_bank, parse_batches, parse_device, parse_options, positive
 from .end_to_end import check_thresholds, time_end_to_end, time_rewrites
+from .layers import time_layers
 from .measure import Clock, Steps, cpu_threads
 from .mixed import ROUTED_THRESHOLDS, ROUTING_INPUTS, bench_mixes, mixes_from, routed_mixes, time_mixes
 from .options import time_options, variants
@@ -116,9 +117,11 @@ def run_bench(
 
 def _time_pipeline(pipeline, stock, compiled: bool, inputs_on, batches, clock, step, thresholds, name) -> tuple:
     """The pipeline's sections: ``end_to_end`` (rewritten), ``rewrites`` (against ``stock``, the pipeline as loaded;
-    None without it) and, when ``compiled``, ``end_to_end_compiled`` (else None)."""
+    None without it), ``layers`` (:func:`fiancee.bench.layers.time_layers` on the rewritten model) and, when
+    ``compiled``, ``end_to_end_compiled`` (else None)."""
     e2e = time_end_to_end(pipeline, inputs_on, batches, clock, step, thresholds, name)
     gains = None if stock is None else time_rewrites(stock, pipeline, inputs_on, batches, clock, 0.1, step)
+    layers = time_layers(pipeline.model, inputs_on, batches, clock, step=step)
     e2e_compiled = None
     if compiled:
         with torch.no_grad():
@@ -126,7 +129,7 @@ def _time_pipeline(pipeline, stock, compiled: bool, inputs_on, batches, clock, s
             e2e_compiled = time_end_to_end(
                 fast, inputs_on, batches, clock, step, thresholds, name, runtime="torch compiled"
             )
-    return e2e, gains, e2e_compiled
+    return e2e, gains, layers, e2e_compiled
 
 
 def _run(
@@ -171,13 +174,13 @@ def _run(
     compiled = (
         pipeline is not None and "compile" in opts
     )  # the whole routed call compiled as well (end_to_end_compiled)
-    e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches) * (1 + compiled) + len(batches)
+    e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches) * (1 + compiled) + 3 * len(batches)
     total = len(batches) * model.num_routes * (1 + len(groups)) + mix_steps + e2e_steps + 1
     with Steps(total, f"bench {name}", progress) as step:
         routes, route_ms = time_routes(model, batches, ratio_batch, inputs_on, clock, step)
         mixed = time_mixes(model, mixes, batches, inputs_on, route_ms, seed, clock, step)
-        e2e, gains, e2e_compiled = (
-            (None, None, None)
+        e2e, gains, layers, e2e_compiled = (
+            (None, None, None, None)
             if pipeline is None
             else _time_pipeline(pipeline, stock, compiled, inputs_on, batches, clock, step, thresholds, name)
         )
@@ -216,6 +219,8 @@ def _run(
     report["settings"]["rewrites"] = None if pipeline is None else dict(pipeline.rewrites)
     if gains is not None:
         report["rewrites"] = gains
+    if layers is not None:
+        report["layers"] = layers
     if compiled:
         report["end_to_end_compiled"] = e2e_compiled
     return report
