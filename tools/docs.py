@@ -2458,13 +2458,6 @@ def _e2e_rows(R: Results, stem: str, section: str = "end_to_end") -> list[dict]:
     return R.bench[stem][section]["rows"]
 
 
-def _e2e_at(R: Results, stem: str, section: str, t: float, batch: int) -> dict:
-    hits = [r for r in _e2e_rows(R, stem, section) if abs(r["threshold"] - t) < 1e-9 and r["batch"] == batch]
-    if len(hits) != 1:
-        raise KeyError(f"benchmarks/{stem}.json has no single {section} row at T={t}, batch {batch}")
-    return hits[0]
-
-
 @block("bench-e2e-rewrites")
 def _bench_e2e_rewrites(R: Results) -> str:
     rows = []
@@ -2536,7 +2529,7 @@ def _bench_e2e_compiled(R: Results) -> str:
         )
         for t in R.bench[stem]["end_to_end_compiled"]["thresholds"]:
             for b in s["batches"]:
-                e, c = _e2e_at(R, stem, "end_to_end", t, b), _e2e_at(R, stem, "end_to_end_compiled", t, b)
+                e, c = _e2e(R, stem, t, b), _e2e(R, stem, t, b, section="end_to_end_compiled")
                 rows.append(
                     [task, f"{t:g}", str(b)]
                     + [f"{r['backbone_ms']:.3g} -> {r['routed_ms']:.3g} ms: {_e2e_cell(r)}" for r in (e, c)]
@@ -2558,14 +2551,14 @@ def _bench_e2e_compiled(R: Results) -> str:
     )
 
 
-def _e2e(R: Results, stem: str, t: float, batch: int, threads: int | None = None) -> dict:
+def _e2e(R: Results, stem: str, t: float, batch: int, threads: int | None = None, section: str = "end_to_end") -> dict:
     hits = [
         r
-        for r in _e2e_rows(R, stem)
+        for r in _e2e_rows(R, stem, section)
         if abs(r["threshold"] - t) < 1e-9 and r["batch"] == batch and (threads is None or r["threads"] == threads)
     ]
     if len(hits) != 1:
-        raise KeyError(f"benchmarks/{stem}.json has no single end-to-end row at T={t}, batch {batch}")
+        raise KeyError(f"benchmarks/{stem}.json has no single {section} row at T={t}, batch {batch}")
     return hits[0]
 
 
@@ -2681,18 +2674,17 @@ def _bench_e2e_static(R: Results) -> str:
 def _e2e_targets(R: Results) -> list[list[str]]:
     """The milliseconds issue's targets against the end-to-end runs (one row per target)."""
     out = []
-    cells, ok = [], True
+    cells = []
     for task, t1, _, _ in E2E_RUNS:
         for b in (1, 32):
             r = _e2e(R, t1, 0.1, b)
             cells.append(
                 f"{task} batch {b}: {r['ms_follow_macs']:.2f} ({r['speedup']:.2f}x of {r['macs_speedup']:.2f}x)"
             )
-            ok &= r["ms_follow_macs"] >= 0.85
-    best = {}  # (task, batch) -> the better ratio of eager and compiled, from the compile runs
+    best = {}  # (task, batch) -> the compiled ratio, from the compile runs; met where eager or compiled reaches it
     for task, stem in E2E_COMPILED:
         for b in (1, 32):
-            r = _e2e_at(R, stem, "end_to_end_compiled", 0.1, b)
+            r = _e2e(R, stem, 0.1, b, section="end_to_end_compiled")
             cells.append(f"compiled, {task} batch {b}: {r['ms_follow_macs']:.2f}")
             best[(task, b)] = r["ms_follow_macs"]
     ok = all(

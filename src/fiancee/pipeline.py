@@ -129,7 +129,7 @@ class FianceePipeline:
 
     def for_inference(self, compile: bool = False) -> "FianceePipeline":
         """A copy of this pipeline whose generator and predictor run rewritten (:func:`fiancee.rewrites.for_inference`:
-        spectral norms baked, BatchNorms folded, the 1x1-input and RGB transposed convolutions as matrix products,
+        spectral norms baked, BatchNorms folded, slow transposed-convolution shapes as matrix products,
         SPADE's gamma and beta as one convolution): the same images and routes to float rounding, in fewer
         milliseconds. ``rewrites`` says how many layers each rewrite touched. With ``compile``, every segment the
         mixed-exit tree calls (the backbone's stages and head, each branch) is also compiled with ``torch.compile``

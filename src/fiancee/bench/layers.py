@@ -18,14 +18,13 @@ import torch
 import torch.nn as nn
 
 from ..metrics.macs import count_macs
+from ..rewrites import ColumnsConvTranspose2d, MatmulConvTranspose2d
 from .measure import Clock
 
 __all__ = ["time_layers"]
 
 
 def _is_layer(m: nn.Module) -> bool:
-    from ..rewrites import ColumnsConvTranspose2d, MatmulConvTranspose2d
-
     return isinstance(m, (ColumnsConvTranspose2d, MatmulConvTranspose2d)) or not any(True for _ in m.children())
 
 

@@ -116,11 +116,11 @@ def run_bench(
 
 
 def _time_pipeline(pipeline, stock, compiled: bool, inputs_on, batches, clock, step, thresholds, name) -> tuple:
-    """The pipeline's sections: ``end_to_end`` (rewritten), ``rewrites`` (against ``stock``, the pipeline as loaded;
-    None without it), ``layers`` (:func:`fiancee.bench.layers.time_layers` on the rewritten model) and, when
-    ``compiled``, ``end_to_end_compiled`` (else None)."""
+    """The pipeline's sections: ``end_to_end`` (rewritten), ``rewrites`` (against ``stock``, the pipeline as
+    loaded), ``layers`` (:func:`fiancee.bench.layers.time_layers` on the rewritten model) and, when ``compiled``,
+    ``end_to_end_compiled`` (else None)."""
     e2e = time_end_to_end(pipeline, inputs_on, batches, clock, step, thresholds, name)
-    gains = None if stock is None else time_rewrites(stock, pipeline, inputs_on, batches, clock, 0.1, step)
+    gains = time_rewrites(stock, pipeline, inputs_on, batches, clock, 0.1, step)
     layers = time_layers(pipeline.model, inputs_on, batches, clock, step=step)
     e2e_compiled = None
     if compiled:
@@ -147,7 +147,7 @@ def _run(
     bank_choice: str,
     pipeline,
     thresholds: list[float],
-    stock=None,
+    stock,
 ) -> dict:
     """The setup, the predictor and the bank, then the phases in order: routes, mixed, end to end (with a
     pipeline), overhead, options."""
@@ -171,9 +171,9 @@ def _run(
     bank, spec = build_bank(setup, bank_n, device, progress) if with_bank else (None, None)
 
     mix_steps = len(mixes) * sum(b >= 2 for b in batches)
-    compiled = (
-        pipeline is not None and "compile" in opts
-    )  # the whole routed call compiled as well (end_to_end_compiled)
+    # With a pipeline and --opt compile, the whole routed call is timed compiled as well (end_to_end_compiled).
+    compiled = pipeline is not None and "compile" in opts
+    # End to end per threshold and batch (again compiled), then per batch the rewrites and two routes' layers.
     e2e_steps = 0 if pipeline is None else len(thresholds) * len(batches) * (1 + compiled) + 3 * len(batches)
     total = len(batches) * model.num_routes * (1 + len(groups)) + mix_steps + e2e_steps + 1
     with Steps(total, f"bench {name}", progress) as step:
@@ -217,10 +217,8 @@ def _run(
     )
     report["settings"]["mixes_from"] = mixes_from(n_routed, thresholds)
     report["settings"]["rewrites"] = None if pipeline is None else dict(pipeline.rewrites)
-    if gains is not None:
-        report["rewrites"] = gains
-    if layers is not None:
-        report["layers"] = layers
+    if pipeline is not None:
+        report["rewrites"], report["layers"] = gains, layers
     if compiled:
         report["end_to_end_compiled"] = e2e_compiled
     return report
