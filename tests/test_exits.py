@@ -415,3 +415,19 @@ def test_building_exits_leaves_the_backbone_in_its_mode():
     model = ExitGenerator(backbone, [1, 2], "1/2", 4)
     assert model.training and model.branches[0].training
     assert not any(m.training for m in backbone.modules())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("guided", [False, True])
+def test_route_images_share_the_trunk_and_equal_each_route_alone(name, guided):
+    from fiancee.tables import route_images
+
+    model = build(name, guide=GuideSpec("first", channels=6) if guided else None)
+    inputs = model.backbone.example_inputs(5)
+    # A guide computed from the key-stage features, as a bank's is (a tensor would fit one batch only).
+    guide = (lambda h, cond: h[:, :1, :4, :4].expand(-1, 6, -1, -1) * 0.5) if guided else None
+    images = route_images(model, inputs, batch_size=3, guide=guide)  # two batches, the last one short
+    assert len(images) == model.num_routes
+    for r, got in enumerate(images):  # each route alone on the same batches (batch size changes kernels' rounding)
+        alone = [model(*(x[s : s + 3] for x in inputs), route=r, guide=guide) for s in (0, 3)]
+        assert torch.equal(got, torch.cat(alone)), f"route {r}"

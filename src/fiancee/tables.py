@@ -36,13 +36,19 @@ TABLE_FORMAT = 1  # part of every cache key: bump it when a table's meaning chan
 
 @torch.no_grad()
 def route_images(model, inputs: tuple[torch.Tensor, ...], batch_size: int = 64, guide=None) -> list[torch.Tensor]:
-    """Images of every route (shallowest first, backbone last) for ``inputs``, on the CPU."""
+    """Images of every route (shallowest first, backbone last) for ``inputs``, on the CPU.
+
+    The backbone runs once per batch and every branch starts from its features (:meth:`ExitGenerator.trunk`):
+    the same values as running each route alone (eval mode; tested), without paying the shared trunk once per
+    route (on Real-ESRGAN's three exits that is 27 GMACs a tile instead of 45)."""
     out: list[list[torch.Tensor]] = [[] for _ in range(model.num_routes)]
     n = inputs[0].shape[0]
     for s in range(0, n, batch_size):
         batch = tuple(x[s : s + batch_size] for x in inputs)
-        for r in range(model.num_routes):
-            out[r].append(model(*batch, route=r, guide=guide).cpu())
+        features, cond, g, image = model.trunk(*batch, guide=guide)
+        for r, h in enumerate(features):
+            out[r].append(model.branches[r](h, cond, g).cpu())
+        out[-1].append(image.cpu())
     return [torch.cat(o) for o in out]
 
 
