@@ -1,5 +1,7 @@
 """Quality predictor: LPIPS tables, architectures, the two training recipes, folders, error reports."""
 
+import json
+
 import pytest
 import torch
 
@@ -127,18 +129,20 @@ def test_architectures_read_their_inputs(arch):
 @pytest.mark.parametrize(
     "arch,shapes", [("tiny", [[32, 4, 4]]), ("features", [[8, 6, 6]]), ("conv", [[5, 8, 8], [3]]), ("mlp", [[6], [4]])]
 )
-def test_folded_inference_is_the_standardized_network(arch, shapes):
+@pytest.mark.parametrize("target", ["lpips", "log"])
+def test_folded_inference_is_the_standardized_network(arch, shapes, target):
     """Eval mode without autograd runs the folded copy; it computes the same function, follows weight edits,
     and never enters the state dict."""
     torch.manual_seed(0)
-    p = QualityPredictor(arch, 3, shapes, width=8, hidden=(16,))
+    p = QualityPredictor(arch, 3, shapes, width=8, hidden=(16,), target=target)
     xs = [torch.randn(7, *s) * 3 + 1 for s in shapes]
     p.fit_statistics(xs, torch.rand(7, 3))
     p.eval()
 
     def slow():
         with torch.enable_grad():
-            return (p.standardized(*xs) * p.y_std + p.y_mean).detach()
+            y = (p.standardized(*xs) * p.y_std + p.y_mean).detach()
+            return y.exp() if target == "log" else y
 
     with torch.no_grad():
         assert torch.allclose(p(*xs), slow(), atol=1e-5)
@@ -195,6 +199,31 @@ def test_both_recipes_learn_a_learnable_quality(recipe):
     pred = p(z[512:]).detach()
     ranks = lambda x: x.argsort().argsort().float()  # noqa: E731
     assert (ranks(pred[:, 0]) - ranks(lpips[512:, 0])).abs().mean() < 16  # of 128 ranks
+
+
+def test_the_log_target_learns_a_quality_spread_over_factors_and_predicts_lpips_units():
+    """LPIPS that differ by factors (a router decides at the low end): the log target regresses log LPIPS, its
+    outputs come back in LPIPS units, and it ranks the low end better than regressing LPIPS itself."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(640, 10, generator=g)
+    lpips = (0.03 * torch.exp(1.2 * z[:, :1])).clamp_max(0.9) * torch.tensor([[1.0, 0.8]])  # [N, 2]
+    ranks = lambda x: x.argsort().argsort().float()  # noqa: E731
+    low = lpips[512:, 0] < lpips[512:, 0].median()  # the held-out half a router would send to an exit
+    errors = {}
+    for target in ("lpips", "log"):
+        torch.manual_seed(0)
+        p = QualityPredictor("mlp", 2, [[10]], hidden=(32,), target=target)
+        train_predictor(p, (z[:512],), lpips[:512], recipe="mae-adamw", epochs=25, batch_size=32, lr=3e-3, seed=0)
+        pred = p(z[512:]).detach()
+        if target == "log":
+            assert p.config()["target"] == "log" and bool((pred > 0).all())
+            assert torch.allclose(p.y_mean, lpips[:512].log().mean(0))  # statistics of the log target
+            assert 0.5 < float(pred.median() / lpips[512:].median()) < 2.0  # LPIPS units, not logs
+        errors[target] = float((ranks(pred[low, 0]) - ranks(lpips[512:][low, 0])).abs().mean())
+    assert errors["log"] < errors["lpips"], errors
+    assert "target" not in QualityPredictor("mlp", 2, [[10]]).config()  # folders before targets load as lpips
+    with pytest.raises(ValueError, match="target must be one of"):
+        QualityPredictor("mlp", 2, [[10]], target="sqrt")
 
 
 def test_training_is_seeded():
@@ -259,3 +288,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and "config.json" in err[0]
     assert main(["predictor-error", str(tmp_path / "missing")]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_a_log_target_predictor_round_trips_and_a_bad_target_is_one_line(tmp_path):
+    torch.manual_seed(0)
+    p = QualityPredictor("mlp", 2, [[6]], hidden=(8,), target="log")
+    z = torch.randn(16, 6)
+    p.fit_statistics((z,), torch.rand(16, 2) * 0.3)
+    save_predictor(p, tmp_path / "pred", fingerprints={"backbone": "0" * 16, "exits": "1" * 16})
+    back, config = load_predictor(tmp_path / "pred")
+    assert back.target == "log" and config["predictor"]["target"] == "log"
+    with torch.no_grad():
+        assert torch.equal(back(z), p.eval()(z))
+    cfg = json.loads((tmp_path / "pred" / "config.json").read_text())
+    cfg["predictor"]["target"] = "sqrt"
+    (tmp_path / "pred" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="has target 'sqrt'; expected 'lpips' or 'log'"):
+        load_predictor(tmp_path / "pred")

@@ -46,6 +46,13 @@ def register(sub) -> None:
         default="mae-adamw",
         help="mae-adamw (default): MAE, AdamW (MegaPortraits); mse-sgd: MSE, SGD lr 0.01, cosine (OASIS)",
     )
+    p.add_argument(
+        "--target",
+        choices=["lpips", "log"],
+        default="lpips",
+        help="what the network regresses: lpips (default, the paper's) or log, the log of LPIPS (predictions "
+        "stay in LPIPS units; sharper at the low LPIPS a router decides on, docs/predictor.md)",
+    )
     n_option(p, 2000, help="training inputs (label-map tasks: maps x noises)")
     p.add_argument(
         "--noises",
@@ -96,6 +103,7 @@ def run_train_predictor(args: argparse.Namespace) -> int:
         args.out,
         arch=args.arch,
         recipe=args.recipe,
+        target=args.target,
         n=args.n,
         noises=args.noises,
         epochs=args.epochs,

@@ -40,13 +40,15 @@ from .errors import error_summary, relative_error
 from .features import key_features, predict, predictor_features
 from .folder import FORMAT, _check_predictor_config, exits_fingerprints, read_predictor, save_predictor  # noqa: F401
 from .heads import HEADS, TINY_GRID, TINY_HIDDEN, TINY_WIDTH, ResBlock, arch_names, get_head  # noqa: F401
-from .model import ARCHS, FEATURE_ARCHS, FoldedPredictor, QualityPredictor, load_predictor
+from .model import ARCHS, FEATURE_ARCHS, LOG_FLOOR, TARGETS, FoldedPredictor, QualityPredictor, load_predictor
 from .training import RECIPES, train_predictor
 
 __all__ = [
     "ARCHS",
     "FEATURE_ARCHS",
     "RECIPES",
+    "TARGETS",
+    "LOG_FLOOR",
     "QualityPredictor",
     "FoldedPredictor",
     "ResBlock",

@@ -75,7 +75,7 @@ def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
     :func:`fiancee.io.build_bounded` where it is built)."""
     if not isinstance(args, dict):
         raise ValueError(f"{source}: field 'predictor' must be a JSON object; got {args!r}")
-    known = {"arch", "num_exits", "input_shapes", "width", "hidden", "max_grid"}
+    known = {"arch", "num_exits", "input_shapes", "width", "hidden", "max_grid", "target"}
     if set(args) - known:
         raise ValueError(f"{source}: field 'predictor' has unknown keys {sorted(set(args) - known)}")
     config_str(args, "arch", source)
@@ -83,6 +83,8 @@ def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
     config_int(args, "width", source, minimum=1, optional=True)
     config_int_list(args, "hidden", source, minimum=1, nonempty=False, optional=True)
     config_int(args, "max_grid", source, minimum=1, optional=True)
+    if "target" in args and args["target"] not in ("lpips", "log"):  # the model's TARGETS (it imports this module)
+        raise ValueError(f"{source}: field 'predictor' has target {args['target']!r}; expected 'lpips' or 'log'")
     shapes = args.get("input_shapes")
     if (
         not isinstance(shapes, list)

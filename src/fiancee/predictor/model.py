@@ -18,12 +18,20 @@ from ..checks import check_finite
 from .folder import read_predictor, save_predictor
 from .heads import HEADS, arch_names, get_head
 
-__all__ = ["ARCHS", "FEATURE_ARCHS", "QualityPredictor", "FoldedPredictor", "load_predictor"]
+__all__ = ["ARCHS", "FEATURE_ARCHS", "TARGETS", "LOG_FLOOR", "QualityPredictor", "FoldedPredictor", "load_predictor"]
 
 # The built-in heads' names, for compatibility (the registry is the source: ``arch_names()`` includes heads
 # registered later, these tuples do not).
 ARCHS = arch_names()
 FEATURE_ARCHS = tuple(a for a in ARCHS if HEADS.get(a).reads_features)  # read the key-stage features
+
+# What the network regresses: ``lpips`` itself (the paper's predictor, section 3.2), or ``log``, the log of LPIPS
+# floored at LOG_FLOOR (outputs are ``exp`` of it, still in LPIPS units). A router decides at the low end of the
+# scale (at T = 0.1 an exit is taken when its prediction plus the margin is under T), where the LPIPS of
+# different tiles differ by factors, not by hundredths: on Real-ESRGAN's tiles the log target lets the
+# calibrated router send more tiles early under the same guarantee (docs/upscale.md).
+TARGETS = ("lpips", "log")
+LOG_FLOOR = 1e-3  # LPIPS below it route alike at any threshold a router is fitted for
 
 
 class QualityPredictor(nn.Module):
@@ -31,7 +39,8 @@ class QualityPredictor(nn.Module):
 
     ``input_shapes`` are the per-sample shapes of what the predictor reads: ``[[z_dim]]`` for ``mlp``
     on faces, ``[[C, H, W], [z_dim]]`` (label map, noise) for ``conv``, ``[[C, h, w]]`` (key-stage
-    features) for ``features``. All constructor arguments are JSON values (saved in config.json).
+    features) for ``features``. ``target``: what the network regresses (:data:`TARGETS`); the output is LPIPS
+    either way. All constructor arguments are JSON values (saved in config.json).
     """
 
     def __init__(
@@ -43,9 +52,13 @@ class QualityPredictor(nn.Module):
         width: int | None = None,
         hidden: Sequence[int] | None = None,
         max_grid: int | None = None,
+        target: str = "lpips",
     ):
         super().__init__()
         head = get_head(arch)
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
+        self.target = target
         if int(num_exits) < 1:
             raise ValueError(f"num_exits must be >= 1; got {num_exits}")
         self.arch, self.num_exits, self.head = arch, int(num_exits), head  # ``head`` holds no modules
@@ -82,6 +95,7 @@ class QualityPredictor(nn.Module):
             "width": self.width,
             "hidden": self.hidden,
             "max_grid": self.max_grid,
+            **({"target": self.target} if self.target != "lpips" else {}),  # folders before targets: lpips
         }
 
     def save_pretrained(
@@ -103,15 +117,25 @@ class QualityPredictor(nn.Module):
     def reads_features(self) -> bool:
         return self.head.reads_features
 
+    def to_target(self, lpips: torch.Tensor) -> torch.Tensor:
+        """LPIPS as the network regresses it (before standardization): itself, or its floored log."""
+        lpips = lpips.float()
+        return lpips.clamp_min(LOG_FLOOR).log() if self.target == "log" else lpips
+
+    def from_target(self, y: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_target` (above the floor): predictions in LPIPS units."""
+        return y.exp() if self.target == "log" else y
+
     @torch.no_grad()
     def fit_statistics(self, xs: Sequence[torch.Tensor], lpips: torch.Tensor) -> None:
-        """Per-channel mean / std of the inputs and per-exit mean / std of the targets."""
+        """Per-channel mean / std of the inputs and per-exit mean / std of the targets (:meth:`to_target`)."""
         for i, x in enumerate(xs):
             dims = [0] + list(range(2, x.dim()))  # per channel (or per feature for vectors)
             getattr(self, f"in{i}_mean").copy_(x.float().mean(dim=dims))
             getattr(self, f"in{i}_std").copy_(x.float().std(dim=dims).clamp_min(1e-6))
-        self.y_mean.copy_(lpips.float().mean(0))
-        self.y_std.copy_(lpips.float().std(0).clamp_min(1e-6))
+        y = self.to_target(lpips)
+        self.y_mean.copy_(y.mean(0))
+        self.y_std.copy_(y.std(0).clamp_min(1e-6))
 
     def _check(self, xs: Sequence[torch.Tensor], finite: bool = True) -> None:
         if len(xs) != len(self.input_shapes) or any(list(x.shape[1:]) != s for x, s in zip(xs, self.input_shapes)):
@@ -123,7 +147,7 @@ class QualityPredictor(nn.Module):
             check_finite(x, f"predictor input {i}")
 
     def standardized(self, *xs: torch.Tensor) -> torch.Tensor:
-        """The network's raw output ``[B, E]`` (standardized LPIPS; the loss is taken here)."""
+        """The network's raw output ``[B, E]`` (the standardized target; the loss is taken here)."""
         self._check(xs)
         return self._raw(xs)
 
@@ -147,7 +171,7 @@ class QualityPredictor(nn.Module):
         """
         self._check(xs, finite=check)
         if self.training or torch.is_grad_enabled():
-            return self._raw(xs) * self.y_std + self.y_mean
+            return self.from_target(self._raw(xs) * self.y_std + self.y_mean)
         return self.folded()(*xs)
 
     def folded(self) -> "FoldedPredictor":
@@ -172,7 +196,7 @@ class FoldedPredictor(nn.Module):
     @torch.no_grad()
     def __init__(self, p: QualityPredictor):
         super().__init__()
-        self.arch, self.head = p.arch, p.head
+        self.arch, self.head, self.log = p.arch, p.head, p.target == "log"
         self.body = copy.deepcopy(p.body)
         self.mlp = copy.deepcopy(p.mlp)
         scales = [1.0 / getattr(p, f"in{i}_std") for i in range(len(p.input_shapes))]
@@ -201,7 +225,8 @@ class FoldedPredictor(nn.Module):
                 torch.addcmul(sh.view(1, -1, *[1] * (x.dim() - 2)), x.float(), sc.view(1, -1, *[1] * (x.dim() - 2)))
                 for x, (sc, sh) in zip(xs, self.pre)
             )
-        return self.mlp(self.head.run(self.body, xs))
+        y = self.mlp(self.head.run(self.body, xs))
+        return y.exp() if self.log else y
 
 
 def load_predictor(path, model=None, device: str | torch.device = "cpu") -> tuple[QualityPredictor, dict]:

@@ -79,7 +79,7 @@ def train_predictor(
         opt = torch.optim.AdamW(predictor.parameters(), lr=lr or 2e-4, betas=(0.05, 0.999), weight_decay=1e-2)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-6)
         loss_fn = F.l1_loss
-    target = (lpips.float() - predictor.y_mean) / predictor.y_std  # [N, E] standardized
+    target = (predictor.to_target(lpips) - predictor.y_mean) / predictor.y_std  # [N, E] standardized
     gen = torch.Generator().manual_seed(seed)
     history = []
     it = range(epochs)

@@ -17,6 +17,7 @@ from ..core.folders import PREDICTOR
 from ..io import check_replaceable, read_json
 from ..predictor import (
     RECIPES,
+    TARGETS,
     QualityPredictor,
     exits_fingerprints,
     load_predictor,
@@ -62,6 +63,7 @@ def train_predictor_for_run(
     *,
     arch: str | None = None,
     recipe: str = DEFAULT_RECIPE,
+    target: str = "lpips",
     n: int = 2000,
     noises: int | None = None,
     epochs: int = DEFAULT_EPOCHS,
@@ -74,13 +76,15 @@ def train_predictor_for_run(
     """Train a predictor for a trained exit run and write it to ``out`` with its error report.
 
     What it reads follows the task's declared inputs (:class:`fiancee.tasks.base.InputSpec`): default
-    ``arch`` by :func:`default_arch`. ``noises``: the fixed noise draws crossed with ``n / noises`` training
+    ``arch`` by :func:`default_arch`. ``target``: what the network regresses (``lpips`` or ``log``,
+    :data:`fiancee.predictor.TARGETS`). ``noises``: the fixed noise draws crossed with ``n / noises`` training
     draws of the task's label map and conditions (default 10 for a task with a label map, none otherwise:
     then the table is ``n`` draws of every input).
     """
     # Arguments and the output folder first: a typo must not cost an LPIPS table.
     check_counts(n=n, noises=noises, epochs=epochs, batch_size=batch_size, error_n=error_n)
     check_choice(recipe, "recipe", RECIPES)
+    check_choice(target, "target", TARGETS)
     if arch is not None:
         get_head(arch)  # an unknown name: refused in one line
     check_replaceable(out, PREDICTOR, "quality predictor")
@@ -106,7 +110,7 @@ def train_predictor_for_run(
     )
     xs = predictor_features(arch, model, table["inputs"])
     torch.manual_seed(seed)  # the initial weights too: same seed, same predictor, same demo figures
-    predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs])
+    predictor = QualityPredictor(arch, model.num_routes - 1, [list(x.shape[1:]) for x in xs], target=target)
     history = train_predictor(
         predictor, xs, table["lpips"], recipe=recipe, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress
     )
