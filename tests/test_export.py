@@ -22,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # many small convolutions: s
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    """The shipped faces exits, a `tiny` predictor trained briefly on a real LPIPS table, a calibrated router;
-    saved as a pipeline folder and exported with the command line."""
+    """The shipped faces exits, a `tiny` predictor trained briefly on a real LPIPS table (regressing log LPIPS,
+    so the exported trunk ends in the predictor's exp; the fashion pipeline below regresses LPIPS), a calibrated
+    router; saved as a pipeline folder and exported with the command line."""
     from fiancee.predictor import QualityPredictor, predictor_features, train_predictor
     from fiancee.routing import CalibratedRouter
     from fiancee.tables import build_lpips_table
@@ -35,7 +36,7 @@ def faces(tmp_path_factory):
     table = build_lpips_table(model, task, 48, 5, "train", cache=False)
     xs = predictor_features("tiny", model, table["inputs"])
     torch.manual_seed(0)
-    predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])])
+    predictor = QualityPredictor("tiny", len(model.attach_after), [list(xs[0].shape[1:])], target="log")
     train_predictor(predictor, xs, table["lpips"], epochs=5, batch_size=16)
     router = CalibratedRouter(costs=model.route_macs()).fit(predictor(*xs).detach(), table["lpips"], [0.1, 0.2], 0.8)
     FianceePipeline(task, model, predictor, router).save(root / "pipeline")
