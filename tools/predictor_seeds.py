@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from fiancee.assemble import CALIBRATION_SEED_OFFSET  # noqa: E402
 from fiancee.metrics.macs import count_macs  # noqa: E402
 from fiancee.predictor import TARGETS, QualityPredictor, error_summary, predictor_features, train_predictor  # noqa: E402
-from fiancee.routing import CalibratedRouter  # noqa: E402
+from fiancee.routing import CalibratedRouter, compliance, mean_cost  # noqa: E402
 from fiancee.tables import build_lpips_table  # noqa: E402
 from fiancee.train.exits import load_exits  # noqa: E402
 from fiancee.train.predictor import DEFAULT_EPOCHS, DEFAULT_RECIPE  # noqa: E402
@@ -37,9 +37,7 @@ from fiancee.train.predictor import DEFAULT_EPOCHS, DEFAULT_RECIPE  # noqa: E402
 def _routed(router, predicted, true, costs, overhead, threshold):
     """Net MACs saved and the share of outputs truly within ``threshold`` when ``router`` routes ``predicted``."""
     routes = router.route(predicted, threshold)
-    lpips = torch.cat([true, torch.zeros(len(routes), 1)], 1).gather(1, routes[:, None]).squeeze(1)  # backbone: 0
-    mean = sum(costs[r] for r in routes.tolist()) / len(routes)
-    return 1.0 - (mean + overhead) / costs[-1], float((lpips <= threshold).float().mean())
+    return 1.0 - (mean_cost(routes, costs) + overhead) / costs[-1], compliance(routes, true, threshold)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,13 @@ def predictor_recipes() -> list[str]:
     return list(RECIPES)
 
 
+def predictor_targets() -> list[str]:
+    """What a predictor regresses (train-predictor --target)."""
+    from ..predictor import TARGETS
+
+    return list(TARGETS)
+
+
 def exit_recipes() -> list[str]:
     from ..train.losses import RECIPES
 

@@ -15,6 +15,7 @@ from ._args import (
     out_option,
     overwrite_option,
     predictor_recipes,
+    predictor_targets,
     progress_option,
     seed_option,
 )
@@ -46,9 +47,10 @@ def register(sub) -> None:
         default="mae-adamw",
         help="mae-adamw (default): MAE, AdamW (MegaPortraits); mse-sgd: MSE, SGD lr 0.01, cosine (OASIS)",
     )
-    p.add_argument(
+    choice_option(
+        p,
         "--target",
-        choices=["lpips", "log"],
+        names=predictor_targets,
         default="lpips",
         help="what the network regresses: lpips (default, the paper's) or log, the log of LPIPS (predictions "
         "stay in LPIPS units; sharper at the low LPIPS a router decides on, docs/predictor.md)",

@@ -28,9 +28,12 @@ from ..io import (
     write_json,
 )
 
-__all__ = ["FORMAT", "exits_fingerprints", "save_predictor", "read_predictor"]
+__all__ = ["FORMAT", "TARGETS", "exits_fingerprints", "save_predictor", "read_predictor"]
 
 FORMAT = 1
+# What a predictor's network regresses (:class:`fiancee.predictor.QualityPredictor`'s ``target``); here, where its
+# folder's config is checked, because the model module imports this one.
+TARGETS = ("lpips", "log")
 
 
 def exits_fingerprints(model) -> dict[str, str]:
@@ -83,8 +86,9 @@ def _check_predictor_config(args: Any, weights: Path, source: Path) -> dict:
     config_int(args, "width", source, minimum=1, optional=True)
     config_int_list(args, "hidden", source, minimum=1, nonempty=False, optional=True)
     config_int(args, "max_grid", source, minimum=1, optional=True)
-    if "target" in args and args["target"] not in ("lpips", "log"):  # the model's TARGETS (it imports this module)
-        raise ValueError(f"{source}: field 'predictor' has target {args['target']!r}; expected 'lpips' or 'log'")
+    if "target" in args and args["target"] not in TARGETS:
+        expected = " or ".join(repr(t) for t in TARGETS)
+        raise ValueError(f"{source}: field 'predictor' has target {args['target']!r}; expected {expected}")
     shapes = args.get("input_shapes")
     if (
         not isinstance(shapes, list)

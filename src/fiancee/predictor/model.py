@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..checks import check_finite
-from .folder import read_predictor, save_predictor
+from .folder import TARGETS, read_predictor, save_predictor
 from .heads import HEADS, arch_names, get_head
 
 __all__ = ["ARCHS", "FEATURE_ARCHS", "TARGETS", "LOG_FLOOR", "QualityPredictor", "FoldedPredictor", "load_predictor"]
@@ -29,8 +29,7 @@ FEATURE_ARCHS = tuple(a for a in ARCHS if HEADS.get(a).reads_features)  # read t
 # floored at LOG_FLOOR (outputs are ``exp`` of it, still in LPIPS units). A router decides at the low end of the
 # scale (at T = 0.1 an exit is taken when its prediction plus the margin is under T), where the LPIPS of
 # different tiles differ by factors, not by hundredths: on Real-ESRGAN's tiles the log target lets the
-# calibrated router send more tiles early under the same guarantee (docs/upscale.md).
-TARGETS = ("lpips", "log")
+# calibrated router send more tiles early under the same guarantee (docs/upscale.md). TARGETS: fiancee.predictor.folder.
 LOG_FLOOR = 1e-3  # LPIPS below it route alike at any threshold a router is fitted for
 
 
