@@ -181,6 +181,24 @@ def test_a_branch_is_the_backbones_last_blocks_and_tail_after_inheritance():
         RRDBNet(num_block=5, num_feat=8, num_grow=4, stage_blocks=(1, 1, 1))
 
 
+def test_the_head_runs_a_batch_in_chunks_with_the_same_images_and_traces_whole(monkeypatch):
+    torch.manual_seed(0)
+    net = RRDBNet(num_block=2, num_feat=8, num_grow=4, stage_blocks=(1, 1), example_size=8).eval()
+    h, cond = torch.randn(5, 8, 8, 8), torch.randn(5, 8, 8, 8)
+    calls = []
+    rows = net.head._rows
+    monkeypatch.setattr(net.head, "_rows", lambda a, c: calls.append(int(a.shape[0])) or rows(a, c))
+    monkeypatch.setattr("fiancee.backbones.rrdb.TAIL_PIXELS", 2 * 8 * 8)  # two 8x8 rows at a time
+    with torch.no_grad():
+        got = net.head(h, cond)
+        assert calls == [2, 2, 1]
+        torch.testing.assert_close(got, rows(h, cond), atol=1e-6, rtol=0)
+        calls.clear()
+        traced = torch.jit.trace(net.head, (h, cond), check_trace=False)  # one graph: no loop over rows
+        assert calls == [5]
+        torch.testing.assert_close(traced(h[:3], cond[:3]), rows(h[:3], cond[:3]), atol=1e-6, rtol=0)
+
+
 def test_the_upscale_routes_cost_what_the_geometry_says(task, backbone):
     model = ExitGenerator(backbone, task.exits, task.default_scale, task.default_min_channels)
     macs = model.route_macs()

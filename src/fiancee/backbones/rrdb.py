@@ -36,7 +36,7 @@ from torch import nn
 
 from ..staged import StagedGenerator
 
-__all__ = ["ResidualDenseBlock", "RRDB", "RRDBNet", "REALESRGAN_X4PLUS", "conv_names"]
+__all__ = ["ResidualDenseBlock", "RRDB", "RRDBNet", "REALESRGAN_X4PLUS", "TAIL_PIXELS", "conv_names"]
 
 # RealESRGAN_x4plus: 23 blocks, 64 features, growth 32 (16,697,987 parameters).
 REALESRGAN_X4PLUS = {"num_block": 23, "num_feat": 64, "num_grow": 32}
@@ -86,9 +86,18 @@ class _Group(nn.Module):
         return self.seq(h)
 
 
+# Input pixels (rows x H x W) the head runs at once. Its 64-channel maps at 4x the tile's side (128 x 128 for a
+# 32 x 32 tile, 4 MiB a row) outgrow the CPU's caches over a batch: timed per tile on one thread (oneDNN), the
+# head ran as fast per MAC as the RRDB blocks on up to 4096 input pixels at a time (four 32 x 32 tiles, one
+# 64 x 64) and 1.6-1.9x slower per tile on 8 or 16 tiles at once. An exit pays the head as the backbone does,
+# on about a third of the MACs, so a slow head takes more off an exit's speed-up than off the backbone's.
+TAIL_PIXELS = 4096
+
+
 class _Tail(nn.Module):
     """The head: ``conv_body`` + the global skip (``cond`` = the stem's features), then the x4 upsampler.
-    Returns the image in [-1, 1]."""
+    Returns the image in [-1, 1]. A batch runs in chunks of at most :data:`TAIL_PIXELS` input pixels (one row
+    at least): the same arithmetic, row by row, in the caches' reach."""
 
     def __init__(
         self, conv_body: nn.Conv2d, conv_up1: nn.Conv2d, conv_up2: nn.Conv2d, conv_hr: nn.Conv2d, conv_last: nn.Conv2d
@@ -98,6 +107,14 @@ class _Tail(nn.Module):
         self.conv_hr, self.conv_last = conv_hr, conv_last
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self._rows(h, cond)  # a traced or compiled graph keeps a dynamic batch: no loop over its rows
+        rows = max(1, TAIL_PIXELS // (h.shape[-2] * h.shape[-1]))
+        if h.shape[0] <= rows:
+            return self._rows(h, cond)
+        return torch.cat([self._rows(a, c) for a, c in zip(h.split(rows), cond.split(rows))])
+
+    def _rows(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.conv_body(h) + cond  # [B, 64, H, W]
         h = F.leaky_relu(self.conv_up1(F.interpolate(h, scale_factor=2, mode="nearest")), 0.2)  # [B, C, 2H, 2W]
         h = F.leaky_relu(self.conv_up2(F.interpolate(h, scale_factor=2, mode="nearest")), 0.2)  # [B, C, 4H, 4W]
