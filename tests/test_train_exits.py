@@ -45,6 +45,23 @@ def test_recipes_hold_the_papers_numbers():
     assert lr_at(mp, 50, 100) == pytest.approx((2e-4 + 1e-6) / 2)
     with pytest.raises(ValueError, match="unknown recipe fields"):
         RECIPES["oasis"].replace(bogus=1)
+    with pytest.raises(ValueError, match="learning rate must be a number in \\(0, 1\\); got -0.1"):
+        RECIPES["oasis"].replace(lr=-0.1)
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; expected one of \\['constant', 'cosine'\\]"):
+        RECIPES["oasis"].replace(schedule="linear")
+
+
+def test_train_exits_takes_a_learning_rate_and_schedule_and_records_them():
+    from fiancee.cli import build_parser
+    from fiancee.cli.exits import exit_config
+
+    line = "train-exits --task faces --preset smoke --lr 1e-4 --schedule cosine --out runs/never"
+    recipe = exit_config(build_parser().parse_args(line.split())).to_dict()["recipe"]
+    assert (recipe["lr"], recipe["schedule"], recipe["lr_min"]) == (1e-4, "cosine", 0.0)
+    rec = get_recipe("oasis").replace(lr=1e-4, schedule="cosine")
+    assert lr_at(rec, 0, 10) == pytest.approx(1e-4) and lr_at(rec, 10, 10) == 0.0
+    default = exit_config(build_parser().parse_args(line.split()[:5] + ["--out", "runs/never"])).to_dict()["recipe"]
+    assert (default["lr"], default["schedule"]) == (4e-4, "constant")
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("nope")
 

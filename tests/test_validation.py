@@ -715,6 +715,13 @@ def _(ctx):
     return ["train-exits", "--task", "faces", "--steps", "0", "--out", str(ctx.tmp / "never_trained")]
 
 
+@case(
+    "a learning rate of zero", "fiancee train-exits", "the learning rate must be a number in (0, 1); got 0.0", cli=True
+)
+def _(ctx):
+    return ["train-exits", "--task", "faces", "--lr", "0", "--out", str(ctx.tmp / "never_trained_lr")]
+
+
 @case("bank of zero inputs", "fiancee build-bank", "bank population sizes must be positive; got n=0", cli=True)
 def _(ctx):
     return ["build-bank", "--task", "faces", "--n", "0", "--out", str(ctx.tmp / "never_built")]

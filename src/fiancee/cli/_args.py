@@ -87,6 +87,13 @@ def exit_recipes() -> list[str]:
     return list(RECIPES)
 
 
+def lr_schedules() -> list[str]:
+    """Learning-rate schedules (train-exits --schedule)."""
+    from ..train.losses import SCHEDULES
+
+    return list(SCHEDULES)
+
+
 def presets() -> list[str]:
     from ..train.exits import PRESETS
 

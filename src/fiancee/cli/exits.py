@@ -15,6 +15,7 @@ from ._args import (
     exit_recipes,
     folder_code_option,
     json_option,
+    lr_schedules,
     n_option,
     no_fid_option,
     out_option,
@@ -91,6 +92,20 @@ def _add_train_exits(sub) -> None:
         metavar="W",
         help="weight of the intermediate-feature distillation term (default: the recipe's, 0)",
     )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: the recipe's; oasis 4e-4), e.g. lower to train on from --warm-start",
+    )
+    choice_option(
+        p,
+        "--schedule",
+        names=lr_schedules,
+        default=None,
+        help="learning-rate schedule over --steps (default: the recipe's; oasis constant): cosine decays it to "
+        "the recipe's floor (oasis 0) by the last step",
+    )
     out_option(p, required=True, help="run folder", refuse_existing=False)  # --resume continues it
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     device_option(p, default=None, help="cpu or cuda (default: cuda if available)")
@@ -135,6 +150,10 @@ def exit_config(args: argparse.Namespace):
         overrides["features"] = args.feature_distill
     if args.critic is not None:
         overrides["critic"] = args.critic
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    if args.schedule is not None:
+        overrides["schedule"] = args.schedule
     return make_config(
         args.task,
         scale=args.scale,

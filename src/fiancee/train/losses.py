@@ -24,7 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "BranchLoss", "FeatureAdapters", "make_optimizer", "lr_at"]
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "SCHEDULES",
+    "get_recipe",
+    "BranchLoss",
+    "FeatureAdapters",
+    "make_optimizer",
+    "lr_at",
+]
+
+# Learning-rate schedules over a run's steps (lr_at).
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,11 @@ class Recipe:
                 f"unknown recipe fields {sorted(unknown)}; "
                 f"expected some of {[f.name for f in dataclasses.fields(self)]}"
             )
+        lr = overrides.get("lr", self.lr)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+            raise ValueError(f"the learning rate must be a number in (0, 1); got {lr!r}")
+        if overrides.get("schedule", self.schedule) not in SCHEDULES:
+            raise ValueError(f"unknown schedule {overrides['schedule']!r}; expected one of {list(SCHEDULES)}")
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
@@ -118,7 +135,7 @@ def lr_at(recipe: Recipe, step: int, total_steps: int) -> float:
     if recipe.schedule == "cosine":
         t = min(step, total_steps) / max(total_steps, 1)
         return recipe.lr_min + 0.5 * (recipe.lr - recipe.lr_min) * (1 + math.cos(math.pi * t))
-    raise ValueError(f"unknown schedule {recipe.schedule!r}; expected 'constant' or 'cosine'")
+    raise ValueError(f"unknown schedule {recipe.schedule!r}; expected one of {list(SCHEDULES)}")
 
 
 class BranchLoss(nn.Module):
