@@ -202,6 +202,40 @@ def test_the_backbone_baseline_runs_every_tile_on_the_backbone_without_the_predi
     assert np.array_equal(base["image"], routed["image"])
 
 
+def test_with_backbone_runs_both_a_row_at_a_time_in_turn_with_the_same_images(pipe, monkeypatch):
+    import fiancee.upscaling as up
+
+    img = np.random.default_rng(8).random((16, 20, 3)).astype(np.float32)
+    settings = dict(max_lpips=0.3, tile=TILE, overlap=2, batch_size=2)
+    alone = upscale_array(pipe, img, **settings)
+    base = upscale_array(pipe, img, **settings, backbone_only=True)
+    both = upscale_array(pipe, img, **settings, with_backbone=True)
+    for got, want in ((both, alone), (both["backbone"], base)):
+        assert np.array_equal(got["image"], want["image"]) and np.array_equal(got["routes"], want["routes"])
+        assert got["macs"] == want["macs"] and got["seconds"] > 0
+    order = []
+    real = up.tile_runner
+
+    def spy(p, **kw):
+        run = real(p, **kw)
+        tag = "backbone" if kw.get("backbone_only") else "routed"
+
+        class Spy:
+            tile, route_macs = run.tile, run.route_macs
+
+            def __call__(self, tiles):
+                order.append(tag)
+                return run(tiles)
+
+        return Spy()
+
+    monkeypatch.setattr(up, "tile_runner", spy)
+    upscale_array(pipe, img, **settings, with_backbone=True)
+    rows, cols = len(tile_starts(16, TILE, 2)), len(tile_starts(20, TILE, 2))
+    batches = -(-cols // 2)
+    assert rows > 1 and order == (["routed"] * batches + ["backbone"] * batches) * rows
+
+
 def test_psnr_per_image_against_the_reference():
     from fiancee.evaluate import per_image_psnr
 

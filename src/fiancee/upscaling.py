@@ -168,6 +168,45 @@ def tile_runner(pipe, *, max_lpips: float = 1.0, backbone_only: bool = False):
     return kind(pipe, check_threshold(max_lpips), backbone_only)
 
 
+class _PhotoRun:
+    """One photo through one tile runner, a row of tiles at a time: the stitched image so far, each tile's
+    route, the MACs charged and the seconds the rows took (the runner and the stitching; not reading or
+    writing files)."""
+
+    def __init__(self, run, height: int, width: int, tile: int, overlap: int, rows: int, cols: int):
+        self.run, self.height, self.width, self.tile, self.overlap = run, height, width, tile, overlap
+        self.routes = np.zeros((rows, cols), dtype=np.int64)
+        self.macs, self.seconds = 0.0, 0.0
+        self.stitcher = self.scale = None
+
+    def row(self, r: int, tiles: np.ndarray, xs: list[int], y0: int, next_y0: int | None, batch_size: int, progress):
+        t0 = time.perf_counter()
+        for i in range(0, len(xs), batch_size):
+            imgs, taken, charged = self.run(tiles[i : i + batch_size])
+            if self.stitcher is None:
+                self.scale = imgs.shape[1] // self.tile
+                self.stitcher = RowStitcher(self.height, self.width, self.tile, self.overlap, self.scale)
+            for j, img in enumerate(imgs):
+                self.stitcher.add(xs[i + j], img)
+            self.routes[r, i : i + len(imgs)] = taken
+            self.macs += charged
+            if progress is not None:
+                progress(len(imgs))
+        self.stitcher.finish_row(y0, next_y0)
+        self.seconds += time.perf_counter() - t0
+
+    def result(self, starts: tuple[list[int], list[int]]) -> dict:
+        return {
+            "image": self.stitcher.out,
+            "routes": self.routes,
+            "starts": starts,
+            "macs": self.macs,
+            "backbone_macs": float(self.run.route_macs[-1]) * self.routes.size,
+            "scale": self.scale,
+            "seconds": self.seconds,
+        }
+
+
 def upscale_array(
     pipe,
     image: np.ndarray,
@@ -178,44 +217,34 @@ def upscale_array(
     batch_size: int = 16,
     progress=None,
     backbone_only: bool = False,
+    with_backbone: bool = False,
 ) -> dict:
     """Upscale ``image`` (float ``[H, W, 3]`` in [0, 1]) tile by tile through ``pipe`` at ``max_lpips``.
 
     ``pipe``: a :class:`fiancee.pipeline.FianceePipeline`, or an exported one run without torch
     (:class:`fiancee.runtime.OnnxPipeline`). Returns ``{"image": uint8 [sH, sW, 3], "routes": int [rows,
-    cols], "starts": (ys, xs), "macs": float, "backbone_macs": float, "scale": int}``; ``progress`` is
-    called with the number of tiles done after each batch. ``backbone_only``: every tile through the plain
-    backbone (no router): the baseline a routed photo is compared with, tiled and blended the same way.
+    cols], "starts": (ys, xs), "macs": float, "backbone_macs": float, "scale": int, "seconds": float}``;
+    ``progress`` is called with the number of tiles done after each batch. ``backbone_only``: every tile through
+    the plain backbone (no router). ``with_backbone``: also that baseline, tiled and blended the same way, as
+    ``result["backbone"]`` (the same keys): the two run row by row in turn, so a change of the machine's speed
+    during the photo (another process, a clock) slows both alike and their ratio of seconds holds.
     """
-    run = tile_runner(pipe, max_lpips=max_lpips, backbone_only=backbone_only)
+    runs = [tile_runner(pipe, max_lpips=max_lpips, backbone_only=backbone_only)]
+    if with_backbone:
+        runs.append(tile_runner(pipe, max_lpips=max_lpips, backbone_only=True))
     h, w = image.shape[:2]
     check_tiling(h, w, tile, overlap)
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    routes = np.zeros((len(ys), len(xs)), dtype=np.int64)
-    macs = 0.0
-    stitcher = scale = None
+    photos = [_PhotoRun(run, h, w, tile, overlap, len(ys), len(xs)) for run in runs]
     for r, y0 in enumerate(ys):
         row = np.stack([image[y0 : y0 + tile, x0 : x0 + tile] for x0 in xs]).astype(np.float32)  # [cols, t, t, 3]
-        for i in range(0, len(xs), batch_size):
-            imgs, taken, charged = run(row[i : i + batch_size])
-            if stitcher is None:
-                scale = imgs.shape[1] // tile
-                stitcher = RowStitcher(h, w, tile, overlap, scale)
-            for j, img in enumerate(imgs):
-                stitcher.add(xs[i + j], img)
-            routes[r, i : i + len(imgs)] = taken
-            macs += charged
-            if progress is not None:
-                progress(len(imgs))
-        stitcher.finish_row(y0, ys[r + 1] if r + 1 < len(ys) else None)
-    return {
-        "image": stitcher.out,
-        "routes": routes,
-        "starts": (ys, xs),
-        "macs": macs,
-        "backbone_macs": float(run.route_macs[-1]) * routes.size,
-        "scale": scale,
-    }
+        next_y0 = ys[r + 1] if r + 1 < len(ys) else None
+        for photo in photos:
+            photo.row(r, row, xs, y0, next_y0, batch_size, progress)
+    out = photos[0].result((ys, xs))
+    if with_backbone:
+        out["backbone"] = photos[1].result((ys, xs))
+    return out
 
 
 def seam_ratio(image: np.ndarray, starts: tuple[list[int], list[int]], tile: int, overlap: int, scale: int) -> float:
@@ -388,9 +417,7 @@ def _upscale_file(
 
     arr = read_image(path, max_pixels)
     settings = dict(tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
-    t0 = time.perf_counter()
-    res = upscale_array(pipe, arr, max_lpips=max_lpips, **settings)
-    seconds = time.perf_counter() - t0
+    res = upscale_array(pipe, arr, max_lpips=max_lpips, with_backbone=compare_backbone, **settings)
     s = res["scale"]
     Image.fromarray(res["image"]).save(folder / f"{path.stem}_x{s}.png")
     if write_route_map:
@@ -405,23 +432,23 @@ def _upscale_file(
         "macs": res["macs"],
         "backbone_macs": res["backbone_macs"],
         "macs_saved": 1.0 - res["macs"] / res["backbone_macs"],
-        "seconds": round(seconds, 3),
+        "seconds": round(res["seconds"], 3),
         "routes": res["routes"].tolist(),
     }
     if compare_backbone:
-        t0 = time.perf_counter()
-        base = upscale_array(pipe, arr, max_lpips=max_lpips, backbone_only=True, **settings)
+        base = res["backbone"]
         Image.fromarray(base["image"]).save(folder / f"{path.stem}_x{s}_backbone.png")
-        entry["backbone"] = compare_with_backbone(res, base, tile, overlap, seconds, time.perf_counter() - t0)
+        entry["backbone"] = compare_with_backbone(res, base, tile, overlap)
     return entry
 
 
-def compare_with_backbone(res: dict, base: dict, tile: int, overlap: int, seconds: float, base_seconds: float) -> dict:
+def compare_with_backbone(res: dict, base: dict, tile: int, overlap: int) -> dict:
     """A routed photo (an :func:`upscale_array` result) against the backbone's, tiled the same way: LPIPS and
     PSNR of the whole photo (the backbone's is the reference, as for every exit), the seam ratio of both, the
     seconds of both and the speed-up. LPIPS needs torch; without it (an ONNX-only install) it is None."""
     a, b = res["image"].astype(np.float64), base["image"].astype(np.float64)
     mse = float(np.mean((a - b) ** 2))
+    seconds, base_seconds = res["seconds"], base["seconds"]
     return {
         "seconds": round(base_seconds, 3),
         "speedup": round(base_seconds / seconds, 3) if seconds > 0 else None,

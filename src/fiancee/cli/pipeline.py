@@ -188,7 +188,7 @@ def _add_upscale(sub) -> None:
         "--compare-backbone",
         action="store_true",
         help="also upscale each photo with the backbone alone, tiled the same way (NAME_x4_backbone.png), and "
-        "compare: LPIPS, PSNR, seams, seconds",
+        "compare: LPIPS, PSNR, seams, seconds (the two run a tile row each in turn, so both see the same machine)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch or ONNX Runtime; default: theirs)")
     overwrite_option(p, help="replace an existing --out folder")
