@@ -178,6 +178,8 @@ def test_the_command_writes_images_route_maps_and_a_summary(pipe, tmp_path, caps
     assert main(args[:3] + [str(tmp_path / "tiny.png")] + args[4:] + ["--overwrite"]) == 2
     assert "smaller than one 8x8 tile" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+    assert main(args[:2] + args[3:] + ["--overwrite"]) == 0  # a rerun replaces its own output folder
+    assert sorted(p.name for p in out.iterdir()) == ["b_routes.png", "b_x4.png", "summary.json"]
 
 
 def test_the_seam_ratio_sees_a_hard_seam_and_not_a_blended_one():

@@ -224,7 +224,8 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Whole folders: kinds, atomic replacement, consistent reads.
 
-_MANIFESTS = ("config.json", "manifest.json")
+# summary.json: an output folder's (fiancee upscale writes no config), so a rerun with --overwrite can replace it.
+_MANIFESTS = ("config.json", "manifest.json", "summary.json")
 
 
 def folder_kind(path: str | os.PathLike) -> str | None:
